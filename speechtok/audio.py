@@ -1,0 +1,83 @@
+"""Reading audio: any libsndfile format (wav, flac, ogg/opus, mp3), a span of it, mono, float32,
+resampled to the rate a tokenizer wants."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from speechtok.corpus import Utterance
+
+
+class AudioError(Exception):
+    """An input that cannot be turned into samples; the message is the reason."""
+
+
+def audio_info(path: str) -> tuple[int, int]:
+    """(frames, sample_rate) read from the file header."""
+    try:
+        info = sf.info(path)
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or TypeError
+        raise AudioError(f"cannot read audio header: {_short(e)}") from None
+    return int(info.frames), int(info.samplerate)
+
+
+def utterance_seconds(utt: Utterance) -> float:
+    """Duration of the utterance's span from the header, without decoding."""
+    frames, sr = audio_info(utt.path)
+    total = frames / sr
+    start = utt.start or 0.0
+    end = total if utt.end is None else min(utt.end, total)
+    if start >= total:
+        raise AudioError(f"start {start:.3f}s is past the end of the file ({total:.3f}s)")
+    return max(0.0, end - start)
+
+
+def read_audio(path: str, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int]:
+    """Samples of [start, end) seconds, down-mixed to mono float32, and the file's sample rate."""
+    try:
+        with sf.SoundFile(path) as f:
+            sr = f.samplerate
+            first = int(round((start or 0.0) * sr))
+            last = f.frames if end is None else min(f.frames, int(round(end * sr)))
+            if first > 0:
+                f.seek(first)
+            data = f.read(max(0, last - first), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(f"cannot decode audio: {_short(e)}") from None
+    if data.shape[0] == 0:
+        raise AudioError("no samples (zero-length audio or empty span)")
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(wav).all():
+        raise AudioError("audio contains NaN or Inf samples")
+    return np.ascontiguousarray(wav, dtype=np.float32), sr
+
+
+@lru_cache(maxsize=64)
+def _ratio(sr_in: int, sr_out: int) -> tuple[int, int]:
+    r = Fraction(sr_out, sr_in)
+    return r.numerator, r.denominator
+
+
+def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Polyphase resampling (Kaiser-windowed FIR); deterministic, and exact length ceil(n·sr_out/sr_in)."""
+    if sr_in == sr_out:
+        return wav
+    up, down = _ratio(sr_in, sr_out)
+    return resample_poly(wav, up, down).astype(np.float32, copy=False)
+
+
+def load_utterance(utt: Utterance, sample_rate: int) -> np.ndarray:
+    """The utterance's samples at `sample_rate`, mono float32."""
+    wav, sr = read_audio(utt.path, utt.start, utt.end)
+    return resample(wav, sr, sample_rate)
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__

@@ -1,0 +1,192 @@
+"""`tok`: the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from speechtok.corpus import CorpusError
+
+
+def _quiet_transformers() -> None:
+    # environment variables rather than an import: importing transformers costs seconds
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _report_errors(errors: list[CorpusError], where: str | None = None, limit: int = 20) -> None:
+    for e in errors[:limit]:
+        click.echo(f"error: {e.file}: {e.reason}", err=True)
+    if len(errors) > limit:
+        click.echo(f"... and {len(errors) - limit} more" + (f" (all in {where})" if where else ""), err=True)
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="speechtok")
+def cli() -> None:
+    """speechtok: turn speech corpora into discrete tokens, and back."""
+    _quiet_transformers()
+
+
+model_option = click.option("--model", "-m", required=True,
+                            help="'mfcc', 'logmel', or a HuBERT/WavLM/wav2vec2 checkpoint (hub id or local directory).")
+layer_option = click.option("--layer", "-l", type=int, default=None,
+                            help="Transformer layer whose output is clustered (1 = first), for checkpoints.")
+device_option = click.option("--device", default="auto", show_default=True, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+precision_option = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                                show_default=True, help="Model compute precision (auto: bf16 on GPU, fp32 on CPU).")
+
+
+def _features(model: str, layer: int | None, device: str, precision: str):
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.pipelines.encode import encode_device_defaults
+    from speechtok.tokenizers.features import build_features, parse_model_spec
+
+    dev = resolve_device(device)
+    if precision == "auto":
+        precision = encode_device_defaults(dev)["precision"]
+    try:
+        return build_features(parse_model_spec(model, layer), device=dev, precision=precision), dev
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+
+
+@cli.command("train-kmeans")
+@click.argument("corpus", type=click.Path(exists=True))
+@model_option
+@layer_option
+@click.option("-k", "--clusters", "k", type=int, required=True, help="Number of units.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Tokenizer directory to write.")
+@click.option("--max-frames", type=int, default=1_000_000, show_default=True, help="Cap on frames sampled.")
+@click.option("--iters", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
+@click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
+@click.option("--batch-seconds", type=float, default=600.0, show_default=True, help="Padded audio per batch.")
+@click.option("--num-workers", type=int, default=None, help="Audio loading processes.")
+@device_option
+@precision_option
+@click.option("--quiet", "-q", is_flag=True)
+def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, dedup, batch_seconds,
+                     num_workers, device, precision, quiet):
+    """Learn k-means units on features of CORPUS (a folder or a JSONL manifest)."""
+    from speechtok.pipelines.encode import encode_device_defaults
+    from speechtok.pipelines.train_kmeans import train_tokenizer
+
+    features, dev = _features(model, layer, device, precision)
+    workers = encode_device_defaults(dev)["num_workers"] if num_workers is None else num_workers
+    errors: list[CorpusError] = []
+    try:
+        tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed, iters=iters,
+                                      backend=backend, device=str(dev), dedup=dedup, max_batch_seconds=batch_seconds,
+                                      num_workers=workers, progress=not quiet, errors=errors)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        _report_errors(errors)
+        _fail(str(e))
+    _report_errors(errors)
+    click.echo(f"k-means: k={k} on {tok.meta['kmeans']['frames']} frames, {result.backend}, {result.iterations} "
+               f"iterations, {result.seconds:.2f} s, inertia {result.inertia:.4f} -> {output}")
+
+
+@cli.command("import-kmeans")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@model_option
+@layer_option
+@click.option("-o", "--output", required=True, type=click.Path(), help="Tokenizer directory to write.")
+@click.option("--trust-pickle", is_flag=True, help="Allow unpickling (sklearn/joblib checkpoints can run code).")
+@click.option("--dedup/--no-dedup", default=False, show_default=True)
+def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
+    """Convert a fairseq/textlesslib k-means CHECKPOINT (joblib pickle, .npy, .pt) into a tokenizer directory."""
+    from speechtok.tokenizers.kmeans import load_kmeans_checkpoint
+    from speechtok.tokenizers.semantic import SemanticTokenizer, sha256_file
+
+    try:
+        centroids = load_kmeans_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    except (PermissionError, ValueError, OSError) as e:
+        _fail(str(e))
+    features, _ = _features(model, layer, "cpu", "fp32")
+    meta = {"imported_from": {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}}
+    try:
+        tok = SemanticTokenizer(features, centroids, dedup=dedup, meta=meta)
+    except ValueError as e:
+        _fail(f"{checkpoint}: {e}")
+    tok.save(output)
+    click.echo(f"imported k={tok.k} centroids of dim {centroids.shape[1]} -> {output}")
+
+
+@cli.command("encode")
+@click.argument("corpus", type=click.Path(exists=True))
+@click.option("-t", "--tokenizer", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Tokenizer directory (from train-kmeans or import-kmeans).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for shards and manifest.json.")
+@click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
+@click.option("--batch-seconds", type=float, default=600.0, show_default=True, help="Padded audio per batch.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Utterances per batch at most.")
+@click.option("--num-workers", type=int, default=None, help="Audio loading processes (default 8 on GPU, 2 on CPU).")
+@click.option("--shard-max-mb", type=float, default=256.0, show_default=True)
+@click.option("--shard-max-count", type=int, default=10_000, show_default=True)
+@device_option
+@precision_option
+@click.option("--quiet", "-q", is_flag=True)
+def encode_cmd(corpus, tokenizer, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
+               shard_max_count, device, precision, quiet):
+    """Tokenize CORPUS (a folder or a JSONL manifest) into webdataset shards under OUTPUT."""
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.pipelines.encode import EncodeOptions, encode_corpus, encode_device_defaults, ERRORS_FILE
+    from speechtok.tokenizers.semantic import SemanticTokenizer
+
+    dev = resolve_device(device)
+    defaults = encode_device_defaults(dev)
+    try:
+        tok = SemanticTokenizer.from_dir(tokenizer, device=dev,
+                                         precision=defaults["precision"] if precision == "auto" else precision)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    opts = EncodeOptions(dedup=dedup, max_batch_seconds=batch_seconds, max_batch_size=batch_size,
+                         num_workers=defaults["num_workers"] if num_workers is None else num_workers,
+                         shard_max_bytes=int(shard_max_mb * (1 << 20)), shard_max_count=shard_max_count,
+                         progress=not quiet)
+    try:
+        summary = encode_corpus(corpus, tok, output, opts)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    _report_errors(summary.errors, str(Path(output) / ERRORS_FILE))
+    click.echo(summary.line())
+    sys.exit(1 if summary.errors else 0)
+
+
+@cli.command("show")
+@click.argument("shards", type=click.Path(exists=True))
+@click.option("-n", type=int, default=3, show_default=True, help="Samples to print.")
+@click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
+def show_cmd(shards, n, no_verify):
+    """Print a shard folder's manifest summary and its first N samples."""
+    from speechtok.shards import ShardError, read_manifest, read_shards
+
+    try:
+        _, manifest = read_manifest(shards)
+        click.echo(f"{manifest['num_utterances']} utterances, {manifest['seconds'] / 3600:.3f} h, "
+                   f"{len(manifest['shards'])} shards, tokenizers: {', '.join(manifest['tokenizers'])}")
+        for i, sample in enumerate(read_shards(shards, verify=not no_verify)):
+            if i >= n:
+                break
+            arrays = {k: v for k, v in sample.items() if hasattr(v, "dtype")}
+            meta = {k: v for k, v in sample.items() if k not in arrays}
+            click.echo(json.dumps(meta, ensure_ascii=False))
+            for k, v in arrays.items():
+                click.echo(f"  {k}: {v.dtype} {list(v.shape)} {v[:20].tolist()}{' ...' if len(v) > 20 else ''}")
+    except ShardError as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    cli()

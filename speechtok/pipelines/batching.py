@@ -1,0 +1,151 @@
+"""Length-bucketed batches of audio: durations from file headers, a deterministic batch plan, and a
+DataLoader whose workers decode, down-mix and resample while the model runs."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speechtok.audio import AudioError, load_utterance, utterance_seconds
+from speechtok.corpus import CorpusError, Utterance
+
+
+@dataclass
+class Item:
+    index: int  # position in the corpus
+    utt: Utterance
+    seconds: float
+
+
+@dataclass
+class Batch:
+    items: list[Item]
+    wav: torch.Tensor  # [B, T] float32, zero-padded
+    lengths: torch.Tensor  # [B] samples
+    errors: list[tuple[Item, str]] = field(default_factory=list)  # items that failed to load
+
+
+def probe_durations(utts: list[Utterance], errors: list[CorpusError], threads: int = 8) -> list[Item]:
+    """Read every utterance's duration from its header (in threads: this is I/O); unreadable files go to
+    `errors`."""
+    def one(i_u):
+        i, u = i_u
+        try:
+            return Item(i, u, utterance_seconds(u)), None
+        except AudioError as e:
+            return None, CorpusError(file=u.path, id=u.id, reason=str(e))
+
+    items = []
+    with ThreadPoolExecutor(threads) as pool:
+        for item, err in pool.map(one, enumerate(utts)):
+            if err is not None:
+                errors.append(err)
+            else:
+                items.append(item)
+    return items
+
+
+def plan_batches(items: list[Item], max_batch_seconds: float, max_batch_size: int,
+                 window: int = 4096) -> list[list[Item]]:
+    """Split the corpus into windows of `window` utterances (in corpus order); inside a window, sort by
+    duration and cut batches whose padded size (longest × count) stays under `max_batch_seconds`.
+    Deterministic: ties keep corpus order."""
+    plan = []
+    for w in range(0, len(items), window):
+        chunk = sorted(items[w:w + window], key=lambda it: (-it.seconds, it.index))
+        batch: list[Item] = []
+        for it in chunk:
+            longest = batch[0].seconds if batch else it.seconds
+            if batch and (len(batch) >= max_batch_size or longest * (len(batch) + 1) > max_batch_seconds):
+                plan.append(batch)
+                batch = []
+            batch.append(it)
+        if batch:
+            plan.append(batch)
+    return plan
+
+
+class BatchDataset(Dataset):
+    """Loads one planned batch at `sample_rate`, padded; failures are returned, not raised."""
+
+    def __init__(self, plan: list[list[Item]], sample_rate: int):
+        self.plan, self.sample_rate = plan, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> Batch:
+        ok, wavs, errors = [], [], []
+        for it in self.plan[i]:
+            try:
+                wavs.append(load_utterance(it.utt, self.sample_rate))
+                ok.append(it)
+            except AudioError as e:
+                errors.append((it, str(e)))
+        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
+        wav = torch.zeros(len(wavs), int(lengths.max()) if wavs else 0)
+        for j, w in enumerate(wavs):
+            wav[j, : len(w)] = torch.from_numpy(w)
+        return Batch(ok, wav, lengths, errors)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def iterate_batches(plan: list[list[Item]], sample_rate: int, num_workers: int = 2,
+                    pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches of the plan in plan order, loaded by `num_workers` processes (0: in this process)."""
+    loader = DataLoader(BatchDataset(plan, sample_rate), batch_size=None, shuffle=False,
+                        num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=_worker_init,
+                        prefetch_factor=4 if num_workers else None, persistent_workers=False)
+    yield from loader
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, max_batch_seconds: float,
+                  num_workers: int, errors: list[CorpusError], progress: bool = False) -> np.ndarray:
+    """Frame features for k-means: utterances in a seeded random order until `max_frames` frames are
+    collected, then a seeded uniform subsample of exactly `max_frames` if there are more."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(utts))
+    items = probe_durations([utts[i] for i in order], errors)
+    # take utterances in that order until their frames (estimated from durations) reach the cap
+    budget, chosen = 0, []
+    for it in items:
+        chosen.append(it)
+        budget += int(it.seconds * features.frame_rate)
+        if budget >= max_frames * 1.02:
+            break
+    plan = plan_batches(chosen, max_batch_seconds, 256, window=len(chosen) or 1)
+    collected, total = [], 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(chosen), unit="utt", desc="features", disable=not progress)
+    for batch in iterate_batches(plan, features.sample_rate, num_workers):
+        for it, why in batch.errors:
+            errors.append(CorpusError(file=it.utt.path, id=it.utt.id, reason=why))
+        if batch.items:
+            feats, n = features(batch.wav, batch.lengths)
+            feats = feats.float().cpu()
+            for j in range(len(batch.items)):
+                collected.append(feats[j, : int(n[j])].numpy())
+                total += int(n[j])
+        bar.update(len(batch.items) + len(batch.errors))
+    bar.close()
+    if not collected:
+        raise ValueError("no frames could be extracted from the corpus")
+    x = np.concatenate(collected)
+    if len(x) > max_frames:
+        x = x[np.sort(rng.choice(len(x), max_frames, replace=False))]
+    return x

@@ -1,0 +1,182 @@
+"""Token shards: webdataset-compatible tar files written deterministically (same input → same bytes),
+under a temporary name then renamed, and read back with checksum verification."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+class ShardError(Exception):
+    """A shard that is missing, truncated, corrupt, or does not match the manifest."""
+
+
+def smallest_int_dtype(max_value: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds 0..max_value."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def sample_key(utt_id: str) -> str:
+    """A webdataset key for an id: webdataset splits a name at its first dot, so dots (and path
+    separators) become '_'. The true id is kept in the sample's json."""
+    return re.sub(r"[./\\\s]", "_", utt_id)
+
+
+def _tar_member_size(n: int) -> int:
+    return 512 + (n + 511) // 512 * 512
+
+
+class ShardWriter:
+    """Writes samples into `shard-NNNNNN.tar` files of at most `max_count` samples and about
+    `max_bytes` bytes; each shard is written as `.tmp`, fsynced and renamed when full."""
+
+    def __init__(self, out_dir: str | Path, max_bytes: int = 1 << 30, max_count: int = 100_000,
+                 start_index: int = 0):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes, self.max_count = max_bytes, max_count
+        self.index = start_index
+        self.shards: list[dict] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+        self._bytes = 0
+
+    def _open(self) -> None:
+        name = SHARD_PATTERN.format(self.index)
+        self._path = self.out_dir / name
+        self._tmp = self.out_dir / (name + ".tmp")
+        self._file = open(self._tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
+        self._count, self._bytes = 0, 1024
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        """Add one sample: `files` maps an extension ('json', 'semantic.npy') to its bytes."""
+        size = sum(_tar_member_size(len(v)) for v in files.values())
+        if self._tar is not None and (self._count >= self.max_count or self._bytes + size > self.max_bytes):
+            self.finish_shard()
+        if self._tar is None:
+            self._open()
+        for ext, data in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self._count += 1
+        self._bytes += size
+
+    def finish_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self._path)
+        self.shards.append({"name": self._path.name, "num_samples": self._count,
+                            "bytes": self._path.stat().st_size, "sha256": sha256_of(self._path)})
+        self._tar = None
+        self.index += 1
+
+    def close(self) -> list[dict]:
+        self.finish_shard()
+        return self.shards
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(out_dir: str | Path, manifest: dict) -> None:
+    """Write the manifest atomically; it is the last file a job writes."""
+    path = Path(out_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path) -> tuple[Path, dict]:
+    """(shard folder, manifest) from a folder or its manifest.json."""
+    path = Path(path)
+    mpath = path / MANIFEST if path.is_dir() else path
+    if not mpath.exists():
+        raise ShardError(f"{mpath}: no manifest (was the encode job finished?)")
+    try:
+        return mpath.parent, json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{mpath}: manifest is not valid JSON ({e.msg})") from None
+
+
+def decode_sample(key: str, files: dict[str, bytes]) -> dict:
+    """Raw tar members of one sample → a dict: the json's fields, arrays for .npy members."""
+    out: dict = {"__key__": key}
+    for ext, data in files.items():
+        if ext == "json":
+            out.update(json.loads(data))
+        elif ext.endswith(".npy"):
+            out[ext[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
+        else:
+            out[ext] = data
+    return out
+
+
+def iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group a tar's members into samples by key (the name up to its first dot)."""
+    key, files = None, {}
+    try:
+        with tarfile.open(path, mode="r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, _, ext = member.name.partition(".")
+                if key is not None and k != key:
+                    yield key, files
+                    files = {}
+                key = k
+                files[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ShardError(f"{path}: truncated or corrupt shard ({' '.join(str(e).split())})") from None
+    if key is not None:
+        yield key, files
+
+
+def read_shards(path: str | Path, verify: bool = True) -> Iterator[dict]:
+    """Decoded samples of every shard a manifest lists, in order; with `verify`, each shard's size and
+    sha256 are checked against the manifest before it is read."""
+    folder, manifest = read_manifest(path)
+    for shard in manifest["shards"]:
+        spath = folder / shard["name"]
+        if not spath.exists():
+            raise ShardError(f"{spath}: shard listed in the manifest is missing")
+        if verify:
+            size = spath.stat().st_size
+            if size != shard["bytes"]:
+                raise ShardError(f"{spath}: {size} bytes, the manifest says {shard['bytes']} (truncated?)")
+            if sha256_of(spath) != shard["sha256"]:
+                raise ShardError(f"{spath}: sha256 does not match the manifest (corrupt shard)")
+        for key, files in iter_tar(spath):
+            yield decode_sample(key, files)

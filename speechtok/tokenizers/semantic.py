@@ -1,0 +1,141 @@
+"""`SemanticTokenizer`: frame features → nearest k-means centroid, saved as a self-describing directory
+(`tokenizer.json` + `centroids.npy`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechtok.tokenizers.features import FeatureExtractor, build_features
+from speechtok.tokenizers.kmeans import assign
+
+CARD_FILE = "tokenizer.json"
+CENTROIDS_FILE = "centroids.npy"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_length(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse repeated units: (units, how many frames each lasted)."""
+    if len(units) == 0:
+        return units, np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[True], units[1:] != units[:-1]])
+    idx = np.flatnonzero(starts)
+    return units[idx], np.diff(np.append(idx, len(units)))
+
+
+class SemanticTokenizer:
+    """Discrete units from a feature extractor and k-means centroids."""
+
+    kind = "semantic"
+
+    def __init__(self, features: FeatureExtractor, centroids: np.ndarray, dedup: bool = False,
+                 meta: dict | None = None):
+        if centroids.ndim != 2 or centroids.shape[1] != features.dim:
+            raise ValueError(f"centroids of shape {centroids.shape} do not fit {features.dim}-dim features")
+        self.features = features
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.dedup = dedup
+        self.meta = dict(meta or {})
+        self._c = torch.from_numpy(self.centroids).to(self.device)
+        self._c_sqnorm = (self._c * self._c).sum(1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.features.buffers()), next(iter(self.features.parameters()), torch.zeros(0))).device
+
+    @property
+    def sample_rate(self) -> int:
+        return self.features.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.features.frame_rate
+
+    @property
+    def k(self) -> int:
+        return self.centroids.shape[0]
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return self.features.num_frames(num_samples)
+
+    def card(self) -> dict:
+        return {
+            "type": "semantic",
+            "format_version": FORMAT_VERSION,
+            "features": self.features.card(),
+            "k": self.k,
+            "dim": int(self.centroids.shape[1]),
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+            "dedup": self.dedup,
+            "centroids": {"file": CENTROIDS_FILE, "sha256": self.meta.get("centroids_sha256")},
+            **{k: v for k, v in self.meta.items() if k not in ("centroids_sha256",)},
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `tokenizer.json` and `centroids.npy` into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
+        self.meta["centroids_sha256"] = sha256_file(directory / CENTROIDS_FILE)
+        (directory / CARD_FILE).write_text(json.dumps(self.card(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu",
+                 precision: str = "fp32") -> "SemanticTokenizer":
+        """Load a tokenizer directory; the centroids' checksum must match the card."""
+        directory = Path(directory)
+        card_path = directory / CARD_FILE
+        if not card_path.exists():
+            raise FileNotFoundError(f"{directory}: not a tokenizer directory (no {CARD_FILE})")
+        card = json.loads(card_path.read_text())
+        if card.get("type") != "semantic":
+            raise ValueError(f"{card_path}: type is {card.get('type')!r}, not 'semantic'")
+        cpath = directory / card["centroids"]["file"]
+        expected = card["centroids"].get("sha256")
+        if expected and sha256_file(cpath) != expected:
+            raise ValueError(f"{cpath}: checksum does not match {CARD_FILE}; the file was changed or corrupted")
+        centroids = np.load(cpath, allow_pickle=False)
+        features = build_features(card["features"], device=device, precision=precision)
+        meta = {k: v for k, v in card.items()
+                if k not in ("type", "format_version", "features", "k", "dim", "sample_rate", "frame_rate",
+                             "dedup", "centroids")}
+        meta["centroids_sha256"] = expected
+        return cls(features, centroids, dedup=bool(card.get("dedup", False)), meta=meta)
+
+    @torch.inference_mode()
+    def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
+        """Padded waveforms [B, T] at `sample_rate` and their lengths → one int64 unit array per
+        utterance (frame-level; see `run_length` for dedup)."""
+        feats, n = self.features(wav, lengths)
+        b, f, d = feats.shape
+        labels, _ = assign(feats.reshape(b * f, d), self._c, c_sqnorm=self._c_sqnorm)
+        labels = labels.view(b, f).cpu().numpy()
+        return [labels[i, : int(n[i])] for i in range(b)]
+
+    def encode(self, audio: np.ndarray | torch.Tensor | str, sample_rate: int | None = None) -> np.ndarray:
+        """Units of one waveform (mono; resampled when `sample_rate` differs) or audio file."""
+        from speechtok.audio import read_audio, resample
+
+        if isinstance(audio, (str, Path)):
+            audio, sample_rate = read_audio(str(audio))
+        wav = np.asarray(audio, dtype=np.float32)
+        if wav.ndim > 1:
+            wav = wav.mean(axis=0)
+        if sample_rate is not None:
+            wav = resample(wav, sample_rate, self.sample_rate)
+        units = self.encode_batch(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))[0]
+        return run_length(units)[0] if self.dedup else units

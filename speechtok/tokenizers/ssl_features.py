@@ -1,0 +1,182 @@
+"""Hidden states of a self-supervised speech model (HuBERT, WavLM, wav2vec2 in `transformers`), cut at a
+layer: layers above it are dropped, so never computed.
+
+Batching must not change an utterance's features. Two things in these models see across time: the
+padding (handled by the attention mask) and, in the *-base models, a GroupNorm over time after the first
+convolution (transformers issue #21534). We replace that one normalisation by the same statistics taken
+over each utterance's own frames, so a padded batch gives the features of each utterance alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from speechtok.tokenizers.features import FeatureExtractor, conv_output_length, length_mask
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class MaskedConvFeatureEncoder(nn.Module):
+    """The model's convolutional feature encoder, with the first layer's GroupNorm computed per
+    utterance over its valid frames only. `lengths` (samples) is set by the caller before each forward."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.conv_layers = encoder.conv_layers
+        self.lengths: torch.Tensor | None = None
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        h = input_values[:, None]
+        for i, layer in enumerate(self.conv_layers):
+            norm = getattr(layer, "layer_norm", None)
+            if i == 0 and isinstance(norm, nn.GroupNorm) and self.lengths is not None:
+                h = layer.conv(h)
+                n = conv_output_length(self.lengths, layer.conv.kernel_size[0], layer.conv.stride[0])
+                mask = length_mask(n, h.shape[-1])[:, None, :]
+                hf = h.float()
+                count = torch.clamp(n, min=1)[:, None, None].float()
+                mean = (hf * mask).sum(-1, keepdim=True) / count
+                var = (((hf - mean) * mask) ** 2).sum(-1, keepdim=True) / count
+                hf = (hf - mean) * torch.rsqrt(var + norm.eps)
+                hf = hf * norm.weight[None, :, None].float() + norm.bias[None, :, None].float()
+                h = layer.activation(hf.to(h.dtype))
+            else:
+                h = layer(h)
+        return h
+
+
+def weights_checksum(model_ref: str, revision: str | None = None) -> str | None:
+    """sha256 over the checkpoint's weight files (local directory or the local hub cache), or None."""
+    files: list[Path] = []
+    if os.path.isdir(model_ref):
+        root = Path(model_ref)
+        files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in ("model.safetensors", "pytorch_model.bin"):
+                hit = try_to_load_from_cache(model_ref, name, revision=revision)
+                if isinstance(hit, str):
+                    files = [Path(hit)]
+                    break
+        except Exception:
+            return None
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _wants_normalize(model_ref: str, revision: str | None) -> bool:
+    """Whether the checkpoint's preprocessor normalises each waveform to zero mean, unit variance."""
+    try:
+        if os.path.isdir(model_ref):
+            path = Path(model_ref) / "preprocessor_config.json"
+            return bool(json.loads(path.read_text()).get("do_normalize", False)) if path.exists() else False
+        from transformers import AutoFeatureExtractor
+
+        return bool(getattr(AutoFeatureExtractor.from_pretrained(model_ref, revision=revision), "do_normalize", False))
+    except Exception:
+        return False
+
+
+class SSLFeatures(FeatureExtractor):
+    """Layer `layer` (1 = first transformer layer; equals transformers' `hidden_states[layer]`) of a
+    HuBERT / WavLM / wav2vec2 checkpoint given as a hub id or a local directory."""
+
+    def __init__(self, model_ref: str, layer: int, device: str | torch.device = "cpu",
+                 precision: str = "fp32", revision: str | None = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            config = AutoConfig.from_pretrained(model_ref, revision=revision)
+        except Exception as e:
+            raise ValueError(f"{model_ref}: cannot load a transformers config ({' '.join(str(e).split())[:300]})") from None
+        n_layers = config.num_hidden_layers
+        if not 1 <= layer <= n_layers:
+            raise ValueError(f"{model_ref}: layer must be in 1..{n_layers}, got {layer}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        try:
+            model = AutoModel.from_pretrained(model_ref, config=config, revision=revision, attn_implementation="sdpa")
+        except (ValueError, ImportError):
+            model = AutoModel.from_pretrained(model_ref, config=config, revision=revision)
+        if not (hasattr(model, "feature_extractor") and hasattr(model, "encoder")):
+            raise ValueError(f"{model_ref}: {type(model).__name__} is not a wav2vec2-style speech encoder")
+        model.encoder.layers = model.encoder.layers[:layer]
+        if layer < n_layers and getattr(config, "do_stable_layer_norm", False):
+            model.encoder.layer_norm = nn.Identity()  # pre-LN models normalise only after the last layer
+        model.feature_extractor = MaskedConvFeatureEncoder(model.feature_extractor)
+        for attr in ("masked_spec_embed",):  # training-only parameters
+            if hasattr(model, attr):
+                setattr(model, attr, None)
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.model_ref, self.layer, self.revision = model_ref, layer, revision
+        self.model_type = config.model_type
+        self.precision = precision
+        self.sample_rate = 16000
+        self.dim = config.hidden_size
+        self.convs = list(zip(config.conv_kernel, config.conv_stride))
+        self.normalize = _wants_normalize(model_ref, revision)
+        self.min_samples = 1
+        for k, s in reversed(self.convs):
+            self.min_samples = (self.min_samples - 1) * s + k
+        self._checksum: str | None = None
+
+    @property
+    def hop(self) -> int:
+        hop = 1
+        for _, s in self.convs:
+            hop *= s
+        return hop
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        n = torch.as_tensor(num_samples)
+        for k, s in self.convs:
+            n = conv_output_length(n, k, s)
+        return n
+
+    def card(self) -> dict:
+        if self._checksum is None:
+            self._checksum = weights_checksum(self.model_ref, self.revision) or ""
+        card = {"kind": "ssl", "model": self.model_ref, "model_type": self.model_type, "layer": self.layer,
+                "normalize": self.normalize, "weights_sha256": self._checksum or None}
+        if self.revision:
+            card["revision"] = self.revision
+        return card
+
+    @torch.inference_mode()
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        wav, lengths = wav.to(device, non_blocking=True).float(), lengths.to(device)
+        if wav.shape[1] < self.min_samples:
+            wav = nn.functional.pad(wav, (0, self.min_samples - wav.shape[1]))
+        mask = length_mask(lengths, wav.shape[1])
+        wav = wav * mask
+        if self.normalize:
+            count = torch.clamp(lengths, min=1)[:, None].float()
+            mean = wav.sum(1, keepdim=True) / count
+            var = (((wav - mean) * mask) ** 2).sum(1, keepdim=True) / count
+            wav = (wav - mean) * torch.rsqrt(var + 1e-7) * mask
+        self.model.feature_extractor.lengths = lengths
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            hidden = self.model(wav, attention_mask=mask.long()).last_hidden_state
+        n = self.num_frames(lengths)
+        hidden = hidden.float()
+        return hidden * length_mask(n, hidden.shape[1])[..., None], n
