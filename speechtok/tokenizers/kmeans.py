@@ -51,18 +51,22 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
     return torch.stack(centers)
 
 
-def kmeans_torch(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0,
-                 init_sample: int = 64) -> KMeansResult:
-    """Lloyd's algorithm on `x`'s device, seeded by k-means++ on a sample of `init_sample`·k rows.
-    An empty cluster is re-seeded with the frame currently farthest from its centroid."""
-    t0 = time.perf_counter()
-    x = x.float().contiguous()
+def initial_centroids(x: torch.Tensor, k: int, seed: int, init_sample: int = 64) -> torch.Tensor:
+    """k-means++ on a seeded sample of `init_sample`·k rows (both backends start from it)."""
     n = x.shape[0]
     if n < k:
         raise ValueError(f"k-means needs at least k={k} frames, got {n}")
     g = torch.Generator().manual_seed(seed)
     sample = torch.randperm(n, generator=g)[: min(n, init_sample * k)].to(x.device)
-    c = kmeans_plus_plus(x[sample], k, g)
+    return kmeans_plus_plus(x[sample].float(), k, g)
+
+
+def kmeans_torch(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> KMeansResult:
+    """Lloyd's algorithm on `x`'s device from k-means++ seeds. An empty cluster is re-seeded with the
+    frame currently farthest from its centroid."""
+    t0 = time.perf_counter()
+    x = x.float().contiguous()
+    c = initial_centroids(x, k, seed)
     for _ in range(iters):
         labels, d = assign(x, c)
         sums = torch.zeros_like(c).index_add_(0, labels, x)
@@ -89,14 +93,16 @@ def faiss_available() -> tuple[bool, bool]:
 
 
 def kmeans_faiss(x: np.ndarray, k: int, iters: int = 20, seed: int = 0, gpu: bool = False) -> KMeansResult:
-    """faiss.Kmeans on all frames (no subsampling), then our exact fp32 inertia."""
+    """faiss.Kmeans on all frames (no subsampling) from k-means++ seeds (faiss' own random seeding can
+    merge clusters), then our exact fp32 inertia."""
     import faiss
 
     t0 = time.perf_counter()
     x = np.ascontiguousarray(x, dtype=np.float32)
+    init = initial_centroids(torch.from_numpy(x), k, seed).numpy()
     km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, gpu=gpu, verbose=False,
                       max_points_per_centroid=math.ceil(x.shape[0] / k) + 1, min_points_per_centroid=1)
-    km.train(x)
+    km.train(x, init_centroids=init)
     _, d = assign(torch.from_numpy(x), torch.from_numpy(km.centroids))
     return KMeansResult(km.centroids.copy(), float(d.double().mean()), iters,
                         "faiss-gpu" if gpu else "faiss-cpu", time.perf_counter() - t0)

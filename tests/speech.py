@@ -1,0 +1,72 @@
+"""Synthetic speech for tests: sentences spoken word by word with espeak-ng (or flite), so that every
+word's start and end in the concatenated audio are known exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SENTENCES = [
+    ("alice", "the quick brown fox jumps over the lazy dog"),
+    ("alice", "speech tokens turn sound into words"),
+    ("bob", "language models learn to speak from units"),
+    ("bob", "a small corpus is enough for a test"),
+    ("carol", "every word has a start and an end"),
+    ("carol", "the cat sat on the mat today"),
+    ("dave", "seven green apples fell from the tree"),
+    ("dave", "we count one two three four five"),
+]
+VOICES = {"alice": ("en-us", 150, 50), "bob": ("en-gb", 135, 35), "carol": ("en-us+f3", 165, 70),
+          "dave": ("en-sc", 145, 45)}
+
+
+def espeak_word(word: str, voice: tuple[str, int, int]) -> tuple[np.ndarray, int]:
+    name, speed, pitch = voice
+    with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+        subprocess.run(["espeak-ng", "-v", name, "-s", str(speed), "-p", str(pitch), "-w", f.name, word],
+                       check=True, capture_output=True)
+        wav, sr = sf.read(f.name, dtype="float32")
+    return trim(wav), sr
+
+
+def trim(wav: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(wav) > threshold)
+    return wav[loud[0]: loud[-1] + 1] if len(loud) else wav
+
+
+def synthesize_sentence(text: str, voice: tuple[str, int, int], gap: float = 0.06) -> tuple[np.ndarray, int, list]:
+    """Concatenate word recordings with `gap` seconds of silence; returns audio, rate, word timings."""
+    parts, words, t = [], [], gap
+    sr = None
+    for word in text.split():
+        wav, sr = espeak_word(word, voice)
+        silence = np.zeros(int(gap * sr), dtype=np.float32)
+        if not parts:
+            parts.append(silence)
+        start = t
+        parts += [wav, silence]
+        t += (len(wav) + len(silence)) / sr
+        words.append({"word": word, "start": round(start, 6), "end": round(start + len(wav) / sr, 6)})
+    return np.concatenate(parts), sr, words
+
+
+def build_corpus(root: Path) -> Path:
+    """Write the sentences under root/audio/<speaker>/ and a manifest root/corpus.jsonl; returns it."""
+    assert shutil.which("espeak-ng"), "espeak-ng is needed (scripts/setup.sh installs it)"
+    lines = []
+    for i, (speaker, text) in enumerate(SENTENCES):
+        wav, sr, words = synthesize_sentence(text, VOICES[speaker])
+        path = root / "audio" / speaker / f"{speaker}_{i:02d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, wav, sr)
+        lines.append({"id": f"{speaker}_{i:02d}", "path": str(path.relative_to(root)), "text": text,
+                      "words": words, "speaker": speaker})
+    manifest = root / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return manifest

@@ -1,0 +1,120 @@
+"""Feature extractors: the layer cut, frame counts, and independence from batching and padding."""
+
+import numpy as np
+import pytest
+import torch
+
+from speechtok.tokenizers.features import build_features, parse_model_spec
+from speechtok.tokenizers.spectral import MFCC, LogMel
+from speechtok.tokenizers.ssl_features import SSLFeatures
+
+# fp32 features of the same utterance computed in differently shaped batches differ only by summation
+# order in convolutions/matmuls: ~1e-6 relative. 1e-4 absolute on O(1) activations leaves 100x margin.
+ATOL = 1e-4
+
+
+def padded(wavs):
+    lengths = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(lengths.max()))
+    for i, w in enumerate(wavs):
+        batch[i, : len(w)] = w
+    return batch, lengths
+
+
+def speechlike(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / 16000
+    env = 0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t + seed)
+    return (0.3 * torch.sin(2 * torch.pi * (120 + 40 * seed) * t) * env + 0.05 * torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wav2vec2-large", "wavlm"])
+def test_ssl_batched_equals_alone_and_full_model(tiny_ssl, kind):
+    from transformers import AutoModel
+
+    path = tiny_ssl(kind)
+    feats = SSLFeatures(path, layer=2)
+    assert len(feats.model.encoder.layers) == 2  # layers above the cut are not even kept
+    wavs = [speechlike(n, i) for i, n in enumerate([16000, 7000, 11111, 400])]
+    batch, lengths = padded(wavs)
+    fb, nb = feats(batch, lengths)
+    full = AutoModel.from_pretrained(path).eval()
+    for i, w in enumerate(wavs):
+        fa, na = feats(w[None], lengths[i:i + 1])
+        assert int(na) == int(nb[i]) == fa.shape[1]
+        torch.testing.assert_close(fb[i, : nb[i]], fa[0], atol=ATOL, rtol=0)
+        assert torch.all(fb[i, nb[i]:] == 0)
+        with torch.no_grad():
+            ref = full(w[None], output_hidden_states=True).hidden_states[2]
+        torch.testing.assert_close(fa[0], ref[0], atol=ATOL, rtol=0)
+
+
+def test_plain_padding_would_change_groupnorm_features(tiny_ssl):
+    """Why the masked GroupNorm exists: the unmodified model's features change with zero padding."""
+    from transformers import AutoModel
+
+    full = AutoModel.from_pretrained(tiny_ssl("hubert")).eval()
+    w = speechlike(8000, 3)
+    with torch.no_grad():
+        alone = full(w[None]).last_hidden_state[0]
+        pad = torch.nn.functional.pad(w, (0, 8000))[None]
+        mask = torch.zeros(1, 16000, dtype=torch.long)
+        mask[0, :8000] = 1
+        batched = full(pad, attention_mask=mask).last_hidden_state[0, : alone.shape[0]]
+    assert (batched - alone).abs().max() > 100 * ATOL
+
+
+def test_ssl_frame_count_formula(tiny_ssl):
+    feats = SSLFeatures(tiny_ssl("hubert"), layer=1)
+    assert feats.frame_rate == 50.0
+    for n in [400, 401, 719, 720, 16000, 48000]:
+        out, count = feats(torch.randn(1, n) * 0.1, torch.tensor([n]))
+        assert out.shape[1] == int(count) == (n - 400) // 320 + 1
+    assert int(feats.num_frames(399)) == 0
+
+
+def test_ssl_bad_layer_and_bad_checkpoint(tiny_ssl, tmp_path):
+    with pytest.raises(ValueError, match="layer must be in 1..4"):
+        SSLFeatures(tiny_ssl("hubert"), layer=5)
+    with pytest.raises(ValueError, match="cannot load a transformers config"):
+        SSLFeatures(str(tmp_path), layer=1)
+
+
+def test_ssl_card_has_weights_checksum(tiny_ssl):
+    feats = build_features(parse_model_spec(tiny_ssl("hubert"), 3))
+    card = feats.card()
+    assert card["kind"] == "ssl" and card["layer"] == 3 and card["model_type"] == "hubert"
+    assert len(card["weights_sha256"]) == 64
+    with pytest.raises(ValueError, match="--layer is required"):
+        parse_model_spec(tiny_ssl("hubert"), None)
+
+
+@pytest.mark.parametrize("cls", [MFCC, LogMel])
+def test_spectral_batched_equals_alone(cls):
+    ext = cls()
+    wavs = [speechlike(n, i) for i, n in enumerate([16000, 5000, 401, 9999])]
+    batch, lengths = padded(wavs)
+    fb, nb = ext(batch, lengths)
+    for i, w in enumerate(wavs):
+        fa, na = ext(w[None], lengths[i:i + 1])
+        assert int(na) == int(nb[i]) == 1 + (len(w) - 400) // 160
+        torch.testing.assert_close(fb[i, : nb[i]], fa[0], atol=ATOL, rtol=0)
+    assert fb.shape[2] == ext.dim
+
+
+def test_mfcc_deltas_of_a_ramp():
+    """Δ of a linear ramp is its slope (away from the edges), ΔΔ is zero there."""
+    x = torch.arange(20.0)[None, :, None].repeat(1, 1, 2) * 0.5
+    n = torch.tensor([20])
+    d1 = MFCC.delta(x, n)
+    torch.testing.assert_close(d1[0, 2:-2], torch.full((16, 2), 0.5))
+    d2 = MFCC.delta(d1, n)
+    torch.testing.assert_close(d2[0, 4:-4], torch.zeros(12, 2))
+
+
+def test_logmel_distinguishes_tones():
+    ext = LogMel()
+    t = torch.arange(16000) / 16000
+    low, _ = ext(torch.sin(2 * torch.pi * 200 * t)[None], torch.tensor([16000]))
+    high, _ = ext(torch.sin(2 * torch.pi * 4000 * t)[None], torch.tensor([16000]))
+    assert np.argmax(low[0, 10].numpy()) < np.argmax(high[0, 10].numpy())
