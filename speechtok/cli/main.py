@@ -71,7 +71,7 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
-@click.option("--batch-seconds", type=float, default=600.0, show_default=True, help="Padded audio per batch.")
+@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--num-workers", type=int, default=None, help="Audio loading processes.")
 @device_option
 @precision_option
@@ -83,7 +83,9 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
     from speechtok.pipelines.train_kmeans import train_tokenizer
 
     features, dev = _features(model, layer, device, precision)
-    workers = encode_device_defaults(dev)["num_workers"] if num_workers is None else num_workers
+    defaults = encode_device_defaults(dev)
+    workers = defaults["num_workers"] if num_workers is None else num_workers
+    batch_seconds = defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds
     errors: list[CorpusError] = []
     try:
         tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed, iters=iters,
@@ -129,7 +131,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
               help="Tokenizer directory (from train-kmeans or import-kmeans).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder for shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
-@click.option("--batch-seconds", type=float, default=600.0, show_default=True, help="Padded audio per batch.")
+@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Utterances per batch at most.")
 @click.option("--num-workers", type=int, default=None, help="Audio loading processes (default 8 on GPU, 2 on CPU).")
 @click.option("--shard-max-mb", type=float, default=256.0, show_default=True)
@@ -151,7 +153,8 @@ def encode_cmd(corpus, tokenizer, output, dedup, batch_seconds, batch_size, num_
                                          precision=defaults["precision"] if precision == "auto" else precision)
     except (ValueError, OSError) as e:
         _fail(str(e))
-    opts = EncodeOptions(dedup=dedup, max_batch_seconds=batch_seconds, max_batch_size=batch_size,
+    opts = EncodeOptions(dedup=dedup, max_batch_size=batch_size,
+                         max_batch_seconds=defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds,
                          num_workers=defaults["num_workers"] if num_workers is None else num_workers,
                          shard_max_bytes=int(shard_max_mb * (1 << 20)), shard_max_count=shard_max_count,
                          progress=not quiet)

@@ -32,22 +32,28 @@ class MaskedConvFeatureEncoder(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         h = input_values[:, None]
+        lengths = self.lengths
+        padded = lengths is not None and bool((lengths < input_values.shape[-1]).any())
         for i, layer in enumerate(self.conv_layers):
             norm = getattr(layer, "layer_norm", None)
-            if i == 0 and isinstance(norm, nn.GroupNorm) and self.lengths is not None:
-                h = layer.conv(h)
-                n = conv_output_length(self.lengths, layer.conv.kernel_size[0], layer.conv.stride[0])
-                mask = length_mask(n, h.shape[-1])[:, None, :]
-                hf = h.float()
-                count = torch.clamp(n, min=1)[:, None, None].float()
-                mean = (hf * mask).sum(-1, keepdim=True) / count
-                var = (((hf - mean) * mask) ** 2).sum(-1, keepdim=True) / count
-                hf = (hf - mean) * torch.rsqrt(var + norm.eps)
-                hf = hf * norm.weight[None, :, None].float() + norm.bias[None, :, None].float()
-                h = layer.activation(hf.to(h.dtype))
+            if i == 0 and isinstance(norm, nn.GroupNorm) and padded:
+                h = layer.activation(self._masked_group_norm(layer.conv(h), norm, layer.conv))
             else:
                 h = layer(h)
         return h
+
+    def _masked_group_norm(self, h: torch.Tensor, norm: nn.GroupNorm, conv: nn.Conv1d) -> torch.Tensor:
+        """Per-channel statistics over each utterance's valid frames: sums as batched mat-vec products,
+        then one fused scale-and-shift pass."""
+        n = conv_output_length(self.lengths, conv.kernel_size[0], conv.stride[0])
+        hf = h.float()
+        mask = length_mask(n, h.shape[-1]).float()[:, :, None]  # [B, T, 1]
+        count = torch.clamp(n, min=1).float()[:, None, None]
+        mean = torch.bmm(hf, mask) / count  # [B, C, 1]
+        var = torch.clamp(torch.bmm(hf * hf, mask) / count - mean * mean, min=0)
+        scale = torch.rsqrt(var + norm.eps) * norm.weight.float()[None, :, None]
+        shift = norm.bias.float()[None, :, None] - mean * scale
+        return torch.addcmul(shift, hf, scale).to(h.dtype)
 
 
 def weights_checksum(model_ref: str, revision: str | None = None) -> str | None:

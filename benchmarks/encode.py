@@ -1,0 +1,133 @@
+"""Semantic encode throughput: `tok encode` end to end (read audio, HuBERT-base to layer 6, k-means
+assignment, write shards) against the fairseq way — one utterance at a time, fp32 — on the same files.
+
+    python benchmarks/encode.py --device cuda --num-utts 400        # GPU machine
+    python benchmarks/encode.py --device cpu --num-utts 12          # CPU smoke run
+
+The HuBERT-base architecture is built with random weights (no download); speed does not depend on them.
+Token agreement between the two paths is reported too (bf16 vs fp32 on the GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import hardware, write_section  # noqa: E402
+
+from speechtok.pipelines.encode import EncodeOptions, encode_corpus, encode_device_defaults  # noqa: E402
+from speechtok.shards import read_shards  # noqa: E402
+from speechtok.tokenizers.features import build_features  # noqa: E402
+from speechtok.tokenizers.kmeans import assign  # noqa: E402
+from speechtok.tokenizers.semantic import SemanticTokenizer  # noqa: E402
+
+
+def make_corpus(root: Path, n: int, lo: float, hi: float, seed: int = 0) -> list[Path]:
+    """Speech-like 16 kHz files: harmonic voiced segments with moving pitch, noise bursts, pauses."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        sr, dur = 16000, rng.uniform(lo, hi)
+        t = np.arange(int(sr * dur)) / sr
+        f0 = 110 + 40 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t)
+        phase = 2 * np.pi * np.cumsum(f0) / sr
+        voiced = sum(np.sin(h * phase) / h for h in range(1, 8))
+        env = (np.sin(2 * np.pi * rng.uniform(2, 5) * t) > -0.3).astype(np.float32)
+        wav = 0.1 * voiced * env + 0.02 * rng.standard_normal(len(t)) * (1 - env)
+        p = root / f"utt{i:05d}.wav"
+        sf.write(p, wav.astype(np.float32), sr)
+        paths.append(p)
+    return paths
+
+
+def baseline(paths: list[Path], tok: SemanticTokenizer, device: torch.device) -> tuple[float, dict]:
+    """fairseq's dump_hubert_feature + dump_km_label, fused: per file read, fp32 forward, assign."""
+    model = tok.features.model
+    c = torch.from_numpy(tok.centroids).to(device)
+    out = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for p in paths:
+            wav, sr = sf.read(p, dtype="float32")
+            x = torch.from_numpy(wav).to(device)[None]
+            model.feature_extractor.lengths = None  # plain (unmasked) model, as fairseq runs it
+            feats = model(x).last_hidden_state[0]
+            out[p.stem] = assign(feats, c)[0].cpu().numpy()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--num-utts", type=int, default=400)
+    ap.add_argument("--min-sec", type=float, default=10.0)
+    ap.add_argument("--max-sec", type=float, default=20.0)
+    ap.add_argument("--layer", type=int, default=6)
+    ap.add_argument("-k", type=int, default=500)
+    ap.add_argument("--precision", default=None, help="default: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--batch-seconds", type=float, default=None)
+    ap.add_argument("--num-workers", type=int, default=None)
+    ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    defaults = encode_device_defaults(device)
+    precision = args.precision or defaults["precision"]
+
+    from transformers import HubertConfig, HubertModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        HubertModel(HubertConfig()).save_pretrained(tmp / "hubert-base")  # base architecture, random weights
+        paths = make_corpus(tmp / "audio", args.num_utts, args.min_sec, args.max_sec)
+        audio_seconds = sum(sf.info(p).duration for p in paths)
+        spec = {"kind": "ssl", "model": str(tmp / "hubert-base"), "layer": args.layer}
+        centroids = np.random.default_rng(0).normal(0, 0.5, (args.k, 768)).astype(np.float32)
+        SemanticTokenizer(build_features(spec), centroids).save(tmp / "km")
+
+        # warm-up both paths (CUDA context, cuDNN autotune) on a few files
+        tok32 = SemanticTokenizer.from_dir(tmp / "km", device=device, precision="fp32")
+        baseline(paths[:2], tok32, device)
+        base_s, base_units = baseline(paths, tok32, device)
+        del tok32
+
+        tok = SemanticTokenizer.from_dir(tmp / "km", device=device, precision=precision)
+        opts = EncodeOptions(num_workers=defaults["num_workers"] if args.num_workers is None else args.num_workers,
+                             progress=False)
+        opts.max_batch_seconds = args.batch_seconds or defaults["max_batch_seconds"]
+        warm = tmp / "warmup"
+        warm.mkdir()
+        for p in paths[: min(8, len(paths))]:
+            (warm / p.name).symlink_to(p)
+        encode_corpus(warm, tok, tmp / "warm_out", opts)
+        summary = encode_corpus(tmp / "audio", tok, tmp / "shards", opts)
+        ours_s = summary.wall_seconds
+        agree = np.mean(np.concatenate([s["semantic"] == base_units[s["id"]] for s in read_shards(tmp / "shards")]))
+
+    base_rt, ours_rt = audio_seconds / base_s, audio_seconds / ours_s
+    body = (f"## Semantic encode (issue #2)\n\n"
+            f"Hardware: {hardware(device)}. HuBERT-base architecture (random weights), layer {args.layer}, k={args.k}; "
+            f"{len(paths)} utterances of {args.min_sec:.0f}–{args.max_sec:.0f} s, {audio_seconds / 3600:.2f} h.\n\n"
+            f"| path | precision | wall s | × real time |\n|---|---|---|---|\n"
+            f"| fairseq-style loop: one utterance at a time (read, forward, assign) | fp32 | {base_s:.2f} | {base_rt:,.0f} |\n"
+            f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {precision} | {ours_s:.2f} | {ours_rt:,.0f} |\n\n"
+            f"Speed-up: **{ours_rt / base_rt:.1f}×**. Token agreement with the fp32 loop: {agree * 100:.2f}% of frames.\n")
+    print(body)
+    if not args.no_write:
+        write_section(f"encode-{device.type}", body)
+
+
+if __name__ == "__main__":
+    main()
