@@ -50,3 +50,40 @@ def tiny_ssl(tmp_path_factory):
         return cache[kind]
 
     return make
+
+
+def tiny_codec_config(kind: str):
+    from transformers import DacConfig, EncodecConfig, MimiConfig
+
+    if kind == "encodec":  # 24 kHz, hop 64 → 375 Hz; 1024 codes = 10 bits → 3.75 kbps per codebook
+        return EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[4, 4, 4], codebook_size=1024,
+                             codebook_dim=16, hidden_size=16, target_bandwidths=[3.75, 7.5], num_lstm_layers=1)
+    if kind == "dac":  # 16 kHz, hop 32
+        return DacConfig(sampling_rate=16000, encoder_hidden_size=8, downsampling_ratios=[2, 4, 4],
+                         decoder_hidden_size=32, n_codebooks=4, codebook_size=64, codebook_dim=4, hidden_size=64)
+    if kind == "mimi":  # 16 kHz, hop 64 then ×2 → 125 Hz
+        return MimiConfig(sampling_rate=16000, frame_rate=125.0, hidden_size=32, num_filters=4,
+                          upsampling_ratios=[4, 4, 4], num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=2, head_dim=16, intermediate_size=64, codebook_size=64,
+                          codebook_dim=16, vector_quantization_hidden_dimension=16, num_quantizers=4,
+                          num_semantic_quantizers=1, sliding_window=50, upsample_groups=32)
+    raise ValueError(kind)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(tmp_path_factory):
+    """Factory: a tiny random-init codec (encodec, dac, mimi) saved with save_pretrained; returns its dir."""
+    cache = {}
+
+    def make(kind: str) -> str:
+        if kind not in cache:
+            from transformers import AutoModel
+
+            torch.manual_seed(0)
+            model = AutoModel.from_config(tiny_codec_config(kind))
+            path = tmp_path_factory.mktemp(f"codec_{kind}")
+            model.save_pretrained(path)
+            cache[kind] = str(path)
+        return cache[kind]
+
+    return make

@@ -127,8 +127,9 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 
 @cli.command("encode")
 @click.argument("corpus", type=click.Path(exists=True))
-@click.option("-t", "--tokenizer", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Tokenizer directory (from train-kmeans or import-kmeans).")
+@click.option("-t", "--tokenizer", "tokenizers", required=True, multiple=True,
+              help="A semantic tokenizer directory, or a codec KIND:MODEL[:nq=N][:name=NAME] "
+                   "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder for shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
 @click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
@@ -139,18 +140,18 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
-def encode_cmd(corpus, tokenizer, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
+def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
                shard_max_count, device, precision, quiet):
     """Tokenize CORPUS (a folder or a JSONL manifest) into webdataset shards under OUTPUT."""
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.encode import EncodeOptions, encode_corpus, encode_device_defaults, ERRORS_FILE
-    from speechtok.tokenizers.semantic import SemanticTokenizer
+    from speechtok.tokenizers.load import load_tokenizer
 
     dev = resolve_device(device)
     defaults = encode_device_defaults(dev)
     try:
-        tok = SemanticTokenizer.from_dir(tokenizer, device=dev,
-                                         precision=defaults["precision"] if precision == "auto" else precision)
+        toks = [load_tokenizer(t, device=dev, precision=defaults["precision"] if precision == "auto" else precision)
+                for t in tokenizers]
     except (ValueError, OSError) as e:
         _fail(str(e))
     opts = EncodeOptions(dedup=dedup, max_batch_size=batch_size,
@@ -159,12 +160,61 @@ def encode_cmd(corpus, tokenizer, output, dedup, batch_seconds, batch_size, num_
                          shard_max_bytes=int(shard_max_mb * (1 << 20)), shard_max_count=shard_max_count,
                          progress=not quiet)
     try:
-        summary = encode_corpus(corpus, tok, output, opts)
-    except FileNotFoundError as e:
+        summary = encode_corpus(corpus, toks, output, opts)
+    except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     _report_errors(summary.errors, str(Path(output) / ERRORS_FILE))
     click.echo(summary.line())
     sys.exit(1 if summary.errors else 0)
+
+
+@cli.command("decode")
+@click.argument("shards", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the wav files.")
+@click.option("--codec", "codec_name", default=None, help="Which codec field to decode (default: the only one).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@device_option
+def decode_cmd(shards, output, codec_name, batch_size, device):
+    """Write audio decoded from the codec tokens in SHARDS (one KEY.wav per utterance)."""
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.pipelines.decode import decode_shards
+    from speechtok.shards import ShardError
+
+    try:
+        n, seconds = decode_shards(shards, output, codec_name, resolve_device(device), batch_size)
+    except (ShardError, ValueError) as e:
+        _fail(str(e))
+    click.echo(f"decoded {n} utterances, {seconds:.1f} s of audio -> {output}")
+
+
+@cli.command("resynth")
+@click.argument("audio", type=click.Path(exists=True, dir_okay=False))
+@click.option("-t", "--tokenizer", required=True, help="Codec KIND:MODEL[:nq=N].")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output wav.")
+@device_option
+def resynth_cmd(audio, tokenizer, output, device):
+    """Round-trip one file through a codec: AUDIO → tokens → OUTPUT wav."""
+    import soundfile as sf
+    import torch
+
+    from speechtok.audio import AudioError, read_audio, resample
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.tokenizers.codec import Codec
+    from speechtok.tokenizers.load import load_tokenizer
+
+    try:
+        codec = load_tokenizer(tokenizer, device=resolve_device(device))
+        if not isinstance(codec, Codec):
+            raise ValueError(f"{tokenizer}: resynth needs a codec (a semantic tokenizer needs a unit vocoder)")
+        wav, sr = read_audio(audio)
+    except (ValueError, OSError, AudioError) as e:
+        _fail(f"{audio}: {e}" if isinstance(e, AudioError) else str(e))
+    wav = resample(wav, sr, codec.sample_rate)
+    codes, frames = codec.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+    out, samples = codec.decode(codes, frames)
+    sf.write(output, out[0, : int(samples[0])].cpu().numpy(), codec.sample_rate)
+    click.echo(f"{audio}: {len(wav) / codec.sample_rate:.2f} s -> {codes.shape[1]} x {int(frames[0])} codes "
+               f"({codec.frame_rate:g} Hz) -> {output}")
 
 
 @cli.command("show")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speechtok.audio import AudioError, load_utterance, utterance_seconds
+from speechtok.audio import AudioError, read_audio, resample, utterance_seconds
 from speechtok.corpus import CorpusError, Utterance
 
 
@@ -25,9 +25,30 @@ class Item:
 @dataclass
 class Batch:
     items: list[Item]
-    wav: torch.Tensor  # [B, T] float32, zero-padded
-    lengths: torch.Tensor  # [B] samples
+    audio: dict[int, tuple[torch.Tensor, torch.Tensor]]  # sample rate → (wav [B, T] zero-padded, lengths [B])
+    seconds: list[float]  # each item's decoded duration
     errors: list[tuple[Item, str]] = field(default_factory=list)  # items that failed to load
+
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader with pin_memory=True, so host-to-GPU copies can be asynchronous."""
+        self.audio = {sr: (w.pin_memory(), n) for sr, (w, n) in self.audio.items()}
+        return self
+
+    @property
+    def wav(self) -> torch.Tensor:
+        return next(iter(self.audio.values()))[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return next(iter(self.audio.values()))[1]
+
+
+def pad(wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
+    out = torch.zeros(len(wavs), int(lengths.max()) if wavs else 0)
+    for j, w in enumerate(wavs):
+        out[j, : len(w)] = torch.from_numpy(w)
+    return out, lengths
 
 
 def probe_durations(utts: list[Utterance], errors: list[CorpusError], threads: int = 8) -> list[Item]:
@@ -71,37 +92,41 @@ def plan_batches(items: list[Item], max_batch_seconds: float, max_batch_size: in
 
 
 class BatchDataset(Dataset):
-    """Loads one planned batch at `sample_rate`, padded; failures are returned, not raised."""
+    """Loads one planned batch, decoded once and resampled to each of `sample_rates`, padded; failures
+    are returned, not raised."""
 
-    def __init__(self, plan: list[list[Item]], sample_rate: int):
-        self.plan, self.sample_rate = plan, sample_rate
+    def __init__(self, plan: list[list[Item]], sample_rates: list[int]):
+        self.plan, self.sample_rates = plan, sorted(set(sample_rates))
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int) -> Batch:
-        ok, wavs, errors = [], [], []
+        ok, errors, seconds = [], [], []
+        per_rate: dict[int, list[np.ndarray]] = {sr: [] for sr in self.sample_rates}
         for it in self.plan[i]:
             try:
-                wavs.append(load_utterance(it.utt, self.sample_rate))
-                ok.append(it)
+                wav, sr = read_audio(it.utt.path, it.utt.start, it.utt.end)
+                resampled = {rate: resample(wav, sr, rate) for rate in self.sample_rates}
             except AudioError as e:
                 errors.append((it, str(e)))
-        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
-        wav = torch.zeros(len(wavs), int(lengths.max()) if wavs else 0)
-        for j, w in enumerate(wavs):
-            wav[j, : len(w)] = torch.from_numpy(w)
-        return Batch(ok, wav, lengths, errors)
+                continue
+            for rate, w in resampled.items():
+                per_rate[rate].append(w)
+            ok.append(it)
+            seconds.append(len(wav) / sr)
+        return Batch(ok, {rate: pad(ws) for rate, ws in per_rate.items()}, seconds, errors)
 
 
 def _worker_init(_):
     torch.set_num_threads(1)
 
 
-def iterate_batches(plan: list[list[Item]], sample_rate: int, num_workers: int = 2,
+def iterate_batches(plan: list[list[Item]], sample_rates: int | list[int], num_workers: int = 2,
                     pin_memory: bool = False) -> Iterator[Batch]:
     """Batches of the plan in plan order, loaded by `num_workers` processes (0: in this process)."""
-    loader = DataLoader(BatchDataset(plan, sample_rate), batch_size=None, shuffle=False,
+    rates = [sample_rates] if isinstance(sample_rates, int) else list(sample_rates)
+    loader = DataLoader(BatchDataset(plan, rates), batch_size=None, shuffle=False,
                         num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=_worker_init,
                         prefetch_factor=4 if num_workers else None, persistent_workers=False)
     yield from loader
@@ -132,7 +157,7 @@ def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, m
     from tqdm import tqdm
 
     bar = tqdm(total=len(chosen), unit="utt", desc="features", disable=not progress)
-    for batch in iterate_batches(plan, features.sample_rate, num_workers):
+    for batch in iterate_batches(plan, [features.sample_rate], num_workers):
         for it, why in batch.errors:
             errors.append(CorpusError(file=it.utt.path, id=it.utt.id, reason=why))
         if batch.items:

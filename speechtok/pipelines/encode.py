@@ -1,5 +1,6 @@
-"""`tok encode`: corpus → token shards + manifest. Batches are length-bucketed inside windows of the
-corpus, and samples are written in corpus order, so the shards depend only on the corpus and tokenizer."""
+"""`tok encode`: corpus → token shards + manifest, with one or more tokenizers (semantic units, codecs) in
+one pass, each fed audio at its own rate. Batches are length-bucketed inside windows of the corpus, and
+samples are written in corpus order, so the shards depend only on the corpus and the tokenizers."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ ERRORS_FILE = "errors.jsonl"
 
 @dataclass
 class EncodeOptions:
-    dedup: bool | None = None  # None: the tokenizer's default
+    dedup: bool | None = None  # None: each semantic tokenizer's default
     max_batch_seconds: float = 600.0
     max_batch_size: int = 128
     num_workers: int = 2
@@ -37,7 +38,7 @@ class EncodeOptions:
 class EncodeSummary:
     num_utterances: int = 0
     seconds: float = 0.0
-    frames: int = 0
+    frames: dict[str, int] = field(default_factory=dict)
     errors: list[CorpusError] = field(default_factory=list)
     wall_seconds: float = 0.0
     shards: list[dict] = field(default_factory=list)
@@ -47,77 +48,91 @@ class EncodeSummary:
         return self.seconds / max(self.wall_seconds, 1e-9)
 
     def line(self) -> str:
-        return (f"{self.num_utterances} utterances, {self.seconds / 3600:.3f} h, {self.frames} frames in "
-                f"{len(self.shards)} shards; {self.wall_seconds:.1f} s wall = {self.realtime_factor:,.0f}x real time; "
+        frames = ", ".join(f"{n} {name} frames" for name, n in self.frames.items())
+        return (f"{self.num_utterances} utterances, {self.seconds / 3600:.3f} h, {frames} in {len(self.shards)} "
+                f"shards; {self.wall_seconds:.1f} s wall = {self.realtime_factor:,.0f}x real time; "
                 f"{len(self.errors)} errors")
 
 
-def sample_files(item: Item, units: np.ndarray, num_samples: int, tok: SemanticTokenizer,
-                 dedup: bool) -> dict[str, bytes]:
-    """The tar members of one utterance."""
-    dtype = smallest_int_dtype(tok.k - 1)
-    meta = {"id": item.utt.id, "duration": num_samples / tok.sample_rate, "sample_rate": tok.sample_rate,
-            "frame_rate": tok.frame_rate, "num_frames": int(len(units)), **item.utt.labels()}
+def token_files(tok, tokens: np.ndarray, dedup: bool) -> dict[str, bytes]:
+    """`<name>.npy` in the smallest integer dtype (codecs: [n_q, F]); with dedup, semantic units are
+    run-length encoded and `<name>_durations.npy` holds the run lengths."""
+    top = (tok.k if isinstance(tok, SemanticTokenizer) else tok.codebook_size) - 1
+    if dedup and isinstance(tok, SemanticTokenizer):
+        units, durations = run_length(tokens)
+        return {f"{tok.name}.npy": npy_bytes(units.astype(smallest_int_dtype(top))),
+                f"{tok.name}_durations.npy": npy_bytes(durations.astype(smallest_int_dtype(int(durations.max()))))}
+    return {f"{tok.name}.npy": npy_bytes(tokens.astype(smallest_int_dtype(top)))}
+
+
+def sample_meta(item: Item, seconds: float, streams: dict[str, dict]) -> dict:
+    """The sample's json: id, duration, labels, and per tokenizer its rates and frame count (the first
+    tokenizer's also at the top level)."""
+    first = next(iter(streams.values()))
+    meta = {"id": item.utt.id, "duration": round(seconds, 6), **first, **item.utt.labels()}
+    if len(streams) > 1:
+        meta["streams"] = streams
     for key in ("start", "end"):
         if getattr(item.utt, key) is not None:
             meta[key] = getattr(item.utt, key)
-    files = {"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()}
-    if dedup:
-        units, durations = run_length(units)
-        files["semantic.npy"] = npy_bytes(units.astype(dtype))
-        files["semantic_durations.npy"] = npy_bytes(durations.astype(smallest_int_dtype(int(durations.max()))))
-    else:
-        files["semantic.npy"] = npy_bytes(units.astype(dtype))
-    return files
+    return meta
 
 
-def encode_corpus(corpus: str | Path, tok: SemanticTokenizer, out_dir: str | Path,
-                  opts: EncodeOptions | None = None) -> EncodeSummary:
-    """Tokenize every utterance of `corpus` (folder or JSONL manifest) into shards under `out_dir`.
-    Bad inputs are listed in `out_dir/errors.jsonl` and skipped; the manifest is written last."""
+def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOptions | None = None) -> EncodeSummary:
+    """Tokenize every utterance of `corpus` (folder or JSONL manifest) with `toks` (one tokenizer or a
+    list) into shards under `out_dir`. Bad inputs go to `out_dir/errors.jsonl` and are skipped; the
+    manifest is written last."""
+    toks = list(toks) if isinstance(toks, (list, tuple)) else [toks]
+    names = [t.name for t in toks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two tokenizers write the same field {names}; name codecs with ':name=...'")
     opts = opts or EncodeOptions()
-    dedup = tok.dedup if opts.dedup is None else opts.dedup
+    dedups = {t.name: (t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer) else False
+              for t in toks}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary = EncodeSummary()
+    summary = EncodeSummary(frames={t.name: 0 for t in toks})
     errors = summary.errors
     utts = load_corpus(corpus, errors)
-    items = []
+    items, keys = [], {}
     for it in probe_durations(utts, errors):
-        if int(tok.num_frames(int(it.seconds * tok.sample_rate))) == 0:
-            errors.append(CorpusError(file=it.utt.path, id=it.utt.id,
-                                      reason=f"shorter than one token frame ({it.seconds * 1000:.1f} ms)"))
-        else:
-            items.append(it)
-    keys: dict[str, str] = {}
-    unique = []
-    for it in items:
+        short = [t.name for t in toks if int(t.num_frames(int(it.seconds * t.sample_rate))) == 0]
         key = sample_key(it.utt.id)
-        if key in keys:
+        if short:
+            errors.append(CorpusError(file=it.utt.path, id=it.utt.id,
+                                      reason=f"shorter than one token frame ({it.seconds * 1000:.1f} ms) for {', '.join(short)}"))
+        elif key in keys:
             errors.append(CorpusError(file=it.utt.path, id=it.utt.id,
                                       reason=f"id maps to the same shard key as '{keys[key]}'"))
-            continue
-        keys[key] = it.utt.id
-        unique.append(it)
-    items = unique
+        else:
+            keys[key] = it.utt.id
+            items.append(it)
     plan = plan_batches(items, opts.max_batch_seconds, opts.max_batch_size, opts.window)
 
     writer = ShardWriter(out_dir, opts.shard_max_bytes, opts.shard_max_count)
     ready: dict[int, dict[str, bytes] | None] = {}  # corpus index → sample (None: failed)
     next_pos = 0
+    cuda = any(t.device.type == "cuda" for t in toks)
     bar = tqdm(total=len(items), unit="utt", disable=not opts.progress, dynamic_ncols=True)
-    for batch in iterate_batches(plan, tok.sample_rate, opts.num_workers, pin_memory=tok.device.type == "cuda"):
+    for batch in iterate_batches(plan, [t.sample_rate for t in toks], opts.num_workers, pin_memory=cuda):
         for it, why in batch.errors:
             errors.append(CorpusError(file=it.utt.path, id=it.utt.id, reason=why))
             ready[it.index] = None
         if batch.items:
-            units = tok.encode_batch(batch.wav, batch.lengths)
-            for it, u, n in zip(batch.items, units, batch.lengths.tolist()):
-                ready[it.index] = sample_files(it, u, n, tok, dedup)
+            outputs = {t.name: t.encode_batch(*batch.audio[t.sample_rate]) for t in toks}
+            for j, it in enumerate(batch.items):
+                files, streams = {}, {}
+                for t in toks:
+                    tokens = outputs[t.name][j]
+                    files.update(token_files(t, tokens, dedups[t.name]))
+                    streams[t.name] = {"sample_rate": t.sample_rate, "frame_rate": t.frame_rate,
+                                       "num_frames": int(tokens.shape[-1])}
+                    summary.frames[t.name] += int(tokens.shape[-1])
+                meta = sample_meta(it, batch.seconds[j], streams)
+                ready[it.index] = {"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), **files}
                 summary.num_utterances += 1
-                summary.seconds += n / tok.sample_rate
-                summary.frames += len(u)
+                summary.seconds += batch.seconds[j]
         while next_pos < len(items) and items[next_pos].index in ready:
             files = ready.pop(items[next_pos].index)
             if files is not None:
@@ -138,11 +153,11 @@ def encode_corpus(corpus: str | Path, tok: SemanticTokenizer, out_dir: str | Pat
         "format_version": 1,
         "speechtok_version": speechtok.__version__,
         "corpus": str(corpus),
-        "tokenizers": {"semantic": tok.card()},
-        "dedup": dedup,
+        "tokenizers": {t.name: t.card() for t in toks},
+        "dedup": dedups[toks[0].name] if len(toks) == 1 else dedups,
         "num_utterances": summary.num_utterances,
         "seconds": round(summary.seconds, 6),
-        "frames": {"semantic": summary.frames},
+        "frames": summary.frames,
         "num_errors": len(errors),
         "shards": [{"name": s["name"], "num_utterances": s["num_samples"], "bytes": s["bytes"],
                     "sha256": s["sha256"]} for s in summary.shards],

@@ -38,16 +38,23 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 1 << 16,
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (D² sampling) on `x` [N, D]."""
+    """Greedy k-means++ seeding (as sklearn): at each step draw 2 + ln(k) candidates by D² sampling and keep
+    the one that lowers the total squared distance most."""
     n = x.shape[0]
+    trials = 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=generator))
     centers = [x[first]]
-    d2 = ((x - x[first]) ** 2).sum(1)
+    x_sq = (x * x).sum(1)
+    d2 = torch.clamp(x_sq - 2 * x @ x[first] + x_sq[first], min=0)
     for _ in range(1, k):
-        probs = (d2 / d2.sum()).cpu() if float(d2.sum()) > 0 else torch.full((n,), 1.0 / n)
-        nxt = int(torch.multinomial(probs.double(), 1, generator=generator))
-        centers.append(x[nxt])
-        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
+        total = float(d2.sum())
+        probs = (d2 / total).cpu().double() if total > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)
+        cand = torch.multinomial(probs, trials, replacement=True, generator=generator).to(x.device)
+        cand_d2 = torch.clamp(x_sq[None] - 2 * x[cand] @ x.T + x_sq[cand, None], min=0)  # [trials, n]
+        best_pot = torch.minimum(cand_d2, d2[None]).sum(1)
+        best = int(best_pot.argmin())
+        centers.append(x[cand[best]])
+        d2 = torch.minimum(d2, cand_d2[best])
     return torch.stack(centers)
 
 

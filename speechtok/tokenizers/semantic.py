@@ -39,6 +39,7 @@ class SemanticTokenizer:
     """Discrete units from a feature extractor and k-means centroids."""
 
     kind = "semantic"
+    name = "semantic"  # the shard field it writes
 
     def __init__(self, features: FeatureExtractor, centroids: np.ndarray, dedup: bool = False,
                  meta: dict | None = None):
