@@ -45,6 +45,11 @@ class Utterance:
         return out
 
 
+def printable(text: str) -> str:
+    """A str safe to write as UTF-8: bytes of a non-UTF-8 file name (held as surrogates) become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class CorpusError:
     """A line for errors.jsonl: which file, which utterance, why."""
@@ -54,7 +59,7 @@ class CorpusError:
     id: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, ensure_ascii=False)
+        return json.dumps({k: printable(v) for k, v in asdict(self).items() if v is not None}, ensure_ascii=False)
 
 
 def scan_folder(root: str | os.PathLike) -> Iterator[Utterance]:
@@ -67,7 +72,7 @@ def scan_folder(root: str | os.PathLike) -> Iterator[Utterance]:
             if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith("."):
                 path = Path(dirpath) / name
                 rel = path.relative_to(root).with_suffix("")
-                yield Utterance(id=rel.as_posix(), path=str(path))
+                yield Utterance(id=printable(rel.as_posix()), path=str(path))
 
 
 def _parse_words(raw, where: str) -> list[Word]:

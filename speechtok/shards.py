@@ -51,8 +51,10 @@ class ShardWriter:
     `max_bytes` bytes; each shard is written as `.tmp`, fsynced and renamed when full."""
 
     def __init__(self, out_dir: str | Path, max_bytes: int = 1 << 30, max_count: int = 100_000,
-                 start_index: int = 0):
+                 start_index: int = 0, pattern: str | None = None):
         self.out_dir = Path(out_dir)
+        self.pattern = pattern or SHARD_PATTERN
+        self.on_shard_done = None  # called with each finished shard's record, once it is in place
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.max_count = max_bytes, max_count
         self.index = start_index
@@ -62,7 +64,7 @@ class ShardWriter:
         self._bytes = 0
 
     def _open(self) -> None:
-        name = SHARD_PATTERN.format(self.index)
+        name = self.pattern.format(self.index)
         self._path = self.out_dir / name
         self._tmp = self.out_dir / (name + ".tmp")
         self._file = open(self._tmp, "wb")
@@ -93,10 +95,13 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self._path)
-        self.shards.append({"name": self._path.name, "num_samples": self._count,
-                            "bytes": self._path.stat().st_size, "sha256": sha256_of(self._path)})
+        record = {"name": self._path.name, "num_samples": self._count,
+                  "bytes": self._path.stat().st_size, "sha256": sha256_of(self._path)}
+        self.shards.append(record)
         self._tar = None
         self.index += 1
+        if self.on_shard_done is not None:
+            self.on_shard_done(record)
 
     def close(self) -> list[dict]:
         self.finish_shard()

@@ -137,14 +137,19 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @click.option("--num-workers", type=int, default=None, help="Audio loading processes (default 8 on GPU, 2 on CPU).")
 @click.option("--shard-max-mb", type=float, default=256.0, show_default=True)
 @click.option("--shard-max-count", type=int, default=10_000, show_default=True)
+@click.option("--strict", is_flag=True, help="Stop at the first bad input (a rerun resumes).")
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
-               shard_max_count, device, precision, quiet):
-    """Tokenize CORPUS (a folder or a JSONL manifest) into webdataset shards under OUTPUT."""
+               shard_max_count, strict, device, precision, quiet):
+    """Tokenize CORPUS (a folder or a JSONL manifest) into webdataset shards under OUTPUT.
+
+    Rerunning the same command after an interruption resumes it. Under torchrun, each rank encodes a
+    contiguous part of the corpus and rank 0 writes one manifest. Exits 1 when any input failed."""
     from speechtok.pipelines.batching import resolve_device
-    from speechtok.pipelines.encode import EncodeOptions, encode_corpus, encode_device_defaults, ERRORS_FILE
+    from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, StrictError, dist_info, encode_corpus,
+                                            encode_device_defaults)
     from speechtok.tokenizers.load import load_tokenizer
 
     dev = resolve_device(device)
@@ -158,13 +163,20 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
                          max_batch_seconds=defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds,
                          num_workers=defaults["num_workers"] if num_workers is None else num_workers,
                          shard_max_bytes=int(shard_max_mb * (1 << 20)), shard_max_count=shard_max_count,
-                         progress=not quiet)
+                         progress=not quiet, strict=strict)
+    rank, _ = dist_info()
+    opts.progress = opts.progress and rank == 0
     try:
         summary = encode_corpus(corpus, toks, output, opts)
+    except StrictError as e:
+        click.echo(f"error: {e}", err=True)
+        click.echo("stopped (--strict); rerun without --strict to skip bad inputs, or fix them and rerun", err=True)
+        sys.exit(1)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    _report_errors(summary.errors, str(Path(output) / ERRORS_FILE))
-    click.echo(summary.line())
+    if rank == 0:
+        _report_errors(summary.errors, str(Path(output) / ERRORS_FILE))
+        click.echo(summary.line())
     sys.exit(1 if summary.errors else 0)
 
 

@@ -133,8 +133,13 @@ def iterate_batches(plan: list[list[Item]], sample_rates: int | list[int], num_w
 
 
 def resolve_device(device: str) -> torch.device:
+    """'auto' → this process's GPU (LOCAL_RANK under torchrun) or the CPU."""
+    import os
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     return torch.device(device)
 
 

@@ -42,7 +42,7 @@ class SemanticTokenizer:
     name = "semantic"  # the shard field it writes
 
     def __init__(self, features: FeatureExtractor, centroids: np.ndarray, dedup: bool = False,
-                 meta: dict | None = None):
+                 meta: dict | None = None, chunk_seconds: float = 60.0, context_seconds: float = 5.0):
         if centroids.ndim != 2 or centroids.shape[1] != features.dim:
             raise ValueError(f"centroids of shape {centroids.shape} do not fit {features.dim}-dim features")
         self.features = features
@@ -51,6 +51,9 @@ class SemanticTokenizer:
         self.meta = dict(meta or {})
         self._c = torch.from_numpy(self.centroids).to(self.device)
         self._c_sqnorm = (self._c * self._c).sum(1)
+        self.hop = round(self.sample_rate / self.frame_rate)
+        self.chunk_samples = int(chunk_seconds * self.sample_rate) // self.hop * self.hop
+        self.context_samples = int(context_seconds * self.sample_rate) // self.hop * self.hop
 
     @property
     def device(self) -> torch.device:
@@ -120,7 +123,29 @@ class SemanticTokenizer:
     @torch.inference_mode()
     def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
         """Padded waveforms [B, T] at `sample_rate` and their lengths → one int64 unit array per
-        utterance (frame-level; see `run_length` for dedup)."""
+        utterance (frame-level; see `run_length` for dedup). A single input longer than a chunk is
+        encoded by `encode_long`."""
+        if len(lengths) == 1 and int(lengths[0]) > self.chunk_samples + 2 * self.context_samples:
+            return [self.encode_long(wav[0, : int(lengths[0])])]
+        return self._units(wav, lengths)
+
+    def encode_long(self, wav: torch.Tensor) -> np.ndarray:
+        """Units of one long waveform in bounded memory: chunks of `chunk_samples`, each computed with
+        `context_samples` of audio on both sides whose frames are dropped. Exact for spectral features;
+        for self-supervised models, whose attention spans the whole input, frames see only the chunk and
+        its context (the tests measure the agreement)."""
+        total = int(self.num_frames(len(wav)))
+        out = np.zeros(total, dtype=np.int64)
+        for start in range(0, len(wav), self.chunk_samples):
+            a = max(0, start - self.context_samples)
+            b = min(len(wav), start + self.chunk_samples + self.context_samples)
+            units = self._units(wav[None, a:b], torch.tensor([b - a]))[0]
+            first, g0 = (start - a) // self.hop, start // self.hop
+            count = min(self.chunk_samples // self.hop, total - g0)
+            out[g0: g0 + count] = units[first: first + count]
+        return out
+
+    def _units(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
         feats, n = self.features(wav, lengths)
         b, f, d = feats.shape
         labels, _ = assign(feats.reshape(b * f, d), self._c, c_sqnorm=self._c_sqnorm)

@@ -1,0 +1,91 @@
+"""Codec throughput: × real time of encode and decode, batched against one utterance at a time, same run.
+
+    python benchmarks/codec.py --device cuda --num-utts 256 --batch-size 64      # GPU machine
+    python benchmarks/codec.py --device cpu --num-utts 8 --batch-size 8          # CPU run
+
+Models are the published architectures (transformers' default configs: EnCodec 24 kHz, DAC, Mimi) with
+random weights — speed does not depend on the weights and nothing is downloaded."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import hardware, write_section  # noqa: E402
+
+from speechtok.tokenizers.codec import Codec  # noqa: E402
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--kinds", default="encodec,dac,mimi")
+    ap.add_argument("--num-utts", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each utterance")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--nq", type=int, default=8)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    from transformers import AutoModel, DacConfig, EncodecConfig, MimiConfig
+
+    configs = {"encodec": EncodecConfig(), "dac": DacConfig(), "mimi": MimiConfig()}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.kinds.split(","):
+            torch.manual_seed(0)
+            path = Path(tmp) / kind
+            AutoModel.from_config(configs[kind]).save_pretrained(path)
+            codec = Codec(kind, str(path), n_q=args.nq, device=device)
+            n = int(args.seconds * codec.sample_rate)
+            g = torch.Generator().manual_seed(0)
+            wav = 0.1 * torch.randn(args.num_utts, n, generator=g)
+            lengths = torch.full((args.num_utts,), n)
+            audio_s = args.num_utts * args.seconds
+            codec.encode(wav[:2], lengths[:2])  # warm-up
+
+            def encode_batched():
+                out = []
+                for i in range(0, args.num_utts, args.batch_size):
+                    out.append(codec.encode(wav[i:i + args.batch_size], lengths[i:i + args.batch_size]))
+                return out
+
+            enc_b = timed(encode_batched, device)
+            enc_1 = timed(lambda: [codec.encode(wav[i:i + 1], lengths[i:i + 1]) for i in range(args.num_utts)], device)
+            codes, frames = codec.encode(wav[: args.batch_size], lengths[: args.batch_size])
+            reps = max(1, args.num_utts // args.batch_size)
+            dec_b = timed(lambda: [codec.decode(codes, frames) for _ in range(reps)], device) / (reps * len(codes))
+            dec_1 = timed(lambda: [codec.decode(codes[i:i + 1], frames[i:i + 1]) for i in range(len(codes))],
+                          device) / len(codes)
+            rows.append((kind, codec.n_q, codec.sample_rate, audio_s / enc_1, audio_s / enc_b,
+                         args.seconds / dec_1, args.seconds / dec_b))
+            del codec
+    table = "\n".join(f"| {k} | {q} | {sr} | {e1:,.0f} | {eb:,.0f} ({eb / e1:.1f}×) | {d1:,.0f} | {db:,.0f} ({db / d1:.1f}×) |"
+                      for k, q, sr, e1, eb, d1, db in rows)
+    body = (f"## Codecs (issue #3)\n\nHardware: {hardware(device)}. {args.num_utts} utterances × {args.seconds:g} s, "
+            f"fp32, batch {args.batch_size}; published architectures, random weights.\n\n"
+            f"| codec | n_q | rate | encode ×RT, one at a time | encode ×RT, batched | decode ×RT, one at a time | decode ×RT, batched |\n"
+            f"|---|---|---|---|---|---|---|\n{table}\n")
+    print(body)
+    if not args.no_write:
+        write_section(f"codec-{device.type}", body)
+
+
+if __name__ == "__main__":
+    main()
