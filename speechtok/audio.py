@@ -3,6 +3,8 @@ resampled to the rate a tokenizer wants."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from functools import lru_cache
 
@@ -17,18 +19,33 @@ class AudioError(Exception):
     """An input that cannot be turned into samples; the message is the reason."""
 
 
+@contextmanager
+def _sound_file(path: str) -> Iterator[sf.SoundFile]:
+    """libsndfile takes names as UTF-8; a name with undecodable bytes (surrogate-escaped) goes in as an open file."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        with open(path, "rb") as raw, sf.SoundFile(raw) as f:
+            yield f
+        return
+    with sf.SoundFile(path) as f:
+        yield f
+
+
 def audio_info(path: str) -> tuple[int, int]:
     """(frames, sample_rate) read from the file header."""
     try:
-        info = sf.info(path)
+        with _sound_file(path) as f:
+            return int(f.frames), int(f.samplerate)
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or TypeError
         raise AudioError(f"cannot read audio header: {_short(e)}") from None
-    return int(info.frames), int(info.samplerate)
 
 
 def utterance_seconds(utt: Utterance) -> float:
     """Duration of the utterance's span from the header, without decoding."""
     frames, sr = audio_info(utt.path)
+    if frames == 0:
+        raise AudioError("zero-length audio (no samples)")
     total = frames / sr
     start = utt.start or 0.0
     end = total if utt.end is None else min(utt.end, total)
@@ -40,7 +57,7 @@ def utterance_seconds(utt: Utterance) -> float:
 def read_audio(path: str, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int]:
     """Samples of [start, end) seconds, down-mixed to mono float32, and the file's sample rate."""
     try:
-        with sf.SoundFile(path) as f:
+        with _sound_file(path) as f:
             sr = f.samplerate
             first = int(round((start or 0.0) * sr))
             last = f.frames if end is None else min(f.frames, int(round(end * sr)))

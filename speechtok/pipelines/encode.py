@@ -230,7 +230,8 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
 
     suffix = f".r{rank:03d}" if world > 1 else ""
     journal = Journal(out_dir / f"progress{suffix}.jsonl", fingerprint)
-    if not journal.path.exists() and any(out_dir.glob("shard-*.tar")):
+    mine = f"shard-r{rank:03d}-*.tar" if world > 1 else "shard-*.tar"
+    if not journal.path.exists() and any(out_dir.glob(mine)):
         raise ValueError(f"{out_dir}: already holds shards of another job; write to a new folder")
     journal.load(out_dir)
     next_pos, load_errors = 0, []
