@@ -134,7 +134,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
 @click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Utterances per batch at most.")
-@click.option("--num-workers", type=int, default=None, help="Audio loading processes (default 8 on GPU, 2 on CPU).")
+@click.option("--num-workers", type=int, default=None, help="Audio loading processes (default 8 on GPU; on CPU 2, or 0 with 4 cores or fewer).")
 @click.option("--shard-max-mb", type=float, default=256.0, show_default=True)
 @click.option("--shard-max-count", type=int, default=10_000, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (a rerun resumes).")
