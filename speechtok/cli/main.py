@@ -109,14 +109,15 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
 def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
     """Convert a fairseq/textlesslib k-means CHECKPOINT (joblib pickle, .npy, .pt) into a tokenizer directory."""
     from speechtok.tokenizers.kmeans import load_kmeans_checkpoint
-    from speechtok.tokenizers.semantic import SemanticTokenizer, sha256_file
+    from speechtok.shards import sha256_of
+    from speechtok.tokenizers.semantic import SemanticTokenizer
 
     try:
         centroids = load_kmeans_checkpoint(checkpoint, trust_pickle=trust_pickle)
     except (PermissionError, ValueError, OSError) as e:
         _fail(str(e))
     features, _ = _features(model, layer, "cpu", "fp32")
-    meta = {"imported_from": {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}}
+    meta = {"imported_from": {"file": Path(checkpoint).name, "sha256": sha256_of(checkpoint)}}
     try:
         tok = SemanticTokenizer(features, centroids, dedup=dedup, meta=meta)
     except ValueError as e:

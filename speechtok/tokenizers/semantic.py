@@ -3,27 +3,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from speechtok.shards import sha256_of
 from speechtok.tokenizers.features import FeatureExtractor, build_features
 from speechtok.tokenizers.kmeans import assign
 
 CARD_FILE = "tokenizer.json"
 CENTROIDS_FILE = "centroids.npy"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_length(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +85,7 @@ class SemanticTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
-        self.meta["centroids_sha256"] = sha256_file(directory / CENTROIDS_FILE)
+        self.meta["centroids_sha256"] = sha256_of(directory / CENTROIDS_FILE)
         (directory / CARD_FILE).write_text(json.dumps(self.card(), indent=2) + "\n")
         return directory
 
@@ -110,7 +102,7 @@ class SemanticTokenizer:
             raise ValueError(f"{card_path}: type is {card.get('type')!r}, not 'semantic'")
         cpath = directory / card["centroids"]["file"]
         expected = card["centroids"].get("sha256")
-        if expected and sha256_file(cpath) != expected:
+        if expected and sha256_of(cpath) != expected:
             raise ValueError(f"{cpath}: checksum does not match {CARD_FILE}; the file was changed or corrupted")
         centroids = np.load(cpath, allow_pickle=False)
         features = build_features(card["features"], device=device, precision=precision)
