@@ -1,7 +1,7 @@
 """speechtok: audio tokenizers and token-LM training for speech language models."""
 
 __version__ = "0.1.0"
-__all__ = ["SemanticTokenizer", "read_shards", "__version__"]
+__all__ = ["SemanticTokenizer", "SpeechVocab", "read_shards", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from speechtok.shards import read_shards
 
         return read_shards
+    if name == "SpeechVocab":
+        from speechtok.lm.vocab import SpeechVocab
+
+        return SpeechVocab
     raise AttributeError(f"module 'speechtok' has no attribute {name!r}")

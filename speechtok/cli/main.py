@@ -254,5 +254,9 @@ def show_cmd(shards, n, no_verify):
         _fail(str(e))
 
 
+from speechtok.cli.lm import lm  # noqa: E402
+
+cli.add_command(lm)
+
 if __name__ == "__main__":
     cli()

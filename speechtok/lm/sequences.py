@@ -1,0 +1,108 @@
+"""Training sequences from shard samples and text, as token ids of an extended LM vocabulary.
+
+    speech       [SPEECH] s s s … </s>
+    text         [TEXT] t t t … </s>
+    interleaved  [TEXT] t t [SPEECH] s s s [TEXT] t … </s>   (switches at word boundaries, Spirit-LM style)
+    asr          [SPEECH] s s s [TEXT] t t t </s>
+    tts          [TEXT] t t t [SPEECH] s s s </s>
+
+Sequences start with the tokenizer's BOS when it has one. Speech spans cut at word boundaries: a span of
+words i..j covers the frames from word i's start to word j+1's start (the first span from 0, the last
+to the end), so pauses stay with the speech before the next word and every frame lands in one span."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from speechtok.lm.vocab import SpeechVocab
+from speechtok.tokenizers.semantic import run_length
+
+FORMATS = ("speech", "text", "interleaved", "asr", "tts")
+
+
+@dataclass
+class Span:
+    """One modality run of an interleaved sequence: words [first, last) and, for speech, frames [f0, f1)."""
+
+    modality: str
+    first: int
+    last: int
+    f0: int = 0
+    f1: int = 0
+
+
+class SequenceBuilder:
+    """Turns samples (as `read_shards` yields them) and text lines into token-id sequences."""
+
+    def __init__(self, vocab: SpeechVocab, tokenizer, dedup: bool | None = None, span_words: tuple[int, int] = (1, 10)):
+        self.vocab, self.tok = vocab, tokenizer
+        self.dedup = vocab.dedup if dedup is None else dedup
+        self.span_words = span_words
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.eos = [tokenizer.eos_token_id]
+
+    def frames(self, sample: dict) -> np.ndarray:
+        """Frame-level units of a sample, expanding run-length shards."""
+        units = sample[self.vocab.semantic_stream]
+        durations = sample.get(self.vocab.semantic_stream + "_durations")
+        return np.repeat(units, durations) if durations is not None else units
+
+    def unit_ids(self, frames: np.ndarray) -> list[int]:
+        units = run_length(frames)[0] if self.dedup else frames
+        return self.vocab.units_to_ids(units).tolist()
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def speech(self, sample: dict) -> list[int]:
+        return self.bos + [self.vocab.speech_id] + self.unit_ids(self.frames(sample)) + self.eos
+
+    def text(self, line: str) -> list[int]:
+        return self.bos + [self.vocab.text_id] + self.text_ids(line) + self.eos
+
+    def asr(self, sample: dict) -> list[int]:
+        return (self.bos + [self.vocab.speech_id] + self.unit_ids(self.frames(sample)) + [self.vocab.text_id]
+                + self.text_ids(sample["text"]) + self.eos)
+
+    def tts(self, sample: dict) -> list[int]:
+        return (self.bos + [self.vocab.text_id] + self.text_ids(sample["text"]) + [self.vocab.speech_id]
+                + self.unit_ids(self.frames(sample)) + self.eos)
+
+    def spans(self, sample: dict, rng: np.random.Generator) -> list[Span]:
+        """Random word spans of alternating modality, starting with a random one."""
+        words, frames = sample["words"], self.frames(sample)
+        rate = self.vocab.frame_rate
+        lo, hi = self.span_words
+        modality = "text" if rng.random() < 0.5 else "speech"
+        out, i = [], 0
+        while i < len(words):
+            j = min(len(words), i + int(rng.integers(lo, hi + 1)))
+            f0 = 0 if i == 0 else min(len(frames), int(round(words[i]["start"] * rate)))
+            f1 = len(frames) if j == len(words) else min(len(frames), int(round(words[j]["start"] * rate)))
+            out.append(Span(modality, i, j, f0, max(f0, f1)))
+            modality = "speech" if modality == "text" else "text"
+            i = j
+        return out
+
+    def interleaved(self, sample: dict, rng: np.random.Generator) -> tuple[list[int], list[Span]]:
+        ids = list(self.bos)
+        spans = self.spans(sample, rng)
+        frames = self.frames(sample)
+        for k, s in enumerate(spans):
+            if s.modality == "text":
+                words = " ".join(w["word"] for w in sample["words"][s.first: s.last])
+                ids += [self.vocab.text_id] + self.text_ids(words if k == 0 else " " + words)
+            else:
+                ids += [self.vocab.speech_id] + self.unit_ids(frames[s.f0: s.f1])
+        return ids + self.eos, spans
+
+    def build(self, fmt: str, sample: dict, rng: np.random.Generator) -> list[int]:
+        """A sequence of format `fmt` from a speech sample, falling back to speech-only when the sample
+        lacks the words or text the format needs."""
+        if fmt == "interleaved" and sample.get("words"):
+            return self.interleaved(sample, rng)[0]
+        if fmt in ("asr", "tts") and sample.get("text"):
+            return self.asr(sample) if fmt == "asr" else self.tts(sample)
+        return self.speech(sample)

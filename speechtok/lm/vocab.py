@@ -1,0 +1,143 @@
+"""Audio tokens in a Hugging Face causal LM's vocabulary: `<s_i>` for semantic unit i, `<c{q}_{i}>` for entry
+i of codebook q, and the modality markers `[TEXT]` / `[SPEECH]`. Each kind occupies one contiguous id
+range, so unit ↔ token id is an offset; the ranges are stored in `speech_vocab.json` beside the model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VOCAB_FILE = "speech_vocab.json"
+TEXT, SPEECH = "[TEXT]", "[SPEECH]"
+
+
+def semantic_token(i: int) -> str:
+    return f"<s_{i}>"
+
+
+def codec_token(q: int, i: int) -> str:
+    return f"<c{q}_{i}>"
+
+
+@dataclass
+class SpeechVocab:
+    """Where the audio tokens sit in the LM's vocabulary."""
+
+    semantic_stream: str  # field name in the shards, e.g. "semantic"
+    k: int
+    semantic_first_id: int
+    text_id: int
+    speech_id: int
+    dedup: bool = False
+    frame_rate: float = 50.0
+    codec_stream: str | None = None
+    n_q: int = 0
+    codebook_size: int = 0
+    codec_first_id: int = -1
+    tokenizer_cards: dict = field(default_factory=dict)
+
+    def units_to_ids(self, units: np.ndarray) -> np.ndarray:
+        units = np.asarray(units, dtype=np.int64)
+        if units.size and (units.min() < 0 or units.max() >= self.k):
+            raise ValueError(f"unit ids must lie in [0, {self.k}), got {units.min()}..{units.max()}")
+        return units + self.semantic_first_id
+
+    def ids_to_units(self, ids: np.ndarray | torch.Tensor) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and not self.is_semantic(ids).all():
+            raise ValueError("not every id is a semantic token")
+        return ids - self.semantic_first_id
+
+    def is_semantic(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        return (ids >= self.semantic_first_id) & (ids < self.semantic_first_id + self.k)
+
+    def codes_to_ids(self, codes: np.ndarray) -> np.ndarray:
+        """[n_q, T] codes → [n_q, T] token ids (codebook q has its own range)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        q = np.arange(codes.shape[0])[:, None]
+        return self.codec_first_id + q * self.codebook_size + codes
+
+    def ids_to_codes(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64) - self.codec_first_id
+        return ids % self.codebook_size
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / VOCAB_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "SpeechVocab":
+        path = Path(directory) / VOCAB_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not a speechtok LM directory (run `tok lm extend-vocab` first)")
+        return cls(**json.loads(path.read_text()))
+
+
+def _add_contiguous(tokenizer, tokens: list[str]) -> int:
+    """Add `tokens` as whole (never split, never normalised) tokens and return the id of the first;
+    refuses if any already exists or the new ids are not contiguous."""
+    from tokenizers import AddedToken
+
+    clash = [t for t in tokens if t in tokenizer.get_vocab()]
+    if clash:
+        raise ValueError(f"the tokenizer already has {clash[:3]}...; was it extended before?")
+    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False, single_word=False) for t in tokens])
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    if ids != list(range(ids[0], ids[0] + len(tokens))):
+        raise RuntimeError("added tokens did not get contiguous ids")
+    return ids[0]
+
+
+def speech_streams(manifest: dict, codec: str | None) -> tuple[str, dict, str | None, dict | None]:
+    """(semantic field, its card, codec field or None, its card) from a shard manifest."""
+    cards = manifest["tokenizers"]
+    semantic = [name for name, c in cards.items() if c["type"] == "semantic"]
+    if len(semantic) != 1:
+        raise ValueError(f"the manifest needs exactly one semantic tokenizer, it has {semantic}")
+    if codec is not None and codec not in cards:
+        raise ValueError(f"no codec '{codec}' in the manifest (it has {sorted(cards)})")
+    return semantic[0], cards[semantic[0]], codec, cards[codec] if codec else None
+
+
+def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q: int | None = None,
+                 pad_to_multiple_of: int = 64) -> SpeechVocab:
+    """Add the audio tokens of a shard manifest to `tokenizer` and resize `model`'s embeddings and output
+    head; new rows are drawn from the mean and covariance of the existing ones (transformers'
+    mean_resizing), so the new tokens start where the model's logits are sensible."""
+    sem_name, sem, codec_name, cc = speech_streams(manifest, codec)
+    tokenizer.add_special_tokens({"additional_special_tokens": [TEXT, SPEECH]})
+    text_id, speech_id = tokenizer.convert_tokens_to_ids([TEXT, SPEECH])
+    first = _add_contiguous(tokenizer, [semantic_token(i) for i in range(sem["k"])])
+    dedup = manifest.get("dedup", False)  # one flag, or one per tokenizer
+    vocab = SpeechVocab(semantic_stream=sem_name, k=sem["k"], semantic_first_id=first, text_id=text_id,
+                        speech_id=speech_id, dedup=bool(dedup.get(sem_name) if isinstance(dedup, dict) else dedup),
+                        frame_rate=sem["frame_rate"], tokenizer_cards={sem_name: sem})
+    if cc is not None:
+        nq = n_q or cc["n_q"]
+        if nq > cc["n_q"]:
+            raise ValueError(f"{codec_name} has {cc['n_q']} codebooks in the shards, {nq} asked")
+        vocab.codec_stream, vocab.n_q, vocab.codebook_size = codec_name, nq, cc["codebook_size"]
+        vocab.codec_first_id = _add_contiguous(
+            tokenizer, [codec_token(q, i) for q in range(nq) for i in range(cc["codebook_size"])])
+        vocab.tokenizer_cards[codec_name] = cc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=True)
+    return vocab
+
+
+def load_base(base: str, from_scratch: bool = False, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a hub id or a local directory; with `from_scratch` only the config and
+    tokenizer are read and the weights are freshly initialised."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if from_scratch:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return model, tokenizer
