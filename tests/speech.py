@@ -22,6 +22,8 @@ SENTENCES = [
     ("dave", "seven green apples fell from the tree"),
     ("dave", "we count one two three four five"),
 ]
+TEXT_LINES = ["the dog ran over the hill", "units are small words of sound", "a model reads and writes speech",
+              "seven apples on the tree", "we speak and it listens"] * 4  # text-only LM data
 VOICES = {"alice": ("en-us", 150, 50), "bob": ("en-gb", 135, 35), "carol": ("en-us+f3", 165, 70),
           "dave": ("en-sc", 145, 45)}
 

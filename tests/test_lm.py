@@ -21,9 +21,9 @@ from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SPEECH, TEXT, SpeechVocab, extend_vocab
 from speechtok.tokenizers.semantic import run_length
 
+from speech import TEXT_LINES
+
 K = 12
-TEXT_LINES = ["the dog ran over the hill", "units are small words of sound", "a model reads and writes speech",
-              "seven apples on the tree", "we speak and it listens"] * 4
 
 
 def run(*args):
@@ -38,31 +38,6 @@ def shards(speech_corpus, tmp_path_factory):
     r = run("encode", speech_corpus, "-t", root / "km", "-o", root / "shards", "-q", "--shard-max-count", 4)
     assert r.exit_code == 0, r.output
     return root / "shards"
-
-
-@pytest.fixture(scope="module")
-def base_llm(tmp_path_factory):
-    """A tiny Llama with a byte-level BPE tokenizer trained on the test sentences, saved like a hub model."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from speech import SENTENCES
-
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([s for _, s in SENTENCES] + TEXT_LINES, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    path = tmp_path_factory.mktemp("base") / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

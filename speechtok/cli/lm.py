@@ -57,3 +57,68 @@ def train_cmd(config, stop_after):
         raise click.ClickException(f"{config}: {e}") from None
     result = train(run, stop_after=stop_after)
     click.echo(json.dumps(result))
+
+
+@click.group("acoustic")
+def acoustic() -> None:
+    """The acoustic stage: semantic units → codec tokens."""
+
+
+@acoustic.command("train")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
+def acoustic_train_cmd(config, stop_after):
+    """Train the semantic → codec-token model as CONFIG (YAML) says; rerunning resumes."""
+    from speechtok.lm.acoustic_train import load_acoustic_config, train_acoustic
+
+    try:
+        run = load_acoustic_config(config)
+        result = train_acoustic(run, stop_after=stop_after)
+    except (ValueError, OSError, TypeError) as e:
+        raise click.ClickException(f"{config}: {e}") from None
+    click.echo(json.dumps(result))
+
+
+@click.command("generate")
+@click.option("--lm", "lm_dir", required=True, type=click.Path(exists=True), help="A `tok lm train` final model.")
+@click.option("--acoustic", "acoustic_dir", type=click.Path(exists=True), help="A `tok acoustic train` final model.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True),
+              help="Semantic tokenizer directory, to encode --prompt-audio / --voice.")
+@click.option("--prompt-audio", type=click.Path(exists=True), help="Continue this speech.")
+@click.option("--prompt-text", help="Speak after this text ([TEXT] … [SPEECH]).")
+@click.option("--voice", type=click.Path(exists=True), help="Speaker prompt for the acoustic stage.")
+@click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.wav, or out.npy with --units-only.")
+@click.option("--max-units", type=int, default=500, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="0: greedy.")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
+                 temperature, top_k, top_p, seed, device):
+    """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
+    import numpy as np
+    import soundfile as sf
+
+    from speechtok.lm.generate import SamplingOptions
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.pipelines.generate import generate_speech
+
+    if not units_only and acoustic_dir is None:
+        raise click.UsageError("give --acoustic DIR, or --units-only")
+    opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        gen = generate_speech(lm_dir, None if units_only else acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
+                              voice, opts, resolve_device(device))
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if units_only:
+        np.save(out, gen.units)
+        click.echo(f"{len(gen.units)} units -> {out}")
+    else:
+        sf.write(out, gen.wav, gen.sample_rate)
+        click.echo(f"{len(gen.units)} units -> {gen.codes.shape[0]} x {gen.codes.shape[1]} codes -> "
+                   f"{len(gen.wav) / gen.sample_rate:.2f} s -> {out}")

@@ -254,9 +254,11 @@ def show_cmd(shards, n, no_verify):
         _fail(str(e))
 
 
-from speechtok.cli.lm import lm  # noqa: E402
+from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
 
 cli.add_command(lm)
+cli.add_command(acoustic)
+cli.add_command(generate_cmd)
 
 if __name__ == "__main__":
     cli()

@@ -201,6 +201,8 @@ def train(run: RunConfig, stop_after: int | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(run.model)
     vocab = SpeechVocab.load(run.model)
+    if dcfg.dedup is not None:  # the final model records the units it was trained on, for generation
+        vocab.dedup = dcfg.dedup
     if run.from_scratch:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(run.model), attn_implementation=cfg.attn)
     else:

@@ -1,0 +1,104 @@
+"""Generation speed of the two stages, in × real time of the speech produced, at batch 1 and batch N.
+
+Stage 1: a Llama-style token LM (random weights, extended vocabulary) sampling 50 Hz semantic units
+through `generate_units` (KV cache). Stage 2: the acoustic model generating 75 Hz EnCodec-style codes
+(8 codebooks, delay pattern) from those units with its KV cache; stage 2 runs one utterance at a time, so
+its batch-N figure is N sequential calls.
+
+    python benchmarks/generate.py --size 350m --batch 32          # GPU machine
+    python benchmarks/generate.py --size tiny --device cpu --batch 4 --seconds 2 --no-write"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lm_train import SIZES, VOCAB  # noqa: E402
+from report import hardware, write_section  # noqa: E402
+
+from speechtok.lm.acoustic import AcousticConfig, AcousticModel  # noqa: E402
+from speechtok.lm.generate import SamplingOptions, generate_units  # noqa: E402
+from speechtok.lm.vocab import SpeechVocab  # noqa: E402
+
+UNIT_RATE, CODEC_RATE, K = 50.0, 75.0, 500
+
+
+class Tok:
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", choices=list(SIZES), default="350m")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=10.0, help="Speech generated per sequence.")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, **SIZES[args.size]))
+    lm = lm.to(device=device, dtype=dtype).eval()
+    vocab = SpeechVocab(semantic_stream="semantic", k=K, semantic_first_id=32002, text_id=32000, speech_id=32001)
+    n_units = int(args.seconds * UNIT_RATE)
+    opts = SamplingOptions(max_new_tokens=n_units, min_new_tokens=n_units, temperature=1.0, top_k=50)
+    rows = []
+    for batch in (1, args.batch):
+        prompts = [[1, vocab.speech_id] + list(range(32002, 32012))] * batch
+        generate_units(lm, Tok(), vocab, prompts[:1], SamplingOptions(max_new_tokens=4))
+        sync(device)
+        t0 = time.perf_counter()
+        outs = generate_units(lm, Tok(), vocab, prompts, opts)
+        sync(device)
+        dt = time.perf_counter() - t0
+        assert all(len(o) == n_units for o in outs)
+        rows.append(("stage 1: LM → units", batch, dt, batch * args.seconds / dt))
+
+    width = SIZES[args.size]
+    acfg = AcousticConfig(k=K, n_q=8, codebook_size=1024, dim=width["hidden_size"],
+                          layers=width["num_hidden_layers"], heads=width["num_attention_heads"], max_len=4096)
+    acoustic = AcousticModel(acfg).to(device).eval()
+    units = np.random.default_rng(0).integers(0, K, n_units)
+    frames = int(args.seconds * CODEC_RATE)
+    acoustic.generate(units[:10], 4)
+    for batch in (1, args.batch):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            for _ in range(batch):
+                acoustic.generate(units, frames, temperature=1.0, top_k=50)
+        sync(device)
+        dt = time.perf_counter() - t0
+        rows.append(("stage 2: units → codes (sequential)", batch, dt, batch * args.seconds / dt))
+
+    lines = [f"## Generation, {args.size} models (issue #6)", "",
+             f"Hardware: {hardware(device)}. {args.seconds:g} s of speech per sequence ({n_units} units at 50 Hz; "
+             f"{frames} frames × 8 codebooks at 75 Hz); {'bf16' if device.type == 'cuda' else 'fp32'}; "
+             "random weights, sampling with top-k 50.", "",
+             "| stage | batch | seconds | × real time |", "|---|---|---|---|"]
+    lines += [f"| {name} | {b} | {dt:.2f} | {x:,.1f} |" for name, b, dt, x in rows]
+    s1 = [r for r in rows if r[0].startswith("stage 1")]
+    lines += ["", f"Stage 1 batching gain: **{s1[1][3] / s1[0][3]:.1f}×** at batch {args.batch}."]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section(f"generate-{args.size}-{device.type}", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Stage 2 of AudioLM-style generation: a decoder-only transformer from semantic units to codec tokens.
+
+One sequence is `semantic units, [SEP], codec steps`. A codebook pattern lays the codes [n_q, T] out as
+steps [N, streams]; each step's input is the sum of its streams' embeddings, and one head per stream
+predicts the next step:
+
+- `delay` (MusicGen): n_q streams, codebook q delayed by q steps; N = T + n_q − 1.
+- `coarse_fine` (AudioLM): one stream; the first `n_coarse` codebooks flattened frame by frame, then the
+  remaining (fine) codebooks the same way; N = T × n_q.
+
+Slots a pattern leaves empty (the delay's corners) hold EMPTY and are neither predicted nor scored. A
+voice prompt is codec tokens forced into the first frames, with its semantic units before the target's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_FILE = "acoustic.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class AcousticConfig:
+    k: int  # semantic units
+    n_q: int
+    codebook_size: int
+    pattern: str = "delay"  # delay | coarse_fine
+    n_coarse: int = 2
+    dim: int = 512
+    layers: int = 8
+    heads: int = 8
+    max_len: int = 4096
+    semantic_rate: float = 50.0
+    codec_rate: float = 75.0
+    frames_per_unit: float = 1.5  # codec frames per semantic token (measured on the training data)
+    dedup: bool = False
+    semantic_stream: str = "semantic"
+    codec_stream: str = "encodec"
+    codec_card: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pattern not in ("delay", "coarse_fine"):
+            raise ValueError(f"pattern: delay or coarse_fine, not {self.pattern!r}")
+        if self.pattern == "coarse_fine" and not 0 < self.n_coarse <= self.n_q:
+            raise ValueError(f"n_coarse must be in 1..{self.n_q}")
+
+    @property
+    def streams(self) -> int:
+        return self.n_q if self.pattern == "delay" else 1
+
+    @property
+    def stream_vocab(self) -> int:
+        """Tokens per stream, EMPTY (the last) included."""
+        return (self.codebook_size if self.pattern == "delay" else self.n_q * self.codebook_size) + 1
+
+    @property
+    def empty(self) -> int:
+        return self.stream_vocab - 1
+
+
+def layout(cfg: AcousticConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook, frame) of every slot of the step grid [N, streams]; -1 where the slot is empty."""
+    Q = cfg.n_q
+    if cfg.pattern == "delay":
+        j = np.arange(T + Q - 1)[:, None]
+        q = np.arange(Q)[None, :]
+        frame = j - q
+        ok = (frame >= 0) & (frame < T)
+        return np.where(ok, q, -1), np.where(ok, frame, -1)
+    order = [(q, t) for t in range(T) for q in range(cfg.n_coarse)]
+    order += [(q, t) for t in range(T) for q in range(cfg.n_coarse, Q)]
+    qt = np.array(order, dtype=np.int64).reshape(-1, 2)
+    return qt[:, :1], qt[:, 1:]
+
+
+def to_steps(cfg: AcousticConfig, codes: np.ndarray) -> np.ndarray:
+    """codes [n_q, T] → step tokens [N, streams]."""
+    qs, ts = layout(cfg, codes.shape[1])
+    tok = codes[np.maximum(qs, 0), np.maximum(ts, 0)].astype(np.int64)
+    if cfg.pattern == "coarse_fine":
+        tok = tok + qs * cfg.codebook_size
+    return np.where(qs >= 0, tok, cfg.empty)
+
+
+def from_steps(cfg: AcousticConfig, steps: np.ndarray, T: int) -> np.ndarray:
+    """step tokens [N, streams] → codes [n_q, T]."""
+    qs, ts = layout(cfg, T)
+    codes = np.zeros((cfg.n_q, T), dtype=np.int64)
+    ok = qs >= 0
+    codes[qs[ok], ts[ok]] = steps[ok] % cfg.codebook_size
+    return codes
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with causal SDPA and an optional KV cache."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+        causal = L > 1  # a single new position attends to everything cached
+        if causal and k.shape[2] != L:
+            raise ValueError("prefill must start from an empty cache")
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, L, D))
+        return x + self.mlp(self.ln2(x))
+
+
+class AcousticModel(nn.Module):
+    """Semantic units → codec tokens, in the configured codebook pattern."""
+
+    def __init__(self, cfg: AcousticConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.sem_emb = nn.Embedding(cfg.k, cfg.dim)
+        self.sep = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        self.code_emb = nn.ModuleList(nn.Embedding(cfg.stream_vocab, cfg.dim) for _ in range(cfg.streams))
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.stream_vocab, bias=False) for _ in range(cfg.streams))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def embed_steps(self, steps: torch.Tensor) -> torch.Tensor:
+        """[B, N, streams] → [B, N, dim]."""
+        return sum(emb(steps[..., s]) for s, emb in enumerate(self.code_emb))
+
+    def _run(self, x: torch.Tensor, start: int, caches: list | None) -> torch.Tensor:
+        if start + x.shape[1] > self.cfg.max_len:
+            raise ValueError(f"sequence of {start + x.shape[1]} positions exceeds max_len {self.cfg.max_len}")
+        x = x + self.pos_emb(torch.arange(start, start + x.shape[1], device=x.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
+        return self.ln_f(x)
+
+    def forward(self, semantic: list[torch.Tensor], steps: list[torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy of the codec steps given the units, over non-empty slots. Sequences of a batch
+        are right-padded; attention is causal, so padding never reaches a real position."""
+        seqs, where = [], []
+        for u, s in zip(semantic, steps):
+            x = torch.cat([self.sem_emb(u), self.sep[None], self.embed_steps(s[:-1][None])[0]])
+            seqs.append(x)
+            where.append(len(u))
+        x = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        h = self._run(x, 0, None)
+        loss, count = 0.0, 0
+        for i, (p, s) in enumerate(zip(where, steps)):
+            hs = h[i, p: p + len(s)]
+            for j, head in enumerate(self.heads):
+                target = s[:, j]
+                keep = target != self.cfg.empty
+                loss = loss + F.cross_entropy(head(hs[keep]).float(), target[keep], reduction="sum")
+                count += int(keep.sum())
+        return loss / max(count, 1)
+
+    @torch.no_grad()
+    def generate(self, units: np.ndarray, n_frames: int, prompt_codes: np.ndarray | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> np.ndarray:
+        """Codes [n_q, n_frames] for `units`; `prompt_codes` [n_q, P] (a voice prompt whose units lead
+        `units`) are forced into the first P frames. Temperature 0 is greedy."""
+        cfg, device = self.cfg, self.sep.device
+        qs, ts = layout(cfg, n_frames)
+        known = np.full(qs.shape, -1, dtype=np.int64)
+        if prompt_codes is not None:
+            P = prompt_codes.shape[1]
+            forced = (qs >= 0) & (ts < P)
+            given = to_steps(cfg, np.pad(prompt_codes, ((0, 0), (0, n_frames - P))))
+            known[forced] = given[forced]
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        caches = [{} for _ in self.blocks]
+        x = torch.cat([self.sem_emb(torch.as_tensor(np.asarray(units, dtype=np.int64), device=device)), self.sep[None]])[None]
+        h = self._run(x, 0, caches)[:, -1]
+        pos = x.shape[1]
+        out = np.full(qs.shape, cfg.empty, dtype=np.int64)
+        for j in range(len(qs)):
+            free = (qs[j] >= 0) & (known[j] < 0)
+            out[j] = np.where(known[j] >= 0, known[j], out[j])
+            if free.any():  # one device → host copy per step, for every stream
+                step_logits = torch.stack([head(h)[0] for head in self.heads]).float().cpu()
+            for s in np.flatnonzero(free):
+                q = qs[j, s]
+                logits = step_logits[s]
+                lo, hi = (q * cfg.codebook_size, (q + 1) * cfg.codebook_size) if cfg.pattern == "coarse_fine" \
+                    else (0, cfg.codebook_size)
+                logits = logits[lo:hi]
+                out[j, s] = lo + _sample(logits, temperature, top_k, g)
+            step = torch.as_tensor(out[j], device=device)[None, None]
+            h = self._run(self.embed_steps(step), pos, caches)[:, -1]
+            pos += 1
+        return from_steps(cfg, out, n_frames)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / WEIGHTS_FILE)
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
+        d = Path(directory)
+        if not (d / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{d}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
+        model = cls(AcousticConfig(**json.loads((d / CONFIG_FILE).read_text())))
+        model.load_state_dict(load_file(d / WEIGHTS_FILE))
+        return model.to(device).eval()
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, len(logits))).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=g))

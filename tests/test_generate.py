@@ -1,0 +1,191 @@
+"""Two-stage generation: codebook patterns, stage 1 (LM → units), stage 2 (units → codec tokens), and
+`tok generate` end to end, with tiny models overfitted on the synthetic corpus."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from click.testing import CliRunner
+
+from speechtok import read_shards
+from speechtok.cli.main import cli
+from speechtok.lm.acoustic import AcousticConfig, AcousticModel, from_steps, layout, to_steps
+from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
+from speechtok.lm.vocab import SpeechVocab
+from speechtok.tokenizers.semantic import run_length
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
+def test_patterns_round_trip(pattern):
+    cfg = AcousticConfig(k=4, n_q=3, codebook_size=5, pattern=pattern, n_coarse=1, dim=8, layers=1, heads=2)
+    codes = np.random.default_rng(0).integers(0, 5, (3, 7))
+    steps = to_steps(cfg, codes)
+    np.testing.assert_array_equal(from_steps(cfg, steps, 7), codes)
+    qs, ts = layout(cfg, 7)
+    if pattern == "delay":
+        assert steps.shape == (7 + 2, 3)
+        assert steps[0, 1] == cfg.empty and steps[1, 1] == codes[1, 0] and steps[8, 2] == codes[2, 6]
+    else:
+        assert steps.shape == (21, 1)
+        assert list(qs[:7, 0]) == [0] * 7 and list(ts[:7, 0]) == list(range(7))  # coarse codebook first
+        assert steps[7, 0] == 5 + codes[1, 0]  # then the fine ones, offset per codebook
+
+
+def test_acoustic_model_cache_matches_full_forward():
+    """Greedy decoding with the KV cache picks the argmax of the full causal forward at every step."""
+    torch.manual_seed(0)
+    cfg = AcousticConfig(k=6, n_q=2, codebook_size=8, dim=32, layers=2, heads=4, max_len=128)
+    m = AcousticModel(cfg).eval()
+    units = np.array([1, 2, 3, 3, 4])
+    codes = m.generate(units, 10, temperature=0)
+    steps = torch.as_tensor(to_steps(cfg, codes))
+    with torch.no_grad():
+        x = torch.cat([m.sem_emb(torch.as_tensor(units)), m.sep[None], m.embed_steps(steps[:-1][None])[0]])[None]
+        h = m._run(x, 0, None)[0, len(units):]
+        for s, head in enumerate(m.heads):
+            logits = head(h)[:, : cfg.codebook_size]
+            ok = steps[:, s] != cfg.empty
+            assert torch.equal(logits.argmax(-1)[ok], steps[ok, s])
+
+
+@pytest.fixture(scope="module")
+def corpus_shards(speech_corpus, tmp_path_factory):
+    """MFCC units (k=12, 100 Hz) and a tiny 75 Hz EnCodec (2 codebooks of 16) in one pass."""
+    from transformers import AutoModel, EncodecConfig
+
+    root = tmp_path_factory.mktemp("gen")
+    torch.manual_seed(0)
+    cfg = EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[8, 5, 4, 2], codebook_size=16,
+                        codebook_dim=16, hidden_size=16, target_bandwidths=[0.6], num_lstm_layers=1)
+    AutoModel.from_config(cfg).save_pretrained(root / "codec")
+    assert run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 12, "-o", root / "km", "-q").exit_code == 0
+    r = run("encode", speech_corpus, "-t", root / "km", "-t", f"encodec:{root / 'codec'}:nq=2", "-o", root / "shards", "-q")
+    assert r.exit_code == 0, r.output
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_lm(base_llm, corpus_shards):
+    root = corpus_shards
+    assert run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", root / "lm_base").exit_code == 0
+    cfg = {"model": str(root / "lm_base"), "output": str(root / "lm"),
+           "data": {"shards": [str(root / "shards")], "seq_len": 128, "shuffle_buffer": 1, "num_workers": 0,
+                    "dedup": True},
+           "train": {"batch_size": 8, "steps": 600, "lr": 5e-3, "warmup": 10, "min_lr_ratio": 0.05, "log_every": 50,
+                     "save_every": 1000, "precision": "fp32"}}
+    (root / "lm.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("lm", "train", root / "lm.yaml")
+    assert r.exit_code == 0, r.output
+    return root / "lm" / "final"
+
+
+@pytest.fixture(scope="module", params=["delay", "coarse_fine"])
+def trained_acoustic(corpus_shards, request):
+    root = corpus_shards
+    cfg = {"output": f"acoustic_{request.param}", "shards": ["shards"], "codec": "encodec", "pattern": request.param,
+           "n_coarse": 1, "model": {"dim": 64, "layers": 2, "heads": 4},
+           "train": {"batch_size": 8, "steps": 100, "lr": 3e-3, "warmup": 10, "crop_seconds": 5.0, "log_every": 50,
+                     "save_every": 1000, "precision": "fp32"}}
+    path = root / f"acoustic_{request.param}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = run("acoustic", "train", path)
+    assert r.exit_code == 0, r.output
+    return root / f"acoustic_{request.param}" / "final"
+
+
+def test_lm_continues_a_training_utterance_from_its_prompt(trained_lm, corpus_shards):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
+    tok, vocab = AutoTokenizer.from_pretrained(trained_lm), SpeechVocab.load(trained_lm)
+    units = [run_length(s["semantic"])[0] for s in list(read_shards(corpus_shards / "shards"))[:4]]  # trained deduped
+    prompts = [speech_prompt(tok, vocab, units=u[:20]) for u in units]
+    outs = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=30, temperature=0))
+    agree = np.mean([np.mean(o[:30] == u[20:50]) for o, u in zip(outs, units)])
+    assert agree > 0.8, agree
+    assert all(vocab.is_semantic(vocab.units_to_ids(o)).all() for o in outs)
+
+
+def test_sampling_is_seeded_and_batched(trained_lm, corpus_shards):
+    """On an untrained LM (near-uniform over units), a seed fixes the sample and another seed changes it;
+    a batch of prompts of different lengths gives each prompt what it gives alone (greedy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = corpus_shards / "lm_base"
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    tok, vocab = AutoTokenizer.from_pretrained(base), SpeechVocab.load(base)
+    p = [speech_prompt(tok, vocab, units=np.array([1, 2, 3]))]
+    draw = [generate_units(model, tok, vocab, p, SamplingOptions(max_new_tokens=20, temperature=1.0, seed=s))[0]
+            for s in (7, 7, 8)]
+    np.testing.assert_array_equal(draw[0], draw[1])
+    assert not np.array_equal(draw[0], draw[2])
+
+    model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
+    tok, vocab = AutoTokenizer.from_pretrained(trained_lm), SpeechVocab.load(trained_lm)
+    prompts = [speech_prompt(tok, vocab, units=np.array(u)) for u in ([8, 1, 5, 3], [6, 11, 8, 1, 5, 3, 4, 0, 4], [])]
+    greedy = SamplingOptions(max_new_tokens=15, temperature=0)
+    together = generate_units(model, tok, vocab, prompts, greedy)
+    for p, t in zip(prompts, together):
+        np.testing.assert_array_equal(generate_units(model, tok, vocab, [p], greedy)[0], t)
+
+
+def test_acoustic_stage_reproduces_training_codes_from_a_voice_prompt(trained_acoustic, corpus_shards):
+    model = AcousticModel.from_dir(trained_acoustic)
+    agree = []
+    for s in list(read_shards(corpus_shards / "shards"))[:3]:
+        codes, units = s["encodec"].astype(np.int64), s["semantic"]
+        P = 30
+        out = model.generate(units, codes.shape[1], prompt_codes=codes[:, :P], temperature=0)
+        np.testing.assert_array_equal(out[:, :P], codes[:, :P])  # the voice prompt is kept
+        agree.append(np.mean(out[:, P:] == codes[:, P:]))
+    assert np.mean(agree) > 0.8, agree
+
+
+def test_generate_chain_writes_audio_deterministically(trained_lm, trained_acoustic, corpus_shards, tmp_path):
+    root = corpus_shards
+    sample = next(read_shards(root / "shards"))
+    voice = _audio_of(sample["id"], root)
+    wav, sr = sf.read(voice)
+    prompt = str(tmp_path / "prompt.wav")  # the first half: the LM memorised that the whole one ends there
+    sf.write(prompt, wav[: len(wav) // 2], sr)
+    outs = []
+    for name, seed in (("a", 1), ("b", 1)):
+        r = run("generate", "--lm", trained_lm, "--acoustic", trained_acoustic, "--tokenizer", root / "km",
+                "--prompt-audio", prompt, "--voice", voice, "--max-units", 30, "--temperature", 1.0, "--seed", seed,
+                "-o", tmp_path / f"{name}.wav")
+        assert r.exit_code == 0, r.output
+        wav, sr = sf.read(tmp_path / f"{name}.wav")
+        outs.append(wav)
+    acoustic = AcousticModel.from_dir(trained_acoustic).cfg
+    assert sr == 24000
+    n_units = int(r.output.split()[0])
+    assert len(outs[1]) == max(1, round(n_units * acoustic.frames_per_unit)) * 320
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+    r = run("generate", "--lm", trained_lm, "--prompt-text", "the cat", "--units-only", "--max-units", 20,
+            "--temperature", 0, "-o", tmp_path / "u.npy")
+    assert r.exit_code == 0, r.output
+    units = np.load(tmp_path / "u.npy")
+    assert 0 < len(units) <= 20 and units.max() < 12
+    r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-audio", prompt, "-o", "x.wav",
+                                 "--units-only"])
+    assert r.exit_code != 0 and "--tokenizer" in r.output
+
+
+def _audio_of(sample_id: str, root) -> str:
+    manifest = json.loads((root / "shards" / "manifest.json").read_text())
+    corpus = manifest["corpus"]
+    for line in open(corpus):
+        row = json.loads(line)
+        if row["id"] == sample_id:
+            from pathlib import Path
+
+            return str(Path(corpus).parent / row["path"])
+    raise KeyError(sample_id)
