@@ -189,3 +189,21 @@ def _audio_of(sample_id: str, root) -> str:
 
             return str(Path(corpus).parent / row["path"])
     raise KeyError(sample_id)
+
+
+def test_acoustic_training_resumes_the_same_curve(corpus_shards, tmp_path):
+    def config(name):
+        cfg = {"output": str(tmp_path / name), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
+               "model": {"dim": 32, "layers": 1, "heads": 2},
+               "train": {"batch_size": 4, "steps": 6, "lr": 3e-3, "warmup": 2, "crop_seconds": 1.0, "log_every": 1,
+                         "save_every": 3, "precision": "fp32", "shuffle_buffer": 4}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return tmp_path / f"{name}.yaml"
+
+    def curve(name):
+        return [x["loss"] for x in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]
+
+    assert run("acoustic", "train", config("ref")).exit_code == 0
+    assert run("acoustic", "train", config("cut"), "--stop-after", 4).exit_code == 0
+    assert run("acoustic", "train", config("cut")).exit_code == 0
+    assert len(curve("ref")) == 6 and curve("cut") == curve("ref")
