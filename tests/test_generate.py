@@ -48,11 +48,27 @@ def test_acoustic_model_cache_matches_full_forward():
     steps = torch.as_tensor(to_steps(cfg, codes))
     with torch.no_grad():
         x = torch.cat([m.sem_emb(torch.as_tensor(units)), m.sep[None], m.embed_steps(steps[:-1][None])[0]])[None]
-        h = m._run(x, 0, None)[0, len(units):]
+        h = m._run(x, torch.arange(x.shape[1]), None)[0, len(units):]
         for s, head in enumerate(m.heads):
             logits = head(h)[:, : cfg.codebook_size]
             ok = steps[:, s] != cfg.empty
             assert torch.equal(logits.argmax(-1)[ok], steps[ok, s])
+
+
+@pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
+def test_acoustic_batch_equals_alone(pattern):
+    torch.manual_seed(0)
+    cfg = AcousticConfig(k=6, n_q=3, codebook_size=8, pattern=pattern, n_coarse=1, dim=32, layers=2, heads=4, max_len=256)
+    m = AcousticModel(cfg).eval()
+    rng = np.random.default_rng(0)
+    units = [rng.integers(0, 6, n) for n in (5, 12, 1)]
+    frames = [9, 4, 7]
+    prompts = [None, rng.integers(0, 8, (3, 2)), None]
+    together = m.generate_batch(units, frames, prompts, temperature=0)
+    for u, n, p, t in zip(units, frames, prompts, together):
+        assert t.shape == (3, n)
+        np.testing.assert_array_equal(m.generate(u, n, p, temperature=0), t)
+    np.testing.assert_array_equal(together[1][:, :2], prompts[1])
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +223,16 @@ def test_acoustic_training_resumes_the_same_curve(corpus_shards, tmp_path):
     assert run("acoustic", "train", config("cut"), "--stop-after", 4).exit_code == 0
     assert run("acoustic", "train", config("cut")).exit_code == 0
     assert len(curve("ref")) == 6 and curve("cut") == curve("ref")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_static_cache_generation_matches_eager_on_gpu(trained_lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(trained_lm).cuda().eval()
+    tok, vocab = AutoTokenizer.from_pretrained(trained_lm), SpeechVocab.load(trained_lm)
+    prompts = [speech_prompt(tok, vocab, units=np.array([8, 1, 5, 3]))]
+    eager = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=20, temperature=0))
+    compiled = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=20, temperature=0, compile=True))
+    np.testing.assert_array_equal(eager[0], compiled[0])

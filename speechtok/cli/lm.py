@@ -94,9 +94,10 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--top-k", type=int, default=None)
 @click.option("--top-p", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--compile", "compiled", is_flag=True, help="Static KV cache + torch.compile for the LM (long runs).")
 @click.option("--device", default="auto", show_default=True)
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
-                 temperature, top_k, top_p, seed, device):
+                 temperature, top_k, top_p, seed, compiled, device):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
     import numpy as np
     import soundfile as sf
@@ -107,7 +108,8 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
 
     if not units_only and acoustic_dir is None:
         raise click.UsageError("give --acoustic DIR, or --units-only")
-    opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                           compile=compiled)
     try:
         gen = generate_speech(lm_dir, None if units_only else acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                               voice, opts, resolve_device(device))

@@ -109,17 +109,21 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [B, 1, L, keys] (True: may attend) replaces the causal rule, for left-padded batches."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
-        causal = L > 1  # a single new position attends to everything cached
-        if causal and k.shape[2] != L:
-            raise ValueError("prefill must start from an empty cache")
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            causal = L > 1  # a single new position attends to everything cached
+            if causal and k.shape[2] != L:
+                raise ValueError("prefill must start from an empty cache")
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         x = x + self.proj(y.transpose(1, 2).reshape(B, L, D))
         return x + self.mlp(self.ln2(x))
 
@@ -150,12 +154,13 @@ class AcousticModel(nn.Module):
         """[B, N, streams] → [B, N, dim]."""
         return sum(emb(steps[..., s]) for s, emb in enumerate(self.code_emb))
 
-    def _run(self, x: torch.Tensor, start: int, caches: list | None) -> torch.Tensor:
-        if start + x.shape[1] > self.cfg.max_len:
-            raise ValueError(f"sequence of {start + x.shape[1]} positions exceeds max_len {self.cfg.max_len}")
-        x = x + self.pos_emb(torch.arange(start, start + x.shape[1], device=x.device))
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, caches: list | None,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        if int(positions.max()) >= self.cfg.max_len:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_len {self.cfg.max_len}")
+        x = x + self.pos_emb(positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])
+            x = block(x, None if caches is None else caches[i], mask)
         return self.ln_f(x)
 
     def forward(self, semantic: list[torch.Tensor], steps: list[torch.Tensor]) -> torch.Tensor:
@@ -167,7 +172,7 @@ class AcousticModel(nn.Module):
             seqs.append(x)
             where.append(len(u))
         x = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        h = self._run(x, 0, None)
+        h = self._run(x, torch.arange(x.shape[1], device=x.device), None)
         loss, count = 0.0, 0
         for i, (p, s) in enumerate(zip(where, steps)):
             hs = h[i, p: p + len(s)]
@@ -183,36 +188,56 @@ class AcousticModel(nn.Module):
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> np.ndarray:
         """Codes [n_q, n_frames] for `units`; `prompt_codes` [n_q, P] (a voice prompt whose units lead
         `units`) are forced into the first P frames. Temperature 0 is greedy."""
+        return self.generate_batch([units], [n_frames], [prompt_codes], temperature, top_k, seed)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, units: list[np.ndarray], n_frames: list[int], prompts: list[np.ndarray | None] | None = None,
+                       temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[np.ndarray]:
+        """`generate` for a batch: prefixes left-padded so every row's [SEP] lines up, then one step of
+        every row at a time; a row's result does not depend on the others (greedy; tested)."""
         cfg, device = self.cfg, self.sep.device
-        qs, ts = layout(cfg, n_frames)
-        known = np.full(qs.shape, -1, dtype=np.int64)
-        if prompt_codes is not None:
-            P = prompt_codes.shape[1]
-            forced = (qs >= 0) & (ts < P)
-            given = to_steps(cfg, np.pad(prompt_codes, ((0, 0), (0, n_frames - P))))
-            known[forced] = given[forced]
-        g = torch.Generator(device="cpu").manual_seed(seed)
+        B, S = len(units), cfg.streams
+        prompts = prompts or [None] * B
+        N = max(len(layout(cfg, n)[0]) for n in n_frames)
+        qs = np.full((B, N, S), -1, dtype=np.int64)
+        known = np.full((B, N, S), -1, dtype=np.int64)
+        for i, (n, pc) in enumerate(zip(n_frames, prompts)):
+            q, t = layout(cfg, n)
+            qs[i, : len(q)] = q
+            if pc is not None:
+                forced = (q >= 0) & (t < pc.shape[1])
+                given = to_steps(cfg, np.pad(pc, ((0, 0), (0, n - pc.shape[1]))))
+                known[i, : len(q)][forced] = given[forced]
+        lengths = [len(u) + 1 for u in units]
+        W = max(lengths)
+        pad = torch.tensor([W - n for n in lengths], device=device)
+        x = torch.zeros(B, W, cfg.dim, device=device, dtype=self.sep.dtype)
+        for i, u in enumerate(units):
+            sem = self.sem_emb(torch.as_tensor(np.asarray(u, dtype=np.int64), device=device))
+            x[i, W - lengths[i]:] = torch.cat([sem, self.sep[None]])
+        total = torch.arange(W + N, device=device)
+        valid = total[None] >= pad[:, None]  # [B, W + N]
+        positions = (total[None] - pad[:, None]).clamp(min=0)
+        causal = torch.ones(W, W, dtype=torch.bool, device=device).tril()
+        # padded queries see themselves, so no attention row is empty (and none of it reaches real rows)
+        prefill = (valid[:, None, None, :W] & causal) | torch.eye(W, dtype=torch.bool, device=device)
         caches = [{} for _ in self.blocks]
-        x = torch.cat([self.sem_emb(torch.as_tensor(np.asarray(units, dtype=np.int64), device=device)), self.sep[None]])[None]
-        h = self._run(x, 0, caches)[:, -1]
-        pos = x.shape[1]
-        out = np.full(qs.shape, cfg.empty, dtype=np.int64)
-        for j in range(len(qs)):
-            free = (qs[j] >= 0) & (known[j] < 0)
-            out[j] = np.where(known[j] >= 0, known[j], out[j])
-            if free.any():  # one device → host copy per step, for every stream
-                step_logits = torch.stack([head(h)[0] for head in self.heads]).float().cpu()
-            for s in np.flatnonzero(free):
-                q = qs[j, s]
-                logits = step_logits[s]
-                lo, hi = (q * cfg.codebook_size, (q + 1) * cfg.codebook_size) if cfg.pattern == "coarse_fine" \
-                    else (0, cfg.codebook_size)
-                logits = logits[lo:hi]
-                out[j, s] = lo + _sample(logits, temperature, top_k, g)
-            step = torch.as_tensor(out[j], device=device)[None, None]
-            h = self._run(self.embed_steps(step), pos, caches)[:, -1]
-            pos += 1
-        return from_steps(cfg, out, n_frames)
+        h = self._run(x, positions[:, :W], caches, prefill)[:, -1]
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        out = np.full((B, N, S), cfg.empty, dtype=np.int64)
+        for j in range(N):
+            free = (qs[:, j] >= 0) & (known[:, j] < 0)
+            out[:, j] = np.where(known[:, j] >= 0, known[:, j], out[:, j])
+            if free.any():  # one device → host copy per step, for every row and stream
+                logits = torch.stack([head(h) for head in self.heads], 1).float().cpu()
+            for i, s in zip(*np.nonzero(free)):
+                q = qs[i, j, s]
+                lo = q * cfg.codebook_size if cfg.pattern == "coarse_fine" else 0
+                out[i, j, s] = lo + _sample(logits[i, s, lo: lo + cfg.codebook_size], temperature, top_k, g)
+            if j + 1 < N:
+                step = self.embed_steps(torch.as_tensor(out[:, j], device=device)[:, None])
+                h = self._run(step, positions[:, W + j: W + j + 1], caches, valid[:, None, None, : W + j + 1])[:, -1]
+        return [from_steps(cfg, out[i, : len(layout(cfg, n)[0])], n) for i, n in enumerate(n_frames)]
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)

@@ -22,6 +22,7 @@ class SamplingOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int = 0
+    compile: bool = False  # static KV cache + torch.compile'd forward: slow first call, fast decoding after
 
 
 class OnlySemantic:
@@ -61,6 +62,9 @@ def generate_units(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]
     for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
+    if opts.compile and not getattr(model, "_speechtok_compiled", False):
+        model.forward = torch.compile(model.forward)
+        model._speechtok_compiled = True
     torch.manual_seed(opts.seed)
     greedy = opts.temperature <= 0
     out = model.generate(
@@ -69,7 +73,7 @@ def generate_units(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]
         do_sample=not greedy, temperature=None if greedy else opts.temperature, top_k=None if greedy else opts.top_k,
         top_p=None if greedy else opts.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
         logits_processor=[OnlySemantic(vocab, tokenizer.eos_token_id, model.get_output_embeddings().weight.shape[0])],
-        use_cache=True)
+        use_cache=True, cache_implementation="static" if opts.compile else None)
     result = []
     for row in out[:, width:].cpu().numpy():
         end = np.flatnonzero(row == tokenizer.eos_token_id)
