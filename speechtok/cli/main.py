@@ -202,32 +202,31 @@ def decode_cmd(shards, output, codec_name, batch_size, device):
 
 @cli.command("resynth")
 @click.argument("audio", type=click.Path(exists=True, dir_okay=False))
-@click.option("-t", "--tokenizer", required=True, help="Codec KIND:MODEL[:nq=N].")
+@click.option("-t", "--tokenizer", default=None,
+              help="Codec KIND:MODEL[:nq=N], or a semantic tokenizer directory (with --vocoder).")
+@click.option("--vocoder", "vocoder_dir", default=None,
+              help="Unit HiFi-GAN or Vocos directory (or Vocos hub id); a mel Vocos needs no tokenizer.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output wav.")
 @device_option
-def resynth_cmd(audio, tokenizer, output, device):
-    """Round-trip one file through a codec: AUDIO → tokens → OUTPUT wav."""
+def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
+    """Round-trip one file: AUDIO → tokens (or mel) → OUTPUT wav, through a codec's decoder or a vocoder."""
     import soundfile as sf
-    import torch
 
-    from speechtok.audio import AudioError, read_audio, resample
+    from speechtok.audio import AudioError, read_audio
     from speechtok.pipelines.batching import resolve_device
-    from speechtok.tokenizers.codec import Codec
-    from speechtok.tokenizers.load import load_tokenizer
+    from speechtok.pipelines.resynth import resynthesize
 
+    if tokenizer is None and vocoder_dir is None:
+        raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
     try:
-        codec = load_tokenizer(tokenizer, device=resolve_device(device))
-        if not isinstance(codec, Codec):
-            raise ValueError(f"{tokenizer}: resynth needs a codec (a semantic tokenizer needs a unit vocoder)")
         wav, sr = read_audio(audio)
-    except (ValueError, OSError, AudioError) as e:
-        _fail(f"{audio}: {e}" if isinstance(e, AudioError) else str(e))
-    wav = resample(wav, sr, codec.sample_rate)
-    codes, frames = codec.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
-    out, samples = codec.decode(codes, frames)
-    sf.write(output, out[0, : int(samples[0])].cpu().numpy(), codec.sample_rate)
-    click.echo(f"{audio}: {len(wav) / codec.sample_rate:.2f} s -> {codes.shape[1]} x {int(frames[0])} codes "
-               f"({codec.frame_rate:g} Hz) -> {output}")
+        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, resolve_device(device))
+    except AudioError as e:
+        _fail(f"{audio}: {e}")
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    sf.write(output, out, out_sr)
+    click.echo(f"{audio}: {len(wav) / sr:.2f} s -> {what} -> {len(out) / out_sr:.2f} s -> {output}")
 
 
 @cli.command("show")
@@ -255,10 +254,12 @@ def show_cmd(shards, n, no_verify):
 
 
 from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
+from speechtok.cli.vocoder import vocoder  # noqa: E402
 
 cli.add_command(lm)
 cli.add_command(acoustic)
 cli.add_command(generate_cmd)
+cli.add_command(vocoder)
 
 if __name__ == "__main__":
     cli()

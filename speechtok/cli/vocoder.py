@@ -1,0 +1,52 @@
+"""`tok vocoder train`: unit HiFi-GAN and Vocos training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import click
+
+
+@click.group("vocoder")
+def vocoder() -> None:
+    """Vocoders: unit HiFi-GAN and Vocos."""
+
+
+@vocoder.command("train")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML with any VocoderTrainConfig fields; the options below override it.")
+@click.option("--kind", type=click.Choice(["unit-hifigan", "vocos"]))
+@click.option("--shards", type=click.Path(exists=True), help="Shard folder or manifest.json (its corpus gives the audio).")
+@click.option("-o", "--output", type=click.Path(), help="Run directory (checkpoints, samples, final/).")
+@click.option("--features", help="Vocos: 'mel' or a codec stream of the shards (e.g. encodec).")
+@click.option("--steps", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--segment-seconds", type=float)
+@click.option("--dedup/--no-dedup", default=None, help="Unit HiFi-GAN: deduplicated units + duration predictor.")
+@click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
+@click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
+@click.option("--device", default="auto", show_default=True)
+def train_cmd(config_path, kind, shards, output, features, steps, batch_size, segment_seconds, dedup, speakers,
+              stop_after, device):
+    """Train a vocoder; rerunning the same command resumes from the latest checkpoint."""
+    import yaml
+
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.vocoders.train import VocoderTrainConfig, load_vocoder_config, train_vocoder
+
+    given = {"kind": kind, "shards": shards, "output": output, "features": features, "steps": steps,
+             "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers}
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        if config_path:
+            cfg = dataclasses.replace(load_vocoder_config(config_path), **given)
+        else:
+            missing = [k for k in ("kind", "shards", "output") if k not in given]
+            if missing:
+                raise click.UsageError(f"give --{' --'.join(missing)} (or --config)")
+            cfg = VocoderTrainConfig(**given)
+        result = train_vocoder(cfg, stop_after, str(resolve_device(device)))
+    except (ValueError, OSError, TypeError, yaml.YAMLError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(result))

@@ -1,0 +1,333 @@
+"""`tok vocoder train`: GAN training of a unit HiFi-GAN or a Vocos on shards and the corpus audio they
+came from. Generator and discriminators alternate each step (least-squares GAN, feature matching, L1
+log-mel); checkpoints resume exactly (both models and optimizers, step, RNG; the data stream is replayed);
+losses go to TensorBoard and metrics.jsonl; (original, resynthesized) audio and mel plots are saved at
+intervals."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from speechtok.audio import load_utterance
+from speechtok.corpus import load_corpus
+from speechtok.lm.data import _samples, _shuffled, shard_paths
+from speechtok.lm.train import Metrics, lr_at, rng_state, set_rng_state
+from speechtok.shards import read_manifest
+from speechtok.tokenizers.semantic import run_length
+from speechtok.vocoders.discriminators import (Discriminators, MelLoss, discriminator_loss, feature_matching_loss,
+                                               generator_adv_loss)
+from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
+from speechtok.vocoders.vocos import Vocos
+
+
+@dataclass
+class VocoderTrainConfig:
+    kind: str  # unit-hifigan | vocos
+    shards: str
+    output: str
+    features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
+    model: dict = field(default_factory=dict)  # size overrides
+    sample_rate: int | None = None  # vocos mel: default 24000
+    dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
+    speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
+    batch_size: int = 16
+    segment_seconds: float = 1.0
+    steps: int = 100_000
+    lr: float = 2e-4
+    warmup: int = 0
+    min_lr_ratio: float = 0.1
+    betas: tuple[float, float] = (0.8, 0.99)
+    mel_weight: float = 45.0
+    fm_weight: float = 2.0
+    adv_start: int = 0  # steps of mel-only training before the discriminators join
+    disc_channels: int = 32
+    log_every: int = 50
+    save_every: int = 5000
+    sample_every: int = 5000
+    keep_checkpoints: int = 2
+    shuffle_buffer: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("unit-hifigan", "vocos"):
+            raise ValueError(f"kind: unit-hifigan or vocos, not {self.kind!r}")
+        self.betas = tuple(self.betas)
+
+
+def upsample_plan(hop: int) -> list[int]:
+    """Upsampling factors (5, 4, 3, 2 first) whose product is `hop`."""
+    rates, rest = [], hop
+    for f in (5, 4, 3, 2):
+        while rest % f == 0:
+            rates.append(f)
+            rest //= f
+    if rest != 1:
+        raise ValueError(f"hop {hop} is not a product of 2, 3, 4 and 5")
+    return rates
+
+
+def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]):
+    """(generator, sample rate, hop, stream name or None) for the run."""
+    cards = manifest["tokenizers"]
+    if cfg.kind == "unit-hifigan":
+        name = next(n for n, c in cards.items() if c["type"] == "semantic")
+        card = cards[name]
+        hop = int(round(card["sample_rate"] / card["frame_rate"]))
+        rates = cfg.model.get("upsample_rates") or upsample_plan(hop)
+        args = {"upsample_kernel_sizes": [2 * r for r in rates], **cfg.model, "upsample_rates": rates}
+        gcfg = UnitHiFiGANConfig(k=card["k"], sample_rate=card["sample_rate"], frame_rate=card["frame_rate"],
+                                 dedup=cfg.dedup, num_speakers=len(speakers), speakers=speakers, **args)
+        return UnitHiFiGAN(gcfg), gcfg.sample_rate, gcfg.hop, name
+    m = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8, **cfg.model}
+    if cfg.features == "mel":
+        sr = cfg.sample_rate or 24000
+        n_fft, hop, n_mels = m.pop("n_fft", 1024), m.pop("hop_length", 256), m.pop("n_mels", 100)
+        config = {"feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+                                        "init_args": {"sample_rate": sr, "n_fft": n_fft, "hop_length": hop,
+                                                      "n_mels": n_mels, "padding": "center"}},
+                  "backbone": {"class_path": "vocos.models.VocosBackbone",
+                               "init_args": {"input_channels": n_mels, **m}},
+                  "head": {"class_path": "vocos.heads.ISTFTHead",
+                           "init_args": {"dim": m["dim"], "n_fft": n_fft, "hop_length": hop, "padding": "center"}}}
+        return Vocos(config), sr, hop, None
+    if cfg.features not in cards or cards[cfg.features]["type"] != "codec":
+        raise ValueError(f"features: 'mel' or a codec stream of the shards ({sorted(cards)})")
+    card = cards[cfg.features]
+    sr, hop, feat_dim = card["sample_rate"], card["hop_length"], m.pop("feature_dim", 128)
+    config = {"feature_extractor": {"class_path": "vocos.feature_extractors.EncodecFeatures",
+                                    "init_args": {"codebook_size": card["codebook_size"], "n_q": card["n_q"],
+                                                  "dim": feat_dim, "train_codebooks": True, "sample_rate": sr}},
+              "backbone": {"class_path": "vocos.models.VocosBackbone", "init_args": {"input_channels": feat_dim, **m}},
+              "head": {"class_path": "vocos.heads.ISTFTHead",
+                       "init_args": {"dim": m["dim"], "n_fft": 4 * hop, "hop_length": hop, "padding": "same"}}}
+    return Vocos(config), sr, hop, cfg.features
+
+
+def segments(cfg: VocoderTrainConfig, manifest: dict, stream: str | None, sr: int, hop: int, speakers: list[str],
+             skip: int):
+    """Endless batches (inputs, audio [B, frames × hop], speakers) of random segments; the first `skip`
+    batches are replayed without loading audio (resume)."""
+    utts = {u.id: u for u in load_corpus(manifest["corpus"])}
+    paths = shard_paths([cfg.shards])
+    n = max(1, int(cfg.segment_seconds * sr / hop))
+    count = 0
+    for epoch in itertools.count():
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.permutation(len(paths))
+        batch = []
+        for s in _shuffled(_samples([paths[i] for i in order], 0, 1), cfg.shuffle_buffer, rng):
+            if s["id"] not in utts:
+                continue
+            frames = s[stream] if stream else None
+            if stream and s.get(stream + "_durations") is not None:
+                frames = np.repeat(frames, s[stream + "_durations"])
+            total = frames.shape[-1] if frames is not None else int(s["duration"] * sr) // hop
+            a = int(rng.integers(0, max(1, total - n + 1)))
+            batch.append((s, frames, a))
+            if len(batch) < cfg.batch_size:
+                continue
+            count += 1
+            if count > skip:
+                yield _load_batch(batch, utts, n, sr, hop, speakers)
+            batch = []
+
+
+def _load_batch(batch, utts, n: int, sr: int, hop: int, speakers: list[str]):
+    inputs, audio, spk = [], [], []
+    for s, frames, a in batch:
+        wav = load_utterance(utts[s["id"]], sr)
+        seg = np.zeros(n * hop, dtype=np.float32)
+        part = wav[a * hop: (a + n) * hop]
+        seg[: len(part)] = part
+        audio.append(seg)
+        if frames is not None:
+            f = frames[..., a: a + n]
+            pad = n - f.shape[-1]
+            f = np.pad(f.astype(np.int64), [(0, 0)] * (f.ndim - 1) + [(0, pad)], mode="edge") if pad else f.astype(np.int64)
+            inputs.append(f)
+        spk.append(speakers.index(s["speaker"]) if speakers and s.get("speaker") in speakers else 0)
+    x = torch.from_numpy(np.stack(inputs)) if inputs else None
+    return x, torch.from_numpy(np.stack(audio)), torch.tensor(spk)
+
+
+def synthesize(gen, x: torch.Tensor | None, audio: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
+    """Generator output for one batch, cut to the audio's length."""
+    if isinstance(gen, UnitHiFiGAN):
+        y = gen(x, speakers if gen.cfg.num_speakers else None)
+    elif gen.is_codec:
+        y = gen.decode(gen.feature_extractor(x.transpose(0, 1)))
+    else:
+        y = gen(audio)
+    if y.shape[-1] < audio.shape[-1]:
+        y = torch.nn.functional.pad(y, (0, audio.shape[-1] - y.shape[-1]))
+    return y[..., : audio.shape[-1]]
+
+
+def save_generator(gen, directory: Path) -> None:
+    if isinstance(gen, UnitHiFiGAN):
+        gen.save(directory)
+    else:
+        gen.save_pretrained(directory)
+
+
+def _checkpoint(out: Path, step: int, parts: dict, keep: int) -> None:
+    root = out / "checkpoints"
+    tmp, final = root / f".tmp_step_{step:07d}", root / f"step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({k: v.state_dict() for k, v in parts.items()} | {"step": step, "rng": rng_state()}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    (root / "latest.tmp").write_text(final.name)
+    os.replace(root / "latest.tmp", root / "latest")
+    old = sorted(p for p in root.glob("step_*") if p != final)
+    for p in old[: max(0, len(old) - keep + 1)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _restore(out: Path, parts: dict) -> int:
+    latest = out / "checkpoints" / "latest"
+    if not latest.exists():
+        return 0
+    state = torch.load(out / "checkpoints" / latest.read_text().strip() / "state.pt", map_location="cpu",
+                       weights_only=False)
+    for k, v in parts.items():
+        v.load_state_dict(state[k])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def save_samples(out: Path, step: int, gen, batch, sr: int, writer) -> None:
+    """The first item of a fixed batch: original and resynthesized wav, and their mel spectrograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import soundfile as sf
+
+    from speechtok.vocoders.mel import MelSpectrogram, log_mel
+
+    x, audio, spk = batch
+    gen.eval()
+    with torch.no_grad():
+        y = synthesize(gen, x[:1] if x is not None else None, audio[:1], spk[:1])[0]
+    gen.train()
+    d = out / "samples" / f"step_{step:07d}"
+    d.mkdir(parents=True, exist_ok=True)
+    sf.write(d / "original.wav", audio[0].numpy(), sr)
+    sf.write(d / "resynthesized.wav", y.numpy(), sr)
+    mel = MelSpectrogram(sr, 1024 if sr > 16000 else 512, 256 if sr > 16000 else 128, 80)
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    for ax, wav, title in zip(axes, (audio[0], y), ("original", "resynthesized")):
+        ax.imshow(log_mel(mel, wav[None])[0].numpy(), origin="lower", aspect="auto")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(d / "mel.png", dpi=80)
+    if writer is not None:
+        writer.add_figure("mel", fig, step)
+        writer.add_audio("resynthesized", y[None], step, sr)
+    plt.close(fig)
+
+
+def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device: str = "cpu") -> dict:
+    device = torch.device(device)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    _, manifest = read_manifest(cfg.shards)
+    speakers = []
+    if cfg.speakers:
+        speakers = sorted({u.speaker for u in load_corpus(manifest["corpus"]) if u.speaker})
+    gen, sr, hop, stream = build_generator(cfg, manifest, speakers)
+    disc = Discriminators(ch=cfg.disc_channels)
+    gen, disc = gen.to(device), disc.to(device)
+    mel_loss = MelLoss(sr).to(device)
+    opt_g = torch.optim.AdamW(gen.parameters(), cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.AdamW(disc.parameters(), cfg.lr, betas=cfg.betas)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lambda s: lr_at(s, cfg) / cfg.lr)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lambda s: lr_at(s, cfg) / cfg.lr)
+    parts = {"generator": gen, "discriminators": disc, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g,
+             "sched_d": sched_d}
+    step = _restore(out, parts)
+    metrics = Metrics(out, 0, step)
+    fixed = next(segments(cfg, manifest, stream, sr, hop, speakers, 0))
+    data = segments(cfg, manifest, stream, sr, hop, speakers, skip=step)
+    first, last, t0 = step, {}, time.perf_counter()
+    while step < cfg.steps and (stop_after is None or step - first < stop_after):
+        x, audio, spk = next(data)
+        x = x.to(device) if x is not None else None
+        audio, spk = audio.to(device), spk.to(device)
+        y_hat = synthesize(gen, x, audio, spk)
+        adversarial = step >= cfg.adv_start
+        loss_d = torch.zeros((), device=device)
+        if adversarial:
+            loss_d = discriminator_loss(disc(audio), disc(y_hat.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+        loss_mel = mel_loss(audio, y_hat)
+        loss_g = cfg.mel_weight * loss_mel
+        if adversarial:
+            real, fake = disc(audio), disc(y_hat)
+            loss_g = loss_g + generator_adv_loss(fake) + cfg.fm_weight * feature_matching_loss(
+                [(r.detach(), [f.detach() for f in fs]) for r, fs in real], fake)
+        if isinstance(gen, UnitHiFiGAN) and gen.cfg.dedup:  # the duration predictor learns the run lengths
+            units, durs = zip(*(run_length(row.cpu().numpy()) for row in x))
+            width = max(map(len, units))
+            u = torch.tensor(np.stack([np.pad(a, (0, width - len(a)), mode="edge") for a in units]), device=device)
+            d = torch.tensor(np.stack([np.pad(a, (0, width - len(a)), constant_values=1) for a in durs]), device=device)
+            loss_g = loss_g + gen.duration_loss(u, d)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        sched_g.step()
+        if adversarial:
+            sched_d.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            dt = time.perf_counter() - t0
+            last = {"mel_loss": loss_mel.item(), "g_loss": loss_g.item(), "d_loss": loss_d.item(),
+                    "lr": sched_g.get_last_lr()[0], "steps_per_s": cfg.log_every / dt}
+            metrics.log(step, last)
+            print(f"step {step}/{cfg.steps} mel {last['mel_loss']:.4f} g {last['g_loss']:.3f} d {last['d_loss']:.3f}",
+                  flush=True)
+            t0 = time.perf_counter()
+        if step % cfg.sample_every == 0 or step == cfg.steps:
+            save_samples(out, step, gen, fixed, sr, metrics.tb)
+        stopping = stop_after is not None and step - first >= stop_after
+        if step % cfg.save_every == 0 or step == cfg.steps or stopping:
+            _checkpoint(out, step, parts, cfg.keep_checkpoints)
+    if step >= cfg.steps:
+        save_generator(gen.eval(), out / "final")
+    return {"step": step, **last}
+
+
+def load_vocoder_config(path: str | Path) -> VocoderTrainConfig:
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    cfg = VocoderTrainConfig(**raw)
+    for attr in ("shards", "output"):
+        value = getattr(cfg, attr)
+        if not Path(value).is_absolute():
+            setattr(cfg, attr, str(path.parent / value))
+    return cfg
+
+
+def load_vocoder(directory: str | Path, device: str | torch.device = "cpu"):
+    """A trained unit HiFi-GAN (vocoder.json) or a Vocos (config.yaml, original format)."""
+    d = Path(directory)
+    if (d / "vocoder.json").exists() and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan":
+        return UnitHiFiGAN.from_dir(d, device)
+    if (d / "config.yaml").exists() or not d.exists():
+        return Vocos.from_pretrained(directory, device)
+    raise ValueError(f"{d}: neither a unit HiFi-GAN (vocoder.json) nor a Vocos (config.yaml) directory")
