@@ -236,3 +236,17 @@ def test_compiled_static_cache_generation_matches_eager_on_gpu(trained_lm):
     eager = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=20, temperature=0))
     compiled = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=20, temperature=0, compile=True))
     np.testing.assert_array_equal(eager[0], compiled[0])
+
+
+def test_generate_units_through_a_unit_vocoder(trained_lm, tmp_path):
+    from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
+
+    torch.manual_seed(0)
+    UnitHiFiGAN(UnitHiFiGANConfig(k=12, sample_rate=16000, frame_rate=100.0, embed_dim=16, upsample_rates=[5, 4, 4, 2],
+                                  upsample_kernel_sizes=[10, 8, 8, 4], upsample_initial_channel=16,
+                                  resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])).save(tmp_path / "voc")
+    r = run("generate", "--lm", trained_lm, "--prompt-text", "the cat", "--vocoder", tmp_path / "voc",
+            "--max-units", 20, "--temperature", 0, "-o", tmp_path / "v.wav")
+    assert r.exit_code == 0, r.output
+    wav, sr = sf.read(tmp_path / "v.wav")
+    assert sr == 16000 and len(wav) == int(r.output.split()[0]) * 160 and "unit HiFi-GAN" in r.output

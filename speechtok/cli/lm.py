@@ -88,6 +88,7 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--prompt-text", help="Speak after this text ([TEXT] … [SPEECH]).")
 @click.option("--voice", type=click.Path(exists=True), help="Speaker prompt for the acoustic stage.")
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
+@click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.wav, or out.npy with --units-only.")
 @click.option("--max-units", type=int, default=500, show_default=True)
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="0: greedy.")
@@ -97,7 +98,7 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--compile", "compiled", is_flag=True, help="Static KV cache + torch.compile for the LM (long runs).")
 @click.option("--device", default="auto", show_default=True)
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
-                 temperature, top_k, top_p, seed, compiled, device):
+                 temperature, top_k, top_p, seed, compiled, device, vocoder_dir):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
     import numpy as np
     import soundfile as sf
@@ -106,13 +107,21 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.generate import generate_speech
 
-    if not units_only and acoustic_dir is None:
-        raise click.UsageError("give --acoustic DIR, or --units-only")
+    if not units_only and acoustic_dir is None and vocoder_dir is None:
+        raise click.UsageError("give --acoustic DIR, --vocoder DIR (a unit HiFi-GAN), or --units-only")
     opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                            compile=compiled)
     try:
-        gen = generate_speech(lm_dir, None if units_only else acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
-                              voice, opts, resolve_device(device))
+        gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
+                              prompt_text, voice, opts, resolve_device(device))
+        if vocoder_dir and not units_only:
+            from speechtok.pipelines.resynth import units_to_audio
+            from speechtok.vocoders.hifigan import UnitHiFiGAN
+
+            voc = UnitHiFiGAN.from_dir(vocoder_dir, resolve_device(device))
+            if int(gen.units.max(initial=0)) >= voc.cfg.k:
+                raise ValueError(f"{vocoder_dir}: trained for {voc.cfg.k} units, the LM produced {gen.units.max()}")
+            gen.wav, gen.sample_rate = units_to_audio(voc, gen.units), voc.cfg.sample_rate
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     out = Path(output)
@@ -122,5 +131,5 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         click.echo(f"{len(gen.units)} units -> {out}")
     else:
         sf.write(out, gen.wav, gen.sample_rate)
-        click.echo(f"{len(gen.units)} units -> {gen.codes.shape[0]} x {gen.codes.shape[1]} codes -> "
-                   f"{len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
+        via = f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None else "unit HiFi-GAN"
+        click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
