@@ -112,3 +112,25 @@ def base_llm(tmp_path_factory):
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def units_and_codec_shards(speech_corpus, tmp_path_factory):
+    """`shards/` of the synthetic corpus with MFCC units (`km/`: k=12, 100 Hz) and a tiny 75 Hz EnCodec
+    (`codec/`: 2 codebooks of 16) written in one pass."""
+    from click.testing import CliRunner
+    from transformers import AutoModel, EncodecConfig
+
+    from speechtok.cli.main import cli
+
+    root = tmp_path_factory.mktemp("units_codec")
+    torch.manual_seed(0)
+    cfg = EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[8, 5, 4, 2], codebook_size=16,
+                        codebook_dim=16, hidden_size=16, target_bandwidths=[0.6], num_lstm_layers=1)
+    AutoModel.from_config(cfg).save_pretrained(root / "codec")
+    r = CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "12", "-o", str(root / "km"), "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["encode", str(speech_corpus), "-t", str(root / "km"), "-t",
+                                 f"encodec:{root / 'codec'}:nq=2", "-o", str(root / "shards"), "-q"])
+    assert r.exit_code == 0, r.output
+    return root

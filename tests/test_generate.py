@@ -72,18 +72,11 @@ def test_acoustic_batch_equals_alone(pattern):
 
 
 @pytest.fixture(scope="module")
-def corpus_shards(speech_corpus, tmp_path_factory):
-    """MFCC units (k=12, 100 Hz) and a tiny 75 Hz EnCodec (2 codebooks of 16) in one pass."""
-    from transformers import AutoModel, EncodecConfig
-
+def corpus_shards(units_and_codec_shards, tmp_path_factory):
+    """A working folder holding the shared shards (as `shards`) and km (as `km`)."""
     root = tmp_path_factory.mktemp("gen")
-    torch.manual_seed(0)
-    cfg = EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[8, 5, 4, 2], codebook_size=16,
-                        codebook_dim=16, hidden_size=16, target_bandwidths=[0.6], num_lstm_layers=1)
-    AutoModel.from_config(cfg).save_pretrained(root / "codec")
-    assert run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 12, "-o", root / "km", "-q").exit_code == 0
-    r = run("encode", speech_corpus, "-t", root / "km", "-t", f"encodec:{root / 'codec'}:nq=2", "-o", root / "shards", "-q")
-    assert r.exit_code == 0, r.output
+    for name in ("shards", "km", "codec"):
+        (root / name).symlink_to(units_and_codec_shards / name)
     return root
 
 

@@ -293,3 +293,17 @@ def test_bf16_compiled_training_on_gpu(speech_lm, shards, tmp_path):
     assert run("lm", "train", cfg).exit_code == 0
     curve = losses(tmp_path / "run")
     assert np.mean([curve[s] for s in (28, 29, 30)]) < 0.8 * np.mean([curve[s] for s in (1, 2, 3)])
+
+
+def test_extend_vocab_is_reproducible(base_llm, shards):
+    from speechtok.lm.vocab import load_base
+    from speechtok.shards import read_manifest
+
+    _, manifest = read_manifest(shards)
+    rows = []
+    for _ in range(2):
+        torch.randn(7)  # whatever the global RNG did before
+        model, tok = load_base(str(base_llm))
+        extend_vocab(model, tok, manifest)
+        rows.append(model.get_input_embeddings().weight.detach().clone())
+    torch.testing.assert_close(rows[0], rows[1], rtol=0, atol=0)

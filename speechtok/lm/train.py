@@ -75,6 +75,18 @@ def set_rng_state(state: dict) -> None:
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
+def publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:
+    """Rename a complete checkpoint folder into place, point `latest` at it, keep the newest `keep`."""
+    root = final.parent
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    (root / "latest.tmp").write_text(final.name)
+    os.replace(root / "latest.tmp", root / "latest")
+    old = sorted(p for p in root.glob("step_*") if p != final)
+    for p in old[: max(0, len(old) - keep + 1)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int, world: int, keep: int) -> None:
     """out/checkpoints/step_NNNNNNN: written to a temporary folder, renamed when complete, then `latest`."""
     root = out / "checkpoints"
@@ -90,13 +102,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int
     barrier(world)
     if rank == 0:
         (tmp / "world_size").write_text(str(world))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (root / "latest.tmp").write_text(final.name)
-        os.replace(root / "latest.tmp", root / "latest")
-        old = sorted(p for p in root.glob("step_*") if p != final)
-        for p in old[: max(0, len(old) - keep + 1)]:
-            shutil.rmtree(p, ignore_errors=True)
+        publish_checkpoint(tmp, final, keep)
     barrier(world)
 
 

@@ -104,7 +104,7 @@ def speech_streams(manifest: dict, codec: str | None) -> tuple[str, dict, str | 
 
 
 def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q: int | None = None,
-                 pad_to_multiple_of: int = 64) -> SpeechVocab:
+                 pad_to_multiple_of: int = 64, seed: int = 0) -> SpeechVocab:
     """Add the audio tokens of a shard manifest to `tokenizer` and resize `model`'s embeddings and output
     head; new rows are drawn from the mean and covariance of the existing ones (transformers'
     mean_resizing), so the new tokens start where the model's logits are sensible."""
@@ -126,7 +126,9 @@ def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q
         vocab.tokenizer_cards[codec_name] = cc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=True)
+    with torch.random.fork_rng(devices=[]):  # the new rows are drawn at random: make them reproducible
+        torch.manual_seed(seed)
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=True)
     return vocab
 
 

@@ -14,6 +14,17 @@ from speechtok.vocoders.mel import MelSpectrogram, log_mel
 LRELU = 0.1
 
 
+def _features(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Scores and every layer's activations (for feature matching)."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU)
+        feats.append(x)
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
+
+
 class PeriodDiscriminator(nn.Module):
     """The waveform folded into [T / p, p] and read by 2-D convolutions along time."""
 
@@ -30,14 +41,7 @@ class PeriodDiscriminator(nn.Module):
         B, T = x.shape
         if T % self.period:
             x = F.pad(x, (0, self.period - T % self.period), mode="reflect")
-        x = x.view(B, 1, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _features(self.convs, self.post, x.view(B, 1, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -51,14 +55,7 @@ class ScaleDiscriminator(nn.Module):
         self.post = weight_norm(nn.Conv1d(ch * 16, 1, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = x[:, None]
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _features(self.convs, self.post, x[:, None])
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -74,14 +71,8 @@ class ResolutionDiscriminator(nn.Module):
         self.post = weight_norm(nn.Conv2d(ch, 1, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = torch.stft(x, self.n_fft, self.hop, window=self.window, return_complex=True).abs()[:, None]
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        spec = torch.stft(x, self.n_fft, self.hop, window=self.window, return_complex=True).abs()[:, None]
+        return _features(self.convs, self.post, spec)
 
 
 class Discriminators(nn.Module):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import yaml
 from speechtok.audio import load_utterance
 from speechtok.corpus import load_corpus
 from speechtok.lm.data import _samples, _shuffled, shard_paths
-from speechtok.lm.train import Metrics, lr_at, rng_state, set_rng_state
+from speechtok.lm.train import Metrics, lr_at, publish_checkpoint, rng_state, set_rng_state
 from speechtok.shards import read_manifest
 from speechtok.tokenizers.semantic import run_length
 from speechtok.vocoders.discriminators import (Discriminators, MelLoss, discriminator_loss, feature_matching_loss,
@@ -186,13 +185,7 @@ def _checkpoint(out: Path, step: int, parts: dict, keep: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save({k: v.state_dict() for k, v in parts.items()} | {"step": step, "rng": rng_state()}, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (root / "latest.tmp").write_text(final.name)
-    os.replace(root / "latest.tmp", root / "latest")
-    old = sorted(p for p in root.glob("step_*") if p != final)
-    for p in old[: max(0, len(old) - keep + 1)]:
-        shutil.rmtree(p, ignore_errors=True)
+    publish_checkpoint(tmp, final, keep)
 
 
 def _restore(out: Path, parts: dict) -> int:
