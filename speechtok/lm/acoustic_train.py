@@ -13,7 +13,6 @@ Uses the token LM's optimizer, schedule, checkpoints (resume by rerunning) and m
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import yaml
 
 from speechtok.lm.acoustic import AcousticConfig, AcousticModel, to_steps
-from speechtok.lm.data import _samples, _shuffled, shard_paths
+from speechtok.lm.data import shuffled_epochs, shard_paths
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.train import Metrics, build_optimizer, load_checkpoint, lr_at, save_checkpoint
 from speechtok.lm.vocab import speech_streams
@@ -115,11 +114,10 @@ def batches(run: AcousticRun, cfg: AcousticConfig, rank: int, world: int, skip: 
     tc = run.train
     crop = int(tc.crop_seconds * cfg.codec_rate)
     n = 0
-    for epoch in itertools.count():
-        rng = np.random.default_rng([tc.seed, epoch, rank])
-        order = rng.permutation(len(paths))
+    epoch_rng = lambda epoch: np.random.default_rng([tc.seed, epoch, rank])  # noqa: E731
+    for rng, samples in shuffled_epochs(paths, rank, world, tc.shuffle_buffer, epoch_rng):
         batch = []
-        for sample in _shuffled(_samples([paths[i] for i in order], rank, world), tc.shuffle_buffer, rng):
+        for sample in samples:
             batch.append(pair(sample, cfg, crop, rng))
             if len(batch) == tc.batch_size:
                 n += 1

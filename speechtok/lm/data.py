@@ -90,6 +90,16 @@ def _shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
     yield from buf
 
 
+def shuffled_epochs(paths: list[Path], part: int, parts: int, buffer: int, epoch_rng) -> Iterator[tuple[np.random.Generator, Iterator[dict]]]:
+    """Endless epochs of this part's samples, each as (its rng, its samples): `epoch_rng(epoch)` orders the
+    shards and drives the shuffle buffer; consumers draw their own randomness (crops) from the same rng,
+    so a run replays exactly."""
+    for epoch in itertools.count():
+        rng = epoch_rng(epoch)
+        order = rng.permutation(len(paths))
+        yield rng, _shuffled(_samples([paths[i] for i in order], part, parts), buffer, rng)
+
+
 class PackedTokens(IterableDataset):
     """Endless [seq_len] blocks of token ids for one rank; `skip_batches` resumes a position."""
 
@@ -105,10 +115,9 @@ class PackedTokens(IterableDataset):
         formats = [f for f, w in self.cfg.mix.items() if w > 0]
         weights = np.array([self.cfg.mix[f] for f in formats], dtype=np.float64)
         weights /= weights.sum()
-        for epoch in itertools.count() if self.epochs is None else range(self.epochs):
-            rng = np.random.default_rng([self.seed, epoch, part])
-            order = rng.permutation(len(self.paths))
-            samples = _shuffled(_samples([self.paths[i] for i in order], part, parts), self.cfg.shuffle_buffer, rng)
+        epochs = shuffled_epochs(self.paths, part, parts, self.cfg.shuffle_buffer,
+                                 lambda epoch: np.random.default_rng([self.seed, epoch, part]))
+        for rng, samples in itertools.islice(epochs, self.epochs):
             lines = _lines(self.cfg.text, part, parts) if "text" in formats else iter(())
             while True:
                 fmt = formats[int(rng.choice(len(formats), p=weights))]

@@ -6,7 +6,6 @@ intervals."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 import time
@@ -19,7 +18,7 @@ import yaml
 
 from speechtok.audio import load_utterance
 from speechtok.corpus import load_corpus
-from speechtok.lm.data import _samples, _shuffled, shard_paths
+from speechtok.lm.data import shuffled_epochs, shard_paths
 from speechtok.lm.train import Metrics, lr_at, publish_checkpoint, rng_state, set_rng_state
 from speechtok.shards import read_manifest
 from speechtok.tokenizers.semantic import run_length
@@ -112,19 +111,17 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
     return Vocos(config), sr, hop, cfg.features
 
 
-def segments(cfg: VocoderTrainConfig, manifest: dict, stream: str | None, sr: int, hop: int, speakers: list[str],
+def segments(cfg: VocoderTrainConfig, utts: dict, stream: str | None, sr: int, hop: int, speakers: list[str],
              skip: int):
-    """Endless batches (inputs, audio [B, frames × hop], speakers) of random segments; the first `skip`
-    batches are replayed without loading audio (resume)."""
-    utts = {u.id: u for u in load_corpus(manifest["corpus"])}
+    """Endless batches (inputs, audio [B, frames × hop], speakers) of random segments of the utterances in
+    `utts` (id → Utterance); the first `skip` batches are replayed without loading audio (resume)."""
     paths = shard_paths([cfg.shards])
     n = max(1, int(cfg.segment_seconds * sr / hop))
     count = 0
-    for epoch in itertools.count():
-        rng = np.random.default_rng([cfg.seed, epoch])
-        order = rng.permutation(len(paths))
+    epoch_rng = lambda epoch: np.random.default_rng([cfg.seed, epoch])  # noqa: E731
+    for rng, samples in shuffled_epochs(paths, 0, 1, cfg.shuffle_buffer, epoch_rng):
         batch = []
-        for s in _shuffled(_samples([paths[i] for i in order], 0, 1), cfg.shuffle_buffer, rng):
+        for s in samples:
             if s["id"] not in utts:
                 continue
             frames = s[stream] if stream else None
@@ -238,9 +235,8 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     _, manifest = read_manifest(cfg.shards)
-    speakers = []
-    if cfg.speakers:
-        speakers = sorted({u.speaker for u in load_corpus(manifest["corpus"]) if u.speaker})
+    utts = {u.id: u for u in load_corpus(manifest["corpus"])}
+    speakers = sorted({u.speaker for u in utts.values() if u.speaker}) if cfg.speakers else []
     gen, sr, hop, stream = build_generator(cfg, manifest, speakers)
     disc = Discriminators(ch=cfg.disc_channels)
     gen, disc = gen.to(device), disc.to(device)
@@ -253,8 +249,8 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
              "sched_d": sched_d}
     step = _restore(out, parts)
     metrics = Metrics(out, 0, step)
-    fixed = next(segments(cfg, manifest, stream, sr, hop, speakers, 0))
-    data = segments(cfg, manifest, stream, sr, hop, speakers, skip=step)
+    fixed = next(segments(cfg, utts, stream, sr, hop, speakers, 0))
+    data = segments(cfg, utts, stream, sr, hop, speakers, skip=step)
     first, last, t0 = step, {}, time.perf_counter()
     while step < cfg.steps and (stop_after is None or step - first < stop_after):
         x, audio, spk = next(data)
