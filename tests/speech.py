@@ -72,3 +72,10 @@ def build_corpus(root: Path) -> Path:
     manifest = root / "corpus.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return manifest
+
+
+def linked_workdir(source: Path, root: Path) -> Path:
+    """`root` with `shards`, `km` and `codec` linked from `source`, for a test module to write its runs beside."""
+    for name in ("shards", "km", "codec"):
+        (root / name).symlink_to(source / name)
+    return root

@@ -17,6 +17,8 @@ from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
 
+from speech import linked_workdir
+
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -73,11 +75,7 @@ def test_acoustic_batch_equals_alone(pattern):
 
 @pytest.fixture(scope="module")
 def corpus_shards(units_and_codec_shards, tmp_path_factory):
-    """A working folder holding the shared shards (as `shards`) and km (as `km`)."""
-    root = tmp_path_factory.mktemp("gen")
-    for name in ("shards", "km", "codec"):
-        (root / name).symlink_to(units_and_codec_shards / name)
-    return root
+    return linked_workdir(units_and_codec_shards, tmp_path_factory.mktemp("gen"))
 
 
 @pytest.fixture(scope="module")

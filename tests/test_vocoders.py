@@ -15,6 +15,8 @@ from speechtok.cli.main import cli
 from speechtok.vocoders.mel import mel_filterbank
 from speechtok.vocoders.vocos import Vocos
 
+from speech import linked_workdir
+
 TINY_HIFIGAN = {"embed_dim": 32, "upsample_initial_channel": 32, "resblock_kernel_sizes": [3],
                 "resblock_dilation_sizes": [[1, 3]]}
 TINY_VOCOS = {"dim": 48, "intermediate_dim": 96, "num_layers": 2}
@@ -26,11 +28,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def shards(units_and_codec_shards, tmp_path_factory):
-    """A working folder holding the shared shards, km and codec."""
-    root = tmp_path_factory.mktemp("voc")
-    for name in ("shards", "km", "codec"):
-        (root / name).symlink_to(units_and_codec_shards / name)
-    return root
+    return linked_workdir(units_and_codec_shards, tmp_path_factory.mktemp("voc"))
 
 
 def config(root, name, **kw) -> str:
