@@ -137,6 +137,25 @@ def read_manifest(path: str | os.PathLike, errors: list[CorpusError]) -> Iterato
                 errors.append(CorpusError(file=where, reason=str(e).split(": ", 1)[-1]))
 
 
+def jsonl_objects(path: str | os.PathLike, errors: list[str]) -> Iterator[tuple[str, dict]]:
+    """('file:line', object) for each JSON object line of a JSONL file; blank lines are skipped, and lines
+    that are not a JSON object are reported in `errors` as 'file:line: reason'."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                errors.append(f"{where}: bad JSON ({e.msg})")
+                continue
+            if not isinstance(row, dict):
+                errors.append(f"{where}: expected a JSON object")
+                continue
+            yield where, row
+
+
 def load_corpus(source: str | os.PathLike, errors: list[CorpusError] | None = None) -> list[Utterance]:
     """A folder of audio files or a JSONL manifest → utterances in corpus order.
     Duplicate ids are reported in `errors`; the first occurrence is kept."""

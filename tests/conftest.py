@@ -134,3 +134,27 @@ def units_and_codec_shards(speech_corpus, tmp_path_factory):
                                  f"encodec:{root / 'codec'}:nq=2", "-o", str(root / "shards"), "-q"])
     assert r.exit_code == 0, r.output
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_lm(base_llm, units_and_codec_shards, tmp_path_factory):
+    """The tiny Llama extended with the 12 MFCC units and overfitted (600 steps, dedup) on the corpus's
+    units; returns its `final/` folder (the run folder beside it has metrics.jsonl)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from speech import linked_workdir
+    from speechtok.cli.main import cli
+
+    root = linked_workdir(units_and_codec_shards, tmp_path_factory.mktemp("trained_lm"))
+    r = CliRunner().invoke(cli, ["lm", "extend-vocab", str(base_llm), "-m", str(root / "shards"), "-o", str(root / "lm_base")])
+    assert r.exit_code == 0, r.output
+    cfg = {"model": str(root / "lm_base"), "output": str(root / "lm"),
+           "data": {"shards": [str(root / "shards")], "seq_len": 128, "shuffle_buffer": 1, "num_workers": 0,
+                    "dedup": True},
+           "train": {"batch_size": 8, "steps": 600, "lr": 5e-3, "warmup": 10, "min_lr_ratio": 0.05, "log_every": 50,
+                     "save_every": 1000, "precision": "fp32"}}
+    (root / "lm.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["lm", "train", str(root / "lm.yaml")])
+    assert r.exit_code == 0, r.output
+    return root / "lm" / "final"

@@ -74,6 +74,42 @@ def build_corpus(root: Path) -> Path:
     return manifest
 
 
+# Minimal triphone contrasts (k_t, b_t, s_t with different vowels), each said twice by every voice, for ABX.
+PHONE_SENTENCES = ["the cat and the cut and the kit", "a bat and a bit and a but", "sit on the set and sat on it",
+                   "the kit and the bat sat on the cut", "a bit of a cat sat on a set", "but the cut and the bit sit"]
+FLITE_VOICES = ("awb", "rms", "slt")  # 16 kHz voices whose segment times match their audio
+
+
+def flite_sentence(text: str, voice: str, path: Path) -> list[dict]:
+    """Speak `text` into `path` with flite; returns its phones with start/end seconds (flite's own
+    segment end times, so the alignment is exact)."""
+    out = subprocess.run(["flite", "-voice", voice, "-psdur", "-t", text, "-o", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    phones, start = [], 0.0
+    for seg in out.split():
+        name, end = seg.rsplit(":", 1)
+        phones.append({"phone": name, "start": round(start, 4), "end": float(end)})
+        start = float(end)
+    return phones
+
+
+def build_phone_corpus(root: Path) -> Path:
+    """PHONE_SENTENCES by every flite voice under root/audio/<voice>/, and root/corpus.jsonl with text,
+    speaker and phone alignments; returns the manifest."""
+    assert shutil.which("flite"), "flite is needed (scripts/setup.sh installs it)"
+    lines = []
+    for voice in FLITE_VOICES:
+        for i, text in enumerate(PHONE_SENTENCES):
+            path = root / "audio" / voice / f"{voice}_{i:02d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            phones = flite_sentence(text, voice, path)
+            lines.append({"id": f"{voice}_{i:02d}", "path": str(path.relative_to(root)), "text": text,
+                          "speaker": voice, "phones": phones})
+    manifest = root / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return manifest
+
+
 def linked_workdir(source: Path, root: Path) -> Path:
     """`root` with `shards`, `km` and `codec` linked from `source`, for a test module to write its runs beside."""
     for name in ("shards", "km", "codec"):

@@ -1,9 +1,7 @@
 """End to end: `tok train-kmeans` on a tiny HuBERT, `tok encode` into shards, and what the shards hold."""
 
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np

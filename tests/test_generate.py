@@ -78,21 +78,6 @@ def corpus_shards(units_and_codec_shards, tmp_path_factory):
     return linked_workdir(units_and_codec_shards, tmp_path_factory.mktemp("gen"))
 
 
-@pytest.fixture(scope="module")
-def trained_lm(base_llm, corpus_shards):
-    root = corpus_shards
-    assert run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", root / "lm_base").exit_code == 0
-    cfg = {"model": str(root / "lm_base"), "output": str(root / "lm"),
-           "data": {"shards": [str(root / "shards")], "seq_len": 128, "shuffle_buffer": 1, "num_workers": 0,
-                    "dedup": True},
-           "train": {"batch_size": 8, "steps": 600, "lr": 5e-3, "warmup": 10, "min_lr_ratio": 0.05, "log_every": 50,
-                     "save_every": 1000, "precision": "fp32"}}
-    (root / "lm.yaml").write_text(yaml.safe_dump(cfg))
-    r = run("lm", "train", root / "lm.yaml")
-    assert r.exit_code == 0, r.output
-    return root / "lm" / "final"
-
-
 @pytest.fixture(scope="module", params=["delay", "coarse_fine"])
 def trained_acoustic(corpus_shards, request):
     root = corpus_shards
@@ -125,7 +110,7 @@ def test_sampling_is_seeded_and_batched(trained_lm, corpus_shards):
     a batch of prompts of different lengths gives each prompt what it gives alone (greedy)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = corpus_shards / "lm_base"
+    base = trained_lm.parent.parent / "lm_base"  # the extended, untrained model
     model = AutoModelForCausalLM.from_pretrained(base).eval()
     tok, vocab = AutoTokenizer.from_pretrained(base), SpeechVocab.load(base)
     p = [speech_prompt(tok, vocab, units=np.array([1, 2, 3]))]

@@ -2,7 +2,6 @@
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -157,7 +156,6 @@ def test_bad_inputs_each_get_a_reason_and_the_job_goes_on(hubert_km, speech_corp
     samples = {s["id"]: s for s in read_shards(out)}
     assert set(samples) == {p.stem for p in good} | {"silence", "clipped", "rate8000", "rate44100", "rate48000",
                                                      "stereo", "six_channels", "caf\\xe9_latin1"}
-    tok = SemanticTokenizer.from_dir(hubert_km)
     for sid, s in samples.items():
         expected = (round(s["duration"] * 16000) - 400) // 320 + 1
         assert abs(len(s["semantic"]) - expected) <= 1, sid

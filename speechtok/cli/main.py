@@ -253,6 +253,7 @@ def show_cmd(shards, n, no_verify):
         _fail(str(e))
 
 
+from speechtok.cli.eval import eval_group  # noqa: E402
 from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
 from speechtok.cli.vocoder import vocoder  # noqa: E402
 
@@ -260,6 +261,7 @@ cli.add_command(lm)
 cli.add_command(acoustic)
 cli.add_command(generate_cmd)
 cli.add_command(vocoder)
+cli.add_command(eval_group)
 
 if __name__ == "__main__":
     cli()

@@ -270,6 +270,7 @@ def train(run: RunConfig, stop_after: int | None = None) -> dict:
     if step >= cfg.steps:
         save_final(out / "final", raw, model, optimizer, tokenizer, vocab, rank, world)
     if world > 1:
+        dist.barrier()  # no rank tears gloo down while another still has a collective in flight
         dist.destroy_process_group()
     return {"step": step, **last}
 

@@ -1,0 +1,127 @@
+"""`tok eval tokens|resynth|lm`: token quality, resynthesis quality and LM probes, as report.json +
+report.md (+ PNG plots) in an output folder."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _finish(results: dict, out: str, summary: list[str]) -> None:
+    """Print the summary and the errors (one line each), then exit 1 when there were errors, like encode."""
+    for line in summary:
+        click.echo(line)
+    errors = results.get("errors", [])
+    for e in errors[:20]:
+        click.echo(f"error: {e}", err=True)
+    if len(errors) > 20:
+        click.echo(f"... and {len(errors) - 20} more (all in {out}/report.json)", err=True)
+    click.echo(f"report: {out}/report.md")
+    sys.exit(1 if errors else 0)
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+def _f(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluate tokens, resynthesis and token LMs."""
+
+
+@eval_group.command("tokens")
+@click.argument("shards", type=click.Path(exists=True))
+@click.option("--alignments", type=click.Path(exists=True, dir_okay=False),
+              help="JSONL with per-utterance 'phones': [{phone, start, end}] → PNMI, purities, triphone ABX.")
+@click.option("--items", "item_file", type=click.Path(exists=True, dir_okay=False),
+              help="ZeroSpeech/Libri-light .item file for ABX (instead of triphones from --alignments).")
+@click.option("--ignore-phones", default="", help="Comma-separated phones left out of PNMI/purity (e.g. pau,sil).")
+@click.option("--max-per-group", type=int, default=5, show_default=True,
+              help="ABX: items per (context, phone, speaker), to bound the number of triples.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@click.option("--no-verify", is_flag=True, help="Skip the shards' sha256 check.")
+def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, output, no_verify):
+    """Bitrate, codebook usage/entropy, PNMI, purities and ABX of the token streams in SHARDS."""
+    from speechtok.pipelines.evaluate import evaluate_tokens
+    from speechtok.shards import ShardError
+
+    try:
+        r = evaluate_tokens(shards, output, alignments, item_file,
+                            frozenset(p for p in ignore_phones.split(",") if p), max_per_group, not no_verify)
+    except (ShardError, OSError) as e:
+        _fail(str(e))
+    lines = []
+    for name, s in r["streams"].items():
+        b = s["bitrate"]
+        lines.append(f"{name}: {b['nominal_bps']:.0f} bps nominal, {b['entropy_bps']:.0f} bps entropy, "
+                     f"{b['dedup_entropy_bps']:.0f} bps deduplicated; usage "
+                     + ", ".join(f"{c['usage']:.0%}" for c in s["codebooks"]))
+        if "phones" in s:
+            p = s["phones"][0]
+            lines.append(f"  PNMI {p['pnmi']:.3f}, phone purity {p['phone_purity']:.3f}, "
+                         f"cluster purity {p['cluster_purity']:.3f}")
+        if "abx" in s:
+            a = s["abx"]
+            lines.append(f"  ABX within {_f(a['within_speaker_error'])}, across {_f(a['across_speaker_error'])} "
+                         f"({a['items']} items)")
+    _finish(r, output, lines)
+
+
+@eval_group.command("resynth")
+@click.argument("ref_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("hyp_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@click.option("--plots", type=int, default=3, show_default=True, help="Spectrogram plots of the first N pairs.")
+def resynth_cmd(ref_dir, hyp_dir, output, plots):
+    """MCD, STOI, PESQ, SI-SDR, F0 RMSE and voicing error of HYP_DIR's files against REF_DIR's (same
+    relative names, any audio extension)."""
+    from speechtok.pipelines.evaluate import evaluate_resynth
+
+    try:
+        r = evaluate_resynth(ref_dir, hyp_dir, output, plots)
+    except ImportError as e:
+        _fail(str(e))
+    m = r["mean"]
+    _finish(r, output, [f"{r['files']} files: MCD {_f(m['mcd_db'], 2)} dB, STOI {_f(m['stoi'])}, "
+                        f"PESQ {_f(m['pesq_wb'], 2)}, SI-SDR {_f(m['si_sdr_db'], 1)} dB, "
+                        f"F0 RMSE {_f(m['f0_rmse_hz'], 1)} Hz, voicing error {_f(m['voicing_error'])}"])
+
+
+@eval_group.command("lm")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--shards", multiple=True, type=click.Path(exists=True), help="Held-out shards for perplexity (repeatable).")
+@click.option("--format", "formats", multiple=True, default=("speech",), show_default=True,
+              type=click.Choice(["speech", "text", "interleaved", "asr", "tts"]), help="Sequence formats (repeatable).")
+@click.option("--probes", multiple=True, type=click.Path(exists=True),
+              help="Minimal pairs: JSONL ({id, real, fake, group}) or a ZeroSpeech folder with gold.csv (repeatable).")
+@click.option("-t", "--tokenizer", "semantic_dir", type=click.Path(exists=True, file_okay=False),
+              help="Semantic tokenizer the LM was trained on (for audio probes).")
+@click.option("--normalize", is_flag=True, help="Score items by mean instead of summed log-probability.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, device, output):
+    """Perplexity on held-out shards and minimal-pair (sWUGGY / sBLIMP / StoryCloze) accuracy of MODEL."""
+    import torch
+
+    from speechtok.pipelines.evaluate import evaluate_lm
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not shards and not probes:
+        _fail("give --shards and/or --probes")
+    try:
+        r = evaluate_lm(model, output, list(shards), tuple(formats), list(probes), semantic_dir, normalize,
+                        batch_size, device)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    lines = [f"{fmt}: perplexity {_f(p['all']['perplexity'], 2)} (speech {_f(p['speech']['perplexity'], 2)}, "
+             f"text {_f(p['text']['perplexity'], 2)})" for fmt, p in r["perplexity"].items()]
+    lines += [f"{name}: accuracy {_f(p['accuracy'])} over {p['pairs']} pairs" for name, p in r["probes"].items()]
+    _finish(r, output, lines)

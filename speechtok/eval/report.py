@@ -1,0 +1,107 @@
+"""Reports: `report.json` for machines, `report.md` with PNG plots for people."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def table(rows: list[dict], columns: list[str], digits: int = 3) -> str:
+    """A Markdown table of `rows` restricted to `columns`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c), digits) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, title: str, results: dict, sections: list[str]) -> Path:
+    """`out/report.json` (the results) and `out/report.md` (title, then the Markdown sections)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    md = out / "report.md"
+    md.write_text(f"# {title}\n\n" + "\n".join(sections))
+    return md
+
+
+def plot_usage(counts: np.ndarray, path: Path, title: str) -> None:
+    """Per codebook, code counts sorted from the most to the least used (log scale): a flat curve is an
+    evenly used codebook, a steep one a few codes doing all the work."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for q, c in enumerate(counts):
+        ax.plot(np.arange(1, len(c) + 1), np.maximum(np.sort(c)[::-1], 0.5), label=f"codebook {q}" if len(counts) > 1 else None)
+    ax.set(yscale="log", xlabel="code rank", ylabel="frames", title=title)
+    if len(counts) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_phone_unit(joint: np.ndarray, phones: list[str], path: Path, title: str) -> None:
+    """p(phone | unit), units ordered by their most likely phone: a clean diagonal is a phonetic code."""
+    plt = _plt()
+    p = joint / np.maximum(joint.sum(0, keepdims=True), 1)
+    order = np.lexsort((-p.max(0), p.argmax(0)))
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(phones))))
+    ax.imshow(p[:, order], aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_yticks(range(len(phones)), phones, fontsize=6)
+    ax.set(xlabel="unit (sorted by most likely phone)", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_spectrograms(ref: np.ndarray, hyp: np.ndarray, sr: int, path: Path, title: str) -> None:
+    """Log-magnitude spectrograms of the reference above the resynthesis, on one colour scale."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
+    n_fft = 1 << int(round(math.log2(sr * 0.032)))
+    top = None
+    for ax, x, name in zip(axes, (ref, hyp), ("reference", "resynthesis")):
+        _, _, _, im = ax.specgram(x + 1e-9, NFFT=n_fft, Fs=sr, noverlap=n_fft * 3 // 4, cmap="magma")
+        top = im.get_clim()[1] if top is None else top  # the reference sets the scale: 90 dB below its peak
+        im.set_clim(top - 90, top)
+        ax.set(ylabel="Hz", title=f"{title}: {name}")
+    axes[-1].set_xlabel("s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(metrics: Path, path: Path, title: str) -> bool:
+    """Training (and eval) loss against step from a run's metrics.jsonl; False when there is nothing to plot."""
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    keys = [k for k in ("loss", "eval_loss") if any(r.get(k) is not None for r in rows)]
+    if not keys:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+        ax.plot(*zip(*pts), label=k, marker="o" if k == "eval_loss" else None, markersize=3)
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

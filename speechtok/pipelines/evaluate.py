@@ -1,0 +1,218 @@
+"""`tok eval`: the three evaluations end to end — read inputs, compute the metrics of `speechtok.eval`,
+write `report.json` + `report.md` (+ PNGs) into an output folder. Bad inputs become one-line errors in the
+report and the run goes on with the rest."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from speechtok.eval import report
+from speechtok.eval.abx import abx_error
+from speechtok.eval.alignments import frame_labels, read_item_file, read_phone_alignments, triphone_items
+from speechtok.eval.tokens import TokenStats, frames_of, phone_unit_metrics, streams_of
+from speechtok.shards import ShardError, read_manifest, read_shards
+
+
+def _codes_by_id(codes: dict[str, np.ndarray], key: str) -> np.ndarray | None:
+    """An utterance's codes by id, or by the id's last path component (ZeroSpeech items name bare files)."""
+    if key in codes:
+        return codes[key]
+    return codes.get("\0" + key.rsplit("/", 1)[-1])
+
+
+def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path | None = None,
+                    item_file: str | Path | None = None, ignore_phones: frozenset[str] = frozenset(),
+                    max_per_group: int = 5, verify: bool = True) -> dict:
+    """Bitrate and codebook usage of every stream of a shard folder; with phone alignments (JSONL) also
+    PNMI / purities per codebook and triphone ABX; with a `.item` file, ABX on its items."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, manifest = read_manifest(shards)
+    streams = streams_of(manifest)
+    stats = {s.name: TokenStats(s) for s in streams}
+    errors: list[str] = []
+    phones, speakers = read_phone_alignments(alignments, errors) if alignments else ({}, {})
+    items = read_item_file(item_file, errors) if item_file else triphone_items(phones, speakers)
+    keep_codes = bool(items)
+    names: dict[str, int] = {}
+    joints = {s.name: defaultdict(lambda: defaultdict(int)) for s in streams}  # stream → q → (phone, code) counts
+    codes: dict[str, dict[str, np.ndarray]] = {s.name: {} for s in streams}
+    aligned = 0
+    try:
+        for sample in read_shards(shards, verify=verify):
+            uid = sample.get("id", sample["__key__"])
+            for s in streams:
+                if s.name not in sample:
+                    errors.append(f"{shards}: sample {uid} has no '{s.name}' tokens")
+                    continue
+                c = frames_of(sample, s)
+                stats[s.name].add(c, float(sample.get("duration", c.shape[1] / s.frame_rate)))
+                if keep_codes:
+                    codes[s.name][uid] = codes[s.name]["\0" + uid.rsplit("/", 1)[-1]] = c
+                if uid in phones:
+                    labels = frame_labels(phones[uid], c.shape[1], s.frame_rate, names)
+                    ok = labels >= 0
+                    if ignore_phones:
+                        ok &= ~np.isin(labels, [names[p] for p in ignore_phones if p in names])
+                    for q in range(s.n_q):
+                        pairs, counts = np.unique(np.stack([labels[ok], c[q][ok]]), axis=1, return_counts=True)
+                        for (ph, code), n in zip(pairs.T, counts):
+                            joints[s.name][q][(int(ph), int(code))] += int(n)
+            aligned += uid in phones
+    except ShardError as e:
+        errors.append(str(e))  # what was read before the bad shard is still reported
+    if phones and not aligned:
+        errors.append(f"{alignments}: no utterance id matches the shards (first: {next(iter(phones))})")
+
+    results: dict = {"shards": str(shards), "streams": {}, "errors": errors}
+    sections = [f"Shards: `{shards}`\n"]
+    phone_list = sorted(names, key=names.get)
+    for s in streams:
+        r = stats[s.name].result()
+        sec = [f"## {s.name} ({s.kind}, {s.n_q} × {s.vocab} codes at {s.frame_rate:g} Hz)\n",
+               f"{r['seconds']:.1f} s, {r['frames']:,} frames.\n", report.table([r["bitrate"]], list(r["bitrate"]), 1),
+               report.table([{"codebook": q, **c} for q, c in enumerate(r["codebooks"])],
+                            ["codebook", "used", "usage", "entropy_bits", "normalized_entropy", "perplexity"])]
+        report.plot_usage(stats[s.name].counts, out / f"usage_{s.name}.png", f"{s.name}: code usage")
+        sec.append(f"![code usage](usage_{s.name}.png)\n")
+        if joints[s.name]:
+            r["phones"] = []
+            for q in range(s.n_q):
+                joint = np.zeros((len(names), s.vocab), dtype=np.int64)
+                for (ph, code), n in joints[s.name][q].items():
+                    joint[ph, code] = n
+                r["phones"].append({"codebook": q, **phone_unit_metrics(joint)})
+                if q == 0:
+                    report.plot_phone_unit(joint, phone_list, out / f"phone_unit_{s.name}.png", f"{s.name}: p(phone | unit)")
+            sec += ["### Phones\n", report.table(r["phones"], ["codebook", "pnmi", "phone_purity", "cluster_purity",
+                                                                "frames", "phones", "units"]),
+                    f"![p(phone | unit)](phone_unit_{s.name}.png)\n"]
+        if items:
+            item_codes = []
+            for it in items:
+                c = _codes_by_id(codes[s.name], it.file)
+                f0, f1 = int(np.ceil(it.onset * s.frame_rate - 0.5)), int(np.ceil(it.offset * s.frame_rate - 0.5))
+                item_codes.append(None if c is None or f1 <= f0 else c[:, max(f0, 0): f1])
+            r["abx"] = abx_error(items, item_codes, max_per_group=max_per_group)
+            sec += ["### ABX (triphones, one-hot DTW)\n", report.table([r["abx"]], list(r["abx"]))]
+        results["streams"][s.name] = r
+        sections += sec
+    if errors:
+        sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
+    report.write_report(out, "Token quality", results, sections)
+    return results
+
+
+def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3) -> dict:
+    """Metrics of every hypothesis against the reference with the same id (relative path without extension),
+    per file and averaged, plus spectrogram plots of the first `plots` pairs."""
+    from speechtok.audio import AudioError, read_audio
+    from speechtok.corpus import scan_folder
+    from speechtok.eval.resynth import resynth_metrics
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hyps = {u.id: u.path for u in scan_folder(hyp_dir)}
+    errors, rows, sections = [], [], [f"Reference `{ref_dir}`, resynthesis `{hyp_dir}`.\n"]
+    refs = list(scan_folder(ref_dir))
+    for u in refs:
+        if u.id not in hyps:
+            errors.append(f"{u.path}: no resynthesis {u.id}.* in {hyp_dir}")
+            continue
+        try:
+            ref, rsr = read_audio(u.path)
+        except AudioError as e:
+            errors.append(f"{u.path}: {e}")
+            continue
+        try:
+            hyp, hsr = read_audio(hyps[u.id])
+        except AudioError as e:
+            errors.append(f"{hyps[u.id]}: {e}")
+            continue
+        try:
+            rows.append({"id": u.id, **resynth_metrics(ref, rsr, hyp, hsr)})
+        except Exception as e:
+            errors.append(f"{hyps[u.id]}: metrics failed ({' '.join(str(e).split())[:160]})")
+            continue
+        if len(rows) <= plots:
+            from speechtok.audio import resample
+
+            name = f"spectrogram_{len(rows):02d}.png"
+            report.plot_spectrograms(ref, resample(hyp, hsr, rsr), rsr, out / name, u.id)
+            sections.append(f"![{u.id}]({name})\n")
+    extra = sorted(set(hyps) - {u.id for u in refs})
+    errors += [f"{hyps[i]}: no reference {i}.* in {ref_dir}" for i in extra]
+    metrics = ["si_sdr_db", "stoi", "pesq_wb", "mcd_db", "f0_rmse_hz", "f0_rmse_cents", "voicing_error"]
+    mean = {m: (float(np.mean(v)) if (v := [r[m] for r in rows if r.get(m) is not None]) else None) for m in metrics}
+    results = {"reference": str(ref_dir), "hypothesis": str(hyp_dir), "files": len(rows), "mean": mean,
+               "per_file": rows, "errors": errors}
+    sections = [sections[0], f"## Mean over {len(rows)} files\n", report.table([mean], metrics),
+                "## Per file\n", report.table(rows, ["id", *metrics, "length_difference_s"]), *sections[1:]]
+    if errors:
+        sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
+    report.write_report(out, "Resynthesis quality", results, sections)
+    return results
+
+
+def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), formats: tuple[str, ...] = ("speech",),
+                probes: list[str] = (), semantic_dir: str | None = None, normalize: bool = False,
+                batch_size: int = 8, device: str = "cpu") -> dict:
+    """Perplexity on held-out shards, minimal-pair probe accuracies, and the training curve when the model
+    sits in (or is) a `tok lm train` run folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from speechtok.eval.lm import perplexity, read_probes, score_pairs
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    out, model_dir = Path(out), Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab = SpeechVocab.load(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    semantic = None
+    if semantic_dir:
+        from speechtok.tokenizers.semantic import SemanticTokenizer
+
+        semantic = SemanticTokenizer.from_dir(semantic_dir, device=device)
+        if semantic.k != vocab.k:
+            raise ValueError(f"{semantic_dir}: {semantic.k} units, but {model_dir} was trained on {vocab.k}")
+    errors: list[str] = []
+    results: dict = {"model": str(model_dir), "perplexity": {}, "probes": {}, "errors": errors}
+    sections = [f"Model `{model_dir}`.\n"]
+    if shards:
+        builder = SequenceBuilder(vocab, tokenizer)
+        samples = []
+        for src in shards:
+            try:
+                samples += list(read_shards(src))
+            except ShardError as e:
+                errors.append(str(e))
+        results["perplexity"] = perplexity(model, builder, samples, tuple(formats), batch_size)
+        rows = [{"format": f, "sequences": r["sequences"], **{f"{k}_{m}": r[k][m] for k in ("all", "speech", "text")
+                                                               for m in ("tokens", "perplexity")}}
+                for f, r in results["perplexity"].items()]
+        sections += [f"## Perplexity ({len(samples)} held-out utterances)\n",
+                     report.table(rows, list(rows[0]) if rows else ["format"], 2)]
+    for p in probes:
+        pairs = read_probes(p, errors)
+        r = score_pairs(model, tokenizer, vocab, pairs, semantic, normalize, batch_size, errors)
+        results["probes"][str(p)] = r
+        sections += [f"## Probes `{p}`\n", f"Accuracy **{report.fmt(r['accuracy'])}** over {r['pairs']} pairs "
+                     f"({r['ids']} ids; {'mean' if normalize else 'summed'} log-probability; chance 0.5).\n"]
+        if r["groups"]:
+            sections.append(report.table([{"group": g, "accuracy": a} for g, a in sorted(r["groups"].items())],
+                                         ["group", "accuracy"]))
+    for cand in (model_dir / "metrics.jsonl", model_dir.parent / "metrics.jsonl"):
+        if cand.exists() and report.plot_curves(cand, out / "training.png", "training curve"):
+            results["training_metrics"] = str(cand)
+            sections += ["## Training\n", "![training curve](training.png)\n"]
+            break
+    if errors:
+        sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
+    report.write_report(out, "LM probes", results, sections)
+    return results
