@@ -3,10 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-# espeak-ng / flite synthesize the test corpora; libsndfile reads audio; sox and ffmpeg are handy for users.
+# espeak-ng / flite synthesize the test corpora; libsndfile reads audio; sox is handy for users;
+# build-essential compiles pesq and pyworld (extra `eval`), which PyPI ships as source only.
 if command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng flite sox libsndfile1 >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng flite sox libsndfile1 build-essential >/dev/null
 fi
 PY=${PYTHON:-python3}
 # Keep a torch that is already installed (a GPU machine's CUDA build); otherwise take the CPU build 2.13.0.
