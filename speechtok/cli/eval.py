@@ -7,27 +7,17 @@ import sys
 
 import click
 
+from speechtok.cli.common import fail, report_errors
+from speechtok.eval.report import fmt
+
 
 def _finish(results: dict, out: str, summary: list[str]) -> None:
     """Print the summary and the errors (one line each), then exit 1 when there were errors, like encode."""
     for line in summary:
         click.echo(line)
-    errors = results.get("errors", [])
-    for e in errors[:20]:
-        click.echo(f"error: {e}", err=True)
-    if len(errors) > 20:
-        click.echo(f"... and {len(errors) - 20} more (all in {out}/report.json)", err=True)
+    report_errors(results.get("errors", []), f"{out}/report.json")
     click.echo(f"report: {out}/report.md")
-    sys.exit(1 if errors else 0)
-
-
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
-
-
-def _f(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
+    sys.exit(1 if results.get("errors") else 0)
 
 
 @click.group("eval")
@@ -55,7 +45,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
         r = evaluate_tokens(shards, output, alignments, item_file,
                             frozenset(p for p in ignore_phones.split(",") if p), max_per_group, not no_verify)
     except (ShardError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     lines = []
     for name, s in r["streams"].items():
         b = s["bitrate"]
@@ -68,7 +58,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
                          f"cluster purity {p['cluster_purity']:.3f}")
         if "abx" in s:
             a = s["abx"]
-            lines.append(f"  ABX within {_f(a['within_speaker_error'])}, across {_f(a['across_speaker_error'])} "
+            lines.append(f"  ABX within {fmt(a['within_speaker_error'])}, across {fmt(a['across_speaker_error'])} "
                          f"({a['items']} items)")
     _finish(r, output, lines)
 
@@ -86,11 +76,11 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots):
     try:
         r = evaluate_resynth(ref_dir, hyp_dir, output, plots)
     except ImportError as e:
-        _fail(str(e))
+        fail(str(e))
     m = r["mean"]
-    _finish(r, output, [f"{r['files']} files: MCD {_f(m['mcd_db'], 2)} dB, STOI {_f(m['stoi'])}, "
-                        f"PESQ {_f(m['pesq_wb'], 2)}, SI-SDR {_f(m['si_sdr_db'], 1)} dB, "
-                        f"F0 RMSE {_f(m['f0_rmse_hz'], 1)} Hz, voicing error {_f(m['voicing_error'])}"])
+    _finish(r, output, [f"{r['files']} files: MCD {fmt(m['mcd_db'], 2)} dB, STOI {fmt(m['stoi'])}, "
+                        f"PESQ {fmt(m['pesq_wb'], 2)}, SI-SDR {fmt(m['si_sdr_db'], 1)} dB, "
+                        f"F0 RMSE {fmt(m['f0_rmse_hz'], 1)} Hz, voicing error {fmt(m['voicing_error'])}"])
 
 
 @eval_group.command("lm")
@@ -115,13 +105,13 @@ def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if not shards and not probes:
-        _fail("give --shards and/or --probes")
+        fail("give --shards and/or --probes")
     try:
         r = evaluate_lm(model, output, list(shards), tuple(formats), list(probes), semantic_dir, normalize,
                         batch_size, device)
     except (ValueError, OSError) as e:
-        _fail(str(e))
-    lines = [f"{fmt}: perplexity {_f(p['all']['perplexity'], 2)} (speech {_f(p['speech']['perplexity'], 2)}, "
-             f"text {_f(p['text']['perplexity'], 2)})" for fmt, p in r["perplexity"].items()]
-    lines += [f"{name}: accuracy {_f(p['accuracy'])} over {p['pairs']} pairs" for name, p in r["probes"].items()]
+        fail(str(e))
+    lines = [f"{name}: perplexity {fmt(p['all']['perplexity'], 2)} (speech {fmt(p['speech']['perplexity'], 2)}, "
+             f"text {fmt(p['text']['perplexity'], 2)})" for name, p in r["perplexity"].items()]
+    lines += [f"{name}: accuracy {fmt(p['accuracy'])} over {p['pairs']} pairs" for name, p in r["probes"].items()]
     _finish(r, output, lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from speechtok.cli.common import fail, report_errors
 from speechtok.corpus import CorpusError
 
 
@@ -16,18 +17,6 @@ def _quiet_transformers() -> None:
     # environment variables rather than an import: importing transformers costs seconds
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-def _report_errors(errors: list[CorpusError], where: str | None = None, limit: int = 20) -> None:
-    for e in errors[:limit]:
-        click.echo(f"error: {e.file}: {e.reason}", err=True)
-    if len(errors) > limit:
-        click.echo(f"... and {len(errors) - limit} more" + (f" (all in {where})" if where else ""), err=True)
-
-
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
 
 
 @click.group()
@@ -57,7 +46,7 @@ def _features(model: str, layer: int | None, device: str, precision: str):
     try:
         return build_features(parse_model_spec(model, layer), device=dev, precision=precision), dev
     except (ValueError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @cli.command("train-kmeans")
@@ -92,9 +81,9 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
                                       backend=backend, device=str(dev), dedup=dedup, max_batch_seconds=batch_seconds,
                                       num_workers=workers, progress=not quiet, errors=errors)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
-        _report_errors(errors)
-        _fail(str(e))
-    _report_errors(errors)
+        report_errors(errors)
+        fail(str(e))
+    report_errors(errors)
     click.echo(f"k-means: k={k} on {tok.meta['kmeans']['frames']} frames, {result.backend}, {result.iterations} "
                f"iterations, {result.seconds:.2f} s, inertia {result.inertia:.4f} -> {output}")
 
@@ -115,13 +104,13 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
     try:
         centroids = load_kmeans_checkpoint(checkpoint, trust_pickle=trust_pickle)
     except (PermissionError, ValueError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     features, _ = _features(model, layer, "cpu", "fp32")
     meta = {"imported_from": {"file": Path(checkpoint).name, "sha256": sha256_of(checkpoint)}}
     try:
         tok = SemanticTokenizer(features, centroids, dedup=dedup, meta=meta)
     except ValueError as e:
-        _fail(f"{checkpoint}: {e}")
+        fail(f"{checkpoint}: {e}")
     tok.save(output)
     click.echo(f"imported k={tok.k} centroids of dim {centroids.shape[1]} -> {output}")
 
@@ -159,7 +148,7 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
         toks = [load_tokenizer(t, device=dev, precision=defaults["precision"] if precision == "auto" else precision)
                 for t in tokenizers]
     except (ValueError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     opts = EncodeOptions(dedup=dedup, max_batch_size=batch_size,
                          max_batch_seconds=defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds,
                          num_workers=defaults["num_workers"] if num_workers is None else num_workers,
@@ -174,9 +163,9 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
         click.echo("stopped (--strict); rerun without --strict to skip bad inputs, or fix them and rerun", err=True)
         sys.exit(1)
     except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if rank == 0:
-        _report_errors(summary.errors, str(Path(output) / ERRORS_FILE))
+        report_errors(summary.errors, str(Path(output) / ERRORS_FILE))
         click.echo(summary.line())
     sys.exit(1 if summary.errors else 0)
 
@@ -196,7 +185,7 @@ def decode_cmd(shards, output, codec_name, batch_size, device):
     try:
         n, seconds = decode_shards(shards, output, codec_name, resolve_device(device), batch_size)
     except (ShardError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"decoded {n} utterances, {seconds:.1f} s of audio -> {output}")
 
 
@@ -222,9 +211,9 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
         wav, sr = read_audio(audio)
         out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, resolve_device(device))
     except AudioError as e:
-        _fail(f"{audio}: {e}")
+        fail(f"{audio}: {e}")
     except (ValueError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     sf.write(output, out, out_sr)
     click.echo(f"{audio}: {len(wav) / sr:.2f} s -> {what} -> {len(out) / out_sr:.2f} s -> {output}")
 
@@ -250,7 +239,7 @@ def show_cmd(shards, n, no_verify):
             for k, v in arrays.items():
                 click.echo(f"  {k}: {v.dtype} {list(v.shape)} {v[:20].tolist()}{' ...' if len(v) > 20 else ''}")
     except ShardError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 from speechtok.cli.eval import eval_group  # noqa: E402

@@ -5,6 +5,7 @@ analysis (pyworld), the latter two along a DTW alignment so that timing changes 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -49,6 +50,7 @@ def pesq_wb(ref: np.ndarray, hyp: np.ndarray, sr: int) -> float:
     return float(pesq.pesq(16000, resample(ref, sr, 16000), resample(hyp, sr, 16000), "wb"))
 
 
+@lru_cache(maxsize=16)
 def mcep_alpha(sr: int) -> float:
     """The all-pass constant whose frequency warping best fits the mel scale (Fant's, 1 kHz break) at
     `sr`, as SPTK's tools choose it: 0.41 at 16 kHz, 0.466 at 24 kHz."""

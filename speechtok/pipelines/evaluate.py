@@ -16,11 +16,11 @@ from speechtok.eval.tokens import TokenStats, frames_of, phone_unit_metrics, str
 from speechtok.shards import ShardError, read_manifest, read_shards
 
 
-def _codes_by_id(codes: dict[str, np.ndarray], key: str) -> np.ndarray | None:
-    """An utterance's codes by id, or by the id's last path component (ZeroSpeech items name bare files)."""
-    if key in codes:
-        return codes[key]
-    return codes.get("\0" + key.rsplit("/", 1)[-1])
+def _item_utterances(items, ids: set[str]) -> list[str | None]:
+    """The shard id each item's `file` names: the id itself, or the id whose last path component it is
+    (ZeroSpeech items name bare files, folder ids keep their subfolders)."""
+    by_name = {i.rsplit("/", 1)[-1]: i for i in ids}
+    return [it.file if it.file in ids else by_name.get(it.file.rsplit("/", 1)[-1]) for it in items]
 
 
 def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path | None = None,
@@ -51,7 +51,7 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
                 c = frames_of(sample, s)
                 stats[s.name].add(c, float(sample.get("duration", c.shape[1] / s.frame_rate)))
                 if keep_codes:
-                    codes[s.name][uid] = codes[s.name]["\0" + uid.rsplit("/", 1)[-1]] = c
+                    codes[s.name][uid] = c
                 if uid in phones:
                     labels = frame_labels(phones[uid], c.shape[1], s.frame_rate, names)
                     ok = labels >= 0
@@ -70,6 +70,7 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
     results: dict = {"shards": str(shards), "streams": {}, "errors": errors}
     sections = [f"Shards: `{shards}`\n"]
     phone_list = sorted(names, key=names.get)
+    item_uids = _item_utterances(items, {u for c in codes.values() for u in c})
     for s in streams:
         r = stats[s.name].result()
         sec = [f"## {s.name} ({s.kind}, {s.n_q} × {s.vocab} codes at {s.frame_rate:g} Hz)\n",
@@ -92,8 +93,8 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
                     f"![p(phone | unit)](phone_unit_{s.name}.png)\n"]
         if items:
             item_codes = []
-            for it in items:
-                c = _codes_by_id(codes[s.name], it.file)
+            for it, uid in zip(items, item_uids):
+                c = codes[s.name].get(uid)
                 f0, f1 = int(np.ceil(it.onset * s.frame_rate - 0.5)), int(np.ceil(it.offset * s.frame_rate - 0.5))
                 item_codes.append(None if c is None or f1 <= f0 else c[:, max(f0, 0): f1])
             r["abx"] = abx_error(items, item_codes, max_per_group=max_per_group)
@@ -109,7 +110,7 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
 def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3) -> dict:
     """Metrics of every hypothesis against the reference with the same id (relative path without extension),
     per file and averaged, plus spectrogram plots of the first `plots` pairs."""
-    from speechtok.audio import AudioError, read_audio
+    from speechtok.audio import AudioError, read_audio, resample
     from speechtok.corpus import scan_folder
     from speechtok.eval.resynth import resynth_metrics
 
@@ -138,8 +139,6 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
             errors.append(f"{hyps[u.id]}: metrics failed ({' '.join(str(e).split())[:160]})")
             continue
         if len(rows) <= plots:
-            from speechtok.audio import resample
-
             name = f"spectrogram_{len(rows):02d}.png"
             report.plot_spectrograms(ref, resample(hyp, hsr, rsr), rsr, out / name, u.id)
             sections.append(f"![{u.id}]({name})\n")
