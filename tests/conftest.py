@@ -30,6 +30,11 @@ def tiny_ssl_config(kind: str):
         return Wav2Vec2Config(feat_extract_norm="layer", do_stable_layer_norm=True, **common)
     if kind == "wavlm":
         return WavLMConfig(feat_extract_norm="group", num_buckets=32, max_bucket_distance=80, **common)
+    if kind == "hubert-large":
+        return HubertConfig(feat_extract_norm="layer", do_stable_layer_norm=True, **common)
+    if kind == "wavlm-large":
+        return WavLMConfig(feat_extract_norm="layer", do_stable_layer_norm=True, num_buckets=32,
+                           max_bucket_distance=80, **common)
     raise ValueError(kind)
 
 

@@ -28,25 +28,30 @@ def speechlike(n, seed):
     return (0.3 * torch.sin(2 * torch.pi * (120 + 40 * seed) * t) * env + 0.05 * torch.randn(n, generator=g))
 
 
-@pytest.mark.parametrize("kind", ["hubert", "wav2vec2-large", "wavlm"])
-def test_ssl_batched_equals_alone_and_full_model(tiny_ssl, kind):
+@pytest.mark.parametrize("kind", ["hubert", "wav2vec2-large", "hubert-large", "wavlm", "wavlm-large"])
+def test_ssl_every_layer_batched_equals_transformers_alone(tiny_ssl, kind):
+    """Layer L of a padded batch = transformers' `hidden_states[L]` of each utterance alone, for every L of
+    base (post-LN), large (pre-LN: no final LayerNorm at any L, as fairseq's output_layer) and WavLM."""
     from transformers import AutoModel
 
     path = tiny_ssl(kind)
-    feats = SSLFeatures(path, layer=2)
-    assert len(feats.model.encoder.layers) == 2  # layers above the cut are not even kept
     wavs = [speechlike(n, i) for i, n in enumerate([16000, 7000, 11111, 400])]
     batch, lengths = padded(wavs)
-    fb, nb = feats(batch, lengths)
     full = AutoModel.from_pretrained(path).eval()
-    for i, w in enumerate(wavs):
-        fa, na = feats(w[None], lengths[i:i + 1])
-        assert int(na) == int(nb[i]) == fa.shape[1]
-        torch.testing.assert_close(fb[i, : nb[i]], fa[0], atol=ATOL, rtol=0)
-        assert torch.all(fb[i, nb[i]:] == 0)
-        with torch.no_grad():
-            ref = full(w[None], output_hidden_states=True).hidden_states[2]
-        torch.testing.assert_close(fa[0], ref[0], atol=ATOL, rtol=0)
+    with torch.no_grad():
+        outs = [full(w[None], output_hidden_states=True) for w in wavs]
+    refs = [o.hidden_states for o in outs]
+    assert len(refs[0]) == 5
+    if full.config.do_stable_layer_norm:  # the final LayerNorm changes the last layer: the test can see it
+        assert (outs[0].last_hidden_state - refs[0][4]).abs().max() > 100 * ATOL
+    for layer in range(1, 5):
+        feats = SSLFeatures(path, layer=layer)
+        assert len(feats.model.encoder.layers) == layer  # layers above the cut are not even kept
+        fb, nb = feats(batch, lengths)
+        for i in range(len(wavs)):
+            assert int(nb[i]) == refs[i][layer].shape[1]
+            torch.testing.assert_close(fb[i, : nb[i]], refs[i][layer][0], atol=ATOL, rtol=0)
+            assert torch.all(fb[i, nb[i]:] == 0)
 
 
 def test_plain_padding_would_change_groupnorm_features(tiny_ssl):
@@ -118,3 +123,31 @@ def test_logmel_distinguishes_tones():
     low, _ = ext(torch.sin(2 * torch.pi * 200 * t)[None], torch.tensor([16000]))
     high, _ = ext(torch.sin(2 * torch.pi * 4000 * t)[None], torch.tensor([16000]))
     assert np.argmax(low[0, 10].numpy()) < np.argmax(high[0, 10].numpy())
+
+
+def test_card_normalize_is_the_truth(tiny_ssl, tmp_path):
+    """The card's `normalize` survives a missing preprocessor_config.json (offline cache) and a
+    contradicting one is an error naming both values."""
+    import json
+    import shutil
+
+    from speechtok.tokenizers.semantic import SemanticTokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ssl("wav2vec2-large"), model)
+    (model / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True}))
+    feats = SSLFeatures(str(model), layer=2)
+    assert feats.normalize is True
+    tok = SemanticTokenizer(feats, np.random.default_rng(0).standard_normal((8, feats.dim)).astype(np.float32))
+    tok.save(tmp_path / "tok")
+    wav = speechlike(8000, 1) * 3 + 0.5  # normalisation changes these features
+    before = tok.features(wav[None], torch.tensor([8000]))[0]
+    (model / "preprocessor_config.json").unlink()
+    loaded = SemanticTokenizer.from_dir(tmp_path / "tok")
+    assert loaded.features.normalize is True
+    torch.testing.assert_close(loaded.features(wav[None], torch.tensor([8000]))[0], before, atol=ATOL, rtol=0)
+    unnormalized = SSLFeatures(str(model), layer=2)  # a new tokenizer, no card, no preprocessor config
+    assert (unnormalized(wav[None], torch.tensor([8000]))[0] - before).abs().max() > 100 * ATOL
+    (model / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
+    with pytest.raises(ValueError, match=r"tokenizer.json: .*normalize=True.*do_normalize=False"):
+        SemanticTokenizer.from_dir(tmp_path / "tok")

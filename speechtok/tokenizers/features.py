@@ -66,5 +66,5 @@ def build_features(spec: dict, device: str | torch.device = "cpu", precision: st
         from speechtok.tokenizers.ssl_features import SSLFeatures
 
         return SSLFeatures(spec["model"], spec["layer"], device=device, precision=precision,
-                           revision=spec.get("revision"))
+                           revision=spec.get("revision"), normalize=spec.get("normalize"))
     raise ValueError(f"unknown feature kind {kind!r} (expected 'ssl', 'mfcc' or 'logmel')")

@@ -105,7 +105,10 @@ class SemanticTokenizer:
         if expected and sha256_of(cpath) != expected:
             raise ValueError(f"{cpath}: checksum does not match {CARD_FILE}; the file was changed or corrupted")
         centroids = np.load(cpath, allow_pickle=False)
-        features = build_features(card["features"], device=device, precision=precision)
+        try:
+            features = build_features(card["features"], device=device, precision=precision)
+        except ValueError as e:
+            raise ValueError(f"{card_path}: {e}") from None
         meta = {k: v for k, v in card.items()
                 if k not in ("type", "format_version", "features", "k", "dim", "sample_rate", "frame_rate",
                              "dedup", "centroids")}

@@ -83,25 +83,45 @@ def weights_checksum(model_ref: str, revision: str | None = None) -> str | None:
     return h.hexdigest()
 
 
-def _wants_normalize(model_ref: str, revision: str | None) -> bool:
-    """Whether the checkpoint's preprocessor normalises each waveform to zero mean, unit variance."""
+def preprocessor_normalize(model_ref: str, revision: str | None) -> bool | None:
+    """The checkpoint's preprocessor `do_normalize` (zero mean, unit variance per waveform), or None when
+    its preprocessor_config.json cannot be found (e.g. absent from an offline cache)."""
     try:
         if os.path.isdir(model_ref):
             path = Path(model_ref) / "preprocessor_config.json"
-            return bool(json.loads(path.read_text()).get("do_normalize", False)) if path.exists() else False
-        from transformers import AutoFeatureExtractor
+            return bool(json.loads(path.read_text()).get("do_normalize", False)) if path.exists() else None
+        from huggingface_hub import try_to_load_from_cache
 
-        return bool(getattr(AutoFeatureExtractor.from_pretrained(model_ref, revision=revision), "do_normalize", False))
+        hit = try_to_load_from_cache(model_ref, "preprocessor_config.json", revision=revision)
+        if not isinstance(hit, str):
+            from transformers import AutoFeatureExtractor
+
+            return bool(getattr(AutoFeatureExtractor.from_pretrained(model_ref, revision=revision),
+                                "do_normalize", False))
+        return bool(json.loads(Path(hit).read_text()).get("do_normalize", False))
     except Exception:
-        return False
+        return None
+
+
+def resolve_normalize(model_ref: str, revision: str | None, card_value: bool | None) -> bool:
+    """The tokenizer card's `normalize` is the truth: the preprocessor config may only confirm it (a
+    disagreement is an error naming both) and is consulted alone only for a new tokenizer."""
+    found = preprocessor_normalize(model_ref, revision)
+    if card_value is None:
+        return bool(found)
+    if found is not None and found != bool(card_value):
+        raise ValueError(f"{model_ref}: the tokenizer card says normalize={bool(card_value)} but the "
+                         f"checkpoint's preprocessor_config.json says do_normalize={found}")
+    return bool(card_value)
 
 
 class SSLFeatures(FeatureExtractor):
     """Layer `layer` (1 = first transformer layer; equals transformers' `hidden_states[layer]`) of a
-    HuBERT / WavLM / wav2vec2 checkpoint given as a hub id or a local directory."""
+    HuBERT / WavLM / wav2vec2 checkpoint given as a hub id or a local directory. `normalize` (from a
+    tokenizer card) overrides the preprocessor config, which must not contradict it."""
 
     def __init__(self, model_ref: str, layer: int, device: str | torch.device = "cpu",
-                 precision: str = "fp32", revision: str | None = None):
+                 precision: str = "fp32", revision: str | None = None, normalize: bool | None = None):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -121,8 +141,10 @@ class SSLFeatures(FeatureExtractor):
         if not (hasattr(model, "feature_extractor") and hasattr(model, "encoder")):
             raise ValueError(f"{model_ref}: {type(model).__name__} is not a wav2vec2-style speech encoder")
         model.encoder.layers = model.encoder.layers[:layer]
-        if layer < n_layers and getattr(config, "do_stable_layer_norm", False):
-            model.encoder.layer_norm = nn.Identity()  # pre-LN models normalise only after the last layer
+        if getattr(config, "do_stable_layer_norm", False):
+            # pre-LN ("large") models apply a final LayerNorm after the last layer; fairseq's
+            # extract_features(output_layer=L) and transformers' hidden_states[L] do not, for every L
+            model.encoder.layer_norm = nn.Identity()
         model.feature_extractor = MaskedConvFeatureEncoder(model.feature_extractor)
         for attr in ("masked_spec_embed",):  # training-only parameters
             if hasattr(model, attr):
@@ -134,7 +156,7 @@ class SSLFeatures(FeatureExtractor):
         self.sample_rate = 16000
         self.dim = config.hidden_size
         self.convs = list(zip(config.conv_kernel, config.conv_stride))
-        self.normalize = _wants_normalize(model_ref, revision)
+        self.normalize = resolve_normalize(model_ref, revision, normalize)
         self.min_samples = 1
         for k, s in reversed(self.convs):
             self.min_samples = (self.min_samples - 1) * s + k
