@@ -1,5 +1,7 @@
 """Feature extractors: the layer cut, frame counts, and independence from batching and padding."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,6 +107,39 @@ def test_spectral_batched_equals_alone(cls):
         assert int(na) == int(nb[i]) == 1 + (len(w) - 400) // 160
         torch.testing.assert_close(fb[i, : nb[i]], fa[0], atol=ATOL, rtol=0)
     assert fb.shape[2] == ext.dim
+
+
+# torchaudio.compliance.kaldi (float32) on the same signals, as fairseq's HuBERT dump_mfcc_feature.py;
+# written by tests/reference/make_kaldi_fixture.py. Measured: fbank bit-identical, MFCC+Δ+ΔΔ within 2e-6.
+KALDI = Path(__file__).parent / "fixtures" / "kaldi_mfcc_fbank.npz"
+KALDI_TOL = 1e-5  # absolute and relative, on values up to ~80
+
+
+@pytest.mark.parametrize("sr", [16000, 8000])
+@pytest.mark.parametrize("cls, key", [(MFCC, "mfcc39"), (LogMel, "fbank80")])
+def test_spectral_features_equal_kaldi_reference(cls, key, sr):
+    """MFCC (13 liftered cepstra + Δ + ΔΔ, time-major) and 80-band fbank equal torchaudio's Kaldi
+    implementation, alone and inside a padded batch."""
+    ref = np.load(KALDI)
+    wav, expected = torch.from_numpy(ref[f"wav_{sr}"]), torch.from_numpy(ref[f"{key}_{sr}"])
+    assert (expected == np.log(np.finfo(np.float32).eps)).any() == (key == "fbank80")  # silence hits the floor
+    ext = cls(sample_rate=sr)
+    assert ext.frame_rate == 100 and ext.dim == expected.shape[1]
+    other = torch.flip(wav, [0])[: len(wav) // 2]
+    for batch, lengths, row in [(wav[None], torch.tensor([len(wav)]), 0),
+                                (padded([other, wav])[0], torch.tensor([len(other), len(wav)]), 1)]:
+        out, n = ext(batch, lengths)
+        assert int(n[row]) == expected.shape[0]
+        torch.testing.assert_close(out[row, : n[row]], expected, atol=KALDI_TOL, rtol=KALDI_TOL)
+
+
+def test_old_spectral_cards_are_refused():
+    card = {"kind": "mfcc", "sample_rate": 16000, "n_mels": 23, "n_ceps": 13, "win_length": 400,
+            "hop_length": 160, "n_fft": 512}
+    with pytest.raises(ValueError, match="before speechtok's mfcc became Kaldi-compatible"):
+        build_features(card)
+    assert build_features(MFCC().card()).card() == MFCC().card()
+    assert build_features(parse_model_spec("logmel", None)).card()["window"] == "povey"
 
 
 def test_mfcc_deltas_of_a_ramp():

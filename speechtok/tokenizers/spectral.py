@@ -1,5 +1,9 @@
-"""Weight-free features that work offline: log-mel filterbanks and Kaldi-style MFCC (+Δ, ΔΔ), 25 ms
-windows every 10 ms, frames cut only from real samples (Kaldi's snip-edges), so padding never leaks."""
+"""Weight-free features that work offline, computed as Kaldi does (`compute-fbank-feats`,
+`compute-mfcc-feats`, i.e. torchaudio.compliance.kaldi with its defaults and dither 0): 25 ms Povey
+windows every 10 ms cut only from real samples (snip-edges, so padding never leaks), DC removal,
+pre-emphasis 0.97, triangular filters on the mel scale, log floored at float32 epsilon; MFCC adds the
+DCT-II, the cepstral lifter and Δ/ΔΔ, exactly fairseq's HuBERT iteration-1 MFCC
+(examples/hubert/simple_kmeans/dump_mfcc_feature.py). Plain torch: no torchaudio needed."""
 
 from __future__ import annotations
 
@@ -9,44 +13,65 @@ import torch
 
 from speechtok.tokenizers.features import FeatureExtractor, conv_output_length, length_mask
 
+WINDOW = "povey"  # recorded in cards: cards without it come from the earlier, non-Kaldi features
+LOW_FREQ = 20.0  # Kaldi's --low-freq; --high-freq 0 means the Nyquist frequency
+PREEMPHASIS = 0.97
+CEPSTRAL_LIFTER = 22.0
+LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors energies at numeric_limits<float>::epsilon()
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float, fmax: float) -> torch.Tensor:
-    """[n_fft//2+1, n_mels] triangular filters on the HTK mel scale."""
-    def to_mel(f):
-        return 1127.0 * math.log(1.0 + f / 700.0)
 
-    mels = torch.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2, dtype=torch.float64)
-    hz = 700.0 * (torch.exp(mels / 1127.0) - 1.0)
-    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    lo, mid, hi = hz[:-2, None], hz[1:-1, None], hz[2:, None]
-    up = (bins[None] - lo) / (mid - lo)
-    down = (hi - bins[None]) / (hi - mid)
-    return torch.clamp(torch.minimum(up, down), min=0).T.float().contiguous()
+def mel(f: torch.Tensor | float):
+    """Kaldi's (HTK's) mel scale."""
+    return 1127.0 * (torch.log(1.0 + f / 700.0) if isinstance(f, torch.Tensor) else math.log(1.0 + f / 700.0))
+
+
+def kaldi_mel_banks(n_fft: int, n_mels: int, sample_rate: int, low_freq: float = LOW_FREQ) -> torch.Tensor:
+    """[n_fft//2+1, n_mels] Kaldi filters: triangles equally spaced *in mel*, with slopes linear in mel,
+    from `low_freq` to Nyquist; the Nyquist bin has weight 0 (Kaldi's MelBanks, float32 as there)."""
+    lo, hi = mel(low_freq), mel(sample_rate / 2)
+    step = (hi - lo) / (n_mels + 1)
+    b = torch.arange(n_mels)[None]
+    left, centre, right = lo + b * step, lo + (b + 1.0) * step, lo + (b + 2.0) * step
+    m = mel(torch.arange(float(n_fft // 2)) * (sample_rate / n_fft))[:, None]
+    w = torch.clamp(torch.minimum((m - left) / (centre - left), (right - m) / (right - centre)), min=0)
+    return torch.cat([w, torch.zeros(1, n_mels)]).contiguous()
 
 
 def dct_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """[n_in, n_out] orthonormal DCT-II, as Kaldi uses for cepstra."""
-    n = torch.arange(n_in, dtype=torch.float64)
-    k = torch.arange(n_out, dtype=torch.float64)
-    m = torch.cos(math.pi / n_in * (n[:, None] + 0.5) * k[None, :]) * math.sqrt(2.0 / n_in)
-    m[:, 0] /= math.sqrt(2.0)
-    return m.float()
+    """[n_in, n_out] orthonormal DCT-II, as Kaldi uses for cepstra (built in float32 as Kaldi and
+    torchaudio do: the features then agree to float32 rounding)."""
+    n = torch.arange(float(n_in))
+    k = torch.arange(float(n_out))[:, None]
+    m = torch.cos(math.pi / float(n_in) * (n + 0.5) * k) * math.sqrt(2.0 / float(n_in))
+    m[0] = math.sqrt(1.0 / float(n_in))
+    return m.T.contiguous()
+
+
+def cepstral_lifter(n_ceps: int, q: float = CEPSTRAL_LIFTER) -> torch.Tensor:
+    """Kaldi's lifter 1 + q/2 sin(pi i / q), weighting cepstrum i."""
+    return 1.0 + 0.5 * q * torch.sin(math.pi * torch.arange(n_ceps) / q)
+
+
+def povey_window(n: int) -> torch.Tensor:
+    """Kaldi's default window: a symmetric Hann window to the power 0.85."""
+    return torch.hann_window(n, periodic=False).pow(0.85)  # float32, as Kaldi and torchaudio
 
 
 class LogMel(FeatureExtractor):
-    """Log mel-filterbank energies."""
+    """Log mel-filterbank energies (Kaldi fbank, 80 bands by default)."""
 
     OPTIONS = ("sample_rate", "n_mels", "win_length", "hop_length", "n_fft")
 
-    def __init__(self, sample_rate: int = 16000, n_mels: int = 80, win_length: int = 400,
-                 hop_length: int = 160, n_fft: int = 512):
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 80, win_length: int | None = None,
+                 hop_length: int | None = None, n_fft: int | None = None):
         super().__init__()
         self.sample_rate, self.n_mels = sample_rate, n_mels
-        self.win_length, self.hop_length, self.n_fft = win_length, hop_length, n_fft
+        self.win_length = win_length or int(sample_rate * 0.025)
+        self.hop_length = hop_length or int(sample_rate * 0.010)
+        self.n_fft = n_fft or 1 << (self.win_length - 1).bit_length()  # Kaldi's round-to-power-of-two
         self.dim = n_mels
-        self.register_buffer("window", torch.hann_window(win_length, periodic=False), persistent=False)
-        self.register_buffer("fbank", mel_filterbank(n_fft, n_mels, sample_rate, 20.0, sample_rate / 2),
-                             persistent=False)
+        self.register_buffer("window", povey_window(self.win_length), persistent=False)
+        self.register_buffer("fbank", kaldi_mel_banks(self.n_fft, n_mels, sample_rate), persistent=False)
 
     @property
     def frame_rate(self) -> float:
@@ -56,17 +81,19 @@ class LogMel(FeatureExtractor):
         return conv_output_length(torch.as_tensor(num_samples), self.win_length, self.hop_length)
 
     def card(self) -> dict:
-        return {"kind": "logmel", **{k: getattr(self, k) for k in self.OPTIONS}}
+        return {"kind": "logmel", **{k: getattr(self, k) for k in self.OPTIONS}, "window": WINDOW}
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, T] → [B, F, n_mels] for every full window (frames past an utterance's end are junk)."""
         wav = wav.float()
         if wav.shape[-1] < self.win_length:
             wav = torch.nn.functional.pad(wav, (0, self.win_length - wav.shape[-1]))
         frames = wav.unfold(-1, self.win_length, self.hop_length)  # [B, F, win]
         frames = frames - frames.mean(-1, keepdim=True)  # remove DC per frame
-        frames = torch.cat([frames[..., :1] * 0.03, frames[..., 1:] - 0.97 * frames[..., :-1]], -1)  # pre-emphasis
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], -1)  # x[-1] := x[0], as Kaldi
+        frames = frames - PREEMPHASIS * previous
         spec = torch.fft.rfft(frames * self.window, n=self.n_fft).abs().pow(2)
-        return torch.log(torch.clamp(spec @ self.fbank, min=1e-10))
+        return torch.log(torch.clamp(spec @ self.fbank, min=LOG_FLOOR))
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.num_frames(lengths)
@@ -75,20 +102,22 @@ class LogMel(FeatureExtractor):
 
 
 class MFCC(LogMel):
-    """13 cepstra from 23 mel bands with Δ and ΔΔ (39 dims, as fairseq's HuBERT iteration-1 targets).
-    Deltas are computed within each utterance, repeating its edge frames."""
+    """13 cepstra from 23 mel bands (liftered) with Δ and ΔΔ: 39 dims, fairseq's HuBERT iteration-1
+    targets. Deltas are computed within each utterance, repeating its edge frames (torchaudio's
+    compute_deltas, window 5, replicate padding)."""
 
     OPTIONS = ("sample_rate", "n_mels", "n_ceps", "win_length", "hop_length", "n_fft")
 
-    def __init__(self, sample_rate: int = 16000, n_mels: int = 23, n_ceps: int = 13, win_length: int = 400,
-                 hop_length: int = 160, n_fft: int = 512):
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 23, n_ceps: int = 13,
+                 win_length: int | None = None, hop_length: int | None = None, n_fft: int | None = None):
         super().__init__(sample_rate, n_mels, win_length, hop_length, n_fft)
         self.n_ceps = n_ceps
         self.dim = 3 * n_ceps
         self.register_buffer("dct", dct_matrix(n_mels, n_ceps), persistent=False)
+        self.register_buffer("lifter", cepstral_lifter(n_ceps), persistent=False)
 
     def card(self) -> dict:
-        return {"kind": "mfcc", **{k: getattr(self, k) for k in self.OPTIONS}}
+        return {"kind": "mfcc", **{k: getattr(self, k) for k in self.OPTIONS}, "window": WINDOW}
 
     @staticmethod
     def delta(x: torch.Tensor, n: torch.Tensor, width: int = 2) -> torch.Tensor:
@@ -105,7 +134,7 @@ class MFCC(LogMel):
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.num_frames(lengths)
-        ceps = (self.log_mel(wav) @ self.dct)[:, : int(n.max()) if len(n) else 0]
+        ceps = (self.log_mel(wav) @ self.dct * self.lifter)[:, : int(n.max()) if len(n) else 0]
         d1 = self.delta(ceps, n)
         d2 = self.delta(d1, n)
         feats = torch.cat([ceps, d1, d2], -1)
