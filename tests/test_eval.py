@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from speechtok import read_shards
 from speechtok.cli.main import cli
-from speechtok.eval.abx import abx_error
+from speechtok.eval.abx import abx_error, item_frames
 from speechtok.eval.alignments import AbxItem, Phone, frame_labels, triphone_items
 from speechtok.eval.dtw import dtw, dtw_batch
 from speechtok.eval.resynth import mcep_alpha, resynth_metrics, si_sdr
@@ -113,6 +113,25 @@ def test_abx_known_answers():
     items, codes = _abx_design(lambda it, r: rng.integers(0, 20, (2, 9)), speakers=("a", "b", "c"), reps=5)
     r = abx_error(items, codes)
     assert 0.35 < r["within_speaker_error"] < 0.65 and 0.35 < r["across_speaker_error"] < 0.65
+
+
+def test_abx_equals_libri_light_reference():
+    """The ZeroSpeech 2021 / Libri-light ABX (zerospeech-libriabx2, one-hot codes, cosine) on the same
+    items and codes (tests/reference/make_abx_fixture.py): item frames, DTW ties and orientation, and the
+    averaging order (across: (context, X speaker) cells pooled per A speaker) all have to match."""
+    ref = np.load(Path(__file__).parent / "fixtures" / "abx_reference.npz")
+    ends = np.cumsum(ref["lengths"])
+    codes = {n: ref["codes"][e - k: e][None] for n, e, k in zip(ref["file_names"], ends, ref["lengths"])}
+    items = [AbxItem(str(f), float(t[0]), float(t[1]), *map(str, lab))
+             for f, t, lab in zip(ref["item_file"], ref["item_times"], ref["item_labels"])]
+    spans = [item_frames(it.onset, it.offset, float(ref["frame_rate"])) for it in items]
+    item_codes = [codes[it.file][:, a:b] if b > a else None for it, (a, b) in zip(items, spans)]
+    assert len(items) == 102 and len({it.speaker for it in items}) == 3 and len(np.unique(ref["codes"])) == 12
+    r = abx_error(items, item_codes, max_per_group=10)  # the reference's cap; no group reaches it
+    assert 0.1 < ref["within_error"] < ref["across_error"] < 0.4  # informative, not all-ties
+    assert r["within_speaker_error"] == pytest.approx(float(ref["within_error"]), abs=1e-6)  # float32 sums there
+    assert r["across_speaker_error"] == pytest.approx(float(ref["across_error"]), abs=1e-6)
+    assert r["items"] == sum(s is not None for s in item_codes)
 
 
 # ---- resynthesis metrics ----------------------------------------------------------------------------------

@@ -1,11 +1,18 @@
 """ABX phone discriminability of discrete tokens over triphones (ZeroSpeech 2021 / Libri-light "within
 context"): A and X are the same triphone, B differs in its central phone only; the error is the share of
-(A, B, X) triples where X is closer to B. Within speaker, A, B and X share a speaker; across speaker, X
-comes from another. Tokens are compared one-hot (frame distance = share of codebooks that differ), the item
-distance is the DTW path average. Scores average over contexts, then speakers, then phone pairs."""
+(A, B, X) triples where X is closer to B (ties count half). Within speaker, A, B and X share a speaker;
+across speaker, A and B share one and X comes from another. Tokens are compared one-hot (frame distance =
+share of codebooks that differ), the item distance is the DTW path average.
+
+Averaging follows Libri-light's eval_ABX.py (and zerospeech-libriabx2): within speaker, over contexts,
+then speakers, then phone pairs; across speaker, over all (context, X speaker) cells of an A speaker
+pooled together, then A speakers, then phone pairs. Item frames, DTW orientation (X along the rows, or the
+earlier item for two A items) and tie-breaking are also the reference's, so scores on the same items and
+codes are equal (tests/fixtures/abx_reference.npz)."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from itertools import product
 
@@ -15,9 +22,14 @@ from speechtok.eval.alignments import AbxItem
 from speechtok.eval.dtw import dtw_batch
 
 
+def item_frames(onset: float, offset: float, frame_rate: float) -> tuple[int, int]:
+    """Frames [start, end) of an item, as Libri-light's ABX loader cuts them (end may be <= start)."""
+    return max(0, math.ceil(frame_rate * onset - 0.5)), math.floor(frame_rate * offset - 0.5)
+
+
 def item_distances(codes: list[np.ndarray], pairs: list[tuple[int, int]], chunk: int = 2048) -> dict:
-    """DTW distances of many (i, j) pairs of [n_q, F] code sequences, the frame cost being the share of
-    codebooks that differ; batched by similar lengths: {(i, j): distance}."""
+    """DTW distances of many (i, j) pairs of [n_q, F] code sequences (i along the rows), the frame cost
+    being the share of codebooks that differ; batched by similar lengths: {(i, j): distance}."""
     pairs = sorted(pairs, key=lambda p: (codes[p[0]].shape[1], codes[p[1]].shape[1]))
     out = {}
     for c in range(0, len(pairs), chunk):
@@ -53,7 +65,7 @@ def abx_error(items: list[AbxItem], codes: list[np.ndarray | None], max_per_grou
     by_context: dict[tuple, dict] = defaultdict(dict)  # context → phone → speaker → items
     for (ctx, phone, spk), idx in groups.items():
         by_context[ctx].setdefault(phone, {})[spk] = idx
-    cells = []  # (mode, (a, b), speaker key, context, A items, B items, X items)
+    cells = []  # (mode, (a, b), A speaker, cell within it, A items, B items, X items)
     for ctx, phones in by_context.items():
         for a, b in product(phones, phones):
             if a == b:
@@ -63,28 +75,33 @@ def abx_error(items: list[AbxItem], codes: list[np.ndarray | None], max_per_grou
                 if not b_set:
                     continue
                 cells.append(("within", (a, b), s, ctx, a_set, b_set, a_set))
-                cells += [("across", (a, b), (s, s2), ctx, a_set, b_set, x_set)
+                cells += [("across", (a, b), s, (ctx, s2), a_set, b_set, x_set)
                           for s2, x_set in phones[a].items() if s2 != s]
-    needed = {tuple(sorted(p)) for _, _, _, _, A, B, X in cells for x in X for p in
-              [(a, x) for a in A if a != x] + [(b, x) for b in B]}
+
+    def pair(x: int, other: int, same_group: bool) -> tuple[int, int]:
+        """Which DTW the reference runs: X along the rows, or, for two items of one A group (within
+        speaker), the earlier one in the item list (the reference's feature manifest order)."""
+        return (min(x, other), max(x, other)) if same_group else (x, other)
+
+    needed = set()
+    for mode, _, _, _, A, B, X in cells:
+        for x in X:
+            needed.update(pair(x, a, mode == "within") for a in A if a != x)
+            needed.update(pair(x, b, False) for b in B)
     dist = item_distances(codes, list(needed))
-
-    def d(i: int, j: int) -> float:
-        return dist[(i, j) if i < j else (j, i)]
-
-    scores = {m: defaultdict(lambda: defaultdict(dict)) for m in ("within", "across")}  # mode → (a, b) → spk → ctx
-    for mode, ab, spk, ctx, A, B, X in cells:
+    scores = {m: defaultdict(lambda: defaultdict(dict)) for m in ("within", "across")}  # mode → (a, b) → spk → cell
+    for mode, ab, spk, cell, A, B, X in cells:
         total, n = 0.0, 0
         for a, b, x in product(A, B, X):
             if a != x:
-                dax, dbx = d(a, x), d(b, x)
+                dax, dbx = dist[pair(x, a, mode == "within")], dist[pair(x, b, False)]
                 total += 1.0 if dax < dbx else 0.5 if dax == dbx else 0.0
                 n += 1
         if n:
-            scores[mode][ab][spk][ctx] = total / n
+            scores[mode][ab][spk][cell] = total / n
     out = {}
     for mode, table in scores.items():
-        per_pair = [_mean(_mean(ctxs.values()) for ctxs in spk.values()) for spk in table.values()]
+        per_pair = [_mean(_mean(cells.values()) for cells in spk.values()) for spk in table.values()]
         acc = _mean(per_pair)
         out[f"{mode}_speaker_error"] = None if acc != acc else 1.0 - acc
         out[f"{mode}_speaker_pairs"] = sum(1 for v in per_pair if v == v)

@@ -8,8 +8,10 @@ import numpy as np
 
 
 def _accumulate(cost: np.ndarray, moves: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Accumulated cost and path length [B, N+1, M+1] of padded costs [B, N, M] with steps (1,1), (1,0),
-    (0,1); with `moves`, also the step taken into each cell (0 diagonal, 1 from above, 2 from the left)."""
+    """Accumulated cost and path length [B, N+1, M+1] of padded costs [B, N, M] with steps (1,1), (0,1),
+    (1,0); with `moves`, also the step taken into each cell (0 diagonal, 1 from the left, 2 from above).
+    Ties prefer the diagonal, then the left, as Libri-light's ABX DTW backtracking: path lengths, hence
+    path-averaged costs, then match it."""
     b, rows, cols = cost.shape
     acc = np.full((b, rows + 1, cols + 1), np.inf)
     steps = np.zeros((b, rows + 1, cols + 1), dtype=np.int32)
@@ -18,10 +20,10 @@ def _accumulate(cost: np.ndarray, moves: bool) -> tuple[np.ndarray, np.ndarray, 
     for d in range(2, rows + cols + 1):
         i = np.arange(max(1, d - cols), min(rows, d - 1) + 1)
         j = d - i
-        cand = np.stack([acc[:, i - 1, j - 1], acc[:, i - 1, j], acc[:, i, j - 1]])
+        cand = np.stack([acc[:, i - 1, j - 1], acc[:, i, j - 1], acc[:, i - 1, j]])
         k = np.argmin(cand, axis=0)
         acc[:, i, j] = cost[:, i - 1, j - 1] + np.take_along_axis(cand, k[None], 0)[0]
-        prev = np.stack([steps[:, i - 1, j - 1], steps[:, i - 1, j], steps[:, i, j - 1]])
+        prev = np.stack([steps[:, i - 1, j - 1], steps[:, i, j - 1], steps[:, i - 1, j]])
         steps[:, i, j] = np.take_along_axis(prev, k[None], 0)[0] + 1
         if moves:
             move[:, i, j] = k
@@ -50,5 +52,5 @@ def dtw(cost: np.ndarray, return_path: bool = False) -> tuple[float, list[tuple[
     while i > 0 and j > 0:
         path.append((i - 1, j - 1))
         k = move[0, i, j]
-        i, j = (i - 1, j - 1) if k == 0 else (i - 1, j) if k == 1 else (i, j - 1)
+        i, j = (i - 1, j - 1) if k == 0 else (i, j - 1) if k == 1 else (i - 1, j)
     return total, path[::-1]

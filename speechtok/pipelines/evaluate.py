@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from speechtok.eval import report
-from speechtok.eval.abx import abx_error
+from speechtok.eval.abx import abx_error, item_frames
 from speechtok.eval.alignments import frame_labels, read_item_file, read_phone_alignments, triphone_items
 from speechtok.eval.tokens import TokenStats, frames_of, phone_unit_metrics, streams_of
 from speechtok.shards import ShardError, read_manifest, read_shards
@@ -95,8 +95,8 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
             item_codes = []
             for it, uid in zip(items, item_uids):
                 c = codes[s.name].get(uid)
-                f0, f1 = int(np.ceil(it.onset * s.frame_rate - 0.5)), int(np.ceil(it.offset * s.frame_rate - 0.5))
-                item_codes.append(None if c is None or f1 <= f0 else c[:, max(f0, 0): f1])
+                f0, f1 = item_frames(it.onset, it.offset, s.frame_rate)
+                item_codes.append(None if c is None or f1 <= f0 else c[:, f0: f1])
             r["abx"] = abx_error(items, item_codes, max_per_group=max_per_group)
             sec += ["### ABX (triphones, one-hot DTW)\n", report.table([r["abx"]], list(r["abx"]))]
         results["streams"][s.name] = r
