@@ -122,7 +122,7 @@ def test_spectral_features_equal_kaldi_reference(cls, key, sr):
     implementation, alone and inside a padded batch."""
     ref = np.load(KALDI)
     wav, expected = torch.from_numpy(ref[f"wav_{sr}"]), torch.from_numpy(ref[f"{key}_{sr}"])
-    assert (expected == np.log(np.finfo(np.float32).eps)).any() == (key == "fbank80")  # silence hits the floor
+    assert (ref[f"fbank80_{sr}"] == np.log(np.finfo(np.float32).eps)).any()  # the silence hits the log floor
     ext = cls(sample_rate=sr)
     assert ext.frame_rate == 100 and ext.dim == expected.shape[1]
     other = torch.flip(wav, [0])[: len(wav) // 2]
@@ -173,7 +173,8 @@ def test_card_normalize_is_the_truth(tiny_ssl, tmp_path):
     (model / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True}))
     feats = SSLFeatures(str(model), layer=2)
     assert feats.normalize is True
-    tok = SemanticTokenizer(feats, np.random.default_rng(0).standard_normal((8, feats.dim)).astype(np.float32))
+    centroids = np.random.default_rng(0).standard_normal((8, feats.dim)).astype(np.float32)
+    tok = SemanticTokenizer(feats, centroids)
     tok.save(tmp_path / "tok")
     wav = speechlike(8000, 1) * 3 + 0.5  # normalisation changes these features
     before = tok.features(wav[None], torch.tensor([8000]))[0]

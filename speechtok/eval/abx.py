@@ -89,7 +89,8 @@ def abx_error(items: list[AbxItem], codes: list[np.ndarray | None], max_per_grou
             needed.update(pair(x, a, mode == "within") for a in A if a != x)
             needed.update(pair(x, b, False) for b in B)
     dist = item_distances(codes, list(needed))
-    scores = {m: defaultdict(lambda: defaultdict(dict)) for m in ("within", "across")}  # mode → (a, b) → spk → cell
+    # mode → (a, b) → A speaker → cell (context, or (context, X speaker)) → score
+    scores = {m: defaultdict(lambda: defaultdict(dict)) for m in ("within", "across")}
     for mode, ab, spk, cell, A, B, X in cells:
         total, n = 0.0, 0
         for a, b, x in product(A, B, X):
@@ -101,7 +102,7 @@ def abx_error(items: list[AbxItem], codes: list[np.ndarray | None], max_per_grou
             scores[mode][ab][spk][cell] = total / n
     out = {}
     for mode, table in scores.items():
-        per_pair = [_mean(_mean(cells.values()) for cells in spk.values()) for spk in table.values()]
+        per_pair = [_mean(_mean(by_cell.values()) for by_cell in spk.values()) for spk in table.values()]
         acc = _mean(per_pair)
         out[f"{mode}_speaker_error"] = None if acc != acc else 1.0 - acc
         out[f"{mode}_speaker_pairs"] = sum(1 for v in per_pair if v == v)

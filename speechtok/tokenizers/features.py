@@ -56,7 +56,8 @@ def build_features(spec: dict, device: str | torch.device = "cpu", precision: st
     kind = spec.get("kind")
     if kind in ("mfcc", "logmel") and "win_length" in spec and spec.get("window") != "povey":
         raise ValueError(f"this {kind} tokenizer was made before speechtok's {kind} became Kaldi-compatible "
-                         "(Povey window, mel-scale filters, lifter): its centroids do not fit; re-run train-kmeans")
+                         "(Povey window, mel-scale filters, lifter): its centroids do not fit; "
+                         "re-run train-kmeans")
     if kind == "mfcc":
         from speechtok.tokenizers.spectral import MFCC
 

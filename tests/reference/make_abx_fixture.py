@@ -76,8 +76,8 @@ def reference_scores(files, items) -> dict:
         item_file = tmp / "test.item"
         item_file.write_text("#file onset offset #phone prev-phone next-phone speaker\n"
                              + "".join(" ".join(map(str, it)) + "\n" for it in items))
-        scores = EvalABX()._ABX(Pooling.NONE, 3459, lambda p: torch.tensor(np.load(p)), str(item_file), seq_list,
-                                "cosine", FRAME_RATE, ["within", "across"], ["within"],
+        scores = EvalABX()._ABX(Pooling.NONE, 3459, lambda p: torch.tensor(np.load(p)), str(item_file),
+                                seq_list, "cosine", FRAME_RATE, ["within", "across"], ["within"],
                                 max_x_across=5, max_size_group=10)
     return {"within": scores["within-within"], "across": scores["across-within"]}
 

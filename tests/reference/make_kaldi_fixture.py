@@ -46,7 +46,8 @@ def reference(wav: np.ndarray, sr: int) -> dict:
         d1 = torchaudio.functional.compute_deltas(mfcc.T)
         d2 = torchaudio.functional.compute_deltas(d1)
         fairseq = torch.cat([mfcc.T, d1, d2], 0).T.contiguous()  # dump_mfcc_feature.py's concat, (time, 39)
-        fbank = torchaudio.compliance.kaldi.fbank(waveform=x, sample_frequency=sr, num_mel_bins=80, dither=0.0)
+        fbank = torchaudio.compliance.kaldi.fbank(waveform=x, sample_frequency=sr, num_mel_bins=80,
+                                                  dither=0.0)
     return {"mfcc39": fairseq.numpy(), "fbank80": fbank.numpy()}
 
 
