@@ -48,8 +48,9 @@ def build_lm(size: str, device: torch.device):
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, **SIZES[size]))
-    return lm.to(device=device, dtype=dtype).eval()
+    with torch.device(device):
+        lm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, **SIZES[size]))
+    return lm.to(dtype=dtype).eval()
 
 
 def build_acoustic(size: str, device: torch.device) -> AcousticModel:

@@ -39,7 +39,8 @@ def build(size: str, seq_len: int, dtype: torch.dtype, device: torch.device):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=seq_len, tie_word_embeddings=False,
                       attn_implementation="sdpa", use_cache=False, **SIZES[size])
-    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialised where it runs: seconds less for a 1B model than on the CPU
+        return LlamaForCausalLM(cfg).to(dtype=dtype)
 
 
 def timed(step, steps: int, warmup: int, device: torch.device) -> float:

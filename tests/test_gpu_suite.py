@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -112,3 +113,11 @@ def test_modules_the_suite_needs_do_not_import_heavy_optional_packages():
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == ""
+
+
+def test_readme_holds_a_device_command_that_fits_the_tool():
+    text = (REPO / "benchmarks" / "README.md").read_text()
+    (command,) = re.findall(r"- `command`:\n  `(.+)`\n", text)
+    assert len(command) <= 2000 and "benchmarks/gpu_suite.py" in command and ".wheelhouse/*.whl" in command
+    assert '`carry`: `[".wheelhouse"]`' in text and re.search(r"`timeout_s`: `(\d+)`", text)
+    assert "/.wheelhouse/" in (REPO / ".gitignore").read_text().splitlines()
