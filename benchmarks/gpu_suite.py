@@ -570,6 +570,19 @@ def child_main(name: str, sz: Sizes, device_name: str, result_path: str, deadlin
 
 # -------------------------------------------------------------------------------------- parent side
 
+def end_group(proc) -> None:
+    """SIGTERM, then SIGKILL, to a part's process group (the part, its loader workers, pytest)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # not yet its own group leader, or already gone
+            if proc.is_alive():
+                os.kill(proc.pid, sig)
+        proc.join(5)
+        if not proc.is_alive():
+            return
+
+
 def run_part(name: str, sz: Sizes, device: str, timeout: float, tmp: Path, start_method: str) -> dict:
     """Run one part in a child process, at most `timeout` seconds; its record, whatever happened."""
     result_path = tmp / f"{name}.json"
@@ -577,17 +590,14 @@ def run_part(name: str, sz: Sizes, device: str, timeout: float, tmp: Path, start
     ctx = multiprocessing.get_context(start_method)
     proc = ctx.Process(target=child_main, args=(name, sz, device, str(result_path), t0 + timeout, str(tmp)))
     proc.start()
-    proc.join(timeout)
+    try:
+        proc.join(timeout)
+    except KeyboardInterrupt:  # the child has its own process group, so Ctrl-C reaches only this process
+        end_group(proc)
+        raise
     timed_out = proc.is_alive()
     if timed_out:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:  # not yet its own group leader
-                os.kill(proc.pid, sig)
-            proc.join(wait)
-            if not proc.is_alive():
-                break
+        end_group(proc)
     try:
         rec = json.loads(result_path.read_text())
     except (OSError, ValueError):

@@ -50,7 +50,8 @@ def test_smoke_runs_every_part_into_the_given_paths(tmp_path):
     f = {name: rec["figures"] for name, rec in records.items()}
     assert f["env"]["heavy_modules_loaded"] == []
     assert f["encode"]["token_agreement"] == 1.0  # fp32 on both paths on CPU
-    assert f["kmeans"]["baseline"] == "faiss-cpu" and f["kmeans"]["inertia_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert f["kmeans"]["baseline"] == ("faiss-cpu" if importlib.util.find_spec("faiss") else "torch-cpu")
+    assert f["kmeans"]["inertia_ratio"] == pytest.approx(1.0, abs=1e-3)  # same seeds, same Lloyd iterations
     assert {k for k in f["codec"] if k.endswith("encode_batched_xrt")} == {
         "encodec_encode_batched_xrt", "dac_encode_batched_xrt", "mimi_encode_batched_xrt"}
     assert f["lm-350m"]["eager_tokens_s"] > 0 and f["lm-1b"]["plain_tokens_s"] > 0
@@ -84,6 +85,7 @@ def test_a_failure_is_recorded_a_timeout_keeps_its_figures_and_the_deadline_skip
 
     for name, fn in (("env", env), ("kmeans", fails), ("codec", hangs), ("vocoder", never)):
         monkeypatch.setitem(suite.PART_FUNCS, name, fn)
+    monkeypatch.setattr(suite, "preimport", lambda: None)  # the stand-in parts import nothing
     md = tmp_path / "B.md"
     t0 = time.monotonic()
     assert suite.main(["--smoke", "--parts", "kmeans,codec,vocoder", "--budget", "4", "--out", str(tmp_path),
