@@ -32,7 +32,8 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def build_codec(kind: str, config, path: Path, nq: int, device: torch.device, precision: str = "fp32") -> Codec:
+def build_codec(kind: str, config, path: Path, nq: int, device: torch.device,
+                precision: str = "fp32") -> Codec:
     """A random-init codec of `config`'s architecture, saved to `path` and loaded as `tok` loads one."""
     from transformers import AutoModel
 
@@ -41,7 +42,8 @@ def build_codec(kind: str, config, path: Path, nq: int, device: torch.device, pr
     return Codec(kind, str(path), n_q=nq, device=device, precision=precision)
 
 
-def measure_codec(codec: Codec, num_utts: int, seconds: float, batch_size: int, num_single: int | None = None) -> dict:
+def measure_codec(codec: Codec, num_utts: int, seconds: float, batch_size: int,
+                  num_single: int | None = None) -> dict:
     """× real time of encode and decode, batched (`batch_size`) against one utterance at a time (over the
     first `num_single` utterances; all by default), on random `seconds`-long utterances."""
     device = codec.device
@@ -53,10 +55,12 @@ def measure_codec(codec: Codec, num_utts: int, seconds: float, batch_size: int, 
     codec.encode(wav[:2], lengths[:2])  # warm-up
 
     def encode_batched():
-        return [codec.encode(wav[i:i + batch_size], lengths[i:i + batch_size]) for i in range(0, num_utts, batch_size)]
+        return [codec.encode(wav[i:i + batch_size], lengths[i:i + batch_size])
+                for i in range(0, num_utts, batch_size)]
 
     enc_b = timed(encode_batched, device) / num_utts
-    enc_1 = timed(lambda: [codec.encode(wav[i:i + 1], lengths[i:i + 1]) for i in range(num_single)], device) / num_single
+    enc_1 = timed(lambda: [codec.encode(wav[i:i + 1], lengths[i:i + 1]) for i in range(num_single)],
+                  device) / num_single
     codes, frames = codec.encode(wav[:batch_size], lengths[:batch_size])
     codec.decode(codes[:2], frames[:2])  # warm-up
     reps = max(1, num_utts // batch_size)
@@ -64,11 +68,13 @@ def measure_codec(codec: Codec, num_utts: int, seconds: float, batch_size: int, 
     m = min(len(codes), num_single)
     dec_1 = timed(lambda: [codec.decode(codes[i:i + 1], frames[i:i + 1]) for i in range(m)], device) / m
     return {"kind": codec.codec_kind, "n_q": codec.n_q, "sample_rate": codec.sample_rate,
-            "precision": codec.precision, "encode_single_xrt": seconds / enc_1, "encode_batched_xrt": seconds / enc_b,
-            "decode_single_xrt": seconds / dec_1, "decode_batched_xrt": seconds / dec_b}
+            "precision": codec.precision, "encode_single_xrt": seconds / enc_1,
+            "encode_batched_xrt": seconds / enc_b, "decode_single_xrt": seconds / dec_1,
+            "decode_batched_xrt": seconds / dec_b}
 
 
-def format_codecs(rows: list[dict], device: torch.device, num_utts: int, seconds: float, batch_size: int) -> str:
+def format_codecs(rows: list[dict], device: torch.device, num_utts: int, seconds: float,
+                  batch_size: int) -> str:
     table = "\n".join(
         f"| {r['kind']} | {r['n_q']} | {r['sample_rate']} | {r['encode_single_xrt']:,.0f} | "
         f"{r['encode_batched_xrt']:,.0f} ({r['encode_batched_xrt'] / r['encode_single_xrt']:.1f}×) | "

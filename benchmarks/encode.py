@@ -69,8 +69,8 @@ def baseline(paths: list[Path], tok: SemanticTokenizer, device: torch.device) ->
     return time.perf_counter() - t0, out
 
 
-def bare_forward(paths: list[Path], tok: SemanticTokenizer, max_batch_seconds: float, max_batch_size: int = 128,
-                 repeats: int = 1) -> float:
+def bare_forward(paths: list[Path], tok: SemanticTokenizer, max_batch_seconds: float,
+                 max_batch_size: int = 128, repeats: int = 1) -> float:
     """Seconds of the feature forward alone (no reading, no assignment, no writing) over `paths`, in
     length-sorted padded batches already on the device: what the model costs without the pipeline."""
     wavs = sorted((sf.read(p, dtype="float32")[0] for p in paths), key=len)
@@ -105,8 +105,8 @@ def sync(device: torch.device) -> None:
 
 
 def measure_encode(tmp: Path, paths: list[Path], device: torch.device, layer: int = 6, k: int = 500,
-                   precision: str | None = None, batch_seconds: float | None = None, num_workers: int | None = None,
-                   hubert_config=None) -> dict:
+                   precision: str | None = None, batch_seconds: float | None = None,
+                   num_workers: int | None = None, hubert_config=None) -> dict:
     """`tok encode` end to end against the fp32 per-utterance loop on `paths`, plus the bare forward's
     time; a random-init HuBERT (base architecture unless `hubert_config`) is saved under `tmp`."""
     from transformers import HubertConfig, HubertModel
@@ -128,7 +128,8 @@ def measure_encode(tmp: Path, paths: list[Path], device: torch.device, layer: in
     del tok32
 
     tok = SemanticTokenizer.from_dir(tmp / "km", device=device, precision=precision)
-    opts = EncodeOptions(num_workers=defaults["num_workers"] if num_workers is None else num_workers, progress=False)
+    opts = EncodeOptions(num_workers=defaults["num_workers"] if num_workers is None else num_workers,
+                         progress=False)
     opts.max_batch_seconds = batch_seconds or defaults["max_batch_seconds"]
     warm = tmp / "warmup"
     warm.mkdir()
@@ -136,10 +137,11 @@ def measure_encode(tmp: Path, paths: list[Path], device: torch.device, layer: in
         (warm / p.name).symlink_to(p)
     encode_corpus(warm, tok, tmp / "warm_out", opts)
     summary = encode_corpus(paths[0].parent, tok, tmp / "shards", opts)
-    agree = np.mean(np.concatenate([s["semantic"] == base_units[s["id"]] for s in read_shards(tmp / "shards")]))
+    shards = read_shards(tmp / "shards")
+    agree = np.mean(np.concatenate([s["semantic"] == base_units[s["id"]] for s in shards]))
     forward_s = bare_forward(paths, tok, opts.max_batch_seconds, opts.max_batch_size)
-    return {"utterances": len(paths), "audio_seconds": audio_seconds, "layer": layer, "k": k, "precision": precision,
-            "baseline_s": base_s, "ours_s": summary.wall_seconds, "forward_s": forward_s,
+    return {"utterances": len(paths), "audio_seconds": audio_seconds, "layer": layer, "k": k,
+            "precision": precision, "baseline_s": base_s, "ours_s": summary.wall_seconds, "forward_s": forward_s,
             "baseline_xrt": audio_seconds / base_s, "ours_xrt": audio_seconds / summary.wall_seconds,
             "forward_xrt": audio_seconds / forward_s, "token_agreement": float(agree),
             "tokenizer": tok}

@@ -39,7 +39,8 @@ def sync(device):
 
 
 def speech_vocab() -> SpeechVocab:
-    return SpeechVocab(semantic_stream="semantic", k=K, semantic_first_id=32002, text_id=32000, speech_id=32001)
+    return SpeechVocab(semantic_stream="semantic", k=K, semantic_first_id=32002, text_id=32000,
+                       speech_id=32001)
 
 
 def build_lm(size: str, device: torch.device):
@@ -63,12 +64,13 @@ def build_acoustic(size: str, device: torch.device) -> AcousticModel:
 
 
 def time_stage1(lm, batch: int, seconds: float, compiled: bool, full_warmup: bool = False) -> float:
-    """Seconds for `generate_units` to sample `seconds` of units for `batch` prompts. `full_warmup` warms
-    up at full length (a compiled static cache is shaped by the length, so a short warm-up would recompile)."""
+    """Seconds for `generate_units` to sample `seconds` of units for `batch` prompts. `full_warmup` warms up
+    at full length (a compiled static cache is shaped by the length: a short warm-up would recompile)."""
     device = next(lm.parameters()).device
     vocab = speech_vocab()
     n_units = int(seconds * UNIT_RATE)
-    opts = SamplingOptions(max_new_tokens=n_units, min_new_tokens=n_units, temperature=1.0, top_k=50, compile=compiled)
+    opts = SamplingOptions(max_new_tokens=n_units, min_new_tokens=n_units, temperature=1.0, top_k=50,
+                           compile=compiled)
     prompts = [[1, vocab.speech_id] + list(range(32002, 32012))] * batch
     warm = opts if full_warmup else dataclasses.replace(opts, max_new_tokens=8, min_new_tokens=8)
     generate_units(lm, Tok(), vocab, prompts, warm)

@@ -103,7 +103,7 @@ class Sizes:
     voc_repeats: int = 10
     voc_seconds: float = 1.0
     pytest_paths: tuple[str, ...] = ("tests",)
-    profiled: tuple[str, ...] = PARTS  # parts that profile a missed target (the profiler's parsing is slow on CPU)
+    profiled: tuple[str, ...] = PARTS  # parts that profile a missed target (profiles parse slowly on a CPU)
     min_part_s: float = 20.0  # a part is skipped when less than this is left
     budgets: dict = dataclasses.field(default_factory=lambda: {
         "env": 30, "encode": 90, "kmeans": 75, "codec": 70, "lm-350m": 90, "lm-1b": 100, "generate": 110,
@@ -112,12 +112,12 @@ class Sizes:
 
 TINY_CODECS = {
     "encodec": dict(num_filters=4, upsampling_ratios=[4, 4, 4], codebook_size=1024, codebook_dim=16,
-                    hidden_size=16, target_bandwidths=[7.5, 30.0], num_lstm_layers=1),  # 30 kbps = 8 codebooks
+                    hidden_size=16, target_bandwidths=[7.5, 30.0], num_lstm_layers=1),  # 30 kbps: 8 books
     "dac": dict(encoder_hidden_size=8, downsampling_ratios=[2, 4, 4], decoder_hidden_size=32, n_codebooks=8,
                 codebook_size=64, codebook_dim=4, hidden_size=64),
-    "mimi": dict(sampling_rate=16000, frame_rate=125.0, hidden_size=32, num_filters=4, upsampling_ratios=[4, 4, 4],
-                 num_hidden_layers=1,
-                 num_attention_heads=2, num_key_value_heads=2, head_dim=16, intermediate_size=64, codebook_size=64,
+    "mimi": dict(sampling_rate=16000, frame_rate=125.0, hidden_size=32, num_filters=4,
+                 upsampling_ratios=[4, 4, 4], num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=2, head_dim=16, intermediate_size=64, codebook_size=64,
                  codebook_dim=16, vector_quantization_hidden_dimension=16, num_quantizers=8,
                  num_semantic_quantizers=1, sliding_window=50, upsample_groups=32),
 }
@@ -137,12 +137,12 @@ SMOKE = Sizes(
 TARGETS = {
     "encode": [("ours_xrt", ">=", 10_000, "semantic encode end to end ≥ 10,000× real time", "{:,.0f}×")],
     "kmeans": [("ours_s", "<", 2.0, "k-means 1M×768, K=500, 20 iterations < 2 s", "{:.2f} s"),
-               ("inertia_ratio", "<=", 1.0001, "k-means inertia no worse than the baseline's (ratio ≤ 1, ±1e-4)",
+               ("inertia_ratio", "<=", 1.0001, "k-means inertia no worse than the baseline's (≤ 1 ± 1e-4)",
                 "{:.4f}")],
     "codec": [("encodec_encode_batched_xrt", ">=", 8_000, "EnCodec encode ≥ 8,000× real time", "{:,.0f}×")],
     "lm-350m": [("best_mfu", ">=", 0.45, "LM training MFU ≥ 45% at 350M", "{:.1%}")],
     "lm-1b": [("best_mfu", ">=", 0.50, "LM training MFU ≥ 50% at 1B", "{:.1%}")],
-    "generate": [("best_chain_xrt", ">=", 10.0, "two-stage generation ≥ 10× real time at batch 1", "{:.2f}×")],
+    "generate": [("best_chain_xrt", ">=", 10.0, "two-stage generation ≥ 10× real time, batch 1", "{:.2f}×")],
     "vocoder": [("vocos_xrt", ">=", 10_000, "Vocos ≥ 10,000× real time (largest batch)", "{:,.0f}×"),
                 ("vocos_over_hifigan", ">=", 10.0, "Vocos ≥ 10× HiFi-GAN V1 (largest batch)", "{:.1f}×")],
     "pytest": [("failed_or_error", "<=", 0, "every GPU test passes (failed + errors)", "{:d}")],
@@ -218,7 +218,7 @@ def _jsonable(x):
 
 
 def target_result(text: str, value, op: str, threshold: float, form: str = "{}") -> dict:
-    """met is None when the figure is missing (the part failed, or it has no meaning here, e.g. MFU on CPU)."""
+    """met is None where the figure is missing (the part failed, or it means nothing here: MFU on CPU)."""
     if value is None:
         return {"target": text, "value": None, "shown": "—", "op": op, "threshold": threshold, "met": None,
                 "distance": "not measured"}
@@ -274,10 +274,10 @@ def profile_top(fn, device: torch.device, top: int = 8) -> dict:
     if cuda:
         busy = total_us / 1e3 / wall_ms if wall_ms else 0.0
         out.update(device_ms=total_us / 1e3, gpu_busy=busy,
-                   verdict=(f"host-bound: kernels ran {busy:.0%} of the wall time under the profiler (Python, "
-                            "launches, syncs)"
-                            if busy < 0.6 else f"device-bound ({busy:.0%} busy): top kernel "
-                            f"{rows[0].key[:60] if rows else '-'} takes {out['top'][0]['share'] if rows else 0:.0%}"))
+                   verdict=(f"host-bound: kernels ran {busy:.0%} of the wall time under the profiler "
+                            "(Python, launches, syncs)" if busy < 0.6 else
+                            f"device-bound ({busy:.0%} busy): top kernel {rows[0].key[:60] if rows else '-'} "
+                            f"takes {out['top'][0]['share'] if rows else 0:.0%}"))
     else:
         out["verdict"] = "CPU run: top operators by their own time"
     return out
@@ -293,12 +293,14 @@ def part_env(p: Part, sz: Sizes, tmp: Path) -> None:
     has_faiss, faiss_gpu = faiss_available()
     figures = {"device": device.type, "hardware": hardware(device), "torch": torch.__version__,
                "cuda": torch.version.cuda, "transformers": transformers.__version__, "numpy": np.__version__,
-               "python": platform.python_version(), "cpus": os.cpu_count(), "faiss": has_faiss, "faiss_gpu": faiss_gpu,
+               "python": platform.python_version(), "cpus": os.cpu_count(), "faiss": has_faiss,
+               "faiss_gpu": faiss_gpu,
                "heavy_modules_loaded": sorted(m for m in HEAVY_OPTIONAL if m in sys.modules)}
     if device.type == "cuda":
         prop = torch.cuda.get_device_properties(device)
         figures.update(gpu=prop.name, capability=f"{prop.major}.{prop.minor}", sms=prop.multi_processor_count,
-                       gpu_memory_gib=round(prop.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
+                       gpu_memory_gib=round(prop.total_memory / 2**30, 1),
+                       cudnn=torch.backends.cudnn.version())
         try:
             smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                  capture_output=True, text=True, timeout=20)
@@ -316,7 +318,8 @@ def part_env(p: Part, sz: Sizes, tmp: Path) -> None:
     for _ in range(reps):
         a @ b
     sync(device)
-    p.record(matmul_tflops=2 * n**3 * reps / (time.perf_counter() - t0) / 1e12, matmul_size=n, matmul_dtype=str(dtype))
+    p.record(matmul_tflops=2 * n**3 * reps / (time.perf_counter() - t0) / 1e12, matmul_size=n,
+             matmul_dtype=str(dtype))
     x = torch.empty(256 << 20 if device.type == "cuda" else 1 << 20, device=device)  # 1 GiB of fp32 on a GPU
     y = torch.empty_like(x)
     y.copy_(x)
@@ -340,8 +343,8 @@ def part_encode(p: Part, sz: Sizes, tmp: Path) -> None:
     p.record(**r, overhead_share=1 - r["forward_s"] / r["ours_s"])
     p.section("encode", encode_bench.format_encode(r, p.device, lo, hi))
     if not p.check_targets():
-        p.note(f"the bare forward alone runs at {r['forward_xrt']:,.0f}× real time; reading, batching, assignment "
-               f"and writing take {1 - r['forward_s'] / r['ours_s']:.0%} of the end-to-end wall time")
+        p.note(f"the bare forward alone runs at {r['forward_xrt']:,.0f}× real time; reading, batching, "
+               f"assignment and writing take {1 - r['forward_s'] / r['ours_s']:.0%} of the end-to-end time")
         wav = torch.stack([torch.from_numpy(sf.read(q, dtype="float32")[0][: int(lo * 16000)])
                            for q in paths[:16]])
         p.profile(lambda: tok.encode_batch(wav, torch.full((len(wav),), wav.shape[1])),
@@ -355,14 +358,15 @@ def part_kmeans(p: Part, sz: Sizes, tmp: Path) -> None:
     xt = kmeans_bench.mixture(sz.kmeans_frames, sz.kmeans_dim, device=device)
     sync(device)
     ours_s, ours_inertia, backend = kmeans_bench.time_ours(xt, k, iters, backend="torch")
-    p.record(frames=sz.kmeans_frames, dim=sz.kmeans_dim, k=k, iters=iters, ours_backend=backend, ours_s=ours_s,
-             ours_inertia=ours_inertia)
+    p.record(frames=sz.kmeans_frames, dim=sz.kmeans_dim, k=k, iters=iters, ours_backend=backend,
+             ours_s=ours_s, ours_inertia=ours_inertia)
     has_faiss, faiss_gpu = faiss_available()
     x = xt.cpu().numpy()
     if has_faiss and faiss_gpu and device.type == "cuda":
         t0 = time.perf_counter()
         res = kmeans_faiss(x, k, iters, seed=0, gpu=True)
-        p.record(faiss_gpu_s=time.perf_counter() - t0, faiss_gpu_inertia=kmeans_bench.inertia(xt, res.centroids))
+        p.record(faiss_gpu_s=time.perf_counter() - t0,
+                 faiss_gpu_inertia=kmeans_bench.inertia(xt, res.centroids))
     t0 = time.perf_counter()
     if has_faiss:
         res = kmeans_faiss(x, k, iters, seed=0, gpu=False)
@@ -371,7 +375,8 @@ def part_kmeans(p: Part, sz: Sizes, tmp: Path) -> None:
     base_s = time.perf_counter() - t0
     base_inertia = kmeans_bench.inertia(xt, res.centroids)
     p.record(baseline=res.backend, baseline_threads=torch.get_num_threads(), baseline_s=base_s,
-             baseline_inertia=base_inertia, speedup=base_s / ours_s, inertia_ratio=ours_inertia / base_inertia)
+             baseline_inertia=base_inertia, speedup=base_s / ours_s,
+             inertia_ratio=ours_inertia / base_inertia)
     f = p.data["figures"]
     rows = [f"| {res.backend} on {os.cpu_count()} CPU cores (baseline) | {base_s:.2f} | {base_inertia:.4f} |",
             f"| speechtok `{backend}` | {ours_s:.2f} | {ours_inertia:.4f} |"]
@@ -382,7 +387,8 @@ def part_kmeans(p: Part, sz: Sizes, tmp: Path) -> None:
         f"Hardware: {hardware(device)}. {sz.kmeans_frames:,} frames × {sz.kmeans_dim} dims, K={k}, k-means++ "
         f"seeds (the same for all) + {iters} Lloyd iterations (mixture of 2,000 Gaussians).", "",
         "| method | seconds | inertia (mean sq. distance) |", "|---|---|---|", *rows, "",
-        f"Speed-up: **{base_s / ours_s:.1f}×**; inertia ratio ours / baseline: **{ours_inertia / base_inertia:.4f}**."]))
+        f"Speed-up: **{base_s / ours_s:.1f}×**; inertia ratio ours / baseline: "
+        f"**{ours_inertia / base_inertia:.4f}**."]))
     if not p.check_targets():
         p.profile(lambda: train_kmeans(xt, k, iters=iters, seed=0, device=str(device), backend="torch"),
                   "train_kmeans (k-means++ seeding + Lloyd iterations)")
@@ -409,7 +415,8 @@ def part_codec(p: Part, sz: Sizes, tmp: Path) -> None:
             encodec = codec
         else:
             del codec
-        p.section("codec", codec_bench.format_codecs(rows, p.device, sz.codec_utts, sz.codec_seconds, sz.codec_batch))
+        p.section("codec", codec_bench.format_codecs(rows, p.device, sz.codec_utts, sz.codec_seconds,
+                                                     sz.codec_batch))
     if not p.check_targets() and rows and rows[0]["kind"] == "encodec":
         n = int(sz.codec_seconds * encodec.sample_rate)
         wav = 0.1 * torch.randn(sz.codec_batch, n)
@@ -441,14 +448,16 @@ def part_lm(p: Part, sz: Sizes, tmp: Path) -> None:
         ours[lm_bench.ours_name(device, compiled)] = seconds
         p.record(**{f"{key}_s": seconds, f"{key}_tokens_s": tokens / seconds, f"{key}_mfu": mfu})
         if best:
-            p.record(best=key, best_tokens_s=tokens / seconds, speedup=plain["seconds"] / seconds, best_mfu=mfu)
+            p.record(best=key, best_tokens_s=tokens / seconds, speedup=plain["seconds"] / seconds,
+                     best_mfu=mfu)
             if mfu is None or mfu < target:  # profiled now, while its model exists: the best variant's stays
                 p.profile(step, f"one {key} training step ({batch} × {seq} tokens)")
         del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # written after each variant: kept should the next one time out
         p.section(f"lm-train-{size}", lm_bench.format_lm(size, device, plain, ours, batch, seq, sz.lm_steps,
-                                                         sz.lm_warmup))  # kept should the next variant time out
+                                                         sz.lm_warmup))
     p.check_targets()
 
 
@@ -476,16 +485,17 @@ def part_generate(p: Part, sz: Sizes, tmp: Path) -> None:
     def write_section() -> None:
         p.section("generate-batch1", "\n".join([
             f"## Two-stage generation at batch 1, {sz.gen_size} models (issues #6, #17)", "",
-            f"Hardware: {hardware(device)}. {seconds:g} s of speech: {int(seconds * generate_bench.UNIT_RATE)} units "
-            f"(LM, {'bf16' if device.type == 'cuda' else 'fp32'}, top-k 50) → "
-            f"{int(seconds * generate_bench.CODEC_RATE)} frames × 8 codebooks (acoustic model as wide and deep as "
-            "the LM) → waveform; random weights.", "",
+            f"Hardware: {hardware(device)}. {seconds:g} s of speech: "
+            f"{int(seconds * generate_bench.UNIT_RATE)} units (LM, "
+            f"{'bf16' if device.type == 'cuda' else 'fp32'}, top-k 50) → "
+            f"{int(seconds * generate_bench.CODEC_RATE)} frames × 8 codebooks (acoustic model as wide and "
+            "deep as the LM) → waveform; random weights.", "",
             "| step | seconds | × real time |", "|---|---|---|",
             *[f"| {name} | {t:.2f} | {seconds / t:,.1f} |" for name, t in rows], "",
             "| chain | × real time |", "|---|---|", *[f"| {name} | {x:,.2f} |" for name, x in chains]]))
 
     write_section()  # kept should the compiled run time out
-    if chain_eager < TARGETS["generate"][0][2]:  # profiled before compiling: compile replaces the LM's forward
+    if chain_eager < TARGETS["generate"][0][2]:  # profiled before compiling, which replaces the LM's forward
         short = min(seconds, 0.25)  # a short run: the profiler's trace of every decode step is large
         p.profile(lambda: (generate_bench.time_stage1(lm, 1, short, compiled=False),
                            generate_bench.time_stage2(acoustic, 1, short)),
@@ -520,28 +530,33 @@ def part_vocoder(p: Part, sz: Sizes, tmp: Path) -> None:
 
 def part_pytest(p: Part, sz: Sizes, tmp: Path) -> None:
     """`pytest -m gpu` in a subprocess that imports this working tree's speechtok."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path}
     env.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "--continue-on-collection-errors",
            "-p", "no:cacheprovider", "--basetemp", str(tmp / "pytest"), *sz.pytest_paths]
     try:
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(5.0, p.left() - 5))
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=max(5.0, p.left() - 5))
         out, rc = r.stdout + r.stderr, r.returncode
     except subprocess.TimeoutExpired as e:
-        out, rc = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
-    totals = [line for line in out.splitlines() if re.search(r"\d+ (passed|failed|errors?|skipped|deselected)", line)
-              and re.search(r" in [\d.]+s", line)]
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)",
-                                               totals[-1] if totals else "")}
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rc = "timeout"
+    outcome = r"(\d+) (passed|failed|errors?|skipped|deselected)"
+    totals = [line for line in out.splitlines()
+              if re.search(outcome, line) and re.search(r" in [\d.]+s", line)]
+    counts = {k: int(n) for n, k in re.findall(outcome, totals[-1] if totals else "")}
     counts["error"] = counts.pop("errors", 0) + counts.pop("error", 0)
     failing = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]
     p.record(returncode=rc, **{k: counts.get(k, 0) for k in ("passed", "failed", "error", "skipped")},
-             failed_or_error=counts.get("failed", 0) + counts["error"], failing=failing[:20], output_tail=out[-3000:])
+             failed_or_error=counts.get("failed", 0) + counts["error"], failing=failing[:20],
+             output_tail=out[-3000:])
     c = p.data["figures"]
     p.section("pytest-gpu", "\n".join([
         "## `pytest -m gpu` (issue #17)", "",
-        f"Hardware: {hardware(p.device)}. `{' '.join(cmd[1:4])} {' '.join(sz.pytest_paths)}`: {c['passed']} passed, "
-        f"{c['failed']} failed, {c['error']} errors, {c['skipped']} skipped (exit {rc}).",
+        f"Hardware: {hardware(p.device)}. `{' '.join(cmd[1:4])} {' '.join(sz.pytest_paths)}`: "
+        f"{c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['skipped']} skipped "
+        f"(exit {rc}).",
         *([""] + [f"- {line[:200]}" for line in failing] if failing else [])]))
     p.check_targets()
 
@@ -553,7 +568,9 @@ PART_FUNCS = {"env": part_env, "encode": part_encode, "kmeans": part_kmeans, "co
 
 def child_main(name: str, sz: Sizes, device_name: str, result_path: str, deadline: float, tmp: str) -> None:
     os.setpgrp()  # the parent ends this part's whole process group (loader workers, pytest) on a timeout
-    device = torch.device(device_name if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
     part = Part(name, Path(result_path), deadline, device, profiled=name in sz.profiled)
     try:
         workdir = Path(tmp) / name
@@ -611,8 +628,8 @@ def run_part(name: str, sz: Sizes, device: str, timeout: float, tmp: Path, start
     rec["seconds"] = round(time.monotonic() - t0, 1)
     rec["time_box_s"] = round(timeout, 1)
     if not rec.get("targets"):
-        rec["targets"] = [target_result(text, rec["figures"].get(key), op, thr, form) for key, op, thr, text, form
-                          in TARGETS.get(name, [])]
+        rec["targets"] = [target_result(text, rec["figures"].get(key), op, thr, form)
+                          for key, op, thr, text, form in TARGETS.get(name, [])]
     return rec
 
 
@@ -638,12 +655,13 @@ def fmt(v) -> str:
 def summary_section(records: dict[str, dict], env: dict) -> str:
     lines = ["## GPU suite (issue #17)", "",
              f"Hardware: {env.get('hardware', '?')}; torch {env.get('torch')}, CUDA {env.get('cuda')}, "
-             f"cuDNN {env.get('cudnn', '—')}, driver {env.get('driver', '—')}, transformers {env.get('transformers')}, "
+             f"cuDNN {env.get('cudnn', '—')}, driver {env.get('driver', '—')}, "
+             f"transformers {env.get('transformers')}, "
              f"Python {env.get('python')}; faiss {'yes' if env.get('faiss') else 'no'}"
              f"{' (GPU)' if env.get('faiss_gpu') else ''}. Measured ceilings: {env.get('matmul_dtype', '')} "
              f"{env.get('matmul_size', '')}³ matmul {fmt(env.get('matmul_tflops'))} TFLOP/s, device copy "
-             f"{fmt(env.get('copy_gb_s'))} GB/s (read + write). `python benchmarks/gpu_suite.py`; each part's "
-             "section below holds its figures.", "",
+             f"{fmt(env.get('copy_gb_s'))} GB/s (read + write). `python benchmarks/gpu_suite.py`; each "
+             "part's section below holds its figures.", "",
              "| target | measured | distance | met |", "|---|---|---|---|"]
     for name in PARTS:
         for t in records.get(name, {}).get("targets", []):
@@ -661,13 +679,15 @@ def summary_section(records: dict[str, dict], env: dict) -> str:
         if rec.get("error"):
             why.append("error: " + rec["error"].strip().splitlines()[-1][:150])
         why += rec.get("notes", [])
-        lines.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', 0):.0f} | {'; '.join(why).replace('|', '/')} |")
+        why_text = "; ".join(why).replace("|", "/")
+        lines.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', 0):.0f} | {why_text} |")
     return "\n".join(lines)
 
 
 def print_summary(records: dict[str, dict], env: dict, jsonl: Path, md: Path, wall: float) -> None:
     print("\n" + "=" * 100)
-    print(f"GPU suite: {env.get('hardware', '?')} | torch {env.get('torch')} CUDA {env.get('cuda')} | {wall:.0f} s")
+    print(f"GPU suite: {env.get('hardware', '?')} | torch {env.get('torch')} CUDA {env.get('cuda')} | "
+          f"{wall:.0f} s")
     for name in PARTS:
         rec = records.get(name)
         if rec is None:
@@ -689,15 +709,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="every part with tiny sizes on the CPU, in seconds")
     ap.add_argument("--device", default=None, help="default: cuda when there is one; cpu with --smoke")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    ap.add_argument("--budget", type=float, default=None, help="global deadline in seconds (default 450; smoke 300)")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="folder for <date>-<gpu>.jsonl")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="global deadline in seconds (default 450; smoke 300)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
+                    help="folder for <date>-<gpu>.jsonl")
     ap.add_argument("--benchmarks-md", type=Path, default=REPO / "BENCHMARKS.md")
-    ap.add_argument("--no-write", action="store_true", help="write neither the results file nor BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="write neither results file nor BENCHMARKS.md")
     ap.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
                     help="how part processes start (fork: no re-import; spawn if fork misbehaves)")
     ap.add_argument("--render", type=Path, default=None, metavar="RESULTS.jsonl",
-                    help="run nothing: write --benchmarks-md's sections from a results file (e.g. one fetched from "
-                         "the device machine)")
+                    help="run nothing: write --benchmarks-md's sections from a results file (e.g. one "
+                         "fetched from the device machine)")
     args = ap.parse_args(argv)
     if args.render:
         write_markdown(args.render, args.benchmarks_md)
@@ -720,14 +742,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in parts:
             left = deadline - time.monotonic()
             if left < max(sz.min_part_s, 1.0):
-                records[name] = {"part": name, "status": "skipped", "seconds": 0.0, "figures": {}, "sections": {},
-                                 "notes": [], "error": f"global deadline: {left:.0f} s left of {budget:.0f}",
-                                 "targets": [target_result(t, None, op, thr) for _, op, thr, t, _ in TARGETS.get(name, [])]}
+                records[name] = {"part": name, "status": "skipped", "seconds": 0.0, "figures": {},
+                                 "sections": {}, "notes": [],
+                                 "error": f"global deadline: {left:.0f} s left of {budget:.0f}",
+                                 "targets": [target_result(t, None, op, thr)
+                                             for _, op, thr, t, _ in TARGETS.get(name, [])]}
                 print(f"[gpu_suite] {name}: skipped ({left:.0f} s left)", flush=True)
                 continue
             print(f"[gpu_suite] {name} (time box {min(sz.budgets[name], left):.0f} s) ...", flush=True)
-            records[name] = run_part(name, sz, device, min(sz.budgets[name], left), Path(tmp), args.start_method)
-            print(f"[gpu_suite] {name}: {records[name]['status']} in {records[name]['seconds']:.0f} s", flush=True)
+            rec = records[name] = run_part(name, sz, device, min(sz.budgets[name], left), Path(tmp),
+                                           args.start_method)
+            print(f"[gpu_suite] {name}: {rec['status']} in {rec['seconds']:.0f} s", flush=True)
     env = records["env"].get("figures", {})
     stamp = datetime.date.today().isoformat()
     dev_type = env.get("device") or "unknown-device"  # the env part failed: no device was named

@@ -24,7 +24,8 @@ from report import hardware, write_section  # noqa: E402
 from speechtok.tokenizers.kmeans import assign, train_kmeans  # noqa: E402
 
 
-def mixture(n: int, dim: int, seed: int = 0, components: int = 2000, device: str | torch.device = "cpu") -> torch.Tensor:
+def mixture(n: int, dim: int, seed: int = 0, components: int = 2000,
+            device: str | torch.device = "cpu") -> torch.Tensor:
     """[n, dim] float32 frames from `components` isotropic Gaussians of random scale, drawn on `device`."""
     g = torch.Generator(device).manual_seed(seed)
     centers = torch.randn(components, dim, generator=g, device=device)

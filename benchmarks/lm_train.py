@@ -62,8 +62,8 @@ def random_batches(batch_size: int, seq_len: int, n: int = 4) -> list[torch.Tens
 
 
 def time_plain(size: str, data: list[torch.Tensor], steps: int, warmup: int, device: torch.device) -> dict:
-    """ms/step of a plain Hugging Face loop: bf16 weights (fp32 on CPU, where bf16 is slow), model(labels).loss,
-    backward, AdamW."""
+    """ms/step of a plain Hugging Face loop: bf16 weights (fp32 on CPU, where bf16 is slow),
+    model(labels).loss, backward, AdamW."""
     seq_len = data[0].shape[1]
     model = build(size, seq_len, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -116,15 +116,16 @@ def mfu(tokens_per_s: float, fpt: float, device: torch.device) -> float | None:
     return tokens_per_s * fpt / peak if peak else None
 
 
-def format_lm(size: str, device: torch.device, plain: dict, ours: dict[str, float], batch_size: int, seq_len: int,
-              steps: int, warmup: int) -> str:
+def format_lm(size: str, device: torch.device, plain: dict, ours: dict[str, float], batch_size: int,
+              seq_len: int, steps: int, warmup: int) -> str:
     """`ours` maps a loop description to its seconds per step."""
     tokens, fpt = batch_size * seq_len, plain["flops_per_token"]
     rows = []
     plain_name = f"plain HF loop, {'bf16' if device.type == 'cuda' else 'fp32'} weights, AdamW"
     for name, t in ((plain_name, plain["seconds"]), *ours.items()):
         m = mfu(tokens / t, fpt, device)
-        rows.append(f"| {name} | {t * 1000:,.0f} | {tokens / t:,.0f} | {'n/a (CPU)' if m is None else f'{m:.1%}'} |")
+        shown = "n/a (CPU)" if m is None else f"{m:.1%}"
+        rows.append(f"| {name} | {t * 1000:,.0f} | {tokens / t:,.0f} | {shown} |")
     best = min(ours.values())
     return "\n".join([
         f"## Token-LM training, {size} (issue #5)", "",
@@ -156,7 +157,8 @@ def main() -> None:
     data = random_batches(args.batch_size, args.seq_len)
     plain = time_plain(args.size, data, args.steps, args.warmup, device)
     compiled = not args.no_compile
-    ours = {ours_name(device, compiled): time_ours(args.size, data, args.steps, args.warmup, device, compiled)}
+    seconds = time_ours(args.size, data, args.steps, args.warmup, device, compiled)
+    ours = {ours_name(device, compiled): seconds}
     body = format_lm(args.size, device, plain, ours, args.batch_size, args.seq_len, args.steps, args.warmup)
     print(body)
     if not args.no_write:

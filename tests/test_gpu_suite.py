@@ -20,7 +20,7 @@ HEAVY = ("matplotlib", "tensorboard", "pesq", "pyworld")
 
 
 def repo_state() -> dict:
-    """Hashes of BENCHMARKS.md and of every file under benchmarks/results (the smoke run must not touch them)."""
+    """Hashes of BENCHMARKS.md and the files under benchmarks/results (the smoke run must not touch them)."""
     files = [REPO / "BENCHMARKS.md", *sorted((REPO / "benchmarks" / "results").glob("**/*"))]
     return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
 
@@ -37,8 +37,8 @@ def test_smoke_runs_every_part_into_the_given_paths(tmp_path):
     before = repo_state()
     md = tmp_path / "B.md"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, str(SUITE), "--smoke", "--out", str(tmp_path), "--benchmarks-md", str(md)],
-                       capture_output=True, text=True, timeout=600, env=env)
+    cmd = [sys.executable, str(SUITE), "--smoke", "--out", str(tmp_path), "--benchmarks-md", str(md)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert repo_state() == before
     (results,) = tmp_path.glob("*-cpu-smoke.jsonl")
@@ -94,7 +94,8 @@ def test_a_failure_is_recorded_a_timeout_keeps_its_figures_and_the_deadline_skip
     (results,) = tmp_path.glob("*.jsonl")
     records = {json.loads(line)["part"]: json.loads(line) for line in results.read_text().splitlines()}
     assert records["env"]["status"] == "ok"
-    assert records["kmeans"]["status"] == "error" and "RuntimeError: planted failure" in records["kmeans"]["error"]
+    assert records["kmeans"]["status"] == "error"
+    assert "RuntimeError: planted failure" in records["kmeans"]["error"]
     assert records["kmeans"]["figures"] == {"measured_before": 1.5}
     assert records["codec"]["status"] == "timeout" and records["codec"]["figures"] == {"first_figure": 2.5}
     assert records["vocoder"]["status"] == "skipped"
@@ -107,8 +108,9 @@ def test_modules_the_suite_needs_do_not_import_heavy_optional_packages():
     missing = [m for m in HEAVY if importlib.util.find_spec(m) is None]
     assert not missing, f"installed here, so an eager import would show: {missing}"
     modules = ["speechtok.pipelines.encode", "speechtok.tokenizers.kmeans", "speechtok.tokenizers.codec",
-               "speechtok.lm.train", "speechtok.lm.generate", "speechtok.lm.acoustic", "speechtok.pipelines.generate",
-               "speechtok.vocoders.vocos", "speechtok.vocoders.hifigan", "speechtok.cli.main"]
+               "speechtok.lm.train", "speechtok.lm.generate", "speechtok.lm.acoustic",
+               "speechtok.pipelines.generate", "speechtok.vocoders.vocos", "speechtok.vocoders.hifigan",
+               "speechtok.cli.main"]
     code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
