@@ -125,3 +125,16 @@ def test_readme_holds_a_device_command_that_fits_the_tool():
     assert len(command) <= 2000 and "benchmarks/gpu_suite.py" in command and ".wheelhouse/*.whl" in command
     assert '`carry`: `[".wheelhouse"]`' in text and re.search(r"`timeout_s`: `(\d+)`", text)
     assert "/.wheelhouse/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_full_sizes_fit_together():
+    """The GPU-only configuration, which --smoke does not run: every part has a time box within the budget's
+    reach, and each LM part names a model size the benchmarks know, with a batch size."""
+    suite = load_suite()
+    full = suite.Sizes()
+    assert set(full.budgets) == set(suite.PARTS) == set(suite.SMOKE.budgets)
+    assert set(full.lm_models) == {"lm-350m", "lm-1b"} and full.gen_size in suite.lm_bench.SIZES
+    assert all(size in suite.lm_bench.SIZES and size in full.lm_batch for size in full.lm_models.values())
+    assert full.encode_hours >= 0.5 and full.encode_sec == (10.0, 20.0) and full.compile
+    assert (full.kmeans_frames, full.kmeans_dim, full.kmeans_k, full.kmeans_iters) == (1_000_000, 768, 500, 20)
+    assert full.voc_batches == (1, 16) and set(suite.TARGETS) <= set(suite.PARTS)
