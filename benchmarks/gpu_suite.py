@@ -733,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     parts = ["env"] + [p for p in PARTS if p in wanted and p != "env"]
-    if args.start_method == "fork":
+    start_method = args.start_method
+    if start_method == "fork":
         preimport()
     start = time.monotonic()
     deadline = start + budget
@@ -751,8 +752,18 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[gpu_suite] {name} (time box {min(sz.budgets[name], left):.0f} s) ...", flush=True)
             rec = records[name] = run_part(name, sz, device, min(sz.budgets[name], left), Path(tmp),
-                                           args.start_method)
+                                           start_method)
             print(f"[gpu_suite] {name}: {rec['status']} in {rec['seconds']:.0f} s", flush=True)
+            if name == "env" and rec["status"] != "ok" and start_method == "fork":
+                # a forked child that cannot start CUDA (the parent touched the driver) still can when spawned
+                print(f"[gpu_suite] env failed when forked ({rec.get('error', '').strip().splitlines()[-1:]}); "
+                      "trying spawned processes", flush=True)
+                retry = run_part(name, sz, device, sz.budgets[name], Path(tmp), "spawn")
+                if retry["status"] == "ok":
+                    start_method = "spawn"
+                    retry["notes"].append(f"forked: {rec.get('error', '').strip().splitlines()[-1:]}; "
+                                          "parts ran in spawned processes")
+                    records[name] = retry
     env = records["env"].get("figures", {})
     stamp = datetime.date.today().isoformat()
     dev_type = env.get("device") or "unknown-device"  # the env part failed: no device was named
