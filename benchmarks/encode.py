@@ -29,8 +29,9 @@ from speechtok.tokenizers.kmeans import assign  # noqa: E402
 from speechtok.tokenizers.semantic import SemanticTokenizer  # noqa: E402
 
 
-def make_corpus(root: Path, n: int, lo: float, hi: float, seed: int = 0) -> list[Path]:
-    """Speech-like 16 kHz files: harmonic voiced segments with moving pitch, noise bursts, pauses."""
+def make_corpus(root: Path, n: int, lo: float, hi: float, seed: int = 0, suffix: str = ".wav") -> list[Path]:
+    """Speech-like 16 kHz files (`suffix` .wav or .flac): harmonic voiced segments with moving pitch, noise
+    bursts, pauses."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -42,7 +43,7 @@ def make_corpus(root: Path, n: int, lo: float, hi: float, seed: int = 0) -> list
         voiced = sum(np.sin(h * phase) / h for h in range(1, 8))
         env = (np.sin(2 * np.pi * rng.uniform(2, 5) * t) > -0.3).astype(np.float32)
         wav = 0.1 * voiced * env + 0.02 * rng.standard_normal(len(t)) * (1 - env)
-        p = root / f"utt{i:05d}.wav"
+        p = root / f"utt{i:05d}{suffix}"
         sf.write(p, wav.astype(np.float32), sr)
         paths.append(p)
     return paths
@@ -68,6 +69,96 @@ def baseline(paths: list[Path], tok: SemanticTokenizer, device: torch.device) ->
     return time.perf_counter() - t0, out
 
 
+def bare_forward(paths: list[Path], tok: SemanticTokenizer, max_batch_seconds: float,
+                 max_batch_size: int = 128, repeats: int = 1) -> float:
+    """Seconds of the feature forward alone (no reading, no assignment, no writing) over `paths`, in
+    length-sorted padded batches already on the device: what the model costs without the pipeline."""
+    wavs = sorted((sf.read(p, dtype="float32")[0] for p in paths), key=len)
+    sr, batches, cur = tok.sample_rate, [], []
+    for w in wavs:
+        if cur and (len(cur) >= max_batch_size or (len(cur) + 1) * len(w) / sr > max_batch_seconds):
+            batches.append(cur)
+            cur = []
+        cur.append(w)
+    batches.append(cur)
+    device = tok.device
+    padded = []
+    for b in batches:
+        x = torch.zeros(len(b), max(map(len, b)))
+        for i, w in enumerate(b):
+            x[i, : len(w)] = torch.from_numpy(w)
+        padded.append((x.to(device), torch.tensor([len(w) for w in b], device=device)))
+    with torch.inference_mode():
+        tok.features(*padded[0])  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for x, n in padded:
+                tok.features(x, n)
+        sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_encode(tmp: Path, paths: list[Path], device: torch.device, layer: int = 6, k: int = 500,
+                   precision: str | None = None, batch_seconds: float | None = None,
+                   num_workers: int | None = None, hubert_config=None) -> dict:
+    """`tok encode` end to end against the fp32 per-utterance loop on `paths`, plus the bare forward's
+    time; a random-init HuBERT (base architecture unless `hubert_config`) is saved under `tmp`."""
+    from transformers import HubertConfig, HubertModel
+
+    defaults = encode_device_defaults(device)
+    precision = precision or defaults["precision"]
+    torch.manual_seed(0)
+    config = hubert_config or HubertConfig()
+    HubertModel(config).save_pretrained(tmp / "hubert")  # random weights: speed does not depend on them
+    audio_seconds = sum(sf.info(p).duration for p in paths)
+    spec = {"kind": "ssl", "model": str(tmp / "hubert"), "layer": layer}
+    centroids = np.random.default_rng(0).normal(0, 0.5, (k, config.hidden_size)).astype(np.float32)
+    SemanticTokenizer(build_features(spec), centroids).save(tmp / "km")
+
+    # warm-up both paths (CUDA context, cuDNN autotune) on a few files
+    tok32 = SemanticTokenizer.from_dir(tmp / "km", device=device, precision="fp32")
+    baseline(paths[:2], tok32, device)
+    base_s, base_units = baseline(paths, tok32, device)
+    del tok32
+
+    tok = SemanticTokenizer.from_dir(tmp / "km", device=device, precision=precision)
+    opts = EncodeOptions(num_workers=defaults["num_workers"] if num_workers is None else num_workers,
+                         progress=False)
+    opts.max_batch_seconds = batch_seconds or defaults["max_batch_seconds"]
+    warm = tmp / "warmup"
+    warm.mkdir()
+    for p in paths[: min(8, len(paths))]:
+        (warm / p.name).symlink_to(p)
+    encode_corpus(warm, tok, tmp / "warm_out", opts)
+    summary = encode_corpus(paths[0].parent, tok, tmp / "shards", opts)
+    shards = read_shards(tmp / "shards")
+    agree = np.mean(np.concatenate([s["semantic"] == base_units[s["id"]] for s in shards]))
+    forward_s = bare_forward(paths, tok, opts.max_batch_seconds, opts.max_batch_size)
+    return {"utterances": len(paths), "audio_seconds": audio_seconds, "layer": layer, "k": k,
+            "precision": precision, "baseline_s": base_s, "ours_s": summary.wall_seconds, "forward_s": forward_s,
+            "baseline_xrt": audio_seconds / base_s, "ours_xrt": audio_seconds / summary.wall_seconds,
+            "forward_xrt": audio_seconds / forward_s, "token_agreement": float(agree),
+            "tokenizer": tok}
+
+
+def format_encode(r: dict, device: torch.device, lo: float, hi: float) -> str:
+    return (f"## Semantic encode (issue #2)\n\n"
+            f"Hardware: {hardware(device)}. HuBERT-base architecture (random weights), layer {r['layer']}, k={r['k']}; "
+            f"{r['utterances']} utterances of {lo:.0f}–{hi:.0f} s, {r['audio_seconds'] / 3600:.2f} h.\n\n"
+            f"| path | precision | wall s | × real time |\n|---|---|---|---|\n"
+            f"| fairseq-style loop: one utterance at a time (read, forward, assign) | fp32 | {r['baseline_s']:.2f} | {r['baseline_xrt']:,.0f} |\n"
+            f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {r['precision']} | {r['ours_s']:.2f} | {r['ours_xrt']:,.0f} |\n"
+            f"| bare feature forward on device-resident bucketed batches (no I/O, no assignment) | {r['precision']} | {r['forward_s']:.2f} | {r['forward_xrt']:,.0f} |\n\n"
+            f"Speed-up: **{r['ours_xrt'] / r['baseline_xrt']:.1f}×**. Token agreement with the fp32 loop: "
+            f"{r['token_agreement'] * 100:.2f}% of frames.\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -82,48 +173,12 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = ap.parse_args()
     device = torch.device(args.device)
-    defaults = encode_device_defaults(device)
-    precision = args.precision or defaults["precision"]
-
-    from transformers import HubertConfig, HubertModel
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch.manual_seed(0)
-        HubertModel(HubertConfig()).save_pretrained(tmp / "hubert-base")  # base architecture, random weights
         paths = make_corpus(tmp / "audio", args.num_utts, args.min_sec, args.max_sec)
-        audio_seconds = sum(sf.info(p).duration for p in paths)
-        spec = {"kind": "ssl", "model": str(tmp / "hubert-base"), "layer": args.layer}
-        centroids = np.random.default_rng(0).normal(0, 0.5, (args.k, 768)).astype(np.float32)
-        SemanticTokenizer(build_features(spec), centroids).save(tmp / "km")
-
-        # warm-up both paths (CUDA context, cuDNN autotune) on a few files
-        tok32 = SemanticTokenizer.from_dir(tmp / "km", device=device, precision="fp32")
-        baseline(paths[:2], tok32, device)
-        base_s, base_units = baseline(paths, tok32, device)
-        del tok32
-
-        tok = SemanticTokenizer.from_dir(tmp / "km", device=device, precision=precision)
-        opts = EncodeOptions(num_workers=defaults["num_workers"] if args.num_workers is None else args.num_workers,
-                             progress=False)
-        opts.max_batch_seconds = args.batch_seconds or defaults["max_batch_seconds"]
-        warm = tmp / "warmup"
-        warm.mkdir()
-        for p in paths[: min(8, len(paths))]:
-            (warm / p.name).symlink_to(p)
-        encode_corpus(warm, tok, tmp / "warm_out", opts)
-        summary = encode_corpus(tmp / "audio", tok, tmp / "shards", opts)
-        ours_s = summary.wall_seconds
-        agree = np.mean(np.concatenate([s["semantic"] == base_units[s["id"]] for s in read_shards(tmp / "shards")]))
-
-    base_rt, ours_rt = audio_seconds / base_s, audio_seconds / ours_s
-    body = (f"## Semantic encode (issue #2)\n\n"
-            f"Hardware: {hardware(device)}. HuBERT-base architecture (random weights), layer {args.layer}, k={args.k}; "
-            f"{len(paths)} utterances of {args.min_sec:.0f}–{args.max_sec:.0f} s, {audio_seconds / 3600:.2f} h.\n\n"
-            f"| path | precision | wall s | × real time |\n|---|---|---|---|\n"
-            f"| fairseq-style loop: one utterance at a time (read, forward, assign) | fp32 | {base_s:.2f} | {base_rt:,.0f} |\n"
-            f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {precision} | {ours_s:.2f} | {ours_rt:,.0f} |\n\n"
-            f"Speed-up: **{ours_rt / base_rt:.1f}×**. Token agreement with the fp32 loop: {agree * 100:.2f}% of frames.\n")
+        r = measure_encode(tmp, paths, device, args.layer, args.k, args.precision, args.batch_seconds,
+                           args.num_workers)
+    body = format_encode(r, device, args.min_sec, args.max_sec)
     print(body)
     if not args.no_write:
         write_section(f"encode-{device.type}", body)

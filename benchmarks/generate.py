@@ -38,6 +38,66 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def speech_vocab() -> SpeechVocab:
+    return SpeechVocab(semantic_stream="semantic", k=K, semantic_first_id=32002, text_id=32000,
+                       speech_id=32001)
+
+
+def build_lm(size: str, device: torch.device):
+    """A random-init Llama-style token LM of `size` (bf16 on GPU, fp32 on CPU), in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        lm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, **SIZES[size]))
+    return lm.to(dtype=dtype).eval()
+
+
+def build_acoustic(size: str, device: torch.device) -> AcousticModel:
+    """A random-init acoustic model as wide and deep as the LM of `size` (8 EnCodec codebooks)."""
+    width = SIZES[size]
+    acfg = AcousticConfig(k=K, n_q=8, codebook_size=1024, dim=width["hidden_size"],
+                          layers=width["num_hidden_layers"], heads=width["num_attention_heads"], max_len=4096)
+    torch.manual_seed(0)
+    return AcousticModel(acfg).to(device).eval()
+
+
+def time_stage1(lm, batch: int, seconds: float, compiled: bool, full_warmup: bool = False) -> float:
+    """Seconds for `generate_units` to sample `seconds` of units for `batch` prompts. `full_warmup` warms up
+    at full length (a compiled static cache is shaped by the length: a short warm-up would recompile)."""
+    device = next(lm.parameters()).device
+    vocab = speech_vocab()
+    n_units = int(seconds * UNIT_RATE)
+    opts = SamplingOptions(max_new_tokens=n_units, min_new_tokens=n_units, temperature=1.0, top_k=50,
+                           compile=compiled)
+    prompts = [[1, vocab.speech_id] + list(range(32002, 32012))] * batch
+    warm = opts if full_warmup else dataclasses.replace(opts, max_new_tokens=8, min_new_tokens=8)
+    generate_units(lm, Tok(), vocab, prompts, warm)
+    sync(device)
+    t0 = time.perf_counter()
+    outs = generate_units(lm, Tok(), vocab, prompts, opts)
+    sync(device)
+    dt = time.perf_counter() - t0
+    assert all(len(o) == n_units for o in outs)
+    return dt
+
+
+def time_stage2(acoustic: AcousticModel, batch: int, seconds: float) -> tuple[float, np.ndarray]:
+    """Seconds for the acoustic model to turn `seconds` of units into codec frames for `batch` rows; and
+    the first row's codes [n_q, frames]."""
+    device = acoustic.sep.device
+    units = np.random.default_rng(0).integers(0, K, int(seconds * UNIT_RATE))
+    frames = int(seconds * CODEC_RATE)
+    acoustic.generate(units[:10], 4)
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        codes = acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50)
+    sync(device)
+    return time.perf_counter() - t0, codes[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", choices=list(SIZES), default="350m")
@@ -48,45 +108,17 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, **SIZES[args.size]))
-    lm = lm.to(device=device, dtype=dtype).eval()
-    vocab = SpeechVocab(semantic_stream="semantic", k=K, semantic_first_id=32002, text_id=32000, speech_id=32001)
-    n_units = int(args.seconds * UNIT_RATE)
-    opts = SamplingOptions(max_new_tokens=n_units, min_new_tokens=n_units, temperature=1.0, top_k=50)
+    lm = build_lm(args.size, device)
+    n_units, frames = int(args.seconds * UNIT_RATE), int(args.seconds * CODEC_RATE)
     rows = []
     for compiled in (False, True) if args.compile else (False,):
-        run_opts = dataclasses.replace(opts, compile=compiled)
         for batch in (1, args.batch):
-            prompts = [[1, vocab.speech_id] + list(range(32002, 32012))] * batch
-            generate_units(lm, Tok(), vocab, prompts, dataclasses.replace(run_opts, max_new_tokens=8, min_new_tokens=8))
-            sync(device)
-            t0 = time.perf_counter()
-            outs = generate_units(lm, Tok(), vocab, prompts, run_opts)
-            sync(device)
-            dt = time.perf_counter() - t0
-            assert all(len(o) == n_units for o in outs)
+            dt = time_stage1(lm, batch, args.seconds, compiled)
             name = "stage 1: LM → units" + (" (static cache, compiled)" if compiled else "")
             rows.append((name, batch, dt, batch * args.seconds / dt))
-
-    width = SIZES[args.size]
-    acfg = AcousticConfig(k=K, n_q=8, codebook_size=1024, dim=width["hidden_size"],
-                          layers=width["num_hidden_layers"], heads=width["num_attention_heads"], max_len=4096)
-    acoustic = AcousticModel(acfg).to(device).eval()
-    units = np.random.default_rng(0).integers(0, K, n_units)
-    frames = int(args.seconds * CODEC_RATE)
-    acoustic.generate(units[:10], 4)
+    acoustic = build_acoustic(args.size, device)
     for batch in (1, args.batch):
-        sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50)
-        sync(device)
-        dt = time.perf_counter() - t0
+        dt, _ = time_stage2(acoustic, batch, args.seconds)
         rows.append(("stage 2: units → codes", batch, dt, batch * args.seconds / dt))
 
     lines = [f"## Generation, {args.size} models (issue #6)", "",

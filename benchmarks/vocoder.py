@@ -41,6 +41,45 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def build_vocoders(device: torch.device, hifigan_channels: int = 512) -> tuple[Vocos, UnitHiFiGAN]:
+    """Vocos (mel, 24 kHz, published size) and a HiFi-GAN V1 generator at 24 kHz / 256 hop from 500 units
+    (the paper's baseline generator, unit-conditioned), random weights."""
+    torch.manual_seed(0)
+    vocos = Vocos(VOCOS_MEL_24K).to(device).eval()
+    hifigan = UnitHiFiGAN(UnitHiFiGANConfig(k=500, sample_rate=24000, frame_rate=24000 / 256,
+                                            upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4],
+                                            upsample_initial_channel=hifigan_channels)).to(device).eval()
+    return vocos, hifigan
+
+
+def measure_vocoders(vocos: Vocos, hifigan: UnitHiFiGAN, batches: tuple[int, ...], repeats: int,
+                     seconds: float = 1.0) -> list[tuple[int, float, float]]:
+    """(batch, Vocos ×RT, HiFi-GAN ×RT) for items of `seconds` each."""
+    device = next(vocos.parameters()).device
+    rows = []
+    for batch in batches:
+        frames = int(seconds * 24000) // 256 + 1
+        mel = torch.randn(batch, 100, frames, device=device)
+        units = torch.randint(0, 500, (batch, frames), device=device)
+        with torch.inference_mode():
+            t_vocos = timed(lambda: vocos.decode(mel), repeats, device)
+            t_hifi = timed(lambda: hifigan(units), repeats, device)
+        audio = batch * (frames - 1) * 256 / 24000
+        rows.append((batch, audio / t_vocos, audio / t_hifi))
+    return rows
+
+
+def format_vocoders(rows: list[tuple[int, float, float]], device: torch.device, seconds: float = 1.0) -> str:
+    lines = [f"## Vocoders (issue #7), {device.type}", "",
+             f"Hardware: {hardware(device)}. 24 kHz, {seconds:g} s per item, fp32, random weights; Vocos mel (published "
+             "size: 8 ConvNeXt layers, dim 512, ISTFT 1024/256) against a HiFi-GAN V1 generator "
+             "(upsampling 8·8·2·2, 512 channels) fed 500 units.", "",
+             "| batch | Vocos × real time | HiFi-GAN × real time | Vocos / HiFi-GAN |", "|---|---|---|---|"]
+    lines += [f"| {b} | {v:,.0f} | {h:,.0f} | {v / h:.1f}× |" for b, v, h in rows]
+    lines += ["", "The Vocos paper: 6,697× vs 496× on an A100 (13.5×), 170× vs 5.8× on a server CPU (29×), batch 16 × 1 s."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -49,29 +88,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    vocos = Vocos(VOCOS_MEL_24K).to(device).eval()
-    # HiFi-GAN V1 at 24 kHz / 256 hop from 100 Hz units: the paper's baseline generator, unit-conditioned
-    hifigan = UnitHiFiGAN(UnitHiFiGANConfig(k=500, sample_rate=24000, frame_rate=24000 / 256,
-                                            upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4])).to(device).eval()
-    rows = []
-    for batch in (1, args.batch):
-        frames = 24000 // 256 + 1
-        mel = torch.randn(batch, 100, frames, device=device)
-        units = torch.randint(0, 500, (batch, frames), device=device)
-        with torch.inference_mode():
-            t_vocos = timed(lambda: vocos.decode(mel), args.repeats, device)
-            t_hifi = timed(lambda: hifigan(units), args.repeats, device)
-        seconds = batch * (frames - 1) * 256 / 24000
-        rows.append((batch, seconds / t_vocos, seconds / t_hifi))
-    lines = [f"## Vocoders (issue #7), {device.type}", "",
-             f"Hardware: {hardware(device)}. 24 kHz, 1 s per item, fp32, random weights; Vocos mel (published "
-             "size: 8 ConvNeXt layers, dim 512, ISTFT 1024/256) against a HiFi-GAN V1 generator "
-             "(upsampling 8·8·2·2, 512 channels) fed 500 units.", "",
-             "| batch | Vocos × real time | HiFi-GAN × real time | Vocos / HiFi-GAN |", "|---|---|---|---|"]
-    lines += [f"| {b} | {v:,.0f} | {h:,.0f} | {v / h:.1f}× |" for b, v, h in rows]
-    lines += ["", "The Vocos paper: 6,697× vs 496× on an A100 (13.5×), 170× vs 5.8× on a server CPU (29×), batch 16 × 1 s."]
-    body = "\n".join(lines)
+    vocos, hifigan = build_vocoders(device)
+    body = format_vocoders(measure_vocoders(vocos, hifigan, (1, args.batch), args.repeats), device)
     print(body)
     if not args.no_write:
         write_section(f"vocoder-{device.type}", body)
