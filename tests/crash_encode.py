@@ -13,7 +13,6 @@ signal at the N-th sample), 'pause' (at the N-th sample, create $PAUSE_MARKER an
 Tests may also fork and call `install(WHERE, N)` in the child instead of starting a new interpreter."""
 
 import errno
-import json
 import os
 import signal
 import sys
@@ -53,16 +52,27 @@ def pause(*a, **kw):
         time.sleep(0.05)
 
 
-def torn_append(then, original_append):
-    def append(self, line):
+def torn_open(then):
+    """An `open` for the journal whose N-th opened file writes half of a line, then calls `then`."""
+    def fake_open(path, mode="r", *a, **kw):
+        f = open(path, mode, *a, **kw)
         calls["count"] += 1
-        if calls["count"] == n:
-            text = json.dumps(line) + "\n"
-            with open(self.path, "a") as f:
+        if calls["count"] != n:
+            return f
+
+        class Torn:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+            def write(self, text):
                 f.write(text[: len(text) // 2])
-            then()
-        return original_append(self, line)
-    return append
+                f.flush()
+                then()
+        return Torn()
+    return fake_open
 
 
 def install(point: str, nth: int) -> None:
@@ -98,7 +108,7 @@ def _install() -> None:
     elif where == "journal":
         encode_job.Journal.append = on_nth(encode_job.Journal.append, after=kill)
     elif where in ("torn", "torn-enospc"):
-        encode_job.Journal.append = torn_append(kill if where == "torn" else disk_full, encode_job.Journal.append)
+        encode_job.open = torn_open(kill if where == "torn" else disk_full)  # the journal's appends
     elif where == "manifest":
         encode.write_manifest = on_nth(encode.write_manifest, before=lambda *a, **kw: kill())
     elif where in ("atomic", "atomic-after"):

@@ -560,14 +560,15 @@ def test_crafted_shards_cannot_write_outside_the_output_folder(units_and_codec_s
     # a json claiming another key, and keys that are not file names: only sanitized names inside -o
     evil = {**meta, "__key__": "../../escaped"}
     rewrite_shard(folder, first.name, [("sub/a b;c.json", json.dumps(evil).encode()),
-                                       ("sub/a b;c.codec.npy", files["codec.npy"]),
-                                       ("..x.json", json.dumps(evil).encode()), ("..x.codec.npy", files["codec.npy"])])
+                                       ("sub/a b;c.encodec.npy", files["encodec.npy"]),
+                                       ("-rf --x.json", json.dumps(evil).encode()),
+                                       ("-rf --x.encodec.npy", files["encodec.npy"])])
     out = tmp_path / "out" / "wav"
     r = run_cli("decode", folder, "-o", out)
     assert r.exit_code == 0, r.output
     assert not list((tmp_path / "out").glob("*.wav")) and not list(tmp_path.glob("escaped*"))
     names = sorted(p.name for p in out.iterdir())
-    assert "sub_a_b_c.wav" in names and "_.wav" in names and all(p.is_file() for p in out.iterdir())
+    assert names == ["rf_--x.wav", "sub_a_b_c.wav"] and all(p.is_file() for p in out.iterdir())
 
 
 BAD_LINES = {

@@ -313,7 +313,7 @@ class _Encoder:
 
     def entries(self, lo: int, hi: int, strict: bool) -> Iterator[tuple[int, tuple | CorpusError]]:
         """(position, (files, seconds, streams) or CorpusError) for positions lo..hi-1, in order. Raises
-        Interrupted between batches once SIGTERM/SIGINT was received."""
+        Interrupted at the next sample once SIGTERM/SIGINT was received."""
         toks, position = self.toks, self.position
         todo = [b for b in self.plan if any(lo <= position[it.index] < hi for it in b)]
         ready: dict[int, tuple | CorpusError] = {}
@@ -347,8 +347,8 @@ class _Encoder:
             while nxt in ready:
                 yield nxt, ready.pop(nxt)
                 nxt += 1
-            if self.stop.signum is not None and nxt < hi:
-                raise Interrupted(self.stop.signum)
+                if self.stop.signum is not None and nxt < hi:  # checked after every sample written
+                    raise Interrupted(self.stop.signum)
 
 
 def _repair_shard(enc: _Encoder, journal: Journal, i: int, why: str, out_dir: Path, pattern: str | None) -> None:
