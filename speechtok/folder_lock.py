@@ -41,8 +41,8 @@ class FolderLock:
         self._fd = fd
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
-        os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
+        os.ftruncate(fd, len(info.encode()))
         return self
 
     def holder(self) -> str:
