@@ -1,4 +1,5 @@
-"""Corpus-scale hardening: resume after SIGKILL, torchrun ranks, bad inputs, long files, OOM halving; the\nfolder lock, corpus fingerprint, verification, card integrity, crafted shards, exit codes and signals."""
+"""Corpus-scale hardening: resume after SIGKILL, torchrun ranks, bad inputs, long files, OOM halving; the
+folder lock, corpus fingerprint, verification, card integrity, crafted shards, exit codes and signals."""
 
 import errno
 import json
@@ -364,7 +365,8 @@ def test_stale_lock_of_a_killed_job_does_not_block(mfcc_km, speech_corpus, mfcc_
 def test_corpus_path_spelling_does_not_matter(mfcc_km, speech_corpus, mfcc_reference, tmp_path, monkeypatch):
     monkeypatch.chdir(speech_corpus.parent)
     out = tmp_path / "out"
-    assert run_cli("encode", speech_corpus.name, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2).exit_code == 0
+    first = run_cli("encode", speech_corpus.name, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
+    assert first.exit_code == 0, first.output
     again = run_cli("encode", f"./{speech_corpus.name}", "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
     assert again.exit_code == 0 and "8 utterances (8 from a previous run)" in again.output, again.output
     same_output(mfcc_reference, out)

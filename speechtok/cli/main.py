@@ -156,8 +156,8 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
     dev = resolve_device(device)
     defaults = encode_device_defaults(dev)
     try:
-        toks = [load_tokenizer(t, device=dev, precision=defaults["precision"] if precision == "auto" else precision,
-                               allow_model_mismatch=allow_model_mismatch)
+        prec = defaults["precision"] if precision == "auto" else precision
+        toks = [load_tokenizer(t, device=dev, precision=prec, allow_model_mismatch=allow_model_mismatch)
                 for t in tokenizers]
     except OSError as e:
         fail_os(e)

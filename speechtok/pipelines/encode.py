@@ -229,7 +229,8 @@ def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, 
                          pattern=pattern)
     writer.shards = [line["shard"] for line in journal.shards]
     unjournaled: list[CorpusError] = []
-    state = {"pos": next_pos, "utts": summary.num_utterances, "seconds": summary.seconds, "frames": dict(summary.frames)}
+    state = {"pos": next_pos, "utts": summary.num_utterances, "seconds": summary.seconds,
+             "frames": dict(summary.frames)}
 
     def on_shard_done(record: dict) -> None:
         journal.append({"shard": record, "next_pos": state["pos"], "num_utterances": state["utts"],
@@ -247,7 +248,8 @@ def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, 
                 load_errors.append(entry)
             else:
                 files, seconds, streams = entry
-                writer.write(sample_key(items[pos].utt.id), files)  # may close a shard: journaled with the counters so far
+                # may close a shard: journaled with the counters so far
+                writer.write(sample_key(items[pos].utt.id), files)
                 state["utts"] += 1
                 state["seconds"] += seconds
                 for name, s in streams.items():

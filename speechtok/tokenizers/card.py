@@ -17,7 +17,8 @@ class ModelMismatch(ValueError):
 def card_checksum(card: dict) -> str:
     """sha256 of the card's canonical JSON, its own checksum field left out."""
     body = {k: v for k, v in card.items() if k != CARD_CHECKSUM}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def seal_card(card: dict) -> dict:
