@@ -654,3 +654,25 @@ def test_describe_change_names_what_changed():
         "utterance 2 was 'b', now 'c', 1 added, 1 removed"
     assert describe_change(old, [["a", "1"], ["b", "5"], ["c", "3"]]) == \
         ("utterance 2 'b' changed (file, span or labels), 1 changed", False)
+
+
+def test_decode_refuses_other_codec_weights_unless_allowed(units_and_codec_shards, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    codec = tmp_path / "codec"
+    shutil.copytree(units_and_codec_shards / "codec", codec)
+    weights = load_file(codec / "model.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, codec / "model.safetensors",
+              metadata={"format": "pt"})
+    folder = tmp_path / "shards"
+    shutil.copytree(units_and_codec_shards / "shards", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["tokenizers"]["encodec"]["model"] = str(codec)  # same recorded sha256, other weights
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    r = run_cli("decode", folder, "-o", tmp_path / "wav")
+    assert r.exit_code == 2 and "do not match the card" in r.output and "--allow-model-mismatch" in r.output
+    assert not (tmp_path / "wav").exists()
+    with pytest.warns(UserWarning, match="weights differ"):
+        r = run_cli("decode", folder, "-o", tmp_path / "wav", "--allow-model-mismatch")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "wav").glob("*.wav"))) == manifest["num_utterances"]
