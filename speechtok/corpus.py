@@ -4,6 +4,7 @@ and a corpus, read lazily from a folder or a JSONL manifest."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,20 +76,57 @@ def scan_folder(root: str | os.PathLike) -> Iterator[Utterance]:
                 yield Utterance(id=printable(rel.as_posix()), path=str(path))
 
 
-def _parse_words(raw, where: str) -> list[Word]:
+def bad_id_reason(utt_id: str) -> str | None:
+    """Why an id cannot be used (None when it can): ids name shard members and output files."""
+    if not utt_id:
+        return "empty 'id'"
+    bad = next((c for c in utt_id if ord(c) < 32 or 127 <= ord(c) < 160), None)
+    if bad is not None:
+        return f"'id' {utt_id!r} contains the control character {bad!r}"
+    return None
+
+
+def _seconds(row: dict, key: str) -> float | None:
+    """An optional time in seconds: a finite, non-negative JSON number (or a string that is one)."""
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"'{key}' must be a number of seconds, got {json.dumps(value)}")
+    try:
+        out = float(value)
+    except ValueError:
+        raise ValueError(f"'{key}' must be a number of seconds, got {json.dumps(value)}") from None
+    if not math.isfinite(out) or out < 0:
+        raise ValueError(f"'{key}' must be a finite number of seconds >= 0, got {value}")
+    return out
+
+
+def _parse_words(raw) -> list[Word]:
+    """Word timings; raises ValueError naming the first bad entry (the caller drops the words)."""
     if not isinstance(raw, list):
-        raise ValueError(f"{where}: 'words' must be a list")
-    words = []
-    for w in raw:
+        raise ValueError("'words' must be a list")
+    words: list[Word] = []
+    for i, w in enumerate(raw, 1):
+        if not isinstance(w, dict) or not isinstance(w.get("word"), str):
+            raise ValueError(f"word {i} {json.dumps(w)[:80]} needs a string 'word'")
         try:
-            words.append(Word(str(w["word"]), float(w["start"]), float(w["end"])))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: bad word entry {w!r} ({e})") from None
+            start, end = _seconds(w, "start"), _seconds(w, "end")
+        except ValueError as e:
+            raise ValueError(f"word {i}: {e}") from None
+        if start is None or end is None:
+            raise ValueError(f"word {i} ({w['word']!r}) needs 'start' and 'end'")
+        if end < start:
+            raise ValueError(f"word {i} ({w['word']!r}): end {end} is before start {start}")
+        if words and start < words[-1].start:
+            raise ValueError(f"word {i} ({w['word']!r}) starts at {start}, before word {i - 1} ({words[-1].start})")
+        words.append(Word(w["word"], start, end))
     return words
 
 
-def parse_manifest_line(line: str, where: str, base_dir: Path) -> Utterance:
-    """One JSONL line → Utterance; raises ValueError with a one-line reason."""
+def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[CorpusError] | None = None) -> Utterance:
+    """One JSONL line → Utterance; raises ValueError with a one-line reason naming the field. Bad word
+    timings drop the words only (with a note in `notes`), keeping the utterance."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
@@ -96,22 +134,43 @@ def parse_manifest_line(line: str, where: str, base_dir: Path) -> Utterance:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object")
     for key in ("id", "path"):
-        if not row.get(key):
+        if row.get(key) is None or row.get(key) == "":
             raise ValueError(f"{where}: missing '{key}'")
+    if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)):
+        raise ValueError(f"{where}: 'id' must be a string, got {json.dumps(row['id'])}")
+    utt_id = str(row["id"])
+    if (why := bad_id_reason(utt_id)) is not None:
+        raise ValueError(f"{where}: {why}")
+    if not isinstance(row["path"], str) or "\0" in row["path"]:
+        raise ValueError(f"{where}: 'path' must be a file name, got {json.dumps(row['path'])[:80]}")
+    for key in ("text", "speaker"):
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise ValueError(f"{where}: '{key}' must be a string, got {json.dumps(value)[:80]}")
     path = Path(row["path"])
     if not path.is_absolute():
         path = base_dir / path
-    start, end = row.get("start"), row.get("end")
-    if start is not None and end is not None and float(end) <= float(start):
-        raise ValueError(f"{where}: end {end} is not after start {start}")
+    try:
+        start, end = _seconds(row, "start"), _seconds(row, "end")
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"{where}: end {row['end']} is not after start {row['start']}")
+    words = None
+    if row.get("words") is not None:
+        try:
+            words = _parse_words(row["words"])
+        except ValueError as e:
+            if notes is not None:
+                notes.append(CorpusError(file=where, id=utt_id, reason=f"words dropped, utterance kept: {e}"))
     known = {"id", "path", "start", "end", "text", "words", "speaker"}
     return Utterance(
-        id=str(row["id"]),
+        id=utt_id,
         path=str(path),
-        start=None if start is None else float(start),
-        end=None if end is None else float(end),
-        text=row.get("text"),
-        words=None if row.get("words") is None else _parse_words(row["words"], where),
+        start=start,
+        end=end,
+        text=None if row.get("text") is None else str(row["text"]),
+        words=words,
         speaker=None if row.get("speaker") is None else str(row["speaker"]),
         extra={k: v for k, v in row.items() if k not in known},
     )
@@ -132,7 +191,7 @@ def read_manifest(path: str | os.PathLike, errors: list[CorpusError]) -> Iterato
             if not line.strip():
                 continue
             try:
-                yield parse_manifest_line(line, where, path.parent)
+                yield parse_manifest_line(line, where, path.parent, errors)
             except ValueError as e:
                 errors.append(CorpusError(file=where, reason=str(e).split(": ", 1)[-1]))
 
@@ -170,6 +229,9 @@ def load_corpus(source: str | os.PathLike, errors: list[CorpusError] | None = No
     seen: set[str] = set()
     unique = []
     for u in utts:
+        if (why := bad_id_reason(u.id)) is not None:
+            errors.append(CorpusError(file=u.path, id=printable(u.id), reason=why))
+            continue
         if u.id in seen:
             errors.append(CorpusError(file=u.path, id=u.id, reason=f"duplicate id '{u.id}'"))
             continue

@@ -1,5 +1,6 @@
 """Token shards: webdataset-compatible tar files written deterministically (same input → same bytes),
-under a temporary name then renamed, and read back with checksum verification."""
+under a temporary name then renamed, and read back with checksum verification. Readers accept only
+regular-file members with relative names (no links, devices, absolute or `..` paths)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 import re
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
@@ -18,7 +19,7 @@ MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
-class ShardError(Exception):
+class ShardError(ValueError):
     """A shard that is missing, truncated, corrupt, or does not match the manifest."""
 
 
@@ -78,22 +79,28 @@ class ShardWriter:
             self.finish_shard()
         if self._tar is None:
             self._open()
-        for ext, data in files.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        try:
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                self._tar.addfile(info, io.BytesIO(data))
+        except OSError as e:
+            raise _named(e, self._tmp)
         self._count += 1
         self._bytes += size
 
     def finish_shard(self) -> None:
         if self._tar is None:
             return
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as e:
+            raise _named(e, self._tmp)
         os.replace(self._tmp, self._path)
         record = {"name": self._path.name, "num_samples": self._count,
                   "bytes": self._path.stat().st_size, "sha256": sha256_of(self._path)}
@@ -107,6 +114,39 @@ class ShardWriter:
         self.finish_shard()
         return self.shards
 
+    def abort(self) -> None:
+        """Drop the shard being written (its `.tmp`); finished shards stay."""
+        if self._tar is None:
+            return
+        self._tar = None
+        try:
+            self._file.close()
+        except OSError:
+            pass  # e.g. the disk is full: the file goes anyway
+        self._tmp.unlink(missing_ok=True)
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """The OSError with the file it concerns (tarfile's writes raise it without one)."""
+    if e.filename is None:
+        e.filename = str(path)
+    return e
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `path` as `<path>.tmp`, fsync, rename: readers see the old or the new file, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _named(e, tmp)
+    os.replace(tmp, path)
+
 
 def sha256_of(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -118,10 +158,7 @@ def sha256_of(path: str | Path) -> str:
 
 def write_manifest(out_dir: str | Path, manifest: dict) -> None:
     """Write the manifest atomically; it is the last file a job writes."""
-    path = Path(out_dir) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_manifest(path: str | Path) -> tuple[Path, dict]:
@@ -137,26 +174,50 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
 
 
 def decode_sample(key: str, files: dict[str, bytes]) -> dict:
-    """Raw tar members of one sample → a dict: the json's fields, arrays for .npy members."""
-    out: dict = {"__key__": key}
+    """Raw tar members of one sample → a dict: the json's fields, arrays for .npy members; `__key__` is
+    the member key (a json cannot override it). Raises ValueError for a json that is not an object."""
+    out: dict = {}
     for ext, data in files.items():
         if ext == "json":
-            out.update(json.loads(data))
+            meta = json.loads(data)
+            if not isinstance(meta, dict):
+                raise ValueError("its json is not an object")
+            out.update(meta)
         elif ext.endswith(".npy"):
             out[ext[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
         else:
             out[ext] = data
+    out["__key__"] = key
     return out
 
 
+def unsafe_member(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member must not be read (None when it is a plain file with a relative name)."""
+    if member.issym() or member.islnk():
+        return "a link"
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        return "a device or pipe"
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or member.name.startswith(("/", "\\")):
+        return "an absolute path"
+    if ".." in name.parts or ".." in member.name.split("\\"):
+        return "a path with '..'"
+    if "\0" in member.name:
+        return "a name with NUL"
+    return None
+
+
 def iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group a tar's members into samples by key (the name up to its first dot)."""
+    """Group a tar's members into samples by key (the name up to its first dot). Links, devices,
+    absolute and `..` names are refused with a ShardError naming the shard and the member."""
     key, files = None, {}
     try:
         with tarfile.open(path, mode="r") as tar:
             for member in tar:
+                if (why := unsafe_member(member)) is not None:
+                    raise ShardError(f"{path}: member {member.name!r} is {why}; refusing this shard")
                 if not member.isfile():
-                    continue
+                    continue  # directories
                 k, _, ext = member.name.partition(".")
                 if key is not None and k != key:
                     yield key, files
@@ -169,19 +230,46 @@ def iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, files
 
 
+def shard_problem(path: Path, record: dict) -> str | None:
+    """Why a shard does not match its manifest record (None when it does): missing, size, or sha256 (a
+    streaming hash of the whole file)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "shard listed in the manifest is missing"
+    if size != record["bytes"]:
+        return f"{size} bytes, the manifest says {record['bytes']} (truncated?)"
+    if sha256_of(path) != record["sha256"]:
+        return "sha256 does not match the manifest (corrupt shard)"
+    return None
+
+
+def manifest_shards(path: str | Path, verify: bool = True) -> list[Path]:
+    """The shard files a manifest (or its folder) lists, in order; with `verify`, every one is checked
+    against the manifest first (size and sha256), and the first bad one raises a ShardError naming it."""
+    folder, manifest = read_manifest(path)
+    out = []
+    for shard in manifest["shards"]:
+        spath = folder / shard["name"]
+        if verify and (why := shard_problem(spath, shard)) is not None:
+            raise ShardError(f"{spath}: {why}")
+        out.append(spath)
+    return out
+
+
 def read_shards(path: str | Path, verify: bool = True) -> Iterator[dict]:
     """Decoded samples of every shard a manifest lists, in order; with `verify`, each shard's size and
     sha256 are checked against the manifest before it is read."""
     folder, manifest = read_manifest(path)
     for shard in manifest["shards"]:
         spath = folder / shard["name"]
-        if not spath.exists():
-            raise ShardError(f"{spath}: shard listed in the manifest is missing")
-        if verify:
-            size = spath.stat().st_size
-            if size != shard["bytes"]:
-                raise ShardError(f"{spath}: {size} bytes, the manifest says {shard['bytes']} (truncated?)")
-            if sha256_of(spath) != shard["sha256"]:
-                raise ShardError(f"{spath}: sha256 does not match the manifest (corrupt shard)")
+        why = shard_problem(spath, shard) if verify else None
+        if why is None and not spath.exists():
+            why = "shard listed in the manifest is missing"
+        if why is not None:
+            raise ShardError(f"{spath}: {why}")
         for key, files in iter_tar(spath):
-            yield decode_sample(key, files)
+            try:
+                yield decode_sample(key, files)
+            except ValueError as e:
+                raise ShardError(f"{spath}: sample {key!r}: {' '.join(str(e).split())}") from None

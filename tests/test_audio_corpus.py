@@ -73,14 +73,15 @@ def test_manifest_bad_lines_are_reported_and_skipped(tmp_path):
     manifest.write_bytes(("\n".join(lines)).encode() + b"\n\xff\xfe broken utf8\n")
     errors: list[CorpusError] = []
     utts = load_corpus(manifest, errors)
-    assert [u.id for u in utts] == ["u1"]
+    assert [u.id for u in utts] == ["u1", "u4"]
+    assert utts[1].words is None  # bad word timings drop the words, not the utterance
     assert utts[0].path == str(tmp_path / "a.wav")
     assert utts[0].labels() == {"text": "hi", "words": [{"word": "hi", "start": 0.0, "end": 0.3}], "speaker": "s"}
     reasons = [(e.file.rsplit(":", 1)[-1] if e.file.startswith(str(manifest)) else e.file, e.reason) for e in errors]
     assert ("2", "bad JSON (Expecting property name enclosed in double quotes)") in reasons
     assert ("3", "missing 'path'") in reasons
     assert ("4", "end 1.0 is not after start 2.0") in reasons
-    assert any(r[0] == "6" and "bad word entry" in r[1] for r in reasons)
+    assert ("6", "words dropped, utterance kept: word 1 ('x') needs 'start' and 'end'") in reasons
     assert ("8", "line is not valid UTF-8") in reasons
     assert any("duplicate id 'u1'" in r for _, r in reasons)
     with pytest.raises(FileNotFoundError):

@@ -1,12 +1,31 @@
-"""What every `tok` command shares: one line per error on stderr, and the exit for a fatal one."""
+"""What every `tok` command shares: one line per error on stderr, the exit codes, and the exit for a
+fatal error.
+
+Exit codes (README, "Exit codes"): 0 all done; 1 done, but some inputs were skipped (listed in
+errors.jsonl); 2 usage or configuration error (bad option, config or input file); 3 environment error
+(disk full, no permission, read-only file system, output folder locked by another job); 128 + N stopped by
+signal N (130 SIGINT, 143 SIGTERM) after leaving the output resumable."""
 
 from __future__ import annotations
 
+import errno
+import signal
 import sys
 
 import click
 
 from speechtok.corpus import CorpusError
+
+EXIT_OK = 0
+EXIT_SKIPPED = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+# errnos that say something about the machine, not about what the user asked for
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
+                      errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY, errno.ETXTBSY}
 
 
 def report_errors(errors: list[CorpusError | str], where: str | None = None, limit: int = 20) -> None:
@@ -17,6 +36,23 @@ def report_errors(errors: list[CorpusError | str], where: str | None = None, lim
         click.echo(f"... and {len(errors) - limit} more" + (f" (all in {where})" if where else ""), err=True)
 
 
-def fail(msg: str) -> None:
+def fail(msg: str, code: int = EXIT_USAGE) -> None:
     click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
+    sys.exit(code)
+
+
+def os_error_line(e: OSError) -> str:
+    """'FILE: what went wrong' for an OSError, with a hint for the usual environment problems."""
+    what = e.strerror or str(e)
+    hint = {errno.ENOSPC: " (disk full: free space, then rerun the same command to resume)",
+            errno.EDQUOT: " (quota exceeded: free space, then rerun the same command to resume)",
+            errno.EROFS: " (read-only file system: choose another output folder)",
+            errno.EACCES: " (no permission: choose another folder or fix its permissions)",
+            errno.EPERM: " (not permitted: choose another folder or fix its permissions)"}.get(e.errno, "")
+    where = e.filename if e.filename is not None else ""
+    return f"{where}: {what}{hint}" if where else f"{what}{hint}"
+
+
+def fail_os(e: OSError) -> None:
+    """One line for an OSError; exit 3 for environment problems, else 2 (a missing or misnamed path)."""
+    fail(os_error_line(e), EXIT_ENVIRONMENT if e.errno in ENVIRONMENT_ERRNOS else EXIT_USAGE)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import fail, report_errors
+from speechtok.cli.common import EXIT_ENVIRONMENT, EXIT_SKIPPED, fail, fail_os, report_errors
 from speechtok.corpus import CorpusError
 
 
@@ -120,40 +120,54 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @click.option("-t", "--tokenizer", "tokenizers", required=True, multiple=True,
               help="A semantic tokenizer directory, or a codec KIND:MODEL[:nq=N][:name=NAME] "
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for shards and manifest.json.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
 @click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Utterances per batch at most.")
-@click.option("--num-workers", type=int, default=None, help="Audio loading processes (default 8 on GPU; on CPU 2, or 0 with 4 cores or fewer).")
-@click.option("--shard-max-mb", type=float, default=256.0, show_default=True)
-@click.option("--shard-max-count", type=int, default=10_000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Utterances per batch at most.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="Audio loading processes (default 8 on GPU; on CPU 2, or 0 with 4 cores or fewer).")
+@click.option("--shard-max-mb", type=click.FloatRange(min=0, min_open=True), default=256.0, show_default=True)
+@click.option("--shard-max-count", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (a rerun resumes).")
+@click.option("--append", is_flag=True, help="Accept a corpus that grew at its end since the job started: "
+              "encode only the new utterances.")
+@click.option("--allow-model-mismatch", is_flag=True,
+              help="Use model weights that differ from the tokenizer card's sha256 (a deliberate swap).")
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
-               shard_max_count, strict, device, precision, quiet):
+               shard_max_count, strict, append, allow_model_mismatch, device, precision, quiet):
     """Tokenize CORPUS (a folder or a JSONL manifest) into webdataset shards under OUTPUT.
 
-    Rerunning the same command after an interruption resumes it. Under torchrun, each rank encodes a
-    contiguous part of the corpus and rank 0 writes one manifest. Exits 1 when any input failed."""
+    Rerunning the same command after an interruption resumes it (and repairs shards that no longer match
+    their checksum). Under torchrun, each rank encodes a contiguous part of the corpus and rank 0 writes one
+    manifest. Exits 0 when all went in, 1 when some inputs were skipped, 2 for a usage error (or another job
+    or a changed corpus in OUTPUT), 3 for an environment error (disk full, permissions, OUTPUT locked by a
+    running job), 143/130 after SIGTERM/SIGINT."""
+    from speechtok.folder_lock import FolderLocked
     from speechtok.pipelines.batching import resolve_device
-    from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, StrictError, dist_info, encode_corpus,
-                                            encode_device_defaults)
+    from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, Interrupted, StrictError, dist_info,
+                                            encode_corpus, encode_device_defaults)
     from speechtok.tokenizers.load import load_tokenizer
 
     dev = resolve_device(device)
     defaults = encode_device_defaults(dev)
     try:
-        toks = [load_tokenizer(t, device=dev, precision=defaults["precision"] if precision == "auto" else precision)
+        prec = defaults["precision"] if precision == "auto" else precision
+        toks = [load_tokenizer(t, device=dev, precision=prec, allow_model_mismatch=allow_model_mismatch)
                 for t in tokenizers]
-    except (ValueError, OSError) as e:
+    except OSError as e:
+        fail_os(e)
+    except ValueError as e:
         fail(str(e))
     opts = EncodeOptions(dedup=dedup, max_batch_size=batch_size,
                          max_batch_seconds=defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds,
                          num_workers=defaults["num_workers"] if num_workers is None else num_workers,
-                         shard_max_bytes=int(shard_max_mb * (1 << 20)), shard_max_count=shard_max_count,
-                         progress=not quiet, strict=strict)
+                         shard_max_bytes=max(1, int(shard_max_mb * (1 << 20))), shard_max_count=shard_max_count,
+                         progress=not quiet, strict=strict, append=append)
     rank, _ = dist_info()
     opts.progress = opts.progress and rank == 0
     try:
@@ -161,30 +175,47 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
     except StrictError as e:
         click.echo(f"error: {e}", err=True)
         click.echo("stopped (--strict); rerun without --strict to skip bad inputs, or fix them and rerun", err=True)
-        sys.exit(1)
-    except (FileNotFoundError, ValueError) as e:
+        sys.exit(EXIT_SKIPPED)
+    except (Interrupted, KeyboardInterrupt) as e:
+        import signal
+
+        signum = getattr(e, "signum", signal.SIGINT)
+        click.echo(f"stopped by {signal.Signals(signum).name}: finished shards are kept in {output} (no .tmp left); "
+                   "rerun the same command to resume", err=True)
+        sys.exit(128 + signum)
+    except FolderLocked as e:
+        fail(str(e), EXIT_ENVIRONMENT)
+    except OSError as e:
+        fail_os(e)
+    except ValueError as e:
         fail(str(e))
     if rank == 0:
         report_errors(summary.errors, str(Path(output) / ERRORS_FILE))
         click.echo(summary.line())
-    sys.exit(1 if summary.errors else 0)
+    sys.exit(EXIT_SKIPPED if summary.errors else 0)
 
 
 @cli.command("decode")
 @click.argument("shards", type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the wav files.")
 @click.option("--codec", "codec_name", default=None, help="Which codec field to decode (default: the only one).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip checking the shards' sizes and sha256 against the manifest.")
+@click.option("--allow-model-mismatch", is_flag=True,
+              help="Decode with codec weights that differ from the sha256 the manifest recorded.")
 @device_option
-def decode_cmd(shards, output, codec_name, batch_size, device):
-    """Write audio decoded from the codec tokens in SHARDS (one KEY.wav per utterance)."""
+def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mismatch, device):
+    """Write audio decoded from the codec tokens in SHARDS (one KEY.wav per utterance; KEY made safe as a
+    file name)."""
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.decode import decode_shards
-    from speechtok.shards import ShardError
 
     try:
-        n, seconds = decode_shards(shards, output, codec_name, resolve_device(device), batch_size)
-    except (ShardError, ValueError) as e:
+        n, seconds = decode_shards(shards, output, codec_name, resolve_device(device), batch_size,
+                                   verify=not no_verify, allow_model_mismatch=allow_model_mismatch)
+    except OSError as e:
+        fail_os(e)
+    except ValueError as e:  # ShardError included
         fail(str(e))
     click.echo(f"decoded {n} utterances, {seconds:.1f} s of audio -> {output}")
 
@@ -223,14 +254,16 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
 @click.option("-n", type=int, default=3, show_default=True, help="Samples to print.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
 def show_cmd(shards, n, no_verify):
-    """Print a shard folder's manifest summary and its first N samples."""
-    from speechtok.shards import ShardError, read_manifest, read_shards
+    """Print a shard folder's manifest summary and its first N samples, after checking every shard's size
+    and sha256 against the manifest."""
+    from speechtok.shards import ShardError, manifest_shards, read_manifest, read_shards
 
     try:
         _, manifest = read_manifest(shards)
+        manifest_shards(shards, verify=not no_verify)
         click.echo(f"{manifest['num_utterances']} utterances, {manifest['seconds'] / 3600:.3f} h, "
                    f"{len(manifest['shards'])} shards, tokenizers: {', '.join(manifest['tokenizers'])}")
-        for i, sample in enumerate(read_shards(shards, verify=not no_verify)):
+        for i, sample in enumerate(read_shards(shards, verify=False)):  # verified above, once
             if i >= n:
                 break
             arrays = {k: v for k, v in sample.items() if hasattr(v, "dtype")}
@@ -238,8 +271,8 @@ def show_cmd(shards, n, no_verify):
             click.echo(json.dumps(meta, ensure_ascii=False))
             for k, v in arrays.items():
                 click.echo(f"  {k}: {v.dtype} {list(v.shape)} {v[:20].tolist()}{' ...' if len(v) > 20 else ''}")
-    except ShardError as e:
-        fail(str(e))
+    except (ShardError, KeyError, TypeError) as e:
+        fail(str(e) if isinstance(e, ShardError) else f"{shards}: manifest lacks or garbles a field ({e})")
 
 
 from speechtok.cli.eval import eval_group  # noqa: E402

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from speechtok.lm.sequences import FORMATS, SequenceBuilder
-from speechtok.shards import decode_sample, iter_tar, read_manifest
+from speechtok.shards import decode_sample, iter_tar, manifest_shards
 
 
 @dataclass
@@ -44,13 +44,10 @@ class DataConfig:
         self.span_words = tuple(self.span_words)
 
 
-def shard_paths(sources: list[str]) -> list[Path]:
-    """Every shard of the given manifests / shard folders, in order."""
-    out = []
-    for src in sources:
-        folder, manifest = read_manifest(src)
-        out += [folder / s["name"] for s in manifest["shards"]]
-    return out
+def shard_paths(sources: list[str], verify: bool = True) -> list[Path]:
+    """Every shard of the given manifests / shard folders, in order; with `verify` each is checked once
+    against its manifest (size, sha256) before training reads it, and a bad one raises a ShardError."""
+    return [p for src in sources for p in manifest_shards(src, verify)]
 
 
 def _samples(paths: list[Path], part: int, parts: int) -> Iterator[dict]:

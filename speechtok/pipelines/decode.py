@@ -1,14 +1,39 @@
-"""`tok decode`: codec tokens in shards → wav files, using the codec recorded in the manifest."""
+"""`tok decode`: codec tokens in shards → wav files, using the codec recorded in the manifest. Shards are
+untrusted input: file names come from sanitized keys and every path written must stay inside the output
+folder."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import soundfile as sf
 import torch
 
-from speechtok.shards import read_manifest, read_shards
+from speechtok.shards import manifest_shards, read_manifest, read_shards
+from speechtok.tokenizers.card import check_weights
 from speechtok.tokenizers.codec import Codec
+
+
+def safe_file_name(key: str, taken: set[str], suffix: str = ".wav") -> str:
+    """A file name made from a sample key: letters, digits, '_' and '-' only (anything else becomes '_'),
+    at most 200 characters, never hidden or empty, and not one already `taken` (then '-2', '-3', ...)."""
+    base = re.sub(r"[^\w\-]", "_", key)[:200].lstrip("-") or "_"
+    name, n = base + suffix, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}{suffix}"
+    taken.add(name)
+    return name
+
+
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name`, refusing any path that would resolve outside `folder`."""
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve():
+        raise ValueError(f"{name!r}: output path would leave {folder}; refusing to write it")
+    return path
 
 
 def pick_codec(manifest: dict, name: str | None) -> tuple[str, dict]:
@@ -25,16 +50,22 @@ def pick_codec(manifest: dict, name: str | None) -> tuple[str, dict]:
 
 
 def decode_shards(shards: str | Path, out_dir: str | Path, codec_name: str | None = None,
-                  device: torch.device = torch.device("cpu"), batch_size: int = 16) -> tuple[int, float]:
-    """Decode every sample's codes to `out_dir/KEY.wav`; returns (utterances, seconds of audio)."""
+                  device: torch.device = torch.device("cpu"), batch_size: int = 16, verify: bool = True,
+                  allow_model_mismatch: bool = False) -> tuple[int, float]:
+    """Decode every sample's codes to `out_dir/KEY.wav` (KEY sanitized); returns (utterances, seconds of
+    audio). With `verify`, every shard is checked against the manifest first."""
     _, manifest = read_manifest(shards)
     name, card = pick_codec(manifest, codec_name)
+    manifest_shards(shards, verify)
     codec = Codec.from_card(card, device=device)
+    if not check_weights(card.get("weights_sha256"), codec.card().get("weights_sha256"), card["model"],
+                         f"{shards}: codec {name}", allow_model_mismatch):
+        warnings.warn(f"codec {name}: weights differ from the manifest's (--allow-model-mismatch)")
     if codec.n_q != card["n_q"]:
         raise ValueError(f"codec {name}: model gives {codec.n_q} codebooks, the shards hold {card['n_q']}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    count, seconds, pending = 0, 0.0, []
+    count, seconds, pending, taken = 0, 0.0, [], set()
 
     def flush():
         nonlocal count, seconds
@@ -44,12 +75,15 @@ def decode_shards(shards: str | Path, out_dir: str | Path, codec_name: str | Non
             codes[i, :, : frames[i]] = torch.from_numpy(s[name].astype("int64"))
         wav, samples = codec.decode(codes, frames)
         for i, s in enumerate(pending):
-            sf.write(out_dir / f"{s['__key__']}.wav", wav[i, : int(samples[i])].cpu().numpy(), codec.sample_rate)
+            path = inside(out_dir, safe_file_name(str(s["__key__"]), taken))
+            sf.write(path, wav[i, : int(samples[i])].cpu().numpy(), codec.sample_rate)
             seconds += int(samples[i]) / codec.sample_rate
         count += len(pending)
         pending.clear()
 
-    for sample in read_shards(shards):
+    for sample in read_shards(shards, verify=False):  # verified above, once
+        if name not in sample:
+            raise ValueError(f"{shards}: sample {sample['__key__']!r} has no {name} tokens")
         pending.append(sample)
         if len(pending) >= batch_size:
             flush()

@@ -4,8 +4,10 @@ one pass, each fed audio at its own rate.
 Determinism and resume: the corpus is split into windows, each window into length-bucketed batches, and
 samples are written in corpus order, so shards depend only on the corpus, the tokenizers and the options.
 After each shard is renamed into place, a line in `progress*.jsonl` records it; a rerun of the same command
-verifies those shards, skips their utterances (recomputing only the batches that straddle the boundary,
-with the same batch composition) and continues, so the result is byte-identical to an uninterrupted run.
+verifies those shards (writing a damaged one again), skips their utterances (recomputing only the batches
+that straddle the boundary, with the same batch composition) and continues, so the result is byte-identical
+to an uninterrupted run. The journal, the corpus fingerprint, the folder lock and signal handling are in
+`encode_job`.
 
 Under torchrun, rank r takes the r-th contiguous block of the corpus, writes `shard-rRRR-NNNNNN.tar` and
 its own journal; rank 0 merges everything into one manifest when all ranks are done."""
@@ -18,6 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,11 +28,13 @@ from tqdm import tqdm
 
 import speechtok
 from speechtok.corpus import CorpusError, load_corpus
+from speechtok.folder_lock import FolderLock
 from speechtok.pipelines.batching import Batch, Item, iterate_batches, plan_batches, probe_durations
-from speechtok.shards import MANIFEST, ShardWriter, npy_bytes, sample_key, sha256_of, smallest_int_dtype, write_manifest
+from speechtok.pipelines.encode_job import (ERRORS_FILE, LOCK_FILE, Interrupted, Journal, StopFlag, corpus_index,
+                                            index_sha, note, read_journal, remove_temporaries, stop_on_signals)
+from speechtok.shards import (MANIFEST, ShardWriter, npy_bytes, sample_key, smallest_int_dtype, write_manifest,
+                              write_text_atomic)
 from speechtok.tokenizers.semantic import SemanticTokenizer, run_length
-
-ERRORS_FILE = "errors.jsonl"
 
 
 class StrictError(Exception):
@@ -47,6 +52,16 @@ class EncodeOptions:
     window: int = 4096
     progress: bool = True
     strict: bool = False
+    append: bool = False  # accept a corpus that grew at its end since the job started
+
+    def check(self) -> None:
+        """Refuse options that cannot make shards (a usage error, before anything is written)."""
+        for name, low in (("shard_max_count", 1), ("shard_max_bytes", 1), ("max_batch_size", 1), ("window", 1),
+                          ("num_workers", 0)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        if not self.max_batch_seconds > 0:
+            raise ValueError(f"max_batch_seconds must be > 0, got {self.max_batch_seconds!r}")
 
 
 @dataclass
@@ -118,55 +133,6 @@ def encode_rows(tok, wav: torch.Tensor, lengths: torch.Tensor, on_split) -> list
     return out
 
 
-class Journal:
-    """`progress[.rRRR].jsonl`: the job's fingerprint, then one line per completed shard with the counters
-    and the load errors up to it; `done` once the rank has finished."""
-
-    def __init__(self, path: Path, fingerprint: str):
-        self.path, self.fingerprint = path, fingerprint
-        self.shards: list[dict] = []
-        self.done: dict | None = None
-
-    def load(self, out_dir: Path) -> None:
-        """Keep the journaled shards that still verify; refuse a journal of another job."""
-        if not self.path.exists():
-            return
-        lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-        if not lines or lines[0].get("job") != self.fingerprint:
-            raise ValueError(f"{self.path.parent}: holds an encode job with other inputs or options; rerun the same "
-                             "command to resume it, or write to a new folder")
-        for line in lines[1:]:
-            if "done" in line:
-                self.done = line
-                continue
-            rec = line["shard"]
-            path = out_dir / rec["name"]
-            if not path.exists() or path.stat().st_size != rec["bytes"] or sha256_of(path) != rec["sha256"]:
-                break
-            self.shards.append(line)
-        if self.done is not None and len(self.shards) != self.done["done"]:
-            self.done = None
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        lines = [{"job": self.fingerprint}] + self.shards + ([self.done] if self.done else [])
-        tmp.write_text("".join(json.dumps(x, ensure_ascii=True) + "\n" for x in lines))
-        os.replace(tmp, self.path)
-
-    def append(self, line: dict) -> None:
-        if not self.path.exists():
-            self._rewrite()
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line, ensure_ascii=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def finish(self, line: dict) -> None:
-        self.done = {"done": len(self.shards), **line}
-        self.append(self.done)
-
-
 def dist_info() -> tuple[int, int]:
     """(rank, world size) under torchrun, else (0, 1)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -183,30 +149,48 @@ def _barrier(world: int) -> None:
 
 def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOptions | None = None) -> EncodeSummary:
     """Tokenize every utterance of `corpus` (folder or JSONL manifest) with `toks` (one tokenizer or a
-    list) into shards under `out_dir`, resuming a previous run of the same job. Bad inputs go to
-    `out_dir/errors.jsonl` and are skipped; the manifest is written last."""
+    list) into shards under `out_dir`, resuming a previous run of the same job and repairing shards that
+    no longer match their checksum. Bad inputs go to `out_dir/errors.jsonl` and are skipped; the manifest is
+    written last. Raises FolderLocked while another job writes there, JobMismatch for another job or a
+    changed corpus, Interrupted after SIGTERM/SIGINT (the output stays resumable)."""
     toks = list(toks) if isinstance(toks, (list, tuple)) else [toks]
     names = [t.name for t in toks]
     if len(set(names)) != len(names):
         raise ValueError(f"two tokenizers write the same field {names}; name codecs with ':name=...'")
     opts = opts or EncodeOptions()
+    opts.check()
     rank, world = dist_info()
-    dedups = {t.name: (t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer) else False
-              for t in toks}
+    if opts.append and world > 1:
+        raise ValueError("--append runs as a single process (the ranks' blocks would move)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir / f"{LOCK_FILE}.r{rank:03d}", "tok encode"), stop_on_signals() as stop:
+        return _encode_locked(corpus, toks, out_dir, opts, rank, world, stop)
+
+
+def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int,
+                   stop: StopFlag) -> EncodeSummary:
     t0 = time.perf_counter()
+    remove_temporaries(out_dir, rank, world)
+    dedups = {t.name: (t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer) else False
+              for t in toks}
     cards = {t.name: t.card() for t in toks}
-    # what the output depends on; batch sizes are left out since tokens do not depend on batching
-    job = {"corpus": str(corpus), "tokenizers": cards, "dedup": dedups, "world_size": world,
+    # what the output depends on besides the corpus; batch sizes are left out since tokens do not depend on batching
+    job = {"tokenizers": cards, "dedup": dedups, "world_size": world,
            "shard_max_bytes": opts.shard_max_bytes, "shard_max_count": opts.shard_max_count}
     fingerprint = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
-    if (out_dir / MANIFEST).exists() and json.loads((out_dir / MANIFEST).read_text()).get("job") == fingerprint:
-        return _summary_from_manifest(out_dir, t0)
 
     summary = EncodeSummary(frames={t.name: 0 for t in toks})
     corpus_errors: list[CorpusError] = []
     utts = load_corpus(corpus, corpus_errors)
+    if not utts and not corpus_errors:
+        raise ValueError(f"{corpus}: empty corpus (no audio files, or no utterance lines)")
+    index = corpus_index(utts)
+    suffix = f".r{rank:03d}" if world > 1 else ""
+    journal = Journal(out_dir / f"progress{suffix}.jsonl", fingerprint, index_sha(index))
+    journal.open(out_dir, index, opts.append, write_index=rank == 0,
+                 mine=f"shard-r{rank:03d}-*.tar" if world > 1 else "shard-[0-9]*.tar")
+
     utts = utts[rank * len(utts) // world: (rank + 1) * len(utts) // world]
     probe_errors: list[CorpusError] = []
     items, keys = [], {}
@@ -225,89 +209,62 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
     if opts.strict and (corpus_errors or probe_errors):
         e = (corpus_errors + probe_errors)[0]
         raise StrictError(f"{e.file}: {e.reason}")
-    position = {it.index: p for p, it in enumerate(items)}
-    plan = plan_batches(items, opts.max_batch_seconds, opts.max_batch_size, opts.window)
+    enc = _Encoder(toks, items, dedups, opts, stop, summary)
+    pattern = f"shard-r{rank:03d}-{{:06d}}.tar" if world > 1 else None
 
-    suffix = f".r{rank:03d}" if world > 1 else ""
-    journal = Journal(out_dir / f"progress{suffix}.jsonl", fingerprint)
-    mine = f"shard-r{rank:03d}-*.tar" if world > 1 else "shard-*.tar"
-    if not journal.path.exists() and any(out_dir.glob(mine)):
-        raise ValueError(f"{out_dir}: already holds shards of another job; write to a new folder")
-    journal.load(out_dir)
-    next_pos, load_errors = 0, []
+    damaged = journal.damaged(out_dir)
+    next_pos = journal.shards[-1]["next_pos"] if journal.shards else 0
+    if damaged or next_pos < len(items) or journal.done is None:
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is not a finished job until this run ends
+    for i, why in damaged:
+        _repair_shard(enc, journal, i, why, out_dir, pattern)
+
+    load_errors = [CorpusError(**e) for line in journal.shards for e in line["errors"]]
     if journal.shards:
         last = journal.shards[-1]
-        next_pos = last["next_pos"]
         summary.num_utterances, summary.seconds = last["num_utterances"], last["seconds"]
         summary.frames = dict(last["frames"])
         summary.resumed_utterances = summary.num_utterances
-        load_errors = [CorpusError(**e) for line in journal.shards for e in line["errors"]]
     writer = ShardWriter(out_dir, opts.shard_max_bytes, opts.shard_max_count, start_index=len(journal.shards),
-                         pattern=f"shard-r{rank:03d}-{{:06d}}.tar" if world > 1 else None)
+                         pattern=pattern)
     writer.shards = [line["shard"] for line in journal.shards]
     unjournaled: list[CorpusError] = []
+    state = {"pos": next_pos, "utts": summary.num_utterances, "seconds": summary.seconds,
+             "frames": dict(summary.frames)}
 
     def on_shard_done(record: dict) -> None:
-        line = {"shard": record, "next_pos": state["pos"], "num_utterances": state["utts"],
-                "seconds": state["seconds"], "frames": dict(state["frames"]),
-                "errors": [asdict(e) for e in unjournaled]}
-        journal.append(line)
-        journal.shards.append(line)
+        journal.append({"shard": record, "next_pos": state["pos"], "num_utterances": state["utts"],
+                        "seconds": state["seconds"], "frames": dict(state["frames"]),
+                        "errors": [asdict(e) for e in unjournaled]})
         unjournaled.clear()
 
-    state = {"pos": next_pos, "utts": summary.num_utterances, "seconds": summary.seconds, "frames": dict(summary.frames)}
     writer.on_shard_done = on_shard_done
-    todo = [b for b in plan if any(position[it.index] >= next_pos for it in b)]
-    ready: dict[int, tuple[dict[str, bytes], float, dict] | CorpusError] = {}
-    cuda = any(t.device.type == "cuda" for t in toks)
     bar = tqdm(total=len(items), initial=next_pos, unit="utt", disable=not opts.progress, dynamic_ncols=True)
-
-    def split_logged(n: int) -> None:
-        summary.oom_splits += 1
-        tqdm.write(f"warning: CUDA out of memory on a batch of {n}; splitting it in two")
-
-    def fail(it: Item, reason: str) -> None:
-        ready[position[it.index]] = CorpusError(file=it.utt.path, id=it.utt.id, reason=reason)
-        if opts.strict:
-            raise StrictError(f"{it.utt.path}: {reason}")
-
-    for batch in iterate_batches(todo, [t.sample_rate for t in toks], opts.num_workers, pin_memory=cuda):
-        for it, why in batch.errors:
-            fail(it, why)
-        encoded = _encode_batch(toks, batch, split_logged, fail)
-        for j, it in enumerate(batch.items):
-            if j not in encoded:
-                continue
-            files, streams = {}, {}
-            for t in toks:
-                tokens = encoded[j][t.name]
-                files.update(token_files(t, tokens, dedups[t.name]))
-                streams[t.name] = {"sample_rate": t.sample_rate, "frame_rate": t.frame_rate,
-                                   "num_frames": int(tokens.shape[-1])}
-            meta = sample_meta(it, batch.seconds[j], streams)
-            files = {"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), **files}
-            ready[position[it.index]] = (files, batch.seconds[j], streams)
-        while state["pos"] in ready:
-            entry = ready.pop(state["pos"])
-            it = items[state["pos"]]
+    try:
+        for pos, entry in enc.entries(next_pos, len(items), opts.strict):
+            state["pos"] = pos
             if isinstance(entry, CorpusError):
                 unjournaled.append(entry)
                 load_errors.append(entry)
             else:
                 files, seconds, streams = entry
-                writer.write(sample_key(it.utt.id), files)  # may close a shard: journaled with the counters so far
+                # may close a shard: journaled with the counters so far
+                writer.write(sample_key(items[pos].utt.id), files)
                 state["utts"] += 1
                 state["seconds"] += seconds
                 for name, s in streams.items():
                     state["frames"][name] += s["num_frames"]
-            state["pos"] += 1
+            state["pos"] = pos + 1
             bar.update(1)
-        elapsed = time.perf_counter() - t0
-        done_s = state["seconds"] - summary.seconds
-        bar.set_postfix_str(f"{state['seconds'] / 3600:.2f} h, {done_s / max(elapsed, 1e-9):,.0f}x RT")
-    bar.close()
-    ready.clear()
-    writer.close()
+            done_s = state["seconds"] - summary.seconds
+            bar.set_postfix_str(f"{state['seconds'] / 3600:.2f} h, "
+                                f"{done_s / max(time.perf_counter() - t0, 1e-9):,.0f}x RT", refresh=False)
+        writer.close()
+    except BaseException:
+        writer.abort()  # no .tmp left behind; the journal holds every finished shard
+        raise
+    finally:
+        bar.close()
     summary.num_utterances, summary.seconds, summary.frames = state["utts"], state["seconds"], state["frames"]
     summary.shards = writer.shards
     journal.finish({"errors": [asdict(e) for e in unjournaled],
@@ -318,16 +275,15 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
     _barrier(world)
     if rank == 0:
         if world > 1:
-            summary = _merge_ranks(out_dir, world, fingerprint, corpus_errors, summary)
-        with open(out_dir / ERRORS_FILE, "w") as f:
-            for e in summary.errors:
-                f.write(e.to_json() + "\n")
+            summary = _merge_ranks(out_dir, world, corpus_errors, summary)
+        write_text_atomic(out_dir / ERRORS_FILE, "".join(e.to_json() + "\n" for e in summary.errors))
         write_manifest(out_dir, {
             "format": "speechtok.shards",
             "format_version": 1,
             "speechtok_version": speechtok.__version__,
-            "corpus": str(corpus),
-            "job": fingerprint,
+            "corpus": os.path.abspath(corpus),
+            "corpus_sha256": journal.corpus,
+            "job": journal.fingerprint,
             "tokenizers": cards,
             "dedup": dedups[toks[0].name] if len(toks) == 1 else dedups,
             "num_utterances": summary.num_utterances,
@@ -340,6 +296,82 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
     _barrier(world)
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+class _Encoder:
+    """Encodes items by corpus position, in the planned batches (so a batch's composition, and with it
+    every token, is the same in a first run, a resume and a repair)."""
+
+    def __init__(self, toks, items: list[Item], dedups: dict, opts: EncodeOptions, stop: StopFlag,
+                 summary: EncodeSummary):
+        self.toks, self.items, self.dedups, self.stop, self.summary = toks, items, dedups, stop, summary
+        self.position = {it.index: p for p, it in enumerate(items)}
+        self.plan = plan_batches(items, opts.max_batch_seconds, opts.max_batch_size, opts.window)
+        self.num_workers = opts.num_workers
+
+    def split_logged(self, n: int) -> None:
+        self.summary.oom_splits += 1
+        tqdm.write(f"warning: CUDA out of memory on a batch of {n}; splitting it in two")
+
+    def entries(self, lo: int, hi: int, strict: bool) -> Iterator[tuple[int, tuple | CorpusError]]:
+        """(position, (files, seconds, streams) or CorpusError) for positions lo..hi-1, in order. Raises
+        Interrupted at the next sample once SIGTERM/SIGINT was received."""
+        toks, position = self.toks, self.position
+        todo = [b for b in self.plan if any(lo <= position[it.index] < hi for it in b)]
+        ready: dict[int, tuple | CorpusError] = {}
+        nxt = lo
+        cuda = any(t.device.type == "cuda" for t in toks)
+
+        def fail(it: Item, reason: str) -> None:
+            if lo <= position[it.index] < hi:
+                ready[position[it.index]] = CorpusError(file=it.utt.path, id=it.utt.id, reason=reason)
+                if strict:
+                    raise StrictError(f"{it.utt.path}: {reason}")
+
+        if todo and self.stop.signum is not None:
+            raise Interrupted(self.stop.signum)
+        for batch in iterate_batches(todo, [t.sample_rate for t in toks], self.num_workers, pin_memory=cuda):
+            for it, why in batch.errors:
+                fail(it, why)
+            encoded = _encode_batch(toks, batch, self.split_logged, fail)
+            for j, it in enumerate(batch.items):
+                if j not in encoded or not lo <= position[it.index] < hi:
+                    continue
+                files, streams = {}, {}
+                for t in toks:
+                    tokens = encoded[j][t.name]
+                    files.update(token_files(t, tokens, self.dedups[t.name]))
+                    streams[t.name] = {"sample_rate": t.sample_rate, "frame_rate": t.frame_rate,
+                                       "num_frames": int(tokens.shape[-1])}
+                meta = sample_meta(it, batch.seconds[j], streams)
+                files = {"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), **files}
+                ready[position[it.index]] = (files, batch.seconds[j], streams)
+            while nxt in ready:
+                yield nxt, ready.pop(nxt)
+                nxt += 1
+                if self.stop.signum is not None and nxt < hi:  # checked after every sample written
+                    raise Interrupted(self.stop.signum)
+
+
+def _repair_shard(enc: _Encoder, journal: Journal, i: int, why: str, out_dir: Path, pattern: str | None) -> None:
+    """Write journaled shard `i` again from its utterances (it went missing or no longer matches its sha256)."""
+    line = journal.shards[i]
+    name = line["shard"]["name"]
+    note(f"{out_dir / name}: {why}; encoding its utterances again")
+    lo = journal.shards[i - 1]["next_pos"] if i else 0
+    writer = ShardWriter(out_dir, 1 << 62, 1 << 62, start_index=i, pattern=pattern)
+    try:
+        for pos, entry in enc.entries(lo, line["next_pos"], strict=False):
+            if not isinstance(entry, CorpusError):
+                writer.write(sample_key(enc.items[pos].utt.id), entry[0])
+        records = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    if [r["name"] for r in records] != [name] or records[0]["num_samples"] != line["shard"]["num_samples"]:
+        raise RuntimeError(f"{out_dir / name}: could not be repaired (the corpus no longer gives its samples); "
+                           "write to a new folder")
+    journal.replace(i, records[0])
 
 
 def _encode_batch(toks, batch: Batch, on_split, fail) -> dict[int, dict[str, np.ndarray]]:
@@ -366,35 +398,23 @@ def _encode_batch(toks, batch: Batch, on_split, fail) -> dict[int, dict[str, np.
     return result
 
 
-def _merge_ranks(out_dir: Path, world: int, fingerprint: str, corpus_errors: list[CorpusError],
-                 mine: EncodeSummary) -> EncodeSummary:
+def _merge_ranks(out_dir: Path, world: int, corpus_errors: list[CorpusError], mine: EncodeSummary) -> EncodeSummary:
     """Rank 0: one summary from every rank's finished journal, shards in rank order."""
     merged = EncodeSummary(frames={k: 0 for k in mine.frames}, errors=list(corpus_errors))
     for r in range(world):
-        j = Journal(out_dir / f"progress.r{r:03d}.jsonl", fingerprint)
-        j.load(out_dir)
-        if j.done is None:
-            raise RuntimeError(f"{j.path}: rank {r} did not finish")
-        merged.shards += [line["shard"] for line in j.shards]
-        merged.num_utterances += j.done["num_utterances"]
-        merged.seconds += j.done["seconds"]
-        for k, v in j.done["frames"].items():
+        path = out_dir / f"progress.r{r:03d}.jsonl"
+        _, shards, done = read_journal(path)
+        if done is None:
+            raise RuntimeError(f"{path}: rank {r} did not finish")
+        merged.shards += [line["shard"] for line in shards]
+        merged.num_utterances += done["num_utterances"]
+        merged.seconds += done["seconds"]
+        for k, v in done["frames"].items():
             merged.frames[k] += v
-        merged.errors += [CorpusError(**e) for e in j.done["probe_errors"]]
-        merged.errors += [CorpusError(**e) for line in j.shards for e in line["errors"]]
-        merged.errors += [CorpusError(**e) for e in j.done["errors"]]
+        merged.errors += [CorpusError(**e) for e in done["probe_errors"]]
+        merged.errors += [CorpusError(**e) for line in shards for e in line["errors"]]
+        merged.errors += [CorpusError(**e) for e in done["errors"]]
     return merged
-
-
-def _summary_from_manifest(out_dir: Path, t0: float) -> EncodeSummary:
-    """The job is already complete: report it without redoing anything."""
-    m = json.loads((out_dir / MANIFEST).read_text())
-    errors = [CorpusError(**json.loads(x)) for x in (out_dir / ERRORS_FILE).read_text().splitlines() if x.strip()]
-    s = EncodeSummary(num_utterances=m["num_utterances"], seconds=m["seconds"], frames=m["frames"], errors=errors,
-                      shards=[{**x, "num_samples": x["num_utterances"]} for x in m["shards"]],
-                      resumed_utterances=m["num_utterances"])
-    s.wall_seconds = time.perf_counter() - t0
-    return s
 
 
 def encode_device_defaults(device: torch.device) -> dict:

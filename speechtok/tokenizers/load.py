@@ -11,10 +11,12 @@ from speechtok.tokenizers.codec import KINDS, Codec, parse_codec_spec
 from speechtok.tokenizers.semantic import CARD_FILE, SemanticTokenizer
 
 
-def load_tokenizer(spec: str, device: str | torch.device = "cpu", precision: str = "fp32"):
+def load_tokenizer(spec: str, device: str | torch.device = "cpu", precision: str = "fp32",
+                   allow_model_mismatch: bool = False):
     """A `SemanticTokenizer` or a `Codec` from its spec; its `.name` is the shard field it writes."""
     if Path(spec, CARD_FILE).exists():
-        tok = SemanticTokenizer.from_dir(spec, device=device, precision=precision)
+        tok = SemanticTokenizer.from_dir(spec, device=device, precision=precision,
+                                         allow_model_mismatch=allow_model_mismatch)
         tok.name = "semantic"
         return tok
     if spec.partition(":")[0] in KINDS:

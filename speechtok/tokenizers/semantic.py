@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from speechtok.shards import sha256_of
+from speechtok.tokenizers.card import CARD_CHECKSUM, check_card, check_weights, seal_card
 from speechtok.tokenizers.features import FeatureExtractor, build_features
 from speechtok.tokenizers.kmeans import assign
 
@@ -25,6 +27,27 @@ def run_length(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.concatenate([[True], units[1:] != units[:-1]])
     idx = np.flatnonzero(starts)
     return units[idx], np.diff(np.append(idx, len(units)))
+
+
+def read_checked_card(card_path: Path) -> tuple[dict, Path]:
+    """(card, centroids path) of a tokenizer directory, refusing an edited card or changed centroids."""
+    if not card_path.exists():
+        raise FileNotFoundError(f"{card_path.parent}: not a tokenizer directory (no {CARD_FILE})")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{card_path}: not valid JSON ({e})") from None
+    if not isinstance(card, dict) or card.get("type") != "semantic":
+        raise ValueError(f"{card_path}: type is {card.get('type') if isinstance(card, dict) else None!r}, "
+                         "not 'semantic'")
+    check_card(card, str(card_path))
+    cpath = card_path.parent / card["centroids"]["file"]
+    expected = card["centroids"].get("sha256")
+    if not expected:
+        raise ValueError(f"{card_path}: records no sha256 for {cpath.name}; the centroids cannot be trusted")
+    if not cpath.is_file() or sha256_of(cpath) != expected:
+        raise ValueError(f"{cpath}: checksum does not match {CARD_FILE}; the file was changed or corrupted")
+    return card, cpath
 
 
 class SemanticTokenizer:
@@ -67,7 +90,8 @@ class SemanticTokenizer:
         return self.features.num_frames(num_samples)
 
     def card(self) -> dict:
-        return {
+        """What `from_dir` needs, with checksums of the centroids, the model weights and the card itself."""
+        return seal_card({
             "type": "semantic",
             "format_version": FORMAT_VERSION,
             "features": self.features.card(),
@@ -78,7 +102,7 @@ class SemanticTokenizer:
             "dedup": self.dedup,
             "centroids": {"file": CENTROIDS_FILE, "sha256": self.meta.get("centroids_sha256")},
             **{k: v for k, v in self.meta.items() if k not in ("centroids_sha256",)},
-        }
+        })
 
     def save(self, directory: str | Path) -> Path:
         """Write `tokenizer.json` and `centroids.npy` into `directory`."""
@@ -90,28 +114,25 @@ class SemanticTokenizer:
         return directory
 
     @classmethod
-    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu",
-                 precision: str = "fp32") -> "SemanticTokenizer":
-        """Load a tokenizer directory; the centroids' checksum must match the card."""
+    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", precision: str = "fp32",
+                 allow_model_mismatch: bool = False) -> "SemanticTokenizer":
+        """Load a tokenizer directory: the card's own checksum, the centroids' and the model weights'
+        must match (`allow_model_mismatch`: use other weights on purpose, with a warning)."""
         directory = Path(directory)
         card_path = directory / CARD_FILE
-        if not card_path.exists():
-            raise FileNotFoundError(f"{directory}: not a tokenizer directory (no {CARD_FILE})")
-        card = json.loads(card_path.read_text())
-        if card.get("type") != "semantic":
-            raise ValueError(f"{card_path}: type is {card.get('type')!r}, not 'semantic'")
-        cpath = directory / card["centroids"]["file"]
-        expected = card["centroids"].get("sha256")
-        if expected and sha256_of(cpath) != expected:
-            raise ValueError(f"{cpath}: checksum does not match {CARD_FILE}; the file was changed or corrupted")
+        card, cpath = read_checked_card(card_path)
         centroids = np.load(cpath, allow_pickle=False)
         try:
             features = build_features(card["features"], device=device, precision=precision)
         except ValueError as e:
             raise ValueError(f"{card_path}: {e}") from None
+        if not check_weights(card["features"].get("weights_sha256"), features.card().get("weights_sha256"),
+                             card["features"].get("model", "?"), str(card_path), allow_model_mismatch):
+            warnings.warn(f"{card_path}: model weights differ from the card's (--allow-model-mismatch)")
+        expected = card["centroids"]["sha256"]
         meta = {k: v for k, v in card.items()
                 if k not in ("type", "format_version", "features", "k", "dim", "sample_rate", "frame_rate",
-                             "dedup", "centroids")}
+                             "dedup", "centroids", CARD_CHECKSUM)}
         meta["centroids_sha256"] = expected
         return cls(features, centroids, dedup=bool(card.get("dedup", False)), meta=meta)
 
