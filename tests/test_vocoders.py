@@ -12,7 +12,10 @@ import yaml
 from click.testing import CliRunner
 
 from speechtok.cli.main import cli
+from speechtok.pipelines.resynth import units_to_audio
+from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, original_config
 from speechtok.vocoders.mel import mel_filterbank
+from speechtok.vocoders.train import load_vocoder
 from speechtok.vocoders.vocos import Vocos
 
 from speech import linked_workdir
@@ -20,6 +23,7 @@ from speech import linked_workdir
 TINY_HIFIGAN = {"embed_dim": 32, "upsample_initial_channel": 32, "resblock_kernel_sizes": [3],
                 "resblock_dilation_sizes": [[1, 3]]}
 TINY_VOCOS = {"dim": 48, "intermediate_dim": 96, "num_layers": 2}
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run(*args):
@@ -198,3 +202,60 @@ def test_mel_filterbank_matches_the_htk_and_slaney_definitions():
     assert torch.allclose(peaks, centres, atol=24000 / 1024)
     slaney = mel_filterbank(513, 0, 8000, 80, 22050, norm="slaney", scale="slaney")
     assert torch.allclose(slaney.sum(0)[40:], slaney.sum(0)[40:].mean(), rtol=0.2)  # area-normalised above 1 kHz
+
+
+@pytest.mark.parametrize("name", ["spk", "dur"])
+def test_original_unit_hifigan_checkpoint_matches_the_reference_code(name):
+    """tests/fixtures/codehifigan_*: g_00000000 + config.json written by speech-resynthesis' own
+    CodeGenerator / DurationCodeGenerator (tests/reference/make_codehifigan_fixture.py), loaded unchanged."""
+    d = FIXTURES / f"codehifigan_{name}"
+    io = np.load(d / "io.npz")
+    code, ref = torch.from_numpy(io["code"]), io["audio"]
+    assert len(np.unique(io["code"])) >= 8 and ref.std() > 0.05  # the comparison cannot pass on silence
+    voc = load_vocoder(d)
+    assert isinstance(voc, UnitHiFiGAN) and voc.cfg.k == 20 and voc.cfg.sample_rate == 16000
+    if name == "spk":
+        assert voc.cfg.num_speakers == 200
+        with torch.no_grad():
+            out = voc(code, torch.from_numpy(io["speaker"][:, 0]))[0].numpy()
+    else:
+        assert voc.cfg.dedup and voc.cfg.duration_hidden == 24
+        with torch.no_grad():
+            log_d = voc.duration(voc.unit_emb(code).transpose(1, 2)).numpy()
+        np.testing.assert_allclose(log_d, io["log_duration"], atol=1e-5)
+        assert len(set(np.round(np.expm1(log_d[0])).tolist())) >= 3  # several distinct durations
+        out = units_to_audio(voc, io["code"][0])  # the resynth path: dedup → predicted durations → audio
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+
+
+def test_original_unit_hifigan_config_we_cannot_run_is_one_error():
+    h = json.loads((FIXTURES / "codehifigan_spk" / "config.json").read_text())
+    assert original_config(h, "c.json").num_speakers == 200
+    with pytest.raises(ValueError, match="c.json: 'f0' is set"):
+        original_config({**h, "f0": True}, "c.json")
+    with pytest.raises(ValueError, match="c.json: model_in_dim 16"):
+        original_config({**h, "model_in_dim": 16}, "c.json")
+
+
+def test_duration_loss_counts_only_whole_runs_inside_the_segment():
+    model = UnitHiFiGAN(UnitHiFiGANConfig(k=10, embed_dim=8, dedup=True, **{k: v for k, v in TINY_HIFIGAN.items()
+                                                                             if k != "embed_dim"}))
+    with torch.no_grad():  # the predictor says log(1 + d) = 1 for every unit
+        model.duration.out.weight.zero_()
+        model.duration.out.bias.fill_(1.0)
+    frames = torch.tensor([[1, 1, 2, 2, 2, 3, 3, 3, 3, 4],  # whole runs: 2 (3 frames), 3 (4 frames)
+                           [5, 5, 5, 5, 5, 6, 6, 6, 6, 6],  # two runs, both cut by the edges: none
+                           [7, 8, 8, 9, 9, 9, 9, 9, 9, 9]])  # whole run: 8 (2 frames)
+    expected = np.mean([(1 - np.log(1 + d)) ** 2 for d in (3, 4, 2)])
+    assert model.duration_loss(frames).item() == pytest.approx(expected, rel=1e-6)
+    assert model.duration_loss(frames[1:2]).item() == 0.0
+
+
+def test_unit_hifigan_weights_start_from_normal_001():
+    """HiFi-GAN's init: N(0, 0.01) for the upsampling, residual and output convolutions (not conv_pre)."""
+    torch.manual_seed(0)
+    model = UnitHiFiGAN(UnitHiFiGANConfig(k=10, embed_dim=64, upsample_initial_channel=64))
+    for name in ("ups.0", "resblocks.0.convs1.0", "resblocks.14.convs2.2", "conv_post"):
+        assert model.get_submodule(name).weight.std().item() == pytest.approx(0.01, rel=0.3), name
+    assert model.conv_pre.weight.std().item() > 0.02  # PyTorch's default, as the original

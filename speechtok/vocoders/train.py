@@ -21,10 +21,9 @@ from speechtok.corpus import load_corpus
 from speechtok.lm.data import shuffled_epochs, shard_paths
 from speechtok.lm.train import Metrics, lr_at, publish_checkpoint, rng_state, set_rng_state
 from speechtok.shards import read_manifest
-from speechtok.tokenizers.semantic import run_length
 from speechtok.vocoders.discriminators import (Discriminators, MelLoss, discriminator_loss, feature_matching_loss,
                                                generator_adv_loss)
-from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
+from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.vocos import Vocos
 
 
@@ -271,11 +270,7 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
             loss_g = loss_g + generator_adv_loss(fake) + cfg.fm_weight * feature_matching_loss(
                 [(r.detach(), [f.detach() for f in fs]) for r, fs in real], fake)
         if isinstance(gen, UnitHiFiGAN) and gen.cfg.dedup:  # the duration predictor learns the run lengths
-            units, durs = zip(*(run_length(row.cpu().numpy()) for row in x))
-            width = max(map(len, units))
-            u = torch.tensor(np.stack([np.pad(a, (0, width - len(a)), mode="edge") for a in units]), device=device)
-            d = torch.tensor(np.stack([np.pad(a, (0, width - len(a)), constant_values=1) for a in durs]), device=device)
-            loss_g = loss_g + gen.duration_loss(u, d)
+            loss_g = loss_g + gen.duration_loss(x)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -313,10 +308,12 @@ def load_vocoder_config(path: str | Path) -> VocoderTrainConfig:
 
 
 def load_vocoder(directory: str | Path, device: str | torch.device = "cpu"):
-    """A trained unit HiFi-GAN (vocoder.json) or a Vocos (config.yaml, original format)."""
+    """A unit HiFi-GAN (ours: vocoder.json; the original's: config.json + g_XXXXXXXX) or a Vocos (config.yaml)."""
     d = Path(directory)
-    if (d / "vocoder.json").exists() and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan":
+    ours = (d / "vocoder.json").exists() and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan"
+    if ours or is_original_dir(d):
         return UnitHiFiGAN.from_dir(d, device)
     if (d / "config.yaml").exists() or not d.exists():
         return Vocos.from_pretrained(directory, device)
-    raise ValueError(f"{d}: neither a unit HiFi-GAN (vocoder.json) nor a Vocos (config.yaml) directory")
+    raise ValueError(f"{d}: neither a unit HiFi-GAN (vocoder.json, or config.json + g_XXXXXXXX) nor a Vocos "
+                     "(config.yaml) directory")
