@@ -120,78 +120,47 @@ def test_resynth_through_each_vocoder(hifigan, vocos_mel, shards, tmp_path):
     assert sr == 24000 and len(wav) == int(np.ceil(seconds * 24000 / 320)) * 320
 
 
-def original_state_dict(config: dict) -> dict:
-    """Random tensors under the parameter names and shapes of the original Vocos code."""
-    fe, bb, hd = (config[k]["init_args"] for k in ("feature_extractor", "backbone", "head"))
-    dim, inter = bb["dim"], bb["intermediate_dim"]
-    sd = {}
-    if "n_mels" in fe:
-        sd["feature_extractor.mel_spec.spectrogram.window"] = torch.hann_window(fe["n_fft"])
-        sd["feature_extractor.mel_spec.mel_scale.fb"] = torch.rand(fe["n_fft"] // 2 + 1, fe["n_mels"])
-    else:
-        n_q = int(max(fe["bandwidths"]) * 1000 / 750)
-        sd["feature_extractor.codebook_weights"] = torch.randn(n_q * 1024, bb["input_channels"])
-        sd["feature_extractor.encodec.encoder.model.0.conv.conv.weight"] = torch.randn(32, 1, 7)  # ignored
-    sd["backbone.embed.weight"], sd["backbone.embed.bias"] = torch.randn(dim, bb["input_channels"], 7) * 0.02, torch.zeros(dim)
-    ada = bb.get("adanorm_num_embeddings")
-
-    def norm(prefix):
-        if ada:
-            sd[prefix + ".scale.weight"], sd[prefix + ".shift.weight"] = torch.ones(ada, dim), torch.zeros(ada, dim)
-        else:
-            sd[prefix + ".weight"], sd[prefix + ".bias"] = torch.ones(dim), torch.zeros(dim)
-
-    norm("backbone.norm")
-    for i in range(bb["num_layers"]):
-        p = f"backbone.convnext.{i}"
-        sd[p + ".dwconv.weight"], sd[p + ".dwconv.bias"] = torch.randn(dim, 1, 7) * 0.02, torch.zeros(dim)
-        norm(p + ".norm")
-        sd[p + ".pwconv1.weight"], sd[p + ".pwconv1.bias"] = torch.randn(inter, dim) * 0.02, torch.zeros(inter)
-        sd[p + ".pwconv2.weight"], sd[p + ".pwconv2.bias"] = torch.randn(dim, inter) * 0.02, torch.zeros(dim)
-        sd[p + ".gamma"] = torch.full((dim,), 1 / bb["num_layers"])
-    sd["backbone.final_layer_norm.weight"], sd["backbone.final_layer_norm.bias"] = torch.ones(dim), torch.zeros(dim)
-    sd["head.out.weight"], sd["head.out.bias"] = torch.randn(hd["n_fft"] + 2, dim) * 0.02, torch.zeros(hd["n_fft"] + 2)
-    sd["head.istft.window"] = torch.hann_window(hd["n_fft"])
-    return sd
+def reference_vocos(name: str, directory: Path) -> tuple[Vocos, dict, np.lib.npyio.NpzFile]:
+    """tests/fixtures/vocos_*.npz (made by the `vocos` package: tests/reference/make_vocos_fixture.py)
+    written out in the released layout (config.yaml + pytorch_model.bin) and loaded from there."""
+    z = np.load(FIXTURES / f"vocos_{name}.npz")
+    (directory / "config.yaml").write_text(str(z["config"]))
+    sd = {k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files if k.startswith("state_dict/")}
+    torch.save(sd, directory / "pytorch_model.bin")
+    return Vocos.from_pretrained(directory), sd, z
 
 
-ORIGINAL_MEL = {  # vocos-mel-24khz's config.yaml, with a smaller backbone
-    "feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-                          "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100,
-                                        "padding": "center"}},
-    "backbone": {"class_path": "vocos.models.VocosBackbone",
-                 "init_args": {"input_channels": 100, "dim": 64, "intermediate_dim": 128, "num_layers": 2}},
-    "head": {"class_path": "vocos.heads.ISTFTHead",
-             "init_args": {"dim": 64, "n_fft": 1024, "hop_length": 256, "padding": "center"}}}
-ORIGINAL_ENCODEC = {  # vocos-encodec-24khz's config.yaml, with a smaller backbone
-    "feature_extractor": {"class_path": "vocos.feature_extractors.EncodecFeatures",
-                          "init_args": {"encodec_model": "encodec_24khz", "bandwidths": [1.5, 3.0, 6.0, 12.0],
-                                        "train_codebooks": False}},
-    "backbone": {"class_path": "vocos.models.VocosBackbone",
-                 "init_args": {"input_channels": 128, "dim": 64, "intermediate_dim": 128, "num_layers": 2,
-                               "adanorm_num_embeddings": 4}},
-    "head": {"class_path": "vocos.heads.ISTFTHead",
-             "init_args": {"dim": 64, "n_fft": 1280, "hop_length": 320, "padding": "same"}}}
-
-
-@pytest.mark.parametrize("config", [ORIGINAL_MEL, ORIGINAL_ENCODEC], ids=["mel", "encodec"])
-def test_original_vocos_checkpoint_loads_and_runs(config, tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    sd = original_state_dict(config)
-    torch.save(sd, tmp_path / "pytorch_model.bin")
-    v = Vocos.from_pretrained(tmp_path)
-    if "n_mels" in config["feature_extractor"]["init_args"]:
-        torch.testing.assert_close(v.feature_extractor.mel_spec.mel_scale.fb, sd["feature_extractor.mel_spec.mel_scale.fb"])
-        assert v(torch.randn(1, 24000) * 0.1).shape == (1, 24000 // 256 * 256)  # (frames - 1) × hop, as the original
-    else:
-        torch.testing.assert_close(v.feature_extractor.codebook_weights, sd["feature_extractor.codebook_weights"])
-        codes = torch.randint(0, 1024, (8, 1, 75))  # 8 codebooks = 6 kbps = bandwidth id 2
-        out = v.codes_to_audio(codes)
-        assert out.shape == (1, 75 * 320)
-        assert not torch.equal(out, v.codes_to_audio(codes[:2]))  # 1.5 kbps: other codebooks, other bandwidth id
+def test_vocos_mel_matches_the_vocos_package(tmp_path):
+    v, sd, z = reference_vocos("mel", tmp_path)
+    audio = torch.from_numpy(z["audio"])
+    assert z["output"].std() > 0.01 and z["features"].std() > 0.5  # the comparison cannot pass on silence
+    with torch.no_grad():
+        np.testing.assert_allclose(v.feature_extractor(audio).numpy(), z["features"], atol=1e-6, rtol=0)
+        out = v(audio).numpy()
+    assert out.shape == z["output"].shape == (1, 12000 // 256 * 256)  # (frames − 1) × hop, as the original
+    np.testing.assert_allclose(out, z["output"], atol=1e-5, rtol=0)
+    # our own filterbank (not the loaded buffer) is torchaudio's
+    fb = mel_filterbank(513, 0, 12000, 100, 24000)
+    torch.testing.assert_close(fb, sd["feature_extractor.mel_spec.mel_scale.fb"], atol=1e-7, rtol=0)
+    # strict: an unknown key is an error; the EnCodec encoder the original's EncodecFeatures holds is not
     torch.save({**sd, "backbone.extra": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(RuntimeError, match="backbone.extra"):
         Vocos.from_pretrained(tmp_path)
+
+
+def test_vocos_encodec_matches_the_vocos_package(tmp_path):
+    v, sd, z = reference_vocos("encodec", tmp_path)
+    codes = torch.from_numpy(z["codes"])
+    assert len(np.unique(z["codes"])) >= 8 and z["output_8"].std() > 0.01
+    for n_q in (8, 2):  # 6 kbps = bandwidth id 2, 1.5 kbps = bandwidth id 0 (AdaLayerNorm rows)
+        with torch.no_grad():
+            np.testing.assert_allclose(v.feature_extractor(codes[:n_q]).numpy(), z[f"features_{n_q}"], atol=1e-6)
+            out = v.codes_to_audio(codes[:n_q]).numpy()
+        assert out.shape == z[f"output_{n_q}"].shape == (1, 24 * 320)
+        np.testing.assert_allclose(out, z[f"output_{n_q}"], atol=1e-5, rtol=0)
+    torch.save({**sd, "feature_extractor.encodec.encoder.model.0.conv.conv.weight": torch.zeros(32, 1, 7)},
+               tmp_path / "pytorch_model.bin")
+    assert isinstance(Vocos.from_pretrained(tmp_path), Vocos)  # vocos' own state_dict() holds the EnCodec too
 
 
 def test_mel_filterbank_matches_the_htk_and_slaney_definitions():

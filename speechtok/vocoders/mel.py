@@ -29,7 +29,8 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
                    norm: str | None = None, scale: str = "htk") -> torch.Tensor:
     """Triangular filters [n_freqs, n_mels] (torchaudio's `melscale_fbanks` convention)."""
     freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m = torch.linspace(hz_to_mel(torch.tensor(float(f_min)), scale), hz_to_mel(torch.tensor(float(f_max)), scale), n_mels + 2)
+    m_min, m_max = (float(hz_to_mel(torch.tensor(float(f), dtype=torch.float64), scale)) for f in (f_min, f_max))
+    m = torch.linspace(m_min, m_max, n_mels + 2)  # ends in float64, as torchaudio's Python-float ends
     f_pts = mel_to_hz(m, scale)
     diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts[None, :] - freqs[:, None]
