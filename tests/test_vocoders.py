@@ -37,7 +37,7 @@ def shards(units_and_codec_shards, tmp_path_factory):
 
 def config(root, name, **kw) -> str:
     cfg = {"shards": str(root / "shards"), "output": str(root / name), "batch_size": 4, "segment_seconds": 0.3,
-           "lr": 2e-3, "log_every": 1, "save_every": 1000, "sample_every": 1000, "disc_channels": 8, **kw}
+           "lr": 2e-3, "log_every": 1, "save_every": 1000, "sample_every": 1000, "disc_channels": 4, **kw}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -110,7 +110,7 @@ def test_resynth_through_each_vocoder(hifigan, vocos_mel, shards, tmp_path):
     r = CliRunner().invoke(cli, ["resynth", str(audio), "--vocoder", str(hifigan / "final"), "-o", str(tmp_path / "c.wav")])
     assert r.exit_code != 0 and "semantic tokenizer" in r.output
 
-    r = run("vocoder", "train", "--kind", "vocos", "--shards", shards / "shards", "-o", shards / "vocos_codec",
+    r = run("vocoder", "train", "--config", config(shards, "vocos_codec"), "--kind", "vocos",  # tiny discriminators
             "--features", "encodec", "--steps", 3, "--batch-size", 2, "--segment-seconds", 0.3)
     assert r.exit_code == 0, r.output
     r = run("resynth", audio, "-t", f"encodec:{shards / 'codec'}:nq=2", "--vocoder", shards / "vocos_codec" / "final",
@@ -228,3 +228,68 @@ def test_unit_hifigan_weights_start_from_normal_001():
     for name in ("ups.0", "resblocks.0.convs1.0", "resblocks.14.convs2.2", "conv_post"):
         assert model.get_submodule(name).weight.std().item() == pytest.approx(0.01, rel=0.3), name
     assert model.conv_pre.weight.std().item() > 0.02  # PyTorch's default, as the original
+
+
+def test_gan_losses_and_mels_match_the_original_code():
+    """tests/fixtures/gan_losses.npz: jik876/hifi-gan's and vocos' own loss functions, mels and an MRD
+    sub-discriminator on fixed inputs (tests/reference/make_gan_loss_fixture.py)."""
+    from speechtok.vocoders.discriminators import ResolutionDiscriminator
+    from speechtok.vocoders.losses import (HiFiGANLoss, VocosLoss, feature_matching_loss, hinge_discriminator_loss,
+                                           hinge_generator_loss, lsgan_discriminator_loss, lsgan_generator_loss)
+
+    z = np.load(FIXTURES / "gan_losses.npz")
+    t = {k: torch.from_numpy(z[k]) for k in z.files}
+    real = [(t[f"score_real_{i}"], [t[f"fmap_real_{i}_{j}"] for j in range(2)]) for i in range(3)]
+    fake = [(t[f"score_fake_{i}"], [t[f"fmap_fake_{i}_{j}"] for j in range(2)]) for i in range(3)]
+    close = dict(rtol=1e-6, atol=0)
+    np.testing.assert_allclose(lsgan_discriminator_loss(real, fake), z["hifigan_d_loss"], **close)
+    np.testing.assert_allclose(lsgan_generator_loss(fake), z["hifigan_g_loss"], **close)
+    np.testing.assert_allclose(2 * feature_matching_loss(real, fake), z["hifigan_fm_loss"], **close)
+    np.testing.assert_allclose(hinge_discriminator_loss(real, fake), z["vocos_d_loss"][0], **close)
+    np.testing.assert_allclose(hinge_generator_loss(fake), z["vocos_g_loss"][0], **close)
+    np.testing.assert_allclose(feature_matching_loss(real, fake), z["vocos_fm_loss"][0], **close)
+
+    audio_real, audio_fake = t["audio_real"], t["audio_fake"]
+    hifigan = HiFiGANLoss(16000, ch=4)
+    np.testing.assert_allclose(hifigan.log_mel(audio_real), z["hifigan_log_mel"], atol=1e-4, rtol=0)
+    _, mel_l1 = VocosLoss(16000, ch=4).generator_loss(audio_real, audio_fake, adversarial=False)
+    np.testing.assert_allclose(mel_l1, z["vocos_mel_loss"], rtol=1e-5)
+
+    mrd = ResolutionDiscriminator(512, ch=4)
+    sd = {k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("mrd_state_dict/")}
+    mrd.load_state_dict({k: v for k, v in sd.items() if k != "spec_fn.window"})  # torchaudio's window buffer
+    with torch.no_grad():
+        score, fmaps = mrd(audio_real[:1, :2400])
+    np.testing.assert_allclose(score, z["mrd_score"].reshape(1, -1), rtol=1e-5, atol=1e-5)
+    assert len(fmaps) == 21 and z["mrd_score"].std() > 0.01
+    for i, f in enumerate(fmaps):
+        np.testing.assert_allclose(f, z[f"mrd_fmap_{i}"], rtol=1e-5, atol=1e-5)
+
+
+def test_discriminators_are_laid_out_as_the_papers():
+    """HiFi-GAN's MSD (jik876 models.py) at its own width: the seven convolutions, the first scale spectral-
+    normed and the others weight-normed, AvgPool1d(4, 2, padding=2) between scales; MPD periods 2-11."""
+    from speechtok.vocoders.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
+    from speechtok.vocoders.losses import HiFiGANLoss, VocosLoss, vocoder_loss
+
+    msd = MultiScaleDiscriminator(128)
+    layout = [(1, 128, 15, 1, 1, 7), (128, 128, 41, 2, 4, 20), (128, 256, 41, 2, 16, 20), (256, 512, 41, 4, 16, 20),
+              (512, 1024, 41, 4, 16, 20), (1024, 1024, 41, 1, 16, 20), (1024, 1024, 5, 1, 1, 2)]
+    for d in msd.discriminators:
+        assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.groups, c.padding[0])
+                for c in d.convs] == layout
+    norms = [type(d.convs[0].parametrizations.weight[0]).__name__ for d in msd.discriminators]
+    assert norms == ["_SpectralNorm", "_WeightNorm", "_WeightNorm"]
+    pool = msd.meanpool
+    assert (pool.kernel_size, pool.stride, pool.padding) == ((4,), (2,), (2,))
+    scores = msd(torch.randn(1, 4000))
+    assert [s.shape[1] for s, _ in scores] == [63, 32, 16]  # the raw, ×2 and ×4 pooled waveform (stride 64)
+    mpd = MultiPeriodDiscriminator(32)
+    assert [d.period for d in mpd.discriminators] == [2, 3, 5, 7, 11]
+    assert [c.out_channels for c in mpd.discriminators[0].convs] == [32, 128, 512, 1024, 1024]
+    hifigan, vocos = HiFiGANLoss(16000, ch=4), VocosLoss(24000, ch=4)
+    assert sorted(n for n, _ in hifigan.named_children()) == ["mel", "mpd", "msd"]
+    assert sorted(n for n, _ in vocos.named_children()) == ["mel", "mpd", "mrd"]
+    assert [d.window_length for d in vocos.mrd.discriminators] == [2048, 1024, 512]
+    assert (hifigan.mel_weight, hifigan.fm_weight, vocos.mel_weight, vocos.fm_weight) == (45, 2, 45, 1)
+    assert vocos.mrd_weight == 0.1 and vocoder_loss("vocos", 24000, codec_features=True, ch=4).mrd_weight == 1.0

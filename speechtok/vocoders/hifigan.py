@@ -206,7 +206,8 @@ def original_config(h: dict, where: str) -> UnitHiFiGANConfig:
         raise ValueError(f"{where}: model_in_dim {h.get('model_in_dim', 128)}, but units (+ speaker) give {in_dim}")
     hop = int(np.prod(h["upsample_rates"]))
     return UnitHiFiGANConfig(
-        k=h["num_embeddings"], sample_rate=h["sampling_rate"], frame_rate=h["sampling_rate"] / h.get("code_hop_size", hop),
+        k=h["num_embeddings"], sample_rate=h["sampling_rate"],
+        frame_rate=h["sampling_rate"] / h.get("code_hop_size", hop),
         embed_dim=h["embedding_dim"], num_speakers=speakers, speaker_dim=h["embedding_dim"], dedup=bool(dur),
         upsample_rates=list(h["upsample_rates"]), upsample_kernel_sizes=list(h["upsample_kernel_sizes"]),
         upsample_initial_channel=h["upsample_initial_channel"], resblock_kernel_sizes=list(h["resblock_kernel_sizes"]),
