@@ -110,7 +110,7 @@ def test_resynth_through_each_vocoder(hifigan, vocos_mel, shards, tmp_path):
     r = CliRunner().invoke(cli, ["resynth", str(audio), "--vocoder", str(hifigan / "final"), "-o", str(tmp_path / "c.wav")])
     assert r.exit_code != 0 and "semantic tokenizer" in r.output
 
-    r = run("vocoder", "train", "--config", config(shards, "vocos_codec"), "--kind", "vocos",  # tiny discriminators
+    r = run("vocoder", "train", "--config", config(shards, "vocos_codec", kind="vocos"),  # tiny discriminators
             "--features", "encodec", "--steps", 3, "--batch-size", 2, "--segment-seconds", 0.3)
     assert r.exit_code == 0, r.output
     r = run("resynth", audio, "-t", f"encodec:{shards / 'codec'}:nq=2", "--vocoder", shards / "vocos_codec" / "final",
