@@ -282,7 +282,7 @@ def test_discriminators_are_laid_out_as_the_papers():
     assert norms == ["_SpectralNorm", "_WeightNorm", "_WeightNorm"]
     pool = msd.meanpool
     assert (pool.kernel_size, pool.stride, pool.padding) == ((4,), (2,), (2,))
-    scores = msd(torch.randn(1, 4000))
+    scores = MultiScaleDiscriminator(16)(torch.randn(1, 4000))
     assert [s.shape[1] for s, _ in scores] == [63, 32, 16]  # the raw, ×2 and ×4 pooled waveform (stride 64)
     mpd = MultiPeriodDiscriminator(32)
     assert [d.period for d in mpd.discriminators] == [2, 3, 5, 7, 11]
@@ -293,3 +293,17 @@ def test_discriminators_are_laid_out_as_the_papers():
     assert [d.window_length for d in vocos.mrd.discriminators] == [2048, 1024, 512]
     assert (hifigan.mel_weight, hifigan.fm_weight, vocos.mel_weight, vocos.fm_weight) == (45, 2, 45, 1)
     assert vocos.mrd_weight == 0.1 and vocoder_loss("vocos", 24000, codec_features=True, ch=4).mrd_weight == 1.0
+
+
+def test_resynth_takes_an_original_unit_hifigan_directory(shards, tmp_path):
+    """`tok resynth --vocoder DIR` with speech-resynthesis' g_00000000 + config.json as they are (k = 20)."""
+    centroids = np.random.default_rng(0).normal(size=(20, 39)).astype(np.float32)
+    np.save(tmp_path / "c.npy", centroids)
+    assert run("import-kmeans", tmp_path / "c.npy", "-m", "mfcc", "-o", tmp_path / "km20").exit_code == 0
+    corpus = Path(json.loads((shards / "shards" / "manifest.json").read_text())["corpus"])
+    audio = corpus.parent / json.loads(corpus.read_text().splitlines()[0])["path"]
+    r = run("resynth", audio, "-t", tmp_path / "km20", "--vocoder", FIXTURES / "codehifigan_spk", "-o", tmp_path / "o.wav")
+    assert r.exit_code == 0, r.output
+    wav, sr = sf.read(tmp_path / "o.wav")
+    frames = (round(sf.info(audio).duration * 16000) - 400) // 160 + 1  # MFCC frames, one unit each
+    assert sr == 16000 and len(wav) == frames * 320 and np.std(wav) > 0.01
