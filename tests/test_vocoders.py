@@ -269,24 +269,23 @@ def test_gan_losses_and_mels_match_the_original_code():
 def test_discriminators_are_laid_out_as_the_papers():
     """HiFi-GAN's MSD (jik876 models.py) at its own width: the seven convolutions, the first scale spectral-
     normed and the others weight-normed, AvgPool1d(4, 2, padding=2) between scales; MPD periods 2-11."""
-    from speechtok.vocoders.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
+    from speechtok.vocoders.discriminators import (MultiPeriodDiscriminator, MultiScaleDiscriminator,
+                                                   PeriodDiscriminator, ScaleDiscriminator)
     from speechtok.vocoders.losses import HiFiGANLoss, VocosLoss, vocoder_loss
 
-    msd = MultiScaleDiscriminator(128)
     layout = [(1, 128, 15, 1, 1, 7), (128, 128, 41, 2, 4, 20), (128, 256, 41, 2, 16, 20), (256, 512, 41, 4, 16, 20),
               (512, 1024, 41, 4, 16, 20), (1024, 1024, 41, 1, 16, 20), (1024, 1024, 5, 1, 1, 2)]
-    for d in msd.discriminators:
-        assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.groups, c.padding[0])
-                for c in d.convs] == layout
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.groups, c.padding[0])
+            for c in ScaleDiscriminator(128).convs] == layout
+    msd = MultiScaleDiscriminator(16)
     norms = [type(d.convs[0].parametrizations.weight[0]).__name__ for d in msd.discriminators]
     assert norms == ["_SpectralNorm", "_WeightNorm", "_WeightNorm"]
     pool = msd.meanpool
     assert (pool.kernel_size, pool.stride, pool.padding) == ((4,), (2,), (2,))
-    scores = MultiScaleDiscriminator(16)(torch.randn(1, 4000))
+    scores = msd(torch.randn(1, 4000))
     assert [s.shape[1] for s, _ in scores] == [63, 32, 16]  # the raw, ×2 and ×4 pooled waveform (stride 64)
-    mpd = MultiPeriodDiscriminator(32)
-    assert [d.period for d in mpd.discriminators] == [2, 3, 5, 7, 11]
-    assert [c.out_channels for c in mpd.discriminators[0].convs] == [32, 128, 512, 1024, 1024]
+    assert [c.out_channels for c in PeriodDiscriminator(2, 32).convs] == [32, 128, 512, 1024, 1024]
+    assert [d.period for d in MultiPeriodDiscriminator(4).discriminators] == [2, 3, 5, 7, 11]
     hifigan, vocos = HiFiGANLoss(16000, ch=4), VocosLoss(24000, ch=4)
     assert sorted(n for n, _ in hifigan.named_children()) == ["mel", "mpd", "msd"]
     assert sorted(n for n, _ in vocos.named_children()) == ["mel", "mpd", "mrd"]
