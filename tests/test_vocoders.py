@@ -251,7 +251,7 @@ def test_gan_losses_and_mels_match_the_original_code():
 
     audio_real, audio_fake = t["audio_real"], t["audio_fake"]
     hifigan = HiFiGANLoss(16000, ch=4)
-    np.testing.assert_allclose(hifigan.log_mel(audio_real), z["hifigan_log_mel"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(hifigan.log_mel(audio_real), z["hifigan_log_mel"], atol=2e-5, rtol=0)  # librosa fb
     _, mel_l1 = VocosLoss(16000, ch=4).generator_loss(audio_real, audio_fake, adversarial=False)
     np.testing.assert_allclose(mel_l1, z["vocos_mel_loss"], rtol=1e-5)
 
