@@ -180,7 +180,7 @@ def test_original_unit_hifigan_checkpoint_matches_the_reference_code(name):
     d = FIXTURES / f"codehifigan_{name}"
     io = np.load(d / "io.npz")
     code, ref = torch.from_numpy(io["code"]), io["audio"]
-    assert len(np.unique(io["code"])) >= 8 and ref.std() > 0.05  # the comparison cannot pass on silence
+    assert len(np.unique(io["code"])) >= 8 and ref.std() > 0.02  # the comparison cannot pass on silence
     voc = load_vocoder(d)
     assert isinstance(voc, UnitHiFiGAN) and voc.cfg.k == 20 and voc.cfg.sample_rate == 16000
     if name == "spk":
@@ -295,14 +295,19 @@ def test_discriminators_are_laid_out_as_the_papers():
 
 
 def test_resynth_takes_an_original_unit_hifigan_directory(shards, tmp_path):
-    """`tok resynth --vocoder DIR` with speech-resynthesis' g_00000000 + config.json as they are (k = 20)."""
+    """`tok resynth --vocoder DIR` with speech-resynthesis' g_00000000 + config.json as they are (k = 20,
+    100 Hz); units of another rate are refused, not slowed down."""
     centroids = np.random.default_rng(0).normal(size=(20, 39)).astype(np.float32)
     np.save(tmp_path / "c.npy", centroids)
     assert run("import-kmeans", tmp_path / "c.npy", "-m", "mfcc", "-o", tmp_path / "km20").exit_code == 0
     corpus = Path(json.loads((shards / "shards" / "manifest.json").read_text())["corpus"])
     audio = corpus.parent / json.loads(corpus.read_text().splitlines()[0])["path"]
-    r = run("resynth", audio, "-t", tmp_path / "km20", "--vocoder", FIXTURES / "codehifigan_spk", "-o", tmp_path / "o.wav")
+    r = run("resynth", audio, "-t", tmp_path / "km20", "--vocoder", FIXTURES / "codehifigan_spk",
+            "-o", tmp_path / "o.wav")
     assert r.exit_code == 0, r.output
     wav, sr = sf.read(tmp_path / "o.wav")
     frames = (round(sf.info(audio).duration * 16000) - 400) // 160 + 1  # MFCC frames, one unit each
-    assert sr == 16000 and len(wav) == frames * 320 and np.std(wav) > 0.01
+    assert sr == 16000 and len(wav) == frames * 160 and np.std(wav) > 0.01
+    r = CliRunner().invoke(cli, ["resynth", str(audio), "-t", str(tmp_path / "km20"), "--vocoder",
+                                 str(FIXTURES / "codehifigan_dur"), "-o", str(tmp_path / "p.wav")])
+    assert r.exit_code != 0 and "100 Hz units, the vocoder takes 50 Hz" in r.output

@@ -22,7 +22,8 @@ TINY = {"resblock": "1", "upsample_rates": [5, 4, 4, 2, 2], "upsample_kernel_siz
         "num_embeddings": 20, "embedding_dim": 16, "segment_size": 8960, "code_hop_size": 320, "f0": False,
         "sampling_rate": 16000}
 CONFIGS = {
-    "spk": {**TINY, "model_in_dim": 32, "multispkr": "from_input_file"},
+    "spk": {**TINY, "upsample_rates": [5, 4, 4, 2], "upsample_kernel_sizes": [11, 8, 8, 4], "code_hop_size": 160,
+            "upsample_initial_channel": 16, "model_in_dim": 32, "multispkr": "from_input_file"},  # 100 Hz units
     "dur": {**TINY, "model_in_dim": 16, "dur_prediction_weight": 1.0,
             "dur_predictor_params": {"encoder_embed_dim": 16, "var_pred_hidden_dim": 24, "var_pred_kernel_size": 3,
                                      "var_pred_dropout": 0.5}},
