@@ -96,3 +96,12 @@ def test_import_npy_needs_no_trust(tmp_path):
     np.testing.assert_array_equal(load_kmeans_checkpoint(str(tmp_path / "c.npy")), c)
     torch.save(torch.from_numpy(c), tmp_path / "c.pt")
     np.testing.assert_array_equal(load_kmeans_checkpoint(str(tmp_path / "c.pt")), c)
+    torch.save({"centroids": torch.from_numpy(c)}, tmp_path / "d.pt")
+    np.testing.assert_array_equal(load_kmeans_checkpoint(str(tmp_path / "d.pt")), c)
+
+
+@pytest.mark.parametrize("content", [{"weights": torch.zeros(2, 3)}, [torch.zeros(2, 3)]], ids=["no-key", "list"])
+def test_import_pt_without_centroids_is_one_clear_error(tmp_path, content):
+    torch.save(content, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"c\.pt: .*centroids"):
+        load_kmeans_checkpoint(str(tmp_path / "c.pt"))

@@ -12,7 +12,10 @@ import yaml
 from click.testing import CliRunner
 
 from speechtok.cli.main import cli
+from speechtok.pipelines.resynth import units_to_audio
+from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, original_config
 from speechtok.vocoders.mel import mel_filterbank
+from speechtok.vocoders.train import load_vocoder
 from speechtok.vocoders.vocos import Vocos
 
 from speech import linked_workdir
@@ -20,6 +23,7 @@ from speech import linked_workdir
 TINY_HIFIGAN = {"embed_dim": 32, "upsample_initial_channel": 32, "resblock_kernel_sizes": [3],
                 "resblock_dilation_sizes": [[1, 3]]}
 TINY_VOCOS = {"dim": 48, "intermediate_dim": 96, "num_layers": 2}
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run(*args):
@@ -33,7 +37,7 @@ def shards(units_and_codec_shards, tmp_path_factory):
 
 def config(root, name, **kw) -> str:
     cfg = {"shards": str(root / "shards"), "output": str(root / name), "batch_size": 4, "segment_seconds": 0.3,
-           "lr": 2e-3, "log_every": 1, "save_every": 1000, "sample_every": 1000, "disc_channels": 8, **kw}
+           "lr": 2e-3, "log_every": 1, "save_every": 1000, "sample_every": 1000, "disc_channels": 4, **kw}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -106,7 +110,7 @@ def test_resynth_through_each_vocoder(hifigan, vocos_mel, shards, tmp_path):
     r = CliRunner().invoke(cli, ["resynth", str(audio), "--vocoder", str(hifigan / "final"), "-o", str(tmp_path / "c.wav")])
     assert r.exit_code != 0 and "semantic tokenizer" in r.output
 
-    r = run("vocoder", "train", "--kind", "vocos", "--shards", shards / "shards", "-o", shards / "vocos_codec",
+    r = run("vocoder", "train", "--config", config(shards, "vocos_codec", kind="vocos"),  # tiny discriminators
             "--features", "encodec", "--steps", 3, "--batch-size", 2, "--segment-seconds", 0.3)
     assert r.exit_code == 0, r.output
     r = run("resynth", audio, "-t", f"encodec:{shards / 'codec'}:nq=2", "--vocoder", shards / "vocos_codec" / "final",
@@ -116,78 +120,47 @@ def test_resynth_through_each_vocoder(hifigan, vocos_mel, shards, tmp_path):
     assert sr == 24000 and len(wav) == int(np.ceil(seconds * 24000 / 320)) * 320
 
 
-def original_state_dict(config: dict) -> dict:
-    """Random tensors under the parameter names and shapes of the original Vocos code."""
-    fe, bb, hd = (config[k]["init_args"] for k in ("feature_extractor", "backbone", "head"))
-    dim, inter = bb["dim"], bb["intermediate_dim"]
-    sd = {}
-    if "n_mels" in fe:
-        sd["feature_extractor.mel_spec.spectrogram.window"] = torch.hann_window(fe["n_fft"])
-        sd["feature_extractor.mel_spec.mel_scale.fb"] = torch.rand(fe["n_fft"] // 2 + 1, fe["n_mels"])
-    else:
-        n_q = int(max(fe["bandwidths"]) * 1000 / 750)
-        sd["feature_extractor.codebook_weights"] = torch.randn(n_q * 1024, bb["input_channels"])
-        sd["feature_extractor.encodec.encoder.model.0.conv.conv.weight"] = torch.randn(32, 1, 7)  # ignored
-    sd["backbone.embed.weight"], sd["backbone.embed.bias"] = torch.randn(dim, bb["input_channels"], 7) * 0.02, torch.zeros(dim)
-    ada = bb.get("adanorm_num_embeddings")
-
-    def norm(prefix):
-        if ada:
-            sd[prefix + ".scale.weight"], sd[prefix + ".shift.weight"] = torch.ones(ada, dim), torch.zeros(ada, dim)
-        else:
-            sd[prefix + ".weight"], sd[prefix + ".bias"] = torch.ones(dim), torch.zeros(dim)
-
-    norm("backbone.norm")
-    for i in range(bb["num_layers"]):
-        p = f"backbone.convnext.{i}"
-        sd[p + ".dwconv.weight"], sd[p + ".dwconv.bias"] = torch.randn(dim, 1, 7) * 0.02, torch.zeros(dim)
-        norm(p + ".norm")
-        sd[p + ".pwconv1.weight"], sd[p + ".pwconv1.bias"] = torch.randn(inter, dim) * 0.02, torch.zeros(inter)
-        sd[p + ".pwconv2.weight"], sd[p + ".pwconv2.bias"] = torch.randn(dim, inter) * 0.02, torch.zeros(dim)
-        sd[p + ".gamma"] = torch.full((dim,), 1 / bb["num_layers"])
-    sd["backbone.final_layer_norm.weight"], sd["backbone.final_layer_norm.bias"] = torch.ones(dim), torch.zeros(dim)
-    sd["head.out.weight"], sd["head.out.bias"] = torch.randn(hd["n_fft"] + 2, dim) * 0.02, torch.zeros(hd["n_fft"] + 2)
-    sd["head.istft.window"] = torch.hann_window(hd["n_fft"])
-    return sd
+def reference_vocos(name: str, directory: Path) -> tuple[Vocos, dict, np.lib.npyio.NpzFile]:
+    """tests/fixtures/vocos_*.npz (made by the `vocos` package: tests/reference/make_vocos_fixture.py)
+    written out in the released layout (config.yaml + pytorch_model.bin) and loaded from there."""
+    z = np.load(FIXTURES / f"vocos_{name}.npz")
+    (directory / "config.yaml").write_text(str(z["config"]))
+    sd = {k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files if k.startswith("state_dict/")}
+    torch.save(sd, directory / "pytorch_model.bin")
+    return Vocos.from_pretrained(directory), sd, z
 
 
-ORIGINAL_MEL = {  # vocos-mel-24khz's config.yaml, with a smaller backbone
-    "feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-                          "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100,
-                                        "padding": "center"}},
-    "backbone": {"class_path": "vocos.models.VocosBackbone",
-                 "init_args": {"input_channels": 100, "dim": 64, "intermediate_dim": 128, "num_layers": 2}},
-    "head": {"class_path": "vocos.heads.ISTFTHead",
-             "init_args": {"dim": 64, "n_fft": 1024, "hop_length": 256, "padding": "center"}}}
-ORIGINAL_ENCODEC = {  # vocos-encodec-24khz's config.yaml, with a smaller backbone
-    "feature_extractor": {"class_path": "vocos.feature_extractors.EncodecFeatures",
-                          "init_args": {"encodec_model": "encodec_24khz", "bandwidths": [1.5, 3.0, 6.0, 12.0],
-                                        "train_codebooks": False}},
-    "backbone": {"class_path": "vocos.models.VocosBackbone",
-                 "init_args": {"input_channels": 128, "dim": 64, "intermediate_dim": 128, "num_layers": 2,
-                               "adanorm_num_embeddings": 4}},
-    "head": {"class_path": "vocos.heads.ISTFTHead",
-             "init_args": {"dim": 64, "n_fft": 1280, "hop_length": 320, "padding": "same"}}}
-
-
-@pytest.mark.parametrize("config", [ORIGINAL_MEL, ORIGINAL_ENCODEC], ids=["mel", "encodec"])
-def test_original_vocos_checkpoint_loads_and_runs(config, tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    sd = original_state_dict(config)
-    torch.save(sd, tmp_path / "pytorch_model.bin")
-    v = Vocos.from_pretrained(tmp_path)
-    if "n_mels" in config["feature_extractor"]["init_args"]:
-        torch.testing.assert_close(v.feature_extractor.mel_spec.mel_scale.fb, sd["feature_extractor.mel_spec.mel_scale.fb"])
-        assert v(torch.randn(1, 24000) * 0.1).shape == (1, 24000 // 256 * 256)  # (frames - 1) × hop, as the original
-    else:
-        torch.testing.assert_close(v.feature_extractor.codebook_weights, sd["feature_extractor.codebook_weights"])
-        codes = torch.randint(0, 1024, (8, 1, 75))  # 8 codebooks = 6 kbps = bandwidth id 2
-        out = v.codes_to_audio(codes)
-        assert out.shape == (1, 75 * 320)
-        assert not torch.equal(out, v.codes_to_audio(codes[:2]))  # 1.5 kbps: other codebooks, other bandwidth id
+def test_vocos_mel_matches_the_vocos_package(tmp_path):
+    v, sd, z = reference_vocos("mel", tmp_path)
+    audio = torch.from_numpy(z["audio"])
+    assert z["output"].std() > 0.01 and z["features"].std() > 0.5  # the comparison cannot pass on silence
+    with torch.no_grad():
+        np.testing.assert_allclose(v.feature_extractor(audio).numpy(), z["features"], atol=1e-6, rtol=0)
+        out = v(audio).numpy()
+    assert out.shape == z["output"].shape == (1, 12000 // 256 * 256)  # (frames − 1) × hop, as the original
+    np.testing.assert_allclose(out, z["output"], atol=1e-5, rtol=0)
+    # our own filterbank (not the loaded buffer) is torchaudio's
+    fb = mel_filterbank(513, 0, 12000, 100, 24000)
+    torch.testing.assert_close(fb, sd["feature_extractor.mel_spec.mel_scale.fb"], atol=1e-7, rtol=0)
+    # strict: an unknown key is an error; the EnCodec encoder the original's EncodecFeatures holds is not
     torch.save({**sd, "backbone.extra": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(RuntimeError, match="backbone.extra"):
         Vocos.from_pretrained(tmp_path)
+
+
+def test_vocos_encodec_matches_the_vocos_package(tmp_path):
+    v, sd, z = reference_vocos("encodec", tmp_path)
+    codes = torch.from_numpy(z["codes"])
+    assert len(np.unique(z["codes"])) >= 8 and z["output_8"].std() > 0.01
+    for n_q in (8, 2):  # 6 kbps = bandwidth id 2, 1.5 kbps = bandwidth id 0 (AdaLayerNorm rows)
+        with torch.no_grad():
+            np.testing.assert_allclose(v.feature_extractor(codes[:n_q]).numpy(), z[f"features_{n_q}"], atol=1e-6)
+            out = v.codes_to_audio(codes[:n_q]).numpy()
+        assert out.shape == z[f"output_{n_q}"].shape == (1, 24 * 320)
+        np.testing.assert_allclose(out, z[f"output_{n_q}"], atol=1e-5, rtol=0)
+    torch.save({**sd, "feature_extractor.encodec.encoder.model.0.conv.conv.weight": torch.zeros(32, 1, 7)},
+               tmp_path / "pytorch_model.bin")
+    assert isinstance(Vocos.from_pretrained(tmp_path), Vocos)  # vocos' own state_dict() holds the EnCodec too
 
 
 def test_mel_filterbank_matches_the_htk_and_slaney_definitions():
@@ -198,3 +171,143 @@ def test_mel_filterbank_matches_the_htk_and_slaney_definitions():
     assert torch.allclose(peaks, centres, atol=24000 / 1024)
     slaney = mel_filterbank(513, 0, 8000, 80, 22050, norm="slaney", scale="slaney")
     assert torch.allclose(slaney.sum(0)[40:], slaney.sum(0)[40:].mean(), rtol=0.2)  # area-normalised above 1 kHz
+
+
+@pytest.mark.parametrize("name", ["spk", "dur"])
+def test_original_unit_hifigan_checkpoint_matches_the_reference_code(name):
+    """tests/fixtures/codehifigan_*: g_00000000 + config.json written by speech-resynthesis' own
+    CodeGenerator / DurationCodeGenerator (tests/reference/make_codehifigan_fixture.py), loaded unchanged."""
+    d = FIXTURES / f"codehifigan_{name}"
+    io = np.load(d / "io.npz")
+    code, ref = torch.from_numpy(io["code"]), io["audio"]
+    assert len(np.unique(io["code"])) >= 8 and ref.std() > 0.02  # the comparison cannot pass on silence
+    voc = load_vocoder(d)
+    assert isinstance(voc, UnitHiFiGAN) and voc.cfg.k == 20 and voc.cfg.sample_rate == 16000
+    if name == "spk":
+        assert voc.cfg.num_speakers == 200
+        with torch.no_grad():
+            out = voc(code, torch.from_numpy(io["speaker"][:, 0]))[0].numpy()
+    else:
+        assert voc.cfg.dedup and voc.cfg.duration_hidden == 24
+        with torch.no_grad():
+            log_d = voc.duration(voc.unit_emb(code).transpose(1, 2)).numpy()
+        np.testing.assert_allclose(log_d, io["log_duration"], atol=1e-5)
+        assert len(set(np.round(np.expm1(log_d[0])).tolist())) >= 3  # several distinct durations
+        out = units_to_audio(voc, io["code"][0])  # the resynth path: dedup → predicted durations → audio
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+
+
+def test_original_unit_hifigan_config_we_cannot_run_is_one_error():
+    h = json.loads((FIXTURES / "codehifigan_spk" / "config.json").read_text())
+    assert original_config(h, "c.json").num_speakers == 200
+    with pytest.raises(ValueError, match="c.json: 'f0' is set"):
+        original_config({**h, "f0": True}, "c.json")
+    with pytest.raises(ValueError, match="c.json: model_in_dim 16"):
+        original_config({**h, "model_in_dim": 16}, "c.json")
+
+
+def test_duration_loss_counts_only_whole_runs_inside_the_segment():
+    model = UnitHiFiGAN(UnitHiFiGANConfig(k=10, embed_dim=8, dedup=True, **{k: v for k, v in TINY_HIFIGAN.items()
+                                                                             if k != "embed_dim"}))
+    with torch.no_grad():  # the predictor says log(1 + d) = 1 for every unit
+        model.duration.out.weight.zero_()
+        model.duration.out.bias.fill_(1.0)
+    frames = torch.tensor([[1, 1, 2, 2, 2, 3, 3, 3, 3, 4],  # whole runs: 2 (3 frames), 3 (4 frames)
+                           [5, 5, 5, 5, 5, 6, 6, 6, 6, 6],  # two runs, both cut by the edges: none
+                           [7, 8, 8, 9, 9, 9, 9, 9, 9, 9]])  # whole run: 8 (2 frames)
+    expected = np.mean([(1 - np.log(1 + d)) ** 2 for d in (3, 4, 2)])
+    assert model.duration_loss(frames).item() == pytest.approx(expected, rel=1e-6)
+    assert model.duration_loss(frames[1:2]).item() == 0.0
+
+
+def test_unit_hifigan_weights_start_from_normal_001():
+    """HiFi-GAN's init: N(0, 0.01) for the upsampling, residual and output convolutions (not conv_pre)."""
+    torch.manual_seed(0)
+    model = UnitHiFiGAN(UnitHiFiGANConfig(k=10, embed_dim=64, upsample_initial_channel=64))
+    for name in ("ups.0", "resblocks.0.convs1.0", "resblocks.14.convs2.2", "conv_post"):
+        assert model.get_submodule(name).weight.std().item() == pytest.approx(0.01, rel=0.3), name
+    assert model.conv_pre.weight.std().item() > 0.02  # PyTorch's default, as the original
+
+
+def test_gan_losses_and_mels_match_the_original_code():
+    """tests/fixtures/gan_losses.npz: jik876/hifi-gan's and vocos' own loss functions, mels and an MRD
+    sub-discriminator on fixed inputs (tests/reference/make_gan_loss_fixture.py)."""
+    from speechtok.vocoders.discriminators import ResolutionDiscriminator
+    from speechtok.vocoders.losses import (HiFiGANLoss, VocosLoss, feature_matching_loss, hinge_discriminator_loss,
+                                           hinge_generator_loss, lsgan_discriminator_loss, lsgan_generator_loss)
+
+    z = np.load(FIXTURES / "gan_losses.npz")
+    t = {k: torch.from_numpy(z[k]) for k in z.files}
+    real = [(t[f"score_real_{i}"], [t[f"fmap_real_{i}_{j}"] for j in range(2)]) for i in range(3)]
+    fake = [(t[f"score_fake_{i}"], [t[f"fmap_fake_{i}_{j}"] for j in range(2)]) for i in range(3)]
+    close = dict(rtol=1e-6, atol=0)
+    np.testing.assert_allclose(lsgan_discriminator_loss(real, fake), z["hifigan_d_loss"], **close)
+    np.testing.assert_allclose(lsgan_generator_loss(fake), z["hifigan_g_loss"], **close)
+    np.testing.assert_allclose(2 * feature_matching_loss(real, fake), z["hifigan_fm_loss"], **close)
+    np.testing.assert_allclose(hinge_discriminator_loss(real, fake), z["vocos_d_loss"][0], **close)
+    np.testing.assert_allclose(hinge_generator_loss(fake), z["vocos_g_loss"][0], **close)
+    np.testing.assert_allclose(feature_matching_loss(real, fake), z["vocos_fm_loss"][0], **close)
+
+    audio_real, audio_fake = t["audio_real"], t["audio_fake"]
+    hifigan = HiFiGANLoss(16000, ch=4)
+    np.testing.assert_allclose(hifigan.log_mel(audio_real), z["hifigan_log_mel"], atol=2e-5, rtol=0)  # librosa fb
+    _, mel_l1 = VocosLoss(16000, ch=4).generator_loss(audio_real, audio_fake, adversarial=False)
+    np.testing.assert_allclose(mel_l1, z["vocos_mel_loss"], rtol=1e-5)
+
+    mrd = ResolutionDiscriminator(512, ch=4)
+    sd = {k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("mrd_state_dict/")}
+    mrd.load_state_dict({k: v for k, v in sd.items() if k != "spec_fn.window"})  # torchaudio's window buffer
+    with torch.no_grad():
+        score, fmaps = mrd(audio_real[:1, :2400])
+    np.testing.assert_allclose(score, z["mrd_score"].reshape(1, -1), rtol=1e-5, atol=1e-5)
+    assert len(fmaps) == 21 and z["mrd_score"].std() > 0.01
+    for i, f in enumerate(fmaps):
+        np.testing.assert_allclose(f, z[f"mrd_fmap_{i}"], rtol=1e-5, atol=1e-5)
+
+
+def test_discriminators_are_laid_out_as_the_papers():
+    """HiFi-GAN's MSD (jik876 models.py) at its own width: the seven convolutions, the first scale spectral-
+    normed and the others weight-normed, AvgPool1d(4, 2, padding=2) between scales; MPD periods 2-11."""
+    from speechtok.vocoders.discriminators import (MultiPeriodDiscriminator, MultiScaleDiscriminator,
+                                                   PeriodDiscriminator, ScaleDiscriminator)
+    from speechtok.vocoders.losses import HiFiGANLoss, VocosLoss, vocoder_loss
+
+    layout = [(1, 128, 15, 1, 1, 7), (128, 128, 41, 2, 4, 20), (128, 256, 41, 2, 16, 20), (256, 512, 41, 4, 16, 20),
+              (512, 1024, 41, 4, 16, 20), (1024, 1024, 41, 1, 16, 20), (1024, 1024, 5, 1, 1, 2)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.groups, c.padding[0])
+            for c in ScaleDiscriminator(128).convs] == layout
+    msd = MultiScaleDiscriminator(16)
+    norms = [type(d.convs[0].parametrizations.weight[0]).__name__ for d in msd.discriminators]
+    assert norms == ["_SpectralNorm", "_WeightNorm", "_WeightNorm"]
+    pool = msd.meanpool
+    assert (pool.kernel_size, pool.stride, pool.padding) == ((4,), (2,), (2,))
+    scores = msd(torch.randn(1, 4000))
+    assert [s.shape[1] for s, _ in scores] == [63, 32, 16]  # the raw, ×2 and ×4 pooled waveform (stride 64)
+    assert [c.out_channels for c in PeriodDiscriminator(2, 32).convs] == [32, 128, 512, 1024, 1024]
+    assert [d.period for d in MultiPeriodDiscriminator(4).discriminators] == [2, 3, 5, 7, 11]
+    hifigan, vocos = HiFiGANLoss(16000, ch=4), VocosLoss(24000, ch=4)
+    assert sorted(n for n, _ in hifigan.named_children()) == ["mel", "mpd", "msd"]
+    assert sorted(n for n, _ in vocos.named_children()) == ["mel", "mpd", "mrd"]
+    assert [d.window_length for d in vocos.mrd.discriminators] == [2048, 1024, 512]
+    assert (hifigan.mel_weight, hifigan.fm_weight, vocos.mel_weight, vocos.fm_weight) == (45, 2, 45, 1)
+    assert vocos.mrd_weight == 0.1 and vocoder_loss("vocos", 24000, codec_features=True, ch=4).mrd_weight == 1.0
+
+
+def test_resynth_takes_an_original_unit_hifigan_directory(shards, tmp_path):
+    """`tok resynth --vocoder DIR` with speech-resynthesis' g_00000000 + config.json as they are (k = 20,
+    100 Hz); units of another rate are refused, not slowed down."""
+    centroids = np.random.default_rng(0).normal(size=(20, 39)).astype(np.float32)
+    np.save(tmp_path / "c.npy", centroids)
+    assert run("import-kmeans", tmp_path / "c.npy", "-m", "mfcc", "-o", tmp_path / "km20").exit_code == 0
+    corpus = Path(json.loads((shards / "shards" / "manifest.json").read_text())["corpus"])
+    audio = corpus.parent / json.loads(corpus.read_text().splitlines()[0])["path"]
+    r = run("resynth", audio, "-t", tmp_path / "km20", "--vocoder", FIXTURES / "codehifigan_spk",
+            "-o", tmp_path / "o.wav")
+    assert r.exit_code == 0, r.output
+    wav, sr = sf.read(tmp_path / "o.wav")
+    frames = (round(sf.info(audio).duration * 16000) - 400) // 160 + 1  # MFCC frames, one unit each
+    assert sr == 16000 and len(wav) == frames * 160 and np.std(wav) > 0.01
+    r = CliRunner().invoke(cli, ["resynth", str(audio), "-t", str(tmp_path / "km20"), "--vocoder",
+                                 str(FIXTURES / "codehifigan_dur"), "-o", str(tmp_path / "p.wav")])
+    assert r.exit_code != 0 and "100 Hz units, the vocoder takes 50 Hz" in r.output

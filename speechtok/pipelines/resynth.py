@@ -38,6 +38,9 @@ def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: s
             raise ValueError("a unit HiFi-GAN needs the semantic tokenizer it was trained on (-t KM_DIR)")
         if tok.card()["k"] != voc.cfg.k:
             raise ValueError(f"the tokenizer has {tok.card()['k']} units, the vocoder was trained on {voc.cfg.k}")
+        if abs(tok.frame_rate - voc.cfg.frame_rate) > 1e-6:  # else the speech comes out slowed or sped up
+            raise ValueError(f"the tokenizer gives {tok.frame_rate:g} Hz units, "
+                             f"the vocoder takes {voc.cfg.frame_rate:g} Hz")
         units = tok.encode(resample(wav, sr, tok.sample_rate))
         return units_to_audio(voc, units), voc.cfg.sample_rate, f"{len(units)} units -> unit HiFi-GAN"
     if isinstance(tok, SemanticTokenizer):

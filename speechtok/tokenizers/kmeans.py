@@ -147,7 +147,13 @@ def load_kmeans_checkpoint(path: str, trust_pickle: bool = False) -> np.ndarray:
         arr = tensors.get("centroids", next(iter(tensors.values())))
     elif path.endswith((".pt", ".pth")):
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        arr = (obj.get("centroids") if isinstance(obj, dict) else obj).numpy()
+        if isinstance(obj, dict):
+            if not isinstance(obj.get("centroids"), torch.Tensor):
+                raise ValueError(f"{path}: a dict without a 'centroids' tensor (keys: {sorted(map(str, obj))[:8]})")
+            obj = obj["centroids"]
+        if not isinstance(obj, torch.Tensor):
+            raise ValueError(f"{path}: holds a {type(obj).__name__}, not a centroids tensor or a dict with one")
+        arr = obj.numpy()
     else:
         if not trust_pickle:
             raise PermissionError(

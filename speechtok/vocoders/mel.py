@@ -29,7 +29,8 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
                    norm: str | None = None, scale: str = "htk") -> torch.Tensor:
     """Triangular filters [n_freqs, n_mels] (torchaudio's `melscale_fbanks` convention)."""
     freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m = torch.linspace(hz_to_mel(torch.tensor(float(f_min)), scale), hz_to_mel(torch.tensor(float(f_max)), scale), n_mels + 2)
+    m_min, m_max = (float(hz_to_mel(torch.tensor(float(f), dtype=torch.float64), scale)) for f in (f_min, f_max))
+    m = torch.linspace(m_min, m_max, n_mels + 2)  # ends in float64, as torchaudio's Python-float ends
     f_pts = mel_to_hz(m, scale)
     diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts[None, :] - freqs[:, None]
@@ -54,20 +55,22 @@ class _MelScale(nn.Module):
 
 
 class MelSpectrogram(nn.Module):
-    """|STFT| (power 1) → mel, [B, T] → [B, n_mels, frames]."""
+    """|STFT| (power 1) → mel, [B, T] → [B, n_mels, frames]. `eps` > 0 takes the magnitude as
+    sqrt(re² + im² + eps), as HiFi-GAN's mel_spectrogram does."""
 
     def __init__(self, sample_rate: int = 24000, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 100,
                  center: bool = True, f_min: float = 0.0, f_max: float | None = None, norm: str | None = None,
-                 mel_scale: str = "htk"):
+                 mel_scale: str = "htk", eps: float = 0.0):
         super().__init__()
-        self.n_fft, self.hop_length, self.center = n_fft, hop_length, center
+        self.n_fft, self.hop_length, self.center, self.eps = n_fft, hop_length, center, eps
         self.spectrogram = _Window(n_fft)
         self.mel_scale = _MelScale(mel_filterbank(n_fft // 2 + 1, f_min, f_max or sample_rate / 2, n_mels, sample_rate,
                                                   norm, mel_scale))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(audio, self.n_fft, self.hop_length, window=self.spectrogram.window, center=self.center,
-                          pad_mode="reflect", return_complex=True).abs()
+                          pad_mode="reflect", return_complex=True)
+        spec = torch.sqrt(torch.view_as_real(spec).square().sum(-1) + self.eps) if self.eps else spec.abs()
         return torch.matmul(spec.transpose(-1, -2), self.mel_scale.fb).transpose(-1, -2)
 
 

@@ -1,8 +1,8 @@
 """`tok vocoder train`: GAN training of a unit HiFi-GAN or a Vocos on shards and the corpus audio they
-came from. Generator and discriminators alternate each step (least-squares GAN, feature matching, L1
-log-mel); checkpoints resume exactly (both models and optimizers, step, RNG; the data stream is replayed);
-losses go to TensorBoard and metrics.jsonl; (original, resynthesized) audio and mel plots are saved at
-intervals."""
+came from. Generator and discriminators alternate each step with the paper's discriminators and losses
+(losses.py: HiFi-GAN's or Vocos'); checkpoints resume exactly (both models and optimizers, step, RNG; the
+data stream is replayed); losses go to TensorBoard and metrics.jsonl; (original, resynthesized) audio and
+mel plots are saved at intervals."""
 
 from __future__ import annotations
 
@@ -21,10 +21,8 @@ from speechtok.corpus import load_corpus
 from speechtok.lm.data import shuffled_epochs, shard_paths
 from speechtok.lm.train import Metrics, lr_at, publish_checkpoint, rng_state, set_rng_state
 from speechtok.shards import read_manifest
-from speechtok.tokenizers.semantic import run_length
-from speechtok.vocoders.discriminators import (Discriminators, MelLoss, discriminator_loss, feature_matching_loss,
-                                               generator_adv_loss)
-from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
+from speechtok.vocoders.losses import vocoder_loss
+from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.vocos import Vocos
 
 
@@ -46,7 +44,8 @@ class VocoderTrainConfig:
     min_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.8, 0.99)
     mel_weight: float = 45.0
-    fm_weight: float = 2.0
+    fm_weight: float | None = None  # None: the paper's (HiFi-GAN 2, Vocos 1)
+    mrd_weight: float | None = None  # vocos: None = the released configs' (0.1 mel, 1.0 codec features)
     adv_start: int = 0  # steps of mel-only training before the discriminators join
     disc_channels: int = 32
     log_every: int = 50
@@ -238,9 +237,9 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
     utts = {u.id: u for u in load_corpus(manifest["corpus"])}
     speakers = sorted({u.speaker for u in utts.values() if u.speaker}) if cfg.speakers else []
     gen, sr, hop, stream = build_generator(cfg, manifest, speakers)
-    disc = Discriminators(ch=cfg.disc_channels)
+    disc = vocoder_loss(cfg.kind, sr, stream is not None and cfg.kind == "vocos", cfg.disc_channels, cfg.mel_weight,
+                        cfg.fm_weight, cfg.mrd_weight)  # the paper's discriminators and losses
     gen, disc = gen.to(device), disc.to(device)
-    mel_loss = MelLoss(sr).to(device)
     opt_g = torch.optim.AdamW(gen.parameters(), cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.AdamW(disc.parameters(), cfg.lr, betas=cfg.betas)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lambda s: lr_at(s, cfg) / cfg.lr)
@@ -260,22 +259,13 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
         adversarial = step >= cfg.adv_start
         loss_d = torch.zeros((), device=device)
         if adversarial:
-            loss_d = discriminator_loss(disc(audio), disc(y_hat.detach()))
+            loss_d = disc.discriminator_loss(audio, y_hat.detach())
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-        loss_mel = mel_loss(audio, y_hat)
-        loss_g = cfg.mel_weight * loss_mel
-        if adversarial:
-            real, fake = disc(audio), disc(y_hat)
-            loss_g = loss_g + generator_adv_loss(fake) + cfg.fm_weight * feature_matching_loss(
-                [(r.detach(), [f.detach() for f in fs]) for r, fs in real], fake)
+        loss_g, loss_mel = disc.generator_loss(audio, y_hat, adversarial)
         if isinstance(gen, UnitHiFiGAN) and gen.cfg.dedup:  # the duration predictor learns the run lengths
-            units, durs = zip(*(run_length(row.cpu().numpy()) for row in x))
-            width = max(map(len, units))
-            u = torch.tensor(np.stack([np.pad(a, (0, width - len(a)), mode="edge") for a in units]), device=device)
-            d = torch.tensor(np.stack([np.pad(a, (0, width - len(a)), constant_values=1) for a in durs]), device=device)
-            loss_g = loss_g + gen.duration_loss(u, d)
+            loss_g = loss_g + gen.duration_loss(x)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -313,10 +303,12 @@ def load_vocoder_config(path: str | Path) -> VocoderTrainConfig:
 
 
 def load_vocoder(directory: str | Path, device: str | torch.device = "cpu"):
-    """A trained unit HiFi-GAN (vocoder.json) or a Vocos (config.yaml, original format)."""
+    """A unit HiFi-GAN (ours: vocoder.json; the original's: config.json + g_XXXXXXXX) or a Vocos (config.yaml)."""
     d = Path(directory)
-    if (d / "vocoder.json").exists() and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan":
+    ours = (d / "vocoder.json").exists() and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan"
+    if ours or is_original_dir(d):
         return UnitHiFiGAN.from_dir(d, device)
     if (d / "config.yaml").exists() or not d.exists():
         return Vocos.from_pretrained(directory, device)
-    raise ValueError(f"{d}: neither a unit HiFi-GAN (vocoder.json) nor a Vocos (config.yaml) directory")
+    raise ValueError(f"{d}: neither a unit HiFi-GAN (vocoder.json, or config.json + g_XXXXXXXX) nor a Vocos "
+                     "(config.yaml) directory")
