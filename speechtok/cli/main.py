@@ -242,6 +242,7 @@ def show_cmd(shards, n, no_verify):
         fail(str(e))
 
 
+from speechtok.cli.align import align_cmd, segment_cmd  # noqa: E402
 from speechtok.cli.eval import eval_group  # noqa: E402
 from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
 from speechtok.cli.vocoder import vocoder  # noqa: E402
@@ -251,6 +252,8 @@ cli.add_command(acoustic)
 cli.add_command(generate_cmd)
 cli.add_command(vocoder)
 cli.add_command(eval_group)
+cli.add_command(align_cmd)
+cli.add_command(segment_cmd)
 
 if __name__ == "__main__":
     cli()
