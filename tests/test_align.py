@@ -32,16 +32,18 @@ def rows(path):
 
 def viterbi1(probs, targets, blank=0):
     lp = torch.tensor(probs, dtype=torch.float32).log()
-    return ctc_viterbi(lp[None], torch.tensor([len(probs)]), torch.tensor([targets]), torch.tensor([len(targets)]),
-                       blank)[0]
+    return ctc_viterbi(lp[None], torch.tensor([len(probs)]), torch.tensor([targets]),
+                       torch.tensor([len(targets)]), blank)[0]
 
 
 def test_ctc_viterbi_known_paths():
     # symbols: 0 blank, 1 'a', 2 'b'
-    path = viterbi1([[.6, .3, .1], [.1, .7, .2], [.2, .6, .2], [.5, .1, .4], [.1, .1, .8], [.7, .1, .2]], [1, 2])
+    probs = [[.6, .3, .1], [.1, .7, .2], [.2, .6, .2], [.5, .1, .4], [.1, .1, .8], [.7, .1, .2]]
+    path = viterbi1(probs, [1, 2])
     assert path.tolist() == [-1, 0, 0, -1, 1, -1]
     assert label_spans(path, 2) == [(1, 3), (4, 5)]
-    # "aa": greedy decoding reads one 'a' (no blank wins a frame); the path must spend the cheapest frame on a blank
+    # "aa": greedy decoding reads one 'a' (no blank wins a frame); the path must spend the cheapest frame
+    # on a blank
     probs = [[.05, .9, .05], [.1, .8, .1], [.4, .55, .05], [.05, .9, .05]]
     assert [max(range(3), key=lambda v: p[v]) for p in probs] == [1, 1, 1, 1]
     path = viterbi1(probs, [1, 1])
@@ -81,7 +83,7 @@ def test_ctc_viterbi_batched_matches_brute_force():
     assert feasible >= 4 and paths[-1] is None
 
 
-# ---- text ---------------------------------------------------------------------------------------------------
+# ---- text --------------------------------------------------------------------------------------------------
 
 def test_spoken_tokens():
     assert spoken_tokens("Well-known,") == ["well", "known"]
@@ -95,7 +97,7 @@ def test_spoken_tokens():
     assert spoken_tokens("—") == []
 
 
-# ---- the CTC backend ----------------------------------------------------------------------------------------
+# ---- the CTC backend ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_ctc(tmp_path_factory):
@@ -104,7 +106,8 @@ def tiny_ctc(tmp_path_factory):
     from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
     path = tmp_path_factory.mktemp("tiny_ctc")
-    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
+    letters = "abcdefghijklmnopqrstuvwxyz'"
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate(letters)}}
     (path / "vocab.json").write_text(json.dumps(vocab))
     Wav2Vec2CTCTokenizer(str(path / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
                          word_delimiter_token="|").save_pretrained(path)
@@ -156,7 +159,7 @@ def test_ctc_aligner_chunks_long_audio(tiny_ctc, speech_corpus):
     assert out[1].error is None and len(out[1].words) == 2
 
 
-# ---- PocketSphinx on synthetic speech with known word timings ------------------------------------------------
+# ---- PocketSphinx on synthetic speech with known word timings ----------------------------------------------
 
 def boundary_errors(aligned_rows, truth_rows):
     truth = {r["id"]: r["words"] for r in truth_rows}
@@ -198,7 +201,8 @@ def test_pocketsphinx_out_of_dictionary_word_gets_a_guess(speech_corpus, tmp_pat
     truth = rows(speech_corpus)[0]  # "the quick brown fox ..."
     manifest = tmp_path / "oov.jsonl"
     path = str(Path(speech_corpus).parent / truth["path"])
-    manifest.write_text(json.dumps({"id": "x", "path": path, "text": truth["text"].replace("fox", "phocks")}) + "\n")
+    text = truth["text"].replace("fox", "phocks")
+    manifest.write_text(json.dumps({"id": "x", "path": path, "text": text}) + "\n")
     r = run("align", manifest, "-o", tmp_path / "out.jsonl", "-q", "--no-phones")
     assert r.exit_code == 0, r.output
     assert "'phocks' is not in the CMU dictionary: letter-to-sound guess F AA K S" in r.output
@@ -207,7 +211,7 @@ def test_pocketsphinx_out_of_dictionary_word_gets_a_guess(speech_corpus, tmp_pat
     assert abs(words[3]["start"] - truth["words"][3]["start"]) < 0.05
 
 
-# ---- tok align: unplaced words, copying, resume ---------------------------------------------------------------
+# ---- tok align: unplaced words, copying, resume ------------------------------------------------------------
 
 def test_align_reports_unplaced_words_copies_untranscribed_and_resumes(speech_corpus, tiny_ctc, tmp_path):
     src = rows(speech_corpus)
@@ -251,7 +255,7 @@ def test_align_reads_transcripts_beside_the_audio_of_a_folder(speech_corpus, tin
     assert out["b"] == {"id": "b", "path": "../b.wav"}  # no transcript: copied as it is
 
 
-# ---- segmentation -------------------------------------------------------------------------------------------
+# ---- segmentation ------------------------------------------------------------------------------------------
 
 def test_plan_segments_known_answers():
     gaps = [(2.0, 2.1), (4.0, 4.8), (6.0, 6.05), (9.0, 9.5), (13.0, 13.6)]
@@ -263,14 +267,15 @@ def test_plan_segments_known_answers():
     assert plan_segments(0.0, 7.0, [(2.0, 2.1), (3.0, 3.05)], 1.5, 5.0, 0.2) == [(0.0, 2.0), (2.1, 7.0)]
     # using the pause would leave a 1 s segment: two hard cuts (every 0.5 s offered) keep all in 3..5 s
     segs = plan_segments(0.0, 12.0, [(1.0, 1.5)], 3.0, 5.0, 0.2)
-    assert len(segs) == 3 and all(3.0 <= b - a <= 5.0 for a, b in segs) and segs[0][0] == 0 and segs[-1][1] == 12
+    assert len(segs) == 3 and all(3.0 <= b - a <= 5.0 for a, b in segs)
+    assert segs[0][0] == 0 and segs[-1][1] == 12
     # no plan fits: the one with the fewest seconds out of range
     assert plan_segments(0.0, 7.0, [(5.0, 5.5)], 2.0, 6.0, 0.2) == [(0.0, 5.0), (5.5, 7.0)]
     assert plan_segments(0.0, 7.0, [(5.0, 5.5)], 2.0, 8.0, 0.2) == [(0.0, 7.0)]
     assert padded([(1.0, 4.0), (4.2, 9.0)], 9.1) == [(0.8, 4.1), (4.1, 9.1)]
 
 
-def long_recording(speech_corpus, root: Path, repeats: int = 2) -> tuple[Path, list[tuple[float, float, str]], list]:
+def long_recording(speech_corpus, root: Path, repeats: int = 2) -> tuple[Path, list, list]:
     """The corpus's 8 sentences `repeats` times in one file with 0.7-1.3 s pauses between them, and a
     manifest with its transcript; returns the manifest, each sentence's (start, end, text) and every
     word's (word, start, end)."""
@@ -304,7 +309,8 @@ def test_segment_without_transcript_cuts_in_pauses(speech_corpus, tmp_path, vad)
     assert len(segs) >= 6
     for s in segs:  # no sentence is cut inside (the sentences are 2.4-4.6 s, the pauses ≥ 0.7 s)
         assert 1.0 <= s["end"] - s["start"] <= 6.0 + 0.3
-        assert not any(a + 0.05 < s["start"] < b - 0.05 or a + 0.05 < s["end"] < b - 0.05 for a, b, _ in spans)
+        for a, b, _ in spans:
+            assert not (a + 0.05 < s["start"] < b - 0.05 or a + 0.05 < s["end"] < b - 0.05)
 
 
 def test_segment_align_encode_interleave_pnmi(speech_corpus, base_llm, tmp_path):
@@ -340,7 +346,8 @@ def test_segment_align_encode_interleave_pnmi(speech_corpus, base_llm, tmp_path)
     per_segment = np.array([s["start"] + w["start"] for s, a in zip(segs, aligned) for w in a["words"]])
     for name, got in (("long-form", long_form), ("per-segment", per_segment)):
         err = np.abs(got - starts)
-        print(f"{name} word start error: mean {err.mean() * 1000:.0f} ms, p95 {np.percentile(err, 95) * 1000:.0f} ms, "
+        print(f"{name} word start error: mean {err.mean() * 1000:.0f} ms, "
+              f"p95 {np.percentile(err, 95) * 1000:.0f} ms, "
               f"max {err.max() * 1000:.0f} ms")
         assert err.mean() < 0.06 and np.percentile(err, 95) < 0.15 and err.max() < 0.4
     assert run("train-kmeans", tmp_path / "aligned.jsonl", "-m", "mfcc", "-k", 12, "-o", tmp_path / "km",
@@ -350,19 +357,45 @@ def test_segment_align_encode_interleave_pnmi(speech_corpus, base_llm, tmp_path)
     r = run("lm", "extend-vocab", base_llm, "-m", tmp_path / "shards", "-o", tmp_path / "lm")
     assert r.exit_code == 0, r.output
     tok = AutoTokenizer.from_pretrained(tmp_path / "lm")
-    builder = SequenceBuilder(SpeechVocab.load(tmp_path / "lm"), tok, span_words=(1, 3))
+    vocab = SpeechVocab.load(tmp_path / "lm")
+    builder = SequenceBuilder(vocab, tok, dedup=False, span_words=(1, 3))
     samples = list(read_shards(tmp_path / "shards"))
     assert len(samples) == len(segs)
-    for sample in samples:
-        ids, spans_ = builder.interleaved(sample, np.random.default_rng(0))
-        assert {s.modality for s in spans_} == {"text", "speech"} and spans_[-1].last == len(sample["words"])
-        text_words = [w["word"] for s in spans_ if s.modality == "text" for w in sample["words"][s.first: s.last]]
-        assert text_words and tok.decode(ids).count(text_words[0]) >= 1
+    for sample in samples:  # text runs are the aligned words; speech runs their frames, end to end
+        ids, runs = builder.interleaved(sample, np.random.default_rng(0))
+        assert {x.modality for x in runs} == {"text", "speech"} and runs[-1].last == len(sample["words"])
+        body, parts = ids[len(builder.bos): -1], []
+        for t in body:
+            if t in (vocab.text_id, vocab.speech_id):
+                parts.append([])
+            else:
+                parts[-1].append(t)
+        assert len(parts) == len(runs)
+        for run_, part in zip(runs, parts):
+            if run_.modality == "text":
+                assert tok.decode(part).split() == [w["word"] for w in sample["words"][run_.first: run_.last]]
+            else:
+                assert len(part) == run_.f1 - run_.f0
+        speech = [x for x in runs if x.modality == "speech"]
+        assert all(0 <= x.f0 < x.f1 <= len(sample["semantic"]) for x in speech)
     r = run("eval", "tokens", tmp_path / "shards", "--alignments", tmp_path / "aligned.jsonl",
             "--ignore-phones", "SIL", "-o", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     stream = next(iter(report["streams"].values()))
     pnmi = stream["phones"][0]["pnmi"]
-    print(f"PNMI of MFCC k=12 units against the aligned ARPAbet phones: {pnmi:.3f}")
-    assert 0.1 < pnmi < 1.0
+    # the same phone timings with the labels shuffled within each utterance: the units no longer predict them
+    rng = np.random.default_rng(0)
+    shuffled = []
+    for a in aligned:
+        names = rng.permutation([p["phone"] for p in a["phones"]])
+        shuffled.append(dict(a, phones=[dict(p, phone=str(n)) for p, n in zip(a["phones"], names)]))
+    (tmp_path / "shuffled.jsonl").write_text("".join(json.dumps(x) + "\n" for x in shuffled))
+    r = run("eval", "tokens", tmp_path / "shards", "--alignments", tmp_path / "shuffled.jsonl",
+            "--ignore-phones", "SIL", "-o", tmp_path / "rep2")
+    assert r.exit_code == 0, r.output
+    report2 = json.loads((tmp_path / "rep2" / "report.json").read_text())
+    pnmi_shuffled = next(iter(report2["streams"].values()))["phones"][0]["pnmi"]
+    print(f"PNMI of MFCC k=12 units against the aligned ARPAbet phones: {pnmi:.3f} "
+          f"(shuffled labels: {pnmi_shuffled:.3f})")
+    assert 0.1 < pnmi < 1.0 and pnmi > 2 * pnmi_shuffled

@@ -74,7 +74,8 @@ class CtcAligner:
             self.use_mask = bool(fe.return_attention_mask)
         except OSError:  # no preprocessor_config.json: the wav2vec2 defaults
             self.sample_rate, self.normalize, self.use_mask = 16000, True, False
-        blank = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else tok.pad_token_id
+        blank = self.model.config.pad_token_id
+        blank = tok.pad_token_id if blank is None else blank
         self.vocab = CharVocab(tok.get_vocab(), int(blank), tok.word_delimiter_token)
         self.name = f"ctc:{model_ref}"
         self.hop = math.prod(self.model.config.conv_stride)
@@ -144,7 +145,8 @@ class CtcAligner:
         todo = [i for i, (labels, _, unplaced) in enumerate(encoded) if labels]
         for i, (labels, _, unplaced) in enumerate(encoded):
             if not labels:
-                results[i] = Alignment(unplaced=unplaced, error="no transcript word maps onto the model's vocabulary")
+                results[i] = Alignment(unplaced=unplaced,
+                                       error="no transcript word maps onto the model's vocabulary")
         if todo:
             ems = self.emissions([batch[i][0] for i in todo])
             T = max(len(e) for e in ems)

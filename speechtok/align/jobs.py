@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 
 class ResumableJsonl:
-    """An output manifest written line by line: on open, keeps its complete lines and drops a torn last one."""
+    """An output manifest written line by line; opening it keeps its complete lines and drops a torn last
+    one."""
 
     def __init__(self, path: str | os.PathLike, key: str = "id"):
         self.path = Path(path)
@@ -46,11 +47,10 @@ class ResumableJsonl:
 _STATE: dict[str, Any] = {}
 
 
-def _init(make: Callable[..., Any], args: tuple, threads: int) -> None:
+def _init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _STATE["worker"] = make(*args)
 
 
 def _call(fn: Callable, item: Any) -> Any:
@@ -60,20 +60,21 @@ def _call(fn: Callable, item: Any) -> Any:
 def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], make_args: tuple,
              work: Callable[[Any, Any], Any], jobs: int = 1, progress: bool = True,
              desc: str = "") -> Iterator[Any]:
-    """work(worker, item) for each item, in order, where worker = make(*make_args) once per process;
-    `jobs` > 1 runs them in that many forked processes (one torch thread each). The bar counts audio
-    seconds and shows ×RT (audio seconds per wall-clock second)."""
+    """work(worker, item) for each item, in order, where worker = make(*make_args), built once here (so a
+    bad model fails at once) and inherited by `jobs` > 1 forked processes (one torch thread each). The
+    bar counts audio seconds and shows ×RT (audio seconds per wall-clock second)."""
     bar = tqdm(total=round(sum(seconds), 1), unit="s", desc=desc, disable=not progress, leave=False,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]")
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
+                          "[{elapsed}<{remaining}{postfix}]")
     t0 = time.perf_counter()
     done = 0.0
     pool = None
     try:
+        _STATE["worker"] = make(*make_args)
         if jobs <= 1:
-            _STATE["worker"] = make(*make_args)
             results: Iterator[Any] = (work(_STATE["worker"], it) for it in items)
         else:
-            pool = mp.get_context("fork").Pool(jobs, _init, (make, make_args, 1))
+            pool = mp.get_context("fork").Pool(jobs, _init, (1,))
             results = pool.imap(_call_with(work), items)
         for it_seconds, result in zip(seconds, results):
             done += it_seconds

@@ -34,7 +34,8 @@ class SegmentSummary:
     def line(self) -> str:
         return (f"segmented {self.recordings} recordings into {self.segments} segments ({self.out_of_range} "
                 f"outside the length range), {self.skipped} already done, {len(self.errors)} errors; "
-                f"{self.seconds:.1f} s of audio in {self.wall:.1f} s ({self.seconds / max(self.wall, 1e-9):.1f}×RT)")
+                f"{self.seconds:.1f} s of audio in {self.wall:.1f} s "
+                f"({self.seconds / max(self.wall, 1e-9):.1f}×RT)")
 
 
 HARD_CUT = 100.0  # cost of a cut inside speech; a cut in a pause of g seconds costs 1 / g
@@ -54,7 +55,8 @@ def plan_segments(start: float, end: float, gaps: list[tuple[float, float]], min
     for a, b in zip(edges[::2], edges[1::2]):  # stretches of speech between gaps
         if b - a > max_s:
             hard += [(t, t) for t in np.arange(a + 0.5, b - 0.25, 0.5).round(3).tolist()]
-    cost = [1.0 / (b - a) if b - a >= min_pause else SHORT_GAP + 1.0 / (b - a + 0.01) for a, b in gaps] + [HARD_CUT] * len(hard)
+    cost = [1.0 / (b - a) if b - a >= min_pause else SHORT_GAP + 1.0 / (b - a + 0.01) for a, b in gaps]
+    cost += [HARD_CUT] * len(hard)
     cuts, cost = zip(*sorted(zip(gaps + hard, cost))) if gaps or hard else ((), ())
     points = [(start, start)] + list(cuts) + [(end, end)]
     cost = [0.0] + list(cost) + [0.0]
@@ -95,15 +97,9 @@ def padded(segments: list[tuple[float, float]], total: float) -> list[tuple[floa
 class Segmenter:
     """Per process: the aligner (for recordings with a transcript) and the VAD (for those without)."""
 
-    def __init__(self, aligner: str, device: str, vad: str, min_pause: float):
-        self.aligner_spec, self.device, self._aligner = aligner, device, None
-        self.vad, self.vad_note = load_vad(vad, min_silence=min(0.1, min_pause))
-
-    @property
-    def aligner(self):
-        if self._aligner is None:
-            self._aligner = load_aligner(self.aligner_spec, self.device)
-        return self._aligner
+    def __init__(self, aligner: str | None, device: str, vad: str | None, min_pause: float):
+        self.aligner = None if aligner is None else load_aligner(aligner, device)
+        self.vad = None if vad is None else load_vad(vad, min_silence=min(0.1, min_pause))[0]
 
     def segment(self, utt: Utterance, text: str | None, min_s: float, max_s: float,
                 min_pause: float) -> tuple[list[dict], list[str], str | None]:
@@ -116,7 +112,8 @@ class Segmenter:
             if not regions:
                 return [], ["no speech found"], None
             gaps = [(a[1], b[0]) for a, b in zip(regions, regions[1:])]
-            spans = padded(plan_segments(regions[0][0], regions[-1][1], gaps, min_s, speech_max(max_s), min_pause), total)
+            plan = plan_segments(regions[0][0], regions[-1][1], gaps, min_s, speech_max(max_s), min_pause)
+            spans = padded(plan, total)
             return [{"start": a, "end": b} for a, b in spans], notes, None
         wav = load_utterance(utt, self.aligner.sample_rate)
         total = len(wav) / self.aligner.sample_rate
@@ -126,7 +123,8 @@ class Segmenter:
             return [], notes, al.error
         words = al.words
         gaps = [(a.end, b.start) for a, b in zip(words, words[1:])]
-        spans = padded(plan_segments(words[0].start, words[-1].end, gaps, min_s, speech_max(max_s), min_pause), total)
+        plan = plan_segments(words[0].start, words[-1].end, gaps, min_s, speech_max(max_s), min_pause)
+        spans = padded(plan, total)
         rows, i = [], 0
         for a, b in spans:
             mine = []
@@ -174,12 +172,16 @@ def segment_corpus(source: str, output: str, min_s: float = 3.0, max_s: float = 
             todo.append((u, transcript_of(u), utterance_seconds(u)))
         except AudioError as e:
             s.errors.append(CorpusError(file=u.path, id=u.id, reason=str(e)))
-    if todo and any(t is None for _, t, _ in todo) and vad == "silero":
+    with_text = any(t is not None for _, t, _ in todo)
+    without_text = any(t is None for _, t, _ in todo)
+    if without_text and vad == "silero":
         note = load_vad(vad)[1]
         s.notes += [note] if note else []
     try:
-        results = run_jobs([(u, t, min_s, max_s, min_pause) for u, t, _ in todo], [x[2] for x in todo], Segmenter,
-                           (aligner, device, vad, min_pause), _work, jobs, progress, desc="segment")
+        results = run_jobs([(u, t, min_s, max_s, min_pause) for u, t, _ in todo], [x[2] for x in todo],
+                           Segmenter,
+                           (aligner if with_text else None, device, vad if without_text else None, min_pause),
+                           _work, jobs, progress, desc="segment")
         for (u, _, sec), (rows, notes, error) in zip(todo, results):
             s.notes += [f"{u.path}: {n}" for n in notes]
             if error:

@@ -15,9 +15,8 @@ from speechtok.eval.alignments import Phone
 # A naive letter-to-sound guess for words missing from the dictionary: digraphs first, then letters.
 DIGRAPHS = {"th": "TH", "sh": "SH", "ch": "CH", "ph": "F", "ng": "NG", "ck": "K", "ee": "IY", "oo": "UW",
             "qu": "K W", "wh": "W", "ea": "IY", "ou": "AW", "ai": "EY", "ay": "EY", "oa": "OW"}
-LETTERS = {"a": "AE", "b": "B", "c": "K", "d": "D", "e": "EH", "f": "F", "g": "G", "h": "HH", "i": "IH", "j": "JH",
-           "k": "K", "l": "L", "m": "M", "n": "N", "o": "AA", "p": "P", "q": "K", "r": "R", "s": "S", "t": "T",
-           "u": "AH", "v": "V", "w": "W", "x": "K S", "y": "IY", "z": "Z"}
+LETTERS = {c: p.replace("_", " ") for c, p in zip(
+    "abcdefghijklmnopqrstuvwxyz", "AE B K D EH F G HH IH JH K L M N AA P K R S T AH V W K_S IY Z".split())}
 SILENCE_WORDS = ("<s>", "</s>", "<sil>")
 # Wider beams than the decoder's defaults: with the defaults the transcript's path is often pruned away.
 BEAMS = dict(beam=1e-100, wbeam=1e-80, pbeam=1e-100)
@@ -91,7 +90,8 @@ class SphinxAligner:
         d.set_align_text(" ".join(tokens))
         self._decode(pcm)
         if d.hyp() is None:
-            return Alignment(unplaced=unplaced, notes=notes, error="pocketsphinx found no path through the transcript")
+            return Alignment(unplaced=unplaced, notes=notes,
+                             error="pocketsphinx found no path through the transcript")
         segs: list[tuple[str, float, float, list[Phone]]] = []
         if phones:
             d.set_alignment()

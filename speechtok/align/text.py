@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import unicodedata
 
-ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen").split()
+ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen").split()
 TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
-ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth", "nine": "ninth",
-           "twelve": "twelfth"}
+ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+           "nine": "ninth", "twelve": "twelfth"}
 _NUMBER = re.compile(r"^(\d+)(?:\.(\d+))?(st|nd|rd|th|s)?$")
 
 
@@ -54,8 +54,8 @@ def number_words(token: str) -> list[str] | None:
 
 
 def spoken_tokens(word: str, spell_numbers: bool = True) -> list[str]:
-    """The tokens a transcript word is spoken as: 'Well-known,' → ['well', 'known'], '42' → ['forty', 'two'];
-    [] for a word with no letters or digits (e.g. '—')."""
+    """The tokens a transcript word is spoken as: 'Well-known,' → ['well', 'known'],
+    '42' → ['forty', 'two']; [] for a word with no letters or digits (e.g. '—')."""
     word = unicodedata.normalize("NFKC", word).lower()
     out = []
     for part in re.split(r"[-‐–—/]+", word):

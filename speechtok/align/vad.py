@@ -66,4 +66,5 @@ def load_vad(kind: str, min_silence: float = 0.1) -> tuple[SileroVad | EnergyVad
     try:
         return SileroVad(min_silence), None
     except Exception as e:  # not installed, or its TorchScript model does not load with this torch
-        return EnergyVad(min_silence), f"silero-vad unavailable ({type(e).__name__}: {e}); using the energy VAD"
+        note = f"silero-vad unavailable ({type(e).__name__}: {e}); using the energy VAD"
+        return EnergyVad(min_silence), note

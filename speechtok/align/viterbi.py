@@ -8,8 +8,8 @@ import torch
 NEG_INF = float("-inf")
 
 
-def ctc_viterbi(log_probs: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
-                blank: int) -> list[torch.Tensor | None]:
+def ctc_viterbi(log_probs: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor,
+                target_lengths: torch.Tensor, blank: int) -> list[torch.Tensor | None]:
     """For each utterance b, the label index (0..L_b-1) of every frame t < frames[b], or -1 on a blank;
     None where the transcript cannot fit (too few frames). log_probs [B, T, V]; targets [B, L] (padded)."""
     B, T, _ = log_probs.shape
@@ -23,17 +23,21 @@ def ctc_viterbi(log_probs: torch.Tensor, frames: torch.Tensor, targets: torch.Te
     # a skip from s-2 to s is allowed onto a label that differs from the label two states back
     skip = torch.zeros(B, S, dtype=torch.bool, device=dev)
     skip[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
-    emit = log_probs.float().gather(2, ext[:, None, :].expand(B, T, S)).masked_fill(~valid[:, None, :], NEG_INF)
+
+    def emit(t: int) -> torch.Tensor:  # [B, S] log-probabilities of each state's symbol at frame t
+        return log_probs[:, t].float().gather(1, ext).masked_fill(~valid, NEG_INF)
+
     alpha = torch.full((B, S), NEG_INF, device=dev)
-    alpha[:, :2] = emit[:, 0, :2]
-    back = torch.zeros(T, B, S, dtype=torch.uint8, device=dev)  # 0 stay, 1 from s-1, 2 from s-2
+    alpha[:, :2] = emit(0)[:, :2]
+    # where each state came from: 0 stay, 1 from s-1, 2 from s-2 (T·B·S bytes: the memory bound)
+    back = torch.zeros(T, B, S, dtype=torch.uint8, device=dev)
     frames = frames.to(dev)
     for t in range(1, T):
         one = torch.cat([alpha.new_full((B, 1), NEG_INF), alpha[:, :-1]], 1)
         two = torch.cat([alpha.new_full((B, 2), NEG_INF), alpha[:, :-2]], 1).masked_fill(~skip, NEG_INF)
         best, arg = torch.stack([alpha, one, two]).max(0)
-        live = (t < frames)[:, None]  # padded frames keep alpha and point "stay", so backtracking passes through
-        alpha = torch.where(live, best + emit[:, t], alpha)
+        live = (t < frames)[:, None]  # padded frames keep alpha and point "stay": backtracking passes through
+        alpha = torch.where(live, best + emit(t), alpha)
         back[t] = torch.where(live, arg, torch.zeros_like(arg)).to(torch.uint8)
     ends = 2 * target_lengths.to(dev)  # final blank; the last label is one before it
     last = alpha.gather(1, torch.stack([ends, (ends - 1).clamp(min=0)], 1))
