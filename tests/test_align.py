@@ -120,6 +120,18 @@ def tiny_ctc(tmp_path_factory):
     return path
 
 
+def test_char_vocab_follows_the_model_vocabulary():
+    from speechtok.align.ctc import CharVocab
+
+    upper = CharVocab({"<pad>": 0, "|": 1, **{c: i + 2 for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")}}, 0, "|")
+    labels, owner, unplaced = upper.encode(["Café,", "42", "—", "x-ray"])
+    inv = {i: c for c, i in upper.ids.items()}
+    assert "".join(inv[i] for i in labels) == "CAFE|FORTY|TWO|X|RAY" and unplaced == ["—"]
+    assert owner == [0] * 4 + [-1] + [1] * 9 + [-1] + [3] * 5
+    digits = CharVocab({"<pad>": 0, "a": 1, "4": 2, "2": 3}, 0, None)  # digits in the vocabulary: kept
+    assert digits.encode(["42", "a"])[0] == [2, 3, 1]
+
+
 def test_ctc_aligner_places_words_from_known_emissions(tiny_ctc, monkeypatch):
     from speechtok.align.ctc import CtcAligner
 

@@ -4,6 +4,7 @@ corpus format `tok encode` and `tok eval tokens` read. Two backends behind one i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,4 +49,7 @@ def load_aligner(spec: str, device: str = "cpu", chunk_seconds: float = 30.0) ->
         return SphinxAligner()
     from speechtok.align.ctc import CtcAligner
 
-    return CtcAligner(spec.removeprefix("ctc:"), device=device, chunk_seconds=chunk_seconds)
+    ref = spec.removeprefix("ctc:")
+    if ref.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(ref)):
+        raise FileNotFoundError(f"{ref}: no such model directory")
+    return CtcAligner(os.path.expanduser(ref), device=device, chunk_seconds=chunk_seconds)
