@@ -319,6 +319,8 @@ def test_segment_without_transcript_cuts_in_pauses(speech_corpus, tmp_path, vad)
     assert "unavailable" not in r.output
     segs = rows(tmp_path / "seg.jsonl")
     assert len(segs) >= 6
+    r = run("segment", tmp_path / "long.wav", "-o", tmp_path / "seg.jsonl", "--vad", vad, "-q")
+    assert r.exit_code == 0 and "1 already done" in r.output and rows(tmp_path / "seg.jsonl") == segs
     for s in segs:  # no sentence is cut inside (the sentences are 2.4-4.6 s, the pauses ≥ 0.7 s)
         assert 1.0 <= s["end"] - s["start"] <= 6.0 + 0.3
         for a, b, _ in spans:

@@ -13,7 +13,7 @@ import numpy as np
 from speechtok.align import load_aligner
 from speechtok.align.jobs import ResumableJsonl, run_jobs
 from speechtok.align.pipeline import manifest_row, transcript_of
-from speechtok.align.vad import SAMPLE_RATE, load_vad
+from speechtok.align.vad import SAMPLE_RATE, EnergyVad, SileroVad, load_vad
 from speechtok.audio import AudioError, load_utterance, utterance_seconds
 from speechtok.corpus import AUDIO_EXTENSIONS, CorpusError, Utterance, Word, load_corpus, printable
 
@@ -97,9 +97,9 @@ def padded(segments: list[tuple[float, float]], total: float) -> list[tuple[floa
 class Segmenter:
     """Per process: the aligner (for recordings with a transcript) and the VAD (for those without)."""
 
-    def __init__(self, aligner: str | None, device: str, vad: str | None, min_pause: float):
+    def __init__(self, aligner: str | None, device: str, vad: SileroVad | EnergyVad | None):
         self.aligner = None if aligner is None else load_aligner(aligner, device)
-        self.vad = None if vad is None else load_vad(vad, min_silence=min(0.1, min_pause))[0]
+        self.vad = vad
 
     def segment(self, utt: Utterance, text: str | None, min_s: float, max_s: float,
                 min_pause: float) -> tuple[list[dict], list[str], str | None]:
@@ -174,13 +174,12 @@ def segment_corpus(source: str, output: str, min_s: float = 3.0, max_s: float = 
             s.errors.append(CorpusError(file=u.path, id=u.id, reason=str(e)))
     with_text = any(t is not None for _, t, _ in todo)
     without_text = any(t is None for _, t, _ in todo)
-    if without_text and vad == "silero":
-        note = load_vad(vad)[1]
-        s.notes += [note] if note else []
+    vad_model, note = load_vad(vad, min_silence=min(0.1, min_pause)) if without_text else (None, None)
+    s.notes += [note] if note else []
     try:
         results = run_jobs([(u, t, min_s, max_s, min_pause) for u, t, _ in todo], [x[2] for x in todo],
                            Segmenter,
-                           (aligner if with_text else None, device, vad if without_text else None, min_pause),
+                           (aligner if with_text else None, device, vad_model),
                            _work, jobs, progress, desc="segment")
         for (u, _, sec), (rows, notes, error) in zip(todo, results):
             s.notes += [f"{u.path}: {n}" for n in notes]
