@@ -223,6 +223,17 @@ def test_pocketsphinx_out_of_dictionary_word_gets_a_guess(speech_corpus, tmp_pat
     assert abs(words[3]["start"] - truth["words"][3]["start"]) < 0.05
 
 
+def test_pocketsphinx_alignment_does_not_depend_on_the_utterance_before(speech_corpus):
+    from speechtok.align.sphinx import SphinxAligner
+    from speechtok.audio import load_utterance
+    from speechtok.corpus import load_corpus
+
+    data = [(load_utterance(u, 16000), u.text) for u in load_corpus(speech_corpus)[:3]]
+    alone = SphinxAligner().align(data[2:], phones=True)[0]
+    after = SphinxAligner().align(data, phones=True)[2]
+    assert alone.words == after.words and alone.phones == after.phones
+
+
 # ---- tok align: unplaced words, copying, resume ------------------------------------------------------------
 
 def test_align_reports_unplaced_words_copies_untranscribed_and_resumes(speech_corpus, tiny_ctc, tmp_path):
@@ -251,6 +262,28 @@ def test_align_reports_unplaced_words_copies_untranscribed_and_resumes(speech_co
     from speechtok.corpus import load_corpus
 
     assert all(Path(u.path).is_file() for u in load_corpus(out))
+
+
+def test_align_under_torchrun_two_gloo_ranks_merge_one_output(speech_corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    src = rows(speech_corpus)[:5]
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text("".join(json.dumps(dict(r, path=str(Path(speech_corpus).parent / r["path"]))) + "\n"
+                                for r in src))
+    assert run("align", manifest, "-o", tmp_path / "one.jsonl", "-q", "--no-phones").exit_code == 0
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(29500 + os.getpid() % 1000 + 7), "-m", "speechtok.cli.main", "align", str(manifest),
+                        "-o", str(tmp_path / "two.jsonl"), "-q", "--no-phones"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0/2: aligned 3 utterances" in r.stdout and "rank 1/2: aligned 2 utterances" in r.stdout
+    two = rows(tmp_path / "two.jsonl")
+    assert sorted(x["id"] for x in two) == [x["id"] for x in src]  # every utterance once
+    assert {x["id"]: x for x in two} == {x["id"]: x for x in rows(tmp_path / "one.jsonl")}
+    assert not list(tmp_path.glob("two.jsonl.rank*"))
 
 
 def test_align_reads_transcripts_beside_the_audio_of_a_folder(speech_corpus, tiny_ctc, tmp_path):

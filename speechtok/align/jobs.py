@@ -14,6 +14,22 @@ from typing import Any
 from tqdm import tqdm
 
 
+def complete_lines(path: Path) -> bytes:
+    """A JSONL file's bytes up to its last newline (a torn last line left out); b'' when it does not exist."""
+    data = path.read_bytes() if path.exists() else b""
+    return data[: data.rfind(b"\n") + 1]
+
+
+def line_keys(data: bytes, key: str = "id") -> set[str]:
+    keys = set()
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            keys.add(str(json.loads(line)[key]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return keys
+
+
 class ResumableJsonl:
     """An output manifest written line by line; opening it keeps its complete lines and drops a torn last
     one."""
@@ -21,18 +37,11 @@ class ResumableJsonl:
     def __init__(self, path: str | os.PathLike, key: str = "id"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = set()
-        if self.path.exists():
-            data = self.path.read_bytes()
-            keep = data[: data.rfind(b"\n") + 1]
-            if len(keep) != len(data):
-                with open(self.path, "r+b") as f:
-                    f.truncate(len(keep))
-            for line in keep.decode("utf-8", "replace").splitlines():
-                try:
-                    self.done.add(str(json.loads(line)[key]))
-                except (ValueError, KeyError, TypeError):
-                    continue
+        keep = complete_lines(self.path)
+        if self.path.exists() and len(keep) != self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(len(keep))
+        self.key, self.done = key, line_keys(keep, key)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, rows: list[dict]) -> None:
@@ -42,6 +51,17 @@ class ResumableJsonl:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def merge(self, parts: list[Path]) -> None:
+        """Append the complete lines of `parts` (per-rank outputs) whose key is not here yet, then delete
+        the parts."""
+        for part in parts:
+            for line in complete_lines(part).decode("utf-8").splitlines():
+                row = json.loads(line)
+                if str(row[self.key]) not in self.done:
+                    self.append([row])
+                    self.done.add(str(row[self.key]))
+            part.unlink(missing_ok=True)
 
 
 _STATE: dict[str, Any] = {}

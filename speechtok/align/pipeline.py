@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from speechtok.align import Aligner, Alignment, load_aligner
-from speechtok.align.jobs import ResumableJsonl, run_jobs
+from speechtok.align.jobs import ResumableJsonl, complete_lines, line_keys, run_jobs
 from speechtok.audio import AudioError, load_utterance, utterance_seconds
 from speechtok.corpus import CorpusError, Utterance, load_corpus
 
@@ -85,16 +85,23 @@ def align_corpus(source: str, output: str, aligner: str = "pocketsphinx", phones
                  device: str = "cpu", batch_seconds: float = 60.0, progress: bool = True) -> AlignSummary:
     """Align every utterance with a transcript in `source` (folder or manifest) into the manifest `output`.
     Utterances already in `output` are skipped; those without text are copied; failed ones are left out
-    (and reported) so that a rerun retries them."""
+    (and reported) so that a rerun retries them. Under torchrun each rank aligns every world-th utterance
+    into OUTPUT.rankR, and rank 0 appends those to `output` at the end."""
+    from speechtok.pipelines.encode import _barrier, dist_info
+
     t0 = time.perf_counter()
     s = AlignSummary()
+    rank, world = dist_info()
+    if world > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     utts = load_corpus(source, s.errors)
-    out = ResumableJsonl(output)
+    out = ResumableJsonl(output if world == 1 else f"{output}.rank{rank}")
+    done = out.done | (line_keys(complete_lines(Path(output))) if world > 1 else set())
     out_dir = Path(output).parent
     todo: list[tuple[Utterance, str, float]] = []
     copied = []
     for u in utts:
-        if u.id in out.done:
+        if u.id in done:
             s.skipped += 1
             continue
         text = transcript_of(u)
@@ -105,6 +112,8 @@ def align_corpus(source: str, output: str, aligner: str = "pocketsphinx", phones
             todo.append((u, text, utterance_seconds(u)))
         except AudioError as e:
             s.errors.append(CorpusError(file=u.path, id=u.id, reason=str(e)))
+    if world > 1:
+        todo, copied = todo[rank::world], copied if rank == 0 else []
     out.append(copied)
     s.without_text = len(copied)
     batches, cur, cur_s = [], [], 0.0
@@ -134,5 +143,11 @@ def align_corpus(source: str, output: str, aligner: str = "pocketsphinx", phones
             out.append(rows)
     finally:
         out.close()
+    if world > 1:
+        _barrier(world)
+        if rank == 0:
+            merged = ResumableJsonl(output)
+            merged.merge([Path(f"{output}.rank{r}") for r in range(world)])
+            merged.close()
     s.wall = time.perf_counter() - t0
     return s

@@ -74,7 +74,11 @@ class SphinxAligner:
         return tokens, owner, unplaced, notes
 
     def _decode(self, pcm: bytes) -> None:
+        """One pass over the utterance from fresh feature state (cepstral mean, noise estimate): otherwise
+        each utterance starts from the previous one's, and alignments depend on the order (--jobs, torchrun,
+        resume)."""
         d = self.decoder
+        d.reinit_feat()
         d.start_utt()
         d.process_raw(pcm, full_utt=True)
         d.end_utt()

@@ -39,17 +39,20 @@ def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:
 def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quiet):
     """Add word timings (and phones) to every utterance of CORPUS (folder or JSONL manifest) that has a
     transcript ('text', or a .txt/.lab file beside the audio), writing OUTPUT for `tok encode` and
-    `tok eval tokens --alignments`. A rerun resumes; exits 1 when any utterance failed."""
+    `tok eval tokens --alignments`. A rerun resumes; exits 1 when any utterance failed. Under torchrun
+    the ranks share the utterances (--device cuda: one GPU per rank)."""
     from speechtok.align.pipeline import align_corpus
+    from speechtok.pipelines.encode import dist_info
 
+    rank, world = dist_info()
     try:
-        s = align_corpus(corpus, output, aligner, phones, jobs, device, batch_seconds, not quiet)
+        s = align_corpus(corpus, output, aligner, phones, jobs, device, batch_seconds, not quiet and rank == 0)
     except (FileNotFoundError, OSError, ValueError, ImportError) as e:
         fail(str(e))
     _echo_lines(s.notes, "note")
     _echo_lines(s.unplaced, "unplaced")
     report_errors(s.errors)
-    click.echo(s.line())
+    click.echo(f"rank {rank}/{world}: {s.line()}" if world > 1 else s.line())
     sys.exit(1 if s.errors else 0)
 
 
