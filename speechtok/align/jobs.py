@@ -46,8 +46,9 @@ class ResumableJsonl:
 
     def append(self, rows: list[dict]) -> None:
         """Write `rows` as whole lines in one write, so an interruption never leaves half of them."""
-        if rows:
-            os.write(self.fd, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        while data:
+            data = data[os.write(self.fd, data):]
 
     def close(self) -> None:
         os.close(self.fd)

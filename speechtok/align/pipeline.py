@@ -94,7 +94,7 @@ def align_corpus(source: str, output: str, aligner: str = "pocketsphinx", phones
     rank, world = dist_info()
     if world > 1 and device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-    utts = load_corpus(source, s.errors)
+    utts = load_corpus(source, s.errors)[rank::world]  # by corpus position, so a rerun splits the same way
     out = ResumableJsonl(output if world == 1 else f"{output}.rank{rank}")
     done = out.done | (line_keys(complete_lines(Path(output))) if world > 1 else set())
     out_dir = Path(output).parent
@@ -112,8 +112,6 @@ def align_corpus(source: str, output: str, aligner: str = "pocketsphinx", phones
             todo.append((u, text, utterance_seconds(u)))
         except AudioError as e:
             s.errors.append(CorpusError(file=u.path, id=u.id, reason=str(e)))
-    if world > 1:
-        todo, copied = todo[rank::world], copied if rank == 0 else []
     out.append(copied)
     s.without_text = len(copied)
     batches, cur, cur_s = [], [], 0.0
