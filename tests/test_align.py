@@ -360,8 +360,21 @@ def test_segment_without_transcript_cuts_in_pauses(speech_corpus, tmp_path, vad)
             assert not (a + 0.05 < s["start"] < b - 0.05 or a + 0.05 < s["end"] < b - 0.05)
 
 
+def test_segment_with_a_ctc_aligner_keeps_every_word(speech_corpus, tiny_ctc, tmp_path):
+    """Long-form CTC alignment (~40 s: two 30 s chunks) feeding the cut planner: with random weights the timings
+    mean nothing, but every word must land in exactly one segment, in order, within the length range."""
+    manifest, spans, _ = long_recording(speech_corpus, tmp_path, repeats=1)
+    r = run("segment", manifest, "-o", tmp_path / "seg.jsonl", "-a", tiny_ctc, "--min-seconds", 2,
+            "--max-seconds", 8, "-q")
+    assert r.exit_code == 0, r.output
+    segs = rows(tmp_path / "seg.jsonl")
+    assert len(segs) >= 4 and " ".join(s["text"] for s in segs) == " ".join(x[2] for x in spans)
+    assert all(2 <= s["end"] - s["start"] <= 8 for s in segs)
+    assert all(a["end"] <= b["start"] for a, b in zip(segs, segs[1:]))
+
+
 def test_segment_align_encode_interleave_pnmi(speech_corpus, base_llm, tmp_path):
-    """A ~1 min recording with its transcript → tok segment → tok align → tok encode → interleaved
+    """An 80 s recording with its transcript → tok segment → tok align → tok encode → interleaved
     sequences from the aligned words, and tok eval tokens PNMI from the aligned phones."""
     from transformers import AutoTokenizer
 
