@@ -275,6 +275,7 @@ def show_cmd(shards, n, no_verify):
         fail(str(e) if isinstance(e, ShardError) else f"{shards}: manifest lacks or garbles a field ({e})")
 
 
+from speechtok.cli.align import align_cmd, segment_cmd  # noqa: E402
 from speechtok.cli.eval import eval_group  # noqa: E402
 from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
 from speechtok.cli.vocoder import vocoder  # noqa: E402
@@ -284,6 +285,8 @@ cli.add_command(acoustic)
 cli.add_command(generate_cmd)
 cli.add_command(vocoder)
 cli.add_command(eval_group)
+cli.add_command(align_cmd)
+cli.add_command(segment_cmd)
 
 if __name__ == "__main__":
     cli()
