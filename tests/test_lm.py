@@ -307,3 +307,23 @@ def test_extend_vocab_is_reproducible(base_llm, shards):
         extend_vocab(model, tok, manifest)
         rows.append(model.get_input_embeddings().weight.detach().clone())
     torch.testing.assert_close(rows[0], rows[1], rtol=0, atol=0)
+
+
+def test_extend_vocab_ids_are_contiguous_and_unchanged(base_llm):
+    """Regression for the one-call (linear) extension: the ids the old per-token path gave, recorded on
+    main 7f3b5fa, for 12 units and 2 x 16 codec tokens on the tiny BPE base; every token is one id."""
+    from speechtok.lm.vocab import codec_token, load_base, semantic_token
+
+    manifest = {"tokenizers": {"semantic": {"type": "semantic", "k": 12, "frame_rate": 100.0},
+                               "encodec": {"type": "codec", "n_q": 2, "codebook_size": 16, "frame_rate": 75.0}},
+                "dedup": True}
+    model, tok = load_base(str(base_llm))
+    old = len(tok)
+    vocab = extend_vocab(model, tok, manifest, codec="encodec")
+    assert (old, vocab.text_id, vocab.speech_id, vocab.semantic_first_id, vocab.codec_first_id, len(tok)) == \
+        (400, 400, 401, 402, 414, 446)
+    tokens = [semantic_token(i) for i in range(12)] + [codec_token(q, i) for q in range(2) for i in range(16)]
+    assert tok.convert_tokens_to_ids(tokens) == list(range(vocab.semantic_first_id, vocab.semantic_first_id + 44))
+    assert tok("".join(tokens), add_special_tokens=False)["input_ids"] == tok.convert_tokens_to_ids(tokens)
+    with pytest.raises(ValueError, match="already has"):
+        extend_vocab(model, tok, manifest)

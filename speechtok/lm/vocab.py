@@ -78,11 +78,13 @@ class SpeechVocab:
 
 
 def _add_contiguous(tokenizer, tokens: list[str]) -> int:
-    """Add `tokens` as whole (never split, never normalised) tokens and return the id of the first;
-    refuses if any already exists or the new ids are not contiguous."""
+    """Add `tokens` as whole (never split, never normalised) tokens in one call and return the id of the
+    first; refuses if any already exists or the new ids are not contiguous. Linear in the vocabulary size:
+    `get_vocab()` copies the whole vocabulary, so it is read once, not once per token."""
     from tokenizers import AddedToken
 
-    clash = [t for t in tokens if t in tokenizer.get_vocab()]
+    existing = tokenizer.get_vocab()
+    clash = [t for t in tokens if t in existing]
     if clash:
         raise ValueError(f"the tokenizer already has {clash[:3]}...; was it extended before?")
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False, single_word=False) for t in tokens])
