@@ -99,8 +99,10 @@ class SequenceBuilder:
         return ids + self.eos, spans
 
     def build(self, fmt: str, sample: dict, rng: np.random.Generator) -> list[int]:
-        """A sequence of format `fmt` from a speech sample, falling back to speech-only when the sample
-        lacks the words or text the format needs."""
+        """A sequence of format `fmt` from a speech sample (`text`: its transcript), falling back to
+        speech-only when the sample lacks the words or text the format needs."""
+        if fmt == "text" and sample.get("text"):
+            return self.text(sample["text"])
         if fmt == "interleaved" and sample.get("words"):
             return self.interleaved(sample, rng)[0]
         if fmt in ("asr", "tts") and sample.get("text"):
