@@ -12,6 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from speechtok.cli.main import cli
+from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.mel import mel_filterbank
 from speechtok.vocoders.vocos import Vocos
 
@@ -71,6 +72,8 @@ def test_unit_hifigan_learns(hifigan):
     assert list((hifigan / "tensorboard").glob("events.*"))
     cfg = json.loads((hifigan / "final" / "vocoder.json").read_text())
     assert cfg["speakers"] == ["alice", "bob", "carol", "dave"] and cfg["upsample_rates"] == [5, 4, 4, 2]
+    card = json.loads((hifigan.parent / "km" / "tokenizer.json").read_text())
+    assert cfg["unit_stream"] == unit_stream(card, dedup=False)  # the units it was trained on (issue 14)
 
 
 def test_vocos_mel_learns(vocos_mel):

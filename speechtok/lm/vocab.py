@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechtok.unit_stream import unit_stream
+
 VOCAB_FILE = "speech_vocab.json"
 TEXT, SPEECH = "[TEXT]", "[SPEECH]"
 
@@ -39,6 +41,10 @@ class SpeechVocab:
     codebook_size: int = 0
     codec_first_id: int = -1
     tokenizer_cards: dict = field(default_factory=dict)
+
+    def unit_stream(self) -> dict:
+        """The units this LM reads and writes (`speechtok.unit_stream`)."""
+        return unit_stream(self.tokenizer_cards.get(self.semantic_stream), self.dedup, self.k, self.frame_rate)
 
     def units_to_ids(self, units: np.ndarray) -> np.ndarray:
         units = np.asarray(units, dtype=np.int64)

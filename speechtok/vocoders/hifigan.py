@@ -36,6 +36,7 @@ class UnitHiFiGANConfig:
     resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
     resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
     speakers: list[str] = field(default_factory=list)  # speaker names, index = embedding row
+    unit_stream: dict = field(default_factory=dict)  # `speechtok.unit_stream` record of the units it reads
 
     @property
     def hop(self) -> int:
