@@ -23,7 +23,8 @@ def tokenizer_sha256(card: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def unit_stream(card: dict | None, dedup: bool, k: int | None = None, frame_rate: float | None = None) -> dict:
+def unit_stream(card: dict | None, dedup: bool, k: int | None = None,
+                frame_rate: float | None = None) -> dict:
     """The record of a unit stream, from its tokenizer card; without a card (artefacts made before records
     existed) from the k and frame rate a stage kept, its tokenizer unknown."""
     if card:
@@ -37,14 +38,14 @@ def check_unit_streams(made: dict, maker: str, used: dict, user: str) -> None:
     trained on them (see the module docstring for dedup)."""
     a, b = made.get("tokenizer_sha256"), used.get("tokenizer_sha256")
     if a and b and a != b:
-        raise ValueError(f"{maker} makes units of tokenizer sha256 {a[:12]}..., but {user} was trained on units "
-                         f"of tokenizer sha256 {b[:12]}...; use stages trained on the same tokenizer")
+        raise ValueError(f"{maker} makes units of tokenizer sha256 {a[:12]}..., but {user} was trained on "
+                         f"units of tokenizer sha256 {b[:12]}...; use stages trained on the same tokenizer")
     if made["k"] != used["k"]:
         raise ValueError(f"{maker} makes units of k={made['k']}, but {user} was trained on k={used['k']}")
     if made["frame_rate"] != used["frame_rate"]:
         raise ValueError(f"{maker} makes {made['frame_rate']:g} Hz units, but {user} was trained on "
                          f"{used['frame_rate']:g} Hz units")
     if made["dedup"] and not used["dedup"]:
-        raise ValueError(f"{maker} makes deduplicated units (dedup: true), but {user} was trained on frame-level "
-                         "units (dedup: false) and nothing in the chain knows their durations; use a stage trained "
-                         "with dedup: true, or an LM trained with dedup: false")
+        raise ValueError(f"{maker} makes deduplicated units (dedup: true), but {user} was trained on "
+                         "frame-level units (dedup: false) and nothing in the chain knows their durations; use a "
+                         "stage trained with dedup: true, or an LM trained with dedup: false")

@@ -113,7 +113,8 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                            compile=compiled)
     try:
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
-                              prompt_text, voice, opts, resolve_device(device), None if units_only else vocoder_dir)
+                              prompt_text, voice, opts, resolve_device(device),
+                              vocoder_dir=None if units_only else vocoder_dir)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     out = Path(output)

@@ -24,7 +24,7 @@ def windows(length: int, max_len: int, stride: int) -> list[tuple[int, int, int]
     t ≥ 1 is scored exactly once, with at least `max_len - stride` tokens of context past the first window.
     `stride` is at most `max_len - 1`: windows then share one token, no overlapping context."""
     if not 1 <= stride <= max_len - 1:
-        raise ValueError(f"stride must be in 1..{max_len - 1} (the context is {max_len} tokens), got {stride}")
+        raise ValueError(f"stride must be in 1..{max_len - 1} (context {max_len} tokens), not {stride}")
     out, first, begin = [], 1, 0
     while first < length:
         end = min(length, begin + max_len)

@@ -105,7 +105,8 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
         steps = T + n_q - 1 if run.pattern == "delay" else T * n_q
         model["max_len"] = 2 * (int(np.ceil(run.train.crop_seconds * sem["frame_rate"])) + 1 + steps)
     if run.dedup:  # no duration model: a deduplicated unit lasts the training data's mean run length
-        per_unit = frames_per_dedup_unit(chain.from_iterable(map(read_shards, run.shards)), sem_name, codec_name)
+        samples = chain.from_iterable(map(read_shards, run.shards))
+        per_unit = frames_per_dedup_unit(samples, sem_name, codec_name)
     else:
         per_unit = frames[codec_name] / max(1, frames[sem_name])
     return AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,

@@ -44,7 +44,8 @@ class SpeechVocab:
 
     def unit_stream(self) -> dict:
         """The units this LM reads and writes (`speechtok.unit_stream`)."""
-        return unit_stream(self.tokenizer_cards.get(self.semantic_stream), self.dedup, self.k, self.frame_rate)
+        card = self.tokenizer_cards.get(self.semantic_stream)
+        return unit_stream(card, self.dedup, self.k, self.frame_rate)
 
     def units_to_ids(self, units: np.ndarray) -> np.ndarray:
         units = np.asarray(units, dtype=np.int64)

@@ -58,7 +58,7 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
                     vocoder_dir: str | Path | None = None) -> Generated:
     """Stage 1 always; then the acoustic model and codec decoder (`acoustic_dir`) or a unit HiFi-GAN
     (`vocoder_dir`). Every stage's unit stream is checked against the LM's before anything runs. `voice`
-    (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units lead the target's."""
+    (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's."""
     from speechtok.lm.acoustic import AcousticConfig
     from speechtok.pipelines.resynth import units_to_audio, vocoder_stream
     from speechtok.vocoders.hifigan import UnitHiFiGAN
@@ -69,7 +69,8 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     if tokenizer_dir is not None:
         check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), made, str(lm_dir))
     if acoustic_dir is not None:
-        check_unit_streams(made, str(lm_dir), AcousticConfig.from_dir(acoustic_dir).input_stream(), str(acoustic_dir))
+        acoustic = AcousticConfig.from_dir(acoustic_dir).input_stream()
+        check_unit_streams(made, str(lm_dir), acoustic, str(acoustic_dir))
     voc = UnitHiFiGAN.from_dir(vocoder_dir, device) if vocoder_dir is not None else None
     if voc is not None:
         check_unit_streams(made, str(lm_dir), vocoder_stream(voc.cfg), str(vocoder_dir))
@@ -101,7 +102,8 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     cfg = acoustic.cfg
     check_unit_streams(gen.stream, gen.source, cfg.input_stream(), str(acoustic_dir))
     if voice is not None and tokenizer_dir is not None:
-        check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), cfg.input_stream(), str(acoustic_dir))
+        check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), cfg.input_stream(),
+                           str(acoustic_dir))
     codec = Codec.from_card({**cfg.codec_card, "n_q": cfg.n_q}, device=device)
     n_new = cfg.codec_frames(len(gen.units), deduplicated=gen.stream["dedup"])
     units, prompt_codes = gen.units, None

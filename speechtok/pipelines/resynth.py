@@ -44,7 +44,8 @@ def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: s
     if isinstance(voc, UnitHiFiGAN):
         if not isinstance(tok, SemanticTokenizer):
             raise ValueError("a unit HiFi-GAN needs the semantic tokenizer it was trained on (-t KM_DIR)")
-        check_unit_streams(unit_stream(tok.card(), dedup=False), tokenizer, vocoder_stream(voc.cfg), vocoder_dir)
+        check_unit_streams(unit_stream(tok.card(), dedup=False), tokenizer, vocoder_stream(voc.cfg),
+                           vocoder_dir)
         units = tok.encode(resample(wav, sr, tok.sample_rate))
         return units_to_audio(voc, units), voc.cfg.sample_rate, f"{len(units)} units -> unit HiFi-GAN"
     if isinstance(tok, SemanticTokenizer):
