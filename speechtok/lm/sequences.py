@@ -62,8 +62,14 @@ class SequenceBuilder:
         """Each word's token ids as the LM sees them in running text: the transcript " ".join(words)
         tokenized once, its tokens split at word ends by their character offsets. A span tokenized on its
         own would need a leading space for byte-level BPE (GPT-2's "Ġword") but would get a stray "▁"
-        token from SentencePiece (Llama-2), which marks word starts itself."""
-        enc = self.tok(" ".join(words), add_special_tokens=False, return_offsets_mapping=True)
+        token from SentencePiece (Llama-2), which marks word starts itself. Tokenizers without offsets
+        (Python ones) get each word with the space before it."""
+        try:
+            enc = self.tok(" ".join(words), add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:
+            enc = {}
+        if "offset_mapping" not in enc:
+            return [self.text_ids(w if i == 0 else " " + w) for i, w in enumerate(words)]
         ends = np.cumsum([len(w) + 1 for w in words]) - 1  # where each word ends in the transcript
         out: list[list[int]] = [[] for _ in words]
         for token, (_, end) in zip(enc["input_ids"], enc["offset_mapping"]):
