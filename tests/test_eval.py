@@ -295,6 +295,83 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(trained_lm, tmp_pa
     assert (tmp_path / "t" / "training.png").exists()
 
 
+def test_perplexity_windows_stride_and_score_each_target_once():
+    from speechtok.eval.lm import windows
+
+    for length, max_len, stride in [(50, 16, 4), (50, 16, 8), (50, 16, 15), (16, 16, 5), (17, 16, 1), (2, 4, 3)]:
+        plan = windows(length, max_len, stride)
+        scored = [t for _, first, end in plan for t in range(first, end)]
+        assert scored == list(range(1, length))  # every target exactly once, in order
+        for k, (begin, first, end) in enumerate(plan):
+            assert begin == k * stride and end - begin <= max_len
+            assert first - begin >= (1 if k == 0 else max_len - stride)  # the least context a target gets
+    # stride = the whole context (max_len - 1 new targets per window): the old consecutive windows that
+    # overlap by one token, starting at 0, 15, 30
+    assert windows(40, 16, 15) == [(0, 1, 16), (15, 16, 31), (30, 31, 40)]
+    with pytest.raises(ValueError, match="stride must be in 1..15"):
+        windows(40, 16, 16)
+
+
+def test_strided_log_probs_match_direct_computation():
+    """Against the model's own forward passes: one full-context pass where the context allows it, and for
+    a shorter context each target's log-probability given exactly the tokens its window reads."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from speechtok.eval.lm import token_logprobs, windows
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    seqs = [torch.randint(0, 40, (n,)).tolist() for n in (50, 33, 7)]
+
+    def direct(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+        return torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+
+    full = token_logprobs(model, seqs, batch_size=2)  # context 64 > every sequence: one window each
+    for seq, lp in zip(seqs, full):
+        np.testing.assert_allclose(lp, direct(seq), atol=2e-5)
+    strided = token_logprobs(model, seqs, batch_size=2, max_len=16, stride=4)
+    old = token_logprobs(model, seqs, batch_size=2, max_len=16, stride=15)
+    for seq, lp, lp_old in zip(seqs, strided, old):
+        assert lp.shape == (len(seq) - 1,)
+        for begin, first, end in windows(len(seq), 16, 4):
+            for t in range(first, end):
+                assert lp[t - 1] == pytest.approx(direct(seq[begin: t + 1])[-1], abs=2e-5)
+    assert not np.allclose(strided[0], old[0], atol=1e-3)  # more context changes the long sequence's scores
+    np.testing.assert_allclose(strided[2], old[2], atol=2e-5)  # a sequence inside one window: no change
+
+
+def test_eval_lm_text_format_scores_the_transcripts(trained_lm, tmp_path):
+    """`--format text` scores the held-out samples' transcripts, not their units; without transcripts it is
+    an error naming the format."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from speechtok.eval.lm import perplexity
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    shards = trained_lm.parent.parent / "shards"
+    samples = list(read_shards(shards))
+    tok = AutoTokenizer.from_pretrained(trained_lm)
+    r = run("eval", "lm", trained_lm, "--shards", shards, "--format", "text", "--format", "speech", "-o", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    ppl = json.loads((tmp_path / "r" / "report.json").read_text())["perplexity"]
+    text_tokens = sum(len(tok(s["text"], add_special_tokens=False)["input_ids"]) for s in samples)
+    assert ppl["text"]["sequences"] == len(samples) == 8 and ppl["text"]["speech"]["tokens"] == 0
+    assert ppl["text"]["text"]["tokens"] == text_tokens + 8 > 8  # every transcript token and its EOS
+    assert ppl["speech"]["text"]["tokens"] == 8 and ppl["speech"]["speech"]["tokens"] > 0  # EOS only
+    model = AutoModelForCausalLM.from_pretrained(trained_lm)
+    builder = SequenceBuilder(SpeechVocab.load(trained_lm), tok)
+    untranscribed = [{k: v for k, v in s.items() if k != "text"} for s in samples]
+    with pytest.raises(ValueError, match="--format text needs 'text'.*none of the 8"):
+        perplexity(model, builder, untranscribed, ("text",))
+    mixed = perplexity(model, builder, untranscribed[:3] + samples[3:], ("text",))["text"]
+    assert mixed["sequences"] == 5 and mixed["skipped"] == 3 and mixed["speech"]["tokens"] == 0
+
+
 def _reversed_wav(src: Path, dst: Path) -> Path:
     x, sr = sf.read(src, dtype="float32")
     sf.write(dst, x[::-1].copy(), sr)

@@ -16,6 +16,7 @@ from speechtok.lm.acoustic import AcousticConfig, AcousticModel, from_steps, lay
 from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
+from speechtok.unit_stream import check_unit_streams, unit_stream
 
 from speech import linked_workdir
 
@@ -140,7 +141,97 @@ def test_acoustic_stage_reproduces_training_codes_from_a_voice_prompt(trained_ac
     assert np.mean(agree) > 0.8, agree
 
 
-def test_generate_chain_writes_audio_deterministically(trained_lm, trained_acoustic, corpus_shards, tmp_path):
+@pytest.fixture(scope="module")
+def dedup_acoustic(corpus_shards):
+    """An acoustic model on deduplicated units, trained a few steps: its length rule is under test, not its
+    quality."""
+    cfg = {"output": "acoustic_dedup", "shards": ["shards"], "codec": "encodec", "dedup": True,
+           "model": {"dim": 32, "layers": 1, "heads": 2, "max_len": 2048},
+           "train": {"batch_size": 4, "steps": 3, "lr": 3e-3, "warmup": 1, "crop_seconds": 1.0, "log_every": 1,
+                     "save_every": 1000, "precision": "fp32"}}
+    (corpus_shards / "acoustic_dedup.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("acoustic", "train", corpus_shards / "acoustic_dedup.yaml")
+    assert r.exit_code == 0, r.output
+    return corpus_shards / "acoustic_dedup" / "final"
+
+
+def _card(root) -> dict:
+    return json.loads((root / "km" / "tokenizer.json").read_text())
+
+
+def test_unit_stream_records_and_the_chaining_rule(trained_lm, corpus_shards):
+    card = _card(corpus_shards)
+    frames, runs = unit_stream(card, dedup=False), unit_stream(card, dedup=True)
+    assert frames == {**runs, "dedup": False} and frames["k"] == 12 and frames["frame_rate"] == 100.0
+    assert SpeechVocab.load(trained_lm).unit_stream() == runs  # the LM trained on deduplicated units
+    assert unit_stream({**card, "dedup": True, "kmeans": {"seconds": 9}}, False) == frames  # run-time notes
+    check_unit_streams(frames, "A", frames, "B")
+    check_unit_streams(frames, "A", runs, "B")  # a dedup stage run-length encodes frame-level units itself
+    check_unit_streams(frames, "A", {**frames, "tokenizer_sha256": None}, "B")  # tokenizer unknown: the rest
+    with pytest.raises(ValueError, match=r"^A makes deduplicated units \(dedup: true\), but B was trained on "
+                                         r"frame-level units \(dedup: false\)"):
+        check_unit_streams(runs, "A", frames, "B")
+    other = unit_stream({**card, "centroids": {**card["centroids"], "sha256": "0" * 64}}, False)
+    with pytest.raises(ValueError, match=f"A makes units of tokenizer sha256 {frames['tokenizer_sha256'][:12]}.*"
+                                         f"B was trained on units of tokenizer sha256 {other['tokenizer_sha256'][:12]}"):
+        check_unit_streams(frames, "A", other, "B")
+    with pytest.raises(ValueError, match="A makes units of k=12, but B was trained on k=13"):
+        check_unit_streams(frames, "A", {**frames, "tokenizer_sha256": None, "k": 13}, "B")
+    with pytest.raises(ValueError, match="A makes 100 Hz units, but B was trained on 50 Hz units"):
+        check_unit_streams(frames, "A", {**frames, "tokenizer_sha256": None, "frame_rate": 50.0}, "B")
+
+
+def test_generate_refuses_a_dedup_lm_into_a_frame_level_acoustic_model(trained_lm, trained_acoustic, tmp_path):
+    r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--acoustic", str(trained_acoustic),
+                                 "--prompt-text", "the cat", "--max-units", 5, "-o", str(tmp_path / "x.wav")])
+    assert r.exit_code != 0 and not (tmp_path / "x.wav").exists()
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{trained_lm} makes deduplicated units (dedup: true), but {trained_acoustic} was trained on " \
+           "frame-level units (dedup: false)" in " ".join(r.output.split())
+
+
+def test_generated_duration_matches_the_units_without_dedup(trained_acoustic, corpus_shards):
+    """Frame-level units: one unit lasts one 100 Hz frame, so the audio lasts as long as the utterance."""
+    from speechtok.pipelines.generate import Generated, synthesize
+
+    card = _card(corpus_shards)
+    assert AcousticConfig.from_dir(trained_acoustic).unit_stream == unit_stream(card, dedup=False)
+    for s in list(read_shards(corpus_shards / "shards"))[:3]:
+        gen = Generated(units=s["semantic"], stream=unit_stream(card, dedup=False), source="frames")
+        gen = synthesize(gen, trained_acoustic, None, None, SamplingOptions(temperature=0), torch.device("cpu"))
+        seconds = len(gen.wav) / gen.sample_rate
+        assert seconds == pytest.approx(len(s["semantic"]) / 100, rel=0.01)
+        assert seconds == pytest.approx(s["duration"], rel=0.05)
+
+
+def test_generated_duration_matches_the_units_with_dedup(dedup_acoustic, corpus_shards):
+    """Deduplicated units have no duration model behind them: each lasts the mean run length of the acoustic
+    model's training data (measured here independently), which matches the corpus's length within 5%."""
+    from speechtok.pipelines.generate import Generated, synthesize
+
+    card, greedy, cpu = _card(corpus_shards), SamplingOptions(temperature=0), torch.device("cpu")
+    cfg = AcousticConfig.from_dir(dedup_acoustic)
+    samples = list(read_shards(corpus_shards / "shards"))
+    runs = [run_length(s["semantic"])[0] for s in samples]
+    per_unit = sum(s["encodec"].shape[1] for s in samples) / sum(map(len, runs))
+    assert cfg.unit_stream == unit_stream(card, dedup=True)
+    assert cfg.frames_per_unit == pytest.approx(per_unit) and per_unit > 3  # per unit, not per frame (0.75)
+    seconds = 0.0
+    for u in runs:
+        gen = synthesize(Generated(units=u, stream=unit_stream(card, dedup=True), source="lm"), dedup_acoustic,
+                         None, None, greedy, cpu)
+        assert gen.codes.shape == (2, round(len(u) * per_unit)) and len(gen.wav) == gen.codes.shape[1] * 320
+        seconds += len(gen.wav) / gen.sample_rate
+    assert seconds == pytest.approx(sum(s["duration"] for s in samples), rel=0.05)
+    # frame-level units into the dedup model: deduplicated for it, their own length kept
+    s = samples[0]
+    gen = synthesize(Generated(units=s["semantic"], stream=unit_stream(card, dedup=False), source="frames"),
+                     dedup_acoustic, None, None, greedy, cpu)
+    assert len(gen.wav) / gen.sample_rate == pytest.approx(s["duration"], rel=0.05)
+
+
+def test_generate_chain_writes_audio_deterministically(trained_lm, dedup_acoustic, corpus_shards, tmp_path):
+    trained_acoustic = dedup_acoustic  # the LM makes deduplicated units
     root = corpus_shards
     sample = next(read_shards(root / "shards"))
     voice = _audio_of(sample["id"], root)
@@ -158,6 +249,7 @@ def test_generate_chain_writes_audio_deterministically(trained_lm, trained_acous
     acoustic = AcousticModel.from_dir(trained_acoustic).cfg
     assert sr == 24000
     n_units = int(r.output.split()[0])
+    assert len(outs[1]) == acoustic.codec_frames(n_units, deduplicated=True) * 320
     assert len(outs[1]) == max(1, round(n_units * acoustic.frames_per_unit)) * 320
     np.testing.assert_array_equal(outs[0], outs[1])
 
@@ -214,15 +306,50 @@ def test_compiled_static_cache_generation_matches_eager_on_gpu(trained_lm):
     np.testing.assert_array_equal(eager[0], compiled[0])
 
 
-def test_generate_units_through_a_unit_vocoder(trained_lm, tmp_path):
+def _unit_vocoder(path, dedup: bool, stream: dict | None = None):
     from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
 
     torch.manual_seed(0)
-    UnitHiFiGAN(UnitHiFiGANConfig(k=12, sample_rate=16000, frame_rate=100.0, embed_dim=16, upsample_rates=[5, 4, 4, 2],
-                                  upsample_kernel_sizes=[10, 8, 8, 4], upsample_initial_channel=16,
-                                  resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])).save(tmp_path / "voc")
+    voc = UnitHiFiGAN(UnitHiFiGANConfig(k=12, sample_rate=16000, frame_rate=100.0, embed_dim=16, dedup=dedup,
+                                        upsample_rates=[5, 4, 4, 2], upsample_kernel_sizes=[10, 8, 8, 4],
+                                        upsample_initial_channel=16, resblock_kernel_sizes=[3],
+                                        resblock_dilation_sizes=[[1]], unit_stream=stream or {}))
+    voc.save(path)
+    return voc
+
+
+def test_generate_units_through_a_unit_vocoder(trained_lm, corpus_shards, tmp_path):
+    """The dedup LM's units need a vocoder trained on deduplicated units (its duration predictor gives their
+    lengths); a frame-level one is refused before the LM runs."""
+    _unit_vocoder(tmp_path / "frames", dedup=False)
+    r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-text", "the cat", "--vocoder",
+                                 str(tmp_path / "frames"), "-o", str(tmp_path / "f.wav")])
+    assert r.exit_code != 0 and "dedup: false" in r.output and str(tmp_path / "frames") in r.output
+
+    voc = _unit_vocoder(tmp_path / "voc", dedup=True, stream=unit_stream(_card(corpus_shards), dedup=True))
     r = run("generate", "--lm", trained_lm, "--prompt-text", "the cat", "--vocoder", tmp_path / "voc",
             "--max-units", 20, "--temperature", 0, "-o", tmp_path / "v.wav")
     assert r.exit_code == 0, r.output
+    r2 = run("generate", "--lm", trained_lm, "--prompt-text", "the cat", "--units-only", "--max-units", 20,
+             "--temperature", 0, "-o", tmp_path / "v.npy")
+    assert r2.exit_code == 0, r2.output
+    units = torch.as_tensor(run_length(np.load(tmp_path / "v.npy"))[0])[None]
+    with torch.no_grad():
+        frames = voc.eval().expand(units).shape[1]
     wav, sr = sf.read(tmp_path / "v.wav")
-    assert sr == 16000 and len(wav) == int(r.output.split()[0]) * 160 and "unit HiFi-GAN" in r.output
+    assert sr == 16000 and len(wav) == frames * 160 and frames > units.shape[1] and "unit HiFi-GAN" in r.output
+
+
+def test_resynth_refuses_a_vocoder_of_another_tokenizer(corpus_shards, tmp_path):
+    card = _card(corpus_shards)
+    other = unit_stream({**card, "centroids": {**card["centroids"], "sha256": "0" * 64}}, dedup=False)
+    _unit_vocoder(tmp_path / "voc", dedup=False, stream=other)
+    sample = next(read_shards(corpus_shards / "shards"))
+    r = CliRunner().invoke(cli, ["resynth", _audio_of(sample["id"], corpus_shards), "-t", str(corpus_shards / "km"),
+                                 "--vocoder", str(tmp_path / "voc"), "-o", str(tmp_path / "r.wav")])
+    assert r.exit_code != 0 and not (tmp_path / "r.wav").exists()
+    assert f"{corpus_shards / 'km'} makes units of tokenizer sha256" in r.output and other["tokenizer_sha256"][:12] in r.output
+    _unit_vocoder(tmp_path / "same", dedup=False, stream=unit_stream(card, dedup=False))
+    r = run("resynth", _audio_of(sample["id"], corpus_shards), "-t", corpus_shards / "km", "--vocoder", tmp_path / "same",
+            "-o", tmp_path / "r.wav")
+    assert r.exit_code == 0, r.output

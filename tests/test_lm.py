@@ -307,3 +307,104 @@ def test_extend_vocab_is_reproducible(base_llm, shards):
         extend_vocab(model, tok, manifest)
         rows.append(model.get_input_embeddings().weight.detach().clone())
     torch.testing.assert_close(rows[0], rows[1], rtol=0, atol=0)
+
+
+def test_extend_vocab_ids_are_contiguous_and_unchanged(base_llm):
+    """Regression for the one-call (linear) extension: the ids the old per-token path gave, recorded on
+    main 7f3b5fa, for 12 units and 2 x 16 codec tokens on the tiny BPE base; every token is one id."""
+    from speechtok.lm.vocab import codec_token, load_base, semantic_token
+
+    manifest = {"tokenizers": {"semantic": {"type": "semantic", "k": 12, "frame_rate": 100.0},
+                               "encodec": {"type": "codec", "n_q": 2, "codebook_size": 16, "frame_rate": 75.0}},
+                "dedup": True}
+    model, tok = load_base(str(base_llm))
+    old = len(tok)
+    vocab = extend_vocab(model, tok, manifest, codec="encodec")
+    assert (old, vocab.text_id, vocab.speech_id, vocab.semantic_first_id, vocab.codec_first_id, len(tok)) == \
+        (400, 400, 401, 402, 414, 446)
+    tokens = [semantic_token(i) for i in range(12)] + [codec_token(q, i) for q in range(2) for i in range(16)]
+    assert tok.convert_tokens_to_ids(tokens) == list(range(vocab.semantic_first_id, vocab.semantic_first_id + 44))
+    assert tok("".join(tokens), add_special_tokens=False)["input_ids"] == tok.convert_tokens_to_ids(tokens)
+    with pytest.raises(ValueError, match="already has"):
+        extend_vocab(model, tok, manifest)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizers(tmp_path_factory):
+    """A tiny SentencePiece BPE model trained like Llama-2's (dummy prefix, extra whitespace kept, byte
+    fallback) on the test sentences, wrapped two ways: transformers' LlamaTokenizer read from
+    `tokenizer.model`, and the Llama-2 hub `tokenizer.json` layout (Prepend + Replace normalizer) as a
+    LlamaTokenizerFast. Returns {name: tokenizer} and the SentencePiece processor."""
+    import io
+
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import LlamaTokenizer, LlamaTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    from speech import SENTENCES
+
+    root = tmp_path_factory.mktemp("spm")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([s for _, s in SENTENCES] + TEXT_LINES), model_writer=model,
+                                   vocab_size=400, model_type="bpe", byte_fallback=True, add_dummy_prefix=True,
+                                   remove_extra_whitespaces=False, normalization_rule_name="identity",
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (root / "tokenizer.model").write_bytes(model.getvalue())
+    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    sp = spm.SentencePieceProcessor(model_file=str(root / "tokenizer.model"))
+    bpe = SentencePieceExtractor(str(root / "tokenizer.model")).extract(None)
+    tk = Tokenizer(models.BPE(bpe["vocab"], bpe["merges"], unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    return {"llama": LlamaTokenizer.from_pretrained(root),
+            "llama2-json": LlamaTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                              unk_token="<unk>")}, sp
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama2-json", "gpt2-bpe"])
+def test_text_spans_tokenize_as_in_running_text(kind, sentencepiece_tokenizers, base_llm, shards):
+    """Interleaved text spans hold exactly the tokens their words have in running text. References: for
+    SentencePiece, the sentencepiece library encoding each word (a word start: its dummy prefix); for
+    byte-level BPE, each word tokenized with the space before it (none for the first)."""
+    from transformers import AutoTokenizer
+
+    tokenizers, sp = sentencepiece_tokenizers
+    if kind == "gpt2-bpe":
+        tok = AutoTokenizer.from_pretrained(base_llm)
+
+        def reference(words):
+            return [tok(w if i == 0 else " " + w, add_special_tokens=False)["input_ids"] for i, w in enumerate(words)]
+        normal = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    else:
+        tok = tokenizers[kind]
+        reference = lambda words: [sp.encode(w) for w in words]  # noqa: E731
+        normal = sp.encode
+    V = len(tok)
+    vocab = SpeechVocab(semantic_stream="semantic", k=K, semantic_first_id=V + 2, text_id=V, speech_id=V + 1)
+    builder = SequenceBuilder(vocab, tok, span_words=(1, 3))
+    later_spans = old_way_differs = 0
+    for sample in read_shards(shards):
+        words = [w["word"] for w in sample["words"]]
+        ref = reference(words)
+        assert sum(ref, []) == normal(" ".join(words))  # the per-word reference is the running text's tokens
+        assert tok(" ".join(words), add_special_tokens=False)["input_ids"] == normal(" ".join(words))
+        for seed in range(4):
+            ids, spans = builder.interleaved(sample, np.random.default_rng(seed))
+            expected = [tok.bos_token_id]
+            for s in spans:
+                if s.modality == "text":
+                    expected += [V] + sum(ref[s.first: s.last], [])
+                    if s.first > 0:
+                        later_spans += 1
+                        old = tok(" " + " ".join(words[s.first: s.last]), add_special_tokens=False)["input_ids"]
+                        old_way_differs += old != sum(ref[s.first: s.last], [])
+                else:
+                    expected += [V + 1] + vocab.units_to_ids(sample["semantic"][s.f0: s.f1]).tolist()
+            assert ids == expected + [tok.eos_token_id]
+    assert later_spans >= 20
+    if kind == "llama2-json":  # the bug: a stray "▁" before every later span's first word
+        assert old_way_differs == later_spans and sp.piece_to_id("▁") in old
+    if kind == "gpt2-bpe":
+        assert old_way_differs == 0  # the old way was right for byte-level BPE

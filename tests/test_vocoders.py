@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from speechtok.cli.main import cli
 from speechtok.pipelines.resynth import units_to_audio
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, original_config
+from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.mel import mel_filterbank
 from speechtok.vocoders.train import load_vocoder
 from speechtok.vocoders.vocos import Vocos
@@ -75,6 +76,8 @@ def test_unit_hifigan_learns(hifigan):
     assert list((hifigan / "tensorboard").glob("events.*"))
     cfg = json.loads((hifigan / "final" / "vocoder.json").read_text())
     assert cfg["speakers"] == ["alice", "bob", "carol", "dave"] and cfg["upsample_rates"] == [5, 4, 4, 2]
+    card = json.loads((hifigan.parent / "km" / "tokenizer.json").read_text())
+    assert cfg["unit_stream"] == unit_stream(card, dedup=False)  # the units it was trained on (issue 14)
 
 
 def test_vocos_mel_learns(vocos_mel):
@@ -310,4 +313,4 @@ def test_resynth_takes_an_original_unit_hifigan_directory(shards, tmp_path):
     assert sr == 16000 and len(wav) == frames * 160 and np.std(wav) > 0.01
     r = CliRunner().invoke(cli, ["resynth", str(audio), "-t", str(tmp_path / "km20"), "--vocoder",
                                  str(FIXTURES / "codehifigan_dur"), "-o", str(tmp_path / "p.wav")])
-    assert r.exit_code != 0 and "100 Hz units, the vocoder takes 50 Hz" in r.output
+    assert r.exit_code != 0 and "makes 100 Hz units, but" in r.output and "trained on 50 Hz units" in r.output

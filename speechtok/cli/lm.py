@@ -113,15 +113,8 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                            compile=compiled)
     try:
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
-                              prompt_text, voice, opts, resolve_device(device))
-        if vocoder_dir and not units_only:
-            from speechtok.pipelines.resynth import units_to_audio
-            from speechtok.vocoders.hifigan import UnitHiFiGAN
-
-            voc = UnitHiFiGAN.from_dir(vocoder_dir, resolve_device(device))
-            if int(gen.units.max(initial=0)) >= voc.cfg.k:
-                raise ValueError(f"{vocoder_dir}: trained for {voc.cfg.k} units, the LM produced {gen.units.max()}")
-            gen.wav, gen.sample_rate = units_to_audio(voc, gen.units), voc.cfg.sample_rate
+                              prompt_text, voice, opts, resolve_device(device),
+                              vocoder_dir=None if units_only else vocoder_dir)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     out = Path(output)

@@ -18,51 +18,77 @@ from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SpeechVocab
 
 
+def windows(length: int, max_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """Strided sliding windows over a sequence of `length` tokens, as (begin, first, end): window k reads
+    tokens [k·stride, k·stride + max_len) and scores only its new targets [first, end), so every target
+    t ≥ 1 is scored exactly once, with at least `max_len - stride` tokens of context past the first window.
+    `stride` is at most `max_len - 1`: windows then share one token, no overlapping context."""
+    if not 1 <= stride <= max_len - 1:
+        raise ValueError(f"stride must be in 1..{max_len - 1} (context {max_len} tokens), not {stride}")
+    out, first, begin = [], 1, 0
+    while first < length:
+        end = min(length, begin + max_len)
+        out.append((begin, first, end))
+        first, begin = end, begin + stride
+    return out
+
+
 @torch.no_grad()
-def token_logprobs(model, seqs: list[list[int]], batch_size: int = 8, max_len: int | None = None) -> list[np.ndarray]:
+def token_logprobs(model, seqs: list[list[int]], batch_size: int = 8, max_len: int | None = None,
+                   stride: int | None = None) -> list[np.ndarray]:
     """log p(x_t | x_<t) for t ≥ 1 of each sequence. Sequences longer than `max_len` (default: the model's
-    context) are scored in consecutive windows that overlap by one token."""
+    context) are scored in strided sliding windows (`windows`, Hugging Face's perplexity recipe); the default
+    stride, half the context, gives every target past the first window at least half a context."""
     device = next(model.parameters()).device
     max_len = max_len or getattr(model.config, "max_position_embeddings", None) or 2048
-    pieces = []  # (sequence, first target position, window)
+    stride = stride or max(1, max_len // 2)
+    pieces = []  # (sequence, first target, window begin, window)
     for s, seq in enumerate(seqs):
-        start = 0
-        while start < len(seq) - 1:
-            pieces.append((s, start, seq[start: start + max_len]))
-            start += max_len - 1
+        for begin, first, end in windows(len(seq), max_len, stride):
+            pieces.append((s, first, begin, seq[begin: end]))
     out = [np.zeros(max(len(s) - 1, 0)) for s in seqs]
-    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][2]))  # similar lengths share a batch
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][3]))  # similar lengths share a batch
     for b in range(0, len(order), batch_size):
         batch = [pieces[i] for i in order[b: b + batch_size]]
-        width = max(len(w) for _, _, w in batch)
+        width = max(len(w) for *_, w in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for r, (_, _, w) in enumerate(batch):
+        for r, (*_, w) in enumerate(batch):
             ids[r, : len(w)] = torch.tensor(w)
             mask[r, : len(w)] = 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu().numpy()
-        for r, (s, start, w) in enumerate(batch):
-            out[s][start: start + len(w) - 1] = lp[r, : len(w) - 1]
+        for r, (s, first, begin, w) in enumerate(batch):  # lp[r, j] scores token begin + j + 1
+            out[s][first - 1: begin + len(w) - 1] = lp[r, first - begin - 1: len(w) - 1]
     return out
+
+
+NEEDS = {"text": "text", "asr": "text", "tts": "text", "interleaved": "words"}  # format → sample field
 
 
 def perplexity(model, builder: SequenceBuilder, samples, formats: tuple[str, ...] = ("speech",),
                batch_size: int = 8, seed: int = 0) -> dict:
     """Per format: NLL per token and perplexity over all targets, over speech-unit targets and over the
-    other (text) targets, of sequences built from held-out shard samples."""
+    other (text) targets, of sequences built from held-out shard samples. A format is scored on the samples
+    that have what it needs (`text`: the transcript; `interleaved`: word timings), the others counted as
+    skipped; none having it is an error, never a silent fallback to speech."""
     rng = np.random.default_rng(seed)
     samples = list(samples)
     vocab, out = builder.vocab, {}
     markers = {vocab.speech_id, vocab.text_id}
     for fmt in formats:
-        seqs = [builder.build(fmt, s, rng) for s in samples]
+        need = NEEDS.get(fmt)
+        kept = [s for s in samples if need is None or s.get(need)]
+        if not kept:
+            raise ValueError(f"--format {fmt} needs '{need}' in the samples, and none of the {len(samples)} "
+                             f"held-out samples has it")
+        seqs = [builder.build(fmt, s, rng) for s in kept]
         lps = token_logprobs(model, seqs, batch_size)
         targets = np.concatenate([np.asarray(s[1:]) for s in seqs])
         lp = np.concatenate(lps)
         speech = vocab.is_semantic(targets)
         text = ~speech & ~np.isin(targets, list(markers))
-        row = {"sequences": len(seqs)}
+        row = {"sequences": len(seqs), "skipped": len(samples) - len(kept)}
         for name, sel in (("all", np.ones_like(speech)), ("speech", speech), ("text", text)):
             n = int(sel.sum())
             nll = float(-lp[sel].mean()) if n else None

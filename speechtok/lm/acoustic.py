@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from speechtok.tokenizers.semantic import run_length
+from speechtok.unit_stream import unit_stream
+
 CONFIG_FILE = "acoustic.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -40,17 +43,36 @@ class AcousticConfig:
     max_len: int = 4096
     semantic_rate: float = 50.0
     codec_rate: float = 75.0
-    frames_per_unit: float = 1.5  # codec frames per semantic token (measured on the training data)
+    frames_per_unit: float = 1.5  # codec frames per input unit (a frame, or a dedup unit), as in training
     dedup: bool = False
     semantic_stream: str = "semantic"
     codec_stream: str = "encodec"
     codec_card: dict = field(default_factory=dict)
+    unit_stream: dict = field(default_factory=dict)  # `speechtok.unit_stream` record of the input units
 
     def __post_init__(self):
         if self.pattern not in ("delay", "coarse_fine"):
             raise ValueError(f"pattern: delay or coarse_fine, not {self.pattern!r}")
         if self.pattern == "coarse_fine" and not 0 < self.n_coarse <= self.n_q:
             raise ValueError(f"n_coarse must be in 1..{self.n_q}")
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "AcousticConfig":
+        path = Path(directory) / CONFIG_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
+        return cls(**json.loads(path.read_text()))
+
+    def input_stream(self) -> dict:
+        """The units this model reads (for models saved before the record: from dedup, k and the rate)."""
+        return self.unit_stream or unit_stream(None, self.dedup, self.k, self.semantic_rate)
+
+    def codec_frames(self, n_units: int, deduplicated: bool) -> int:
+        """Codec frames for `n_units` input units. Frame-level units fix it by the two frame rates. There is
+        no duration model: a deduplicated unit lasts the mean run length of the training data
+        (`frames_per_unit`), so the length is right on average, not per utterance."""
+        per = self.frames_per_unit if deduplicated else self.codec_rate / self.semantic_rate
+        return max(1, int(round(n_units * per)))
 
     @property
     def streams(self) -> int:
@@ -64,6 +86,21 @@ class AcousticConfig:
     @property
     def empty(self) -> int:
         return self.stream_vocab - 1
+
+
+def frames_per_dedup_unit(samples, semantic_stream: str, codec_stream: str, limit: int = 1000) -> float:
+    """Codec frames per deduplicated unit over (the first `limit` of) the training samples: the length rule
+    of a dedup acoustic model."""
+    frames = units = 0
+    for i, s in enumerate(samples):
+        if i == limit:
+            break
+        sem, durations = s[semantic_stream], s.get(semantic_stream + "_durations")
+        units += len(run_length(np.repeat(sem, durations) if durations is not None else sem)[0])
+        frames += s[codec_stream].shape[-1]
+    if not units:
+        raise ValueError("no training samples to measure the codec frames per deduplicated unit on")
+    return frames / units
 
 
 def layout(cfg: AcousticConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,11 +284,8 @@ class AcousticModel(nn.Module):
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
-        d = Path(directory)
-        if not (d / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{d}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
-        model = cls(AcousticConfig(**json.loads((d / CONFIG_FILE).read_text())))
-        model.load_state_dict(load_file(d / WEIGHTS_FILE))
+        model = cls(AcousticConfig.from_dir(directory))
+        model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
         return model.to(device).eval()
 
 

@@ -15,19 +15,21 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from speechtok.lm.acoustic import AcousticConfig, AcousticModel, to_steps
+from speechtok.lm.acoustic import AcousticConfig, AcousticModel, frames_per_dedup_unit, to_steps
 from speechtok.lm.data import shuffled_epochs, shard_paths
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.train import Metrics, build_optimizer, load_checkpoint, lr_at, save_checkpoint
 from speechtok.lm.vocab import speech_streams
-from speechtok.shards import read_manifest
+from speechtok.shards import read_manifest, read_shards
 from speechtok.tokenizers.semantic import run_length
+from speechtok.unit_stream import unit_stream
 
 
 @dataclass
@@ -102,9 +104,14 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
         T = int(np.ceil(run.train.crop_seconds * card["frame_rate"]))
         steps = T + n_q - 1 if run.pattern == "delay" else T * n_q
         model["max_len"] = 2 * (int(np.ceil(run.train.crop_seconds * sem["frame_rate"])) + 1 + steps)
+    if run.dedup:  # no duration model: a deduplicated unit lasts the training data's mean run length
+        samples = chain.from_iterable(map(read_shards, run.shards))
+        per_unit = frames_per_dedup_unit(samples, sem_name, codec_name)
+    else:
+        per_unit = frames[codec_name] / max(1, frames[sem_name])
     return AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
                           n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"], codec_rate=card["frame_rate"],
-                          frames_per_unit=frames[codec_name] / max(1, frames[sem_name]), dedup=run.dedup,
+                          frames_per_unit=per_unit, dedup=run.dedup, unit_stream=unit_stream(sem, run.dedup),
                           semantic_stream=sem_name, codec_stream=codec_name, codec_card=card, **model)
 
 

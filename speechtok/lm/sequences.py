@@ -8,7 +8,9 @@
 
 Sequences start with the tokenizer's BOS when it has one. Speech spans cut at word boundaries: a span of
 words i..j covers the frames from word i's start to word j+1's start (the first span from 0, the last
-to the end), so pauses stay with the speech before the next word and every frame lands in one span."""
+to the end), so pauses stay with the speech before the next word and every frame lands in one span. Text
+spans hold their words' tokens as in the running transcript (`word_ids`), whatever the tokenizer's way of
+marking word starts."""
 
 from __future__ import annotations
 
@@ -56,6 +58,24 @@ class SequenceBuilder:
     def text_ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def word_ids(self, words: list[str]) -> list[list[int]]:
+        """Each word's token ids as the LM sees them in running text: the transcript " ".join(words)
+        tokenized once, its tokens split at word ends by their character offsets. A span tokenized on its
+        own would need a leading space for byte-level BPE (GPT-2's "Ġword") but would get a stray "▁"
+        token from SentencePiece (Llama-2), which marks word starts itself. Tokenizers without offsets
+        (Python ones) get each word with the space before it."""
+        try:
+            enc = self.tok(" ".join(words), add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:
+            enc = {}
+        if "offset_mapping" not in enc:
+            return [self.text_ids(w if i == 0 else " " + w) for i, w in enumerate(words)]
+        ends = np.cumsum([len(w) + 1 for w in words]) - 1  # where each word ends in the transcript
+        out: list[list[int]] = [[] for _ in words]
+        for token, (_, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+            out[min(int(np.searchsorted(ends, end)), len(words) - 1)].append(token)
+        return out
+
     def speech(self, sample: dict) -> list[int]:
         return self.bos + [self.vocab.speech_id] + self.unit_ids(self.frames(sample)) + self.eos
 
@@ -90,17 +110,19 @@ class SequenceBuilder:
         ids = list(self.bos)
         spans = self.spans(sample, rng)
         frames = self.frames(sample)
-        for k, s in enumerate(spans):
+        words = self.word_ids([w["word"] for w in sample["words"]])
+        for s in spans:
             if s.modality == "text":
-                words = " ".join(w["word"] for w in sample["words"][s.first: s.last])
-                ids += [self.vocab.text_id] + self.text_ids(words if k == 0 else " " + words)
+                ids += [self.vocab.text_id] + [t for w in words[s.first: s.last] for t in w]
             else:
                 ids += [self.vocab.speech_id] + self.unit_ids(frames[s.f0: s.f1])
         return ids + self.eos, spans
 
     def build(self, fmt: str, sample: dict, rng: np.random.Generator) -> list[int]:
-        """A sequence of format `fmt` from a speech sample, falling back to speech-only when the sample
-        lacks the words or text the format needs."""
+        """A sequence of format `fmt` from a speech sample (`text`: its transcript), falling back to
+        speech-only when the sample lacks the words or text the format needs."""
+        if fmt == "text" and sample.get("text"):
+            return self.text(sample["text"])
         if fmt == "interleaved" and sample.get("words"):
             return self.interleaved(sample, rng)[0]
         if fmt in ("asr", "tts") and sample.get("text"):

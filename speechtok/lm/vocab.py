@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechtok.unit_stream import unit_stream
+
 VOCAB_FILE = "speech_vocab.json"
 TEXT, SPEECH = "[TEXT]", "[SPEECH]"
 
@@ -39,6 +41,11 @@ class SpeechVocab:
     codebook_size: int = 0
     codec_first_id: int = -1
     tokenizer_cards: dict = field(default_factory=dict)
+
+    def unit_stream(self) -> dict:
+        """The units this LM reads and writes (`speechtok.unit_stream`)."""
+        card = self.tokenizer_cards.get(self.semantic_stream)
+        return unit_stream(card, self.dedup, self.k, self.frame_rate)
 
     def units_to_ids(self, units: np.ndarray) -> np.ndarray:
         units = np.asarray(units, dtype=np.int64)
@@ -78,11 +85,13 @@ class SpeechVocab:
 
 
 def _add_contiguous(tokenizer, tokens: list[str]) -> int:
-    """Add `tokens` as whole (never split, never normalised) tokens and return the id of the first;
-    refuses if any already exists or the new ids are not contiguous."""
+    """Add `tokens` as whole (never split, never normalised) tokens in one call and return the id of the
+    first; refuses if any already exists or the new ids are not contiguous. Linear in the vocabulary size:
+    `get_vocab()` copies the whole vocabulary, so it is read once, not once per token."""
     from tokenizers import AddedToken
 
-    clash = [t for t in tokens if t in tokenizer.get_vocab()]
+    existing = tokenizer.get_vocab()
+    clash = [t for t in tokens if t in existing]
     if clash:
         raise ValueError(f"the tokenizer already has {clash[:3]}...; was it extended before?")
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False, single_word=False) for t in tokens])

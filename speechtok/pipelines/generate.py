@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +12,14 @@ import torch
 from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
+from speechtok.unit_stream import check_unit_streams, unit_stream
 
 
 @dataclass
 class Generated:
     units: np.ndarray  # the continuation's semantic units
+    stream: dict  # what they are (`speechtok.unit_stream` record: the LM's)
+    source: str  # who made them (the LM directory), for messages
     codes: np.ndarray | None = None  # [n_q, frames]
     wav: np.ndarray | None = None
     sample_rate: int | None = None
@@ -26,6 +30,16 @@ def load_lm(lm_dir: str | Path, device: torch.device):
 
     model = AutoModelForCausalLM.from_pretrained(lm_dir).to(device).eval()
     return model, AutoTokenizer.from_pretrained(lm_dir), SpeechVocab.load(lm_dir)
+
+
+def tokenizer_stream(tokenizer_dir: str | Path) -> dict:
+    """The (frame-level) units a semantic tokenizer directory makes."""
+    from speechtok.tokenizers.semantic import CARD_FILE
+
+    path = Path(tokenizer_dir) / CARD_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{tokenizer_dir}: not a semantic tokenizer directory (no {CARD_FILE})")
+    return unit_stream(json.loads(path.read_text()), dedup=False)
 
 
 def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool) -> np.ndarray:
@@ -40,27 +54,45 @@ def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool) -> n
 
 def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, tokenizer_dir: str | Path | None = None,
                     prompt_audio: str | None = None, prompt_text: str | None = None, voice: str | None = None,
-                    opts: SamplingOptions | None = None, device: str | torch.device = "cpu") -> Generated:
-    """Stage 1 always; stage 2 and the codec decoder when `acoustic_dir` is given. `voice` (an audio file)
-    sets the speaker: its codec tokens lead the acoustic stage, its units lead the target's."""
+                    opts: SamplingOptions | None = None, device: str | torch.device = "cpu",
+                    vocoder_dir: str | Path | None = None) -> Generated:
+    """Stage 1 always; then the acoustic model and codec decoder (`acoustic_dir`) or a unit HiFi-GAN
+    (`vocoder_dir`). Every stage's unit stream is checked against the LM's before anything runs. `voice`
+    (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's."""
+    from speechtok.lm.acoustic import AcousticConfig
+    from speechtok.pipelines.resynth import units_to_audio, vocoder_stream
+    from speechtok.vocoders.hifigan import UnitHiFiGAN
+
     opts = opts or SamplingOptions()
     device = torch.device(device)
+    made = SpeechVocab.load(lm_dir).unit_stream()
+    if tokenizer_dir is not None:
+        check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), made, str(lm_dir))
+    if acoustic_dir is not None:
+        acoustic = AcousticConfig.from_dir(acoustic_dir).input_stream()
+        check_unit_streams(made, str(lm_dir), acoustic, str(acoustic_dir))
+    voc = UnitHiFiGAN.from_dir(vocoder_dir, device) if vocoder_dir is not None else None
+    if voc is not None:
+        check_unit_streams(made, str(lm_dir), vocoder_stream(voc.cfg), str(vocoder_dir))
     model, tokenizer, vocab = load_lm(lm_dir, device)
     units = prompt_units(tokenizer_dir, prompt_audio, vocab.dedup) if prompt_audio else None
     prompt = speech_prompt(tokenizer, vocab, units=units, text=prompt_text)
     out = generate_units(model, tokenizer, vocab, [prompt], opts)[0]
     if len(out) == 0:
         raise ValueError("the LM ended the speech at once (no units generated); try another seed or temperature")
-    result = Generated(units=out)
-    if acoustic_dir is None:
-        return result
+    result = Generated(units=out, stream=made, source=str(lm_dir))
     del model
-    return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device)
+    if acoustic_dir is not None:
+        return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device)
+    if voc is not None:  # deduplicated units: the vocoder's duration predictor gives their lengths
+        result.wav, result.sample_rate = units_to_audio(voc, result.units), voc.cfg.sample_rate
+    return result
 
 
 def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Path | None, voice: str | None,
                opts: SamplingOptions, device: torch.device) -> Generated:
-    """Units → codec tokens (acoustic model) → waveform (codec decoder)."""
+    """Units → codec tokens (acoustic model) → waveform (codec decoder). Frame-level units last one frame
+    each; deduplicated ones (only into a model trained on them) the mean run length of its training data."""
     from speechtok.audio import load_utterance
     from speechtok.corpus import Utterance
     from speechtok.lm.acoustic import AcousticModel
@@ -68,20 +100,26 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
 
     acoustic = AcousticModel.from_dir(acoustic_dir, device)
     cfg = acoustic.cfg
-    if gen.units.max(initial=0) >= cfg.k:
-        raise ValueError(f"{acoustic_dir}: trained for {cfg.k} units, the LM produced unit {gen.units.max()}")
+    check_unit_streams(gen.stream, gen.source, cfg.input_stream(), str(acoustic_dir))
+    if voice is not None and tokenizer_dir is not None:
+        check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), cfg.input_stream(),
+                           str(acoustic_dir))
     codec = Codec.from_card({**cfg.codec_card, "n_q": cfg.n_q}, device=device)
+    n_new = cfg.codec_frames(len(gen.units), deduplicated=gen.stream["dedup"])
     units, prompt_codes = gen.units, None
+    if cfg.dedup and not gen.stream["dedup"]:
+        units = run_length(units)[0]
     if voice is not None:
         wav = torch.from_numpy(load_utterance(Utterance(id="voice", path=voice), codec.sample_rate))
         codes, n = codec.encode(wav[None], torch.tensor([len(wav)]))
         prompt_codes = codes[0, : cfg.n_q, : int(n[0])].cpu().numpy()
         units = np.concatenate([prompt_units(tokenizer_dir, voice, cfg.dedup), units])
     P = 0 if prompt_codes is None else prompt_codes.shape[1]
-    n_frames = P + max(1, int(round(len(gen.units) * cfg.frames_per_unit)))
+    n_frames = P + n_new
     codes = acoustic.generate(units, n_frames, prompt_codes, temperature=opts.temperature, top_k=opts.top_k,
                               seed=opts.seed)[:, P:]
     wav, samples = codec.decode(torch.from_numpy(codes)[None])
     gen.codes, gen.sample_rate = codes, codec.sample_rate
     gen.wav = wav[0, : int(samples[0])].float().cpu().numpy()
     return gen
+

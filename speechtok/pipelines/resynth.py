@@ -8,6 +8,13 @@ import torch
 from speechtok.audio import resample
 
 
+def vocoder_stream(cfg) -> dict:
+    """The units a unit HiFi-GAN reads (for vocoders saved before the record: from dedup, k and the rate)."""
+    from speechtok.unit_stream import unit_stream
+
+    return cfg.unit_stream or unit_stream(None, cfg.dedup, cfg.k, cfg.frame_rate)
+
+
 @torch.inference_mode()
 def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None) -> np.ndarray:
     """Frame-level units (deduplicated ones are expanded by the vocoder's duration predictor) → waveform."""
@@ -28,6 +35,7 @@ def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: s
     from speechtok.tokenizers.codec import Codec
     from speechtok.tokenizers.load import load_tokenizer
     from speechtok.tokenizers.semantic import SemanticTokenizer
+    from speechtok.unit_stream import check_unit_streams, unit_stream
     from speechtok.vocoders.hifigan import UnitHiFiGAN
     from speechtok.vocoders.train import load_vocoder
 
@@ -36,11 +44,8 @@ def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: s
     if isinstance(voc, UnitHiFiGAN):
         if not isinstance(tok, SemanticTokenizer):
             raise ValueError("a unit HiFi-GAN needs the semantic tokenizer it was trained on (-t KM_DIR)")
-        if tok.card()["k"] != voc.cfg.k:
-            raise ValueError(f"the tokenizer has {tok.card()['k']} units, the vocoder was trained on {voc.cfg.k}")
-        if abs(tok.frame_rate - voc.cfg.frame_rate) > 1e-6:  # else the speech comes out slowed or sped up
-            raise ValueError(f"the tokenizer gives {tok.frame_rate:g} Hz units, "
-                             f"the vocoder takes {voc.cfg.frame_rate:g} Hz")
+        check_unit_streams(unit_stream(tok.card(), dedup=False), tokenizer, vocoder_stream(voc.cfg),
+                           vocoder_dir)
         units = tok.encode(resample(wav, sr, tok.sample_rate))
         return units_to_audio(voc, units), voc.cfg.sample_rate, f"{len(units)} units -> unit HiFi-GAN"
     if isinstance(tok, SemanticTokenizer):

@@ -42,6 +42,7 @@ class UnitHiFiGANConfig:
     resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
     speakers: list[str] = field(default_factory=list)  # speaker names, index = embedding row
     duration_hidden: int = 0  # duration predictor width (0: embed_dim)
+    unit_stream: dict = field(default_factory=dict)  # `speechtok.unit_stream` record of the units it reads
 
     @property
     def hop(self) -> int:

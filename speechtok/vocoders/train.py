@@ -21,8 +21,9 @@ from speechtok.corpus import load_corpus
 from speechtok.lm.data import shuffled_epochs, shard_paths
 from speechtok.lm.train import Metrics, lr_at, publish_checkpoint, rng_state, set_rng_state
 from speechtok.shards import read_manifest
-from speechtok.vocoders.losses import vocoder_loss
+from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
+from speechtok.vocoders.losses import vocoder_loss
 from speechtok.vocoders.vocos import Vocos
 
 
@@ -83,7 +84,8 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
         rates = cfg.model.get("upsample_rates") or upsample_plan(hop)
         args = {"upsample_kernel_sizes": [2 * r for r in rates], **cfg.model, "upsample_rates": rates}
         gcfg = UnitHiFiGANConfig(k=card["k"], sample_rate=card["sample_rate"], frame_rate=card["frame_rate"],
-                                 dedup=cfg.dedup, num_speakers=len(speakers), speakers=speakers, **args)
+                                 dedup=cfg.dedup, num_speakers=len(speakers), speakers=speakers,
+                                 unit_stream=unit_stream(card, cfg.dedup), **args)
         return UnitHiFiGAN(gcfg), gcfg.sample_rate, gcfg.hop, name
     m = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8, **cfg.model}
     if cfg.features == "mel":
