@@ -1,12 +1,15 @@
 """Token LMs: vocabulary extension, sequence builders, the streaming dataset, and `tok lm train` on a tiny
 Llama-style model over shards of synthetic speech."""
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from speechtok.cli.main import cli
 from speechtok.lm.data import DataConfig, PackedTokens, token_loader
 from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SPEECH, TEXT, SpeechVocab, extend_vocab
+from speechtok.training.stream import part_stream
 from speechtok.tokenizers.semantic import run_length
 
 from speech import TEXT_LINES
@@ -176,7 +180,7 @@ def test_stream_packs_splits_and_resumes(speech_lm, shards, tmp_path):
 
     def blocks(rank=0, world=1, skip=0, n=12):
         ds = PackedTokens(cfg, b, cfg.shards, rank, world, seed=3, batch_size=2, skip_batches=skip)
-        return [x for _, x in zip(range(n), ds)]
+        return [x["ids"] for _, x in zip(range(n), ds)]
 
     full = blocks()
     assert all(x.shape == (32,) for x in full)
@@ -186,23 +190,11 @@ def test_stream_packs_splits_and_resumes(speech_lm, shards, tmp_path):
 
     def batches(skip, n, workers=2):  # loader workers split the data and each skips its own batches
         ds = PackedTokens(cfg, b, cfg.shards, seed=3, batch_size=2, skip_batches=skip)
-        return [x for _, x in zip(range(n), token_loader(ds, workers))]
+        return [x["ids"] for _, x in zip(range(n), token_loader(ds, workers))]
 
     with_workers = batches(0, 7)
     np.testing.assert_array_equal(torch.stack(batches(3, 4)), torch.stack(with_workers[3:]))
     assert not torch.equal(with_workers[0], with_workers[1])
-    # two ranks read disjoint samples: every shard sample id goes to exactly one rank
-    seen = []
-    for rank in (0, 1):
-        ds = PackedTokens(DataConfig(shards=[str(shards)], seq_len=32), b, [str(shards)], rank, 2, epochs=1)
-        seen.append({s["id"] for s in _samples_of(ds, rank, 2)})
-    assert not (seen[0] & seen[1]) and len(seen[0] | seen[1]) == 8
-
-
-def _samples_of(ds, part, parts):
-    from speechtok.lm.data import _samples
-
-    return list(_samples(ds.paths, part, parts))
 
 
 def write_config(path: Path, model: Path, shards: Path, out: Path, **train) -> Path:
@@ -307,3 +299,103 @@ def test_extend_vocab_is_reproducible(base_llm, shards):
         extend_vocab(model, tok, manifest)
         rows.append(model.get_input_embeddings().weight.detach().clone())
     torch.testing.assert_close(rows[0], rows[1], rtol=0, atol=0)
+
+
+# --- The data stream: every item once per epoch, token shares, text read through (issue 14 items 1-2) ---
+
+def reshard(src: Path, dst: Path, per_shard: int, copies: int = 1, first: int | None = None) -> Path:
+    """The samples of `src` rewritten `per_shard` to a shard (`copies` times, ids suffixed), or only its
+    `first` samples: shard layouts for the stream tests without encoding again."""
+    from speechtok.shards import ShardWriter, iter_tar, read_manifest, write_manifest
+
+    folder, manifest = read_manifest(src)
+    raw = [kv for s in manifest["shards"] for kv in iter_tar(folder / s["name"])][:first]
+    writer = ShardWriter(dst, max_count=per_shard)
+    for c in range(copies):
+        for key, files in raw:
+            meta = json.loads(files["json"])
+            meta["id"] = f"{meta['id']}~{c}"
+            writer.write(f"{key}~{c}", {**files, "json": json.dumps(meta).encode()})
+    write_manifest(dst, {**manifest, "shards": writer.close()})
+    return dst
+
+
+@pytest.fixture(scope="module")
+def builder(speech_lm):
+    from transformers import AutoTokenizer
+
+    return SequenceBuilder(SpeechVocab.load(speech_lm), AutoTokenizer.from_pretrained(speech_lm))
+
+
+@pytest.mark.parametrize("layout", ["16 shards, 2 ranks x 2 workers", "16 shards, 3 ranks x 2 workers",
+                                    "2 shards, 2 ranks x 2 workers", "2 shards, 3 ranks x 1 worker"])
+def test_every_sample_once_per_epoch_across_ranks_and_workers(shards, builder, tmp_path, layout):
+    from speechtok.lm.inspect import epoch_ids
+
+    n_shards, world, workers = int(layout.split()[0]), int(layout.split()[2]), int(layout.split()[5])
+    src = reshard(shards, tmp_path / "s", per_shard=1, copies=2) if n_shards == 16 else shards
+    cfg = DataConfig(shards=[str(src)], seq_len=32, shuffle_buffer=3)
+    ds = PackedTokens(cfg, builder, cfg.shards, seed=5)
+    assert len(ds.sources["speech"].units) == n_shards
+    expected = 16 if n_shards == 16 else 8
+    orders = []
+    for epoch in (0, 1, 2):
+        parts = epoch_ids(ds, world, workers, epoch)["speech"]
+        assert len(parts) == world * workers
+        counts = Counter(i for ids in parts.values() for i in ids)
+        assert len(counts) == expected and set(counts.values()) == {1}, (epoch, counts)  # each exactly once
+        assert sum(1 for ids in parts.values() if ids) >= min(world * workers, n_shards)
+        orders.append(parts)
+    assert orders[0] != orders[1] and orders[1] != orders[2]  # a new order each epoch
+    if n_shards == 16:  # and a new assignment of shards to parts
+        assert {k: set(v) for k, v in orders[0].items()} != {k: set(v) for k, v in orders[1].items()}
+
+
+def test_mix_weights_are_token_shares_and_text_is_read_through(shards, builder, tmp_path):
+    text = tmp_path / "big.txt"
+    text.write_text("\n".join(f"{TEXT_LINES[i % len(TEXT_LINES)]} {i}" for i in range(3000)) + "\n")
+    mix = {"speech": 1, "text": 1, "interleaved": 2, "asr": 1, "tts": 1}
+    cfg = DataConfig(shards=[str(shards)], text=[str(text)], seq_len=64, shuffle_buffer=50, mix=mix,
+                     text_block_bytes=4096)
+    read = []
+
+    class Recording:  # the builder, noting which text lines it is given
+        def text(self, line):
+            read.append(line)
+            return builder.text(line)
+
+        def build(self, *a):
+            return builder.build(*a)
+
+    ds = PackedTokens(cfg, Recording(), cfg.shards, seed=2)
+    assert len(ds.sources["text"].units) > 8  # blocks: a shuffled global order of the text too
+    tokens, consumed = Counter(), {}
+    for fmt, seq in ds.sequences(0, 0, 1, consumed):
+        tokens[fmt] += len(seq)
+        if consumed["speech"] >= 8 * 12:  # 12 epochs of the 8 speech samples
+            break
+    total = sum(tokens.values())
+    for fmt, w in mix.items():
+        assert abs(tokens[fmt] / total - w / 6) < 0.02, (fmt, tokens[fmt] / total, w / 6)
+    assert len(read) == consumed["text"] > 300 and len(set(read)) == len(read)  # distinct lines, not line 0 again
+    lines = list(itertools.islice(part_stream(ds.sources["text"], 2, 0, 1, buffer=50), 3000))
+    assert len(set(lines)) == 3000 and lines[:50] != sorted(lines[:50])  # one text epoch: every line, shuffled
+
+
+def test_inspect_reports_sources_shares_and_epochs(speech_lm, shards, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "run", steps=40)
+    r = run("lm", "inspect", cfg, "--world-size", 2, "--workers", 2, "--ids", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    speech, text = report["sources"]["speech"], report["sources"]["text"]
+    assert speech["items"] == 8 and text["items"] == len(TEXT_LINES)
+    assert speech["share"] == pytest.approx(5 / 6) and text["share"] == pytest.approx(1 / 6)
+    run_tokens = 40 * 4 * 64 * 2
+    assert report["run_tokens"] == run_tokens
+    assert speech["epochs_over_run"] == pytest.approx(
+        sum(run_tokens * f["share"] / f["tokens_per_item"] for f in speech["formats"].values()) / 8)
+    assert sorted(report["ids"]["speech"]) == ["0/0", "0/1", "1/0", "1/1"]
+    assert sorted(i for ids in report["ids"]["speech"].values() for i in ids) == sorted(
+        s["id"] for s in read_shards(shards))
+    text_out = run("lm", "inspect", cfg).output
+    assert "speech: 8 samples in 2 shards" in text_out and "epochs over the run" in text_out

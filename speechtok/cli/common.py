@@ -17,6 +17,7 @@ def report_errors(errors: list[CorpusError | str], where: str | None = None, lim
         click.echo(f"... and {len(errors) - limit} more" + (f" (all in {where})" if where else ""), err=True)
 
 
-def fail(msg: str) -> None:
+def fail(msg: str, code: int = 2) -> None:
+    """Exit codes: 2 usage or config error, 3 environment error (disk, permissions, lock)."""
     click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
+    sys.exit(code)
