@@ -221,6 +221,14 @@ def test_train_loss_falls_and_final_model_loads(speech_lm, shards, tmp_path):
     assert r.exit_code == 0, r.output
     curve = losses(tmp_path / "run")
     assert len(curve) == 40
+    from speechtok.lm.config import load_config
+    from speechtok.training.loop import lr_at
+
+    train_cfg = load_config(cfg).train
+    records = [x for x in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "lr" in x]
+    assert records[0]["lr"] == pytest.approx(3e-3 / 5)  # step 1 ran at the first warmup rate
+    for x in records:  # the rate the step ran with, not the next step's
+        assert x["lr"] == pytest.approx(lr_at(x["step"] - 1, train_cfg), rel=1e-9)
     first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (38, 39, 40)])
     assert last < 0.7 * first, (first, last)
     evals = [x["eval_loss"] for x in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
@@ -260,21 +268,65 @@ def test_resume_continues_the_same_loss_curve(speech_lm, shards, tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_process_gloo_training(speech_lm, shards, tmp_path, parallel):
-    cfg = write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "run", steps=6, save_every=3,
-                       batch_size=2, parallel=parallel)
+def torchrun(cfg: Path, port: int, *args) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29700 + os.getpid() % 200 + (parallel == "fsdp")), "-m", "speechtok.cli.main", "lm", "train", str(cfg)]
+           str(port + os.getpid() % 200), "-m", "speechtok.cli.main", "lm", "train", str(cfg), *map(str, args)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]
+    return r
+
+
+def test_two_process_gloo_training(speech_lm, shards, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "run", steps=6, save_every=3,
+                       batch_size=2, parallel="ddp")
+    torchrun(cfg, 29700)
     curve = losses(tmp_path / "run")
     assert sorted(curve) == list(range(1, 7)) and all(np.isfinite(list(curve.values())))
-    assert (tmp_path / "run" / "checkpoints" / "step_0000006" / "rng_rank1.pt").exists()
+    assert (tmp_path / "run" / "checkpoints" / "step_0000006" / "rng_rank1.json").exists()
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert model.get_input_embeddings().weight.shape[0] % 64 == 0
+
+
+def test_fsdp_checkpoint_resumes_on_another_world_size(speech_lm, shards, tmp_path):
+    """2 gloo ranks under FSDP2 (sharded DCP checkpoint; one eval sample, so rank 1 has no eval batch),
+    then the same run resumed on 1 process."""
+    from transformers import AutoModelForCausalLM
+
+    from speechtok.training.checkpoint import load_checkpoint
+
+    one = reshard(shards, tmp_path / "one", per_shard=1, first=1)
+    cfg = write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "run", steps=4, save_every=4,
+                       batch_size=2, parallel="fsdp", eval_every=4)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["eval_shards"] = [str(one)]
+    cfg.write_text(yaml.safe_dump(raw))
+    torchrun(cfg, 29500)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in records if "eval_loss" in x] == [4]
+    assert all(np.isfinite(x["eval_loss"]) for x in records if "eval_loss" in x)  # not NaN, no hang
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000004"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["position"]["consumed"]["speech"] > 0
+    assert len(list((ckpt / "state").glob("*.distcp"))) == 2  # each rank wrote its own shards
+    # the sharded checkpoint, loaded on one process, is the model the 2-rank run finished with
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    fresh = AutoModelForCausalLM.from_pretrained(speech_lm)
+    opt = torch.optim.AdamW(fresh.parameters())
+    assert load_checkpoint(tmp_path / "run", {"lm": (fresh, opt)}, 0)["step"] == 4
+    for (n, p), q in zip(final.named_parameters(), fresh.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    raw["train"]["steps"] = 6
+    cfg.write_text(yaml.safe_dump(raw))
+    r = run("lm", "train", cfg)  # one process
+    assert r.exit_code == 0, r.output
+    assert "resuming from step 4" in r.output and "saved with 2 ranks" in r.output
+    curve = losses(tmp_path / "run")
+    assert sorted(curve) == list(range(1, 7)) and curve[6] < curve[1]
+    position = json.loads((tmp_path / "run" / "checkpoints" / "step_0000006" / "meta.json").read_text())["position"]
+    assert position["origin"] == meta["position"]["consumed"] and position["world_size"] == 1
+    assert position["consumed"]["speech"] > position["origin"]["speech"]
 
 
 @pytest.mark.gpu

@@ -39,6 +39,8 @@ def parallelize(model: nn.Module, mode: str, world: int, device: torch.device, p
         for layer in decoder_layers(model):
             layer.compile()
     mode = ("ddp" if world > 1 else "none") if mode == "auto" else mode
+    if world == 1:  # one process: nothing to shard or sync (a run saved under FSDP resumes here too)
+        mode = "none"
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -19,6 +19,7 @@ import os
 import pickle
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,9 @@ def save_checkpoint(out: Path, step: int, parts: dict, meta: dict, rank: int, wo
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(world)
-    dcp.save(_state(parts), storage_writer=dcp.FileSystemWriter(str(tmp / "state"), sync_files=True))
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(_state(parts), storage_writer=dcp.FileSystemWriter(str(tmp / "state"), sync_files=True))
     _write_json(tmp / f"rng_rank{rank}.json", rng_state())
     barrier(world)
     if rank == 0:
@@ -226,7 +229,9 @@ def load_checkpoint(out: Path, parts: dict, rank: int) -> dict | None:
     state = _state(parts)
     reader = SafeReader(str(ckpt / "state"))
     _check_shapes(ckpt, state, reader)
-    dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
     for name, (model, opt) in parts.items():
         if opt is None:
             set_model_state_dict(model, state[name]["model"])
