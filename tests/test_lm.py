@@ -451,3 +451,88 @@ def test_inspect_reports_sources_shares_and_epochs(speech_lm, shards, tmp_path):
         s["id"] for s in read_shards(shards))
     text_out = run("lm", "inspect", cfg).output
     assert "speech: 8 samples in 2 shards" in text_out and "epochs over the run" in text_out
+
+
+# --- Untrusted checkpoints and config mistakes (issue 15 items 6 and 9) ---
+
+class _Touch:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_with_a_malicious_pickle_is_refused(speech_lm, shards, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    out = tmp_path / "run"
+    ckpt = out / "checkpoints" / "step_0000004"
+    (ckpt / "state").mkdir(parents=True)
+    evil = pickle.dumps(_Touch(marker))
+    (ckpt / "state" / ".metadata").write_bytes(evil)  # where DCP keeps its (pickled) metadata
+    (ckpt / "state.pt").write_bytes(evil)  # where checkpoints used to keep everything
+    (ckpt / "rng_rank0.pt").write_bytes(evil)
+    (ckpt / "meta.json").write_text(json.dumps({"step": 4, "world_size": 1}))
+    (ckpt / "world_size").write_text("1")
+    (out / "checkpoints" / "latest").write_text(ckpt.name)
+    r = run("lm", "train", write_config(tmp_path / "c.yaml", speech_lm, shards, out, steps=6))
+    assert not marker.exists()
+    assert r.exit_code == 2 and "refused" in r.output and ".metadata" in r.output, r.output
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ({"train": {"steps": "2"}}, "train.steps: expected an integer, not '2'"),
+    ({"train": {"steps": -5}}, "train.steps: must be at least 1"),
+    ({"train": {"save_every": 0}}, "train.save_every: must be at least 1"),
+    ({"train": {"batch_size": 0}}, "train.batch_size: must be at least 1"),
+    ({"data": {"seq_len": 0}}, "data.seq_len: must be at least 2"),
+    ({"train": {"stpes": 10}}, "train.stpes: unknown key"),
+    ({"data": {"text": ["missing.txt"]}}, "data.text: "),
+    ({"model": "no_such_model"}, "model: "),
+    ({"train": {"compile": "yes"}}, "compile: true, false or auto"),
+])
+def test_config_mistakes_are_one_line_naming_file_and_key(speech_lm, shards, tmp_path, mistake, message):
+    cfg = write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "run")
+    raw = yaml.safe_load(cfg.read_text())
+    for k, v in mistake.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) else v
+    cfg.write_text(yaml.safe_dump(raw))
+    r = run("lm", "train", cfg)
+    assert r.exit_code == 2, r.output
+    assert r.output.count("\n") == 1 and str(cfg) in r.output and message in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_reading_accepts_what_users_mean(speech_lm, shards, tmp_path):
+    from speechtok.lm.config import load_config
+
+    cfg = write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "run")
+    cfg.write_text(cfg.read_text().replace("lr: 0.003", "lr: 3e-3"))  # YAML 1.1 reads 3e-3 as a string
+    assert yaml.safe_load(cfg.read_text())["train"]["lr"] == "3e-3"
+    run_cfg = load_config(cfg)
+    assert run_cfg.train.lr == 3e-3 and run_cfg.train.compile == "auto"
+    assert run_cfg.data.text == [str(tmp_path / "text.txt")]  # relative to the config file
+    (tmp_path / "broken.yaml").write_text("train:\n  steps: [1, 2\n")
+    r = run("lm", "train", tmp_path / "broken.yaml")
+    assert r.exit_code == 2 and "broken.yaml: line" in r.output and "not valid YAML" in r.output, r.output
+    from speechtok.training.loop import compile_enabled
+
+    assert compile_enabled("auto", torch.device("cpu")) is False and compile_enabled("auto", torch.device("cuda"))
+
+
+def test_torn_metrics_and_changed_model_size_on_resume(tmp_path, capsys):
+    from speechtok.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from speechtok.training.loop import Metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    Metrics(tmp_path, 0, resume_step=2)
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == ['{"step": 1, "loss": 2.0}',
+                                                                     '{"step": 2, "loss": 1.5}']
+    assert "metrics.jsonl: line 3" in capsys.readouterr().err
+    small = torch.nn.Linear(4, 3)
+    save_checkpoint(tmp_path, 2, {"generator": (small, torch.optim.AdamW(small.parameters()))}, {}, 0, 1, 2)
+    big = torch.nn.Linear(4, 5)
+    with pytest.raises(CheckpointError, match=r"generator.model.weight is \(3, 4\) in the checkpoint but \(5, 4\)"):
+        load_checkpoint(tmp_path, {"generator": (big, torch.optim.AdamW(big.parameters()))}, 0)
