@@ -1,8 +1,8 @@
 """`tok vocoder train`: GAN training of a unit HiFi-GAN or a Vocos on shards and the corpus audio they
 came from. Generator and discriminators alternate each step (least-squares GAN, feature matching, L1
 log-mel); checkpoints resume exactly (both models and optimizers, step, RNG; the data stream is replayed);
-losses go to TensorBoard and metrics.jsonl (the shared trainer core, speechtok/training); (original, resynthesized) audio and mel plots are saved at
-intervals."""
+losses go to TensorBoard and metrics.jsonl; (original, resynthesized) audio and mel plots are saved at
+intervals. Config, stream, checkpoints, schedule and metrics come from the trainer core (speechtok/training)."""
 
 from __future__ import annotations
 
