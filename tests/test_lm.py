@@ -536,3 +536,19 @@ def test_torn_metrics_and_changed_model_size_on_resume(tmp_path, capsys):
     big = torch.nn.Linear(4, 5)
     with pytest.raises(CheckpointError, match=r"generator.model.weight is \(3, 4\) in the checkpoint but \(5, 4\)"):
         load_checkpoint(tmp_path, {"generator": (big, torch.optim.AdamW(big.parameters()))}, 0)
+
+
+def test_environment_errors_exit_3_and_other_trainers_check_configs(speech_lm, shards, tmp_path):
+    (tmp_path / "taken").write_text("a file where the run folder should go")
+    r = run("lm", "train", write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "taken"))
+    assert r.exit_code == 3 and str(tmp_path / "taken") in r.output and r.output.count("\n") == 1, r.output
+    voc = tmp_path / "voc.yaml"
+    voc.write_text(yaml.safe_dump({"kind": "vocos", "shards": str(shards), "output": "out", "lr": "3e-4",
+                                   "batch_size": 0}))
+    r = run("vocoder", "train", "--config", voc)
+    assert r.exit_code == 2 and f"{voc}: batch_size: must be at least 1" in r.output, r.output
+    ac = tmp_path / "ac.yaml"
+    ac.write_text(yaml.safe_dump({"output": "out", "shards": [str(shards)], "codec": "encodec",
+                                  "train": {"steps": "2"}}))
+    r = run("acoustic", "train", ac)
+    assert r.exit_code == 2 and f"{ac}: train.steps: expected an integer" in r.output, r.output

@@ -25,7 +25,7 @@ def training_errors(config: str | None):
         fail(str(e), 2)
     except ShardError as e:
         fail(str(e), 2)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError) as e:
         fail(f"{where}{e}", 2)
     except OSError as e:
         fail(f"{e.filename or config}: {e.strerror or e}", 3)
