@@ -35,7 +35,7 @@ def epoch_ids(data: PackedTokens, world: int, workers: int, epoch: int) -> dict[
     for name, src in data.sources.items():
         ids = dataclasses.replace(src, decode=_item_id(src))
         out[name] = {(r, w): list(part_stream(ids, data.seed, r, world, w, workers, data.cfg.shuffle_buffer,
-                                              (epoch, 0.0), epochs=1))
+                                              (epoch, 0), epochs=1))
                      for r in range(world) for w in range(workers)}
     return out
 

@@ -5,19 +5,20 @@ A source (speech shards, text files) is a list of units (a shard, a block of a t
 items in a fixed order. Epoch e of a source has one order for all parts, drawn from (seed, source, e);
 the parts then split it as webdataset's `split_by_node` + `split_by_worker` do: part (rank, worker) reads
 units order[rank::world][worker::workers]. With fewer units than parts, every part reads every unit (in
-the same global order, its items permuted the same way everywhere) and keeps item n when
+the same global order) and keeps item n when
 n % world == rank and (n // world) % workers == worker. Each part then passes its items through its own
 seeded shuffle buffer, and starts the source's next epoch when it runs dry: sources have their own
 epoch counters.
 
 Position: a stream is a pure function of (seed, world size, workers, origin), where the origin holds, per
-source, how many items all parts together had consumed when it started (0 for a new run). Resuming on the
-same world size replays it to the checkpoint's batch (exact). Resuming on another world size starts a
-new stream at the checkpoint's global count G of each source: epoch G // N (N items per epoch) with each
-part skipping the same fraction (G % N) / N of its share of that epoch. What this approximates: parts do
-not move through their shares at exactly the same pace, and items waiting in shuffle buffers or in a
-half-packed block count as consumed, so near that point a few items per part may be read twice or not at
-all in that epoch; later epochs are exact again."""
+source, how many items G all parts together had consumed when it started (0 for a new run). Resuming on
+the same world size replays it to the checkpoint's batch (exact). Resuming on another world size starts a
+new stream at the checkpoint's G of each source: epoch G // N (N items per epoch), leaving out the first
+G mod N items of that epoch's global order. Parts read their shares in global order at about the same
+pace, so what they consumed is about that prefix. What this approximates: parts do not keep exactly the
+same pace (each may be up to about a shard ahead or behind), and items waiting in shuffle buffers or in a
+half-packed block count as consumed, so around that point some items are read twice or not at all in
+that epoch; later epochs are exact again."""
 
 from __future__ import annotations
 
@@ -128,30 +129,28 @@ def split_keeps(n: int, rank: int, world: int, worker: int, workers: int) -> boo
 
 
 def part_of_epoch(src: Source, seed: int, epoch: int, rank: int, world: int, worker: int = 0,
-                  workers: int = 1) -> Iterator:
-    """Part (rank, worker)'s raw items of one epoch of `src`, in the epoch's global order (see module doc)."""
+                  workers: int = 1, skip: int = 0) -> Iterator:
+    """Part (rank, worker)'s raw items of one epoch of `src`, in the epoch's global order (see module doc),
+    leaving out the first `skip` items of that global order (a stream resumed on another layout)."""
     order = _rng(seed, src.name, epoch).permutation(len(src.units))
     if len(order) >= world * workers:
-        for i in order[rank::world][worker::workers]:
-            yield from src.read(src.units[i])
+        if skip:
+            sizes = src.sizes()
+            before = np.concatenate([[0], np.cumsum([sizes[i] for i in order])])  # items ahead of each unit
+        for k in list(range(len(order)))[rank::world][worker::workers]:
+            items = src.read(src.units[order[k]])
+            if skip:
+                if before[k + 1] <= skip:
+                    continue
+                items = itertools.islice(items, max(0, skip - int(before[k])), None)
+            yield from items
         return
-    item_rng = _rng(seed, src.name, epoch, 1)  # the same on every part: one global item order
-    n = 0
+    n = 0  # the same global order as above (units in epoch order, items in file order), split by item
     for i in order:
-        items = list(src.read(src.units[i]))
-        for j in item_rng.permutation(len(items)):
-            if split_keeps(n, rank, world, worker, workers):
-                yield items[j]
+        for item in src.read(src.units[i]):
+            if n >= skip and split_keeps(n, rank, world, worker, workers):
+                yield item
             n += 1
-
-
-def share_size(src: Source, seed: int, epoch: int, rank: int, world: int, worker: int, workers: int) -> int:
-    """How many items part (rank, worker) reads in one epoch."""
-    sizes = src.sizes()
-    order = _rng(seed, src.name, epoch).permutation(len(src.units))
-    if len(order) >= world * workers:
-        return int(sum(sizes[i] for i in order[rank::world][worker::workers]))
-    return sum(1 for n in range(sum(sizes)) if split_keeps(n, rank, world, worker, workers))
 
 
 def shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -166,16 +165,13 @@ def shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
 
 
 def part_stream(src: Source, seed: int, rank: int, world: int, worker: int = 0, workers: int = 1,
-                buffer: int = 1000, start: tuple[int, float] = (0, 0.0), epochs: int | None = None) -> Iterator:
+                buffer: int = 1000, start: tuple[int, int] = (0, 0), epochs: int | None = None) -> Iterator:
     """Part (rank, worker)'s decoded items of `src`, epoch after epoch (`epochs` of them, or endless),
-    each epoch through the part's own seeded shuffle buffer; `start` = (epoch, fraction of the share
-    already read) is where a stream resumed on another world size begins."""
-    first, fraction = start
+    each epoch through the part's own seeded shuffle buffer; `start` = (epoch, items of its global order
+    already read) is where a stream resumed on another layout begins."""
+    first, skip = start
     for epoch in itertools.count(first) if epochs is None else range(first, first + epochs):
-        items = part_of_epoch(src, seed, epoch, rank, world, worker, workers)
-        if epoch == first and fraction > 0:
-            skip = round(fraction * share_size(src, seed, epoch, rank, world, worker, workers))
-            items = itertools.islice(items, skip, None)
+        items = part_of_epoch(src, seed, epoch, rank, world, worker, workers, skip if epoch == first else 0)
         rng = _rng(seed, src.name, epoch, 2, rank, worker)
         for x in shuffled(items, buffer, rng):
             yield src.decode(x)
@@ -190,13 +186,13 @@ class Position:
     origin_step: int = 0
     origin: dict[str, int] = field(default_factory=dict)
 
-    def start(self, src: Source) -> tuple[int, float]:
-        """(epoch, fraction of it read) of `src` at the origin."""
+    def start(self, src: Source) -> tuple[int, int]:
+        """(epoch, items of its global order read) of `src` at the origin."""
         g = self.origin.get(src.name, 0)
         if g == 0:
-            return 0, 0.0
+            return 0, 0
         n = max(1, src.items())
-        return g // n, (g % n) / n
+        return g // n, g % n
 
     def saved(self, consumed: dict[str, int], world: int, device: torch.device) -> dict:
         """The position to checkpoint: this rank's items consumed since the origin, summed over ranks."""
