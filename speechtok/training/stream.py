@@ -4,8 +4,8 @@ workers so that each item is read exactly once per epoch, and a global position 
 A source (speech shards, text files) is a list of units (a shard, a block of a text file), each holding
 items in a fixed order. Epoch e of a source has one order for all parts, drawn from (seed, source, e);
 the parts then split it as webdataset's `split_by_node` + `split_by_worker` do: part (rank, worker) reads
-units order[rank::world][worker::workers]. With fewer units than parts, every part reads every unit (in
-the same global order) and keeps item n when
+units order[rank::world][worker::workers]. With fewer units than parts, every part reads every unit in
+the epoch's order (items in file order: the same global order) and keeps item n when
 n % world == rank and (n // world) % workers == worker. Each part then passes its items through its own
 seeded shuffle buffer, and starts the source's next epoch when it runs dry: sources have their own
 epoch counters.
