@@ -55,16 +55,3 @@ def parallelize(model: nn.Module, mode: str, world: int, device: torch.device, p
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model
-
-
-def all_mean(x: float, world: int, device: torch.device) -> float:
-    if world == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / world
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()

@@ -19,10 +19,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from speechtok.lm.config import RunConfig
 from speechtok.lm.data import PackedTokens, token_loader
-from speechtok.lm.parallel import barrier, init_distributed, parallelize
+from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SpeechVocab
-from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
+from speechtok.training.checkpoint import barrier, load_checkpoint, save_checkpoint
 from speechtok.training.loop import (Metrics, autocast_for, build_optimizer, compile_enabled, lr_at, seed_all,
                                      set_lr)
 from speechtok.training.stream import resume_position
