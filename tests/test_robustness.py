@@ -463,6 +463,7 @@ def flip_byte(path: Path, at: int = 700) -> None:
 def test_every_reader_verifies_and_a_rerun_repairs(mfcc_km, speech_corpus, mfcc_reference, tmp_path):
     from speechtok.lm.data import shard_paths
     from speechtok.shards import ShardError
+    from speechtok.training.stream import shard_source
 
     out = tmp_path / "out"
     shutil.copytree(mfcc_reference, out)
@@ -471,8 +472,11 @@ def test_every_reader_verifies_and_a_rerun_repairs(mfcc_km, speech_corpus, mfcc_
     assert shown.exit_code == 2 and "shard-000003.tar: sha256 does not match" in shown.output
     assert run_cli("show", out, "-n", 1, "--no-verify").exit_code == 0
     with pytest.raises(ShardError, match="shard-000003.tar: sha256 does not match"):
-        shard_paths([str(out)])  # what the LM, acoustic and vocoder trainers list their shards with
+        shard_paths([str(out)])
+    with pytest.raises(ShardError, match="shard-000003.tar: sha256 does not match"):
+        shard_source([str(out)])  # what the LM, acoustic and vocoder trainers read their shards through
     assert len(shard_paths([str(out)], verify=False)) == 4
+    assert len(shard_source([str(out)], verify=False).units) == 4
     (out / "shard-000001.tar").unlink()
     r = run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
     assert r.exit_code == 0, r.output

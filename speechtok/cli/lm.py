@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
+
+from speechtok.cli.common import fail
+
+
+@contextlib.contextmanager
+def training_errors(config: str | None):
+    """One line per trainer error: config mistakes exit 2 (the message names the file and key),
+    environment errors (disk full, permissions) exit 3."""
+    from speechtok.shards import ShardError
+    from speechtok.training.config import ConfigError
+
+    where = f"{config}: " if config else ""
+    try:
+        yield
+    except ConfigError as e:
+        fail(str(e), 2)
+    except ShardError as e:
+        fail(str(e), 2)
+    except (ValueError, TypeError) as e:
+        fail(f"{where}{e}", 2)
+    except OSError as e:
+        fail(f"{e.filename or config}: {e.strerror or e}", 3)
 
 
 @click.group("lm")
@@ -51,12 +74,28 @@ def train_cmd(config, stop_after):
     from speechtok.lm.config import load_config
     from speechtok.lm.train import train
 
-    try:
-        run = load_config(config)
-    except (ValueError, OSError, TypeError) as e:
-        raise click.ClickException(f"{config}: {e}") from None
-    result = train(run, stop_after=stop_after)
+    with training_errors(config):
+        result = train(load_config(config), stop_after=stop_after)
     click.echo(json.dumps(result))
+
+
+@lm.command("inspect")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="Ranks of the run.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Loader workers per rank (default: data.num_workers, at least 1).")
+@click.option("--epoch", type=click.IntRange(min=0), default=0, show_default=True, help="The epoch --ids lists.")
+@click.option("--ids", is_flag=True, help="List the ids each rank/worker reads in --epoch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_cmd(config, world_size, workers, epoch, ids, as_json):
+    """What a `tok lm train` run of CONFIG would read: per source the samples/lines, tokens, share of the
+    mix and epochs over the run; with --ids, which ids each rank/worker reads in an epoch."""
+    from speechtok.lm.config import load_config
+    from speechtok.lm.inspect import format_report, inspect_run
+
+    with training_errors(config):
+        report = inspect_run(load_config(config), world_size, workers, epoch, ids)
+    click.echo(json.dumps(report) if as_json else format_report(report))
 
 
 @click.group("acoustic")
@@ -71,11 +110,8 @@ def acoustic_train_cmd(config, stop_after):
     """Train the semantic → codec-token model as CONFIG (YAML) says; rerunning resumes."""
     from speechtok.lm.acoustic_train import load_acoustic_config, train_acoustic
 
-    try:
-        run = load_acoustic_config(config)
-        result = train_acoustic(run, stop_after=stop_after)
-    except (ValueError, OSError, TypeError) as e:
-        raise click.ClickException(f"{config}: {e}") from None
+    with training_errors(config):
+        result = train_acoustic(load_acoustic_config(config), stop_after=stop_after)
     click.echo(json.dumps(result))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import click
@@ -30,23 +29,25 @@ def vocoder() -> None:
 def train_cmd(config_path, kind, shards, output, features, steps, batch_size, segment_seconds, dedup, speakers,
               stop_after, device):
     """Train a vocoder; rerunning the same command resumes from the latest checkpoint."""
-    import yaml
+    from pathlib import Path
 
+    from speechtok.cli.lm import training_errors
     from speechtok.pipelines.batching import resolve_device
+    from speechtok.training.config import build
     from speechtok.vocoders.train import VocoderTrainConfig, load_vocoder_config, train_vocoder
 
     given = {"kind": kind, "shards": shards, "output": output, "features": features, "steps": steps,
              "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers}
     given = {k: v for k, v in given.items() if v is not None}
-    try:
-        if config_path:
-            cfg = dataclasses.replace(load_vocoder_config(config_path), **given)
-        else:
-            missing = [k for k in ("kind", "shards", "output") if k not in given]
-            if missing:
-                raise click.UsageError(f"give --{' --'.join(missing)} (or --config)")
-            cfg = VocoderTrainConfig(**given)
+    for k in ("shards", "output"):  # command-line paths are relative to the working directory
+        if k in given:
+            given[k] = str(Path(given[k]).resolve())
+    if not config_path:
+        missing = [k for k in ("kind", "shards", "output") if k not in given]
+        if missing:
+            raise click.UsageError(f"give --{' --'.join(missing)} (or --config)")
+    with training_errors(config_path):
+        cfg = load_vocoder_config(config_path, given) if config_path else \
+            build(VocoderTrainConfig, given, "command line")
         result = train_vocoder(cfg, stop_after, str(resolve_device(device)))
-    except (ValueError, OSError, TypeError, yaml.YAMLError) as e:
-        raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result))

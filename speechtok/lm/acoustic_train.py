@@ -8,54 +8,60 @@
     model: {dim: 512, layers: 8, heads: 8}
     train: {batch_size: 16, steps: 20000, lr: 3.0e-4, warmup: 500, crop_seconds: 10}
 
-Uses the token LM's optimizer, schedule, checkpoints (resume by rerunning) and metrics."""
+Uses the shared trainer core (speechtok/training): config checks, the shard stream, DCP checkpoints
+(resume by rerunning, also on another world size), LR schedule and metrics."""
 
 from __future__ import annotations
 
-import contextlib
-import random
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from speechtok.lm.acoustic import AcousticConfig, AcousticModel, frames_per_dedup_unit, to_steps
-from speechtok.lm.data import shuffled_epochs, shard_paths
 from speechtok.lm.parallel import init_distributed, parallelize
-from speechtok.lm.train import Metrics, build_optimizer, load_checkpoint, lr_at, save_checkpoint
 from speechtok.lm.vocab import speech_streams
 from speechtok.shards import read_manifest, read_shards
 from speechtok.tokenizers.semantic import run_length
+from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
+from speechtok.training.config import ConfigError, at_least, build, path_field, read_yaml
+from speechtok.training.loop import Metrics, autocast_for, build_optimizer, lr_at, seed_all, set_lr
+from speechtok.training.stream import Position, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
 
 
 @dataclass
 class AcousticTrainConfig:
-    batch_size: int = 16
-    steps: int = 20000
+    batch_size: int = at_least(16, 1)
+    steps: int = at_least(20000, 1)
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1
-    warmup: int = 500
-    weight_decay: float = 0.1
+    min_lr_ratio: float = at_least(0.1, 0)
+    warmup: int = at_least(500, 0)
+    weight_decay: float = at_least(0.1, 0)
     betas: tuple[float, float] = (0.9, 0.95)
     clip: float = 1.0
     crop_seconds: float = 10.0
     precision: str = "bf16"
-    log_every: int = 10
-    save_every: int = 1000
-    keep_checkpoints: int = 2
-    shuffle_buffer: int = 1000
+    log_every: int = at_least(10, 1)
+    save_every: int = at_least(1000, 1)
+    keep_checkpoints: int = at_least(2, 1)
+    shuffle_buffer: int = at_least(1000, 1)
     seed: int = 0
+
+    def __post_init__(self):
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision: bf16 or fp32, not {self.precision!r}")
+        if not self.lr > 0 or not self.crop_seconds > 0:
+            raise ValueError("lr and crop_seconds must be more than 0")
 
 
 @dataclass
 class AcousticRun:
-    output: str
-    shards: list[str]
-    codec: str
+    output: str = path_field("output")
+    shards: list[str] = path_field("input")
+    codec: str = field()
     n_q: int | None = None
     pattern: str = "delay"
     n_coarse: int = 2
@@ -65,14 +71,8 @@ class AcousticRun:
 
 
 def load_acoustic_config(path: str | Path) -> AcousticRun:
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    train = AcousticTrainConfig(**(raw.pop("train", {}) or {}))
-    run = AcousticRun(**raw, train=train)
-    base = path.parent
-    run.shards = [str(base / s) if not Path(s).is_absolute() else s for s in run.shards]
-    run.output = str(base / run.output) if not Path(run.output).is_absolute() else run.output
-    return run
+    """Parse and check a YAML config (ConfigError naming the file and key on any mistake)."""
+    return build(AcousticRun, read_yaml(path), path)
 
 
 def pair(sample: dict, cfg: AcousticConfig, crop_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -109,28 +109,33 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
         per_unit = frames_per_dedup_unit(samples, sem_name, codec_name)
     else:
         per_unit = frames[codec_name] / max(1, frames[sem_name])
-    return AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
-                          n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"], codec_rate=card["frame_rate"],
-                          frames_per_unit=per_unit, dedup=run.dedup, unit_stream=unit_stream(sem, run.dedup),
-                          semantic_stream=sem_name, codec_stream=codec_name, codec_card=card, **model)
+    try:
+        return AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
+                              n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"], codec_rate=card["frame_rate"],
+                              frames_per_unit=per_unit, dedup=run.dedup, unit_stream=unit_stream(sem, run.dedup),
+                              semantic_stream=sem_name, codec_stream=codec_name, codec_card=card, **model)
+    except TypeError as e:
+        raise ConfigError(f"model: {e}") from None
 
 
-def batches(run: AcousticRun, cfg: AcousticConfig, rank: int, world: int, skip: int):
-    """Endless batches of (units, steps) lists; the first `skip` are passed over (resume)."""
-    paths = shard_paths(run.shards)
+def batches(run: AcousticRun, cfg: AcousticConfig, rank: int, world: int, position: Position, skip: int,
+            consumed: dict):
+    """Endless batches of (units, steps) lists from this rank's part of the shard stream; the first `skip`
+    are passed over (resume). `consumed["speech"]` counts the samples drawn."""
     tc = run.train
+    src = shard_source(run.shards)
     crop = int(tc.crop_seconds * cfg.codec_rate)
-    n = 0
-    epoch_rng = lambda epoch: np.random.default_rng([tc.seed, epoch, rank])  # noqa: E731
-    for rng, samples in shuffled_epochs(paths, rank, world, tc.shuffle_buffer, epoch_rng):
-        batch = []
-        for sample in samples:
-            batch.append(pair(sample, cfg, crop, rng))
-            if len(batch) == tc.batch_size:
-                n += 1
-                if n > skip:
-                    yield batch
-                batch = []
+    rng = np.random.default_rng([tc.seed, position.origin_step, rank])  # crops
+    consumed.setdefault(src.name, 0)
+    n, batch = 0, []
+    for sample in part_stream(src, tc.seed, rank, world, 0, 1, tc.shuffle_buffer, position.start(src)):
+        consumed[src.name] += 1
+        batch.append(pair(sample, cfg, crop, rng))
+        if len(batch) == tc.batch_size:
+            n += 1
+            if n > skip:
+                yield batch
+            batch = []
 
 
 def train_acoustic(run: AcousticRun, stop_after: int | None = None) -> dict:
@@ -138,21 +143,19 @@ def train_acoustic(run: AcousticRun, stop_after: int | None = None) -> dict:
     rank, world, device = init_distributed()
     out = Path(run.output)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(tc.seed)
-    random.seed(tc.seed)
+    seed_all(tc.seed)
     cfg = acoustic_config(run)
     raw = AcousticModel(cfg).to(device)
     model = parallelize(raw, "auto", world, device, tc.precision)
     optimizer = build_optimizer(model, tc, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, tc) / tc.lr)
-    step = load_checkpoint(out, model, optimizer, scheduler, rank, world)
+    parts = {"acoustic": (model, optimizer)}
+    meta = load_checkpoint(out, parts, rank) or {}
+    step = meta.get("step", 0)
     metrics = Metrics(out, rank, step)
-    data = batches(run, cfg, rank, world, skip=step)
-
-    def autocast():
-        if tc.precision == "bf16" and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    position = resume_position(meta.get("position"), step, world, 1, f"{out}: ")
+    consumed: dict[str, int] = {}
+    data = batches(run, cfg, rank, world, position, step - position.origin_step, consumed)
+    autocast = autocast_for(tc.precision if device.type == "cuda" else "fp32", device)
 
     first, last = step, {}
     model.train()
@@ -160,22 +163,23 @@ def train_acoustic(run: AcousticRun, stop_after: int | None = None) -> dict:
         batch = next(data)
         units = [torch.as_tensor(u, device=device) for u, _ in batch]
         steps = [torch.as_tensor(s, device=device) for _, s in batch]
+        lr = set_lr(optimizer, lr_at(step, tc))
         with autocast():
             loss = model(units, steps)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if step % tc.log_every == 0 or step == tc.steps:
-            last = {"loss": loss.detach().item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            last = {"loss": loss.detach().item(), "lr": lr, "grad_norm": float(grad_norm)}
             metrics.log(step, last)
             if rank == 0:
                 print(f"step {step}/{tc.steps} loss {last['loss']:.4f}", flush=True)
         stopping = stop_after is not None and step - first >= stop_after
         if step % tc.save_every == 0 or step == tc.steps or stopping:
-            save_checkpoint(out, step, model, optimizer, scheduler, rank, world, tc.keep_checkpoints)
+            save_checkpoint(out, step, parts, {"position": position.saved(consumed, world, device)}, rank, world,
+                            tc.keep_checkpoints)
     if step >= tc.steps and rank == 0:
         raw.save(out / "final")
     return {"step": step, **last}

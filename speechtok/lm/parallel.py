@@ -39,6 +39,8 @@ def parallelize(model: nn.Module, mode: str, world: int, device: torch.device, p
         for layer in decoder_layers(model):
             layer.compile()
     mode = ("ddp" if world > 1 else "none") if mode == "auto" else mode
+    if world == 1:  # one process: nothing to shard or sync (a run saved under FSDP resumes here too)
+        mode = "none"
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -53,16 +55,3 @@ def parallelize(model: nn.Module, mode: str, world: int, device: torch.device, p
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model
-
-
-def all_mean(x: float, world: int, device: torch.device) -> float:
-    if world == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / world
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()

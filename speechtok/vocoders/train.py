@@ -2,25 +2,26 @@
 came from. Generator and discriminators alternate each step with the paper's discriminators and losses
 (losses.py: HiFi-GAN's or Vocos'); checkpoints resume exactly (both models and optimizers, step, RNG; the
 data stream is replayed); losses go to TensorBoard and metrics.jsonl; (original, resynthesized) audio and
-mel plots are saved at intervals."""
+mel plots are saved at intervals. Config, stream, checkpoints, schedule and metrics come from the trainer
+core (speechtok/training)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from speechtok.audio import load_utterance
 from speechtok.corpus import load_corpus
-from speechtok.lm.data import shuffled_epochs, shard_paths
-from speechtok.lm.train import Metrics, lr_at, publish_checkpoint, rng_state, set_rng_state
 from speechtok.shards import read_manifest
+from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
+from speechtok.training.config import at_least, build, path_field, read_yaml
+from speechtok.training.loop import Metrics, lr_at, set_lr
+from speechtok.training.stream import Position, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.losses import vocoder_loss
@@ -30,35 +31,37 @@ from speechtok.vocoders.vocos import Vocos
 @dataclass
 class VocoderTrainConfig:
     kind: str  # unit-hifigan | vocos
-    shards: str
-    output: str
+    shards: str = path_field("input")
+    output: str = path_field("output")
     features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
     model: dict = field(default_factory=dict)  # size overrides
     sample_rate: int | None = None  # vocos mel: default 24000
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
     speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
-    batch_size: int = 16
+    batch_size: int = at_least(16, 1)
     segment_seconds: float = 1.0
-    steps: int = 100_000
+    steps: int = at_least(100_000, 1)
     lr: float = 2e-4
-    warmup: int = 0
+    warmup: int = at_least(0, 0)
     min_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.8, 0.99)
     mel_weight: float = 45.0
     fm_weight: float | None = None  # None: the paper's (HiFi-GAN 2, Vocos 1)
     mrd_weight: float | None = None  # vocos: None = the released configs' (0.1 mel, 1.0 codec features)
-    adv_start: int = 0  # steps of mel-only training before the discriminators join
-    disc_channels: int = 32
-    log_every: int = 50
-    save_every: int = 5000
-    sample_every: int = 5000
-    keep_checkpoints: int = 2
-    shuffle_buffer: int = 256
+    adv_start: int = at_least(0, 0)  # steps of mel-only training before the discriminators join
+    disc_channels: int = at_least(32, 1)
+    log_every: int = at_least(50, 1)
+    save_every: int = at_least(5000, 1)
+    sample_every: int = at_least(5000, 1)
+    keep_checkpoints: int = at_least(2, 1)
+    shuffle_buffer: int = at_least(256, 1)
     seed: int = 0
 
     def __post_init__(self):
         if self.kind not in ("unit-hifigan", "vocos"):
             raise ValueError(f"kind: unit-hifigan or vocos, not {self.kind!r}")
+        if not self.lr > 0 or not self.segment_seconds > 0:
+            raise ValueError("lr and segment_seconds must be more than 0")
         self.betas = tuple(self.betas)
 
 
@@ -113,30 +116,33 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
 
 
 def segments(cfg: VocoderTrainConfig, utts: dict, stream: str | None, sr: int, hop: int, speakers: list[str],
-             skip: int):
+             skip: int, position: Position | None = None, consumed: dict | None = None):
     """Endless batches (inputs, audio [B, frames × hop], speakers) of random segments of the utterances in
     `utts` (id → Utterance); the first `skip` batches are replayed without loading audio (resume)."""
-    paths = shard_paths([cfg.shards])
+    src = shard_source([cfg.shards])
+    position = position or Position(1, 1)
+    consumed = {} if consumed is None else consumed
+    consumed.setdefault(src.name, 0)
     n = max(1, int(cfg.segment_seconds * sr / hop))
     count = 0
-    epoch_rng = lambda epoch: np.random.default_rng([cfg.seed, epoch])  # noqa: E731
-    for rng, samples in shuffled_epochs(paths, 0, 1, cfg.shuffle_buffer, epoch_rng):
+    rng = np.random.default_rng([cfg.seed, position.origin_step])  # segment starts
+    batch = []
+    for s in part_stream(src, cfg.seed, 0, 1, 0, 1, cfg.shuffle_buffer, position.start(src)):
+        consumed[src.name] += 1
+        if s["id"] not in utts:
+            continue
+        frames = s[stream] if stream else None
+        if stream and s.get(stream + "_durations") is not None:
+            frames = np.repeat(frames, s[stream + "_durations"])
+        total = frames.shape[-1] if frames is not None else int(s["duration"] * sr) // hop
+        a = int(rng.integers(0, max(1, total - n + 1)))
+        batch.append((s, frames, a))
+        if len(batch) < cfg.batch_size:
+            continue
+        count += 1
+        if count > skip:
+            yield _load_batch(batch, utts, n, sr, hop, speakers)
         batch = []
-        for s in samples:
-            if s["id"] not in utts:
-                continue
-            frames = s[stream] if stream else None
-            if stream and s.get(stream + "_durations") is not None:
-                frames = np.repeat(frames, s[stream + "_durations"])
-            total = frames.shape[-1] if frames is not None else int(s["duration"] * sr) // hop
-            a = int(rng.integers(0, max(1, total - n + 1)))
-            batch.append((s, frames, a))
-            if len(batch) < cfg.batch_size:
-                continue
-            count += 1
-            if count > skip:
-                yield _load_batch(batch, utts, n, sr, hop, speakers)
-            batch = []
 
 
 def _load_batch(batch, utts, n: int, sr: int, hop: int, speakers: list[str]):
@@ -175,27 +181,6 @@ def save_generator(gen, directory: Path) -> None:
         gen.save(directory)
     else:
         gen.save_pretrained(directory)
-
-
-def _checkpoint(out: Path, step: int, parts: dict, keep: int) -> None:
-    root = out / "checkpoints"
-    tmp, final = root / f".tmp_step_{step:07d}", root / f"step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({k: v.state_dict() for k, v in parts.items()} | {"step": step, "rng": rng_state()}, tmp / "state.pt")
-    publish_checkpoint(tmp, final, keep)
-
-
-def _restore(out: Path, parts: dict) -> int:
-    latest = out / "checkpoints" / "latest"
-    if not latest.exists():
-        return 0
-    state = torch.load(out / "checkpoints" / latest.read_text().strip() / "state.pt", map_location="cpu",
-                       weights_only=False)
-    for k, v in parts.items():
-        v.load_state_dict(state[k])
-    set_rng_state(state["rng"])
-    return int(state["step"])
 
 
 def save_samples(out: Path, step: int, gen, batch, sr: int, writer) -> None:
@@ -244,14 +229,14 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
     gen, disc = gen.to(device), disc.to(device)
     opt_g = torch.optim.AdamW(gen.parameters(), cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.AdamW(disc.parameters(), cfg.lr, betas=cfg.betas)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lambda s: lr_at(s, cfg) / cfg.lr)
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lambda s: lr_at(s, cfg) / cfg.lr)
-    parts = {"generator": gen, "discriminators": disc, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g,
-             "sched_d": sched_d}
-    step = _restore(out, parts)
+    parts = {"generator": (gen, opt_g), "discriminators": (disc, opt_d)}
+    meta = load_checkpoint(out, parts, 0) or {}
+    step = meta.get("step", 0)
     metrics = Metrics(out, 0, step)
     fixed = next(segments(cfg, utts, stream, sr, hop, speakers, 0))
-    data = segments(cfg, utts, stream, sr, hop, speakers, skip=step)
+    position = resume_position(meta.get("position"), step, 1, 1, f"{out}: ")
+    consumed: dict[str, int] = {}
+    data = segments(cfg, utts, stream, sr, hop, speakers, step - position.origin_step, position, consumed)
     first, last, t0 = step, {}, time.perf_counter()
     while step < cfg.steps and (stop_after is None or step - first < stop_after):
         x, audio, spk = next(data)
@@ -259,6 +244,8 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
         audio, spk = audio.to(device), spk.to(device)
         y_hat = synthesize(gen, x, audio, spk)
         adversarial = step >= cfg.adv_start
+        lr = set_lr(opt_g, lr_at(step, cfg))
+        set_lr(opt_d, lr_at(max(0, step - cfg.adv_start), cfg))  # the discriminators' schedule starts with them
         loss_d = torch.zeros((), device=device)
         if adversarial:
             loss_d = disc.discriminator_loss(audio, y_hat.detach())
@@ -271,14 +258,11 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        sched_g.step()
-        if adversarial:
-            sched_d.step()
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             dt = time.perf_counter() - t0
             last = {"mel_loss": loss_mel.item(), "g_loss": loss_g.item(), "d_loss": loss_d.item(),
-                    "lr": sched_g.get_last_lr()[0], "steps_per_s": cfg.log_every / dt}
+                    "lr": lr, "steps_per_s": cfg.log_every / dt}
             metrics.log(step, last)
             print(f"step {step}/{cfg.steps} mel {last['mel_loss']:.4f} g {last['g_loss']:.3f} d {last['d_loss']:.3f}",
                   flush=True)
@@ -287,21 +271,16 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
             save_samples(out, step, gen, fixed, sr, metrics.tb)
         stopping = stop_after is not None and step - first >= stop_after
         if step % cfg.save_every == 0 or step == cfg.steps or stopping:
-            _checkpoint(out, step, parts, cfg.keep_checkpoints)
+            save_checkpoint(out, step, parts, {"position": position.saved(consumed, 1, device)}, 0, 1,
+                            cfg.keep_checkpoints)
     if step >= cfg.steps:
         save_generator(gen.eval(), out / "final")
     return {"step": step, **last}
 
 
-def load_vocoder_config(path: str | Path) -> VocoderTrainConfig:
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    cfg = VocoderTrainConfig(**raw)
-    for attr in ("shards", "output"):
-        value = getattr(cfg, attr)
-        if not Path(value).is_absolute():
-            setattr(cfg, attr, str(path.parent / value))
-    return cfg
+def load_vocoder_config(path: str | Path, overrides: dict | None = None) -> VocoderTrainConfig:
+    """Parse and check a YAML config; `overrides` (command-line options, paths absolute) replace its keys."""
+    return build(VocoderTrainConfig, {**read_yaml(path), **(overrides or {})}, path)
 
 
 def load_vocoder(directory: str | Path, device: str | torch.device = "cpu"):

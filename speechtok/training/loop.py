@@ -1,0 +1,101 @@
+"""The parts of a training loop every trainer shares: seeding, the LR schedule, AdamW, autocast, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def lr_at(step: int, cfg) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup to cfg.lr, then cosine to
+    cfg.lr × cfg.min_lr_ratio at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set the rate the next optimizer.step() uses (a function of the step alone: nothing to checkpoint)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def build_optimizer(model, cfg, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and other 1-d parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A context factory: bf16 autocast over fp32 weights, or nothing."""
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+    return autocast
+
+
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """`compile: auto` compiles on CUDA only (on CPU it makes short runs slower)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+class Metrics:
+    """metrics.jsonl (always) and TensorBoard (when installed), on rank 0."""
+
+    def __init__(self, out: Path, rank: int, resume_step: int):
+        self.rank, self.path, self.tb = rank, out / "metrics.jsonl", None
+        if rank != 0:
+            return
+        if self.path.exists():  # drop what was logged after the checkpoint we resume from
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in read_metrics(self.path)
+                                         if r["step"] <= resume_step))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:
+            pass
+
+    def log(self, step: int, values: dict) -> None:
+        if self.rank != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if v is not None:
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line torn by a kill mid-write is dropped with a note."""
+    out = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = None
+            print(f"note: {path}: line {n} is not a complete record (an interrupted write?): dropped",
+                  file=sys.stderr)
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            out.append(record)
+    return out
