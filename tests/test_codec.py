@@ -245,7 +245,7 @@ def test_codebook_choice(tiny_codec):
         Codec("encodec", tiny_codec("encodec"), n_q=3)
     with pytest.raises(ValueError, match="nq must be in 1..4"):
         Codec("dac", tiny_codec("dac"), n_q=5)
-    with pytest.raises(ValueError, match="is a DacModel, not a MimiModel"):
+    with pytest.raises(ValueError, match="is a dac model, not a MimiModel"):
         Codec("mimi", tiny_codec("dac"))
 
 
@@ -263,7 +263,7 @@ def test_long_inputs_are_chunked(tiny_codec, kind, min_agree):
 
 
 @pytest.fixture(scope="module")
-def multi_shards(tiny_codec, tiny_ssl, speech_corpus, tmp_path_factory):
+def multi_encode(tiny_codec, tiny_ssl, speech_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("multi")
     runner = CliRunner()
     r = runner.invoke(cli, ["train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "12", "-o", str(root / "km"), "-q"])
@@ -272,7 +272,28 @@ def multi_shards(tiny_codec, tiny_ssl, speech_corpus, tmp_path_factory):
                             "-t", f"encodec:{tiny_codec('encodec')}:nq=2", "-t", f"dac:{tiny_codec('dac')}:nq=3",
                             "-t", f"mimi:{tiny_codec('mimi')}:nq=4", "-o", str(root / "shards"), "-q"])
     assert r.exit_code == 0, r.output
-    return root / "shards"
+    return root / "shards", r
+
+
+@pytest.fixture(scope="module")
+def multi_shards(multi_encode):
+    return multi_encode[0]
+
+
+def test_encode_warns_about_codecs_that_use_one_code(multi_encode):
+    """The random-init EnCodec and Mimi (zero codebooks) write only code 0: one stderr line each. DAC's
+    random codebooks and the MFCC units use many codes: no line."""
+    shards, result = multi_encode
+    lines = [x for x in result.stderr.splitlines() if x.startswith("warning:") and "codes over" in x]
+    assert [x.split(":")[1].strip() for x in lines] == ["encodec", "mimi"], result.stderr
+    assert lines[0].startswith("warning: encodec: codebooks use 1, 1 of 1024 codes over ")
+    assert lines[1].startswith("warning: mimi: codebooks use 1, 1, 1, 1 of 64 codes over ")
+    assert "warning:" not in result.stdout
+    usage = {}
+    for s in read_shards(shards):
+        for name in ("semantic", "dac"):
+            usage.setdefault(name, set()).update(np.unique(s[name]).tolist())
+    assert len(usage["semantic"]) >= 6 and len(usage["dac"]) >= 6  # what made them pass
 
 
 def test_one_pass_writes_every_tokenizer(multi_shards, speech_corpus):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,33 @@ def token_files(tok, tokens: np.ndarray, dedup: bool) -> dict[str, bytes]:
         return {f"{tok.name}.npy": npy_bytes(units.astype(smallest_int_dtype(top))),
                 f"{tok.name}_durations.npy": npy_bytes(durations.astype(smallest_int_dtype(int(durations.max()))))}
     return {f"{tok.name}.npy": npy_bytes(tokens.astype(smallest_int_dtype(top)))}
+
+
+class CodeUsage:
+    """Which codes each codebook of a stream has written in this run: a random-init or broken codec writes
+    (nearly) one code, which `warning` reports once enough frames have passed to fill more."""
+
+    def __init__(self, name: str, codebook_size: int):
+        self.name, self.size = name, codebook_size
+        self.seen: np.ndarray | None = None
+        self.frames = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        t = np.atleast_2d(tokens)
+        if self.seen is None:
+            self.seen = np.zeros((len(t), self.size), dtype=bool)
+        self.seen[np.arange(len(t))[:, None], t] = True
+        self.frames += t.shape[-1]
+
+    def warning(self, share: float = 0.02) -> str | None:
+        """One line if, after at least one frame per code, some codebook used under `share` of its codes."""
+        if self.seen is None or self.frames < self.size:
+            return None
+        used = self.seen.sum(1)
+        if used.min() >= max(2, share * self.size):
+            return None
+        return (f"warning: {self.name}: codebooks use {', '.join(map(str, used))} of {self.size} codes over "
+                f"{self.frames:,} frames (under {share:.0%}): a random-init or broken tokenizer?")
 
 
 def sample_meta(item: Item, seconds: float, streams: dict[str, dict]) -> dict:
@@ -261,6 +289,7 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
     ready: dict[int, tuple[dict[str, bytes], float, dict] | CorpusError] = {}
     cuda = any(t.device.type == "cuda" for t in toks)
     bar = tqdm(total=len(items), initial=next_pos, unit="utt", disable=not opts.progress, dynamic_ncols=True)
+    usage = {t.name: CodeUsage(t.name, t.k if isinstance(t, SemanticTokenizer) else t.codebook_size) for t in toks}
 
     def split_logged(n: int) -> None:
         summary.oom_splits += 1
@@ -281,6 +310,7 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
             files, streams = {}, {}
             for t in toks:
                 tokens = encoded[j][t.name]
+                usage[t.name].add(tokens)
                 files.update(token_files(t, tokens, dedups[t.name]))
                 streams[t.name] = {"sample_rate": t.sample_rate, "frame_rate": t.frame_rate,
                                    "num_frames": int(tokens.shape[-1])}
@@ -306,6 +336,8 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
         done_s = state["seconds"] - summary.seconds
         bar.set_postfix_str(f"{state['seconds'] / 3600:.2f} h, {done_s / max(elapsed, 1e-9):,.0f}x RT")
     bar.close()
+    for line in filter(None, (u.warning() for u in usage.values())):
+        print(line, file=sys.stderr)
     ready.clear()
     writer.close()
     summary.num_utterances, summary.seconds, summary.frames = state["utts"], state["seconds"], state["frames"]

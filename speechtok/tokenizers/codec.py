@@ -1,10 +1,11 @@
 """`Codec`: neural RVQ codecs — EnCodec, DAC, Mimi from `transformers` (hub id or local directory) —
 behind one interface: waveforms with lengths → codes [B, n_q, F] with frame counts, and back.
 
-Batch exactness: EnCodec (24 kHz) and Mimi are causal, so zero padding after an utterance never reaches its
-frames. DAC's convolutions look both ways, so every encoder convolution's output is zeroed past each
-utterance's valid length (its Snake activations map 0 to 0), which reproduces the utterance alone.
-Long inputs are encoded in chunks with context, in bounded memory (see `encode_long`)."""
+Batch exactness: every row of a padded batch gets the codes transformers gives that utterance alone.
+transformers' EnCodec and Mimi convolutions pad the right end of their input up to a whole stride (EnCodec
+reflects, Mimi pads zeros, Mimi's downsampling repeats the last value), from the batch's length; DAC's pad
+zeros on both sides. `_AlonePadding` writes each row's own padding before every convolution instead.
+Long inputs are encoded in chunks with context, in bounded memory (see `encode_long`), whatever the batch."""
 
 from __future__ import annotations
 
