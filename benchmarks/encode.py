@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=None)
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--note", default="", help="a sentence added to the section (e.g. shared machine)")
     args = ap.parse_args()
     device = torch.device(args.device)
     defaults = encode_device_defaults(device)
@@ -119,7 +120,9 @@ def main() -> None:
     base_rt, ours_rt = audio_seconds / base_s, audio_seconds / ours_s
     body = (f"## Semantic encode (issue #2)\n\n"
             f"Hardware: {hardware(device)}. HuBERT-base architecture (random weights), layer {args.layer}, k={args.k}; "
-            f"{len(paths)} utterances of {args.min_sec:.0f}–{args.max_sec:.0f} s, {audio_seconds / 3600:.2f} h.\n\n"
+            f"{len(paths)} utterances of {args.min_sec:.0f}–{args.max_sec:.0f} s, "
+            f"{audio_seconds / 3600:.2f} h. "
+            f"{args.note}\n\n"
             f"| path | precision | wall s | × real time |\n|---|---|---|---|\n"
             f"| fairseq-style loop: one utterance at a time (read, forward, assign) | fp32 | {base_s:.2f} | {base_rt:,.0f} |\n"
             f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {precision} | {ours_s:.2f} | {ours_rt:,.0f} |\n\n"

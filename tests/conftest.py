@@ -60,7 +60,8 @@ def tiny_codec_config(kind: str):
                              codebook_dim=16, hidden_size=16, target_bandwidths=[3.75, 7.5], num_lstm_layers=1)
     if kind == "dac":  # 16 kHz, hop 32
         return DacConfig(sampling_rate=16000, encoder_hidden_size=8, downsampling_ratios=[2, 4, 4],
-                         upsampling_ratios=[4, 4, 2], decoder_hidden_size=32, n_codebooks=4, codebook_size=64, codebook_dim=4, hidden_size=64)
+                         upsampling_ratios=[4, 4, 2], decoder_hidden_size=32, n_codebooks=4, codebook_size=64,
+                         codebook_dim=4, hidden_size=64)
     if kind == "mimi":  # 16 kHz, hop 64 then ×2 → 125 Hz
         return MimiConfig(sampling_rate=16000, frame_rate=125.0, hidden_size=32, num_filters=4,
                           upsampling_ratios=[4, 4, 4], num_hidden_layers=1, num_attention_heads=2,

@@ -69,7 +69,8 @@ def test_shapes_frames_and_batch_exactness(tiny_codec, kind):
         assert abs(int(samples[i]) - len(w)) < hop  # decode gives the input length, rounded to frames
 
 
-def transformers_alone(model, kind: str, wav: torch.Tensor, n_q: int, bandwidth: float | None) -> torch.Tensor:
+def transformers_alone(model, kind: str, wav: torch.Tensor, n_q: int,
+                       bandwidth: float | None) -> torch.Tensor:
     """The reference: transformers' own codes [n_q, F] of one unpadded utterance, in a batch of one."""
     with torch.no_grad():
         x = wav[None, None]
@@ -104,8 +105,8 @@ class OOMAbove:
 @pytest.mark.parametrize("kind", KINDS)
 def test_codes_equal_transformers_alone(diverse_codec, speech_corpus, kind):
     """Each utterance's codes equal transformers' codes of that utterance alone (exact equality), whatever
-    the batch: order, composition, OOM halving. Codebooks drawn from real latents make codes diverse (checked),
-    so padding that reached a frame would change its code."""
+    the batch: order, composition, OOM halving. Codebooks drawn from real latents make codes diverse
+    (checked), so padding that reached a frame would change its code."""
     from transformers import AutoModel
 
     codec = Codec(kind, diverse_codec(kind), n_q=2)
@@ -113,7 +114,7 @@ def test_codes_equal_transformers_alone(diverse_codec, speech_corpus, kind):
     wavs = mixed_utterances(speech_at(speech_corpus, codec.sample_rate), codec.hop, kind)
     refs = [transformers_alone(reference_model, kind, w, 2, codec.bandwidth) for w in wavs]
     every = torch.cat(refs, -1)
-    assert all(len(torch.unique(every[q])) >= 8 for q in range(2)), "codes not diverse: the test would be vacuous"
+    assert all(len(torch.unique(every[q])) >= 8 for q in range(2)), "codes not diverse: a vacuous test"
     for order in (list(range(len(wavs))), list(range(len(wavs)))[::-1], [0, 5, 6], [3, 7, 4]):
         codes, frames = codec.encode(*batch_of([wavs[i] for i in order]))
         for row, i in enumerate(order):
@@ -182,8 +183,9 @@ def test_dac_decode_is_padded_to_frames_times_hop(tmp_path):
     from transformers import AutoModel, DacConfig
 
     torch.manual_seed(0)
-    cfg = DacConfig(sampling_rate=15000, encoder_hidden_size=8, downsampling_ratios=[3, 5], upsampling_ratios=[5, 3],
-                    decoder_hidden_size=16, n_codebooks=2, codebook_size=16, codebook_dim=4, hidden_size=16)
+    cfg = DacConfig(sampling_rate=15000, encoder_hidden_size=8, downsampling_ratios=[3, 5],
+                    upsampling_ratios=[5, 3], decoder_hidden_size=16, n_codebooks=2, codebook_size=16,
+                    codebook_dim=4, hidden_size=16)
     AutoModel.from_config(cfg).save_pretrained(tmp_path)
     codec = Codec("dac", str(tmp_path))
     codes = torch.randint(16, (2, 2, 20))
@@ -211,7 +213,8 @@ def test_encodec_codebook_choice_has_one_source_of_truth(tmp_path):
     model.save_pretrained(tmp_path / "m")
     x, n = torch.randn(1, 2400), torch.tensor([2400])
     for n_q, kbps in encodec_bandwidths(cfg).items():
-        for codec in (Codec("encodec", str(tmp_path / "m"), n_q=n_q), Codec("encodec", str(tmp_path / "m"), bandwidth=kbps)):
+        for codec in (Codec("encodec", str(tmp_path / "m"), n_q=n_q),
+                      Codec("encodec", str(tmp_path / "m"), bandwidth=kbps)):
             assert codec.n_q == n_q and codec.bandwidth == kbps
             assert codec.encode(x, n)[0].shape[1] == n_q
     with pytest.raises(ValueError, match=r"supports nq=3 \(1.5 kbps\), nq=6 \(3 kbps\); asked for nq=4"):

@@ -289,7 +289,8 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
     ready: dict[int, tuple[dict[str, bytes], float, dict] | CorpusError] = {}
     cuda = any(t.device.type == "cuda" for t in toks)
     bar = tqdm(total=len(items), initial=next_pos, unit="utt", disable=not opts.progress, dynamic_ncols=True)
-    usage = {t.name: CodeUsage(t.name, t.k if isinstance(t, SemanticTokenizer) else t.codebook_size) for t in toks}
+    usage = {t.name: CodeUsage(t.name, t.k if isinstance(t, SemanticTokenizer) else t.codebook_size)
+             for t in toks}
 
     def split_logged(n: int) -> None:
         summary.oom_splits += 1

@@ -45,6 +45,12 @@ def parse_codec_spec(spec: str) -> dict:
     return out
 
 
+def conv_output_length(n: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Output length of `conv` (with its own zero padding) over inputs of `n` samples."""
+    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    return torch.clamp(torch.div(n + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1, min=0)
+
+
 PAD_MODES = ("constant", "reflect", "replicate")  # the pads of transformers' conv wrappers emulated per row
 
 
@@ -114,12 +120,10 @@ class _AlonePadding:
         lengths = self.valid.get(x.shape[-1])
         if lengths is None:
             return None
-        k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
-        def out(n):
-            return (n + 2 * p - d * (k - 1) - 1) // s + 1
-
-        self.valid.setdefault(out(x.shape[-1]), torch.clamp(out(lengths), min=0))
-        return (x * length_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype), *args[1:])
+        size = int(conv_output_length(torch.tensor(x.shape[-1]), conv))
+        self.valid.setdefault(size, conv_output_length(lengths, conv))
+        keep = length_mask(lengths, x.shape[-1])[:, None, :]
+        return (torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)), *args[1:])
 
     def __call__(self, lengths: torch.Tensor, size: int) -> "_AlonePadding":
         self.start = {size: lengths}
@@ -135,7 +139,8 @@ class _AlonePadding:
 def encodec_codebooks(cfg, kbps: float) -> int:
     """The codebooks transformers' EnCodec uses at `kbps` (its `get_num_quantizers_for_bandwidth`:
     floor(kbps × 1000 / (log2(codebook size) × frame rate)), at least 1; the RVQ has `num_quantizers`)."""
-    return min(cfg.num_quantizers, max(1, math.floor(kbps * 1000 / (math.log2(cfg.codebook_size) * cfg.frame_rate))))
+    per_codebook = math.log2(cfg.codebook_size) * cfg.frame_rate
+    return min(cfg.num_quantizers, max(1, math.floor(kbps * 1000 / per_codebook)))
 
 
 def encodec_bandwidths(cfg) -> dict[int, float]:
@@ -147,7 +152,8 @@ def encodec_bandwidths(cfg) -> dict[int, float]:
     return out
 
 
-def codebook_choice(kind: str, cfg, model_ref: str, n_q: int | None, bandwidth: float | None) -> tuple[int, float | None]:
+def codebook_choice(kind: str, cfg, model_ref: str, n_q: int | None,
+                    bandwidth: float | None) -> tuple[int, float | None]:
     """(codebooks, EnCodec bandwidth or None) for a spec's nq= / bandwidth=, checked against the config
     before any weights load; a refusal lists the valid choices."""
     if kind != "encodec":
@@ -166,7 +172,8 @@ def codebook_choice(kind: str, cfg, model_ref: str, n_q: int | None, bandwidth: 
             raise ValueError(f"{model_ref}: EnCodec supports {offer}; asked for bandwidth={bandwidth:g}")
         q = encodec_codebooks(cfg, match[0])
         if n_q is not None and n_q != q:
-            raise ValueError(f"{model_ref}: bandwidth={bandwidth:g} gives nq={q}, not nq={n_q} (EnCodec supports {offer})")
+            raise ValueError(f"{model_ref}: bandwidth={bandwidth:g} gives nq={q}, not nq={n_q} "
+                             f"(EnCodec supports {offer})")
         return q, match[0]
     if n_q is None:
         n_q = max(choices)
@@ -188,10 +195,13 @@ class Codec(nn.Module):
 
         if kind not in KINDS:
             raise ValueError(f"unknown codec kind {kind!r} ({', '.join(KINDS)})")
+        def cannot_load(e: Exception) -> ValueError:
+            return ValueError(f"{model_ref}: cannot load a {KINDS[kind]} ({' '.join(str(e).split())[:300]})")
+
         try:
             cfg = AutoConfig.from_pretrained(model_ref)
         except Exception as e:
-            raise ValueError(f"{model_ref}: cannot load a {KINDS[kind]} ({' '.join(str(e).split())[:300]})") from None
+            raise cannot_load(e) from None
         if cfg.model_type != kind:
             raise ValueError(f"{model_ref}: is a {cfg.model_type} model, not a {KINDS[kind]}")
         self.n_q, self.bandwidth = codebook_choice(kind, cfg, model_ref, n_q, bandwidth)
@@ -201,7 +211,7 @@ class Codec(nn.Module):
         try:
             model = AutoModel.from_pretrained(model_ref)
         except Exception as e:
-            raise ValueError(f"{model_ref}: cannot load a {KINDS[kind]} ({' '.join(str(e).split())[:300]})") from None
+            raise cannot_load(e) from None
         if type(model).__name__ != KINDS[kind]:
             raise ValueError(f"{model_ref}: is a {type(model).__name__}, not a {KINDS[kind]}")
         self.model = model.eval().requires_grad_(False).to(device)
@@ -213,10 +223,12 @@ class Codec(nn.Module):
             self.hop = int(cfg.hop_length)
             self.causal = False
         else:
-            self.hop = int(np.prod(cfg.upsampling_ratios) if kind == "encodec" else round(self.sample_rate / cfg.frame_rate))
+            self.hop = int(np.prod(cfg.upsampling_ratios) if kind == "encodec"
+                           else round(self.sample_rate / cfg.frame_rate))
             self.causal = bool(cfg.use_causal_conv) and cfg.pad_mode in PAD_MODES
-            if kind == "encodec":  # chunked or normalised EnCodec (48 kHz) and GroupNorm convs see the whole input
-                self.causal &= cfg.chunk_length is None and not cfg.normalize and cfg.norm_type == "weight_norm"
+            if kind == "encodec":  # chunked or normalised (48 kHz) and GroupNorm EnCodecs see the whole input
+                self.causal &= (cfg.chunk_length is None and not cfg.normalize
+                                and cfg.norm_type == "weight_norm")
         # rows of a batch are encoded as if alone (DAC: zeros past each row; causal: each row's own pads);
         # other codecs encode and decode one row at a time
         self.batched = kind == "dac" or self.causal
@@ -247,8 +259,7 @@ class Codec(nn.Module):
             return torch.div(n + self.hop - 1, self.hop, rounding_mode="floor")
         for m in self.model.encoder.modules():
             if isinstance(m, nn.Conv1d):
-                k, s, p, d = m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0]
-                n = torch.clamp(torch.div(n + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1, min=0)
+                n = conv_output_length(n, m)
         return n
 
     def card(self) -> dict:
