@@ -59,8 +59,9 @@ def main() -> None:
             n = int(args.seconds * codec.sample_rate)
             g = torch.Generator().manual_seed(0)
             wav = 0.1 * torch.randn(args.num_utts, n, generator=g)
-            lengths = torch.full((args.num_utts,), n)
-            audio_s = args.num_utts * args.seconds
+            lengths = (n * (0.5 + 0.5 * torch.rand(args.num_utts, generator=g))).long()  # mixed lengths
+            lengths[0] = n
+            audio_s = lengths.sum().item() / codec.sample_rate
             codec.encode(wav[:2], lengths[:2])  # warm-up
 
             def encode_batched():
@@ -76,16 +77,18 @@ def main() -> None:
             enc_1 = timed(lambda: [codec.encode(wav[i:i + 1], lengths[i:i + 1]) for i in range(args.num_utts)], device)
             codes, frames = codec.encode(wav[: args.batch_size], lengths[: args.batch_size])
             reps = max(1, args.num_utts // args.batch_size)
-            dec_b = timed(lambda: [codec.decode(codes, frames) for _ in range(reps)], device) / (reps * len(codes))
-            dec_1 = timed(lambda: [codec.decode(codes[i:i + 1], frames[i:i + 1]) for i in range(len(codes))],
-                          device) / len(codes)
+            decoded_s = frames.sum().item() * codec.hop / codec.sample_rate
+            dec_b = timed(lambda: [codec.decode(codes, frames) for _ in range(reps)], device) / reps
+            dec_1 = timed(lambda: [codec.decode(codes[i:i + 1, :, :f], frames[i:i + 1])
+                                   for i, f in enumerate(frames.tolist())], device)
             rows.append((kind, codec.n_q, codec.sample_rate, audio_s / enc_1, audio_s / enc_b,
-                         audio_s / enc_plain, args.seconds / dec_1, args.seconds / dec_b))
+                         audio_s / enc_plain, decoded_s / dec_1, decoded_s / dec_b))
             del codec
     table = "\n".join(f"| {k} | {q} | {sr} | {e1:,.1f} | {eb:,.1f} ({eb / e1:.2f}×) | {ep:,.1f} "
                       f"({eb / ep:.2f}×) | {d1:,.1f} | {db:,.1f} ({db / d1:.2f}×) |"
                       for k, q, sr, e1, eb, ep, d1, db in rows)
-    body = (f"## Codecs (issue #3)\n\nHardware: {hardware(device)}. {args.num_utts} utterances × {args.seconds:g} s, "
+    body = (f"## Codecs (issue #3)\n\nHardware: {hardware(device)}. {args.num_utts} utterances of "
+            f"{args.seconds / 2:g}–{args.seconds:g} s, batches padded to the longest, "
             f"fp32, batch {args.batch_size}; published architectures, random weights. {args.note}\n\n"
             f"| codec | n_q | rate | encode ×RT, one at a time | encode ×RT, batched (/ one at a time) "
             f"| encode ×RT, batched without per-row padding, not exact (exact / this) "

@@ -283,8 +283,9 @@ class Codec(nn.Module):
         """Codes [B, n_q, F] of a padded batch; with `batched`, each row's as if encoded alone."""
         x = wav[:, None]
         dtype = PRECISIONS[self.precision]
+        ragged = self._alone is not None and bool((lengths != wav.shape[1]).any())  # else: already as alone
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32), \
-                (self._alone(lengths, wav.shape[1]) if self._alone is not None else contextlib.nullcontext()):
+                (self._alone(lengths, wav.shape[1]) if ragged else contextlib.nullcontext()):
             if self.codec_kind == "encodec":
                 mask = length_mask(lengths, wav.shape[1])[:, None]
                 return self.model.encode(x, padding_mask=mask, bandwidth=self.bandwidth).audio_codes[0]
