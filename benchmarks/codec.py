@@ -1,4 +1,6 @@
-"""Codec throughput: × real time of encode and decode, batched against one utterance at a time, same run.
+"""Codec throughput: × real time of encode and decode, batched against one utterance at a time, same run;
+and the cost of exactness: batched encode without the per-row padding (`Codec._alone`, what makes each row's
+codes equal its codes alone), same batches.
 
     python benchmarks/codec.py --device cuda --num-utts 256 --batch-size 64      # GPU machine
     python benchmarks/codec.py --device cpu --num-utts 8 --batch-size 8          # CPU run
@@ -96,6 +98,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--nq", type=int, default=8)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence added to the section (e.g. shared machine)")
     args = ap.parse_args()
     device = torch.device(args.device)
     from transformers import DacConfig, EncodecConfig, MimiConfig
@@ -108,6 +111,8 @@ def main() -> None:
             rows.append(measure_codec(codec, args.num_utts, args.seconds, args.batch_size))
             del codec
     body = format_codecs(rows, device, args.num_utts, args.seconds, args.batch_size)
+    if args.note:
+        body += f"\n{args.note}\n"
     print(body)
     if not args.no_write:
         write_section(f"codec-{device.type}", body)

@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=None)
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--note", default="", help="a sentence added to the section (e.g. shared machine)")
     args = ap.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,6 +180,8 @@ def main() -> None:
         r = measure_encode(tmp, paths, device, args.layer, args.k, args.precision, args.batch_seconds,
                            args.num_workers)
     body = format_encode(r, device, args.min_sec, args.max_sec)
+    if args.note:
+        body += f"\n{args.note}\n"
     print(body)
     if not args.no_write:
         write_section(f"encode-{device.type}", body)

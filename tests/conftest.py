@@ -65,7 +65,8 @@ def tiny_codec_config(kind: str):
                              codebook_dim=16, hidden_size=16, target_bandwidths=[3.75, 7.5], num_lstm_layers=1)
     if kind == "dac":  # 16 kHz, hop 32
         return DacConfig(sampling_rate=16000, encoder_hidden_size=8, downsampling_ratios=[2, 4, 4],
-                         decoder_hidden_size=32, n_codebooks=4, codebook_size=64, codebook_dim=4, hidden_size=64)
+                         upsampling_ratios=[4, 4, 2], decoder_hidden_size=32, n_codebooks=4, codebook_size=64,
+                         codebook_dim=4, hidden_size=64)
     if kind == "mimi":  # 16 kHz, hop 64 then ×2 → 125 Hz
         return MimiConfig(sampling_rate=16000, frame_rate=125.0, hidden_size=32, num_filters=4,
                           upsampling_ratios=[4, 4, 4], num_hidden_layers=1, num_attention_heads=2,
@@ -87,6 +88,89 @@ def tiny_codec(tmp_path_factory):
             torch.manual_seed(0)
             model = AutoModel.from_config(tiny_codec_config(kind))
             path = tmp_path_factory.mktemp(f"codec_{kind}")
+            model.save_pretrained(path)
+            cache[kind] = str(path)
+        return cache[kind]
+
+    return make
+
+
+def speech_at(corpus: Path, sample_rate: int) -> list[torch.Tensor]:
+    """The synthetic corpus' sentences as float tensors at `sample_rate`."""
+    import json
+
+    from speechtok.audio import read_audio, resample
+
+    out = []
+    for line in corpus.read_text().splitlines():
+        wav, sr = read_audio(str(corpus.parent / json.loads(line)["path"]))
+        out.append(torch.from_numpy(resample(wav, sr, sample_rate)))
+    return out
+
+
+def fill_codebooks(model, kind: str, wavs: list[torch.Tensor], seed: int = 0) -> None:
+    """Every RVQ level's codebook drawn from the model's own latents of `wavs` (the residuals that the
+    levels before it leave), so that speech gets many distinct codes instead of the random-init all-0."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(r: torch.Tensor, size: int) -> torch.Tensor:
+        """[1, D, N] → [size, D] frames far apart (farthest-point sampling), so that a frame's nearest
+        codebook vector wins by a margin far above float rounding, whatever the batch."""
+        frames = r[0].T
+        chosen = [int(torch.randint(len(frames), (1,), generator=g))]
+        dist = (frames - frames[chosen[0]]).pow(2).sum(1)
+        for _ in range(size - 1):
+            chosen.append(int(dist.argmax()))
+            dist = torch.minimum(dist, (frames - frames[chosen[-1]]).pow(2).sum(1))
+        return frames[chosen]
+
+    with torch.no_grad():
+        if kind == "encodec":
+            # The LSTM is the one layer whose float rounding depends on the batch size (its gate GEMMs); with
+            # zero weights its residual branch adds exactly 0, so codes can be compared for exact equality.
+            # The latents are centred (last conv's bias) so that distances do not cancel in float32.
+            for param in model.encoder.layers[-3].parameters():
+                param.zero_()
+            latents = torch.cat([model.encoder(w[None, None]) for w in wavs], -1)
+            model.encoder.layers[-1].conv.bias -= latents.mean((0, 2))
+            r = torch.cat([model.encoder(w[None, None]) for w in wavs], -1)
+            for layer in model.quantizer.layers:
+                layer.codebook.embed.copy_(pick(r, layer.codebook.codebook_size))
+                layer.codebook.embed_avg.copy_(layer.codebook.embed)
+                r = r - layer.decode(layer.encode(r))
+        elif kind == "mimi":
+            latents = torch.cat([model.encoder(w[None, None]).latents for w in wavs], -1)
+            q = model.quantizer
+            for rvq in (q.semantic_residual_vector_quantizer, q.acoustic_residual_vector_quantizer):
+                r = latents if rvq.input_proj is None else rvq.input_proj(latents)
+                for layer in rvq.layers:
+                    layer.codebook.embed_sum.copy_(pick(r, layer.codebook.codebook_size))
+                    layer.codebook.cluster_usage.fill_(1.0)
+                    layer.codebook._embed = None
+                    r = r - layer.decode(layer.encode(r))
+        elif kind == "dac":
+            r = torch.cat([model.encoder(w[None, None]) for w in wavs], -1)
+            for vq in model.quantizer.quantizers:
+                projected = vq.in_proj(r)
+                vq.codebook.weight.copy_(pick(projected, vq.codebook.num_embeddings))
+                r = r - vq.out_proj(vq.decode_latents(projected)[0])
+        else:
+            raise ValueError(kind)
+
+
+@pytest.fixture(scope="session")
+def diverse_codec(tiny_codec, speech_corpus, tmp_path_factory):
+    """Factory: the tiny codec of `kind` with codebooks filled from its latents of two synthetic sentences
+    (`fill_codebooks`), saved with save_pretrained; returns its dir."""
+    cache = {}
+
+    def make(kind: str) -> str:
+        if kind not in cache:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(tiny_codec(kind)).eval()
+            fill_codebooks(model, kind, speech_at(speech_corpus, model.config.sampling_rate)[:2])
+            path = tmp_path_factory.mktemp(f"diverse_{kind}")
             model.save_pretrained(path)
             cache[kind] = str(path)
         return cache[kind]

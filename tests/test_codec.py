@@ -1,4 +1,5 @@
-"""Codecs: shapes, dtypes, frame counts, batch exactness, long-file chunking, encode/decode/resynth CLIs."""
+"""Codecs: shapes, dtypes, frame counts, codes equal to transformers' on each utterance alone (whatever the
+batch, chunking or OOM splits), codebook choice, decode lengths, encode/decode/resynth CLIs."""
 
 import json
 import math
@@ -10,8 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from speechtok import read_shards
+from conftest import speech_at
 from speechtok.cli.main import cli
-from speechtok.tokenizers.codec import Codec, parse_codec_spec
+from speechtok.pipelines.encode import encode_rows
+from speechtok.tokenizers.codec import Codec, encodec_bandwidths, parse_codec_spec
 
 KINDS = ["encodec", "dac", "mimi"]
 
@@ -66,6 +69,166 @@ def test_shapes_frames_and_batch_exactness(tiny_codec, kind):
         assert abs(int(samples[i]) - len(w)) < hop  # decode gives the input length, rounded to frames
 
 
+def transformers_alone(model, kind: str, wav: torch.Tensor, n_q: int,
+                       bandwidth: float | None) -> torch.Tensor:
+    """The reference: transformers' own codes [n_q, F] of one unpadded utterance, in a batch of one."""
+    with torch.no_grad():
+        x = wav[None, None]
+        if kind == "encodec":
+            return model.encode(x, bandwidth=bandwidth).audio_codes[0, 0]
+        if kind == "dac":
+            return model.encode(x, n_quantizers=n_q).audio_codes[0, :n_q]
+        return model.encode(x, num_quantizers=n_q).audio_codes[0]
+
+
+def mixed_utterances(speech: list[torch.Tensor], hop: int, kind: str) -> list[torch.Tensor]:
+    """Cuts of speech (from a tenth in, past the leading silence) of mixed lengths: 100 frames, odd lengths,
+    a few frames, less than one frame (EnCodec and Mimi give it one frame; DAC none)."""
+    sr = hop * 100  # about: every tiny codec here runs at 100-500 frames per second
+    lengths = [sr, sr - 333, 7001, 4 * hop, 3 * hop + 1, hop + 1, 2 * hop - 1]
+    lengths += [hop - 1, 5] if kind != "dac" else [hop + 5]
+    return [speech[2 + i % 6][len(speech[2 + i % 6]) // 10:][:n] for i, n in enumerate(lengths)]
+
+
+class OOMAbove:
+    """A tokenizer that runs 'out of CUDA memory' on batches of more than `limit` rows."""
+
+    def __init__(self, tok, limit: int):
+        self.tok, self.limit = tok, limit
+
+    def encode_batch(self, wav, lengths):
+        if len(lengths) > self.limit:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.tok.encode_batch(wav, lengths)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_codes_equal_transformers_alone(diverse_codec, speech_corpus, kind):
+    """Each utterance's codes equal transformers' codes of that utterance alone (exact equality), whatever
+    the batch: order, composition, OOM halving. Codebooks drawn from real latents make codes diverse
+    (checked), so padding that reached a frame would change its code."""
+    from transformers import AutoModel
+
+    codec = Codec(kind, diverse_codec(kind), n_q=2)
+    reference_model = AutoModel.from_pretrained(diverse_codec(kind)).eval()
+    wavs = mixed_utterances(speech_at(speech_corpus, codec.sample_rate), codec.hop, kind)
+    refs = [transformers_alone(reference_model, kind, w, 2, codec.bandwidth) for w in wavs]
+    every = torch.cat(refs, -1)
+    assert all(len(torch.unique(every[q])) >= 8 for q in range(2)), "codes not diverse: a vacuous test"
+    for order in (list(range(len(wavs))), list(range(len(wavs)))[::-1], [0, 5, 6], [3, 7, 4]):
+        codes, frames = codec.encode(*batch_of([wavs[i] for i in order]))
+        for row, i in enumerate(order):
+            assert int(frames[row]) == refs[i].shape[-1]
+            assert torch.equal(codes[row, :, : frames[row]], refs[i]), (kind, i, len(wavs[i]))
+    splits = []
+    rows = encode_rows(OOMAbove(codec, 2), *batch_of(wavs), splits.append)
+    assert splits  # the batch was halved
+    for row, ref in zip(rows, refs):
+        assert np.array_equal(row, ref.numpy())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_long_rows_are_chunked_whatever_the_batch(diverse_codec, speech_corpus, kind):
+    """A row longer than chunk + context is encoded in chunks (`encode_long`) in any batch, so its codes do
+    not depend on what it is batched with; the short rows beside it equal transformers' alone. The diverse
+    models' convolutions and (Mimi) attention window fit in the 0.5 s context, so chunking is exact here."""
+    from transformers import AutoModel
+
+    codec = Codec(kind, diverse_codec(kind), n_q=2, chunk_seconds=1.0, context_seconds=0.5)
+    reference_model = AutoModel.from_pretrained(diverse_codec(kind)).eval()
+    speech = speech_at(speech_corpus, codec.sample_rate)
+    long = torch.cat(speech[6:8])[: int(6.3 * codec.sample_rate)]
+    wavs = [long, speech[1][: int(1.2 * codec.sample_rate)], speech[2][4000:4000 + 3 * codec.hop + 7]]
+    refs = [transformers_alone(reference_model, kind, w, 2, codec.bandwidth) for w in wavs]
+    codes, frames = codec.encode(*batch_of(wavs))
+    alone, _ = codec.encode(long[None], torch.tensor([len(long)]))
+    assert torch.equal(codes[0, :, : frames[0]], alone[0])
+    assert len(torch.unique(refs[0][0])) >= 8
+    agree = (alone[0] == refs[0]).float().mean().item()
+    print(kind, "chunked vs transformers alone", agree)
+    assert agree >= 0.99
+    for i in (1, 2):
+        assert torch.equal(codes[i, :, : frames[i]], refs[i])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_gives_frames_times_hop_as_transformers_alone(tiny_codec, kind):
+    """Decode returns exactly F × hop samples per row; batched rows equal transformers' decode of each
+    row's codes alone."""
+    from transformers import AutoModel
+
+    codec = Codec(kind, tiny_codec(kind), n_q=2)
+    reference_model = AutoModel.from_pretrained(tiny_codec(kind)).eval()
+    g = torch.Generator().manual_seed(0)
+    frames = torch.tensor([40, 3, 17, 1])
+    codes = torch.randint(codec.codebook_size, (4, 2, 40), generator=g)
+    wav, samples = codec.decode(codes, frames)
+    assert torch.equal(samples, frames * codec.hop) and wav.shape == (4, 40 * codec.hop)
+    for i, f in enumerate(frames.tolist()):
+        with torch.no_grad():
+            if kind == "encodec":
+                ref = reference_model.decode(codes[None, i: i + 1, :, :f], [None]).audio_values[0, 0]
+            elif kind == "dac":
+                ref = reference_model.decode(audio_codes=codes[i: i + 1, :, :f]).audio_values[0]
+            else:
+                ref = reference_model.decode(codes[i: i + 1, :, :f]).audio_values[0, 0]
+        assert len(ref) == f * codec.hop
+        torch.testing.assert_close(wav[i, : f * codec.hop], ref, atol=1e-5, rtol=0)
+        assert torch.all(wav[i, f * codec.hop:] == 0)
+
+
+def test_dac_decode_is_padded_to_frames_times_hop(tmp_path):
+    """DAC's transposed convolutions lose samples for odd strides (here 15 F − 4): decode appends zeros so
+    every codec gives F × hop."""
+    from transformers import AutoModel, DacConfig
+
+    torch.manual_seed(0)
+    cfg = DacConfig(sampling_rate=15000, encoder_hidden_size=8, downsampling_ratios=[3, 5],
+                    upsampling_ratios=[5, 3], decoder_hidden_size=16, n_codebooks=2, codebook_size=16,
+                    codebook_dim=4, hidden_size=16)
+    AutoModel.from_config(cfg).save_pretrained(tmp_path)
+    codec = Codec("dac", str(tmp_path))
+    codes = torch.randint(16, (2, 2, 20))
+    with torch.no_grad():
+        raw = codec.model.decode(audio_codes=codes[:1]).audio_values[0]
+    assert len(raw) == 20 * 15 - 4  # what transformers returns
+    wav, samples = codec.decode(codes, torch.tensor([20, 9]))
+    assert samples.tolist() == [300, 135] and wav.shape == (2, 300)
+    torch.testing.assert_close(wav[0, :296], raw, atol=1e-5, rtol=0)
+    assert torch.all(wav[0, 296:] == 0) and torch.all(wav[1, 131:] == 0)
+
+
+def test_encodec_codebook_choice_has_one_source_of_truth(tmp_path):
+    """A 75 Hz EnCodec with 64 codes (0.45 kbps per codebook) at 1.5 and 3 kbps: transformers uses
+    floor(1500 / 450) = 3 and 6 codebooks. Every nq offered is accepted and gives that many codebooks;
+    a refusal names the valid choices. Checked from config.json before any weights load."""
+    from transformers import AutoModel, EncodecConfig
+
+    cfg = EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[8, 5, 4, 2], codebook_size=64,
+                        codebook_dim=8, hidden_size=8, target_bandwidths=[1.5, 3.0], num_lstm_layers=1)
+    assert encodec_bandwidths(cfg) == {3: 1.5, 6: 3.0}
+    torch.manual_seed(0)
+    model = AutoModel.from_config(cfg)
+    assert [model.quantizer.get_num_quantizers_for_bandwidth(b) for b in (1.5, 3.0)] == [3, 6]
+    model.save_pretrained(tmp_path / "m")
+    x, n = torch.randn(1, 2400), torch.tensor([2400])
+    for n_q, kbps in encodec_bandwidths(cfg).items():
+        for codec in (Codec("encodec", str(tmp_path / "m"), n_q=n_q),
+                      Codec("encodec", str(tmp_path / "m"), bandwidth=kbps)):
+            assert codec.n_q == n_q and codec.bandwidth == kbps
+            assert codec.encode(x, n)[0].shape[1] == n_q
+    with pytest.raises(ValueError, match=r"supports nq=3 \(1.5 kbps\), nq=6 \(3 kbps\); asked for nq=4"):
+        Codec("encodec", str(tmp_path / "m"), n_q=4)
+    with pytest.raises(ValueError, match=r"asked for bandwidth=1.35"):
+        Codec("encodec", str(tmp_path / "m"), bandwidth=1.35)
+    with pytest.raises(ValueError, match=r"bandwidth=1.5 gives nq=3, not nq=6"):
+        Codec("encodec", str(tmp_path / "m"), n_q=6, bandwidth=1.5)
+    (tmp_path / "config_only").mkdir()
+    (tmp_path / "config_only" / "config.json").write_text((tmp_path / "m" / "config.json").read_text())
+    with pytest.raises(ValueError, match="asked for nq=5"):  # refused from the config, not 'cannot load'
+        Codec("encodec", str(tmp_path / "config_only"), n_q=5)
+
+
 def test_dac_needs_the_conv_mask(tiny_codec):
     """Without masking, DAC's two-sided convolutions let padding change the last frames."""
     codec = Codec("dac", tiny_codec("dac"), n_q=3)
@@ -85,7 +248,7 @@ def test_codebook_choice(tiny_codec):
         Codec("encodec", tiny_codec("encodec"), n_q=3)
     with pytest.raises(ValueError, match="nq must be in 1..4"):
         Codec("dac", tiny_codec("dac"), n_q=5)
-    with pytest.raises(ValueError, match="is a DacModel, not a MimiModel"):
+    with pytest.raises(ValueError, match="is a dac model, not a MimiModel"):
         Codec("mimi", tiny_codec("dac"))
 
 
@@ -103,7 +266,7 @@ def test_long_inputs_are_chunked(tiny_codec, kind, min_agree):
 
 
 @pytest.fixture(scope="module")
-def multi_shards(tiny_codec, tiny_ssl, speech_corpus, tmp_path_factory):
+def multi_encode(tiny_codec, tiny_ssl, speech_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("multi")
     runner = CliRunner()
     r = runner.invoke(cli, ["train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "12", "-o", str(root / "km"), "-q"])
@@ -112,7 +275,28 @@ def multi_shards(tiny_codec, tiny_ssl, speech_corpus, tmp_path_factory):
                             "-t", f"encodec:{tiny_codec('encodec')}:nq=2", "-t", f"dac:{tiny_codec('dac')}:nq=3",
                             "-t", f"mimi:{tiny_codec('mimi')}:nq=4", "-o", str(root / "shards"), "-q"])
     assert r.exit_code == 0, r.output
-    return root / "shards"
+    return root / "shards", r
+
+
+@pytest.fixture(scope="module")
+def multi_shards(multi_encode):
+    return multi_encode[0]
+
+
+def test_encode_warns_about_codecs_that_use_one_code(multi_encode):
+    """The random-init EnCodec and Mimi (zero codebooks) write only code 0: one stderr line each. DAC's
+    random codebooks and the MFCC units use many codes: no line."""
+    shards, result = multi_encode
+    lines = [x for x in result.stderr.splitlines() if x.startswith("warning:") and "codes over" in x]
+    assert [x.split(":")[1].strip() for x in lines] == ["encodec", "mimi"], result.stderr
+    assert lines[0].startswith("warning: encodec: codebooks use 1, 1 of 1024 codes over ")
+    assert lines[1].startswith("warning: mimi: codebooks use 1, 1, 1, 1 of 64 codes over ")
+    assert "warning:" not in result.stdout
+    usage = {}
+    for s in read_shards(shards):
+        for name in ("semantic", "dac"):
+            usage.setdefault(name, set()).update(np.unique(s[name]).tolist())
+    assert len(usage["semantic"]) >= 6 and len(usage["dac"]) >= 6  # what made them pass
 
 
 def test_one_pass_writes_every_tokenizer(multi_shards, speech_corpus):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +97,33 @@ def token_files(tok, tokens: np.ndarray, dedup: bool) -> dict[str, bytes]:
         return {f"{tok.name}.npy": npy_bytes(units.astype(smallest_int_dtype(top))),
                 f"{tok.name}_durations.npy": npy_bytes(durations.astype(smallest_int_dtype(int(durations.max()))))}
     return {f"{tok.name}.npy": npy_bytes(tokens.astype(smallest_int_dtype(top)))}
+
+
+class CodeUsage:
+    """Which codes each codebook of a stream has written in this run: a random-init or broken codec writes
+    (nearly) one code, which `warning` reports once enough frames have passed to fill more."""
+
+    def __init__(self, name: str, codebook_size: int):
+        self.name, self.size = name, codebook_size
+        self.seen: np.ndarray | None = None
+        self.frames = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        t = np.atleast_2d(tokens)
+        if self.seen is None:
+            self.seen = np.zeros((len(t), self.size), dtype=bool)
+        self.seen[np.arange(len(t))[:, None], t] = True
+        self.frames += t.shape[-1]
+
+    def warning(self, share: float = 0.02) -> str | None:
+        """One line if, after at least one frame per code, some codebook used under `share` of its codes."""
+        if self.seen is None or self.frames < self.size:
+            return None
+        used = self.seen.sum(1)
+        if used.min() >= max(2, share * self.size):
+            return None
+        return (f"warning: {self.name}: codebooks use {', '.join(map(str, used))} of {self.size} codes over "
+                f"{self.frames:,} frames (under {share:.0%}): a random-init or broken tokenizer?")
 
 
 def sample_meta(item: Item, seconds: float, streams: dict[str, dict]) -> dict:
@@ -265,6 +293,8 @@ def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, 
         raise
     finally:
         bar.close()
+    for line in filter(None, (u.warning() for u in enc.usage.values())):
+        print(line, file=sys.stderr)
     summary.num_utterances, summary.seconds, summary.frames = state["utts"], state["seconds"], state["frames"]
     summary.shards = writer.shards
     journal.finish({"errors": [asdict(e) for e in unjournaled],
@@ -308,6 +338,8 @@ class _Encoder:
         self.position = {it.index: p for p, it in enumerate(items)}
         self.plan = plan_batches(items, opts.max_batch_seconds, opts.max_batch_size, opts.window)
         self.num_workers = opts.num_workers
+        self.usage = {t.name: CodeUsage(t.name, t.k if isinstance(t, SemanticTokenizer) else t.codebook_size)
+                      for t in toks}  # codes written in this run, for the low-usage warning
 
     def split_logged(self, n: int) -> None:
         self.summary.oom_splits += 1
@@ -340,6 +372,7 @@ class _Encoder:
                 files, streams = {}, {}
                 for t in toks:
                     tokens = encoded[j][t.name]
+                    self.usage[t.name].add(tokens)
                     files.update(token_files(t, tokens, self.dedups[t.name]))
                     streams[t.name] = {"sample_rate": t.sample_rate, "frame_rate": t.frame_rate,
                                        "num_frames": int(tokens.shape[-1])}
