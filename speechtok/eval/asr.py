@@ -133,10 +133,14 @@ class TransformersASR:
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             with torch.inference_mode():
                 if self.seq2seq:
-                    ids = self.net.generate(**inputs)
-                else:
-                    ids = self.net(**inputs).logits.argmax(-1)
-            out += [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+                    ids = list(self.net.generate(**inputs))
+                else:  # each item's own frames only: padded frames would add characters
+                    argmax = self.net(**inputs).logits.argmax(-1)
+                    mask = inputs.get("attention_mask")
+                    frames = (self.net._get_feat_extract_output_lengths(mask.sum(-1)) if mask is not None
+                              else [argmax.shape[1]] * len(batch))
+                    ids = [a[: int(n)] for a, n in zip(argmax, frames)]
+            out += [self.processor.decode(x, skip_special_tokens=self.seq2seq).strip() for x in ids]
         return out
 
 
