@@ -53,8 +53,10 @@ def main() -> None:
                 wav, sr = sf.read(path, dtype="float32")
                 clips.append(resample(wav, sr, 16000))
                 texts.append(text)
-    conditions = {"clean": lambda w: w, "telephone band (8 kHz)": lambda w: resample(resample(w, 16000, 8000), 8000, 16000),
-                  "white noise, 10 dB SNR": lambda w: noisy(w, 10, rng), "white noise, 0 dB SNR": lambda w: noisy(w, 0, rng)}
+    conditions = {"clean": lambda w: w,
+                  "telephone band (8 kHz)": lambda w: resample(resample(w, 16000, 8000), 8000, 16000),
+                  "white noise, 10 dB SNR": lambda w: noisy(w, 10, rng),
+                  "white noise, 0 dB SNR": lambda w: noisy(w, 0, rng)}
     asr, enc, mos = load_asr("pocketsphinx"), load_speaker_encoder("resemblyzer"), DNSMOS()
     rows = []
     t0 = time.perf_counter()

@@ -46,7 +46,8 @@ def test_normalisation_and_known_error_rates():
     deleted = error_rates([FOX], [FOX.replace("lazy ", "")])  # one of 9 words, 5 of 43 characters
     assert deleted["wer"] == pytest.approx(1 / 9) and deleted["cer"] == pytest.approx(5 / 43)
     assert deleted["deletions"] == 1 and deleted["substitutions"] == deleted["insertions"] == 0
-    corpus = error_rates([FOX, APPLES, "..."], [FOX.replace("lazy ", ""), "seven green apples fell from a tree", "x"])
+    corpus = error_rates([FOX, APPLES, "..."],
+                         [FOX.replace("lazy ", ""), "seven green apples fell from a tree", "x"])
     assert corpus["wer"] == pytest.approx(2 / 16) and corpus["empty_references"] == 1  # summed, not averaged
 
 
@@ -160,7 +161,8 @@ def tiny_ctc(tmp_path_factory):
     path.mkdir()
     vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
     (path / "vocab.json").write_text(json.dumps(vocab))
-    tok = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), pad_token="<pad>", unk_token="<unk>", word_delimiter_token="|")
+    tok = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), pad_token="<pad>", unk_token="<unk>",
+                               word_delimiter_token="|")
     fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                   return_attention_mask=True)
     Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(path)

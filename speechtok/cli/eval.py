@@ -1,5 +1,5 @@
-"""`tok eval tokens|resynth|generated|lm`: token quality, resynthesis quality, generated continuations and LM probes, as report.json +
-report.md (+ PNG plots) in an output folder."""
+"""`tok eval tokens|resynth|generated|lm`: token quality, resynthesis quality, generated continuations and
+LM probes, as report.json + report.md (+ PNG plots) in an output folder."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
                             "checkpoint (Whisper, wav2vec2-CTC; hub id or local dir).")
 @click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
               help="Reference text: JSONL with 'text' and 'id' or 'path' (a corpus manifest works).")
-@click.option("--speaker", help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
+@click.option("--speaker",
+              help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @click.option("--device", default="auto", show_default=True)

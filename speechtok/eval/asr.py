@@ -3,7 +3,6 @@ Whisper / CTC checkpoint) and score word / character error rates with jiwer on n
 
 from __future__ import annotations
 
-import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -11,42 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from speechtok.audio import resample
+from speechtok.eval.models import files_sha256, hf_weights_sha256, model_entry, need
 
 NORMALIZATION = ("lowercase; punctuation removed (apostrophes kept inside words); whitespace collapsed")
-
-
-def need(module: str, extra: str):
-    """Import an optional evaluator's package, or say which extra installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"this metric needs '{module}': pip install 'speechtok[{extra}]'") from None
-
-
-def files_sha256(paths: list[str | Path]) -> str:
-    """One sha256 over the files' bytes in the given order: the identity of a model made of several files."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def hf_weights_sha256(name_or_path: str) -> str | None:
-    """sha256 of a transformers checkpoint's weight file(s), local dir or hub cache; None if not found."""
-    from transformers.utils import cached_file
-
-    for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"):
-        try:
-            path = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
-        except Exception:
-            path = None
-        if path:
-            return files_sha256([path])
-    return None
 
 
 def normalize_text(text: str) -> str:
@@ -153,8 +119,7 @@ def load_asr(spec: str, device: str = "cpu", batch_size: int = 8):
 
 def asr_info(asr) -> dict:
     """What a report needs to say which recogniser produced its numbers."""
-    return {"backend": asr.backend, "model": asr.model, "model_sha256": asr.model_sha256,
-            "normalization": NORMALIZATION}
+    return {**model_entry(asr), "normalization": NORMALIZATION}
 
 
 def read_transcripts(path: str | Path, errors: list[str]) -> dict[str, str]:

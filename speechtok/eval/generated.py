@@ -9,6 +9,8 @@ from collections import Counter
 
 import numpy as np
 
+from speechtok.eval.models import model_entry
+
 
 def ngrams(seq, n: int) -> list[tuple]:
     seq = list(seq)
@@ -52,8 +54,9 @@ class TextLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from speechtok.eval.asr import hf_weights_sha256
+        from speechtok.eval.models import hf_weights_sha256
 
+        self.backend = "transformers"
         self.model = str(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         self.net = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32).to(device).eval()
@@ -82,4 +85,4 @@ class TextLM:
             nll -= float((tgt * mask[:, 1:]).sum())
             count += int(mask[:, 1:].sum())
         return {"texts": len(seqs), "tokens": count, "perplexity": math.exp(nll / count) if count else None,
-                "backend": "transformers", "model": self.model, "model_sha256": self.model_sha256}
+                **model_entry(self)}

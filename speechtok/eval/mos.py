@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from speechtok.audio import resample
-from speechtok.eval.asr import files_sha256, need
+from speechtok.eval.models import files_sha256, need
 from speechtok.eval.librosa_mel import melspectrogram, power_to_db
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from speechtok.audio import resample
-from speechtok.eval.asr import files_sha256, hf_weights_sha256, need
+from speechtok.eval.models import files_sha256, hf_weights_sha256, need
 from speechtok.eval.librosa_mel import melspectrogram
 
 
@@ -20,11 +20,7 @@ class ResemblyzerEncoder:
     model = "resemblyzer GE2E pretrained.pt"
 
     def __init__(self, device: str = "cpu"):
-        import warnings
-
-        with warnings.catch_warnings():  # webrtcvad imports the deprecated pkg_resources
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            rz = need("resemblyzer", "eval-speaker")
+        rz = need("resemblyzer", "eval-speaker")
         self._rz = rz
         self.encoder = rz.VoiceEncoder(device=device, verbose=False)
         self.model_sha256 = files_sha256([Path(rz.__file__).parent / "pretrained.pt"])
@@ -35,14 +31,15 @@ class ResemblyzerEncoder:
 
         audio = self._rz.audio
         x = resample(wav, sr, 16000).astype(np.float32)
-        trimmed = audio.trim_long_silences(audio.normalize_volume(x, audio.audio_norm_target_dBFS, increase_only=True))
+        louder = audio.normalize_volume(x, audio.audio_norm_target_dBFS, increase_only=True)
+        trimmed = audio.trim_long_silences(louder)
         x = trimmed if len(trimmed) >= 1600 else x  # the VAD kept (almost) nothing: use the whole signal
         wav_slices, mel_slices = self.encoder.compute_partial_slices(len(x), 1.3, 0.75)
         x = np.pad(x, (0, max(0, wav_slices[-1].stop - len(x))))
         mel = melspectrogram(x, 16000, 400, 160, 40).T
         with torch.no_grad():
-            partials = self.encoder(torch.from_numpy(np.stack([mel[s] for s in mel_slices])).to(self.encoder.device))
-        e = partials.cpu().numpy().mean(0)
+            mels = torch.from_numpy(np.stack([mel[s] for s in mel_slices])).to(self.encoder.device)
+            e = self.encoder(mels).cpu().numpy().mean(0)
         return e / np.linalg.norm(e)
 
 

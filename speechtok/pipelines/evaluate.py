@@ -138,7 +138,8 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
             errors.append(f"{hyps[u.id]}: {e}")
             continue
         try:
-            rows.append({"id": u.id, **resynth_metrics(ref, rsr, hyp, hsr), **extras.pair(u.id, ref, rsr, hyp, hsr)})
+            rows.append({"id": u.id, **resynth_metrics(ref, rsr, hyp, hsr),
+                         **extras.pair(u.id, ref, rsr, hyp, hsr)})
         except Exception as e:
             errors.append(f"{hyps[u.id]}: metrics failed ({' '.join(str(e).split())[:160]})")
             continue
@@ -151,7 +152,7 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
     metrics = ["si_sdr_db", "stoi", "pesq_wb", "mcd_db", "f0_rmse_hz", "f0_rmse_cents", "voicing_error",
                *extras.columns]
     models = extras.finish(rows)
-    mean = {m: (float(np.mean(v)) if (v := [r[m] for r in rows if r.get(m) is not None]) else None) for m in metrics}
+    mean = _means(rows, metrics)
     for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):  # error rates: corpus-level, not file means
         if key in models.get("asr", {}):
             mean.update({prefix + m: models["asr"][key][m] for m in ("wer", "cer")})
@@ -164,6 +165,11 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Resynthesis quality", results, sections)
     return results
+
+
+def _means(rows: list[dict], columns: list[str]) -> dict:
+    """Per column, the mean over the rows that have a value (None when none has)."""
+    return {c: (float(np.mean(v)) if (v := [r[c] for r in rows if r.get(c) is not None]) else None) for c in columns}
 
 
 class _Evaluators:
@@ -210,6 +216,7 @@ class _Evaluators:
     def finish(self, rows: list[dict]) -> dict:
         """Transcribe, score the rows in place, and return the report's model entries."""
         from speechtok.eval.asr import asr_info, error_rates
+        from speechtok.eval.models import model_entry
 
         out: dict = {}
         if self.asr:
@@ -225,19 +232,21 @@ class _Evaluators:
             out["asr"]["transcripts_missing"] = len(rows) - len(have)
             out["asr"]["resynthesis_vs_text"] = error_rates([r["text"] for r in have],
                                                             [r["asr_resynthesis"] for r in have])
-            out["asr"]["reference_vs_text"] = error_rates([r["text"] for r in have], [r["asr_reference"] for r in have])
+            out["asr"]["reference_vs_text"] = error_rates([r["text"] for r in have],
+                                                          [r["asr_reference"] for r in have])
             for r in have:
                 e = error_rates([r["text"]], [r["asr_resynthesis"]])
                 r.update(wer=e["wer"], cer=e["cer"])
         if self.speaker:
-            out["speaker"] = {"backend": self.speaker.backend, "model": self.speaker.model,
-                              "model_sha256": self.speaker.model_sha256, "metric": "cosine similarity"}
+            out["speaker"] = {**model_entry(self.speaker), "metric": "cosine similarity"}
         if self.mos:
-            out["mos"] = {"backend": self.mos.backend, "model": self.mos.model, "model_sha256": self.mos.model_sha256}
+            out["mos"] = model_entry(self.mos)
         return out
 
     def sections(self, results: dict) -> list[str]:
         """Markdown: which models produced the numbers, and the corpus-level error rates."""
+        from speechtok.eval.models import model_note
+
         secs = []
         if "asr" in results:
             a = results["asr"]
@@ -245,15 +254,12 @@ class _Evaluators:
                      for name, key in (("resynthesis ASR vs text", "resynthesis_vs_text"),
                                        ("reference ASR vs text", "reference_vs_text"),
                                        ("resynthesis ASR vs reference ASR (dWER)", "dwer")) if key in a]
-            secs += ["## Intelligibility (ASR)\n",
-                     f"Backend `{a['backend']}` ({a['model']}, sha256 `{str(a['model_sha256'])[:16]}`). "
+            secs += ["## Intelligibility (ASR)\n", model_note("ASR", a),
                      f"Text normalisation: {a['normalization']}. Error rates are corpus-level (errors summed "
                      f"over files / reference words or characters).\n",
                      report.table(rates, ["comparison", "wer", "cer", "pairs"])]
-        for key, title in (("speaker", "Speaker similarity"), ("mos", "DNSMOS")):
-            if key in results:
-                m = results[key]
-                secs.append(f"{title}: backend `{m['backend']}` ({m['model']}, sha256 `{str(m['model_sha256'])[:16]}`).\n")
+        secs += [model_note(title, results[key]) for key, title in (("speaker", "Speaker similarity"),
+                                                                   ("mos", "DNSMOS")) if key in results]
         return secs
 
 
@@ -330,6 +336,7 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
     from speechtok.audio import AudioError, read_audio
     from speechtok.corpus import scan_folder
     from speechtok.eval.generated import TextLM, auto_bleu, distinct, entropy_bits
+    from speechtok.eval.models import model_entry, model_note
 
     out, gen_dir = Path(out), Path(gen_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,28 +398,27 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
         if text_lm:
             results["genppl"] = TextLM(text_lm, device, batch_size).perplexity([normalize_text(t) for t in texts])
     if speaker_model:
-        results["speaker"] = {"backend": speaker_model.backend, "model": speaker_model.model,
-                              "model_sha256": speaker_model.model_sha256, "metric": "cosine, prompt vs continuation"}
+        results["speaker"] = {**model_entry(speaker_model), "metric": "cosine, prompt vs continuation"}
     columns = ["seconds", "units", "unit_auto_bleu", "unit_distinct_1", "unit_distinct_n", "unit_entropy_bits",
                "words", "word_auto_bleu", "speaker_similarity"]
     columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
-    mean = {c: (float(np.mean(v)) if (v := [r[c] for r in rows if r.get(c) is not None]) else None) for c in columns}
+    mean = _means(rows, columns)
     secs = [r["seconds"] for r in rows if "seconds" in r]
-    results["duration"] = ({"total_s": float(np.sum(secs)), "mean_s": float(np.mean(secs)), "std_s": float(np.std(secs)),
-                            "min_s": float(np.min(secs)), "max_s": float(np.max(secs))} if secs else None)
+    results["duration"] = ({"total_s": float(np.sum(secs)), "mean_s": float(np.mean(secs)),
+                            "std_s": float(np.std(secs)), "min_s": float(np.min(secs)), "max_s": float(np.max(secs))}
+                           if secs else None)
     results.update(mean=mean, per_file=rows, errors=errors)
-    sections = [f"Continuations `{gen_dir}`: {len(rows)} sequences; n-gram order {n} (auto-BLEU-{n}, distinct-{n}).\n",
+    sections = [f"Continuations `{gen_dir}`: {len(rows)} sequences; n-gram order {n} "
+                f"(auto-BLEU-{n}, distinct-{n}).\n",
                 "## Mean\n", report.table([mean], columns)]
     if results["duration"]:
         sections += ["## Duration\n", report.table([results["duration"]], list(results["duration"]))]
     if "genppl" in results:
         g = results["genppl"]
-        sections.append(f"## GenPPL\n\n**{report.fmt(g['perplexity'], 2)}** over {g['tokens']} tokens of "
-                        f"{g['texts']} transcripts, text LM `{g['model']}` (sha256 `{str(g['model_sha256'])[:16]}`).\n")
-    for key, title in (("asr", "ASR"), ("speaker", "Speaker similarity")):
-        if key in results:
-            m = results[key]
-            sections.append(f"{title}: backend `{m['backend']}` ({m['model']}, sha256 `{str(m['model_sha256'])[:16]}`).\n")
+        sections += [f"## GenPPL\n\n**{report.fmt(g['perplexity'], 2)}** over {g['tokens']} tokens of "
+                     f"{g['texts']} transcripts.\n", model_note("Text LM", g)]
+    sections += [model_note(title, results[key]) for key, title in (("asr", "ASR"), ("speaker", "Speaker similarity"))
+                 if key in results]
     sections += ["## Per file\n", report.table(rows, ["id", *columns, *(["transcript"] if asr_model else [])])]
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
