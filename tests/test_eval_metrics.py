@@ -105,6 +105,10 @@ def test_resynth_report_wer_dwer_plumbing(flite_clips, tmp_path, monkeypatch):
     assert r["speaker"]["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Text normalisation: lowercase" in md and "dWER" in md
+    (tmp_path / "other.jsonl").write_text(json.dumps({"id": "elsewhere", "text": "x"}) + "\n")
+    r = evaluate_resynth(ref, hyp, tmp_path / "out2", 0, asr="given", transcripts=tmp_path / "other.jsonl")
+    assert r["asr"]["transcripts_missing"] == 2 and r["asr"]["dwer"]["wer"] == pytest.approx(1 / 16)
+    assert len(r["errors"]) == 1 and "no transcript matches" in r["errors"][0]
 
 
 # ---- offline models on synthetic speech ---------------------------------------------------------------------

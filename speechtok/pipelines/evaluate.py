@@ -183,6 +183,7 @@ class _Evaluators:
             raise ValueError("reference transcripts need an ASR backend (--asr) to compare with")
         self.asr = load_asr(asr, device, batch_size) if asr else None
         self.texts = read_transcripts(transcripts, errors) if transcripts else {}
+        self.transcripts, self.errors = transcripts, errors
         self.speaker, self.mos = None, None
         if speaker:
             from speechtok.eval.speaker import load_speaker_encoder
@@ -229,6 +230,9 @@ class _Evaluators:
             out["asr"] = {**asr_info(self.asr), "dwer": error_rates(ref_asr, hyp_asr)}
         if self.texts:
             have = [r for r in rows if r.get("text") is not None]
+            if rows and not have:
+                self.errors.append(f"{self.transcripts}: no transcript matches a reference id "
+                                   f"(first reference: {rows[0]['id']})")
             out["asr"]["transcripts_missing"] = len(rows) - len(have)
             out["asr"]["resynthesis_vs_text"] = error_rates([r["text"] for r in have],
                                                             [r["asr_resynthesis"] for r in have])
