@@ -74,7 +74,8 @@ def main() -> None:
         f"sentences, 16 kHz); `python benchmarks/fidelity.py`. WER/CER: PocketSphinx 5 en-us against the text "
         "the voices read (corpus-level, normalised: lowercase, no punctuation). Similarity: Resemblyzer cosine "
         "to the clean clip. DNSMOS: P.835 OVRL (speechmos ONNX). "
-        f"{time.perf_counter() - t0:.0f} s for all conditions (wall time, machine shared with other jobs).\n",
+        f"{time.perf_counter() - t0:.0f} s for all conditions (wall time, machine shared with other "
+        "jobs).\n",
         "| condition | WER | CER | speaker similarity | DNSMOS OVRL |", "|---|---|---|---|---|", *rows, "",
         "The vocoder part of the fidelity benchmark (mel Vocos / unit HiFi-GAN trained on a synthetic voice) "
         "is not run yet."])

@@ -195,6 +195,38 @@ def test_transformers_ctc_asr_mechanics(tiny_ctc, flite_clips):
     assert asr.model_sha256 == hashlib.sha256((tiny_ctc / "model.safetensors").read_bytes()).hexdigest()
 
 
+def test_transformers_seq2seq_asr_mechanics(tiny_ctc, flite_clips, tmp_path):
+    """An encoder-decoder checkpoint (the Whisper path: AutoModelForSpeechSeq2Seq + generate), here a tiny
+    wav2vec2 → BERT SpeechEncoderDecoder: batched transcripts equal transformers' generate one by one."""
+    from transformers import (AutoModelForSpeechSeq2Seq, AutoProcessor, BertConfig, BertLMHeadModel,
+                              SpeechEncoderDecoderModel, Wav2Vec2Config, Wav2Vec2Model)
+
+    proc = AutoProcessor.from_pretrained(tiny_ctc)
+    proc.save_pretrained(tmp_path / "s2s")
+    torch.manual_seed(0)
+    enc = Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4),
+                                       conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                                       num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+                                       do_stable_layer_norm=True))
+    dec = BertLMHeadModel(BertConfig(vocab_size=len(proc.tokenizer), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, is_decoder=True,
+                                     add_cross_attention=True, pad_token_id=0))
+    model = SpeechEncoderDecoderModel(encoder=enc, decoder=dec)
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = 2, 0, 1
+    model.generation_config.max_new_tokens = 12
+    model.save_pretrained(tmp_path / "s2s")
+    asr = asr_mod.load_asr(str(tmp_path / "s2s"), "cpu", batch_size=2)
+    clips = [flite_clips["slt_fox"], flite_clips["slt_apples"]]
+    got = asr.transcribe(clips)
+    ref = AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "s2s").eval()
+    assert asr.seq2seq and len(got) == 2
+    for (wav, sr), text in zip(clips, got):
+        ids = ref.generate(**proc(wav, sampling_rate=sr, return_tensors="pt"))
+        assert text == proc.batch_decode(ids, skip_special_tokens=True)[0].strip()
+
+
 def test_transformers_xvector_similarity_mechanics(tmp_path, flite_clips):
     from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
 
