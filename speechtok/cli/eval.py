@@ -1,5 +1,5 @@
-"""`tok eval tokens|resynth|lm`: token quality, resynthesis quality and LM probes, as report.json +
-report.md (+ PNG plots) in an output folder."""
+"""`tok eval tokens|resynth|generated|lm`: token quality, resynthesis quality, generated continuations and
+LM probes, as report.json + report.md (+ PNG plots) in an output folder."""
 
 from __future__ import annotations
 
@@ -68,19 +68,71 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
 @click.argument("hyp_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
 @click.option("--plots", type=int, default=3, show_default=True, help="Spectrogram plots of the first N pairs.")
-def resynth_cmd(ref_dir, hyp_dir, output, plots):
+@click.option("--asr", help="ASR for WER/CER/dWER: 'pocketsphinx' (offline English) or a transformers "
+                            "checkpoint (Whisper, wav2vec2-CTC; hub id or local dir).")
+@click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
+              help="Reference text: JSONL with 'text' and 'id' or 'path' (a corpus manifest works).")
+@click.option("--speaker",
+              help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
+@click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
+@click.option("--device", default="auto", show_default=True)
+def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, batch_size, device):
     """MCD, STOI, PESQ, SI-SDR, F0 RMSE and voicing error of HYP_DIR's files against REF_DIR's (same
-    relative names, any audio extension)."""
+    relative names, any audio extension); optionally WER/dWER, speaker similarity and DNSMOS."""
+    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_resynth
 
     try:
-        r = evaluate_resynth(ref_dir, hyp_dir, output, plots)
-    except ImportError as e:
+        r = evaluate_resynth(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
+                             str(resolve_device(device)), batch_size)
+    except (ImportError, ValueError, OSError) as e:
         fail(str(e))
     m = r["mean"]
-    _finish(r, output, [f"{r['files']} files: MCD {fmt(m['mcd_db'], 2)} dB, STOI {fmt(m['stoi'])}, "
-                        f"PESQ {fmt(m['pesq_wb'], 2)}, SI-SDR {fmt(m['si_sdr_db'], 1)} dB, "
-                        f"F0 RMSE {fmt(m['f0_rmse_hz'], 1)} Hz, voicing error {fmt(m['voicing_error'])}"])
+    lines = [f"{r['files']} files: MCD {fmt(m['mcd_db'], 2)} dB, STOI {fmt(m['stoi'])}, "
+             f"PESQ {fmt(m['pesq_wb'], 2)}, SI-SDR {fmt(m['si_sdr_db'], 1)} dB, "
+             f"F0 RMSE {fmt(m['f0_rmse_hz'], 1)} Hz, voicing error {fmt(m['voicing_error'])}"]
+    if "asr" in r:
+        a = r["asr"]
+        text = a.get("resynthesis_vs_text", {})
+        lines.append(f"ASR ({a['backend']}): WER {fmt(text.get('wer'))} (reference audio "
+                     f"{fmt(a.get('reference_vs_text', {}).get('wer'))}), dWER {fmt(a['dwer']['wer'])}")
+    if "speaker" in r:
+        lines.append(f"speaker similarity ({r['speaker']['backend']}): {fmt(m['speaker_similarity'])}")
+    if "mos" in r:
+        lines.append(f"DNSMOS OVRL {fmt(m['dnsmos_ovrl'], 2)} (reference {fmt(m['ref_dnsmos_ovrl'], 2)}), "
+                     f"SIG {fmt(m['dnsmos_sig'], 2)}, BAK {fmt(m['dnsmos_bak'], 2)}")
+    _finish(r, output, lines)
+
+
+@eval_group.command("generated")
+@click.argument("gen_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@click.option("--asr", help="ASR for transcripts: 'pocketsphinx' or a transformers checkpoint.")
+@click.option("--text-lm", help="Causal text LM (hub id or local dir) for GenPPL of the transcripts.")
+@click.option("--prompts", type=click.Path(exists=True, file_okay=False),
+              help="Voice prompts with the continuations' ids, for prompt-vs-continuation speaker similarity.")
+@click.option("--speaker", default="resemblyzer", show_default=True,
+              help="Speaker encoder for --prompts: 'resemblyzer' or a transformers x-vector checkpoint.")
+@click.option("-n", "--ngram", type=int, default=2, show_default=True, help="n of auto-BLEU-n and distinct-n.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, batch_size, device):
+    """Auto-BLEU, unit diversity, durations, GenPPL and speaker similarity of the continuations in GEN_DIR
+    (audio files and/or <id>.npy units)."""
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.pipelines.evaluate import evaluate_generated
+
+    try:
+        r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(resolve_device(device)),
+                               batch_size)
+    except (ImportError, ValueError, OSError) as e:
+        fail(str(e))
+    m = r["mean"]
+    lines = [f"{r['sequences']} sequences: " + ", ".join(f"{k} {fmt(v)}" for k, v in m.items())]
+    if "genppl" in r:
+        lines.append(f"GenPPL {fmt(r['genppl']['perplexity'], 2)} ({r['genppl']['model']})")
+    _finish(r, output, lines)
 
 
 @eval_group.command("lm")

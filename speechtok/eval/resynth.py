@@ -11,6 +11,7 @@ import numpy as np
 
 from speechtok.audio import resample
 from speechtok.eval.dtw import dtw
+from speechtok.eval.models import need
 
 FRAME_PERIOD_MS = 5.0
 MCEP_ORDER = 24
@@ -18,15 +19,7 @@ SI_SDR_CAP_DB = 100.0  # identical signals would give +inf; JSON has no infinity
 
 
 def _need(module: str):
-    import importlib
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # pyworld imports the deprecated pkg_resources for its version
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"resynthesis metrics need '{module}': pip install 'speechtok[eval]'") from None
+    return need(module, "eval")
 
 
 def si_sdr(ref: np.ndarray, hyp: np.ndarray) -> float:

@@ -107,9 +107,12 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
     return results
 
 
-def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3) -> dict:
+def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3,
+                     asr: str | None = None, transcripts: str | Path | None = None, speaker: str | None = None,
+                     mos: bool = False, device: str = "cpu", batch_size: int = 8) -> dict:
     """Metrics of every hypothesis against the reference with the same id (relative path without extension),
-    per file and averaged, plus spectrogram plots of the first `plots` pairs."""
+    per file and averaged, plus spectrogram plots of the first `plots` pairs. Optional: `asr` (WER/CER vs
+    `transcripts` and dWER vs the reference audio's transcript), `speaker` (embedding cosine), `mos` (DNSMOS)."""
     from speechtok.audio import AudioError, read_audio, resample
     from speechtok.corpus import scan_folder
     from speechtok.eval.resynth import resynth_metrics
@@ -118,6 +121,7 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     hyps = {u.id: u.path for u in scan_folder(hyp_dir)}
     errors, rows, sections = [], [], [f"Reference `{ref_dir}`, resynthesis `{hyp_dir}`.\n"]
+    extras = _Evaluators(asr, transcripts, speaker, mos, device, batch_size, errors)
     refs = list(scan_folder(ref_dir))
     for u in refs:
         if u.id not in hyps:
@@ -134,7 +138,8 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
             errors.append(f"{hyps[u.id]}: {e}")
             continue
         try:
-            rows.append({"id": u.id, **resynth_metrics(ref, rsr, hyp, hsr)})
+            rows.append({"id": u.id, **resynth_metrics(ref, rsr, hyp, hsr),
+                         **extras.pair(u.id, ref, rsr, hyp, hsr)})
         except Exception as e:
             errors.append(f"{hyps[u.id]}: metrics failed ({' '.join(str(e).split())[:160]})")
             continue
@@ -144,16 +149,122 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
             sections.append(f"![{u.id}]({name})\n")
     extra = sorted(set(hyps) - {u.id for u in refs})
     errors += [f"{hyps[i]}: no reference {i}.* in {ref_dir}" for i in extra]
-    metrics = ["si_sdr_db", "stoi", "pesq_wb", "mcd_db", "f0_rmse_hz", "f0_rmse_cents", "voicing_error"]
-    mean = {m: (float(np.mean(v)) if (v := [r[m] for r in rows if r.get(m) is not None]) else None) for m in metrics}
+    metrics = ["si_sdr_db", "stoi", "pesq_wb", "mcd_db", "f0_rmse_hz", "f0_rmse_cents", "voicing_error",
+               *extras.columns]
+    models = extras.finish(rows)
+    mean = _means(rows, metrics)
+    for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):  # error rates: corpus-level, not file means
+        if key in models.get("asr", {}):
+            mean.update({prefix + m: models["asr"][key][m] for m in ("wer", "cer")})
     results = {"reference": str(ref_dir), "hypothesis": str(hyp_dir), "files": len(rows), "mean": mean,
-               "per_file": rows, "errors": errors}
+               **models, "per_file": rows, "errors": errors}
     sections = [sections[0], f"## Mean over {len(rows)} files\n", report.table([mean], metrics),
-                "## Per file\n", report.table(rows, ["id", *metrics, "length_difference_s"]), *sections[1:]]
+                *extras.sections(results), "## Per file\n",
+                report.table(rows, ["id", *metrics, "length_difference_s"]), *sections[1:]]
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Resynthesis quality", results, sections)
     return results
+
+
+def _means(rows: list[dict], columns: list[str]) -> dict:
+    """Per column, the mean over the rows that have a value (None when none has)."""
+    return {c: (float(np.mean(v)) if (v := [r[c] for r in rows if r.get(c) is not None]) else None) for c in columns}
+
+
+class _Evaluators:
+    """The optional model-based metrics of a resynthesis run (ASR, speaker similarity, DNSMOS): loaded once,
+    applied per pair; the transcriptions run batched at the end."""
+
+    def __init__(self, asr, transcripts, speaker, mos, device, batch_size, errors: list[str]):
+        from speechtok.eval.asr import load_asr, read_transcripts
+
+        if transcripts and not asr:
+            raise ValueError("reference transcripts need an ASR backend (--asr) to compare with")
+        self.asr = load_asr(asr, device, batch_size) if asr else None
+        self.texts = read_transcripts(transcripts, errors) if transcripts else {}
+        self.transcripts, self.errors = transcripts, errors
+        self.speaker, self.mos = None, None
+        if speaker:
+            from speechtok.eval.speaker import load_speaker_encoder
+
+            self.speaker = load_speaker_encoder(speaker, device)
+        if mos:
+            from speechtok.eval.mos import DNSMOS
+
+            self.mos = DNSMOS()
+        self.audio: list[tuple] = []  # (ref, sr, hyp, sr) awaiting transcription
+        self.columns = ((["wer", "cer"] if self.texts else []) + (["dwer", "dcer"] if self.asr else [])
+                        + (["speaker_similarity"] if self.speaker else [])
+                        + (["dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "ref_dnsmos_ovrl"] if self.mos else []))
+
+    def pair(self, uid: str, ref, rsr, hyp, hsr) -> dict:
+        from speechtok.eval.asr import transcript_of
+        from speechtok.eval.speaker import speaker_similarity
+
+        row: dict = {}
+        if self.texts:
+            row["text"] = transcript_of(uid, self.texts)
+        if self.speaker:
+            row["speaker_similarity"] = speaker_similarity(self.speaker, ref, rsr, hyp, hsr)
+        if self.mos:
+            row.update(self.mos.score(hyp, hsr))
+            row["ref_dnsmos_ovrl"] = self.mos.score(ref, rsr)["dnsmos_ovrl"]
+        if self.asr:
+            self.audio.append((ref, rsr, hyp, hsr))
+        return row
+
+    def finish(self, rows: list[dict]) -> dict:
+        """Transcribe, score the rows in place, and return the report's model entries."""
+        from speechtok.eval.asr import asr_info, error_rates
+        from speechtok.eval.models import model_entry
+
+        out: dict = {}
+        if self.asr:
+            ref_asr = self.asr.transcribe([(r, rsr) for r, rsr, _, _ in self.audio])
+            hyp_asr = self.asr.transcribe([(h, hsr) for _, _, h, hsr in self.audio])
+            for row, ra, ha in zip(rows, ref_asr, hyp_asr):
+                row.update(asr_reference=ra, asr_resynthesis=ha)
+                d = error_rates([ra], [ha])
+                row.update(dwer=d["wer"], dcer=d["cer"])
+            out["asr"] = {**asr_info(self.asr), "dwer": error_rates(ref_asr, hyp_asr)}
+        if self.texts:
+            have = [r for r in rows if r.get("text") is not None]
+            if rows and not have:
+                self.errors.append(f"{self.transcripts}: no transcript matches a reference id "
+                                   f"(first reference: {rows[0]['id']})")
+            out["asr"]["transcripts_missing"] = len(rows) - len(have)
+            out["asr"]["resynthesis_vs_text"] = error_rates([r["text"] for r in have],
+                                                            [r["asr_resynthesis"] for r in have])
+            out["asr"]["reference_vs_text"] = error_rates([r["text"] for r in have],
+                                                          [r["asr_reference"] for r in have])
+            for r in have:
+                e = error_rates([r["text"]], [r["asr_resynthesis"]])
+                r.update(wer=e["wer"], cer=e["cer"])
+        if self.speaker:
+            out["speaker"] = {**model_entry(self.speaker), "metric": "cosine similarity"}
+        if self.mos:
+            out["mos"] = model_entry(self.mos)
+        return out
+
+    def sections(self, results: dict) -> list[str]:
+        """Markdown: which models produced the numbers, and the corpus-level error rates."""
+        from speechtok.eval.models import model_note
+
+        secs = []
+        if "asr" in results:
+            a = results["asr"]
+            rates = [{"comparison": name, **{k: a[key].get(k) for k in ("wer", "cer", "pairs")}}
+                     for name, key in (("resynthesis ASR vs text", "resynthesis_vs_text"),
+                                       ("reference ASR vs text", "reference_vs_text"),
+                                       ("resynthesis ASR vs reference ASR (dWER)", "dwer")) if key in a]
+            secs += ["## Intelligibility (ASR)\n", model_note("ASR", a),
+                     f"Text normalisation: {a['normalization']}. Error rates are corpus-level (errors summed "
+                     f"over files / reference words or characters).\n",
+                     report.table(rates, ["comparison", "wer", "cer", "pairs"])]
+        secs += [model_note(title, results[key]) for key, title in (("speaker", "Speaker similarity"),
+                                                                   ("mos", "DNSMOS")) if key in results]
+        return secs
 
 
 def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), formats: tuple[str, ...] = ("speech",),
@@ -214,4 +325,106 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "LM probes", results, sections)
+    return results
+
+
+def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = None, text_lm: str | None = None,
+                       prompts: str | Path | None = None, speaker: str | None = None, n: int = 2,
+                       device: str = "cpu", batch_size: int = 8) -> dict:
+    """Continuations in `gen_dir` (audio files and/or `<id>.npy` units, as `tok generate` writes them):
+    duration statistics; per sequence auto-BLEU-n, distinct-n and unit entropy; with `asr`, the transcripts'
+    auto-BLEU and (with `text_lm`) GenPPL; with `prompts` (same ids) and `speaker`, prompt→continuation
+    speaker similarity."""
+    import os
+
+    from speechtok.audio import AudioError, read_audio
+    from speechtok.corpus import scan_folder
+    from speechtok.eval.generated import TextLM, auto_bleu, distinct, entropy_bits
+    from speechtok.eval.models import model_entry, model_note
+
+    out, gen_dir = Path(out), Path(gen_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    if text_lm and not asr:
+        raise ValueError("GenPPL scores ASR transcripts: give --asr with --text-lm")
+    audio = {u.id: u.path for u in scan_folder(gen_dir)}
+    units = {(Path(d) / f).relative_to(gen_dir).with_suffix("").as_posix(): Path(d) / f
+             for d, _, fs in os.walk(gen_dir) for f in fs if f.endswith(".npy")}
+    prompt_audio = {u.id: u.path for u in scan_folder(prompts)} if prompts else {}
+    asr_model = speaker_model = None
+    if asr:
+        from speechtok.eval.asr import load_asr
+
+        asr_model = load_asr(asr, device, batch_size)
+    if speaker and prompts:
+        from speechtok.eval.speaker import load_speaker_encoder, speaker_similarity
+
+        speaker_model = load_speaker_encoder(speaker, device)
+    rows, wavs = [], []
+    for uid in sorted(set(audio) | set(units)):
+        row: dict = {"id": uid}
+        if uid in units:
+            try:
+                u = np.load(units[uid]).reshape(-1)
+                row.update(units=len(u), unit_auto_bleu=auto_bleu(u.tolist(), n), unit_distinct_1=distinct(u, 1),
+                           unit_distinct_n=distinct(u.tolist(), n), unit_entropy_bits=entropy_bits(u.tolist()))
+            except (OSError, ValueError) as e:
+                errors.append(f"{units[uid]}: not a units array ({' '.join(str(e).split())[:120]})")
+        if uid in audio:
+            try:
+                wav, sr = read_audio(audio[uid])
+            except AudioError as e:
+                errors.append(f"{audio[uid]}: {e}")
+                rows.append(row)
+                continue
+            row["seconds"] = len(wav) / sr
+            if asr_model:
+                wavs.append((row, wav, sr))
+            if speaker_model:
+                if uid in prompt_audio:
+                    try:
+                        p, psr = read_audio(prompt_audio[uid])
+                        row["speaker_similarity"] = speaker_similarity(speaker_model, p, psr, wav, sr)
+                    except AudioError as e:
+                        errors.append(f"{prompt_audio[uid]}: {e}")
+                else:
+                    errors.append(f"{audio[uid]}: no prompt {uid}.* in {prompts}")
+        rows.append(row)
+    results: dict = {"generated": str(gen_dir), "sequences": len(rows), "n": n}
+    if asr_model:
+        from speechtok.eval.asr import asr_info, normalize_text
+
+        texts = asr_model.transcribe([(w, sr) for _, w, sr in wavs])
+        for (row, _, _), text in zip(wavs, texts):
+            words = normalize_text(text).split()
+            row.update(transcript=text, words=len(words), word_auto_bleu=auto_bleu(words, n))
+        results["asr"] = asr_info(asr_model)
+        if text_lm:
+            results["genppl"] = TextLM(text_lm, device, batch_size).perplexity([normalize_text(t) for t in texts])
+    if speaker_model:
+        results["speaker"] = {**model_entry(speaker_model), "metric": "cosine, prompt vs continuation"}
+    columns = ["seconds", "units", "unit_auto_bleu", "unit_distinct_1", "unit_distinct_n", "unit_entropy_bits",
+               "words", "word_auto_bleu", "speaker_similarity"]
+    columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    mean = _means(rows, columns)
+    secs = [r["seconds"] for r in rows if "seconds" in r]
+    results["duration"] = ({"total_s": float(np.sum(secs)), "mean_s": float(np.mean(secs)),
+                            "std_s": float(np.std(secs)), "min_s": float(np.min(secs)), "max_s": float(np.max(secs))}
+                           if secs else None)
+    results.update(mean=mean, per_file=rows, errors=errors)
+    sections = [f"Continuations `{gen_dir}`: {len(rows)} sequences; n-gram order {n} "
+                f"(auto-BLEU-{n}, distinct-{n}).\n",
+                "## Mean\n", report.table([mean], columns)]
+    if results["duration"]:
+        sections += ["## Duration\n", report.table([results["duration"]], list(results["duration"]))]
+    if "genppl" in results:
+        g = results["genppl"]
+        sections += [f"## GenPPL\n\n**{report.fmt(g['perplexity'], 2)}** over {g['tokens']} tokens of "
+                     f"{g['texts']} transcripts.\n", model_note("Text LM", g)]
+    sections += [model_note(title, results[key]) for key, title in (("asr", "ASR"), ("speaker", "Speaker similarity"))
+                 if key in results]
+    sections += ["## Per file\n", report.table(rows, ["id", *columns, *(["transcript"] if asr_model else [])])]
+    if errors:
+        sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
+    report.write_report(out, "Generated continuations", results, sections)
     return results
