@@ -1,0 +1,85 @@
+"""The first hour with speechtok (issue 16): numbers that mean what they say across sample rates, short
+and odd inputs that fail in one line, offline model paths that fail fast, readable `tok show`, portable
+artefacts."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from speechtok.audio import resample
+from speechtok.cli.main import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def voiced_32k(seconds: float = 1.5, sr: int = 32000) -> np.ndarray:
+    """A speech-like broadband signal: a gliding 120-160 Hz glottal pulse train through moving resonances,
+    plus a little noise, with energy up to 16 kHz."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 20 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(h * phase) / h * (1 + np.cos(2 * np.pi * (h * f0 / 900 + t))) for h in range(1, 100)
+            if h * 165 < sr / 2)
+    x = x + 0.05 * rng.standard_normal(len(t))
+    return (0.2 * x / np.abs(x).max()).astype(np.float32)
+
+
+# ---- 1. MCD across sample rates ---------------------------------------------------------------------------
+
+def test_mcd_of_a_lower_rate_copy_is_small():
+    from speechtok.eval.resynth import resynth_metrics
+
+    sr = 32000
+    ref = voiced_32k()
+    copy16 = resample(ref, sr, 16000)
+    same = resynth_metrics(ref, sr, copy16, 16000)
+    noise = np.random.default_rng(1).standard_normal(len(copy16)).astype(np.float32) * 0.05
+    bad = resynth_metrics(ref, sr, noise, 16000)
+    assert same["analysis_sample_rate"] == 16000
+    assert same["mcd_db"] < 1.5, same["mcd_db"]
+    assert bad["mcd_db"] > 3 * max(same["mcd_db"], 1.0)
+    assert same["voicing_error"] < 0.05 and same["stoi"] > 0.99
+
+
+# ---- 2. short hypotheses, negative zero, plot warnings, labelled heat maps ----------------------------------
+
+def test_a_2_5_ms_hypothesis_gets_defined_metrics(tmp_path):
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"
+    ref.mkdir(), hyp.mkdir()
+    x = voiced_32k(1.0)
+    sf.write(ref / "a.wav", x, 32000)
+    sf.write(hyp / "a.wav", resample(x, 32000, 16000)[:40], 16000)  # 2.5 ms
+    r = run("eval", "resynth", ref, hyp, "-o", tmp_path / "rep", "--plots", 1)
+    assert r.exit_code == 0, r.output
+    import json
+
+    row = json.loads((tmp_path / "rep" / "report.json").read_text())["per_file"][0]
+    assert row["stoi"] is None and "too short" in row["stoi_error"] and row["pesq_wb"] is None
+    assert row["mcd_db"] > 0 and (tmp_path / "rep" / "spectrogram_01.png").exists()
+
+
+def test_negative_zero_is_printed_as_zero():
+    from speechtok.eval.report import fmt
+
+    assert fmt(-0.0) == "0.000" and fmt(-1e-7) == "0.000" and fmt(-0.0004, 3) == "0.000"
+    assert fmt(-0.001) == "-0.001" and fmt(-1234.5, 1) == "-1,234.5" and fmt(0.0) == "0.000"
+
+
+def test_plots_of_silence_warn_nothing(tmp_path):
+    import warnings
+
+    from speechtok.eval.report import plot_phone_unit, plot_spectrograms
+
+    x = np.zeros(16000, np.float32)
+    x[8000:] = np.random.default_rng(0).standard_normal(8000) * 0.1  # half digital silence
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_spectrograms(x, x[:40], 16000, tmp_path / "s.png", "t")
+        plot_phone_unit(np.eye(3, 5, dtype=np.int64), ["a", "b", "c"], tmp_path / "p.png", "p(phone | unit)")
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
