@@ -83,3 +83,42 @@ def test_plots_of_silence_warn_nothing(tmp_path):
         plot_spectrograms(x, x[:40], 16000, tmp_path / "s.png", "t")
         plot_phone_unit(np.eye(3, 5, dtype=np.int64), ["a", "b", "c"], tmp_path / "p.png", "p(phone | unit)")
     assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
+
+
+# ---- 7. missing / empty audio, hub ids without network -------------------------------------------------------
+
+def test_missing_and_empty_audio_say_so(tmp_path):
+    from speechtok.audio import AudioError, audio_info, read_audio
+
+    (tmp_path / "empty.wav").touch()
+    for read in (audio_info, read_audio):
+        with pytest.raises(AudioError, match="^file not found$"):
+            read(str(tmp_path / "missing.wav"))
+        with pytest.raises(AudioError, match=r"^empty file \(0 bytes\)$"):
+            read(str(tmp_path / "empty.wav"))
+
+
+def test_hub_id_offline_fails_fast_with_a_hint(tmp_path, monkeypatch, tiny_ssl):
+    import time
+
+    from speechtok.hub import ModelUnavailable, check_model_ref, hub_reachable
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    local = tiny_ssl("hubert")
+    assert check_model_ref(local) == local  # a local directory is fine offline
+    with pytest.raises(ModelUnavailable, match="no such directory"):
+        check_model_ref(tmp_path / "nope" / "model")
+    t = time.perf_counter()
+    r = run("encode", tmp_path, "-t", "encodec:someone/not-cached-model", "-o", tmp_path / "o", "-q")
+    assert time.perf_counter() - t < 10
+    assert r.exit_code != 0
+    assert ("someone/not-cached-model: not a local directory and offline mode is set (HF_HUB_OFFLINE=1)"
+            in r.output), r.output
+    assert "pass a local directory" in r.output and len(r.output.strip().splitlines()) <= 2
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused at once
+    hub_reachable.cache_clear()
+    with pytest.raises(ModelUnavailable, match="not a local directory and the hub is unreachable"):
+        check_model_ref("someone/not-cached-model")

@@ -24,6 +24,9 @@ class Generated:
 def load_lm(lm_dir: str | Path, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from speechtok.hub import check_model_ref
+
+    lm_dir = check_model_ref(lm_dir)
     model = AutoModelForCausalLM.from_pretrained(lm_dir).to(device).eval()
     return model, AutoTokenizer.from_pretrained(lm_dir), SpeechVocab.load(lm_dir)
 

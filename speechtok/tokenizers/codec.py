@@ -12,8 +12,10 @@ import math
 
 import numpy as np
 import torch
+
 from torch import nn
 
+from speechtok.hub import check_model_ref
 from speechtok.tokenizers.features import length_mask
 from speechtok.tokenizers.ssl_features import PRECISIONS, weights_checksum
 
@@ -76,6 +78,7 @@ class Codec(nn.Module):
 
         if kind not in KINDS:
             raise ValueError(f"unknown codec kind {kind!r} ({', '.join(KINDS)})")
+        model_ref = check_model_ref(model_ref)
         try:
             model = AutoModel.from_pretrained(model_ref)
         except Exception as e:
