@@ -122,3 +122,22 @@ def test_hub_id_offline_fails_fast_with_a_hint(tmp_path, monkeypatch, tiny_ssl):
     hub_reachable.cache_clear()
     with pytest.raises(ModelUnavailable, match="not a local directory and the hub is unreachable"):
         check_model_ref("someone/not-cached-model")
+
+
+# ---- 10. tok show ------------------------------------------------------------------------------------------
+
+def test_show_prints_shapes_and_first_values(units_and_codec_shards):
+    import json
+
+    from speechtok import read_shards
+
+    shards = units_and_codec_shards / "shards"
+    sample = next(iter(read_shards(shards)))
+    codes = next(v for v in sample.values() if getattr(v, "ndim", 0) == 2 and v.shape[1] > 100)
+    short = run("show", shards, "--num", 1)
+    assert short.exit_code == 0, short.output
+    assert len(short.output.splitlines()) == 2 + sum(hasattr(v, "dtype") for v in sample.values())
+    assert f"{codes.dtype} {list(codes.shape)} [{codes[0, :20].tolist()} ...;" in short.output
+    assert len(short.output) < 2000
+    full = run("show", shards, "-n", 1, "--full")
+    assert json.dumps(codes.tolist()) in full.output and len(full.output) > len(short.output) + codes.size
