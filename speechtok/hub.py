@@ -13,8 +13,9 @@ from urllib.parse import urlparse
 _TRUE = {"1", "on", "yes", "true"}
 
 
-class ModelUnavailable(OSError):
-    """A model reference that is neither a local directory nor reachable on the hub; the message says why."""
+class ModelUnavailable(OSError, ValueError):
+    """A model reference that is neither a local directory nor reachable on the hub; the message says why
+    (an OSError like transformers' own, and a ValueError like every other bad argument to a loader)."""
 
 
 def hub_offline() -> bool:
@@ -61,3 +62,37 @@ def check_model_ref(ref: str | Path) -> str:
         raise ModelUnavailable(f"{ref}: not a local directory and the hub is unreachable (offline: "
                                "HF_HUB_OFFLINE=1); pass a local directory")
     return ref
+
+
+def portable_card(card: dict, base: str | Path) -> dict:
+    """A copy of `card` (nested) in which every local model directory under a "model" key is written
+    relative to `base`, the folder of the JSON file that stores it ("./…" or "../…"), with its absolute path
+    as "model_path": a tree moved together keeps working, and an artefact moved alone still finds the
+    model where it was. Hub ids are kept as they are."""
+    out = {}
+    for k, v in card.items():
+        if isinstance(v, dict):
+            out[k] = portable_card(v, base)
+        elif k == "model" and isinstance(v, str) and Path(v).is_dir():
+            absolute = Path(v).resolve()
+            rel = os.path.relpath(absolute, Path(base).resolve())
+            out[k], out["model_path"] = (rel if rel.startswith("..") else f"./{rel}"), str(absolute)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_card(card: dict, base: str | Path) -> dict:
+    """The inverse of `portable_card`: "./…" / "../…" model directories are looked up relative to `base`,
+    then at the recorded "model_path"; one found in neither stays `base`/… so that loading it names the
+    missing directory (reading the JSON alone never fails)."""
+    out = {}
+    for k, v in card.items():
+        if isinstance(v, dict):
+            out[k] = resolve_card(v, base)
+        elif k == "model" and isinstance(v, str) and v.startswith(("./", "../")):
+            here, there = Path(base) / v, card.get("model_path")
+            out[k] = str(here.resolve()) if here.is_dir() else there if there and Path(there).is_dir() else str(here)
+        elif k != "model_path":
+            out[k] = v
+    return out

@@ -141,3 +141,51 @@ def test_show_prints_shapes_and_first_values(units_and_codec_shards):
     assert len(short.output) < 2000
     full = run("show", shards, "-n", 1, "--full")
     assert json.dumps(codes.tolist()) in full.output and len(full.output) > len(short.output) + codes.size
+
+
+# ---- 11. portable artefacts --------------------------------------------------------------------------------
+
+def test_a_tree_moved_together_keeps_working(speech_corpus, tiny_ssl, tiny_codec, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from speechtok.tokenizers.semantic import SemanticTokenizer
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copytree(tiny_ssl("hubert"), proj / "models" / "ssl")
+    shutil.copytree(tiny_codec("encodec"), proj / "models" / "codec")
+    monkeypatch.chdir(proj)  # the user types paths relative to the working directory
+    r = run("train-kmeans", speech_corpus, "-m", "models/ssl", "--layer", 2, "-k", 4, "-o", "tok", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("encode", speech_corpus, "-t", "tok", "-t", "encodec:models/codec:nq=1", "-o", "shards", "-q")
+    assert r.exit_code == 0, r.output
+    cards = json.loads((proj / "shards" / "manifest.json").read_text())["tokenizers"]
+    assert cards["encodec"]["model"] == "../models/codec"
+    assert json.loads((proj / "tok" / "tokenizer.json").read_text())["features"]["model"] == "../models/ssl"
+
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(proj, moved)
+    monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / "models").exists() and not (tmp_path / "tok").exists()
+    tok = SemanticTokenizer.from_dir(moved / "tok")
+    assert tok.features.model_ref == str((moved / "models" / "ssl").resolve())
+    r = run("decode", moved / "shards", "-o", tmp_path / "wavs")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "wavs").glob("*.wav"))) == 8
+
+    shutil.rmtree(moved / "models" / "codec")  # a missing model is named
+    r = run("decode", moved / "shards", "-o", tmp_path / "wavs2")
+    assert r.exit_code != 0 and "codec: no such directory" in r.output and str(moved) in r.output, r.output
+
+
+def test_portable_card_round_trip(tmp_path):
+    from speechtok.hub import portable_card, resolve_card
+
+    (tmp_path / "models" / "codec").mkdir(parents=True)
+    card = {"codec_card": {"kind": "dac", "model": str(tmp_path / "models" / "codec")}, "hub": {"model": "org/x"}}
+    stored = portable_card(card, tmp_path / "run" / "acoustic")
+    assert stored["codec_card"]["model"] == "../../models/codec" and stored["hub"] == {"model": "org/x"}
+    assert resolve_card(stored, tmp_path / "run" / "acoustic") == card
+    assert resolve_card(portable_card(card, tmp_path), tmp_path)["codec_card"]["model"] == card["codec_card"]["model"]

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from speechtok.hub import portable_card, resolve_card
+
 CONFIG_FILE = "acoustic.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -242,7 +244,7 @@ class AcousticModel(nn.Module):
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+        (d / CONFIG_FILE).write_text(json.dumps(portable_card(asdict(self.cfg), d), indent=2) + "\n")
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / WEIGHTS_FILE)
 
     @classmethod
@@ -250,7 +252,7 @@ class AcousticModel(nn.Module):
         d = Path(directory)
         if not (d / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{d}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
-        model = cls(AcousticConfig(**json.loads((d / CONFIG_FILE).read_text())))
+        model = cls(AcousticConfig(**resolve_card(json.loads((d / CONFIG_FILE).read_text()), d)))
         model.load_state_dict(load_file(d / WEIGHTS_FILE))
         return model.to(device).eval()
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 import speechtok
 from speechtok.corpus import CorpusError, load_corpus
 from speechtok.pipelines.batching import Batch, Item, iterate_batches, plan_batches, probe_durations
+from speechtok.hub import portable_card
 from speechtok.shards import MANIFEST, ShardWriter, npy_bytes, sample_key, sha256_of, smallest_int_dtype, write_manifest
 from speechtok.tokenizers.semantic import SemanticTokenizer, run_length
 
@@ -328,7 +329,7 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
             "speechtok_version": speechtok.__version__,
             "corpus": str(corpus),
             "job": fingerprint,
-            "tokenizers": cards,
+            "tokenizers": portable_card(cards, out_dir),  # local model paths relative to the shards
             "dedup": dedups[toks[0].name] if len(toks) == 1 else dedups,
             "num_utterances": summary.num_utterances,
             "seconds": round(summary.seconds, 6),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechtok.hub import portable_card, resolve_card
 from speechtok.shards import sha256_of
 from speechtok.tokenizers.features import FeatureExtractor, build_features
 from speechtok.tokenizers.kmeans import assign
@@ -86,7 +87,8 @@ class SemanticTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
         self.meta["centroids_sha256"] = sha256_of(directory / CENTROIDS_FILE)
-        (directory / CARD_FILE).write_text(json.dumps(self.card(), indent=2) + "\n")
+        card = portable_card(self.card(), directory)  # a local SSL model relative to the tokenizer folder
+        (directory / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -97,7 +99,7 @@ class SemanticTokenizer:
         card_path = directory / CARD_FILE
         if not card_path.exists():
             raise FileNotFoundError(f"{directory}: not a tokenizer directory (no {CARD_FILE})")
-        card = json.loads(card_path.read_text())
+        card = resolve_card(json.loads(card_path.read_text()), directory)
         if card.get("type") != "semantic":
             raise ValueError(f"{card_path}: type is {card.get('type')!r}, not 'semantic'")
         cpath = directory / card["centroids"]["file"]
