@@ -189,3 +189,54 @@ def test_portable_card_round_trip(tmp_path):
     assert stored["codec_card"]["model"] == "../../models/codec" and stored["hub"] == {"model": "org/x"}
     assert resolve_card(stored, tmp_path / "run" / "acoustic") == card
     assert resolve_card(portable_card(card, tmp_path), tmp_path)["codec_card"]["model"] == card["codec_card"]["model"]
+
+
+# ---- 8. tok generate --voice: lengths checked first ---------------------------------------------------------
+
+@pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
+def test_acoustic_positions_match_the_model(pattern):
+    import torch
+
+    from speechtok.lm.acoustic import AcousticConfig, AcousticModel
+    from speechtok.pipelines.generate import acoustic_positions
+
+    cfg = AcousticConfig(k=6, n_q=3, codebook_size=8, pattern=pattern, n_coarse=1, dim=16, layers=1, heads=2,
+                         max_len=40)
+    torch.manual_seed(0)
+    model = AcousticModel(cfg).eval()
+    units = np.arange(5) % 6
+    frames = next(t for t in range(1, 40) if acoustic_positions(cfg, 5, t + 1) > cfg.max_len)
+    assert acoustic_positions(cfg, 5, frames) <= cfg.max_len
+    assert model.generate(units, frames, temperature=0).shape == (3, frames)  # the oracle: the model itself
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model.generate(units, frames + 1, temperature=0)
+
+
+def test_voice_prompt_is_fitted_before_generation(tmp_path):
+    import math as m
+
+    from speechtok.lm.acoustic import AcousticConfig, AcousticModel
+    from speechtok.lm.generate import SamplingOptions
+    from speechtok.pipelines.generate import acoustic_positions, fit_voice_prompt, generate_speech
+
+    cfg = AcousticConfig(k=6, n_q=8, codebook_size=8, dim=16, layers=1, heads=2, max_len=908,
+                         semantic_rate=50, codec_rate=75, frames_per_unit=1.5)
+    fits = fit_voice_prompt(cfg, 100, None)
+    assert 0 < fits < 8
+
+    def need(seconds):  # an undeduplicated prompt of `seconds` and a continuation of 100 units
+        return acoustic_positions(cfg, m.ceil(seconds * 50) + 100, m.ceil(seconds * 75) + round(100 * 1.5))
+
+    assert need(fits) <= cfg.max_len < need(fits + 0.3)
+    assert fit_voice_prompt(cfg, 100, 1.0) == 1.0
+    with pytest.raises(ValueError, match=f"at most {fits:g} s fit"):
+        fit_voice_prompt(cfg, 100, 8.0)
+    with pytest.raises(ValueError, match="lower --max-units"):
+        fit_voice_prompt(cfg, 900, None)
+
+    AcousticModel(cfg).save(tmp_path / "acoustic")
+    voice = tmp_path / "voice.wav"
+    sf.write(voice, np.zeros(8 * 16000, np.float32), 16000)
+    with pytest.raises(ValueError, match="a 8 s voice prompt"):  # before the LM (which does not exist) loads
+        generate_speech(tmp_path / "no-lm", tmp_path / "acoustic", None, voice=str(voice),
+                        opts=SamplingOptions(max_new_tokens=100), voice_seconds=8.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class Generated:
     codes: np.ndarray | None = None  # [n_q, frames]
     wav: np.ndarray | None = None
     sample_rate: int | None = None
+    voice_seconds: float | None = None  # how much of the voice prompt was used (None: all of it, or no voice)
 
 
 def load_lm(lm_dir: str | Path, device: torch.device):
@@ -31,23 +33,28 @@ def load_lm(lm_dir: str | Path, device: torch.device):
     return model, AutoTokenizer.from_pretrained(lm_dir), SpeechVocab.load(lm_dir)
 
 
-def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool) -> np.ndarray:
-    """Semantic units of a prompt file, as the LM saw them in training."""
+def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool, seconds: float | None = None) -> np.ndarray:
+    """Semantic units of a prompt file (its first `seconds`), as the LM saw them in training."""
+    from speechtok.audio import read_audio
     from speechtok.tokenizers.semantic import SemanticTokenizer
 
     if tokenizer_dir is None:
         raise ValueError("an audio prompt needs the semantic tokenizer (--tokenizer KM_DIR) to encode it")
-    units = SemanticTokenizer.from_dir(tokenizer_dir).encode(audio)
+    units = SemanticTokenizer.from_dir(tokenizer_dir).encode(*read_audio(audio, 0.0, seconds))
     return run_length(units)[0] if dedup else units
 
 
 def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, tokenizer_dir: str | Path | None = None,
                     prompt_audio: str | None = None, prompt_text: str | None = None, voice: str | None = None,
-                    opts: SamplingOptions | None = None, device: str | torch.device = "cpu") -> Generated:
+                    opts: SamplingOptions | None = None, device: str | torch.device = "cpu",
+                    voice_seconds: float | None = None) -> Generated:
     """Stage 1 always; stage 2 and the codec decoder when `acoustic_dir` is given. `voice` (an audio file)
-    sets the speaker: its codec tokens lead the acoustic stage, its units lead the target's."""
+    sets the speaker: its codec tokens lead the acoustic stage, its units lead the target's; only its first
+    `voice_seconds` are used (default: as much as fits the acoustic model with `max_new_tokens` units)."""
     opts = opts or SamplingOptions()
     device = torch.device(device)
+    if voice is not None and acoustic_dir is not None:  # lengths are checked before anything is generated
+        voice_seconds = fit_voice_prompt(read_acoustic_config(acoustic_dir), opts.max_new_tokens, voice_seconds)
     model, tokenizer, vocab = load_lm(lm_dir, device)
     units = prompt_units(tokenizer_dir, prompt_audio, vocab.dedup) if prompt_audio else None
     prompt = speech_prompt(tokenizer, vocab, units=units, text=prompt_text)
@@ -58,11 +65,11 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     if acoustic_dir is None:
         return result
     del model
-    return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device)
+    return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds)
 
 
 def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Path | None, voice: str | None,
-               opts: SamplingOptions, device: torch.device) -> Generated:
+               opts: SamplingOptions, device: torch.device, voice_seconds: float | None = None) -> Generated:
     """Units → codec tokens (acoustic model) → waveform (codec decoder)."""
     from speechtok.audio import load_utterance
     from speechtok.corpus import Utterance
@@ -76,15 +83,56 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     codec = Codec.from_card({**cfg.codec_card, "n_q": cfg.n_q}, device=device)
     units, prompt_codes = gen.units, None
     if voice is not None:
-        wav = torch.from_numpy(load_utterance(Utterance(id="voice", path=voice), codec.sample_rate))
+        wav = torch.from_numpy(load_utterance(Utterance(id="voice", path=voice, end=voice_seconds), codec.sample_rate))
         codes, n = codec.encode(wav[None], torch.tensor([len(wav)]))
         prompt_codes = codes[0, : cfg.n_q, : int(n[0])].cpu().numpy()
-        units = np.concatenate([prompt_units(tokenizer_dir, voice, cfg.dedup), units])
+        units = np.concatenate([prompt_units(tokenizer_dir, voice, cfg.dedup, voice_seconds), units])
     P = 0 if prompt_codes is None else prompt_codes.shape[1]
     n_frames = P + max(1, int(round(len(gen.units) * cfg.frames_per_unit)))
+    if (need := acoustic_positions(cfg, len(units), n_frames)) > cfg.max_len:
+        raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} positions, the "
+                         f"acoustic model holds {cfg.max_len}: shorten --voice-seconds or --max-units")
     codes = acoustic.generate(units, n_frames, prompt_codes, temperature=opts.temperature, top_k=opts.top_k,
                               seed=opts.seed)[:, P:]
     wav, samples = codec.decode(torch.from_numpy(codes)[None])
-    gen.codes, gen.sample_rate = codes, codec.sample_rate
+    gen.codes, gen.sample_rate, gen.voice_seconds = codes, codec.sample_rate, voice_seconds
     gen.wav = wav[0, : int(samples[0])].float().cpu().numpy()
     return gen
+
+
+def read_acoustic_config(acoustic_dir: str | Path):
+    """The acoustic model's config (acoustic.json) without loading its weights."""
+    import json
+
+    from speechtok.hub import resolve_card
+    from speechtok.lm.acoustic import CONFIG_FILE, AcousticConfig
+
+    path = Path(acoustic_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{acoustic_dir}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
+    return AcousticConfig(**resolve_card(json.loads(path.read_text()), path.parent))
+
+
+def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
+    """Positions the acoustic model uses for `n_units` units then `n_frames` codec frames: the units, [SEP],
+    and every step of the codebook pattern but the last (which is predicted, never fed back)."""
+    steps = n_frames + cfg.n_q - 1 if cfg.pattern == "delay" else n_frames * cfg.n_q
+    return n_units + steps
+
+
+def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
+    """The seconds of a voice prompt to use so that it and a continuation of up to `max_units` units fit the
+    acoustic model's `max_len` (a prompt second counting as `semantic_rate` units, undeduplicated, and
+    `codec_rate` frames); `voice_seconds` when it fits, else a ValueError saying what does."""
+    frames = int(round(max_units * cfg.frames_per_unit)) + 1
+    per_second = cfg.semantic_rate + cfg.codec_rate * (1 if cfg.pattern == "delay" else cfg.n_q)
+    room = cfg.max_len - acoustic_positions(cfg, max_units + 1, frames)
+    fits = math.floor(max(0.0, room / per_second) * 10) / 10
+    if fits <= 0:
+        most = max(0, int(max_units * cfg.max_len / max(1, acoustic_positions(cfg, max_units, frames))) - 1)
+        raise ValueError(f"a voice prompt and up to {max_units} units do not fit the acoustic model's max_len "
+                         f"{cfg.max_len}: lower --max-units (about {most} fit without a voice)")
+    if voice_seconds is not None and voice_seconds > fits:
+        raise ValueError(f"a {voice_seconds:g} s voice prompt and up to {max_units} units exceed the acoustic "
+                         f"model's max_len {cfg.max_len}: at most {fits:g} s fit (--voice-seconds), or lower --max-units")
+    return fits if voice_seconds is None else voice_seconds
