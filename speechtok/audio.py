@@ -22,8 +22,8 @@ class AudioError(Exception):
 
 @contextmanager
 def _sound_file(path: str) -> Iterator[sf.SoundFile]:
-    """libsndfile takes names as UTF-8; a name with undecodable bytes (surrogate-escaped) goes in as an open file.
-    A missing or 0-byte file is an AudioError saying so (libsndfile says "System error" / "Format not
+    """libsndfile takes names as UTF-8; a name with undecodable bytes (surrogate-escaped) goes in as an open
+    file. A missing or 0-byte file is an AudioError saying so (libsndfile says "System error" / "Format not
     recognised")."""
     try:
         size = os.path.getsize(path)

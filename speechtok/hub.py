@@ -20,7 +20,8 @@ class ModelUnavailable(OSError, ValueError):
 
 def hub_offline() -> bool:
     """Offline mode as huggingface_hub and transformers read it from the environment."""
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in names)
 
 
 @lru_cache(maxsize=4)
@@ -28,7 +29,8 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the hub's host opens within `timeout` seconds (once per process)."""
     url = urlparse(endpoint)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout).close()
         return True
     except OSError:
         return False
@@ -92,7 +94,10 @@ def resolve_card(card: dict, base: str | Path) -> dict:
             out[k] = resolve_card(v, base)
         elif k == "model" and isinstance(v, str) and v.startswith(("./", "../")):
             here, there = Path(base) / v, card.get("model_path")
-            out[k] = str(here.resolve()) if here.is_dir() else there if there and Path(there).is_dir() else str(here)
+            if here.is_dir():
+                out[k] = str(here.resolve())
+            else:
+                out[k] = there if there and Path(there).is_dir() else str(here)
         elif k != "model_path":
             out[k] = v
     return out

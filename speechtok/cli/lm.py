@@ -88,7 +88,8 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--prompt-text", help="Speak after this text ([TEXT] … [SPEECH]).")
 @click.option("--voice", type=click.Path(exists=True), help="Speaker prompt for the acoustic stage.")
 @click.option("--voice-seconds", type=float, default=None,
-              help="Use the voice prompt's first seconds [default: as much as fits the acoustic model with --max-units].")
+              help="Use the voice prompt's first seconds [default: as much as fits the acoustic model "
+                   "with --max-units].")
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
 @click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.wav, or out.npy with --units-only.")

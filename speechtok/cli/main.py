@@ -221,7 +221,8 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
 @cli.command("show")
 @click.argument("shards", type=click.Path(exists=True))
 @click.option("-n", "--num", "n", type=int, default=3, show_default=True, help="Samples to print.")
-@click.option("--full", is_flag=True, help="Print every value of every array (default: shape, dtype, first values).")
+@click.option("--full", is_flag=True,
+              help="Print every value of every array (default: dtype, shape, first values).")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
 def show_cmd(shards, n, full, no_verify):
     """Print a shard folder's manifest summary and its first N samples: metadata, and per array its dtype,

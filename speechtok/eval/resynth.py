@@ -42,8 +42,8 @@ def si_sdr(ref: np.ndarray, hyp: np.ndarray) -> float:
 
 
 def stoi(ref: np.ndarray, hyp: np.ndarray, sr: int) -> float:
-    """STOI; a ValueError for signals with fewer than its 30 frames of speech (pystoi would crash on very short
-    ones and return 1e-5 with a warning on mostly silent ones)."""
+    """STOI; a ValueError for signals with fewer than its 30 frames of speech (pystoi would crash on very
+    short ones and return 1e-5 with a warning on mostly silent ones)."""
     import warnings
 
     if len(ref) < sr * STOI_MIN_SECONDS:
@@ -139,7 +139,8 @@ def resynth_metrics(ref: np.ndarray, ref_sr: int, hyp: np.ndarray, hyp_sr: int) 
         try:  # STOI needs 30 frames of speech (~0.4 s); PESQ refuses signals without speech activity
             out[name] = metric(ref[:n], hyp[:n], sr)
         except Exception as e:
-            out[name], out[f"{name.split('_')[0]}_error"] = None, " ".join(str(e).split())[:120] or type(e).__name__
+            reason = " ".join(str(e).split())[:120] or type(e).__name__
+            out[name], out[f"{name.split('_')[0]}_error"] = None, reason
     out.update(spectral_metrics(ref, hyp, sr))
     return out
 

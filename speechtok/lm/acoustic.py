@@ -101,6 +101,14 @@ def from_steps(cfg: AcousticConfig, steps: np.ndarray, T: int) -> np.ndarray:
     return codes
 
 
+def read_config(directory: str | Path) -> AcousticConfig:
+    """A trained acoustic model's config (acoustic.json, its codec path resolved) without its weights."""
+    d = Path(directory)
+    if not (d / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{d}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
+    return AcousticConfig(**resolve_card(json.loads((d / CONFIG_FILE).read_text()), d))
+
+
 class Block(nn.Module):
     """Pre-LN transformer block with causal SDPA and an optional KV cache."""
 
@@ -249,11 +257,8 @@ class AcousticModel(nn.Module):
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
-        d = Path(directory)
-        if not (d / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{d}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
-        model = cls(AcousticConfig(**resolve_card(json.loads((d / CONFIG_FILE).read_text()), d)))
-        model.load_state_dict(load_file(d / WEIGHTS_FILE))
+        model = cls(read_config(directory))
+        model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
         return model.to(device).eval()
 
 

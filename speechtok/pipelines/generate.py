@@ -33,7 +33,8 @@ def load_lm(lm_dir: str | Path, device: torch.device):
     return model, AutoTokenizer.from_pretrained(lm_dir), SpeechVocab.load(lm_dir)
 
 
-def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool, seconds: float | None = None) -> np.ndarray:
+def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool,
+                 seconds: float | None = None) -> np.ndarray:
     """Semantic units of a prompt file (its first `seconds`), as the LM saw them in training."""
     from speechtok.audio import read_audio
     from speechtok.tokenizers.semantic import SemanticTokenizer
@@ -54,7 +55,9 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     opts = opts or SamplingOptions()
     device = torch.device(device)
     if voice is not None and acoustic_dir is not None:  # lengths are checked before anything is generated
-        voice_seconds = fit_voice_prompt(read_acoustic_config(acoustic_dir), opts.max_new_tokens, voice_seconds)
+        from speechtok.lm.acoustic import read_config
+
+        voice_seconds = fit_voice_prompt(read_config(acoustic_dir), opts.max_new_tokens, voice_seconds)
     model, tokenizer, vocab = load_lm(lm_dir, device)
     units = prompt_units(tokenizer_dir, prompt_audio, vocab.dedup) if prompt_audio else None
     prompt = speech_prompt(tokenizer, vocab, units=units, text=prompt_text)
@@ -83,34 +86,22 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     codec = Codec.from_card({**cfg.codec_card, "n_q": cfg.n_q}, device=device)
     units, prompt_codes = gen.units, None
     if voice is not None:
-        wav = torch.from_numpy(load_utterance(Utterance(id="voice", path=voice, end=voice_seconds), codec.sample_rate))
+        voice_utt = Utterance(id="voice", path=voice, end=voice_seconds)
+        wav = torch.from_numpy(load_utterance(voice_utt, codec.sample_rate))
         codes, n = codec.encode(wav[None], torch.tensor([len(wav)]))
         prompt_codes = codes[0, : cfg.n_q, : int(n[0])].cpu().numpy()
         units = np.concatenate([prompt_units(tokenizer_dir, voice, cfg.dedup, voice_seconds), units])
     P = 0 if prompt_codes is None else prompt_codes.shape[1]
     n_frames = P + max(1, int(round(len(gen.units) * cfg.frames_per_unit)))
     if (need := acoustic_positions(cfg, len(units), n_frames)) > cfg.max_len:
-        raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} positions, the "
-                         f"acoustic model holds {cfg.max_len}: shorten --voice-seconds or --max-units")
+        raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} positions, "
+                         f"the acoustic model holds {cfg.max_len}: shorten --voice-seconds or --max-units")
     codes = acoustic.generate(units, n_frames, prompt_codes, temperature=opts.temperature, top_k=opts.top_k,
                               seed=opts.seed)[:, P:]
     wav, samples = codec.decode(torch.from_numpy(codes)[None])
     gen.codes, gen.sample_rate, gen.voice_seconds = codes, codec.sample_rate, voice_seconds
     gen.wav = wav[0, : int(samples[0])].float().cpu().numpy()
     return gen
-
-
-def read_acoustic_config(acoustic_dir: str | Path):
-    """The acoustic model's config (acoustic.json) without loading its weights."""
-    import json
-
-    from speechtok.hub import resolve_card
-    from speechtok.lm.acoustic import CONFIG_FILE, AcousticConfig
-
-    path = Path(acoustic_dir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{acoustic_dir}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
-    return AcousticConfig(**resolve_card(json.loads(path.read_text()), path.parent))
 
 
 def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
@@ -130,9 +121,10 @@ def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
     fits = math.floor(max(0.0, room / per_second) * 10) / 10
     if fits <= 0:
         most = max(0, int(max_units * cfg.max_len / max(1, acoustic_positions(cfg, max_units, frames))) - 1)
-        raise ValueError(f"a voice prompt and up to {max_units} units do not fit the acoustic model's max_len "
-                         f"{cfg.max_len}: lower --max-units (about {most} fit without a voice)")
+        raise ValueError(f"a voice prompt and up to {max_units} units do not fit the acoustic model's "
+                         f"max_len {cfg.max_len}: lower --max-units (about {most} fit without a voice)")
     if voice_seconds is not None and voice_seconds > fits:
-        raise ValueError(f"a {voice_seconds:g} s voice prompt and up to {max_units} units exceed the acoustic "
-                         f"model's max_len {cfg.max_len}: at most {fits:g} s fit (--voice-seconds), or lower --max-units")
+        raise ValueError(f"a {voice_seconds:g} s voice prompt and up to {max_units} units exceed the "
+                         f"acoustic model's max_len {cfg.max_len}: at most {fits:g} s fit (--voice-seconds), "
+                         "or lower --max-units")
     return fits if voice_seconds is None else voice_seconds
