@@ -3,6 +3,7 @@ resampled (libsoxr) to the rate a tokenizer wants."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -21,7 +22,17 @@ class AudioError(Exception):
 
 @contextmanager
 def _sound_file(path: str) -> Iterator[sf.SoundFile]:
-    """libsndfile takes names as UTF-8; a name with undecodable bytes (surrogate-escaped) goes in as an open file."""
+    """libsndfile takes names as UTF-8; a name with undecodable bytes (surrogate-escaped) goes in as an open
+    file. A missing or 0-byte file is an AudioError saying so (libsndfile says "System error" / "Format not
+    recognised")."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise AudioError("file not found") from None
+    except OSError as e:
+        raise AudioError(f"cannot open: {e.strerror or _short(e)}") from None
+    if size == 0:
+        raise AudioError("empty file (0 bytes)")
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -37,6 +48,8 @@ def audio_info(path: str) -> tuple[int, int]:
     try:
         with _sound_file(path) as f:
             return int(f.frames), int(f.samplerate)
+    except AudioError:
+        raise
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or TypeError
         raise AudioError(f"cannot read audio header: {_short(e)}") from None
 

@@ -168,9 +168,14 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
     if not mpath.exists():
         raise ShardError(f"{mpath}: no manifest (was the encode job finished?)")
     try:
-        return mpath.parent, json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise ShardError(f"{mpath}: manifest is not valid JSON ({e.msg})") from None
+    from speechtok.hub import resolve_card  # model paths are stored relative to the shard folder
+
+    if isinstance(manifest.get("tokenizers"), dict):
+        manifest["tokenizers"] = resolve_card(manifest["tokenizers"], mpath.parent)
+    return mpath.parent, manifest
 
 
 def decode_sample(key: str, files: dict[str, bytes]) -> dict:

@@ -16,10 +16,12 @@ IDENTITY = ("type", "features", "k", "sample_rate", "frame_rate", "centroids")  
 
 def tokenizer_sha256(card: dict) -> str:
     """sha256 of what in a semantic tokenizer card decides its units (features, centroids' checksum, k,
-    rates); run-time notes such as the weights' checksum, dedup or k-means statistics are left out."""
+    rates); where the model lies (a path that changes when a folder moves), the weights' checksum, dedup
+    and k-means statistics are left out."""
     body = {k: card.get(k) for k in IDENTITY}
     if isinstance(body["features"], dict):
-        body["features"] = {k: v for k, v in body["features"].items() if k != "weights_sha256"}
+        body["features"] = {k: v for k, v in body["features"].items()
+                            if k not in ("weights_sha256", "model", "model_path")}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -43,7 +43,9 @@ def encoded(hubert_tok, speech_corpus, tmp_path_factory):
 def test_tokenizer_dir_is_self_describing(hubert_tok, tiny_ssl):
     card = json.loads((hubert_tok / "tokenizer.json").read_text())
     assert card["k"] == K and card["dim"] == 48 and card["sample_rate"] == 16000 and card["frame_rate"] == 50
-    assert card["features"] == {**card["features"], "kind": "ssl", "model": tiny_ssl("hubert"), "layer": 2}
+    assert card["features"] == {**card["features"], "kind": "ssl", "layer": 2,  # the model relative to the card
+                                "model_path": str(Path(tiny_ssl("hubert")).resolve())}
+    assert (hubert_tok / card["features"]["model"]).resolve() == Path(tiny_ssl("hubert")).resolve()
     assert card["centroids"]["sha256"] == sha256_of(hubert_tok / "centroids.npy")
     assert card["kmeans"]["frames"] <= 5000 and card["kmeans"]["inertia"] > 0
     assert np.load(hubert_tok / "centroids.npy").shape == (K, 48)

@@ -49,13 +49,13 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
     lines = []
     for name, s in r["streams"].items():
         b = s["bitrate"]
-        lines.append(f"{name}: {b['nominal_bps']:.0f} bps nominal, {b['entropy_bps']:.0f} bps entropy, "
-                     f"{b['dedup_entropy_bps']:.0f} bps deduplicated; usage "
+        lines.append(f"{name}: {fmt(b['nominal_bps'], 0)} bps nominal, {fmt(b['entropy_bps'], 0)} bps entropy, "
+                     f"{fmt(b['dedup_entropy_bps'], 0)} bps deduplicated; usage "
                      + ", ".join(f"{c['usage']:.0%}" for c in s["codebooks"]))
         if "phones" in s:
             p = s["phones"][0]
-            lines.append(f"  PNMI {p['pnmi']:.3f}, phone purity {p['phone_purity']:.3f}, "
-                         f"cluster purity {p['cluster_purity']:.3f}")
+            lines.append(f"  PNMI {fmt(p['pnmi'])}, phone purity {fmt(p['phone_purity'])}, "
+                         f"cluster purity {fmt(p['cluster_purity'])}")
         if "abx" in s:
             a = s["abx"]
             lines.append(f"  ABX within {fmt(a['within_speaker_error'])}, across {fmt(a['across_speaker_error'])} "

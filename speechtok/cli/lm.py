@@ -123,6 +123,9 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--prompt-audio", type=click.Path(exists=True), help="Continue this speech.")
 @click.option("--prompt-text", help="Speak after this text ([TEXT] … [SPEECH]).")
 @click.option("--voice", type=click.Path(exists=True), help="Speaker prompt for the acoustic stage.")
+@click.option("--voice-seconds", type=float, default=None,
+              help="Use the voice prompt's first seconds [default: as much as fits the acoustic model "
+                   "with --max-units].")
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
 @click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.wav, or out.npy with --units-only.")
@@ -134,7 +137,7 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--compile", "compiled", is_flag=True, help="Static KV cache + torch.compile for the LM (long runs).")
 @click.option("--device", default="auto", show_default=True)
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
-                 temperature, top_k, top_p, seed, compiled, device, vocoder_dir):
+                 temperature, top_k, top_p, seed, compiled, device, vocoder_dir, voice_seconds):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
     import numpy as np
     import soundfile as sf
@@ -149,7 +152,7 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                            compile=compiled)
     try:
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
-                              prompt_text, voice, opts, resolve_device(device),
+                              prompt_text, voice, opts, resolve_device(device), voice_seconds=voice_seconds,
                               vocoder_dir=None if units_only else vocoder_dir)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
@@ -162,3 +165,5 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         sf.write(out, gen.wav, gen.sample_rate)
         via = f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None else "unit HiFi-GAN"
         click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
+        if gen.voice_seconds is not None:
+            click.echo(f"voice prompt: at most its first {gen.voice_seconds:g} s (--voice-seconds)")

@@ -251,11 +251,13 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
 
 @cli.command("show")
 @click.argument("shards", type=click.Path(exists=True))
-@click.option("-n", type=int, default=3, show_default=True, help="Samples to print.")
+@click.option("-n", "--num", "n", type=int, default=3, show_default=True, help="Samples to print.")
+@click.option("--full", is_flag=True,
+              help="Print every value of every array (default: dtype, shape, first values).")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
-def show_cmd(shards, n, no_verify):
-    """Print a shard folder's manifest summary and its first N samples, after checking every shard's size
-    and sha256 against the manifest."""
+def show_cmd(shards, n, full, no_verify):
+    """Print a shard folder's manifest summary and its first N samples: metadata, and per array its dtype,
+    shape and first values (`--full` for all of them)."""
     from speechtok.shards import ShardError, manifest_shards, read_manifest, read_shards
 
     try:
@@ -270,9 +272,20 @@ def show_cmd(shards, n, no_verify):
             meta = {k: v for k, v in sample.items() if k not in arrays}
             click.echo(json.dumps(meta, ensure_ascii=False))
             for k, v in arrays.items():
-                click.echo(f"  {k}: {v.dtype} {list(v.shape)} {v[:20].tolist()}{' ...' if len(v) > 20 else ''}")
+                click.echo(f"  {k}: {v.dtype} {list(v.shape)} {_array_preview(v, full)}")
     except (ShardError, KeyError, TypeError) as e:
         fail(str(e) if isinstance(e, ShardError) else f"{shards}: manifest lacks or garbles a field ({e})")
+
+
+def _array_preview(v, full: bool, first: int = 20) -> str:
+    """All values (`full`), or the first `first` of each row (of the first 4 rows of a 2-D+ array)."""
+    if full:
+        return json.dumps(v.tolist())
+    if v.ndim <= 1:
+        return f"{v[:first].tolist()}{' ...' if v.size > first else ''}"
+    rows = v.reshape(v.shape[0], -1)
+    text = "; ".join(f"{r[:first].tolist()}{' ...' if r.size > first else ''}" for r in rows[:4])
+    return f"[{text}{'; ...' if len(rows) > 4 else ''}]"
 
 
 from speechtok.cli.align import align_cmd, segment_cmd  # noqa: E402

@@ -22,7 +22,8 @@ def fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float):
-        return f"{v:,.{digits}f}"
+        text = f"{v:,.{digits}f}"
+        return text[1:] if text.startswith("-") and not text.strip("-0.,") else text  # no "-0.000"
     return str(v)
 
 
@@ -63,27 +64,35 @@ def plot_phone_unit(joint: np.ndarray, phones: list[str], path: Path, title: str
     p = joint / np.maximum(joint.sum(0, keepdims=True), 1)
     order = np.lexsort((-p.max(0), p.argmax(0)))
     fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(phones))))
-    ax.imshow(p[:, order], aspect="auto", interpolation="nearest", cmap="viridis")
+    im = ax.imshow(p[:, order], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(phones)), phones, fontsize=6)
-    ax.set(xlabel="unit (sorted by most likely phone)", title=title)
+    ax.set(xlabel="unit (sorted by most likely phone)", ylabel="phone", title=title)
+    fig.colorbar(im, ax=ax, label="p(phone | unit)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def plot_spectrograms(ref: np.ndarray, hyp: np.ndarray, sr: int, path: Path, title: str) -> None:
-    """Log-magnitude spectrograms of the reference above the resynthesis, on one colour scale."""
+    """Log-magnitude spectrograms (dB) of the reference above the resynthesis, on one colour scale: 90 dB
+    below the reference's peak, the power floored before log10 so digital silence plots as the floor."""
+    from matplotlib import mlab
+
     plt = _plt()
-    fig, axes = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(8.6, 4.5), sharex=True)
     n_fft = 1 << int(round(math.log2(sr * 0.032)))
-    top = None
+    top = im = None
     for ax, x, name in zip(axes, (ref, hyp), ("reference", "resynthesis")):
-        _, _, _, im = ax.specgram(x + 1e-9, NFFT=n_fft, Fs=sr, noverlap=n_fft * 3 // 4, cmap="magma")
-        top = im.get_clim()[1] if top is None else top  # the reference sets the scale: 90 dB below its peak
-        im.set_clim(top - 90, top)
-        ax.set(ylabel="Hz", title=f"{title}: {name}")
-    axes[-1].set_xlabel("s")
-    fig.tight_layout()
+        x = np.pad(np.asarray(x, dtype=np.float64), (0, max(0, 2 * n_fft - len(x))))  # a few frames at least
+        power, freqs, t = mlab.specgram(x, NFFT=n_fft, Fs=sr, noverlap=n_fft * 3 // 4)
+        db = 10 * np.log10(np.maximum(power, 1e-20))
+        top = float(db.max()) if top is None else top
+        half = (t[1] - t[0]) / 2 if len(t) > 1 else n_fft / sr / 2
+        im = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=top - 90, vmax=top,
+                       extent=(t[0] - half, t[-1] + half, freqs[0], freqs[-1]))
+        ax.set(ylabel="frequency (Hz)", title=f"{title}: {name}")
+    axes[-1].set(xlabel="time (s)", xlim=(0, max(len(ref), len(hyp), 1) / sr))
+    fig.colorbar(im, ax=list(axes), label="power (dB)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

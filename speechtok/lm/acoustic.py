@@ -25,6 +25,7 @@ from torch import nn
 
 from speechtok.tokenizers.semantic import run_length
 from speechtok.unit_stream import unit_stream
+from speechtok.hub import portable_card, resolve_card
 
 CONFIG_FILE = "acoustic.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -134,6 +135,14 @@ def from_steps(cfg: AcousticConfig, steps: np.ndarray, T: int) -> np.ndarray:
     ok = qs >= 0
     codes[qs[ok], ts[ok]] = steps[ok] % cfg.codebook_size
     return codes
+
+
+def read_config(directory: str | Path) -> AcousticConfig:
+    """A trained acoustic model's config (acoustic.json, its codec path resolved) without its weights."""
+    d = Path(directory)
+    if not (d / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{d}: no {CONFIG_FILE} (train one with `tok acoustic train`)")
+    return AcousticConfig(**resolve_card(json.loads((d / CONFIG_FILE).read_text()), d))
 
 
 class Block(nn.Module):
@@ -279,12 +288,12 @@ class AcousticModel(nn.Module):
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+        (d / CONFIG_FILE).write_text(json.dumps(portable_card(asdict(self.cfg), d), indent=2) + "\n")
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / WEIGHTS_FILE)
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
-        model = cls(AcousticConfig.from_dir(directory))
+        model = cls(read_config(directory))
         model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
         return model.to(device).eval()
 

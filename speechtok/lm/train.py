@@ -111,7 +111,9 @@ def train(run: RunConfig, stop_after: int | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(run.model)
+    from speechtok.hub import check_model_ref
+
+    tokenizer = AutoTokenizer.from_pretrained(check_model_ref(run.model))
     vocab = SpeechVocab.load(run.model)
     if dcfg.dedup is not None:  # the final model records the units it was trained on, for generation
         vocab.dedup = dcfg.dedup

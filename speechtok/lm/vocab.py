@@ -146,6 +146,9 @@ def load_base(base: str, from_scratch: bool = False, dtype: torch.dtype = torch.
     tokenizer are read and the weights are freshly initialised."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from speechtok.hub import check_model_ref
+
+    base = check_model_ref(base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if from_scratch:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=dtype)

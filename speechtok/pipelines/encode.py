@@ -33,6 +33,7 @@ from speechtok.folder_lock import FolderLock
 from speechtok.pipelines.batching import Batch, Item, iterate_batches, plan_batches, probe_durations
 from speechtok.pipelines.encode_job import (ERRORS_FILE, LOCK_FILE, Interrupted, Journal, StopFlag, corpus_index,
                                             index_sha, note, read_journal, remove_temporaries, stop_on_signals)
+from speechtok.hub import portable_card
 from speechtok.shards import (MANIFEST, ShardWriter, npy_bytes, sample_key, smallest_int_dtype, write_manifest,
                               write_text_atomic)
 from speechtok.tokenizers.semantic import SemanticTokenizer, run_length
@@ -314,7 +315,7 @@ def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, 
             "corpus": os.path.abspath(corpus),
             "corpus_sha256": journal.corpus,
             "job": journal.fingerprint,
-            "tokenizers": cards,
+            "tokenizers": portable_card(cards, out_dir),  # local model paths relative to the shards
             "dedup": dedups[toks[0].name] if len(toks) == 1 else dedups,
             "num_utterances": summary.num_utterances,
             "seconds": round(summary.seconds, 6),

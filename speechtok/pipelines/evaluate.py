@@ -279,7 +279,9 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
     from speechtok.lm.sequences import SequenceBuilder
     from speechtok.lm.vocab import SpeechVocab
 
-    out, model_dir = Path(out), Path(model_dir)
+    from speechtok.hub import check_model_ref
+
+    out, model_dir = Path(out), Path(check_model_ref(model_dir))
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = SpeechVocab.load(model_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,15 @@ class Generated:
     codes: np.ndarray | None = None  # [n_q, frames]
     wav: np.ndarray | None = None
     sample_rate: int | None = None
+    voice_seconds: float | None = None  # how much of the voice prompt was used (None: all of it, or no voice)
 
 
 def load_lm(lm_dir: str | Path, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from speechtok.hub import check_model_ref
+
+    lm_dir = check_model_ref(lm_dir)
     model = AutoModelForCausalLM.from_pretrained(lm_dir).to(device).eval()
     return model, AutoTokenizer.from_pretrained(lm_dir), SpeechVocab.load(lm_dir)
 
@@ -42,24 +47,28 @@ def tokenizer_stream(tokenizer_dir: str | Path) -> dict:
     return unit_stream(json.loads(path.read_text()), dedup=False)
 
 
-def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool) -> np.ndarray:
-    """Semantic units of a prompt file, as the LM saw them in training."""
+def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool,
+                 seconds: float | None = None) -> np.ndarray:
+    """Semantic units of a prompt file (its first `seconds`), as the LM saw them in training."""
+    from speechtok.audio import read_audio
     from speechtok.tokenizers.semantic import SemanticTokenizer
 
     if tokenizer_dir is None:
         raise ValueError("an audio prompt needs the semantic tokenizer (--tokenizer KM_DIR) to encode it")
-    units = SemanticTokenizer.from_dir(tokenizer_dir).encode(audio)
+    units = SemanticTokenizer.from_dir(tokenizer_dir).encode(*read_audio(audio, 0.0, seconds))
     return run_length(units)[0] if dedup else units
 
 
 def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, tokenizer_dir: str | Path | None = None,
                     prompt_audio: str | None = None, prompt_text: str | None = None, voice: str | None = None,
                     opts: SamplingOptions | None = None, device: str | torch.device = "cpu",
-                    vocoder_dir: str | Path | None = None) -> Generated:
+                    vocoder_dir: str | Path | None = None, voice_seconds: float | None = None) -> Generated:
     """Stage 1 always; then the acoustic model and codec decoder (`acoustic_dir`) or a unit HiFi-GAN
     (`vocoder_dir`). Every stage's unit stream is checked against the LM's before anything runs. `voice`
-    (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's."""
-    from speechtok.lm.acoustic import AcousticConfig
+    (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's; only
+    its first `voice_seconds` are used (default: as much as fits the acoustic model with `max_new_tokens`
+    units), and that is checked before anything is generated."""
+    from speechtok.lm.acoustic import read_config
     from speechtok.pipelines.resynth import units_to_audio, vocoder_stream
     from speechtok.vocoders.hifigan import UnitHiFiGAN
 
@@ -69,8 +78,10 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     if tokenizer_dir is not None:
         check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), made, str(lm_dir))
     if acoustic_dir is not None:
-        acoustic = AcousticConfig.from_dir(acoustic_dir).input_stream()
-        check_unit_streams(made, str(lm_dir), acoustic, str(acoustic_dir))
+        acoustic = read_config(acoustic_dir)
+        check_unit_streams(made, str(lm_dir), acoustic.input_stream(), str(acoustic_dir))
+        if voice is not None:
+            voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
     voc = UnitHiFiGAN.from_dir(vocoder_dir, device) if vocoder_dir is not None else None
     if voc is not None:
         check_unit_streams(made, str(lm_dir), vocoder_stream(voc.cfg), str(vocoder_dir))
@@ -83,14 +94,14 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     result = Generated(units=out, stream=made, source=str(lm_dir))
     del model
     if acoustic_dir is not None:
-        return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device)
+        return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds)
     if voc is not None:  # deduplicated units: the vocoder's duration predictor gives their lengths
         result.wav, result.sample_rate = units_to_audio(voc, result.units), voc.cfg.sample_rate
     return result
 
 
 def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Path | None, voice: str | None,
-               opts: SamplingOptions, device: torch.device) -> Generated:
+               opts: SamplingOptions, device: torch.device, voice_seconds: float | None = None) -> Generated:
     """Units → codec tokens (acoustic model) → waveform (codec decoder). Frame-level units last one frame
     each; deduplicated ones (only into a model trained on them) the mean run length of its training data."""
     from speechtok.audio import load_utterance
@@ -110,16 +121,45 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     if cfg.dedup and not gen.stream["dedup"]:
         units = run_length(units)[0]
     if voice is not None:
-        wav = torch.from_numpy(load_utterance(Utterance(id="voice", path=voice), codec.sample_rate))
+        voice_utt = Utterance(id="voice", path=voice, end=voice_seconds)
+        wav = torch.from_numpy(load_utterance(voice_utt, codec.sample_rate))
         codes, n = codec.encode(wav[None], torch.tensor([len(wav)]))
         prompt_codes = codes[0, : cfg.n_q, : int(n[0])].cpu().numpy()
-        units = np.concatenate([prompt_units(tokenizer_dir, voice, cfg.dedup), units])
+        units = np.concatenate([prompt_units(tokenizer_dir, voice, cfg.dedup, voice_seconds), units])
     P = 0 if prompt_codes is None else prompt_codes.shape[1]
     n_frames = P + n_new
+    if (need := acoustic_positions(cfg, len(units), n_frames)) > cfg.max_len:
+        raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} positions, "
+                         f"the acoustic model holds {cfg.max_len}: shorten --voice-seconds or --max-units")
     codes = acoustic.generate(units, n_frames, prompt_codes, temperature=opts.temperature, top_k=opts.top_k,
                               seed=opts.seed)[:, P:]
     wav, samples = codec.decode(torch.from_numpy(codes)[None])
-    gen.codes, gen.sample_rate = codes, codec.sample_rate
+    gen.codes, gen.sample_rate, gen.voice_seconds = codes, codec.sample_rate, voice_seconds
     gen.wav = wav[0, : int(samples[0])].float().cpu().numpy()
     return gen
 
+
+def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
+    """Positions the acoustic model uses for `n_units` units then `n_frames` codec frames: the units, [SEP],
+    and every step of the codebook pattern but the last (which is predicted, never fed back)."""
+    steps = n_frames + cfg.n_q - 1 if cfg.pattern == "delay" else n_frames * cfg.n_q
+    return n_units + steps
+
+
+def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
+    """The seconds of a voice prompt to use so that it and a continuation of up to `max_units` units fit the
+    acoustic model's `max_len` (a prompt second counting as `semantic_rate` units, undeduplicated, and
+    `codec_rate` frames); `voice_seconds` when it fits, else a ValueError saying what does."""
+    frames = int(round(max_units * cfg.frames_per_unit)) + 1
+    per_second = cfg.semantic_rate + cfg.codec_rate * (1 if cfg.pattern == "delay" else cfg.n_q)
+    room = cfg.max_len - acoustic_positions(cfg, max_units + 1, frames)
+    fits = math.floor(max(0.0, room / per_second) * 10) / 10
+    if fits <= 0:
+        most = max(0, int(max_units * cfg.max_len / max(1, acoustic_positions(cfg, max_units, frames))) - 1)
+        raise ValueError(f"a voice prompt and up to {max_units} units do not fit the acoustic model's "
+                         f"max_len {cfg.max_len}: lower --max-units (about {most} fit without a voice)")
+    if voice_seconds is not None and voice_seconds > fits:
+        raise ValueError(f"a {voice_seconds:g} s voice prompt and up to {max_units} units exceed the "
+                         f"acoustic model's max_len {cfg.max_len}: at most {fits:g} s fit (--voice-seconds), "
+                         "or lower --max-units")
+    return fits if voice_seconds is None else voice_seconds

@@ -14,8 +14,10 @@ import math
 
 import numpy as np
 import torch
+
 from torch import nn
 
+from speechtok.hub import check_model_ref
 from speechtok.tokenizers.features import length_mask
 from speechtok.tokenizers.ssl_features import PRECISIONS, weights_checksum
 
@@ -195,6 +197,7 @@ class Codec(nn.Module):
 
         if kind not in KINDS:
             raise ValueError(f"unknown codec kind {kind!r} ({', '.join(KINDS)})")
+        model_ref = check_model_ref(model_ref)
         def cannot_load(e: Exception) -> ValueError:
             return ValueError(f"{model_ref}: cannot load a {KINDS[kind]} ({' '.join(str(e).split())[:300]})")
 

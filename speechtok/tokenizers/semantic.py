@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechtok.hub import portable_card, resolve_card
 from speechtok.shards import sha256_of
 from speechtok.tokenizers.card import CARD_CHECKSUM, check_card, check_weights, seal_card
 from speechtok.tokenizers.features import FeatureExtractor, build_features
@@ -110,7 +111,8 @@ class SemanticTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
         self.meta["centroids_sha256"] = sha256_of(directory / CENTROIDS_FILE)
-        (directory / CARD_FILE).write_text(json.dumps(self.card(), indent=2) + "\n")
+        card = seal_card(portable_card(self.card(), directory))  # a local model relative to the folder
+        (directory / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -121,6 +123,7 @@ class SemanticTokenizer:
         directory = Path(directory)
         card_path = directory / CARD_FILE
         card, cpath = read_checked_card(card_path)
+        card = resolve_card(card, directory)  # a local model path is stored relative to the card
         centroids = np.load(cpath, allow_pickle=False)
         try:
             features = build_features(card["features"], device=device, precision=precision)

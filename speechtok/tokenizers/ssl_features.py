@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from speechtok.hub import check_model_ref
 from speechtok.tokenizers.features import FeatureExtractor, conv_output_length, length_mask
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -125,6 +126,7 @@ class SSLFeatures(FeatureExtractor):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
+        model_ref = check_model_ref(model_ref)
         try:
             config = AutoConfig.from_pretrained(model_ref, revision=revision)
         except Exception as e:

@@ -211,7 +211,9 @@ class Vocos(nn.Module):
     @classmethod
     def from_pretrained(cls, ref: str | Path, device: str | torch.device = "cpu") -> "Vocos":
         """A local directory or a hub id holding config.yaml + pytorch_model.bin (the original layout)."""
-        d = Path(ref)
+        from speechtok.hub import check_model_ref
+
+        d = Path(check_model_ref(ref))
         if d.is_dir():
             config_path, weights_path = d / "config.yaml", d / "pytorch_model.bin"
         else:
