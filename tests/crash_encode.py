@@ -10,7 +10,7 @@ N-th journal line written).
 Errors and signals: 'enospc' (the N-th sample's write raises ENOSPC, as on a full disk), 'torn-enospc'
 (half of the N-th journal line written, then ENOSPC), 'sigterm' / 'sigint' (the process sends itself that
 signal at the N-th sample), 'pause' (at the N-th sample, create $PAUSE_MARKER and wait for $PAUSE_RELEASE).
-Tests may also fork and call `install(WHERE, N)` in the child instead of starting a new interpreter."""
+Tests may also start `run_child` in a forkserver process instead of a new interpreter."""
 
 import errno
 import os
@@ -132,3 +132,11 @@ def _install() -> None:
 if __name__ == "__main__":
     install(sys.argv[1], int(sys.argv[2]))
     sys.exit(cli.main(["encode", *sys.argv[sys.argv.index("--") + 1:]], standalone_mode=True))
+
+
+def run_child(where: str, count: int, args: list[str], env: dict[str, str]) -> None:
+    """`tok encode ARGS` stopped at a kill point, in a process forked from a clean forkserver (forking the
+    test process itself can deadlock in torch's thread pool once earlier tests have used it)."""
+    os.environ.update(env)
+    install(where, count)
+    sys.exit(cli.main(["encode", *args], standalone_mode=True))

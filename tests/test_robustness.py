@@ -257,7 +257,8 @@ def test_oom_halves_the_batch():
 # ---- issue 15: locking, corpus fingerprint, every kill point, verification, cards, crafted shards, bad
 # metadata, operator errors, signals. MFCC units and forked crashes keep these fast.
 
-FORK = __import__("multiprocessing").get_context("fork")
+FORK = __import__("multiprocessing").get_context("forkserver")  # fast and safe: a clean server forks
+FORK.set_forkserver_preload(["crash_encode"])
 
 
 def run_cli(*args):
@@ -290,16 +291,11 @@ def mfcc_reference(mfcc_km, speech_corpus, tmp_path_factory):
     return out
 
 
-def _crash_child(where, n, args):
-    from crash_encode import install
-
-    install(where, n)
-    sys.exit(cli.main(["encode", *map(str, args)], standalone_mode=True))
-
-
 def forked_encode(where: str, n: int, *args, wait: bool = True):
     """`tok encode ARGS` in a forked child stopped at a kill point of crash_encode.py (no new interpreter)."""
-    proc = FORK.Process(target=_crash_child, args=(where, n, args))
+    from crash_encode import run_child
+
+    proc = FORK.Process(target=run_child, args=(where, n, [str(a) for a in args], dict(os.environ)))
     proc.start()
     if wait:
         proc.join(300)
