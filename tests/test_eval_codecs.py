@@ -9,10 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from speechtok.audio import load_utterance
+from speechtok.audio import load_utterance, read_audio
 from speechtok.cli.main import cli
 from speechtok.corpus import load_corpus
 from speechtok.eval.codecs import expand_specs
+from speechtok.eval.resynth import resynth_metrics
 from speechtok.tokenizers.codec import Codec
 
 
@@ -59,10 +60,19 @@ def test_eval_codecs_table(diverse_codec, two_utterances, tmp_path):
     # entropy bitrate: frame rate × Σ per-codebook unigram entropy, recomputed here from the codes
     codec = Codec("encodec", enc, n_q=2)
     codes = []
-    for u in load_corpus(two_utterances):
+    utts = load_corpus(two_utterances)
+    for u in utts:
         wav = torch.from_numpy(load_utterance(u, codec.sample_rate))[None]
         c, n = codec.encode(wav, torch.tensor([wav.shape[1]]))
         codes.append(c[0, :, : int(n[0])].numpy())
+        if u is utts[0]:  # the row scores this round trip, cut to the input's length, against the original
+            hyp = codec.decode(c, n)[0][0, : wav.shape[1]].numpy()
+            ref, sr = read_audio(u.path)
+            expected = resynth_metrics(ref, sr, hyp, codec.sample_rate)
+    got = rep["per_file"][f"encodec:{enc}:nq=2"][0]
+    assert got["id"] == utts[0].id and got["length_difference_s"] == pytest.approx(0, abs=1 / sr)
+    assert {m: got[m] for m in ("pesq_wb", "stoi", "mcd_db")} == pytest.approx(
+        {m: expected[m] for m in ("pesq_wb", "stoi", "mcd_db")}, rel=1e-6)
     codes = np.concatenate(codes, 1)
     assert len(np.unique(codes[0])) >= 8  # a test of the entropy, not of a constant code
     bits = [-(p * np.log2(p)).sum() for p in (np.unique(q, return_counts=True)[1] / codes.shape[1] for q in codes)]
