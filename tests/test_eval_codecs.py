@@ -40,8 +40,8 @@ def test_eval_codecs_table(diverse_codec, two_utterances, tmp_path):
     enc = diverse_codec("encodec")  # 24 kHz, hop 64 → 375 Hz, 1024 codes (10 bits), nq 1 or 2
     bad = f"encodec:{tmp_path / 'no_such_model'}:nq=2"
     out = tmp_path / "rep"
-    r = CliRunner().invoke(cli, ["eval", "codecs", str(two_utterances), "-t", f"encodec:{enc}:nq=1,2", "-t", bad,
-                                 "-o", str(out)], catch_exceptions=False)
+    args = ["eval", "codecs", str(two_utterances), "-t", f"encodec:{enc}:nq=1,2", "-t", bad, "-o", str(out)]
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 1, r.output
     errors = [x for x in r.output.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and bad in errors[0], r.output
@@ -75,7 +75,8 @@ def test_eval_codecs_table(diverse_codec, two_utterances, tmp_path):
         {m: expected[m] for m in ("pesq_wb", "stoi", "mcd_db")}, rel=1e-6)
     codes = np.concatenate(codes, 1)
     assert len(np.unique(codes[0])) >= 8  # a test of the entropy, not of a constant code
-    bits = [-(p * np.log2(p)).sum() for p in (np.unique(q, return_counts=True)[1] / codes.shape[1] for q in codes)]
+    shares = [np.unique(q, return_counts=True)[1] / codes.shape[1] for q in codes]
+    bits = [-(p * np.log2(p)).sum() for p in shares]
     assert two["entropy_bps"] == pytest.approx(375.0 * sum(bits), rel=1e-9)
     assert one["entropy_bps"] == pytest.approx(375.0 * bits[0], rel=1e-9)
 

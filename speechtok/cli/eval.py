@@ -132,8 +132,8 @@ def codecs_cmd(corpus, specs, output, asr, transcripts, speaker, mos, batch_size
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
     lines = [f"{x['spec']}: {fmt(x['nominal_bps'] / 1000, 2)} kbps nominal, "
-             f"{fmt(x['entropy_bps'] and x['entropy_bps'] / 1000, 2)} kbps entropy; PESQ {fmt(x['pesq_wb'], 2)}, "
-             f"STOI {fmt(x['stoi'])}, MCD {fmt(x['mcd_db'], 2)} dB"
+             f"{fmt(x['entropy_bps'] and x['entropy_bps'] / 1000, 2)} kbps entropy; "
+             f"PESQ {fmt(x['pesq_wb'], 2)}, STOI {fmt(x['stoi'])}, MCD {fmt(x['mcd_db'], 2)} dB"
              + (f", WER {fmt(x.get('wer'))}" if "wer" in x else "")
              + (f", speaker {fmt(x.get('speaker_similarity'))}" if "speaker_similarity" in x else "")
              + (f", DNSMOS {fmt(x.get('dnsmos_ovrl'), 2)}" if "dnsmos_ovrl" in x else "")

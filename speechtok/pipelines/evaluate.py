@@ -434,8 +434,9 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
     return results
 
 
-CODEC_PLOT_METRICS = [("pesq_wb", "PESQ (wide-band)"), ("stoi", "STOI"), ("mcd_db", "MCD (dB)"), ("wer", "WER"),
-                      ("speaker_similarity", "speaker similarity"), ("dnsmos_ovrl", "DNSMOS OVRL")]
+CODEC_PLOT_METRICS = [("pesq_wb", "PESQ (wide-band)"), ("stoi", "STOI"), ("mcd_db", "MCD (dB)"),
+                      ("wer", "WER"), ("speaker_similarity", "speaker similarity"),
+                      ("dnsmos_ovrl", "DNSMOS OVRL")]
 
 
 def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: str | None = None,
@@ -494,12 +495,13 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
         for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):  # corpus-level, as in resynth
             if key in models.get("asr", {}):
                 mean.update({prefix + m: models["asr"][key][m] for m in ("wer", "cer")})
-        card = codec.card()
         rows.append({"spec": spec, "codec": codec.codec_kind, "model": codec.model_ref,
-                     "model_label": f"{codec.codec_kind}:{Path(codec.model_ref).name}", "weights_sha256": card["weights_sha256"],
-                     "n_q": codec.n_q, "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
+                     "model_label": f"{codec.codec_kind}:{Path(codec.model_ref).name}",
+                     "weights_sha256": codec.card()["weights_sha256"], "n_q": codec.n_q,
+                     "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
                      "sample_rate": codec.sample_rate, "bandwidth_kbps": codec.bandwidth, "files": len(files),
-                     "seconds": seconds, "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate),
+                     "seconds": seconds,
+                     "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate),
                      **(entropy.result() if files else {"entropy_bps": None}), **mean,
                      "encode_xrt": seconds / max(t_encode, 1e-9) if files else None,
                      "decode_xrt": seconds / max(t_decode, 1e-9) if files else None})
@@ -510,16 +512,18 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
     columns = ["spec", "n_q", "nominal_bps", "entropy_bps", *metrics, "encode_xrt", "decode_xrt", "files"]
     results = {"corpus": str(corpus), "utterances": len(audio), "device": str(device), "rows": rows, **models,
                "per_file": per_file, "errors": errors}
-    sections = [f"Corpus `{corpus}`: {len(audio)} utterances, {sum(len(w) / sr for _, w, sr in audio):.1f} s, "
-                f"round-tripped one at a time on {device}. Nominal bitrate = n_q × log2(codebook size) × frame "
-                f"rate; entropy bitrate = frame rate × Σ per-codebook unigram entropy of the codes. ×RT = audio "
-                f"seconds per second of encoding / decoding.\n",
+    total = sum(len(w) / sr for _, w, sr in audio)
+    sections = [f"Corpus `{corpus}`: {len(audio)} utterances, {total:.1f} s, round-tripped one at a time on "
+                f"{device}. Nominal bitrate = n_q × log2(codebook size) × frame rate; entropy bitrate = "
+                f"frame rate × Σ per-codebook unigram entropy of the codes. ×RT = audio seconds per "
+                f"second of encoding / decoding.\n",
                 "## Codecs\n", report.table(rows, columns, 2)]
-    if report.plot_bitrate_quality(rows, CODEC_PLOT_METRICS, out / "bitrate_quality.png", "bitrate vs quality"):
+    if report.plot_bitrate_quality(rows, CODEC_PLOT_METRICS, out / "bitrate_quality.png",
+                                   "bitrate vs quality"):
         sections.append("![bitrate vs quality](bitrate_quality.png)\n")
     sections += extras.sections(results)
-    sections += ["## Models\n", report.table(rows, ["spec", "model", "weights_sha256", "sample_rate", "frame_rate",
-                                                    "codebook_size", "bandwidth_kbps"])]
+    sections += ["## Models\n", report.table(rows, ["spec", "model", "weights_sha256", "sample_rate",
+                                                    "frame_rate", "codebook_size", "bandwidth_kbps"])]
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Codec round trips", results, sections)
