@@ -83,3 +83,37 @@ def test_eval_codecs_table(diverse_codec, two_utterances, tmp_path):
     md = (out / "report.md").read_text()
     assert f"encodec:{enc}:nq=2" in md and bad in md and "bitrate_quality.png" in md
     assert (out / "bitrate_quality.png").stat().st_size > 0
+
+
+class DropFirstWord:
+    """An ASR stand-in: reference audio (not at the codec's rate) 'recognised' as its manifest text, each
+    round trip (at 24 kHz) as that text without its first word."""
+
+    backend, model, model_sha256 = "given", "lookup", "0" * 64
+
+    def __init__(self, by_seconds: dict[float, str]):
+        self.by_seconds = by_seconds
+
+    def transcribe(self, wavs):
+        texts = [self.by_seconds[round(len(w) / sr, 2)] for w, sr in wavs]
+        return [t.split(" ", 1)[1] if sr == 24000 else t for t, (_, sr) in zip(texts, wavs)]
+
+
+def test_eval_codecs_wer_from_the_manifest_text(diverse_codec, two_utterances, tmp_path, monkeypatch):
+    """--asr without --transcripts scores against the manifest's text: one deleted word of 9 → WER 1/9 and
+    dWER 1/9 in every row of a sweep (each row's own pairs, not the previous row's too)."""
+    import speechtok.eval.asr as asr_mod
+    from speechtok.pipelines.evaluate import evaluate_codecs
+
+    one = tmp_path / "one.jsonl"
+    one.write_text(two_utterances.read_text().splitlines()[0] + "\n")
+    (u,) = load_corpus(one)
+    wav, sr = read_audio(u.path)
+    assert sr != 24000 and len(u.text.split()) == 9
+    stand_in = DropFirstWord({round(len(wav) / sr, 2): u.text})
+    monkeypatch.setattr(asr_mod, "load_asr", lambda spec, device, batch_size: stand_in)
+    r = evaluate_codecs(one, [f"encodec:{diverse_codec('encodec')}:nq=1,2"], tmp_path / "out", asr="given")
+    assert r["errors"] == [] and len(r["rows"]) == 2
+    for row in r["rows"]:
+        assert row["wer"] == pytest.approx(1 / 9) and row["dwer"] == pytest.approx(1 / 9)
+    assert r["asr"]["dwer"]["pairs"] == 1 and r["asr"]["reference_vs_text"]["wer"] == 0
