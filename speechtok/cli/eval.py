@@ -1,5 +1,5 @@
-"""`tok eval tokens|resynth|generated|lm`: token quality, resynthesis quality, generated continuations and
-LM probes, as report.json + report.md (+ PNG plots) in an output folder."""
+"""`tok eval tokens|resynth|codecs|generated|lm`: token quality, resynthesis quality, codec tables, generated
+continuations and LM probes, as report.json + report.md (+ PNG plots) in an output folder."""
 
 from __future__ import annotations
 
@@ -102,6 +102,42 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
     if "mos" in r:
         lines.append(f"DNSMOS OVRL {fmt(m['dnsmos_ovrl'], 2)} (reference {fmt(m['ref_dnsmos_ovrl'], 2)}), "
                      f"SIG {fmt(m['dnsmos_sig'], 2)}, BAK {fmt(m['dnsmos_bak'], 2)}")
+    _finish(r, output, lines)
+
+
+@eval_group.command("codecs")
+@click.argument("corpus", type=click.Path(exists=True))
+@click.option("-t", "--codec", "specs", required=True, multiple=True,
+              help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t`; nq=1,2,4 sweeps "
+                   "(one row each). Repeatable.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@click.option("--asr", help="ASR for WER/dWER: 'pocketsphinx' or a transformers checkpoint (reference text: "
+                            "--transcripts, else the corpus manifest's 'text').")
+@click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
+              help="Reference text: JSONL with 'text' and 'id' or 'path'.")
+@click.option("--speaker", help="Speaker similarity: 'resemblyzer' or a transformers x-vector checkpoint.")
+@click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL of the round trips.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
+@click.option("--device", default="auto", show_default=True)
+def codecs_cmd(corpus, specs, output, asr, transcripts, speaker, mos, batch_size, device):
+    """Round-trip CORPUS (folder or JSONL manifest) through each codec: one table of nominal and entropy
+    bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS) and encode/decode ×RT, plus a
+    bitrate-vs-quality plot."""
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.pipelines.evaluate import evaluate_codecs
+
+    try:
+        r = evaluate_codecs(corpus, list(specs), output, asr, transcripts, speaker, mos,
+                            str(resolve_device(device)), batch_size)
+    except (ImportError, ValueError, OSError) as e:
+        fail(str(e))
+    lines = [f"{x['spec']}: {fmt(x['nominal_bps'] / 1000, 2)} kbps nominal, "
+             f"{fmt(x['entropy_bps'] and x['entropy_bps'] / 1000, 2)} kbps entropy; "
+             f"PESQ {fmt(x['pesq_wb'], 2)}, STOI {fmt(x['stoi'])}, MCD {fmt(x['mcd_db'], 2)} dB"
+             + (f", WER {fmt(x.get('wer'))}" if "wer" in x else "")
+             + (f", speaker {fmt(x.get('speaker_similarity'))}" if "speaker_similarity" in x else "")
+             + (f", DNSMOS {fmt(x.get('dnsmos_ovrl'), 2)}" if "dnsmos_ovrl" in x else "")
+             + f"; ×RT encode {fmt(x['encode_xrt'], 1)}, decode {fmt(x['decode_xrt'], 1)}" for x in r["rows"]]
     _finish(r, output, lines)
 
 

@@ -114,3 +114,35 @@ def plot_curves(metrics: Path, path: Path, title: str) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def plot_bitrate_quality(rows: list[dict], metrics: list[tuple[str, str]], path: Path, title: str) -> bool:
+    """One panel per (column, label) in `metrics`: the rows' value against their nominal bitrate (kbps,
+    log scale), the rows of one model (an nq sweep) joined by a line; False when nothing is plotted."""
+    metrics = [(c, label) for c, label in metrics if any(r.get(c) is not None for r in rows)]
+    if not rows or not metrics:
+        return False
+    from matplotlib import ticker
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
+    models: dict[str, list[dict]] = {}
+    for r in rows:
+        models.setdefault(r["model_label"], []).append(r)
+    for ax, (column, label) in zip(axes[0], metrics):
+        for name, group in models.items():
+            pts = sorted((r["nominal_bps"] / 1000, r[column]) for r in group if r.get(column) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set(xscale="log", xlabel="nominal bitrate (kbps)", ylabel=label)
+        plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.yaxis.get_major_formatter().set_useOffset(False)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -176,13 +176,14 @@ class _Evaluators:
     """The optional model-based metrics of a resynthesis run (ASR, speaker similarity, DNSMOS): loaded once,
     applied per pair; the transcriptions run batched at the end."""
 
-    def __init__(self, asr, transcripts, speaker, mos, device, batch_size, errors: list[str]):
+    def __init__(self, asr, transcripts, speaker, mos, device, batch_size, errors: list[str],
+                 texts: dict[str, str] | None = None):
         from speechtok.eval.asr import load_asr, read_transcripts
 
         if transcripts and not asr:
             raise ValueError("reference transcripts need an ASR backend (--asr) to compare with")
         self.asr = load_asr(asr, device, batch_size) if asr else None
-        self.texts = read_transcripts(transcripts, errors) if transcripts else {}
+        self.texts = read_transcripts(transcripts, errors) if transcripts else (texts or {})
         self.transcripts, self.errors = transcripts, errors
         self.speaker, self.mos = None, None
         if speaker:
@@ -228,6 +229,7 @@ class _Evaluators:
                 d = error_rates([ra], [ha])
                 row.update(dwer=d["wer"], dcer=d["cer"])
             out["asr"] = {**asr_info(self.asr), "dwer": error_rates(ref_asr, hyp_asr)}
+            self.audio = []  # ready for the next set of pairs
         if self.texts:
             have = [r for r in rows if r.get("text") is not None]
             if rows and not have:
@@ -429,4 +431,100 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Generated continuations", results, sections)
+    return results
+
+
+CODEC_PLOT_METRICS = [("pesq_wb", "PESQ (wide-band)"), ("stoi", "STOI"), ("mcd_db", "MCD (dB)"),
+                      ("wer", "WER"), ("speaker_similarity", "speaker similarity"),
+                      ("dnsmos_ovrl", "DNSMOS OVRL")]
+
+
+def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: str | None = None,
+                    transcripts: str | Path | None = None, speaker: str | None = None, mos: bool = False,
+                    device: str = "cpu", batch_size: int = 8) -> dict:
+    """Round-trip every utterance of `corpus` (folder or JSONL manifest, held in memory) through each codec
+    spec (`nq=1,2,4` sweeps expand to one row each): one row per spec with nominal and entropy bitrates, mean
+    PESQ / STOI / MCD / SI-SDR, optional WER, speaker similarity and DNSMOS (`_Evaluators`; with `asr` and no
+    `transcripts`, the corpus' own texts), encode/decode ×RT, and a bitrate-vs-quality plot."""
+    import torch
+
+    from speechtok.audio import AudioError, read_audio, resample
+    from speechtok.corpus import load_corpus
+    from speechtok.eval.codecs import CodeEntropy, expand_specs, nominal_bps, round_trip
+    from speechtok.eval.resynth import resynth_metrics
+    from speechtok.tokenizers.codec import Codec, parse_codec_spec
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_errors: list = []
+    utts = load_corpus(corpus, corpus_errors)
+    errors = [f"{e.file}: {e.reason}" for e in corpus_errors]
+    texts = {u.id: u.text for u in utts if u.text is not None} if asr and not transcripts else None
+    extras = _Evaluators(asr, transcripts, speaker, mos, device, batch_size, errors, texts)
+    audio = []
+    for u in utts:
+        try:
+            audio.append((u, *read_audio(u.path, u.start, u.end)))
+        except AudioError as e:
+            errors.append(f"{u.path}: {e}")
+    metrics = ["pesq_wb", "stoi", "mcd_db", "si_sdr_db", *extras.columns]
+    rows, per_file, models = [], {}, {}
+    for spec in expand_specs(specs):
+        try:
+            opts = parse_codec_spec(spec)
+            codec = Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
+                          name=opts.get("name"), device=device)
+            round_trip(codec, np.zeros(codec.hop * 8, dtype=np.float32))  # warm-up, kept out of the ×RT
+        except Exception as e:
+            errors.append(f"{spec}: {' '.join(str(e).split())[:300]}")
+            continue
+        entropy = CodeEntropy(codec.n_q, codec.codebook_size, codec.frame_rate)
+        files, seconds, t_encode, t_decode = [], 0.0, 0.0, 0.0
+        for u, wav, sr in audio:
+            try:
+                codes, hyp, te, td = round_trip(codec, resample(wav, sr, codec.sample_rate))
+                files.append({"id": u.id, **resynth_metrics(wav, sr, hyp, codec.sample_rate),
+                              **extras.pair(u.id, wav, sr, hyp, codec.sample_rate)})
+            except Exception as e:
+                errors.append(f"{u.path}: {spec}: round trip failed ({' '.join(str(e).split())[:160]})")
+                continue
+            entropy.add(codes, len(wav) / sr)
+            seconds, t_encode, t_decode = seconds + len(wav) / sr, t_encode + te, t_decode + td
+        models = extras.finish(files)
+        mean = _means(files, metrics)
+        for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):  # corpus-level, as in resynth
+            if key in models.get("asr", {}):
+                mean.update({prefix + m: models["asr"][key][m] for m in ("wer", "cer")})
+        rows.append({"spec": spec, "codec": codec.codec_kind, "model": codec.model_ref,
+                     "model_label": f"{codec.codec_kind}:{Path(codec.model_ref).name}",
+                     "weights_sha256": codec.card()["weights_sha256"], "n_q": codec.n_q,
+                     "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
+                     "sample_rate": codec.sample_rate, "bandwidth_kbps": codec.bandwidth, "files": len(files),
+                     "seconds": seconds,
+                     "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate),
+                     **(entropy.result() if files else {"entropy_bps": None}), **mean,
+                     "encode_xrt": seconds / max(t_encode, 1e-9) if files else None,
+                     "decode_xrt": seconds / max(t_decode, 1e-9) if files else None})
+        per_file[spec] = files
+        del codec
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    columns = ["spec", "n_q", "nominal_bps", "entropy_bps", *metrics, "encode_xrt", "decode_xrt", "files"]
+    results = {"corpus": str(corpus), "utterances": len(audio), "device": str(device), "rows": rows, **models,
+               "per_file": per_file, "errors": errors}
+    total = sum(len(w) / sr for _, w, sr in audio)
+    sections = [f"Corpus `{corpus}`: {len(audio)} utterances, {total:.1f} s, round-tripped one at a time on "
+                f"{device}. Nominal bitrate = n_q × log2(codebook size) × frame rate; entropy bitrate = "
+                f"frame rate × Σ per-codebook unigram entropy of the codes. ×RT = audio seconds per "
+                f"second of encoding / decoding.\n",
+                "## Codecs\n", report.table(rows, columns, 2)]
+    if report.plot_bitrate_quality(rows, CODEC_PLOT_METRICS, out / "bitrate_quality.png",
+                                   "bitrate vs quality"):
+        sections.append("![bitrate vs quality](bitrate_quality.png)\n")
+    sections += extras.sections(results)
+    sections += ["## Models\n", report.table(rows, ["spec", "model", "weights_sha256", "sample_rate",
+                                                    "frame_rate", "codebook_size", "bandwidth_kbps"])]
+    if errors:
+        sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
+    report.write_report(out, "Codec round trips", results, sections)
     return results
