@@ -3,6 +3,7 @@ and odd inputs that fail in one line, offline model paths that fail fast, readab
 artefacts."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -240,3 +241,41 @@ def test_voice_prompt_is_fitted_before_generation(tmp_path):
     with pytest.raises(ValueError, match="a 8 s voice prompt"):  # before the LM (which does not exist) loads
         generate_speech(tmp_path / "no-lm", tmp_path / "acoustic", None, voice=str(voice),
                         opts=SamplingOptions(max_new_tokens=100), voice_seconds=8.0)
+
+
+def test_training_shows_progress_resume_point_and_final_model(units_and_codec_shards, tmp_path):
+    """`tok acoustic train` (the trainers share training/loop.Metrics): a line per `log_every` steps with
+    step/steps, loss, rate and ETA; a resumed run names its checkpoint; a finished one its final model."""
+    import yaml
+
+    cfg = {"output": str(tmp_path / "run"), "shards": [str(units_and_codec_shards / "shards")], "codec": "encodec",
+           "model": {"dim": 16, "layers": 1, "heads": 2},
+           "train": {"batch_size": 2, "steps": 4, "warmup": 1, "crop_seconds": 0.5, "log_every": 2,
+                     "save_every": 100, "precision": "fp32", "shuffle_buffer": 2}}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = run("acoustic", "train", path, "--stop-after", 2)
+    assert first.exit_code == 0, first.output
+    assert re.search(r"^step 2/4 loss [\d.]+ .*\| [\d.e+-]+ steps/s ETA \d+:\d\d:\d\d$", first.output, re.M), \
+        first.output
+    assert "resuming" not in first.output and "final model" not in first.output
+    second = run("acoustic", "train", path)
+    assert second.exit_code == 0, second.output
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert f"resuming from step 2 (checkpoint {ckpt})" in second.output
+    assert re.search(r"^step 4/4 loss .* ETA 0:00:00$", second.output, re.M), second.output
+    assert f"final model: {tmp_path / 'run' / 'final'}" in second.output
+
+
+def test_lm_eval_settings_without_eval_shards_are_a_config_error(units_and_codec_shards, tmp_path):
+    import yaml
+
+    (tmp_path / "model").mkdir()
+    cfg = {"model": "model", "output": "run", "data": {"shards": [str(units_and_codec_shards / "shards")]},
+           "train": {"eval_every": 10}}
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = run("lm", "train", path)
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == \
+        [f"error: {path}: train.eval_every: set, but data.eval_shards is empty (nothing to evaluate)"], r.output

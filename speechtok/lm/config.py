@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechtok.lm.data import DataConfig
-from speechtok.training.config import at_least, build, path_field, read_yaml
+from speechtok.training.config import ConfigError, at_least, build, path_field, read_yaml
 
 
 @dataclass
@@ -72,4 +72,9 @@ class RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Parse and check a YAML config (ConfigError naming the file and key on any mistake)."""
-    return build(RunConfig, read_yaml(path), path)
+    raw = read_yaml(path)
+    run = build(RunConfig, raw, path)
+    for key in ("eval_every", "eval_batches"):  # an eval setting with nothing to evaluate is a mistake
+        if key in (raw.get("train") or {}) and not run.data.eval_shards:
+            raise ConfigError(f"{path}: train.{key}: set, but data.eval_shards is empty (nothing to evaluate)")
+    return run

@@ -232,7 +232,7 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
     parts = {"generator": (gen, opt_g), "discriminators": (disc, opt_d)}
     meta = load_checkpoint(out, parts, 0) or {}
     step = meta.get("step", 0)
-    metrics = Metrics(out, 0, step)
+    metrics = Metrics(out, 0, step, cfg.steps)
     fixed = next(segments(cfg, utts, stream, sr, hop, speakers, 0))
     position = resume_position(meta.get("position"), step, 1, 1, f"{out}: ")
     consumed: dict[str, int] = {}
@@ -264,8 +264,6 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
             last = {"mel_loss": loss_mel.item(), "g_loss": loss_g.item(), "d_loss": loss_d.item(),
                     "lr": lr, "steps_per_s": cfg.log_every / dt}
             metrics.log(step, last)
-            print(f"step {step}/{cfg.steps} mel {last['mel_loss']:.4f} g {last['g_loss']:.3f} d {last['d_loss']:.3f}",
-                  flush=True)
             t0 = time.perf_counter()
         if step % cfg.sample_every == 0 or step == cfg.steps:
             save_samples(out, step, gen, fixed, sr, metrics.tb)
@@ -275,6 +273,7 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
                             cfg.keep_checkpoints)
     if step >= cfg.steps:
         save_generator(gen.eval(), out / "final")
+        metrics.finished(out / "final")
     return {"step": step, **last}
 
 
