@@ -4,6 +4,7 @@ artefacts."""
 
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -279,3 +280,24 @@ def test_lm_eval_settings_without_eval_shards_are_a_config_error(units_and_codec
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == \
         [f"error: {path}: train.eval_every: set, but data.eval_shards is empty (nothing to evaluate)"], r.output
+
+
+def test_decode_and_eval_resynth_show_a_progress_bar(units_and_codec_shards, tmp_path):
+    import json
+
+    shards = units_and_codec_shards / "shards"
+    n = json.loads((shards / "manifest.json").read_text())["num_utterances"]
+    r = run("decode", shards, "-o", tmp_path / "wav")
+    assert r.exit_code == 0, r.output
+    assert re.search(rf"decode: 100%.*{n}/{n} \[.*(utt/s|s/utt)\]", r.stderr), r.stderr
+    quiet = run("decode", shards, "-o", tmp_path / "wav2", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"  # two files keep the metrics quick
+    ref.mkdir(), hyp.mkdir()
+    for p in sorted((tmp_path / "wav").glob("*.wav"))[:2]:
+        shutil.copy(p, ref / p.name), shutil.copy(tmp_path / "wav2" / p.name, hyp / p.name)
+    r = run("eval", "resynth", ref, hyp, "-o", tmp_path / "rep", "--plots", 0)
+    assert r.exit_code == 0, r.output
+    assert re.search(r"resynth: 100%.*2/2 \[.*(file/s|s/file)\]", r.stderr), r.stderr
+    quiet = run("eval", "resynth", ref, hyp, "-o", tmp_path / "rep2", "--plots", 0, "-q")
+    assert quiet.exit_code == 0 and "resynth:" not in quiet.stderr, quiet.stderr

@@ -204,7 +204,8 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Decode with codec weights that differ from the sha256 the manifest recorded.")
 @device_option
-def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mismatch, device):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mismatch, device, quiet):
     """Write audio decoded from the codec tokens in SHARDS (one KEY.wav per utterance; KEY made safe as a
     file name)."""
     from speechtok.pipelines.batching import resolve_device
@@ -212,7 +213,8 @@ def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mi
 
     try:
         n, seconds = decode_shards(shards, output, codec_name, resolve_device(device), batch_size,
-                                   verify=not no_verify, allow_model_mismatch=allow_model_mismatch)
+                                   verify=not no_verify, allow_model_mismatch=allow_model_mismatch,
+                                   progress=not quiet)
     except OSError as e:
         fail_os(e)
     except ValueError as e:  # ShardError included
