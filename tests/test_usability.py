@@ -301,3 +301,43 @@ def test_decode_and_eval_resynth_show_a_progress_bar(units_and_codec_shards, tmp
     assert re.search(r"resynth: 100%.*2/2 \[.*(file/s|s/file)\]", r.stderr), r.stderr
     quiet = run("eval", "resynth", ref, hyp, "-o", tmp_path / "rep2", "--plots", 0, "-q")
     assert quiet.exit_code == 0 and "resynth:" not in quiet.stderr, quiet.stderr
+
+
+@pytest.mark.parametrize("command", ["lm", "acoustic", "vocoder"])
+def test_print_config_lists_every_default_and_loads_back(command, units_and_codec_shards, tmp_path):
+    """`tok X train --print-config`: YAML of every key with its default; with the required keys filled in,
+    it loads through the trainer's own loader into the same config as the required keys alone."""
+    import yaml
+
+    from speechtok.lm.acoustic_train import load_acoustic_config
+    from speechtok.lm.config import load_config
+    from speechtok.vocoders.train import load_vocoder_config
+
+    shards = str(units_and_codec_shards / "shards")
+    (tmp_path / "model").mkdir()
+    required, load = {
+        "lm": ({"model": "model", "output": "run", "data": {"shards": [shards], "eval_shards": [shards]}},
+               load_config),
+        "acoustic": ({"output": "run", "shards": [shards], "codec": "encodec"}, load_acoustic_config),
+        "vocoder": ({"kind": "vocos", "shards": shards, "output": "run"}, load_vocoder_config)}[command]
+    r = run(command, "train", "--print-config")
+    assert r.exit_code == 0, r.output
+    printed = yaml.safe_load(r.output)
+    assert len(r.output.splitlines()) >= 15 and "# output: required" in r.output
+
+    def merged(a: dict, b: dict) -> dict:
+        return {**a, **{k: merged(a[k], v) if isinstance(v, dict) and k in a else v for k, v in b.items()}}
+
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(merged(printed, required)))
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(required))
+    assert load(tmp_path / "full.yaml") == load(tmp_path / "bare.yaml")
+
+
+def test_vocoder_train_takes_the_codec_stream_as_codec(units_and_codec_shards, tmp_path):
+    shards = units_and_codec_shards / "shards"
+    r = run("vocoder", "train", "--kind", "vocos", "--codec", "nope", "--shards", shards, "-o", tmp_path / "v")
+    assert r.exit_code == 2 and "a codec stream of the shards (['encodec'" in r.output, r.output
+    r = run("vocoder", "train", "--kind", "vocos", "--codec", "encodec", "--features", "mel", "--shards", shards,
+            "-o", tmp_path / "v")
+    assert r.exit_code == 2 and "disagree" in r.output, r.output
+    assert "--features" not in run("vocoder", "train", "--help").output  # the old name still works, unlisted

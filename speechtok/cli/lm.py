@@ -31,6 +31,22 @@ def training_errors(config: str | None):
         fail(f"{e.filename or config}: {e.strerror or e}", 3)
 
 
+def print_config_option(config_class: str):
+    """`--print-config`: every key of the trainer's config (`module:Class`) with its default, as YAML."""
+    def show(ctx: click.Context, _param, value: bool) -> None:
+        if not value or ctx.resilient_parsing:
+            return
+        import importlib
+
+        from speechtok.training.config import default_yaml
+
+        module, name = config_class.split(":")
+        click.echo(default_yaml(getattr(importlib.import_module(module), name)), nl=False)
+        ctx.exit(0)
+    return click.option("--print-config", is_flag=True, expose_value=False, is_eager=True, callback=show,
+                        help="Print every config key with its default (YAML) and exit.")
+
+
 @click.group("lm")
 def lm() -> None:
     """Token language models: vocabulary extension and training."""
@@ -68,6 +84,7 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
 
 @lm.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@print_config_option("speechtok.lm.config:RunConfig")
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
 def train_cmd(config, stop_after):
     """Train a token LM as CONFIG (YAML) says; rerunning resumes from the latest checkpoint."""
@@ -105,6 +122,7 @@ def acoustic() -> None:
 
 @acoustic.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@print_config_option("speechtok.lm.acoustic_train:AcousticRun")
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
 def acoustic_train_cmd(config, stop_after):
     """Train the semantic → codec-token model as CONFIG (YAML) says; rerunning resumes."""

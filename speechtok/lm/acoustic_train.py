@@ -66,7 +66,7 @@ class AcousticRun:
     pattern: str = "delay"
     n_coarse: int = 2
     dedup: bool = False
-    model: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # AcousticConfig sizes: dim, layers, heads, max_len
     train: AcousticTrainConfig = field(default_factory=AcousticTrainConfig)
 
 

@@ -43,8 +43,8 @@ class TrainConfig:
     attn: str = "sdpa"  # sdpa | flash_attention_2 | eager
     gradient_checkpointing: bool = False
     log_every: int = at_least(10, 1)
-    eval_every: int = at_least(500, 1)
-    eval_batches: int = at_least(20, 1)
+    eval_every: int = at_least(500, 1)  # needs data.eval_shards
+    eval_batches: int = at_least(20, 1)  # needs data.eval_shards
     save_every: int = at_least(1000, 1)
     keep_checkpoints: int = at_least(2, 1)
     seed: int = 0
