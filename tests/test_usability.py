@@ -341,3 +341,24 @@ def test_vocoder_train_takes_the_codec_stream_as_codec(units_and_codec_shards, t
             "-o", tmp_path / "v")
     assert r.exit_code == 2 and "disagree" in r.output, r.output
     assert "--features" not in run("vocoder", "train", "--help").output  # the old name still works, unlisted
+
+
+def test_two_semantic_tokenizers_share_one_encode_pass(speech_corpus, units_and_codec_shards, tmp_path):
+    """`KM_DIR:name=NAME`: two MFCC tokenizers of different k in one `tok encode`, each in its own field."""
+    import json
+
+    from speechtok import read_shards
+
+    k12 = units_and_codec_shards / "km"
+    r = run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 5, "-o", tmp_path / "km5", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("encode", speech_corpus, "-t", f"{k12}:name=mfcc12", "-t", f"{tmp_path / 'km5'}:name=mfcc5",
+            "-o", tmp_path / "shards", "-q")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert {n: c["k"] for n, c in manifest["tokenizers"].items()} == {"mfcc12": 12, "mfcc5": 5}
+    samples = list(read_shards(tmp_path / "shards"))
+    assert samples and all(s["mfcc12"].max() < 12 and s["mfcc5"].max() < 5 for s in samples)
+    assert max(s["mfcc12"].max() for s in samples) >= 5  # the streams differ: not one k twice
+    same = run("encode", speech_corpus, "-t", k12, "-t", tmp_path / "km5", "-o", tmp_path / "s2", "-q")
+    assert same.exit_code == 2 and "name them with ':name=NAME' (DIR:name=NAME" in same.output, same.output

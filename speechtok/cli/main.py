@@ -118,7 +118,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @cli.command("encode")
 @click.argument("corpus", type=click.Path(exists=True))
 @click.option("-t", "--tokenizer", "tokenizers", required=True, multiple=True,
-              help="A semantic tokenizer directory, or a codec KIND:MODEL[:nq=N][:name=NAME] "
+              help="A semantic tokenizer DIR[:name=NAME], or a codec KIND:MODEL[:nq=N][:name=NAME] "
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Folder for shards and manifest.json.")
