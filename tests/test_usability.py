@@ -362,3 +362,11 @@ def test_two_semantic_tokenizers_share_one_encode_pass(speech_corpus, units_and_
     assert max(s["mfcc12"].max() for s in samples) >= 5  # the streams differ: not one k twice
     same = run("encode", speech_corpus, "-t", k12, "-t", tmp_path / "km5", "-o", tmp_path / "s2", "-q")
     assert same.exit_code == 2 and "name them with ':name=NAME' (DIR:name=NAME" in same.output, same.output
+
+
+def test_a_bad_tokenizer_spec_fails_in_one_line_before_loading(speech_corpus, tmp_path):
+    r = run("encode", speech_corpus, "-t", "encodec:some/model:nq=abc", "-o", tmp_path / "s")
+    assert r.exit_code == 2 and r.output == "error: 'encodec:some/model:nq=abc': nq='abc' is not a number\n", r.output
+    r = run("encode", speech_corpus, "-t", tmp_path / "nokm", "-o", tmp_path / "s")
+    assert r.exit_code == 2 and r.output.startswith(f"error: {tmp_path / 'nokm'}: neither a tokenizer directory")
+    assert not (tmp_path / "s").exists()

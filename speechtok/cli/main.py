@@ -147,6 +147,13 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
     manifest. Exits 0 when all went in, 1 when some inputs were skipped, 2 for a usage error (or another job
     or a changed corpus in OUTPUT), 3 for an environment error (disk full, permissions, OUTPUT locked by a
     running job), 143/130 after SIGTERM/SIGINT."""
+    from speechtok.tokenizers.spec import check_spec
+
+    try:  # before torch is imported: a typo costs a fraction of a second, not the imports
+        for t in tokenizers:
+            check_spec(t)
+    except ValueError as e:
+        fail(str(e))
     from speechtok.folder_lock import FolderLocked
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, Interrupted, StrictError, dist_info,
