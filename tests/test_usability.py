@@ -370,3 +370,8 @@ def test_a_bad_tokenizer_spec_fails_in_one_line_before_loading(speech_corpus, tm
     r = run("encode", speech_corpus, "-t", tmp_path / "nokm", "-o", tmp_path / "s")
     assert r.exit_code == 2 and r.output.startswith(f"error: {tmp_path / 'nokm'}: neither a tokenizer directory")
     assert not (tmp_path / "s").exists()
+    (tmp_path / "lm").mkdir()
+    r = run("generate", "--lm", tmp_path / "lm", "--units-only", "-o", tmp_path / "u.npy")
+    assert r.exit_code == 1 and f"{tmp_path / 'lm' / 'speech_vocab.json'}: not a speechtok LM directory" in r.output
+    r = run("generate", "--lm", tmp_path / "lm", "--units-only", "--top-p", 1.5, "-o", tmp_path / "u.npy")
+    assert r.exit_code == 2 and "--top-p" in r.output
