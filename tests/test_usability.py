@@ -249,7 +249,8 @@ def test_training_shows_progress_resume_point_and_final_model(units_and_codec_sh
     step/steps, loss, rate and ETA; a resumed run names its checkpoint; a finished one its final model."""
     import yaml
 
-    cfg = {"output": str(tmp_path / "run"), "shards": [str(units_and_codec_shards / "shards")], "codec": "encodec",
+    cfg = {"output": str(tmp_path / "run"), "shards": [str(units_and_codec_shards / "shards")],
+           "codec": "encodec",
            "model": {"dim": 16, "layers": 1, "heads": 2},
            "train": {"batch_size": 2, "steps": 4, "warmup": 1, "crop_seconds": 0.5, "log_every": 2,
                      "save_every": 100, "precision": "fp32", "shuffle_buffer": 2}}
@@ -257,8 +258,8 @@ def test_training_shows_progress_resume_point_and_final_model(units_and_codec_sh
     path.write_text(yaml.safe_dump(cfg))
     first = run("acoustic", "train", path, "--stop-after", 2)
     assert first.exit_code == 0, first.output
-    assert re.search(r"^step 2/4 loss [\d.]+ .*\| [\d.e+-]+ steps/s ETA \d+:\d\d:\d\d$", first.output, re.M), \
-        first.output
+    line = r"^step 2/4 loss [\d.]+ .*\| [\d.e+-]+ steps/s ETA \d+:\d\d:\d\d$"
+    assert re.search(line, first.output, re.M), first.output
     assert "resuming" not in first.output and "final model" not in first.output
     second = run("acoustic", "train", path)
     assert second.exit_code == 0, second.output
@@ -279,7 +280,8 @@ def test_lm_eval_settings_without_eval_shards_are_a_config_error(units_and_codec
     r = run("lm", "train", path)
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == \
-        [f"error: {path}: train.eval_every: set, but data.eval_shards is empty (nothing to evaluate)"], r.output
+        [f"error: {path}: train.eval_every: set, but data.eval_shards is empty (nothing to evaluate)"], \
+        r.output
 
 
 def test_decode_and_eval_resynth_show_a_progress_bar(units_and_codec_shards, tmp_path):
@@ -335,10 +337,11 @@ def test_print_config_lists_every_default_and_loads_back(command, units_and_code
 
 def test_vocoder_train_takes_the_codec_stream_as_codec(units_and_codec_shards, tmp_path):
     shards = units_and_codec_shards / "shards"
-    r = run("vocoder", "train", "--kind", "vocos", "--codec", "nope", "--shards", shards, "-o", tmp_path / "v")
-    assert r.exit_code == 2 and "a codec stream of the shards (['encodec'" in r.output, r.output
-    r = run("vocoder", "train", "--kind", "vocos", "--codec", "encodec", "--features", "mel", "--shards", shards,
+    r = run("vocoder", "train", "--kind", "vocos", "--codec", "nope", "--shards", shards,
             "-o", tmp_path / "v")
+    assert r.exit_code == 2 and "a codec stream of the shards (['encodec'" in r.output, r.output
+    r = run("vocoder", "train", "--kind", "vocos", "--codec", "encodec", "--features", "mel",
+            "--shards", shards, "-o", tmp_path / "v")
     assert r.exit_code == 2 and "disagree" in r.output, r.output
     assert "--features" not in run("vocoder", "train", "--help").output  # the old name still works, unlisted
 
@@ -366,12 +369,15 @@ def test_two_semantic_tokenizers_share_one_encode_pass(speech_corpus, units_and_
 
 def test_a_bad_tokenizer_spec_fails_in_one_line_before_loading(speech_corpus, tmp_path):
     r = run("encode", speech_corpus, "-t", "encodec:some/model:nq=abc", "-o", tmp_path / "s")
-    assert r.exit_code == 2 and r.output == "error: 'encodec:some/model:nq=abc': nq='abc' is not a number\n", r.output
+    assert r.exit_code == 2, r.output
+    assert r.output == "error: 'encodec:some/model:nq=abc': nq='abc' is not a number\n", r.output
     r = run("encode", speech_corpus, "-t", tmp_path / "nokm", "-o", tmp_path / "s")
-    assert r.exit_code == 2 and r.output.startswith(f"error: {tmp_path / 'nokm'}: neither a tokenizer directory")
+    assert r.exit_code == 2
+    assert r.output.startswith(f"error: {tmp_path / 'nokm'}: neither a tokenizer directory"), r.output
     assert not (tmp_path / "s").exists()
     (tmp_path / "lm").mkdir()
     r = run("generate", "--lm", tmp_path / "lm", "--units-only", "-o", tmp_path / "u.npy")
-    assert r.exit_code == 1 and f"{tmp_path / 'lm' / 'speech_vocab.json'}: not a speechtok LM directory" in r.output
+    assert r.exit_code == 1
+    assert f"{tmp_path / 'lm' / 'speech_vocab.json'}: not a speechtok LM directory" in r.output
     r = run("generate", "--lm", tmp_path / "lm", "--units-only", "--top-p", 1.5, "-o", tmp_path / "u.npy")
     assert r.exit_code == 2 and "--top-p" in r.output

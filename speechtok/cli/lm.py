@@ -154,7 +154,8 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.wav, or out.npy with --units-only.")
 @click.option("--max-units", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="0: greedy.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
+              help="0: greedy.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -31,8 +31,8 @@ def vocoder() -> None:
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
 @click.option("--device", default="auto", show_default=True)
-def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, batch_size, segment_seconds, dedup,
-              speakers, stop_after, device):
+def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, batch_size, segment_seconds,
+              dedup, speakers, stop_after, device):
     """Train a vocoder; rerunning the same command resumes from the latest checkpoint."""
     from pathlib import Path
 
@@ -43,7 +43,8 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, b
 
     if codec and features_alias and codec != features_alias:
         raise click.UsageError(f"--codec {codec} and --features {features_alias} (its old name) disagree")
-    given = {"kind": kind, "shards": shards, "output": output, "features": codec or features_alias, "steps": steps,
+    given = {"kind": kind, "shards": shards, "output": output, "features": codec or features_alias,
+             "steps": steps,
              "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers}
     given = {k: v for k, v in given.items() if v is not None}
     for k in ("shards", "output"):  # command-line paths are relative to the working directory

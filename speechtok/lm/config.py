@@ -76,5 +76,6 @@ def load_config(path: str | Path) -> RunConfig:
     run = build(RunConfig, raw, path)
     for key in ("eval_every", "eval_batches"):  # an eval setting with nothing to evaluate is a mistake
         if key in (raw.get("train") or {}) and not run.data.eval_shards:
-            raise ConfigError(f"{path}: train.{key}: set, but data.eval_shards is empty (nothing to evaluate)")
+            raise ConfigError(f"{path}: train.{key}: set, but data.eval_shards is empty "
+                              "(nothing to evaluate)")
     return run

@@ -109,7 +109,8 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
 
 def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3,
                      asr: str | None = None, transcripts: str | Path | None = None, speaker: str | None = None,
-                     mos: bool = False, device: str = "cpu", batch_size: int = 8, progress: bool = False) -> dict:
+                     mos: bool = False, device: str = "cpu", batch_size: int = 8,
+                     progress: bool = False) -> dict:
     """Metrics of every hypothesis against the reference with the same id (relative path without extension),
     per file and averaged, plus spectrogram plots of the first `plots` pairs. Optional: `asr` (WER/CER vs
     `transcripts` and dWER vs the reference audio's transcript), `speaker` (embedding cosine), `mos` (DNSMOS);

@@ -14,7 +14,8 @@ def parse_codec_spec(spec: str) -> dict:
     """'encodec:facebook/encodec_24khz:nq=8' → {'kind', 'model', 'n_q'?, 'bandwidth'?, 'name'?}."""
     kind, _, rest = spec.partition(":")
     if kind not in KINDS or not rest:
-        raise ValueError(f"{spec!r}: expected KIND:MODEL[:nq=N][:name=NAME] with KIND one of {', '.join(KINDS)}")
+        raise ValueError(f"{spec!r}: expected KIND:MODEL[:nq=N][:name=NAME] with KIND one of "
+                         f"{', '.join(KINDS)}")
     parts = rest.split(":")
     options = {}
     while len(parts) > 1 and "=" in parts[-1]:
