@@ -3,6 +3,8 @@ and odd inputs that fail in one line, offline model paths that fail fast, readab
 artefacts."""
 
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -240,3 +242,142 @@ def test_voice_prompt_is_fitted_before_generation(tmp_path):
     with pytest.raises(ValueError, match="a 8 s voice prompt"):  # before the LM (which does not exist) loads
         generate_speech(tmp_path / "no-lm", tmp_path / "acoustic", None, voice=str(voice),
                         opts=SamplingOptions(max_new_tokens=100), voice_seconds=8.0)
+
+
+def test_training_shows_progress_resume_point_and_final_model(units_and_codec_shards, tmp_path):
+    """`tok acoustic train` (the trainers share training/loop.Metrics): a line per `log_every` steps with
+    step/steps, loss, rate and ETA; a resumed run names its checkpoint; a finished one its final model."""
+    import yaml
+
+    cfg = {"output": str(tmp_path / "run"), "shards": [str(units_and_codec_shards / "shards")],
+           "codec": "encodec",
+           "model": {"dim": 16, "layers": 1, "heads": 2},
+           "train": {"batch_size": 2, "steps": 4, "warmup": 1, "crop_seconds": 0.5, "log_every": 2,
+                     "save_every": 100, "precision": "fp32", "shuffle_buffer": 2}}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = run("acoustic", "train", path, "--stop-after", 2)
+    assert first.exit_code == 0, first.output
+    line = r"^step 2/4 loss [\d.]+ .*\| [\d.e+-]+ steps/s ETA \d+:\d\d:\d\d$"
+    assert re.search(line, first.output, re.M), first.output
+    assert "resuming" not in first.output and "final model" not in first.output
+    second = run("acoustic", "train", path)
+    assert second.exit_code == 0, second.output
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert f"resuming from step 2 (checkpoint {ckpt})" in second.output
+    assert re.search(r"^step 4/4 loss .* ETA 0:00:00$", second.output, re.M), second.output
+    assert f"final model: {tmp_path / 'run' / 'final'}" in second.output
+
+
+def test_lm_eval_settings_without_eval_shards_are_a_config_error(units_and_codec_shards, tmp_path):
+    import yaml
+
+    (tmp_path / "model").mkdir()
+    cfg = {"model": "model", "output": "run", "data": {"shards": [str(units_and_codec_shards / "shards")]},
+           "train": {"eval_every": 10}}
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = run("lm", "train", path)
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == \
+        [f"error: {path}: train.eval_every: set, but data.eval_shards is empty (nothing to evaluate)"], \
+        r.output
+
+
+def test_decode_and_eval_resynth_show_a_progress_bar(units_and_codec_shards, tmp_path):
+    import json
+
+    shards = units_and_codec_shards / "shards"
+    n = json.loads((shards / "manifest.json").read_text())["num_utterances"]
+    r = run("decode", shards, "-o", tmp_path / "wav")
+    assert r.exit_code == 0, r.output
+    assert re.search(rf"decode: 100%.*{n}/{n} \[.*(utt/s|s/utt)\]", r.stderr), r.stderr
+    quiet = run("decode", shards, "-o", tmp_path / "wav2", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"  # two files keep the metrics quick
+    ref.mkdir(), hyp.mkdir()
+    for p in sorted((tmp_path / "wav").glob("*.wav"))[:2]:
+        shutil.copy(p, ref / p.name), shutil.copy(tmp_path / "wav2" / p.name, hyp / p.name)
+    r = run("eval", "resynth", ref, hyp, "-o", tmp_path / "rep", "--plots", 0)
+    assert r.exit_code == 0, r.output
+    assert re.search(r"resynth: 100%.*2/2 \[.*(file/s|s/file)\]", r.stderr), r.stderr
+    quiet = run("eval", "resynth", ref, hyp, "-o", tmp_path / "rep2", "--plots", 0, "-q")
+    assert quiet.exit_code == 0 and "resynth:" not in quiet.stderr, quiet.stderr
+
+
+@pytest.mark.parametrize("command", ["lm", "acoustic", "vocoder"])
+def test_print_config_lists_every_default_and_loads_back(command, units_and_codec_shards, tmp_path):
+    """`tok X train --print-config`: YAML of every key with its default; with the required keys filled in,
+    it loads through the trainer's own loader into the same config as the required keys alone."""
+    import yaml
+
+    from speechtok.lm.acoustic_train import load_acoustic_config
+    from speechtok.lm.config import load_config
+    from speechtok.vocoders.train import load_vocoder_config
+
+    shards = str(units_and_codec_shards / "shards")
+    (tmp_path / "model").mkdir()
+    required, load = {
+        "lm": ({"model": "model", "output": "run", "data": {"shards": [shards], "eval_shards": [shards]}},
+               load_config),
+        "acoustic": ({"output": "run", "shards": [shards], "codec": "encodec"}, load_acoustic_config),
+        "vocoder": ({"kind": "vocos", "shards": shards, "output": "run"}, load_vocoder_config)}[command]
+    r = run(command, "train", "--print-config")
+    assert r.exit_code == 0, r.output
+    printed = yaml.safe_load(r.output)
+    assert len(r.output.splitlines()) >= 15 and "# output: required" in r.output
+
+    def merged(a: dict, b: dict) -> dict:
+        return {**a, **{k: merged(a[k], v) if isinstance(v, dict) and k in a else v for k, v in b.items()}}
+
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(merged(printed, required)))
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(required))
+    assert load(tmp_path / "full.yaml") == load(tmp_path / "bare.yaml")
+
+
+def test_vocoder_train_takes_the_codec_stream_as_codec(units_and_codec_shards, tmp_path):
+    shards = units_and_codec_shards / "shards"
+    r = run("vocoder", "train", "--kind", "vocos", "--codec", "nope", "--shards", shards,
+            "-o", tmp_path / "v")
+    assert r.exit_code == 2 and "a codec stream of the shards (['encodec'" in r.output, r.output
+    r = run("vocoder", "train", "--kind", "vocos", "--codec", "encodec", "--features", "mel",
+            "--shards", shards, "-o", tmp_path / "v")
+    assert r.exit_code == 2 and "disagree" in r.output, r.output
+    assert "--features" not in run("vocoder", "train", "--help").output  # the old name still works, unlisted
+
+
+def test_two_semantic_tokenizers_share_one_encode_pass(speech_corpus, units_and_codec_shards, tmp_path):
+    """`KM_DIR:name=NAME`: two MFCC tokenizers of different k in one `tok encode`, each in its own field."""
+    import json
+
+    from speechtok import read_shards
+
+    k12 = units_and_codec_shards / "km"
+    r = run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 5, "-o", tmp_path / "km5", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("encode", speech_corpus, "-t", f"{k12}:name=mfcc12", "-t", f"{tmp_path / 'km5'}:name=mfcc5",
+            "-o", tmp_path / "shards", "-q")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert {n: c["k"] for n, c in manifest["tokenizers"].items()} == {"mfcc12": 12, "mfcc5": 5}
+    samples = list(read_shards(tmp_path / "shards"))
+    assert samples and all(s["mfcc12"].max() < 12 and s["mfcc5"].max() < 5 for s in samples)
+    assert max(s["mfcc12"].max() for s in samples) >= 5  # the streams differ: not one k twice
+    same = run("encode", speech_corpus, "-t", k12, "-t", tmp_path / "km5", "-o", tmp_path / "s2", "-q")
+    assert same.exit_code == 2 and "name them with ':name=NAME' (DIR:name=NAME" in same.output, same.output
+
+
+def test_a_bad_tokenizer_spec_fails_in_one_line_before_loading(speech_corpus, tmp_path):
+    r = run("encode", speech_corpus, "-t", "encodec:some/model:nq=abc", "-o", tmp_path / "s")
+    assert r.exit_code == 2, r.output
+    assert r.output == "error: 'encodec:some/model:nq=abc': nq='abc' is not a number\n", r.output
+    r = run("encode", speech_corpus, "-t", tmp_path / "nokm", "-o", tmp_path / "s")
+    assert r.exit_code == 2
+    assert r.output.startswith(f"error: {tmp_path / 'nokm'}: neither a tokenizer directory"), r.output
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "lm").mkdir()
+    r = run("generate", "--lm", tmp_path / "lm", "--units-only", "-o", tmp_path / "u.npy")
+    assert r.exit_code == 1
+    assert f"{tmp_path / 'lm' / 'speech_vocab.json'}: not a speechtok LM directory" in r.output
+    r = run("generate", "--lm", tmp_path / "lm", "--units-only", "--top-p", 1.5, "-o", tmp_path / "u.npy")
+    assert r.exit_code == 2 and "--top-p" in r.output

@@ -77,7 +77,8 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @click.option("--device", default="auto", show_default=True)
-def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, batch_size, device):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, batch_size, device, quiet):
     """MCD, STOI, PESQ, SI-SDR, F0 RMSE and voicing error of HYP_DIR's files against REF_DIR's (same
     relative names, any audio extension); optionally WER/dWER, speaker similarity and DNSMOS."""
     from speechtok.pipelines.batching import resolve_device
@@ -85,7 +86,7 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 
     try:
         r = evaluate_resynth(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
-                             str(resolve_device(device)), batch_size)
+                             str(resolve_device(device)), batch_size, progress=not quiet)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
     m = r["mean"]

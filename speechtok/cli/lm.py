@@ -31,6 +31,22 @@ def training_errors(config: str | None):
         fail(f"{e.filename or config}: {e.strerror or e}", 3)
 
 
+def print_config_option(config_class: str):
+    """`--print-config`: every key of the trainer's config (`module:Class`) with its default, as YAML."""
+    def show(ctx: click.Context, _param, value: bool) -> None:
+        if not value or ctx.resilient_parsing:
+            return
+        import importlib
+
+        from speechtok.training.config import default_yaml
+
+        module, name = config_class.split(":")
+        click.echo(default_yaml(getattr(importlib.import_module(module), name)), nl=False)
+        ctx.exit(0)
+    return click.option("--print-config", is_flag=True, expose_value=False, is_eager=True, callback=show,
+                        help="Print every config key with its default (YAML) and exit.")
+
+
 @click.group("lm")
 def lm() -> None:
     """Token language models: vocabulary extension and training."""
@@ -68,13 +84,17 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
 
 @lm.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@print_config_option("speechtok.lm.config:RunConfig")
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
 def train_cmd(config, stop_after):
     """Train a token LM as CONFIG (YAML) says; rerunning resumes from the latest checkpoint."""
-    from speechtok.lm.config import load_config
-    from speechtok.lm.train import train
+    from speechtok.training.config import read_yaml
 
     with training_errors(config):
+        read_yaml(config)  # broken YAML fails before torch is imported
+        from speechtok.lm.config import load_config
+        from speechtok.lm.train import train
+
         result = train(load_config(config), stop_after=stop_after)
     click.echo(json.dumps(result))
 
@@ -105,12 +125,16 @@ def acoustic() -> None:
 
 @acoustic.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@print_config_option("speechtok.lm.acoustic_train:AcousticRun")
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
 def acoustic_train_cmd(config, stop_after):
     """Train the semantic → codec-token model as CONFIG (YAML) says; rerunning resumes."""
-    from speechtok.lm.acoustic_train import load_acoustic_config, train_acoustic
+    from speechtok.training.config import read_yaml
 
     with training_errors(config):
+        read_yaml(config)  # broken YAML fails before torch is imported
+        from speechtok.lm.acoustic_train import load_acoustic_config, train_acoustic
+
         result = train_acoustic(load_acoustic_config(config), stop_after=stop_after)
     click.echo(json.dumps(result))
 
@@ -129,25 +153,31 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
 @click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.wav, or out.npy with --units-only.")
-@click.option("--max-units", type=int, default=500, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="0: greedy.")
-@click.option("--top-k", type=int, default=None)
-@click.option("--top-p", type=float, default=None)
+@click.option("--max-units", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
+              help="0: greedy.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--compile", "compiled", is_flag=True, help="Static KV cache + torch.compile for the LM (long runs).")
 @click.option("--device", default="auto", show_default=True)
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
                  temperature, top_k, top_p, seed, compiled, device, vocoder_dir, voice_seconds):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
+    from speechtok.lm.vocab import SpeechVocab
+
+    if not units_only and acoustic_dir is None and vocoder_dir is None:
+        raise click.UsageError("give --acoustic DIR, --vocoder DIR (a unit HiFi-GAN), or --units-only")
+    try:  # what can be checked before torch and transformers are imported
+        SpeechVocab.load(lm_dir)
+    except (ValueError, TypeError, OSError) as e:
+        raise click.ClickException(str(e)) from None
     import numpy as np
     import soundfile as sf
 
     from speechtok.lm.generate import SamplingOptions
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.generate import generate_speech
-
-    if not units_only and acoustic_dir is None and vocoder_dir is None:
-        raise click.UsageError("give --acoustic DIR, --vocoder DIR (a unit HiFi-GAN), or --units-only")
     opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                            compile=compiled)
     try:

@@ -118,7 +118,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @cli.command("encode")
 @click.argument("corpus", type=click.Path(exists=True))
 @click.option("-t", "--tokenizer", "tokenizers", required=True, multiple=True,
-              help="A semantic tokenizer directory, or a codec KIND:MODEL[:nq=N][:name=NAME] "
+              help="A semantic tokenizer DIR[:name=NAME], or a codec KIND:MODEL[:nq=N][:name=NAME] "
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Folder for shards and manifest.json.")
@@ -147,6 +147,13 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
     manifest. Exits 0 when all went in, 1 when some inputs were skipped, 2 for a usage error (or another job
     or a changed corpus in OUTPUT), 3 for an environment error (disk full, permissions, OUTPUT locked by a
     running job), 143/130 after SIGTERM/SIGINT."""
+    from speechtok.tokenizers.spec import check_spec
+
+    try:  # before torch is imported: a typo costs a fraction of a second, not the imports
+        for t in tokenizers:
+            check_spec(t)
+    except ValueError as e:
+        fail(str(e))
     from speechtok.folder_lock import FolderLocked
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, Interrupted, StrictError, dist_info,
@@ -204,7 +211,8 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Decode with codec weights that differ from the sha256 the manifest recorded.")
 @device_option
-def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mismatch, device):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mismatch, device, quiet):
     """Write audio decoded from the codec tokens in SHARDS (one KEY.wav per utterance; KEY made safe as a
     file name)."""
     from speechtok.pipelines.batching import resolve_device
@@ -212,7 +220,8 @@ def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mi
 
     try:
         n, seconds = decode_shards(shards, output, codec_name, resolve_device(device), batch_size,
-                                   verify=not no_verify, allow_model_mismatch=allow_model_mismatch)
+                                   verify=not no_verify, allow_model_mismatch=allow_model_mismatch,
+                                   progress=not quiet)
     except OSError as e:
         fail_os(e)
     except ValueError as e:  # ShardError included

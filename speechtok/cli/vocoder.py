@@ -6,6 +6,8 @@ import json
 
 import click
 
+from speechtok.cli.lm import print_config_option
+
 
 @click.group("vocoder")
 def vocoder() -> None:
@@ -13,12 +15,15 @@ def vocoder() -> None:
 
 
 @vocoder.command("train")
+@print_config_option("speechtok.vocoders.train:VocoderTrainConfig")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="YAML with any VocoderTrainConfig fields; the options below override it.")
 @click.option("--kind", type=click.Choice(["unit-hifigan", "vocos"]))
 @click.option("--shards", type=click.Path(exists=True), help="Shard folder or manifest.json (its corpus gives the audio).")
 @click.option("-o", "--output", type=click.Path(), help="Run directory (checkpoints, samples, final/).")
-@click.option("--features", help="Vocos: 'mel' or a codec stream of the shards (e.g. encodec).")
+@click.option("--codec", help="Vocos: the codec stream of the shards it vocodes (e.g. encodec); 'mel' or "
+                                "none: mel features.")
+@click.option("--features", "features_alias", hidden=True, help="The old name of --codec.")
 @click.option("--steps", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--segment-seconds", type=float)
@@ -26,8 +31,8 @@ def vocoder() -> None:
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
 @click.option("--device", default="auto", show_default=True)
-def train_cmd(config_path, kind, shards, output, features, steps, batch_size, segment_seconds, dedup, speakers,
-              stop_after, device):
+def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, batch_size, segment_seconds,
+              dedup, speakers, stop_after, device):
     """Train a vocoder; rerunning the same command resumes from the latest checkpoint."""
     from pathlib import Path
 
@@ -36,7 +41,10 @@ def train_cmd(config_path, kind, shards, output, features, steps, batch_size, se
     from speechtok.training.config import build
     from speechtok.vocoders.train import VocoderTrainConfig, load_vocoder_config, train_vocoder
 
-    given = {"kind": kind, "shards": shards, "output": output, "features": features, "steps": steps,
+    if codec and features_alias and codec != features_alias:
+        raise click.UsageError(f"--codec {codec} and --features {features_alias} (its old name) disagree")
+    given = {"kind": kind, "shards": shards, "output": output, "features": codec or features_alias,
+             "steps": steps,
              "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers}
     given = {k: v for k, v in given.items() if v is not None}
     for k in ("shards", "output"):  # command-line paths are relative to the working directory

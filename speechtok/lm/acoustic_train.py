@@ -66,7 +66,7 @@ class AcousticRun:
     pattern: str = "delay"
     n_coarse: int = 2
     dedup: bool = False
-    model: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # AcousticConfig sizes: dim, layers, heads, max_len
     train: AcousticTrainConfig = field(default_factory=AcousticTrainConfig)
 
 
@@ -151,7 +151,7 @@ def train_acoustic(run: AcousticRun, stop_after: int | None = None) -> dict:
     parts = {"acoustic": (model, optimizer)}
     meta = load_checkpoint(out, parts, rank) or {}
     step = meta.get("step", 0)
-    metrics = Metrics(out, rank, step)
+    metrics = Metrics(out, rank, step, tc.steps)
     position = resume_position(meta.get("position"), step, world, 1, f"{out}: ")
     consumed: dict[str, int] = {}
     data = batches(run, cfg, rank, world, position, step - position.origin_step, consumed)
@@ -174,12 +174,11 @@ def train_acoustic(run: AcousticRun, stop_after: int | None = None) -> dict:
         if step % tc.log_every == 0 or step == tc.steps:
             last = {"loss": loss.detach().item(), "lr": lr, "grad_norm": float(grad_norm)}
             metrics.log(step, last)
-            if rank == 0:
-                print(f"step {step}/{tc.steps} loss {last['loss']:.4f}", flush=True)
         stopping = stop_after is not None and step - first >= stop_after
         if step % tc.save_every == 0 or step == tc.steps or stopping:
             save_checkpoint(out, step, parts, {"position": position.saved(consumed, world, device)}, rank, world,
                             tc.keep_checkpoints)
     if step >= tc.steps and rank == 0:
         raw.save(out / "final")
+        metrics.finished(out / "final")
     return {"step": step, **last}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechtok.lm.data import DataConfig
-from speechtok.training.config import at_least, build, path_field, read_yaml
+from speechtok.training.config import ConfigError, at_least, build, path_field, read_yaml
 
 
 @dataclass
@@ -43,8 +43,8 @@ class TrainConfig:
     attn: str = "sdpa"  # sdpa | flash_attention_2 | eager
     gradient_checkpointing: bool = False
     log_every: int = at_least(10, 1)
-    eval_every: int = at_least(500, 1)
-    eval_batches: int = at_least(20, 1)
+    eval_every: int = at_least(500, 1)  # needs data.eval_shards
+    eval_batches: int = at_least(20, 1)  # needs data.eval_shards
     save_every: int = at_least(1000, 1)
     keep_checkpoints: int = at_least(2, 1)
     seed: int = 0
@@ -72,4 +72,10 @@ class RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Parse and check a YAML config (ConfigError naming the file and key on any mistake)."""
-    return build(RunConfig, read_yaml(path), path)
+    raw = read_yaml(path)
+    run = build(RunConfig, raw, path)
+    for key in ("eval_every", "eval_batches"):  # an eval setting with nothing to evaluate is a mistake
+        if key in (raw.get("train") or {}) and not run.data.eval_shards:
+            raise ConfigError(f"{path}: train.{key}: set, but data.eval_shards is empty "
+                              "(nothing to evaluate)")
+    return run

@@ -130,9 +130,7 @@ def train(run: RunConfig, stop_after: int | None = None) -> dict:
     parts = {"lm": (model, optimizer)}
     meta = load_checkpoint(out, parts, rank) or {}
     step = meta.get("step", 0)
-    if step and rank == 0:
-        print(f"resuming from step {step} ({out / 'checkpoints'})", flush=True)
-    metrics = Metrics(out, rank, step)
+    metrics = Metrics(out, rank, step, cfg.steps)
 
     builder = SequenceBuilder(vocab, tokenizer, dcfg.dedup, dcfg.span_words)
     position = resume_position(meta.get("position"), step, world, max(1, dcfg.num_workers), f"{out}: ")
@@ -173,10 +171,6 @@ def train(run: RunConfig, stop_after: int | None = None) -> dict:
                     "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                     "tokens_per_s": tps, "mfu": (tps * fpt / (peak * world)) if peak else None}
             metrics.log(step, last)
-            if rank == 0:
-                mfu = f" mfu {last['mfu']:.1%}" if last["mfu"] else ""
-                print(f"step {step}/{cfg.steps} loss {last['loss']:.4f} lr {last['lr']:.2e} "
-                      f"{tps:,.0f} tok/s{mfu}", flush=True)
             t_last, steps_since = time.perf_counter(), 0
         if dcfg.eval_shards and (step % cfg.eval_every == 0 or step == cfg.steps):
             ev_loss = evaluate(model, eval_batches, device, autocast, world, (cfg.batch_size, dcfg.seq_len))
@@ -188,8 +182,7 @@ def train(run: RunConfig, stop_after: int | None = None) -> dict:
 
     if step >= cfg.steps:
         save_final(out / "final", raw, model, tokenizer, vocab, rank, world)
-        if rank == 0:
-            print(f"final model: {out / 'final'}", flush=True)
+        metrics.finished(out / "final")
     if world > 1:
         dist.barrier()  # no rank tears gloo down while another still has a collective in flight
         dist.destroy_process_group()

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from speechtok.unit_stream import unit_stream
+
+if TYPE_CHECKING:  # torch is imported where it is used: `tok generate` checks its LM folder before it
+    import torch
 
 VOCAB_FILE = "speech_vocab.json"
 TEXT, SPEECH = "[TEXT]", "[SPEECH]"
@@ -135,20 +138,23 @@ def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q
         vocab.tokenizer_cards[codec_name] = cc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    import torch
+
     with torch.random.fork_rng(devices=[]):  # the new rows are drawn at random: make them reproducible
         torch.manual_seed(seed)
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=True)
     return vocab
 
 
-def load_base(base: str, from_scratch: bool = False, dtype: torch.dtype = torch.float32):
+def load_base(base: str, from_scratch: bool = False, dtype: torch.dtype | None = None):
     """(model, tokenizer) from a hub id or a local directory; with `from_scratch` only the config and
-    tokenizer are read and the weights are freshly initialised."""
+    tokenizer are read and the weights are freshly initialised (fp32 unless `dtype` says otherwise)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from speechtok.hub import check_model_ref
 
-    base = check_model_ref(base)
+    base, dtype = check_model_ref(base), dtype or torch.float32
     tokenizer = AutoTokenizer.from_pretrained(base)
     if from_scratch:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=dtype)

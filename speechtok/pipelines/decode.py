@@ -51,9 +51,11 @@ def pick_codec(manifest: dict, name: str | None) -> tuple[str, dict]:
 
 def decode_shards(shards: str | Path, out_dir: str | Path, codec_name: str | None = None,
                   device: torch.device = torch.device("cpu"), batch_size: int = 16, verify: bool = True,
-                  allow_model_mismatch: bool = False) -> tuple[int, float]:
+                  allow_model_mismatch: bool = False, progress: bool = False) -> tuple[int, float]:
     """Decode every sample's codes to `out_dir/KEY.wav` (KEY sanitized); returns (utterances, seconds of
-    audio). With `verify`, every shard is checked against the manifest first."""
+    audio). With `verify`, every shard is checked against the manifest first; `progress`: a bar on stderr."""
+    from tqdm import tqdm
+
     _, manifest = read_manifest(shards)
     name, card = pick_codec(manifest, codec_name)
     manifest_shards(shards, verify)
@@ -66,6 +68,8 @@ def decode_shards(shards: str | Path, out_dir: str | Path, codec_name: str | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     count, seconds, pending, taken = 0, 0.0, [], set()
+    total = sum(s.get("num_utterances", 0) for s in manifest["shards"]) or None
+    bar = tqdm(total=total, unit="utt", desc="decode", disable=not progress, dynamic_ncols=True)
 
     def flush():
         nonlocal count, seconds
@@ -79,6 +83,7 @@ def decode_shards(shards: str | Path, out_dir: str | Path, codec_name: str | Non
             sf.write(path, wav[i, : int(samples[i])].cpu().numpy(), codec.sample_rate)
             seconds += int(samples[i]) / codec.sample_rate
         count += len(pending)
+        bar.update(len(pending))
         pending.clear()
 
     for sample in read_shards(shards, verify=False):  # verified above, once
@@ -89,4 +94,5 @@ def decode_shards(shards: str | Path, out_dir: str | Path, codec_name: str | Non
             flush()
     if pending:
         flush()
+    bar.close()
     return count, seconds

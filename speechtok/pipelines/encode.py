@@ -185,7 +185,8 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
     toks = list(toks) if isinstance(toks, (list, tuple)) else [toks]
     names = [t.name for t in toks]
     if len(set(names)) != len(names):
-        raise ValueError(f"two tokenizers write the same field {names}; name codecs with ':name=...'")
+        raise ValueError(f"two tokenizers write the same field {names}; name them with ':name=NAME' "
+                         "(DIR:name=NAME, KIND:MODEL:name=NAME)")
     opts = opts or EncodeOptions()
     opts.check()
     rank, world = dist_info()

@@ -109,10 +109,14 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
 
 def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3,
                      asr: str | None = None, transcripts: str | Path | None = None, speaker: str | None = None,
-                     mos: bool = False, device: str = "cpu", batch_size: int = 8) -> dict:
+                     mos: bool = False, device: str = "cpu", batch_size: int = 8,
+                     progress: bool = False) -> dict:
     """Metrics of every hypothesis against the reference with the same id (relative path without extension),
     per file and averaged, plus spectrogram plots of the first `plots` pairs. Optional: `asr` (WER/CER vs
-    `transcripts` and dWER vs the reference audio's transcript), `speaker` (embedding cosine), `mos` (DNSMOS)."""
+    `transcripts` and dWER vs the reference audio's transcript), `speaker` (embedding cosine), `mos` (DNSMOS);
+    `progress`: a bar on stderr."""
+    from tqdm import tqdm
+
     from speechtok.audio import AudioError, read_audio, resample
     from speechtok.corpus import scan_folder
     from speechtok.eval.resynth import resynth_metrics
@@ -123,7 +127,7 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
     errors, rows, sections = [], [], [f"Reference `{ref_dir}`, resynthesis `{hyp_dir}`.\n"]
     extras = _Evaluators(asr, transcripts, speaker, mos, device, batch_size, errors)
     refs = list(scan_folder(ref_dir))
-    for u in refs:
+    for u in tqdm(refs, unit="file", desc="resynth", disable=not progress, dynamic_ncols=True):
         if u.id not in hyps:
             errors.append(f"{u.path}: no resynthesis {u.id}.* in {hyp_dir}")
             continue

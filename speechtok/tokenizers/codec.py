@@ -19,32 +19,8 @@ from torch import nn
 
 from speechtok.hub import check_model_ref
 from speechtok.tokenizers.features import length_mask
+from speechtok.tokenizers.spec import KINDS, parse_codec_spec  # noqa: F401 (parse_codec_spec: re-exported)
 from speechtok.tokenizers.ssl_features import PRECISIONS, weights_checksum
-
-KINDS = {"encodec": "EncodecModel", "dac": "DacModel", "mimi": "MimiModel"}
-
-
-def parse_codec_spec(spec: str) -> dict:
-    """'encodec:facebook/encodec_24khz:nq=8' → {'kind', 'model', 'n_q'?, 'bandwidth'?, 'name'?}."""
-    kind, _, rest = spec.partition(":")
-    if kind not in KINDS or not rest:
-        raise ValueError(f"{spec!r}: expected KIND:MODEL[:nq=N][:name=NAME] with KIND one of {', '.join(KINDS)}")
-    parts = rest.split(":")
-    options = {}
-    while len(parts) > 1 and "=" in parts[-1]:
-        key, _, value = parts.pop().partition("=")
-        options[key] = value
-    out = {"kind": kind, "model": ":".join(parts)}
-    for key, value in options.items():
-        if key == "nq":
-            out["n_q"] = int(value)
-        elif key == "bandwidth":
-            out["bandwidth"] = float(value)
-        elif key == "name":
-            out["name"] = value
-        else:
-            raise ValueError(f"{spec!r}: unknown option {key!r} (nq, bandwidth, name)")
-    return out
 
 
 def conv_output_length(n: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:

@@ -1,27 +1,26 @@
-"""`load_tokenizer`: what `tok encode -t` accepts — a semantic tokenizer directory, or a codec spec
-`KIND:MODEL[:nq=N][:name=NAME]` (KIND: encodec, dac, mimi; MODEL: hub id or local directory)."""
+"""`load_tokenizer`: what `tok encode -t` accepts — a semantic tokenizer directory `DIR[:name=NAME]`, or a
+codec spec `KIND:MODEL[:nq=N][:name=NAME]` (KIND: encodec, dac, mimi; MODEL: hub id or local directory)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from speechtok.tokenizers.codec import KINDS, Codec, parse_codec_spec
-from speechtok.tokenizers.semantic import CARD_FILE, SemanticTokenizer
+from speechtok.tokenizers.codec import Codec
+from speechtok.tokenizers.semantic import SemanticTokenizer
+from speechtok.tokenizers.spec import check_spec, parse_codec_spec, semantic_spec
 
 
 def load_tokenizer(spec: str, device: str | torch.device = "cpu", precision: str = "fp32",
                    allow_model_mismatch: bool = False):
-    """A `SemanticTokenizer` or a `Codec` from its spec; its `.name` is the shard field it writes."""
-    if Path(spec, CARD_FILE).exists():
-        tok = SemanticTokenizer.from_dir(spec, device=device, precision=precision,
+    """A `SemanticTokenizer` or a `Codec` from its spec; its `.name` is the shard field it writes
+    ("semantic" unless a `:name=` says otherwise, so that two semantic tokenizers can share a pass)."""
+    check_spec(spec)  # a ValueError unless a tokenizer directory or a well-formed codec spec
+    directory, name = semantic_spec(spec)
+    if directory is not None:
+        tok = SemanticTokenizer.from_dir(directory, device=device, precision=precision,
                                          allow_model_mismatch=allow_model_mismatch)
-        tok.name = "semantic"
+        tok.name = name
         return tok
-    if spec.partition(":")[0] in KINDS:
-        opts = parse_codec_spec(spec)
-        return Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
-                     name=opts.get("name"), device=device)
-    raise ValueError(f"{spec}: neither a tokenizer directory (no {CARD_FILE}) nor a codec spec "
-                     f"({'|'.join(KINDS)}:MODEL[:nq=N])")
+    opts = parse_codec_spec(spec)
+    return Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
+                 name=opts.get("name"), device=device)

@@ -15,8 +15,8 @@ from speechtok.shards import sha256_of
 from speechtok.tokenizers.card import CARD_CHECKSUM, check_card, check_weights, seal_card
 from speechtok.tokenizers.features import FeatureExtractor, build_features
 from speechtok.tokenizers.kmeans import assign
+from speechtok.tokenizers.spec import CARD_FILE
 
-CARD_FILE = "tokenizer.json"
 CENTROIDS_FILE = "centroids.npy"
 FORMAT_VERSION = 1
 

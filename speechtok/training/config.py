@@ -6,7 +6,9 @@ they hold with `field(metadata=...)`: `min` (smallest allowed number), `path` ("
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
@@ -152,3 +154,32 @@ def resolve(value: str, config: Path, kind: str, where: str) -> str:
     if kind == "input" and not p.exists():
         raise ConfigError(f"{where}: {p} does not exist")
     return str(p)
+
+
+def default_yaml(cls: type) -> str:
+    """Every key of the config dataclass `cls` with its default (and its comment in the source), as YAML;
+    required keys are listed as comments. Generated from the dataclass, so it cannot go stale."""
+    return "\n".join(_default_lines(cls, "")) + "\n"
+
+
+def _default_lines(cls: type, pad: str) -> list[str]:
+    try:
+        notes = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
+    except (OSError, TypeError):
+        notes = {}
+    hints, required, lines = typing.get_type_hints(cls), [], []
+    for f in (f for f in fields(cls) if f.init):
+        note = f"  # {notes[f.name]}" if f.name in notes else ""
+        if f.default is MISSING and f.default_factory is MISSING:
+            tp = hints[f.name]
+            required.append(f"{pad}# {f.name}: required ({tp if typing.get_args(tp) else tp.__name__})"
+                            f"{' — ' + notes[f.name] if f.name in notes else ''}")
+            continue
+        value = f.default if f.default is not MISSING else f.default_factory()
+        if is_dataclass(value):
+            lines += [f"{pad}{f.name}:{note}", *_default_lines(type(value), pad + "  ")]
+            continue
+        value = list(value) if isinstance(value, tuple) else value
+        text = yaml.safe_dump([value], default_flow_style=True, width=10_000).strip()[1:-1]  # one flow value
+        lines.append(f"{pad}{f.name}: {text}{note}")
+    return required + lines

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,18 @@ def compile_enabled(setting: bool | str, device: torch.device) -> bool:
 
 
 class Metrics:
-    """metrics.jsonl (always) and TensorBoard (when installed), on rank 0."""
+    """metrics.jsonl (always) and TensorBoard (when installed), on rank 0; with `steps` (the run's length)
+    also the progress on stdout: where a run resumes, a line per log with rate and ETA, the final model."""
 
-    def __init__(self, out: Path, rank: int, resume_step: int):
+    def __init__(self, out: Path, rank: int, resume_step: int, steps: int | None = None):
         self.rank, self.path, self.tb = rank, out / "metrics.jsonl", None
+        self.steps, self.clock = steps, (resume_step, time.perf_counter())
         if rank != 0:
             return
+        if steps is not None and resume_step > 0:
+            from speechtok.training.checkpoint import latest_checkpoint
+
+            print(f"resuming from step {resume_step} (checkpoint {latest_checkpoint(out)})", flush=True)
         if self.path.exists():  # drop what was logged after the checkpoint we resume from
             self.path.write_text("".join(json.dumps(r) + "\n" for r in read_metrics(self.path)
                                          if r["step"] <= resume_step))
@@ -77,6 +84,8 @@ class Metrics:
     def log(self, step: int, values: dict) -> None:
         if self.rank != 0:
             return
+        if self.steps is not None:
+            print(self.progress(step, values), flush=True)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
         if self.tb is not None:
@@ -84,6 +93,30 @@ class Metrics:
                 if v is not None:
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
+
+    def progress(self, step: int, values: dict) -> str:
+        """`step N/T key value … | R steps/s ETA h:mm:ss`, the rate since the previous line."""
+        shown = " ".join(f"{k} {_short(k, v)}" for k, v in values.items() if v is not None)
+        line = f"step {step}/{self.steps} {shown}"
+        (last_step, last_t), now = self.clock, time.perf_counter()
+        if step > last_step:
+            rate = (step - last_step) / max(now - last_t, 1e-9)
+            eta = int(round(max(0, self.steps - step) / rate))
+            line += f" | {rate:.3g} steps/s ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+            self.clock = (step, now)
+        return line
+
+    def finished(self, path: Path) -> None:
+        """Say where the final model is."""
+        if self.rank == 0:
+            print(f"final model: {path}", flush=True)
+
+
+def _short(key: str, value) -> str:
+    if isinstance(value, float):
+        return f"{value:.1%}" if key == "mfu" else f"{value:.2e}" if key == "lr" else \
+            f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
+    return str(value)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -34,7 +34,7 @@ class VocoderTrainConfig:
     shards: str = path_field("input")
     output: str = path_field("output")
     features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
-    model: dict = field(default_factory=dict)  # size overrides
+    model: dict = field(default_factory=dict)  # sizes: UnitHiFiGANConfig keys; vocos: dim, num_layers, ...
     sample_rate: int | None = None  # vocos mel: default 24000
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
     speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
@@ -232,7 +232,7 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
     parts = {"generator": (gen, opt_g), "discriminators": (disc, opt_d)}
     meta = load_checkpoint(out, parts, 0) or {}
     step = meta.get("step", 0)
-    metrics = Metrics(out, 0, step)
+    metrics = Metrics(out, 0, step, cfg.steps)
     fixed = next(segments(cfg, utts, stream, sr, hop, speakers, 0))
     position = resume_position(meta.get("position"), step, 1, 1, f"{out}: ")
     consumed: dict[str, int] = {}
@@ -264,8 +264,6 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
             last = {"mel_loss": loss_mel.item(), "g_loss": loss_g.item(), "d_loss": loss_d.item(),
                     "lr": lr, "steps_per_s": cfg.log_every / dt}
             metrics.log(step, last)
-            print(f"step {step}/{cfg.steps} mel {last['mel_loss']:.4f} g {last['g_loss']:.3f} d {last['d_loss']:.3f}",
-                  flush=True)
             t0 = time.perf_counter()
         if step % cfg.sample_every == 0 or step == cfg.steps:
             save_samples(out, step, gen, fixed, sr, metrics.tb)
@@ -275,6 +273,7 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
                             cfg.keep_checkpoints)
     if step >= cfg.steps:
         save_generator(gen.eval(), out / "final")
+        metrics.finished(out / "final")
     return {"step": step, **last}
 
 

@@ -1,0 +1,59 @@
+"""What `tok encode -t` accepts, parsed without torch (so a bad spec fails before the heavy imports): a
+semantic tokenizer directory `DIR[:name=NAME]`, or a codec `KIND:MODEL[:nq=N][:bandwidth=B][:name=NAME]`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CARD_FILE = "tokenizer.json"  # a semantic tokenizer directory's card
+KINDS = {"encodec": "EncodecModel", "dac": "DacModel", "mimi": "MimiModel"}
+
+
+def parse_codec_spec(spec: str) -> dict:
+    """'encodec:facebook/encodec_24khz:nq=8' → {'kind', 'model', 'n_q'?, 'bandwidth'?, 'name'?}."""
+    kind, _, rest = spec.partition(":")
+    if kind not in KINDS or not rest:
+        raise ValueError(f"{spec!r}: expected KIND:MODEL[:nq=N][:name=NAME] with KIND one of "
+                         f"{', '.join(KINDS)}")
+    parts = rest.split(":")
+    options = {}
+    while len(parts) > 1 and "=" in parts[-1]:
+        key, _, value = parts.pop().partition("=")
+        options[key] = value
+    out = {"kind": kind, "model": ":".join(parts)}
+    for key, value in options.items():
+        try:
+            if key == "nq":
+                out["n_q"] = int(value)
+            elif key == "bandwidth":
+                out["bandwidth"] = float(value)
+            elif key == "name":
+                out["name"] = value
+            else:
+                raise ValueError(f"{spec!r}: unknown option {key!r} (nq, bandwidth, name)")
+        except ValueError as e:
+            raise ValueError(str(e) if key not in ("nq", "bandwidth") else
+                             f"{spec!r}: {key}={value!r} is not a number") from None
+    return out
+
+
+def semantic_spec(spec: str) -> tuple[str | None, str]:
+    """`DIR[:name=NAME]` → (DIR, NAME or "semantic") when DIR holds a tokenizer card, else (None, "")."""
+    if Path(spec, CARD_FILE).exists():
+        return spec, "semantic"
+    m = re.fullmatch(r"(.+):name=([A-Za-z0-9][\w.-]*)", spec)
+    if m and Path(m[1], CARD_FILE).exists():
+        return m[1], m[2]
+    return None, ""
+
+
+def check_spec(spec: str) -> None:
+    """A ValueError naming `spec` unless it is a tokenizer directory or a well-formed codec spec."""
+    if semantic_spec(spec)[0] is not None:
+        return
+    if spec.partition(":")[0] in KINDS:
+        parse_codec_spec(spec)
+        return
+    raise ValueError(f"{spec}: neither a tokenizer directory (no {CARD_FILE}) nor a codec spec "
+                     f"({'|'.join(KINDS)}:MODEL[:nq=N])")
