@@ -74,14 +74,14 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
 
     opts = opts or SamplingOptions()
     device = torch.device(device)
+    acoustic = read_config(acoustic_dir) if acoustic_dir is not None else None
+    if acoustic is not None and voice is not None:
+        voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
     made = SpeechVocab.load(lm_dir).unit_stream()
     if tokenizer_dir is not None:
         check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), made, str(lm_dir))
-    if acoustic_dir is not None:
-        acoustic = read_config(acoustic_dir)
+    if acoustic is not None:
         check_unit_streams(made, str(lm_dir), acoustic.input_stream(), str(acoustic_dir))
-        if voice is not None:
-            voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
     voc = UnitHiFiGAN.from_dir(vocoder_dir, device) if vocoder_dir is not None else None
     if voc is not None:
         check_unit_streams(made, str(lm_dir), vocoder_stream(voc.cfg), str(vocoder_dir))
