@@ -14,9 +14,15 @@ class ModelMismatch(ValueError):
     """The model weights differ from those the tokenizer card was made with."""
 
 
+LOCATION_KEYS = ("model", "model_path")  # where the model lies: rewritten when a folder moves, not sealed
+
+
 def card_checksum(card: dict) -> str:
-    """sha256 of the card's canonical JSON, its own checksum field left out."""
+    """sha256 of the card's canonical JSON, its own checksum field and the model's location left out (the
+    weights themselves are checked against their own sha256)."""
     body = {k: v for k, v in card.items() if k != CARD_CHECKSUM}
+    if isinstance(body.get("features"), dict):
+        body["features"] = {k: v for k, v in body["features"].items() if k not in LOCATION_KEYS}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

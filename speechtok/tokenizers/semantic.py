@@ -111,7 +111,7 @@ class SemanticTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
         self.meta["centroids_sha256"] = sha256_of(directory / CENTROIDS_FILE)
-        card = seal_card(portable_card(self.card(), directory))  # a local model relative to the folder
+        card = portable_card(self.card(), directory)  # a local SSL model relative to the tokenizer folder
         (directory / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         return directory
 
