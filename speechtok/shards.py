@@ -148,11 +148,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def sha256_of(path: str | Path) -> str:
+def sha256_of(*paths: str | Path) -> str:
+    """Streaming sha256 over the files' bytes, in the given order (a model of several files hashes as one)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -2,7 +2,6 @@
 and odd inputs that fail in one line, offline model paths that fail fast, readable `tok show`, portable
 artefacts."""
 
-import math
 import re
 import shutil
 

@@ -3,7 +3,6 @@ which model produced a report's numbers."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 
@@ -22,12 +21,9 @@ def need(module: str, extra: str):
 
 def files_sha256(paths: list[str | Path]) -> str:
     """One sha256 over the files' bytes in the given order: the identity of a model made of several files."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    from speechtok.shards import sha256_of
+
+    return sha256_of(*paths)
 
 
 def hf_weights_sha256(name_or_path: str) -> str | None:

@@ -8,7 +8,6 @@ over each utterance's own frames, so a padded batch gives the features of each u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from speechtok.hub import check_model_ref
+from speechtok.shards import sha256_of
 from speechtok.tokenizers.features import FeatureExtractor, conv_output_length, length_mask
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -74,14 +74,7 @@ def weights_checksum(model_ref: str, revision: str | None = None) -> str | None:
                     break
         except Exception:
             return None
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for p in files:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
+    return sha256_of(*files) if files else None
 
 
 def preprocessor_normalize(model_ref: str, revision: str | None) -> bool | None:
