@@ -21,7 +21,7 @@ from speechtok.shards import read_manifest
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
 from speechtok.training.config import at_least, build, path_field, read_yaml
 from speechtok.training.loop import Metrics, lr_at, set_lr
-from speechtok.training.stream import Position, part_stream, resume_position, shard_source
+from speechtok.training.stream import Position, Source, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.losses import vocoder_loss
@@ -115,11 +115,11 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
     return Vocos(config), sr, hop, cfg.features
 
 
-def segments(cfg: VocoderTrainConfig, utts: dict, stream: str | None, sr: int, hop: int, speakers: list[str],
-             skip: int, position: Position | None = None, consumed: dict | None = None):
+def segments(cfg: VocoderTrainConfig, src: Source, utts: dict, stream: str | None, sr: int, hop: int,
+             speakers: list[str], skip: int, position: Position | None = None, consumed: dict | None = None):
     """Endless batches (inputs, audio [B, frames × hop], speakers) of random segments of the utterances in
-    `utts` (id → Utterance); the first `skip` batches are replayed without loading audio (resume)."""
-    src = shard_source([cfg.shards])
+    `utts` (id → Utterance) listed by the shards of `src`; the first `skip` batches are replayed without
+    loading audio (resume)."""
     position = position or Position(1, 1)
     consumed = {} if consumed is None else consumed
     consumed.setdefault(src.name, 0)
@@ -233,10 +233,11 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
     meta = load_checkpoint(out, parts, 0) or {}
     step = meta.get("step", 0)
     metrics = Metrics(out, 0, step, cfg.steps)
-    fixed = next(segments(cfg, utts, stream, sr, hop, speakers, 0))
+    src = shard_source([cfg.shards])  # every shard verified once, before training reads it
+    fixed = next(segments(cfg, src, utts, stream, sr, hop, speakers, 0))
     position = resume_position(meta.get("position"), step, 1, 1, f"{out}: ")
     consumed: dict[str, int] = {}
-    data = segments(cfg, utts, stream, sr, hop, speakers, step - position.origin_step, position, consumed)
+    data = segments(cfg, src, utts, stream, sr, hop, speakers, step - position.origin_step, position, consumed)
     first, last, t0 = step, {}, time.perf_counter()
     while step < cfg.steps and (stop_after is None or step - first < stop_after):
         x, audio, spk = next(data)
