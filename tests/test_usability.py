@@ -310,9 +310,9 @@ def test_print_config_lists_every_default_and_loads_back(command, units_and_code
     it loads through the trainer's own loader into the same config as the required keys alone."""
     import yaml
 
-    from speechtok.lm.acoustic_train import load_acoustic_config
+    from speechtok.lm.acoustic_config import load_acoustic_config
     from speechtok.lm.config import load_config
-    from speechtok.vocoders.train import load_vocoder_config
+    from speechtok.vocoders.train_config import load_vocoder_config
 
     shards = str(units_and_codec_shards / "shards")
     (tmp_path / "model").mkdir()

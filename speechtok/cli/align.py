@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import fail, report_errors
+from speechtok.cli.common import fail, output_option, report_errors
 
 aligner_option = click.option(
     "--aligner", "-a", default="pocketsphinx", show_default=True,
@@ -14,7 +14,8 @@ aligner_option = click.option(
          "(wav2vec2/MMS hub id or local directory with its tokenizer: words, any language).")
 jobs_option = click.option("--jobs", "-j", type=int, default=1, show_default=True,
                            help="Processes working in parallel (CPU), one torch thread each.")
-device_option = click.option("--device", default="cpu", show_default=True,
+# the CPU by default, unlike other commands: --jobs > 1 forks CPU workers that share the loaded aligner
+device_option = click.option("--device", default="cpu", show_default=True, metavar="DEVICE",
                              help="For a CTC model: 'cpu', 'cuda', ...")
 
 
@@ -27,8 +28,7 @@ def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:
 
 @click.command("align")
 @click.argument("corpus", type=click.Path(exists=True))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Aligned JSONL manifest.")
+@output_option("FILE", "The aligned JSONL manifest to write (or resume).")
 @aligner_option
 @click.option("--phones/--no-phones", default=True, show_default=True,
               help="Phone alignments too (pocketsphinx; a second, slower pass).")
@@ -58,8 +58,7 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
 
 @click.command("segment")
 @click.argument("source", type=click.Path(exists=True))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Segments JSONL manifest.")
+@output_option("FILE", "The segments JSONL manifest to write (or resume).")
 @click.option("--min-seconds", type=float, default=3.0, show_default=True)
 @click.option("--max-seconds", type=float, default=20.0, show_default=True)
 @click.option("--min-pause", type=float, default=0.2, show_default=True, help="Shortest pause to cut at (s).")

@@ -28,6 +28,19 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, err
                       errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY, errno.ETXTBSY}
 
 
+# `--device` of every command that runs a model (align/segment default to the CPU: see cli/align.py)
+device_option = click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+                             help="'auto' (this process's GPU, LOCAL_RANK under torchrun, else the CPU), 'cpu', "
+                                  "'cuda', 'cuda:1', ...")
+
+
+def output_option(what: str, help: str, required: bool = True):
+    """`-o/--output` of every command: `what` "DIR" (a folder the command creates or fills) or "FILE"."""
+    assert what in ("DIR", "FILE"), what
+    return click.option("-o", "--output", required=required, metavar=what, help=help,
+                        type=click.Path(file_okay=what == "FILE", dir_okay=what == "DIR"))
+
+
 def report_errors(errors: list[CorpusError | str], where: str | None = None, limit: int = 20) -> None:
     """'error: FILE: REASON' for the first `limit` errors, then how many more (and where they all are)."""
     for e in errors[:limit]:

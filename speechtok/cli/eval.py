@@ -7,8 +7,10 @@ import sys
 
 import click
 
-from speechtok.cli.common import fail, report_errors
+from speechtok.cli.common import device_option, fail, output_option, report_errors
 from speechtok.eval.report import fmt
+
+REPORT_FOLDER = "Folder for report.json, report.md and the plots."
 
 
 def _finish(results: dict, out: str, summary: list[str]) -> None:
@@ -34,10 +36,11 @@ def eval_group() -> None:
 @click.option("--ignore-phones", default="", help="Comma-separated phones left out of PNMI/purity (e.g. pau,sil).")
 @click.option("--max-per-group", type=int, default=5, show_default=True,
               help="ABX: items per (context, phone, speaker), to bound the number of triples.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@output_option("DIR", REPORT_FOLDER)
 @click.option("--no-verify", is_flag=True, help="Skip the shards' sha256 check.")
 def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, output, no_verify):
-    """Bitrate, codebook usage/entropy, PNMI, purities and ABX of the token streams in SHARDS."""
+    """Bitrate, codebook usage/entropy, PNMI, purities and ABX of the token streams in SHARDS. Runs no
+    model (numpy on the CPU), so it takes no --device."""
     from speechtok.pipelines.evaluate import evaluate_tokens
     from speechtok.shards import ShardError
 
@@ -66,7 +69,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
 @eval_group.command("resynth")
 @click.argument("ref_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("hyp_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@output_option("DIR", REPORT_FOLDER)
 @click.option("--plots", type=int, default=3, show_default=True, help="Spectrogram plots of the first N pairs.")
 @click.option("--asr", help="ASR for WER/CER/dWER: 'pocketsphinx' (offline English) or a transformers "
                             "checkpoint (Whisper, wav2vec2-CTC; hub id or local dir).")
@@ -76,7 +79,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
               help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, batch_size, device, quiet):
     """MCD, STOI, PESQ, SI-SDR, F0 RMSE and voicing error of HYP_DIR's files against REF_DIR's (same
@@ -108,10 +111,11 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 
 @eval_group.command("codecs")
 @click.argument("corpus", type=click.Path(exists=True))
-@click.option("-t", "--codec", "specs", required=True, multiple=True,
+@click.option("-t", "--tokenizer", "specs", multiple=True,
               help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t`; nq=1,2,4 sweeps "
-                   "(one row each). Repeatable.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+                   "(one row each). Repeatable; at least one.")
+@click.option("--codec", "codec_alias", multiple=True, hidden=True, help="The old name of --tokenizer.")
+@output_option("DIR", REPORT_FOLDER)
 @click.option("--asr", help="ASR for WER/dWER: 'pocketsphinx' or a transformers checkpoint (reference text: "
                             "--transcripts, else the corpus manifest's 'text').")
 @click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
@@ -119,11 +123,14 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @click.option("--speaker", help="Speaker similarity: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL of the round trips.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
-@click.option("--device", default="auto", show_default=True)
-def codecs_cmd(corpus, specs, output, asr, transcripts, speaker, mos, batch_size, device):
+@device_option
+def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, batch_size, device):
     """Round-trip CORPUS (folder or JSONL manifest) through each codec: one table of nominal and entropy
     bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS) and encode/decode ×RT, plus a
     bitrate-vs-quality plot."""
+    specs = specs + codec_alias
+    if not specs:
+        raise click.UsageError("give -t/--tokenizer KIND:MODEL[:nq=N] (one or more codecs)")
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_codecs
 
@@ -144,7 +151,7 @@ def codecs_cmd(corpus, specs, output, asr, transcripts, speaker, mos, batch_size
 
 @eval_group.command("generated")
 @click.argument("gen_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@output_option("DIR", REPORT_FOLDER)
 @click.option("--asr", help="ASR for transcripts: 'pocketsphinx' or a transformers checkpoint.")
 @click.option("--text-lm", help="Causal text LM (hub id or local dir) for GenPPL of the transcripts.")
 @click.option("--prompts", type=click.Path(exists=True, file_okay=False),
@@ -153,7 +160,7 @@ def codecs_cmd(corpus, specs, output, asr, transcripts, speaker, mos, batch_size
               help="Speaker encoder for --prompts: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("-n", "--ngram", type=int, default=2, show_default=True, help="n of auto-BLEU-n and distinct-n.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, batch_size, device):
     """Auto-BLEU, unit diversity, durations, GenPPL and speaker similarity of the continuations in GEN_DIR
     (audio files and/or <id>.npy units)."""
@@ -183,18 +190,16 @@ def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, batch_
               help="Semantic tokenizer the LM was trained on (for audio probes).")
 @click.option("--normalize", is_flag=True, help="Score items by mean instead of summed log-probability.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@device_option
+@output_option("DIR", REPORT_FOLDER)
 def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, device, output):
     """Perplexity on held-out shards and minimal-pair (sWUGGY / sBLIMP / StoryCloze) accuracy of MODEL."""
-    import torch
-
-    from speechtok.pipelines.evaluate import evaluate_lm
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if not shards and not probes:
         fail("give --shards and/or --probes")
+    from speechtok.pipelines.batching import resolve_device
+    from speechtok.pipelines.evaluate import evaluate_lm
+
+    device = str(resolve_device(device))
     try:
         r = evaluate_lm(model, output, list(shards), tuple(formats), list(probes), semantic_dir, normalize,
                         batch_size, device)

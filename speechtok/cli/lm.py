@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import fail
+from speechtok.cli.common import device_option, fail, output_option
 
 
 @contextlib.contextmanager
@@ -56,7 +56,7 @@ def lm() -> None:
 @click.argument("base")
 @click.option("-m", "--manifest", required=True, type=click.Path(exists=True),
               help="Shard manifest.json (or its folder) whose tokenizers define the audio tokens.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Directory for model + tokenizer.")
+@output_option("DIR", "Folder for the model, its tokenizer and speech_vocab.json.")
 @click.option("--codec", default=None, help="Also add the tokens of this codec stream (e.g. 'encodec').")
 @click.option("--n-q", type=int, default=None, help="Codebooks of --codec to add (default: all in the shards).")
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
@@ -82,20 +82,31 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
                   if vocab.codec_stream else "") + f" -> {out}")
 
 
+stop_after_option = click.option("--stop-after", type=click.IntRange(min=1), default=None,
+                                 help="Stop after this many steps (a checkpoint is saved).")
+
+
 @lm.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @print_config_option("speechtok.lm.config:RunConfig")
-@click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
-def train_cmd(config, stop_after):
-    """Train a token LM as CONFIG (YAML) says; rerunning resumes from the latest checkpoint."""
-    from speechtok.training.config import read_yaml
+@stop_after_option
+@device_option
+def train_cmd(config, stop_after, device):
+    """Train a token LM as CONFIG (YAML) says; rerunning resumes from the latest checkpoint. The whole
+    config is checked before torch is imported."""
+    from speechtok.lm.config import load_config
+    from speechtok.lm.vocab import SpeechVocab
+    from speechtok.training.config import ConfigError
 
     with training_errors(config):
-        read_yaml(config)  # broken YAML fails before torch is imported
-        from speechtok.lm.config import load_config
+        run = load_config(config)
+        try:
+            SpeechVocab.load(run.model)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{config}: model: {e}") from None
         from speechtok.lm.train import train
 
-        result = train(load_config(config), stop_after=stop_after)
+        result = train(run, stop_after=stop_after, device=device)
     click.echo(json.dumps(result))
 
 
@@ -111,10 +122,12 @@ def inspect_cmd(config, world_size, workers, epoch, ids, as_json):
     """What a `tok lm train` run of CONFIG would read: per source the samples/lines, tokens, share of the
     mix and epochs over the run; with --ids, which ids each rank/worker reads in an epoch."""
     from speechtok.lm.config import load_config
-    from speechtok.lm.inspect import format_report, inspect_run
 
     with training_errors(config):
-        report = inspect_run(load_config(config), world_size, workers, epoch, ids)
+        run = load_config(config)  # before torch is imported
+        from speechtok.lm.inspect import format_report, inspect_run
+
+        report = inspect_run(run, world_size, workers, epoch, ids)
     click.echo(json.dumps(report) if as_json else format_report(report))
 
 
@@ -125,17 +138,20 @@ def acoustic() -> None:
 
 @acoustic.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@print_config_option("speechtok.lm.acoustic_train:AcousticRun")
-@click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
-def acoustic_train_cmd(config, stop_after):
-    """Train the semantic → codec-token model as CONFIG (YAML) says; rerunning resumes."""
-    from speechtok.training.config import read_yaml
+@print_config_option("speechtok.lm.acoustic_config:AcousticRun")
+@stop_after_option
+@device_option
+def acoustic_train_cmd(config, stop_after, device):
+    """Train the semantic → codec-token model as CONFIG (YAML) says; rerunning resumes. The config and the
+    shards' streams are checked before torch is imported."""
+    from speechtok.lm.acoustic_config import checked_streams, load_acoustic_config
 
     with training_errors(config):
-        read_yaml(config)  # broken YAML fails before torch is imported
-        from speechtok.lm.acoustic_train import load_acoustic_config, train_acoustic
+        run = load_acoustic_config(config)
+        checked_streams(run)
+        from speechtok.lm.acoustic_train import train_acoustic
 
-        result = train_acoustic(load_acoustic_config(config), stop_after=stop_after)
+        result = train_acoustic(run, stop_after=stop_after, device=device)
     click.echo(json.dumps(result))
 
 
@@ -152,7 +168,7 @@ def acoustic_train_cmd(config, stop_after):
                    "with --max-units].")
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
 @click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.wav, or out.npy with --units-only.")
+@output_option("FILE", "The wav file to write, or the units' .npy file with --units-only.")
 @click.option("--max-units", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
               help="0: greedy.")
@@ -160,7 +176,7 @@ def acoustic_train_cmd(config, stop_after):
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--compile", "compiled", is_flag=True, help="Static KV cache + torch.compile for the LM (long runs).")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
                  temperature, top_k, top_p, seed, compiled, device, vocoder_dir, voice_seconds):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import EXIT_ENVIRONMENT, EXIT_SKIPPED, fail, fail_os, report_errors
+from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, device_option, fail, fail_os, output_option,
+                                  report_errors)
 from speechtok.corpus import CorpusError
 
 
@@ -30,7 +31,6 @@ model_option = click.option("--model", "-m", required=True,
                             help="'mfcc', 'logmel', or a HuBERT/WavLM/wav2vec2 checkpoint (hub id or local directory).")
 layer_option = click.option("--layer", "-l", type=int, default=None,
                             help="Transformer layer whose output is clustered (1 = first), for checkpoints.")
-device_option = click.option("--device", default="auto", show_default=True, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
 precision_option = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                                 show_default=True, help="Model compute precision (auto: bf16 on GPU, fp32 on CPU).")
 
@@ -54,7 +54,7 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @model_option
 @layer_option
 @click.option("-k", "--clusters", "k", type=int, required=True, help="Number of units.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Tokenizer directory to write.")
+@output_option("DIR", "Tokenizer folder to write (tokenizer.json, centroids.npy).")
 @click.option("--max-frames", type=int, default=1_000_000, show_default=True, help="Cap on frames sampled.")
 @click.option("--iters", type=int, default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -92,7 +92,7 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @model_option
 @layer_option
-@click.option("-o", "--output", required=True, type=click.Path(), help="Tokenizer directory to write.")
+@output_option("DIR", "Tokenizer folder to write (tokenizer.json, centroids.npy).")
 @click.option("--trust-pickle", is_flag=True, help="Allow unpickling (sklearn/joblib checkpoints can run code).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True)
 def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
@@ -120,8 +120,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @click.option("-t", "--tokenizer", "tokenizers", required=True, multiple=True,
               help="A semantic tokenizer DIR[:name=NAME], or a codec KIND:MODEL[:nq=N][:name=NAME] "
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Folder for shards and manifest.json.")
+@output_option("DIR", "Folder to create or resume: shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
 @click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
@@ -204,7 +203,7 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
 
 @cli.command("decode")
 @click.argument("shards", type=click.Path(exists=True))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the wav files.")
+@output_option("DIR", "Folder for the wav files.")
 @click.option("--codec", "codec_name", default=None, help="Which codec field to decode (default: the only one).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' sizes and sha256 against the manifest.")
@@ -235,7 +234,7 @@ def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mi
               help="Codec KIND:MODEL[:nq=N], or a semantic tokenizer directory (with --vocoder).")
 @click.option("--vocoder", "vocoder_dir", default=None,
               help="Unit HiFi-GAN or Vocos directory (or Vocos hub id); a mel Vocos needs no tokenizer.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output wav.")
+@output_option("FILE", "The wav file to write.")
 @device_option
 def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
     """Round-trip one file: AUDIO → tokens (or mel) → OUTPUT wav, through a codec's decoder or a vocoder."""

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from speechtok.cli.lm import print_config_option
+from speechtok.cli.common import device_option, output_option
+from speechtok.cli.lm import print_config_option, stop_after_option
 
 
 @click.group("vocoder")
@@ -15,12 +16,12 @@ def vocoder() -> None:
 
 
 @vocoder.command("train")
-@print_config_option("speechtok.vocoders.train:VocoderTrainConfig")
+@print_config_option("speechtok.vocoders.train_config:VocoderTrainConfig")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="YAML with any VocoderTrainConfig fields; the options below override it.")
 @click.option("--kind", type=click.Choice(["unit-hifigan", "vocos"]))
 @click.option("--shards", type=click.Path(exists=True), help="Shard folder or manifest.json (its corpus gives the audio).")
-@click.option("-o", "--output", type=click.Path(), help="Run directory (checkpoints, samples, final/).")
+@output_option("DIR", "Run folder to create or resume (checkpoints, samples, final/).", required=False)
 @click.option("--codec", help="Vocos: the codec stream of the shards it vocodes (e.g. encodec); 'mel' or "
                                 "none: mel features.")
 @click.option("--features", "features_alias", hidden=True, help="The old name of --codec.")
@@ -29,17 +30,17 @@ def vocoder() -> None:
 @click.option("--segment-seconds", type=float)
 @click.option("--dedup/--no-dedup", default=None, help="Unit HiFi-GAN: deduplicated units + duration predictor.")
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
-@click.option("--stop-after", type=int, default=None, help="Stop after this many steps (a checkpoint is saved).")
-@click.option("--device", default="auto", show_default=True)
+@stop_after_option
+@device_option
 def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, batch_size, segment_seconds,
               dedup, speakers, stop_after, device):
-    """Train a vocoder; rerunning the same command resumes from the latest checkpoint."""
+    """Train a vocoder; rerunning the same command resumes from the latest checkpoint. The config (YAML
+    and options) and the shards' streams are checked before torch is imported."""
     from pathlib import Path
 
     from speechtok.cli.lm import training_errors
-    from speechtok.pipelines.batching import resolve_device
-    from speechtok.training.config import build
-    from speechtok.vocoders.train import VocoderTrainConfig, load_vocoder_config, train_vocoder
+    from speechtok.shards import read_manifest
+    from speechtok.vocoders.train_config import load_vocoder_config, vocoded_stream
 
     if codec and features_alias and codec != features_alias:
         raise click.UsageError(f"--codec {codec} and --features {features_alias} (its old name) disagree")
@@ -55,7 +56,10 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, b
         if missing:
             raise click.UsageError(f"give --{' --'.join(missing)} (or --config)")
     with training_errors(config_path):
-        cfg = load_vocoder_config(config_path, given) if config_path else \
-            build(VocoderTrainConfig, given, "command line")
+        cfg = load_vocoder_config(config_path, given)
+        vocoded_stream(cfg, read_manifest(cfg.shards)[1]["tokenizers"])
+        from speechtok.pipelines.batching import resolve_device
+        from speechtok.vocoders.train import train_vocoder
+
         result = train_vocoder(cfg, stop_after, str(resolve_device(device)))
     click.echo(json.dumps(result))

@@ -13,7 +13,6 @@ Uses the shared trainer core (speechtok/training): config checks, the shard stre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -21,58 +20,16 @@ import numpy as np
 import torch
 
 from speechtok.lm.acoustic import AcousticConfig, AcousticModel, frames_per_dedup_unit, to_steps
+from speechtok.lm.acoustic_config import AcousticRun, checked_streams
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.vocab import speech_streams
-from speechtok.shards import read_manifest, read_shards
+from speechtok.shards import read_shards
 from speechtok.tokenizers.semantic import run_length
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
-from speechtok.training.config import ConfigError, at_least, build, path_field, read_yaml
+from speechtok.training.config import ConfigError
 from speechtok.training.loop import Metrics, autocast_for, build_optimizer, lr_at, seed_all, set_lr
 from speechtok.training.stream import Position, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
-
-
-@dataclass
-class AcousticTrainConfig:
-    batch_size: int = at_least(16, 1)
-    steps: int = at_least(20000, 1)
-    lr: float = 3e-4
-    min_lr_ratio: float = at_least(0.1, 0)
-    warmup: int = at_least(500, 0)
-    weight_decay: float = at_least(0.1, 0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip: float = 1.0
-    crop_seconds: float = 10.0
-    precision: str = "bf16"
-    log_every: int = at_least(10, 1)
-    save_every: int = at_least(1000, 1)
-    keep_checkpoints: int = at_least(2, 1)
-    shuffle_buffer: int = at_least(1000, 1)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision: bf16 or fp32, not {self.precision!r}")
-        if not self.lr > 0 or not self.crop_seconds > 0:
-            raise ValueError("lr and crop_seconds must be more than 0")
-
-
-@dataclass
-class AcousticRun:
-    output: str = path_field("output")
-    shards: list[str] = path_field("input")
-    codec: str = field()
-    n_q: int | None = None
-    pattern: str = "delay"
-    n_coarse: int = 2
-    dedup: bool = False
-    model: dict = field(default_factory=dict)  # AcousticConfig sizes: dim, layers, heads, max_len
-    train: AcousticTrainConfig = field(default_factory=AcousticTrainConfig)
-
-
-def load_acoustic_config(path: str | Path) -> AcousticRun:
-    """Parse and check a YAML config (ConfigError naming the file and key on any mistake)."""
-    return build(AcousticRun, read_yaml(path), path)
 
 
 def pair(sample: dict, cfg: AcousticConfig, crop_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -93,11 +50,8 @@ def pair(sample: dict, cfg: AcousticConfig, crop_frames: int, rng: np.random.Gen
 
 def acoustic_config(run: AcousticRun) -> AcousticConfig:
     """The model config from the shards' tokenizer cards and the run's choices."""
-    _, manifest = read_manifest(run.shards[0])
+    manifest, n_q = checked_streams(run)
     sem_name, sem, codec_name, card = speech_streams(manifest, run.codec)
-    n_q = run.n_q or card["n_q"]
-    if n_q > card["n_q"]:
-        raise ValueError(f"{run.codec} has {card['n_q']} codebooks in the shards, {n_q} asked")
     frames = manifest["frames"]
     model = dict(run.model)
     if "max_len" not in model:  # room for a crop and as much again of voice prompt
@@ -138,9 +92,11 @@ def batches(run: AcousticRun, cfg: AcousticConfig, rank: int, world: int, positi
             batch = []
 
 
-def train_acoustic(run: AcousticRun, stop_after: int | None = None) -> dict:
+def train_acoustic(run: AcousticRun, stop_after: int | None = None, device: str = "auto") -> dict:
+    """Train as configured, resuming from `run.output`'s checkpoint; `stop_after` and `device` as for
+    lm.train.train."""
     tc = run.train
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(device)
     out = Path(run.output)
     out.mkdir(parents=True, exist_ok=True)
     seed_all(tc.seed)

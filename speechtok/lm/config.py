@@ -15,15 +15,40 @@
       lr: 3.0e-4
 
 Relative paths are relative to the config file's folder; mistakes are errors naming the file and key
-(training/config.py)."""
+(training/config.py). Torch-free, so that `tok lm train` checks a config before the heavy imports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechtok.lm.data import DataConfig
 from speechtok.training.config import ConfigError, at_least, build, path_field, read_yaml
+
+FORMATS = ("speech", "text", "interleaved", "asr", "tts")  # the sequence formats (lm/sequences.py)
+
+
+@dataclass
+class DataConfig:
+    shards: list[str] = path_field("input", default_factory=list)  # manifest.json files or shard folders
+    text: list[str] = path_field("input", default_factory=list)  # plain text files, one document a line
+    eval_shards: list[str] = path_field("input", default_factory=list)
+    mix: dict[str, float] = field(default_factory=lambda: {"speech": 1.0})  # shares of the tokens trained on
+    dedup: bool | None = None  # None: as the shards were written
+    seq_len: int = at_least(1024, 2)
+    shuffle_buffer: int = at_least(1000, 1)
+    span_words: tuple[int, int] = (1, 10)
+    num_workers: int = at_least(1, 0)
+    text_block_bytes: int = at_least(1 << 20, 1)  # text files are split into blocks this big to be shuffled
+
+    def __post_init__(self):
+        unknown = set(self.mix) - set(FORMATS)
+        if unknown:
+            raise ValueError(f"mix: unknown formats {sorted(unknown)}; choose from {FORMATS}")
+        if not self.mix or min(self.mix.values()) < 0 or sum(self.mix.values()) <= 0:
+            raise ValueError("mix: give non-negative weights that sum to more than 0")
+        if self.mix.get("text", 0) > 0 and not self.text:
+            raise ValueError("mix asks for text but text lists no files")
+        self.span_words = tuple(self.span_words)
 
 
 @dataclass

@@ -11,41 +11,16 @@ its origin (training/stream.Position), so resuming on the same world size replay
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from speechtok.lm.sequences import FORMATS, SequenceBuilder
-from speechtok.training.config import at_least, path_field
+from speechtok.lm.config import DataConfig
+from speechtok.lm.sequences import SequenceBuilder
 from speechtok.training.stream import Position, Source, part_stream, shard_paths, shard_source, text_source
 
 __all__ = ["DataConfig", "PackedTokens", "token_loader", "shard_paths"]
-
-
-@dataclass
-class DataConfig:
-    shards: list[str] = path_field("input", default_factory=list)  # manifest.json files or shard folders
-    text: list[str] = path_field("input", default_factory=list)  # plain text files, one document a line
-    eval_shards: list[str] = path_field("input", default_factory=list)
-    mix: dict[str, float] = field(default_factory=lambda: {"speech": 1.0})  # shares of the tokens trained on
-    dedup: bool | None = None  # None: as the shards were written
-    seq_len: int = at_least(1024, 2)
-    shuffle_buffer: int = at_least(1000, 1)
-    span_words: tuple[int, int] = (1, 10)
-    num_workers: int = at_least(1, 0)
-    text_block_bytes: int = at_least(1 << 20, 1)  # text files are split into blocks this big to be shuffled
-
-    def __post_init__(self):
-        unknown = set(self.mix) - set(FORMATS)
-        if unknown:
-            raise ValueError(f"mix: unknown formats {sorted(unknown)}; choose from {FORMATS}")
-        if not self.mix or min(self.mix.values()) < 0 or sum(self.mix.values()) <= 0:
-            raise ValueError("mix: give non-negative weights that sum to more than 0")
-        if self.mix.get("text", 0) > 0 and not self.text:
-            raise ValueError("mix asks for text but text lists no files")
-        self.span_words = tuple(self.span_words)
 
 
 class PackedTokens(IterableDataset):

@@ -9,11 +9,16 @@ import torch.distributed as dist
 from torch import nn
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts the process group under torchrun (NCCL on GPUs, gloo on CPU)."""
+def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, device); starts the process group under torchrun (NCCL on GPUs, gloo on CPU).
+    `device` "auto" is this rank's GPU (LOCAL_RANK) or the CPU; "cuda" without an index is this rank's GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

@@ -21,9 +21,6 @@ import numpy as np
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
 
-FORMATS = ("speech", "text", "interleaved", "asr", "tts")
-
-
 @dataclass
 class Span:
     """One modality run of an interleaved sequence: words [first, last) and, for speech, frames [f0, f1)."""

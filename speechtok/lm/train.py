@@ -100,13 +100,14 @@ def _tracked(loader, latest: dict):
         yield b["ids"]
 
 
-def train(run: RunConfig, stop_after: int | None = None) -> dict:
+def train(run: RunConfig, stop_after: int | None = None, device: str = "auto") -> dict:
     """Train as configured; resumes from `run.output` when it holds a checkpoint. `stop_after` ends the run,
-    with a checkpoint, after that many steps of this invocation (for time-limited and preemptible jobs)."""
+    with a checkpoint, after that many steps of this invocation (for time-limited and preemptible jobs);
+    `device` as for parallel.init_distributed."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     cfg, dcfg = run.train, run.data
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(device)
     out = Path(run.output)
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)

@@ -111,9 +111,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type, raw: dict, path: str | Path, section: str = "") -> Any:
+def build(cls: type, raw: dict, path: str | Path, section: str = "", given_as: dict[str, str] | None = None) -> Any:
     """`cls(**raw)` with every key checked: unknown keys, wrong types, numbers below a field's `min`,
-    missing input paths; relative paths resolved against the config file's folder."""
+    missing input paths; relative paths resolved against the config file's folder. `given_as` names where
+    a top-level key came from when not from the file (e.g. {"steps": "command line: --steps"})."""
     path = Path(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: {section.rstrip('.') or 'config'}: expected a mapping, not {raw!r}")
@@ -124,7 +125,7 @@ def build(cls: type, raw: dict, path: str | Path, section: str = "") -> Any:
             raise ConfigError(f"{path}: {section}{key}: unknown key (known: {', '.join(sorted(known))})")
     values = {}
     for name, f in known.items():
-        where = f"{path}: {section}{name}"
+        where = (given_as or {}).get(name) or f"{path}: {section}{name}"
         if name not in raw:
             if f.default is MISSING and f.default_factory is MISSING:
                 raise ConfigError(f"{where}: missing (required)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,50 +18,13 @@ from speechtok.audio import load_utterance
 from speechtok.corpus import load_corpus
 from speechtok.shards import read_manifest
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
-from speechtok.training.config import at_least, build, path_field, read_yaml
 from speechtok.training.loop import Metrics, lr_at, set_lr
 from speechtok.training.stream import Position, Source, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.losses import vocoder_loss
+from speechtok.vocoders.train_config import VocoderTrainConfig, vocoded_stream
 from speechtok.vocoders.vocos import Vocos
-
-
-@dataclass
-class VocoderTrainConfig:
-    kind: str  # unit-hifigan | vocos
-    shards: str = path_field("input")
-    output: str = path_field("output")
-    features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
-    model: dict = field(default_factory=dict)  # sizes: UnitHiFiGANConfig keys; vocos: dim, num_layers, ...
-    sample_rate: int | None = None  # vocos mel: default 24000
-    dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
-    speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
-    batch_size: int = at_least(16, 1)
-    segment_seconds: float = 1.0
-    steps: int = at_least(100_000, 1)
-    lr: float = 2e-4
-    warmup: int = at_least(0, 0)
-    min_lr_ratio: float = 0.1
-    betas: tuple[float, float] = (0.8, 0.99)
-    mel_weight: float = 45.0
-    fm_weight: float | None = None  # None: the paper's (HiFi-GAN 2, Vocos 1)
-    mrd_weight: float | None = None  # vocos: None = the released configs' (0.1 mel, 1.0 codec features)
-    adv_start: int = at_least(0, 0)  # steps of mel-only training before the discriminators join
-    disc_channels: int = at_least(32, 1)
-    log_every: int = at_least(50, 1)
-    save_every: int = at_least(5000, 1)
-    sample_every: int = at_least(5000, 1)
-    keep_checkpoints: int = at_least(2, 1)
-    shuffle_buffer: int = at_least(256, 1)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.kind not in ("unit-hifigan", "vocos"):
-            raise ValueError(f"kind: unit-hifigan or vocos, not {self.kind!r}")
-        if not self.lr > 0 or not self.segment_seconds > 0:
-            raise ValueError("lr and segment_seconds must be more than 0")
-        self.betas = tuple(self.betas)
 
 
 def upsample_plan(hop: int) -> list[int]:
@@ -80,8 +42,8 @@ def upsample_plan(hop: int) -> list[int]:
 def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]):
     """(generator, sample rate, hop, stream name or None) for the run."""
     cards = manifest["tokenizers"]
+    name = vocoded_stream(cfg, cards)
     if cfg.kind == "unit-hifigan":
-        name = next(n for n, c in cards.items() if c["type"] == "semantic")
         card = cards[name]
         hop = int(round(card["sample_rate"] / card["frame_rate"]))
         rates = cfg.model.get("upsample_rates") or upsample_plan(hop)
@@ -91,7 +53,7 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
                                  unit_stream=unit_stream(card, cfg.dedup), **args)
         return UnitHiFiGAN(gcfg), gcfg.sample_rate, gcfg.hop, name
     m = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8, **cfg.model}
-    if cfg.features == "mel":
+    if name is None:  # mel
         sr = cfg.sample_rate or 24000
         n_fft, hop, n_mels = m.pop("n_fft", 1024), m.pop("hop_length", 256), m.pop("n_mels", 100)
         config = {"feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
@@ -102,9 +64,7 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
                   "head": {"class_path": "vocos.heads.ISTFTHead",
                            "init_args": {"dim": m["dim"], "n_fft": n_fft, "hop_length": hop, "padding": "center"}}}
         return Vocos(config), sr, hop, None
-    if cfg.features not in cards or cards[cfg.features]["type"] != "codec":
-        raise ValueError(f"features: 'mel' or a codec stream of the shards ({sorted(cards)})")
-    card = cards[cfg.features]
+    card = cards[name]
     sr, hop, feat_dim = card["sample_rate"], card["hop_length"], m.pop("feature_dim", 128)
     config = {"feature_extractor": {"class_path": "vocos.feature_extractors.EncodecFeatures",
                                     "init_args": {"codebook_size": card["codebook_size"], "n_q": card["n_q"],
@@ -112,7 +72,7 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
               "backbone": {"class_path": "vocos.models.VocosBackbone", "init_args": {"input_channels": feat_dim, **m}},
               "head": {"class_path": "vocos.heads.ISTFTHead",
                        "init_args": {"dim": m["dim"], "n_fft": 4 * hop, "hop_length": hop, "padding": "same"}}}
-    return Vocos(config), sr, hop, cfg.features
+    return Vocos(config), sr, hop, name
 
 
 def segments(cfg: VocoderTrainConfig, src: Source, utts: dict, stream: str | None, sr: int, hop: int,
@@ -276,11 +236,6 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
         save_generator(gen.eval(), out / "final")
         metrics.finished(out / "final")
     return {"step": step, **last}
-
-
-def load_vocoder_config(path: str | Path, overrides: dict | None = None) -> VocoderTrainConfig:
-    """Parse and check a YAML config; `overrides` (command-line options, paths absolute) replace its keys."""
-    return build(VocoderTrainConfig, {**read_yaml(path), **(overrides or {})}, path)
 
 
 def load_vocoder(directory: str | Path, device: str | torch.device = "cpu"):

@@ -1,0 +1,73 @@
+"""`tok vocoder train` configuration: YAML and command-line options into one checked VocoderTrainConfig.
+Torch-free, so that the command checks it before the heavy imports; mistakes are errors naming the file
+(or the command-line option) and the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from speechtok.training.config import at_least, build, path_field, read_yaml
+
+OPTION_OF = {"features": "codec"}  # the `tok vocoder train` option of a key, where it has another name
+
+
+@dataclass
+class VocoderTrainConfig:
+    kind: str  # unit-hifigan | vocos
+    shards: str = path_field("input")
+    output: str = path_field("output")
+    features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
+    model: dict = field(default_factory=dict)  # sizes: UnitHiFiGANConfig keys; vocos: dim, num_layers, ...
+    sample_rate: int | None = None  # vocos mel: default 24000
+    dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
+    speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
+    batch_size: int = at_least(16, 1)
+    segment_seconds: float = 1.0
+    steps: int = at_least(100_000, 1)
+    lr: float = 2e-4
+    warmup: int = at_least(0, 0)
+    min_lr_ratio: float = 0.1
+    betas: tuple[float, float] = (0.8, 0.99)
+    mel_weight: float = 45.0
+    fm_weight: float | None = None  # None: the paper's (HiFi-GAN 2, Vocos 1)
+    mrd_weight: float | None = None  # vocos: None = the released configs' (0.1 mel, 1.0 codec features)
+    adv_start: int = at_least(0, 0)  # steps of mel-only training before the discriminators join
+    disc_channels: int = at_least(32, 1)
+    log_every: int = at_least(50, 1)
+    save_every: int = at_least(5000, 1)
+    sample_every: int = at_least(5000, 1)
+    keep_checkpoints: int = at_least(2, 1)
+    shuffle_buffer: int = at_least(256, 1)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("unit-hifigan", "vocos"):
+            raise ValueError(f"kind: unit-hifigan or vocos, not {self.kind!r}")
+        if not self.lr > 0 or not self.segment_seconds > 0:
+            raise ValueError("lr and segment_seconds must be more than 0")
+        self.betas = tuple(self.betas)
+
+
+def load_vocoder_config(path: str | Path | None, overrides: dict | None = None) -> VocoderTrainConfig:
+    """Parse and check a YAML config (or none); `overrides` (command-line options, paths absolute) replace
+    its keys, and a mistake in one names its option."""
+    overrides = overrides or {}
+    given_as = {k: f"command line: --{OPTION_OF.get(k, k.replace('_', '-'))}" for k in overrides}
+    raw = {**(read_yaml(path) if path else {}), **overrides}
+    return build(VocoderTrainConfig, raw, path or "command line", given_as=given_as)
+
+
+def vocoded_stream(cfg: VocoderTrainConfig, cards: dict) -> str | None:
+    """The shards' stream (name) the vocoder reads: their semantic units (unit HiFi-GAN), a codec stream
+    (Vocos on codec features), or None (Vocos on mel); `cards` is the manifest's "tokenizers"."""
+    if cfg.kind == "unit-hifigan":
+        semantic = [n for n, c in cards.items() if c["type"] == "semantic"]
+        if not semantic:
+            raise ValueError(f"kind: unit-hifigan needs semantic units, the shards hold {sorted(cards)}")
+        return semantic[0]
+    if cfg.features == "mel":
+        return None
+    if cfg.features not in cards or cards[cfg.features]["type"] != "codec":
+        raise ValueError(f"features: 'mel' or a codec stream of the shards ({sorted(cards)})")
+    return cfg.features
