@@ -28,7 +28,7 @@ def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:
 
 @click.command("align")
 @click.argument("corpus", type=click.Path(exists=True))
-@output_option("FILE", "The aligned JSONL manifest to write (or resume).")
+@output_option("FILE", "The aligned JSONL manifest file to write (or resume).")
 @aligner_option
 @click.option("--phones/--no-phones", default=True, show_default=True,
               help="Phone alignments too (pocketsphinx; a second, slower pass).")
@@ -58,7 +58,7 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
 
 @click.command("segment")
 @click.argument("source", type=click.Path(exists=True))
-@output_option("FILE", "The segments JSONL manifest to write (or resume).")
+@output_option("FILE", "The segments JSONL manifest file to write (or resume).")
 @click.option("--min-seconds", type=float, default=3.0, show_default=True)
 @click.option("--max-seconds", type=float, default=20.0, show_default=True)
 @click.option("--min-pause", type=float, default=0.2, show_default=True, help="Shortest pause to cut at (s).")
