@@ -46,9 +46,13 @@ def write(path: Path, cfg: dict) -> str:
 def test_trainer_config_mistakes_fail_in_one_line_before_torch(tmp_path):
     shards, model = tmp_path / "shards", tmp_path / "model"  # exist: the mistakes are what is checked
     shards.mkdir(), model.mkdir()
+    cards = {"semantic": {"type": "semantic", "k": 12}, "encodec": {"type": "codec", "n_q": 2}}
+    (shards / "manifest.json").write_text(json.dumps({"tokenizers": cards}))  # what the stream checks read
     lm = {"model": str(model), "output": "run", "data": {"shards": [str(shards)]}}
     acoustic = {"output": "run", "shards": [str(shards)], "codec": "encodec"}
     vocoder = {"kind": "vocos", "shards": str(shards), "output": "run"}
+    acoustic_no_codec = {k: v for k, v in acoustic.items() if k != "codec"}
+    vocoder_no_kind = {k: v for k, v in vocoder.items() if k != "kind"}
     c = {  # case: (argv, what the one error line says after 'error: ')
         "lm typo": (["lm", "train", write(tmp_path / "lm1.yaml", {**lm, "trian": {}})],
                     f"{tmp_path / 'lm1.yaml'}: trian: unknown key"),
@@ -64,16 +68,24 @@ def test_trainer_config_mistakes_fail_in_one_line_before_torch(tmp_path):
                            write(tmp_path / "a2.yaml", {**acoustic, "train": {"batch_size": "eight"}})],
                           f"{tmp_path / 'a2.yaml'}: train.batch_size: expected an integer, not 'eight'"),
         "acoustic missing": (["acoustic", "train",
-                              write(tmp_path / "a3.yaml", {k: v for k, v in acoustic.items() if k != "codec"})],
+                              write(tmp_path / "a3.yaml", acoustic_no_codec)],
                              f"{tmp_path / 'a3.yaml'}: codec: missing (required)"),
-        "vocoder typo": (["vocoder", "train", "--config", write(tmp_path / "v1.yaml", {**vocoder, "stepz": 5})],
+        "acoustic codec": (["acoustic", "train", write(tmp_path / "a4.yaml", {**acoustic, "codec": "dac"})],
+                           f"{tmp_path / 'a4.yaml'}: no codec 'dac' in the manifest (it has ['encodec', "),
+        "acoustic n_q": (["acoustic", "train", write(tmp_path / "a5.yaml", {**acoustic, "n_q": 8})],
+                         f"{tmp_path / 'a5.yaml'}: encodec has 2 codebooks in the shards, 8 asked"),
+        "vocoder typo": (["vocoder", "train", "--config",
+                          write(tmp_path / "v1.yaml", {**vocoder, "stepz": 5})],
                          f"{tmp_path / 'v1.yaml'}: stepz: unknown key"),
         "vocoder type": (["vocoder", "train", "--config",
                           write(tmp_path / "v2.yaml", {**vocoder, "segment_seconds": "long"})],
                          f"{tmp_path / 'v2.yaml'}: segment_seconds: expected a number, not 'long'"),
         "vocoder missing": (["vocoder", "train", "--config",
-                             write(tmp_path / "v3.yaml", {k: v for k, v in vocoder.items() if k != "kind"})],
+                             write(tmp_path / "v3.yaml", vocoder_no_kind)],
                             f"{tmp_path / 'v3.yaml'}: kind: missing (required)"),
+        "vocoder codec": (["vocoder", "train", "--kind", "vocos", "--shards", str(shards), "-o", "run",
+                           "--codec", "nope"],
+                          "features: 'mel' or a codec stream of the shards (['encodec', 'semantic'])"),
         "vocoder override": (["vocoder", "train", "--config", str(tmp_path / "v3.yaml"), "--kind", "vocos",
                               "--batch-size", "0"],
                              "command line: --batch-size: must be at least 1, not 0"),

@@ -30,8 +30,8 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, err
 
 # `--device` of every command that runs a model (align/segment default to the CPU: see cli/align.py)
 device_option = click.option("--device", default="auto", show_default=True, metavar="DEVICE",
-                             help="'auto' (this process's GPU, LOCAL_RANK under torchrun, else the CPU), 'cpu', "
-                                  "'cuda', 'cuda:1', ...")
+                             help="'auto' (this process's GPU, LOCAL_RANK under torchrun, else the CPU), "
+                                  "'cpu', 'cuda', 'cuda:1', ...")
 
 
 def output_option(what: str, help: str, required: bool = True):

@@ -111,7 +111,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type, raw: dict, path: str | Path, section: str = "", given_as: dict[str, str] | None = None) -> Any:
+def build(cls: type, raw: dict, path: str | Path, section: str = "",
+          given_as: dict[str, str] | None = None) -> Any:
     """`cls(**raw)` with every key checked: unknown keys, wrong types, numbers below a field's `min`,
     missing input paths; relative paths resolved against the config file's folder. `given_as` names where
     a top-level key came from when not from the file (e.g. {"steps": "command line: --steps"})."""
