@@ -93,6 +93,8 @@ def test_trainer_config_mistakes_fail_in_one_line_before_torch(tmp_path):
     clicked = {  # bad command-line values that click itself refuses (exit 2, before the command runs)
         "lm stop-after": ["lm", "train", str(tmp_path / "lm4.yaml"), "--stop-after", "0"],
         "vocoder steps": ["vocoder", "train", "--config", str(tmp_path / "v3.yaml"), "--steps", "x"],
+        "lm device": ["lm", "train", str(tmp_path / "lm4.yaml"), "--device", "gpu"],
+        "align device": ["align", str(tmp_path), "-o", str(tmp_path / "a.jsonl"), "--device", "auto"],
     }
     printed = {f"{t} print-config": [t, "train", "--print-config"] for t in ("lm", "acoustic", "vocoder")}
     results, heavy = run_fresh({**{k: v[0] for k, v in c.items()}, **clicked, **printed})

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import fail, output_option, report_errors
+from speechtok.cli.common import checked_device, fail, output_option, report_errors
 
 aligner_option = click.option(
     "--aligner", "-a", default="pocketsphinx", show_default=True,
@@ -16,7 +16,7 @@ jobs_option = click.option("--jobs", "-j", type=int, default=1, show_default=Tru
                            help="Processes working in parallel (CPU), one torch thread each.")
 # the CPU by default, unlike other commands: --jobs > 1 forks CPU workers that share the loaded aligner
 device_option = click.option("--device", default="cpu", show_default=True, metavar="DEVICE",
-                             help="For a CTC model: 'cpu', 'cuda', ...")
+                             callback=checked_device(auto=False), help="For a CTC model: 'cpu', 'cuda', ...")
 
 
 def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:

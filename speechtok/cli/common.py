@@ -9,6 +9,7 @@ signal N (130 SIGINT, 143 SIGTERM) after leaving the output resumable."""
 from __future__ import annotations
 
 import errno
+import re
 import signal
 import sys
 
@@ -28,8 +29,23 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, err
                       errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY, errno.ETXTBSY}
 
 
+# the device types torch.device accepts, so that a typo fails before torch is imported
+TORCH_DEVICE = re.compile(r"(cpu|cuda|ipu|xpu|mkldnn|opengl|opencl|ideep|hip|ve|fpga|maia|xla|lazy|vulkan|mps|"
+                          r"meta|hpu|mtia|privateuseone)(:\d+)?")
+
+
+def checked_device(auto: bool = True):
+    """A click callback refusing a --device value that torch.device would refuse (and 'auto' unless `auto`)."""
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value is None or (auto and value == "auto") or TORCH_DEVICE.fullmatch(value):
+            return value
+        raise click.BadParameter(f"{value!r}: {'auto, ' if auto else ''}cpu, cuda, cuda:N, mps, xpu, ...")
+    return check
+
+
 # `--device` of every command that runs a model (align/segment default to the CPU: see cli/align.py)
 device_option = click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+                             callback=checked_device(),
                              help="'auto' (this process's GPU, LOCAL_RANK under torchrun, else the CPU), "
                                   "'cpu', 'cuda', 'cuda:1', ...")
 
