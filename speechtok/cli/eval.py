@@ -109,8 +109,10 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @eval_group.command("codecs")
 @click.argument("corpus", type=click.Path(exists=True))
 @click.option("-t", "--codec", "specs", required=True, multiple=True,
-              help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t`; nq=1,2,4 sweeps "
-                   "(one row each). Repeatable.")
+              help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t` (nq=1,2,4 sweeps, one row "
+                   "each); SPEC:vocoder=DIR for what `tok resynth -t SPEC --vocoder DIR` does (a semantic "
+                   "tokenizer directory + unit HiFi-GAN, a codec + codec-token Vocos); vocoder=DIR for a mel "
+                   "Vocos alone. Repeatable.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
 @click.option("--asr", help="ASR for WER/dWER: 'pocketsphinx' or a transformers checkpoint (reference text: "
                             "--transcripts, else the corpus manifest's 'text').")
@@ -121,9 +123,17 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @click.option("--device", default="auto", show_default=True)
 def codecs_cmd(corpus, specs, output, asr, transcripts, speaker, mos, batch_size, device):
-    """Round-trip CORPUS (folder or JSONL manifest) through each codec: one table of nominal and entropy
-    bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS) and encode/decode ×RT, plus a
-    bitrate-vs-quality plot."""
+    """Round-trip CORPUS (folder or JSONL manifest) through each codec or tokenizer + vocoder: one table of
+    nominal and entropy bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS) and
+    encode/decode ×RT, plus a bitrate-vs-quality plot."""
+    from speechtok.eval.codecs import expand_specs
+    from speechtok.tokenizers.spec import split_vocoder
+
+    try:  # before torch is imported: a typo costs a fraction of a second, not the model loads
+        for spec in expand_specs(list(specs)):
+            split_vocoder(spec)
+    except ValueError as e:
+        fail(str(e))
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_codecs
 
@@ -132,9 +142,10 @@ def codecs_cmd(corpus, specs, output, asr, transcripts, speaker, mos, batch_size
                             str(resolve_device(device)), batch_size)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
-    lines = [f"{x['spec']}: {fmt(x['nominal_bps'] / 1000, 2)} kbps nominal, "
-             f"{fmt(x['entropy_bps'] and x['entropy_bps'] / 1000, 2)} kbps entropy; "
-             f"PESQ {fmt(x['pesq_wb'], 2)}, STOI {fmt(x['stoi'])}, MCD {fmt(x['mcd_db'], 2)} dB"
+    kbps = lambda v: fmt(v and v / 1000, 2)  # noqa: E731
+    lines = [f"{x['spec']}: {kbps(x['nominal_bps'])} kbps nominal, {kbps(x['entropy_bps'])} kbps entropy"
+             + (f", {kbps(x['dedup_entropy_bps'])} kbps deduplicated" if "dedup_entropy_bps" in x else "")
+             + f"; PESQ {fmt(x['pesq_wb'], 2)}, STOI {fmt(x['stoi'])}, MCD {fmt(x['mcd_db'], 2)} dB"
              + (f", WER {fmt(x.get('wer'))}" if "wer" in x else "")
              + (f", speaker {fmt(x.get('speaker_similarity'))}" if "speaker_similarity" in x else "")
              + (f", DNSMOS {fmt(x.get('dnsmos_ovrl'), 2)}" if "dnsmos_ovrl" in x else "")

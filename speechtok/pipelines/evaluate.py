@@ -443,23 +443,85 @@ CODEC_PLOT_METRICS = [("pesq_wb", "PESQ (wide-band)"), ("stoi", "STOI"), ("mcd_d
                       ("dnsmos_ovrl", "DNSMOS OVRL")]
 
 
+def _codec_route(spec: str, device: str) -> tuple[dict, object]:
+    """A codec spec → (its row's model fields, one timed round trip cut to the input's length)."""
+    from speechtok.audio import resample
+    from speechtok.eval.codecs import nominal_bps, round_trip
+    from speechtok.tokenizers.codec import Codec, parse_codec_spec
+
+    opts = parse_codec_spec(spec)
+    codec = Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
+                  name=opts.get("name"), device=device)
+    round_trip(codec, np.zeros(codec.hop * 8, dtype=np.float32))  # warm-up, kept out of the ×RT
+
+    def trip(wav, sr):
+        codes, hyp, te, td = round_trip(codec, resample(wav, sr, codec.sample_rate))
+        return codes, hyp, codec.sample_rate, te, td
+
+    return {"codec": codec.codec_kind, "model": codec.model_ref,
+            "model_label": f"{codec.codec_kind}:{Path(codec.model_ref).name}",
+            "weights_sha256": codec.card()["weights_sha256"], "n_q": codec.n_q,
+            "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
+            "sample_rate": codec.sample_rate, "bandwidth_kbps": codec.bandwidth,
+            "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate)}, trip
+
+
+def _vocoder_route(tokenizer: str | None, vocoder: str, device: str) -> tuple[dict, object]:
+    """A tokenizer (or none) + vocoder, as `tok resynth -t TOKENIZER --vocoder VOCODER` runs them → (its
+    row's model fields, one timed round trip giving what `tok resynth` writes)."""
+    import torch
+
+    from speechtok.eval.codecs import nominal_bps, timed_resynthesis, vocoder_sha256
+    from speechtok.pipelines.resynth import Resynthesis
+    from speechtok.unit_stream import tokenizer_sha256
+
+    route = Resynthesis(tokenizer, vocoder, torch.device(device))
+    timed_resynthesis(route, np.zeros(route.input_rate // 4, dtype=np.float32), route.input_rate)  # warm-up
+    tok, voc = route.tok, route.voc
+    info: dict = {"codec": {"units": "semantic", "mel": "mel"}.get(route.kind, getattr(tok, "codec_kind", None)),
+                  "model": tokenizer, "vocoder": vocoder, "vocoder_sha256": vocoder_sha256(vocoder),
+                  "sample_rate": route.sample_rate}
+    label = f"{Path(vocoder).name}"
+    if route.kind == "units":
+        info.update(model_label=f"{Path(tokenizer).name}+{label}", tokenizer_sha256=tokenizer_sha256(tok.card()),
+                    n_q=1, codebook_size=tok.k, frame_rate=tok.frame_rate,
+                    nominal_bps=nominal_bps(1, tok.k, tok.frame_rate))
+    elif route.kind == "codec+vocos":
+        info.update(model=tok.model_ref, model_label=f"{tok.codec_kind}:{Path(tok.model_ref).name}+{label}",
+                    weights_sha256=tok.card()["weights_sha256"], n_q=tok.n_q, codebook_size=tok.codebook_size,
+                    frame_rate=tok.frame_rate, bandwidth_kbps=tok.bandwidth,
+                    nominal_bps=nominal_bps(tok.n_q, tok.codebook_size, tok.frame_rate))
+    else:  # continuous features: no bitrate
+        info.update(model_label=f"mel:{label}", n_q=None, frame_rate=voc.sample_rate / voc.hop_length,
+                    nominal_bps=None)
+
+    def trip(wav, sr):
+        codes, hyp, te, td = timed_resynthesis(route, wav, sr)
+        return codes, hyp, route.sample_rate, te, td
+
+    return info, trip
+
+
 def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: str | None = None,
                     transcripts: str | Path | None = None, speaker: str | None = None, mos: bool = False,
                     device: str = "cpu", batch_size: int = 8) -> dict:
-    """Round-trip every utterance of `corpus` (folder or JSONL manifest, held in memory) through each codec
-    spec (`nq=1,2,4` sweeps expand to one row each): one row per spec with nominal and entropy bitrates, mean
+    """Round-trip every utterance of `corpus` (folder or JSONL manifest, held in memory) through each spec
+    (`split_vocoder`: a codec, a tokenizer + vocoder, or a mel vocoder; `nq=1,2,4` sweeps expand to one row
+    each): one row per spec with nominal and entropy bitrates (units: also deduplicated; mel: none), mean
     PESQ / STOI / MCD / SI-SDR, optional WER, speaker similarity and DNSMOS (`_Evaluators`; with `asr` and no
     `transcripts`, the corpus' own texts), encode/decode ×RT, and a bitrate-vs-quality plot."""
     import torch
 
-    from speechtok.audio import AudioError, read_audio, resample
+    from speechtok.audio import AudioError, read_audio
     from speechtok.corpus import load_corpus
-    from speechtok.eval.codecs import CodeEntropy, expand_specs, nominal_bps, round_trip
+    from speechtok.eval.codecs import CodeEntropy, expand_specs
     from speechtok.eval.resynth import resynth_metrics
-    from speechtok.tokenizers.codec import Codec, parse_codec_spec
+    from speechtok.tokenizers.spec import split_vocoder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    specs = expand_specs(specs)
+    parsed = [split_vocoder(s) for s in specs]  # a malformed spec fails here, before any model loads
     corpus_errors: list = []
     utts = load_corpus(corpus, corpus_errors)
     errors = [f"{e.file}: {e.reason}" for e in corpus_errors]
@@ -473,61 +535,60 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
             errors.append(f"{u.path}: {e}")
     metrics = ["pesq_wb", "stoi", "mcd_db", "si_sdr_db", *extras.columns]
     rows, per_file, models = [], {}, {}
-    for spec in expand_specs(specs):
+    for spec, (tokenizer, vocoder) in zip(specs, parsed):
         try:
-            opts = parse_codec_spec(spec)
-            codec = Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
-                          name=opts.get("name"), device=device)
-            round_trip(codec, np.zeros(codec.hop * 8, dtype=np.float32))  # warm-up, kept out of the ×RT
+            info, trip = _vocoder_route(tokenizer, vocoder, device) if vocoder else _codec_route(tokenizer, device)
         except Exception as e:
             errors.append(f"{spec}: {' '.join(str(e).split())[:300]}")
             continue
-        entropy = CodeEntropy(codec.n_q, codec.codebook_size, codec.frame_rate)
+        entropy = None if info["nominal_bps"] is None else CodeEntropy(
+            info["n_q"], info["codebook_size"], info["frame_rate"], dedup=info["codec"] == "semantic")
         files, seconds, t_encode, t_decode = [], 0.0, 0.0, 0.0
         for u, wav, sr in audio:
             try:
-                codes, hyp, te, td = round_trip(codec, resample(wav, sr, codec.sample_rate))
-                files.append({"id": u.id, **resynth_metrics(wav, sr, hyp, codec.sample_rate),
-                              **extras.pair(u.id, wav, sr, hyp, codec.sample_rate)})
+                codes, hyp, hyp_sr, te, td = trip(wav, sr)
+                files.append({"id": u.id, **resynth_metrics(wav, sr, hyp, hyp_sr),
+                              **extras.pair(u.id, wav, sr, hyp, hyp_sr)})
             except Exception as e:
                 errors.append(f"{u.path}: {spec}: round trip failed ({' '.join(str(e).split())[:160]})")
                 continue
-            entropy.add(codes, len(wav) / sr)
+            if entropy is not None:
+                entropy.add(codes, len(wav) / sr)
             seconds, t_encode, t_decode = seconds + len(wav) / sr, t_encode + te, t_decode + td
         models = extras.finish(files)
         mean = _means(files, metrics)
         for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):  # corpus-level, as in resynth
             if key in models.get("asr", {}):
                 mean.update({prefix + m: models["asr"][key][m] for m in ("wer", "cer")})
-        rows.append({"spec": spec, "codec": codec.codec_kind, "model": codec.model_ref,
-                     "model_label": f"{codec.codec_kind}:{Path(codec.model_ref).name}",
-                     "weights_sha256": codec.card()["weights_sha256"], "n_q": codec.n_q,
-                     "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
-                     "sample_rate": codec.sample_rate, "bandwidth_kbps": codec.bandwidth, "files": len(files),
-                     "seconds": seconds,
-                     "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate),
-                     **(entropy.result() if files else {"entropy_bps": None}), **mean,
+        rows.append({"spec": spec, **info, "files": len(files), "seconds": seconds,
+                     **(entropy.result() if entropy is not None and files else {"entropy_bps": None}), **mean,
                      "encode_xrt": seconds / max(t_encode, 1e-9) if files else None,
                      "decode_xrt": seconds / max(t_decode, 1e-9) if files else None})
         per_file[spec] = files
-        del codec
+        del trip
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-    columns = ["spec", "n_q", "nominal_bps", "entropy_bps", *metrics, "encode_xrt", "decode_xrt", "files"]
+    dedup = ["dedup_entropy_bps"] if any("dedup_entropy_bps" in r for r in rows) else []
+    columns = ["spec", "n_q", "nominal_bps", "entropy_bps", *dedup, *metrics, "encode_xrt", "decode_xrt", "files"]
     results = {"corpus": str(corpus), "utterances": len(audio), "device": str(device), "rows": rows, **models,
                "per_file": per_file, "errors": errors}
     total = sum(len(w) / sr for _, w, sr in audio)
     sections = [f"Corpus `{corpus}`: {len(audio)} utterances, {total:.1f} s, round-tripped one at a time on "
                 f"{device}. Nominal bitrate = n_q × log2(codebook size) × frame rate; entropy bitrate = "
-                f"frame rate × Σ per-codebook unigram entropy of the codes. ×RT = audio seconds per "
+                f"frame rate × Σ per-codebook unigram entropy of the codes"
+                + ("; deduplicated (semantic units) = run-length-deduplicated units per second × their unigram "
+                   "entropy, as `tok eval tokens` reports it" if dedup else "")
+                + ". A mel vocoder has no bitrate (continuous features) and no point on the plot. Rows with a "
+                f"vocoder run as `tok resynth -t TOKENIZER --vocoder DIR` does. ×RT = audio seconds per "
                 f"second of encoding / decoding.\n",
                 "## Codecs\n", report.table(rows, columns, 2)]
     if report.plot_bitrate_quality(rows, CODEC_PLOT_METRICS, out / "bitrate_quality.png",
                                    "bitrate vs quality"):
         sections.append("![bitrate vs quality](bitrate_quality.png)\n")
     sections += extras.sections(results)
-    sections += ["## Models\n", report.table(rows, ["spec", "model", "weights_sha256", "sample_rate",
-                                                    "frame_rate", "codebook_size", "bandwidth_kbps"])]
+    ids = [c for c in ("weights_sha256", "tokenizer_sha256", "vocoder", "vocoder_sha256") if any(c in r for r in rows)]
+    sections += ["## Models\n", report.table(rows, ["spec", "model", *ids, "sample_rate", "frame_rate",
+                                                    "codebook_size", "bandwidth_kbps"])]
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Codec round trips", results, sections)
