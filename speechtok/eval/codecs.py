@@ -50,7 +50,8 @@ class CodeEntropy:
     def result(self) -> dict:
         r = self.stats.result()
         bits = [c["entropy_bits"] for c in r["codebooks"]]
-        dedup = {k: r["bitrate"][k] for k in ("dedup_tokens_per_second", "dedup_entropy_bps")} if self.dedup else {}
+        dedup = ({k: r["bitrate"][k] for k in ("dedup_tokens_per_second", "dedup_entropy_bps")}
+                 if self.dedup else {})
         return {"entropy_bps": self.stats.stream.frame_rate * sum(bits), "entropy_bits": bits,
                 "usage": [c["usage"] for c in r["codebooks"]], **dedup}
 

@@ -72,7 +72,8 @@ class Resynthesis:
         x = torch.from_numpy(wav)[None]
         if self.kind == "mel":
             return self.voc.feature_extractor(x.to(self.device))
-        return self.tok.encode(x.to(self.device) if self.kind == "codec+vocos" else x, torch.tensor([x.shape[1]]))
+        lengths = torch.tensor([x.shape[1]])
+        return self.tok.encode(x.to(self.device) if self.kind == "codec+vocos" else x, lengths)
 
     @torch.inference_mode()
     def decode(self, tokens) -> np.ndarray:
