@@ -62,6 +62,13 @@ def test_utmos_matches_speechmos(reference, checkpoint):
     assert abs(scores[0] - scores[1]) > 0.01  # a constant model cannot pass
 
 
+def test_utmos_resamples_as_speechmos(reference, checkpoint):
+    """A 24 kHz input goes through torchaudio's sinc resampler inside SpeechMOS' model; ours matches it
+    (libsoxr instead moved this score by 7e-3)."""
+    z, _ = reference
+    assert UTMOS(checkpoint).score(z["input_24k"], 24000) == pytest.approx(float(z["score_24k"][0]), abs=1e-4)
+
+
 def test_utmos_checkpoint_errors_are_one_line(tmp_path, reference):
     _, shapes = reference
     with pytest.raises(ValueError, match=r"nothing.pt: no UTMOS checkpoint there"):

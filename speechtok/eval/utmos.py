@@ -7,14 +7,13 @@ loads as it is; nothing is downloaded."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from speechtok.audio import resample
 
 CHECKPOINT = "utmos22_strong_step7459_v1.pt"
 
@@ -129,10 +128,32 @@ class UTMOS22Strong(nn.Module):
         return self.forward_frames(wav)[1].mean(1) * 2 + 3
 
 
+def sinc_resample(x: torch.Tensor, orig: int, new: int, zeros: int = 6, rolloff: float = 0.99) -> torch.Tensor:
+    """torchaudio.functional.resample's default (which SpeechMOS' model calls on its input): a Hann-windowed
+    sinc low-pass at `rolloff` × the lower Nyquist, `zeros` zero crossings each side, one polyphase filter
+    per output phase, computed in x's dtype; [..., T] → [..., ceil(T · new / orig)]."""
+    if orig == new:
+        return x
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    cutoff = min(orig, new) * rolloff
+    width = math.ceil(zeros * orig / cutoff)
+    taps = torch.arange(-width, width + orig, dtype=x.dtype, device=x.device) / orig
+    t = (taps[None] - torch.arange(new, dtype=x.dtype, device=x.device)[:, None] / new) * cutoff
+    t = t.clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), t.sin() / t) * window * (cutoff / orig)
+    flat = x.reshape(-1, x.shape[-1])
+    y = F.conv1d(F.pad(flat, (width, width + orig))[:, None], kernel[:, None], stride=orig)
+    y = y.transpose(1, 2).reshape(flat.shape[0], -1)[:, : math.ceil(new * flat.shape[-1] / orig)]
+    return y.reshape(*x.shape[:-1], -1)
+
+
 class UTMOS:
-    """Non-intrusive MOS (1–5 scale) of one signal, from a local UTMOS22 strong checkpoint. Audio at another
-    rate is resampled to 16 kHz with libsoxr (SpeechMOS uses torchaudio's sinc resampler: scores of
-    non-16 kHz audio may differ in the last digits); no other normalisation, as the original."""
+    """Non-intrusive MOS (1–5 scale) of one signal, from a local UTMOS22 strong checkpoint. Input handling as
+    SpeechMOS': float32 waveform as it is (no normalisation), resampled to 16 kHz with torchaudio's sinc
+    resampler (`sinc_resample`); the main-domain / listener-288 embeddings are in the checkpoint."""
 
     backend = "utmos22_strong"
     model = f"UTMOS22 strong learner (tarepan/SpeechMOS {CHECKPOINT} layout)"
@@ -154,8 +175,8 @@ class UTMOS:
 
     @torch.inference_mode()
     def score(self, wav: np.ndarray, sr: int) -> float:
-        x = torch.from_numpy(np.ascontiguousarray(resample(wav, sr, self.sample_rate), dtype=np.float32))
-        return float(self.net(x[None].to(self.device))[0])
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device)
+        return float(self.net(sinc_resample(x, sr, self.sample_rate))[0])
 
 
 def load_utmos_state(state, where: str) -> UTMOS22Strong:

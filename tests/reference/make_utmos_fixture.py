@@ -1,8 +1,9 @@
 """Writes tests/fixtures/utmos_reference.npz: tarepan/SpeechMOS' own UTMOS22 strong model (the code behind
 torch.hub `utmos22_strong`), its parameters set by `seeded_weights` (a rule tests/test_utmos.py repeats, so
 no checkpoint is needed), run on two fixed 16 kHz inputs (49 and 64 wav2vec 2.0 frames: odd and even, the
-reference pads odd ones); saved: the inputs, the scores, the per-frame scores, the first and last 8 frames
-of the SSL features, and the state dict's keys and shapes. Not run in CI; in a side environment with torch
+reference pads odd ones), and a 24 kHz input that the reference resamples itself (torchaudio); saved: the
+inputs, the scores, the per-frame scores, the first and last 8 frames of the SSL features, and the state
+dict's keys and shapes. Not run in CI; in a side environment with torch
 and torchaudio, on a checkout of SpeechMOS outside this repository:
 
     git -C SPEECHMOS_GIT archive HEAD | tar -x -C /tmp/speechmos_ref
@@ -66,6 +67,11 @@ def main(speechmos_dir: str, commit: str) -> None:
             out.update({f"input_{i}": wav, f"score_{i}": score.numpy(), f"frame_scores_{i}": frames.numpy(),
                         f"ssl_head_{i}": ssl[0, :8].numpy(), f"ssl_tail_{i}": ssl[0, -8:].numpy()})
             print(f"input {i}: {len(wav)} samples, {f} frames, score {score.item():.6f}")
+        t = np.arange(24000) / 24000  # 1 s at 24 kHz: a vowel-like pulse train through the model's resampler
+        wav24 = (0.2 * np.sign(np.sin(2 * np.pi * 120 * t)) * np.exp(-((t % 0.25) - 0.12) ** 2 / 0.002)
+                 + 0.03 * np.random.default_rng(1).standard_normal(len(t))).astype(np.float32)
+        out.update(input_24k=wav24, score_24k=model(torch.from_numpy(wav24)[None], 24000).numpy())
+        print(f"24 kHz input: score {out['score_24k'][0]:.6f}")
     np.savez_compressed(OUT, **out)
     print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KB)")
 
