@@ -1,8 +1,8 @@
 """Naturalness estimate: UTMOS22 "strong learner" (Saeki et al. 2022, "UTMOS: UTokyo-SaruLab System for
 VoiceMOS Challenge 2022"), the UTMOS of codec and TTS papers, as tarepan/SpeechMOS packages it (torch.hub
-`utmos22_strong`, checkpoint `utmos22_strong_step7459_v1.pt`): wav2vec 2.0 base features + the data-domain
-and judge embeddings it was fixed to (main domain, listener 288; stored in the checkpoint) → BLSTM → per-frame
-scores, averaged and mapped to 2·s + 3. Plain PyTorch with the same parameter names, so that checkpoint
+`utmos22_strong`, checkpoint `utmos22_strong_step7459_v1.pt`): wav2vec 2.0 base features + the one
+data-domain and one judge embedding SpeechMOS fixed it to (rows stored in the checkpoint) → BLSTM →
+per-frame scores, averaged and mapped to 2·s + 3. Plain PyTorch with the same parameter names, so that checkpoint
 loads as it is; nothing is downloaded."""
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def sinc_resample(x: torch.Tensor, orig: int, new: int, zeros: int = 6, rolloff:
 class UTMOS:
     """Non-intrusive MOS (1–5 scale) of one signal, from a local UTMOS22 strong checkpoint. Input handling as
     SpeechMOS': float32 waveform as it is (no normalisation), resampled to 16 kHz with torchaudio's sinc
-    resampler (`sinc_resample`); the main-domain / listener-288 embeddings are in the checkpoint."""
+    resampler (`sinc_resample`); the domain and judge embeddings come with the checkpoint."""
 
     backend = "utmos22_strong"
     model = f"UTMOS22 strong learner (tarepan/SpeechMOS {CHECKPOINT} layout)"
