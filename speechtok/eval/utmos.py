@@ -2,8 +2,8 @@
 VoiceMOS Challenge 2022"), the UTMOS of codec and TTS papers, as tarepan/SpeechMOS packages it (torch.hub
 `utmos22_strong`, checkpoint `utmos22_strong_step7459_v1.pt`): wav2vec 2.0 base features + the one
 data-domain and one judge embedding SpeechMOS fixed it to (rows stored in the checkpoint) → BLSTM →
-per-frame scores, averaged and mapped to 2·s + 3. Plain PyTorch with the same parameter names, so that checkpoint
-loads as it is; nothing is downloaded."""
+per-frame scores, averaged and mapped to 2·s + 3. Plain PyTorch with the same parameter names, so that
+checkpoint loads as it is; nothing is downloaded."""
 
 from __future__ import annotations
 
