@@ -37,10 +37,12 @@ def reference():
 
 @pytest.fixture(scope="module")
 def checkpoint(reference, tmp_path_factory) -> Path:
-    """The seeded weights saved as SpeechMOS saves its checkpoint: a plain state dict."""
+    """The seeded weights saved as SpeechMOS saves its checkpoint: a plain state dict (380 MB, removed after
+    the module)."""
     path = tmp_path_factory.mktemp("utmos") / "utmos22_strong_step7459_v1.pt"
     torch.save(seeded_weights(reference[1]), path)
-    return path
+    yield path
+    path.unlink()
 
 
 def test_utmos_matches_speechmos(reference, checkpoint):
