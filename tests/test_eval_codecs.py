@@ -117,3 +117,151 @@ def test_eval_codecs_wer_from_the_manifest_text(diverse_codec, two_utterances, t
     for row in r["rows"]:
         assert row["wer"] == pytest.approx(1 / 9) and row["dwer"] == pytest.approx(1 / 9)
     assert r["asr"]["dwer"]["pairs"] == 1 and r["asr"]["reference_vs_text"]["wer"] == 0
+
+
+def test_unit_bitrates_of_a_hand_made_stream():
+    """k = 4 units at 50 Hz, [0 0 0 1 1 2 3 3] in 0.16 s: nominal 2 bits × 50 Hz; entropy 50 Hz × H(3/8, 2/8,
+    1/8, 2/8); deduplicated [0 1 2 3]: 4 tokens of 2 bits in 0.16 s = 50 bps."""
+    from speechtok.eval.codecs import CodeEntropy, nominal_bps
+
+    e = CodeEntropy(1, 4, 50.0, dedup=True)
+    e.add(np.array([[0, 0, 0, 1, 1, 2, 3, 3]]), 0.16)
+    r = e.result()
+    assert nominal_bps(1, 4, 50.0) == 100.0
+    h = -(3 / 8 * math.log2(3 / 8) + 2 * (2 / 8) * math.log2(2 / 8) + 1 / 8 * math.log2(1 / 8))
+    assert r["entropy_bps"] == pytest.approx(50 * h) and r["entropy_bits"] == [pytest.approx(h)]
+    assert r["dedup_tokens_per_second"] == pytest.approx(25.0)
+    assert r["dedup_entropy_bps"] == pytest.approx(50.0)
+    assert "dedup_entropy_bps" not in CodeEntropy(1, 4, 50.0).result()  # codec codes: no deduplicated rate
+
+
+def tiny_vocos(features: dict, padding: str) -> "Vocos":  # noqa: F821
+    """A random-init Vocos (hop 64) of the given feature extractor, in the released config layout."""
+    from speechtok.vocoders.vocos import Vocos
+
+    return Vocos({"feature_extractor": features,
+                  "backbone": {"class_path": "vocos.models.VocosBackbone",
+                               "init_args": {"input_channels": 16, "dim": 32, "intermediate_dim": 64,
+                                             "num_layers": 1}},
+                  "head": {"class_path": "vocos.heads.ISTFTHead",
+                           "init_args": {"dim": 32, "n_fft": 256, "hop_length": 64, "padding": padding}}})
+
+
+@pytest.fixture(scope="module")
+def vocoder_specs(diverse_codec, tmp_path_factory):
+    """Random-init vocoders saved in their own layouts (no training): an MFCC tokenizer (k = 20, 100 Hz) +
+    a unit HiFi-GAN recording its units, a 16 kHz mel Vocos, and a Vocos reading the tiny EnCodec's 2
+    codebooks."""
+    from speechtok.unit_stream import unit_stream
+    from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
+
+    root = tmp_path_factory.mktemp("eval_vocoders")
+    np.save(root / "c.npy", np.random.default_rng(0).normal(size=(20, 39)).astype(np.float32))
+    r = CliRunner().invoke(cli, ["import-kmeans", str(root / "c.npy"), "-m", "mfcc", "-o", str(root / "km")])
+    assert r.exit_code == 0, r.output
+    card = json.loads((root / "km" / "tokenizer.json").read_text())
+    torch.manual_seed(0)
+    UnitHiFiGAN(UnitHiFiGANConfig(k=20, frame_rate=100.0, embed_dim=16, upsample_initial_channel=16,
+                                  upsample_rates=[5, 4, 4, 2], upsample_kernel_sizes=[11, 8, 8, 4],
+                                  resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+                                  unit_stream=unit_stream(card, dedup=False))).save(root / "hifigan")
+    mel = {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+           "init_args": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "n_mels": 16, "padding": "center"}}
+    tiny_vocos(mel, "center").save_pretrained(root / "vocos_mel")
+    codes = {"class_path": "vocos.feature_extractors.EncodecFeatures",
+             "init_args": {"codebook_size": 1024, "n_q": 2, "dim": 16, "sample_rate": 24000}}
+    tiny_vocos(codes, "same").save_pretrained(root / "vocos_codec")
+    enc = diverse_codec("encodec")
+    return {"units": (str(root / "km"), str(root / "hifigan")), "mel": (None, str(root / "vocos_mel")),
+            "codec": (f"encodec:{enc}:nq=2", str(root / "vocos_codec"))}
+
+
+class SecondsMOS:
+    """A UTMOS stand-in: each signal's 'MOS' is its duration."""
+
+    backend, model, model_sha256 = "utmos22_strong", "stand-in", "0" * 64
+
+    def __init__(self, path, device):
+        pass
+
+    def score(self, wav, sr):
+        return len(wav) / sr
+
+
+def test_eval_codecs_rows_through_vocoders_are_tok_resynth(vocoder_specs, two_utterances, tmp_path,
+                                                           monkeypatch):
+    """A tokenizer + vocoder row scores exactly the audio `tok resynth` (`resynthesize`) makes of each file;
+    unit rows carry log2(k) × frame rate, the unit entropy rate and the deduplicated one of the units the
+    tokenizer gives; a mel Vocos row has no bitrate and stays off the plot; --utmos scores each round trip."""
+    import speechtok.eval.resynth as resynth_mod
+    import speechtok.eval.utmos as utmos_mod
+    from speechtok.eval.tokens import Stream, TokenStats
+    from speechtok.pipelines.evaluate import evaluate_codecs
+    from speechtok.pipelines.resynth import resynthesize
+    from speechtok.tokenizers.load import load_tokenizer
+
+    scored = []
+    metrics = resynth_mod.resynth_metrics
+    monkeypatch.setattr(resynth_mod, "resynth_metrics", lambda ref, rsr, hyp, hsr:
+                        scored.append((hyp.copy(), hsr)) or metrics(ref, rsr, hyp, hsr))
+    monkeypatch.setattr(utmos_mod, "UTMOS", SecondsMOS)
+    one = tmp_path / "one.jsonl"
+    one.write_text(two_utterances.read_text().splitlines()[0] + "\n")
+    specs = [":".join(filter(None, [tok, f"vocoder={voc}"])) for tok, voc in vocoder_specs.values()]
+    r = evaluate_codecs(one, specs, tmp_path / "rep", utmos="ckpt.pt")
+    assert r["errors"] == [] and [x["spec"] for x in r["rows"]] == specs
+    assert r["utmos"]["backend"] == "utmos22_strong"
+    utts = load_corpus(one)
+    assert len(scored) == len(specs) * len(utts)
+    for (name, (tok, voc)), row in zip(vocoder_specs.items(), r["rows"]):
+        for u, (hyp, hsr) in zip(utts, scored[: len(utts)]):
+            wav, sr = read_audio(u.path)
+            want, want_sr, _ = resynthesize(wav, sr, tok, voc, torch.device("cpu"))
+            assert hsr == want_sr and hyp.shape == want.shape, name
+            assert np.abs(hyp - want).max() <= 1e-6 and np.std(want) > 0, name
+        assert row["utmos"] == pytest.approx(np.mean([len(h) / sr for h, sr in scored[: len(utts)]]))
+        scored = scored[len(utts):]
+        assert row["files"] == 1 and row["vocoder"] == voc and len(row["vocoder_sha256"]) == 64
+        for m in ("pesq_wb", "stoi", "mcd_db", "encode_xrt", "decode_xrt"):
+            assert row[m] is not None and np.isfinite(row[m]), (name, m)
+    units, mel, codec = r["rows"]
+    assert mel["nominal_bps"] is None and mel["entropy_bps"] is None and mel["codec"] == "mel"
+    assert codec["nominal_bps"] == 7500.0 and 0 < codec["entropy_bps"] <= 7500.0
+    assert codec["sample_rate"] == 24000
+
+    km = load_tokenizer(vocoder_specs["units"][0])
+    assert units["nominal_bps"] == pytest.approx(math.log2(20) * 100) and units["n_q"] == 1
+    stats, frames = TokenStats(Stream("u", "semantic", 20, 1, 100.0)), []
+    for u in utts:
+        wav, sr = read_audio(u.path)
+        frames.append(km.encode(wav, sr))
+        stats.add(frames[-1][None], len(wav) / sr)
+    frames = np.concatenate(frames)
+    assert len(np.unique(frames)) >= 8 and (np.diff(frames) == 0).any()  # entropy and dedup both matter here
+    p = np.bincount(frames) / len(frames)
+    assert units["entropy_bps"] == pytest.approx(100 * -(p[p > 0] * np.log2(p[p > 0])).sum(), rel=1e-9)
+    want = stats.result()["bitrate"]["dedup_entropy_bps"]
+    assert units["dedup_entropy_bps"] == pytest.approx(want, rel=1e-9) and want < units["entropy_bps"]
+
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "dedup_entropy_bps" in md and vocoder_specs["mel"][1] in md and "bitrate_quality.png" in md
+    from speechtok.eval.report import plot_bitrate_quality
+
+    assert not plot_bitrate_quality([mel], [("pesq_wb", "PESQ")], tmp_path / "p.png", "mel alone")
+
+
+def test_eval_codecs_refuses_a_malformed_spec_before_loading(two_utterances, tmp_path, monkeypatch):
+    """Semantic units without a vocoder, an empty vocoder=, or an unknown tokenizer: one line, exit 2, no
+    model loaded."""
+    import speechtok.pipelines.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "evaluate_codecs", lambda *a, **k: pytest.fail("went on to load models"))
+    km = tmp_path / "km"
+    km.mkdir()
+    (km / "tokenizer.json").write_text("{}")
+    for spec, says in ((str(km), "need a unit vocoder"), (f"{km}:vocoder=", "give one vocoder=DIR"),
+                       (f"{tmp_path}/nothing:vocoder=v", "neither a tokenizer directory")):
+        args = ["eval", "codecs", str(two_utterances), "-t", spec, "-o", str(tmp_path / "o")]
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and says in r.output and spec.split(":")[0] in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1

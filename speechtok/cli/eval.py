@@ -78,18 +78,22 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
 @click.option("--speaker",
               help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
+@click.option("--utmos", type=click.Path(exists=True, dir_okay=False),
+              help="UTMOS22 strong MOS estimate from a local checkpoint (SpeechMOS' "
+                   "utmos22_strong_step7459_v1.pt).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, batch_size, device, quiet):
+def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, utmos, batch_size, device,
+                quiet):
     """MCD, STOI, PESQ, SI-SDR, F0 RMSE and voicing error of HYP_DIR's files against REF_DIR's (same
-    relative names, any audio extension); optionally WER/dWER, speaker similarity and DNSMOS."""
+    relative names, any audio extension); optionally WER/dWER, speaker similarity, DNSMOS and UTMOS."""
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_resynth
 
     try:
         r = evaluate_resynth(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
-                             str(resolve_device(device)), batch_size, progress=not quiet)
+                             str(resolve_device(device)), batch_size, progress=not quiet, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
     m = r["mean"]
@@ -106,14 +110,18 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
     if "mos" in r:
         lines.append(f"DNSMOS OVRL {fmt(m['dnsmos_ovrl'], 2)} (reference {fmt(m['ref_dnsmos_ovrl'], 2)}), "
                      f"SIG {fmt(m['dnsmos_sig'], 2)}, BAK {fmt(m['dnsmos_bak'], 2)}")
+    if "utmos" in r:
+        lines.append(f"UTMOS {fmt(m['utmos'], 2)} (reference {fmt(m['ref_utmos'], 2)})")
     _finish(r, output, lines)
 
 
 @eval_group.command("codecs")
 @click.argument("corpus", type=click.Path(exists=True))
 @click.option("-t", "--tokenizer", "specs", multiple=True,
-              help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t`; nq=1,2,4 sweeps "
-                   "(one row each). Repeatable; at least one.")
+              help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t` (nq=1,2,4 sweeps, one "
+                   "row each); SPEC:vocoder=DIR for what `tok resynth -t SPEC --vocoder DIR` does (a semantic "
+                   "tokenizer directory + unit HiFi-GAN, a codec + codec-token Vocos); vocoder=DIR for a mel "
+                   "Vocos alone. Repeatable; at least one.")
 @click.option("--codec", "codec_alias", multiple=True, hidden=True, help="The old name of --tokenizer.")
 @output_option("DIR", REPORT_FOLDER)
 @click.option("--asr", help="ASR for WER/dWER: 'pocketsphinx' or a transformers checkpoint (reference text: "
@@ -122,29 +130,42 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
               help="Reference text: JSONL with 'text' and 'id' or 'path'.")
 @click.option("--speaker", help="Speaker similarity: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL of the round trips.")
+@click.option("--utmos", type=click.Path(exists=True, dir_okay=False),
+              help="UTMOS22 strong MOS estimate from a local checkpoint (SpeechMOS' "
+                   "utmos22_strong_step7459_v1.pt).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @device_option
-def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, batch_size, device):
-    """Round-trip CORPUS (folder or JSONL manifest) through each codec: one table of nominal and entropy
-    bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS) and encode/decode ×RT, plus a
-    bitrate-vs-quality plot."""
+def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device):
+    """Round-trip CORPUS (folder or JSONL manifest) through each codec or tokenizer + vocoder: one table of
+    nominal and entropy bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS, UTMOS) and
+    encode/decode ×RT, plus a bitrate-vs-quality plot."""
+    from speechtok.eval.codecs import expand_specs
+    from speechtok.tokenizers.spec import split_vocoder
+
     specs = specs + codec_alias
     if not specs:
-        raise click.UsageError("give -t/--tokenizer KIND:MODEL[:nq=N] (one or more codecs)")
+        raise click.UsageError("give -t/--tokenizer SPEC (one or more codecs or tokenizer + vocoder)")
+    try:  # before torch is imported: a typo costs a fraction of a second, not the model loads
+        for spec in expand_specs(list(specs)):
+            split_vocoder(spec)
+    except ValueError as e:
+        fail(str(e))
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_codecs
 
     try:
         r = evaluate_codecs(corpus, list(specs), output, asr, transcripts, speaker, mos,
-                            str(resolve_device(device)), batch_size)
+                            str(resolve_device(device)), batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
-    lines = [f"{x['spec']}: {fmt(x['nominal_bps'] / 1000, 2)} kbps nominal, "
-             f"{fmt(x['entropy_bps'] and x['entropy_bps'] / 1000, 2)} kbps entropy; "
-             f"PESQ {fmt(x['pesq_wb'], 2)}, STOI {fmt(x['stoi'])}, MCD {fmt(x['mcd_db'], 2)} dB"
+    kbps = lambda v: fmt(v and v / 1000, 2)  # noqa: E731
+    lines = [f"{x['spec']}: {kbps(x['nominal_bps'])} kbps nominal, {kbps(x['entropy_bps'])} kbps entropy"
+             + (f", {kbps(x['dedup_entropy_bps'])} kbps deduplicated" if "dedup_entropy_bps" in x else "")
+             + f"; PESQ {fmt(x['pesq_wb'], 2)}, STOI {fmt(x['stoi'])}, MCD {fmt(x['mcd_db'], 2)} dB"
              + (f", WER {fmt(x.get('wer'))}" if "wer" in x else "")
              + (f", speaker {fmt(x.get('speaker_similarity'))}" if "speaker_similarity" in x else "")
              + (f", DNSMOS {fmt(x.get('dnsmos_ovrl'), 2)}" if "dnsmos_ovrl" in x else "")
+             + (f", UTMOS {fmt(x.get('utmos'), 2)}" if "utmos" in x else "")
              + f"; ×RT encode {fmt(x['encode_xrt'], 1)}, decode {fmt(x['decode_xrt'], 1)}" for x in r["rows"]]
     _finish(r, output, lines)
 
@@ -159,17 +180,20 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
 @click.option("--speaker", default="resemblyzer", show_default=True,
               help="Speaker encoder for --prompts: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("-n", "--ngram", type=int, default=2, show_default=True, help="n of auto-BLEU-n and distinct-n.")
+@click.option("--utmos", type=click.Path(exists=True, dir_okay=False),
+              help="UTMOS22 strong MOS estimate from a local checkpoint (SpeechMOS' "
+                   "utmos22_strong_step7459_v1.pt).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @device_option
-def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, batch_size, device):
-    """Auto-BLEU, unit diversity, durations, GenPPL and speaker similarity of the continuations in GEN_DIR
-    (audio files and/or <id>.npy units)."""
+def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos, batch_size, device):
+    """Auto-BLEU, unit diversity, durations, GenPPL, speaker similarity and UTMOS of the continuations in
+    GEN_DIR (audio files and/or <id>.npy units)."""
     from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_generated
 
     try:
         r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(resolve_device(device)),
-                               batch_size)
+                               batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
     m = r["mean"]

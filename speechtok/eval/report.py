@@ -118,7 +118,9 @@ def plot_curves(metrics: Path, path: Path, title: str) -> bool:
 
 def plot_bitrate_quality(rows: list[dict], metrics: list[tuple[str, str]], path: Path, title: str) -> bool:
     """One panel per (column, label) in `metrics`: the rows' value against their nominal bitrate (kbps,
-    log scale), the rows of one model (an nq sweep) joined by a line; False when nothing is plotted."""
+    log scale), the rows of one model (an nq sweep) joined by a line; rows without a bitrate (a mel vocoder)
+    are left out; False when nothing is plotted."""
+    rows = [r for r in rows if r.get("nominal_bps") is not None]
     metrics = [(c, label) for c, label in metrics if any(r.get(c) is not None for r in rows)]
     if not rows or not metrics:
         return False

@@ -110,11 +110,11 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
 def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3,
                      asr: str | None = None, transcripts: str | Path | None = None, speaker: str | None = None,
                      mos: bool = False, device: str = "cpu", batch_size: int = 8,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, utmos: str | Path | None = None) -> dict:
     """Metrics of every hypothesis against the reference with the same id (relative path without extension),
     per file and averaged, plus spectrogram plots of the first `plots` pairs. Optional: `asr` (WER/CER vs
-    `transcripts` and dWER vs the reference audio's transcript), `speaker` (embedding cosine), `mos` (DNSMOS);
-    `progress`: a bar on stderr."""
+    `transcripts` and dWER vs the reference audio's transcript), `speaker` (embedding cosine), `mos` (DNSMOS),
+    `utmos` (a local UTMOS22 strong checkpoint); `progress`: a bar on stderr."""
     from tqdm import tqdm
 
     from speechtok.audio import AudioError, read_audio, resample
@@ -125,7 +125,7 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     hyps = {u.id: u.path for u in scan_folder(hyp_dir)}
     errors, rows, sections = [], [], [f"Reference `{ref_dir}`, resynthesis `{hyp_dir}`.\n"]
-    extras = _Evaluators(asr, transcripts, speaker, mos, device, batch_size, errors)
+    extras = _Evaluators(asr, transcripts, speaker, mos, device, batch_size, errors, utmos=utmos)
     refs = list(scan_folder(ref_dir))
     for u in tqdm(refs, unit="file", desc="resynth", disable=not progress, dynamic_ncols=True):
         if u.id not in hyps:
@@ -177,11 +177,11 @@ def _means(rows: list[dict], columns: list[str]) -> dict:
 
 
 class _Evaluators:
-    """The optional model-based metrics of a resynthesis run (ASR, speaker similarity, DNSMOS): loaded once,
-    applied per pair; the transcriptions run batched at the end."""
+    """The optional model-based metrics of a resynthesis run (ASR, speaker similarity, DNSMOS, UTMOS): loaded
+    once, applied per pair; the transcriptions run batched at the end."""
 
     def __init__(self, asr, transcripts, speaker, mos, device, batch_size, errors: list[str],
-                 texts: dict[str, str] | None = None):
+                 texts: dict[str, str] | None = None, utmos: str | Path | None = None):
         from speechtok.eval.asr import load_asr, read_transcripts
 
         if transcripts and not asr:
@@ -198,10 +198,16 @@ class _Evaluators:
             from speechtok.eval.mos import DNSMOS
 
             self.mos = DNSMOS()
+        self.utmos = None
+        if utmos:
+            from speechtok.eval.utmos import UTMOS
+
+            self.utmos = UTMOS(utmos, device)
         self.audio: list[tuple] = []  # (ref, sr, hyp, sr) awaiting transcription
         self.columns = ((["wer", "cer"] if self.texts else []) + (["dwer", "dcer"] if self.asr else [])
                         + (["speaker_similarity"] if self.speaker else [])
-                        + (["dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "ref_dnsmos_ovrl"] if self.mos else []))
+                        + (["dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "ref_dnsmos_ovrl"] if self.mos else [])
+                        + (["utmos", "ref_utmos"] if self.utmos else []))
 
     def pair(self, uid: str, ref, rsr, hyp, hsr) -> dict:
         from speechtok.eval.asr import transcript_of
@@ -215,6 +221,8 @@ class _Evaluators:
         if self.mos:
             row.update(self.mos.score(hyp, hsr))
             row["ref_dnsmos_ovrl"] = self.mos.score(ref, rsr)["dnsmos_ovrl"]
+        if self.utmos:
+            row.update(utmos=self.utmos.score(hyp, hsr), ref_utmos=self.utmos.score(ref, rsr))
         if self.asr:
             self.audio.append((ref, rsr, hyp, hsr))
         return row
@@ -251,6 +259,8 @@ class _Evaluators:
             out["speaker"] = {**model_entry(self.speaker), "metric": "cosine similarity"}
         if self.mos:
             out["mos"] = model_entry(self.mos)
+        if self.utmos:
+            out["utmos"] = model_entry(self.utmos)
         return out
 
     def sections(self, results: dict) -> list[str]:
@@ -269,7 +279,8 @@ class _Evaluators:
                      f"over files / reference words or characters).\n",
                      report.table(rates, ["comparison", "wer", "cer", "pairs"])]
         secs += [model_note(title, results[key]) for key, title in (("speaker", "Speaker similarity"),
-                                                                   ("mos", "DNSMOS")) if key in results]
+                                                                   ("mos", "DNSMOS"), ("utmos", "UTMOS"))
+                 if key in results]
         return secs
 
 
@@ -338,11 +349,11 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
 
 def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = None, text_lm: str | None = None,
                        prompts: str | Path | None = None, speaker: str | None = None, n: int = 2,
-                       device: str = "cpu", batch_size: int = 8) -> dict:
+                       device: str = "cpu", batch_size: int = 8, utmos: str | Path | None = None) -> dict:
     """Continuations in `gen_dir` (audio files and/or `<id>.npy` units, as `tok generate` writes them):
     duration statistics; per sequence auto-BLEU-n, distinct-n and unit entropy; with `asr`, the transcripts'
     auto-BLEU and (with `text_lm`) GenPPL; with `prompts` (same ids) and `speaker`, prompt→continuation
-    speaker similarity."""
+    speaker similarity; with `utmos` (a local UTMOS22 strong checkpoint), each continuation's MOS estimate."""
     import os
 
     from speechtok.audio import AudioError, read_audio
@@ -359,7 +370,11 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
     units = {(Path(d) / f).relative_to(gen_dir).with_suffix("").as_posix(): Path(d) / f
              for d, _, fs in os.walk(gen_dir) for f in fs if f.endswith(".npy")}
     prompt_audio = {u.id: u.path for u in scan_folder(prompts)} if prompts else {}
-    asr_model = speaker_model = None
+    asr_model = speaker_model = utmos_model = None
+    if utmos:
+        from speechtok.eval.utmos import UTMOS
+
+        utmos_model = UTMOS(utmos, device)
     if asr:
         from speechtok.eval.asr import load_asr
 
@@ -386,6 +401,8 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
                 rows.append(row)
                 continue
             row["seconds"] = len(wav) / sr
+            if utmos_model:
+                row["utmos"] = utmos_model.score(wav, sr)
             if asr_model:
                 wavs.append((row, wav, sr))
             if speaker_model:
@@ -411,8 +428,10 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
             results["genppl"] = TextLM(text_lm, device, batch_size).perplexity([normalize_text(t) for t in texts])
     if speaker_model:
         results["speaker"] = {**model_entry(speaker_model), "metric": "cosine, prompt vs continuation"}
+    if utmos_model:
+        results["utmos"] = model_entry(utmos_model)
     columns = ["seconds", "units", "unit_auto_bleu", "unit_distinct_1", "unit_distinct_n", "unit_entropy_bits",
-               "words", "word_auto_bleu", "speaker_similarity"]
+               "words", "word_auto_bleu", "speaker_similarity", "utmos"]
     columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
     mean = _means(rows, columns)
     secs = [r["seconds"] for r in rows if "seconds" in r]
@@ -429,8 +448,8 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
         g = results["genppl"]
         sections += [f"## GenPPL\n\n**{report.fmt(g['perplexity'], 2)}** over {g['tokens']} tokens of "
                      f"{g['texts']} transcripts.\n", model_note("Text LM", g)]
-    sections += [model_note(title, results[key]) for key, title in (("asr", "ASR"), ("speaker", "Speaker similarity"))
-                 if key in results]
+    sections += [model_note(title, results[key]) for key, title in
+                 (("asr", "ASR"), ("speaker", "Speaker similarity"), ("utmos", "UTMOS")) if key in results]
     sections += ["## Per file\n", report.table(rows, ["id", *columns, *(["transcript"] if asr_model else [])])]
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
@@ -440,31 +459,94 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
 
 CODEC_PLOT_METRICS = [("pesq_wb", "PESQ (wide-band)"), ("stoi", "STOI"), ("mcd_db", "MCD (dB)"),
                       ("wer", "WER"), ("speaker_similarity", "speaker similarity"),
-                      ("dnsmos_ovrl", "DNSMOS OVRL")]
+                      ("dnsmos_ovrl", "DNSMOS OVRL"), ("utmos", "UTMOS")]
+
+
+def _codec_route(spec: str, device: str) -> tuple[dict, object]:
+    """A codec spec → (its row's model fields, one timed round trip cut to the input's length)."""
+    from speechtok.audio import resample
+    from speechtok.eval.codecs import nominal_bps, round_trip
+    from speechtok.tokenizers.codec import Codec, parse_codec_spec
+
+    opts = parse_codec_spec(spec)
+    codec = Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
+                  name=opts.get("name"), device=device)
+    round_trip(codec, np.zeros(codec.hop * 8, dtype=np.float32))  # warm-up, kept out of the ×RT
+
+    def trip(wav, sr):
+        codes, hyp, te, td = round_trip(codec, resample(wav, sr, codec.sample_rate))
+        return codes, hyp, codec.sample_rate, te, td
+
+    return {"codec": codec.codec_kind, "model": codec.model_ref,
+            "model_label": f"{codec.codec_kind}:{Path(codec.model_ref).name}",
+            "weights_sha256": codec.card()["weights_sha256"], "n_q": codec.n_q,
+            "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
+            "sample_rate": codec.sample_rate, "bandwidth_kbps": codec.bandwidth,
+            "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate)}, trip
+
+
+def _vocoder_route(tokenizer: str | None, vocoder: str, device: str) -> tuple[dict, object]:
+    """A tokenizer (or none) + vocoder, as `tok resynth -t TOKENIZER --vocoder VOCODER` runs them → (its
+    row's model fields, one timed round trip giving what `tok resynth` writes)."""
+    import torch
+
+    from speechtok.eval.codecs import nominal_bps, timed_resynthesis, vocoder_sha256
+    from speechtok.pipelines.resynth import Resynthesis
+    from speechtok.unit_stream import tokenizer_sha256
+
+    route = Resynthesis(tokenizer, vocoder, torch.device(device))
+    timed_resynthesis(route, np.zeros(route.input_rate // 4, dtype=np.float32), route.input_rate)  # warm-up
+    tok, voc = route.tok, route.voc
+    kind = {"units": "semantic", "mel": "mel"}.get(route.kind, getattr(tok, "codec_kind", None))
+    info: dict = {"codec": kind,
+                  "model": tokenizer, "vocoder": vocoder, "vocoder_sha256": vocoder_sha256(vocoder),
+                  "sample_rate": route.sample_rate}
+    label = f"{Path(vocoder).name}"
+    if route.kind == "units":
+        info.update(model_label=f"{Path(tokenizer).name}+{label}",
+                    tokenizer_sha256=tokenizer_sha256(tok.card()), n_q=1, codebook_size=tok.k, frame_rate=tok.frame_rate,
+                    nominal_bps=nominal_bps(1, tok.k, tok.frame_rate))
+    elif route.kind == "codec+vocos":
+        info.update(model=tok.model_ref, model_label=f"{tok.codec_kind}:{Path(tok.model_ref).name}+{label}",
+                    weights_sha256=tok.card()["weights_sha256"], n_q=tok.n_q, codebook_size=tok.codebook_size,
+                    frame_rate=tok.frame_rate, bandwidth_kbps=tok.bandwidth,
+                    nominal_bps=nominal_bps(tok.n_q, tok.codebook_size, tok.frame_rate))
+    else:  # continuous features: no bitrate
+        info.update(model_label=f"mel:{label}", n_q=None, frame_rate=voc.sample_rate / voc.hop_length,
+                    nominal_bps=None)
+
+    def trip(wav, sr):
+        codes, hyp, te, td = timed_resynthesis(route, wav, sr)
+        return codes, hyp, route.sample_rate, te, td
+
+    return info, trip
 
 
 def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: str | None = None,
                     transcripts: str | Path | None = None, speaker: str | None = None, mos: bool = False,
-                    device: str = "cpu", batch_size: int = 8) -> dict:
-    """Round-trip every utterance of `corpus` (folder or JSONL manifest, held in memory) through each codec
-    spec (`nq=1,2,4` sweeps expand to one row each): one row per spec with nominal and entropy bitrates, mean
-    PESQ / STOI / MCD / SI-SDR, optional WER, speaker similarity and DNSMOS (`_Evaluators`; with `asr` and no
-    `transcripts`, the corpus' own texts), encode/decode ×RT, and a bitrate-vs-quality plot."""
+                    device: str = "cpu", batch_size: int = 8, utmos: str | Path | None = None) -> dict:
+    """Round-trip every utterance of `corpus` (folder or JSONL manifest, held in memory) through each spec
+    (`split_vocoder`: a codec, a tokenizer + vocoder, or a mel vocoder; `nq=1,2,4` sweeps expand to one row
+    each): one row per spec with nominal and entropy bitrates (units: also deduplicated; mel: none), mean
+    PESQ / STOI / MCD / SI-SDR, optional WER, speaker similarity, DNSMOS, UTMOS (`_Evaluators`; with `asr`
+    and no `transcripts`, the corpus' own texts), encode/decode ×RT, and a bitrate-vs-quality plot."""
     import torch
 
-    from speechtok.audio import AudioError, read_audio, resample
+    from speechtok.audio import AudioError, read_audio
     from speechtok.corpus import load_corpus
-    from speechtok.eval.codecs import CodeEntropy, expand_specs, nominal_bps, round_trip
+    from speechtok.eval.codecs import CodeEntropy, expand_specs
     from speechtok.eval.resynth import resynth_metrics
-    from speechtok.tokenizers.codec import Codec, parse_codec_spec
+    from speechtok.tokenizers.spec import split_vocoder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    specs = expand_specs(specs)
+    parsed = [split_vocoder(s) for s in specs]  # a malformed spec fails here, before any model loads
     corpus_errors: list = []
     utts = load_corpus(corpus, corpus_errors)
     errors = [f"{e.file}: {e.reason}" for e in corpus_errors]
     texts = {u.id: u.text for u in utts if u.text is not None} if asr and not transcripts else None
-    extras = _Evaluators(asr, transcripts, speaker, mos, device, batch_size, errors, texts)
+    extras = _Evaluators(asr, transcripts, speaker, mos, device, batch_size, errors, texts, utmos)
     audio = []
     for u in utts:
         try:
@@ -473,61 +555,63 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
             errors.append(f"{u.path}: {e}")
     metrics = ["pesq_wb", "stoi", "mcd_db", "si_sdr_db", *extras.columns]
     rows, per_file, models = [], {}, {}
-    for spec in expand_specs(specs):
+    for spec, (tokenizer, vocoder) in zip(specs, parsed):
         try:
-            opts = parse_codec_spec(spec)
-            codec = Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
-                          name=opts.get("name"), device=device)
-            round_trip(codec, np.zeros(codec.hop * 8, dtype=np.float32))  # warm-up, kept out of the ×RT
+            info, trip = (_vocoder_route(tokenizer, vocoder, device) if vocoder
+                          else _codec_route(tokenizer, device))
         except Exception as e:
             errors.append(f"{spec}: {' '.join(str(e).split())[:300]}")
             continue
-        entropy = CodeEntropy(codec.n_q, codec.codebook_size, codec.frame_rate)
+        entropy = None if info["nominal_bps"] is None else CodeEntropy(
+            info["n_q"], info["codebook_size"], info["frame_rate"], dedup=info["codec"] == "semantic")
         files, seconds, t_encode, t_decode = [], 0.0, 0.0, 0.0
         for u, wav, sr in audio:
             try:
-                codes, hyp, te, td = round_trip(codec, resample(wav, sr, codec.sample_rate))
-                files.append({"id": u.id, **resynth_metrics(wav, sr, hyp, codec.sample_rate),
-                              **extras.pair(u.id, wav, sr, hyp, codec.sample_rate)})
+                codes, hyp, hyp_sr, te, td = trip(wav, sr)
+                files.append({"id": u.id, **resynth_metrics(wav, sr, hyp, hyp_sr),
+                              **extras.pair(u.id, wav, sr, hyp, hyp_sr)})
             except Exception as e:
                 errors.append(f"{u.path}: {spec}: round trip failed ({' '.join(str(e).split())[:160]})")
                 continue
-            entropy.add(codes, len(wav) / sr)
+            if entropy is not None:
+                entropy.add(codes, len(wav) / sr)
             seconds, t_encode, t_decode = seconds + len(wav) / sr, t_encode + te, t_decode + td
         models = extras.finish(files)
         mean = _means(files, metrics)
         for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):  # corpus-level, as in resynth
             if key in models.get("asr", {}):
                 mean.update({prefix + m: models["asr"][key][m] for m in ("wer", "cer")})
-        rows.append({"spec": spec, "codec": codec.codec_kind, "model": codec.model_ref,
-                     "model_label": f"{codec.codec_kind}:{Path(codec.model_ref).name}",
-                     "weights_sha256": codec.card()["weights_sha256"], "n_q": codec.n_q,
-                     "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
-                     "sample_rate": codec.sample_rate, "bandwidth_kbps": codec.bandwidth, "files": len(files),
-                     "seconds": seconds,
-                     "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate),
-                     **(entropy.result() if files else {"entropy_bps": None}), **mean,
+        rows.append({"spec": spec, **info, "files": len(files), "seconds": seconds,
+                     **(entropy.result() if entropy is not None and files else {"entropy_bps": None}), **mean,
                      "encode_xrt": seconds / max(t_encode, 1e-9) if files else None,
                      "decode_xrt": seconds / max(t_decode, 1e-9) if files else None})
         per_file[spec] = files
-        del codec
+        del trip
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-    columns = ["spec", "n_q", "nominal_bps", "entropy_bps", *metrics, "encode_xrt", "decode_xrt", "files"]
+    dedup = ["dedup_entropy_bps"] if any("dedup_entropy_bps" in r for r in rows) else []
+    columns = ["spec", "n_q", "nominal_bps", "entropy_bps", *dedup, *metrics, "encode_xrt", "decode_xrt",
+               "files"]
     results = {"corpus": str(corpus), "utterances": len(audio), "device": str(device), "rows": rows, **models,
                "per_file": per_file, "errors": errors}
     total = sum(len(w) / sr for _, w, sr in audio)
     sections = [f"Corpus `{corpus}`: {len(audio)} utterances, {total:.1f} s, round-tripped one at a time on "
                 f"{device}. Nominal bitrate = n_q × log2(codebook size) × frame rate; entropy bitrate = "
-                f"frame rate × Σ per-codebook unigram entropy of the codes. ×RT = audio seconds per "
+                f"frame rate × Σ per-codebook unigram entropy of the codes"
+                + ("; deduplicated (semantic units) = run-length-deduplicated units per second × their "
+                   "unigram entropy, as `tok eval tokens` reports it" if dedup else "")
+                + ". A mel vocoder has no bitrate (continuous features) and no point on the plot. Rows "
+                f"with a vocoder run as `tok resynth -t TOKENIZER --vocoder DIR` does. ×RT = audio seconds per "
                 f"second of encoding / decoding.\n",
                 "## Codecs\n", report.table(rows, columns, 2)]
     if report.plot_bitrate_quality(rows, CODEC_PLOT_METRICS, out / "bitrate_quality.png",
                                    "bitrate vs quality"):
         sections.append("![bitrate vs quality](bitrate_quality.png)\n")
     sections += extras.sections(results)
-    sections += ["## Models\n", report.table(rows, ["spec", "model", "weights_sha256", "sample_rate",
-                                                    "frame_rate", "codebook_size", "bandwidth_kbps"])]
+    ids = [c for c in ("weights_sha256", "tokenizer_sha256", "vocoder", "vocoder_sha256")
+           if any(c in r for r in rows)]
+    sections += ["## Models\n", report.table(rows, ["spec", "model", *ids, "sample_rate", "frame_rate",
+                                                    "codebook_size", "bandwidth_kbps"])]
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Codec round trips", results, sections)

@@ -28,38 +28,87 @@ def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None) -> np
     return vocoder(x, spk)[0].float().cpu().numpy()
 
 
-@torch.inference_mode()
+class Resynthesis:
+    """A tokenizer and/or a vocoder, loaded and checked once: audio → tokens (units, codec codes or mel) →
+    audio. The one route of `tok resynth`, which `tok eval codecs` also times and scores."""
+
+    def __init__(self, tokenizer: str | None, vocoder_dir: str | None, device: torch.device):
+        from speechtok.tokenizers.codec import Codec
+        from speechtok.tokenizers.load import load_tokenizer
+        from speechtok.tokenizers.semantic import SemanticTokenizer
+        from speechtok.unit_stream import check_unit_streams, unit_stream
+        from speechtok.vocoders.hifigan import UnitHiFiGAN
+        from speechtok.vocoders.train import load_vocoder
+
+        self.tok = load_tokenizer(tokenizer, device=device) if tokenizer else None
+        self.voc = load_vocoder(vocoder_dir, device) if vocoder_dir else None
+        if isinstance(self.voc, UnitHiFiGAN):
+            if not isinstance(self.tok, SemanticTokenizer):
+                raise ValueError("a unit HiFi-GAN needs the semantic tokenizer it was trained on (-t KM_DIR)")
+            check_unit_streams(unit_stream(self.tok.card(), dedup=False), tokenizer,
+                               vocoder_stream(self.voc.cfg), vocoder_dir)
+            self.kind = "units"
+        elif isinstance(self.tok, SemanticTokenizer):
+            raise ValueError("semantic units need a unit vocoder (--vocoder DIR of a unit HiFi-GAN)")
+        elif self.voc is None:
+            self.kind = "codec"
+        elif self.voc.is_codec:
+            if not isinstance(self.tok, Codec):
+                raise ValueError("a codec-token Vocos needs the codec (-t encodec:MODEL:nq=N)")
+            self.kind = "codec+vocos"
+        else:
+            self.kind = "mel"
+        self.device = device
+        self.input_rate = self.tok.sample_rate if self.kind in ("units", "codec") else self.voc.sample_rate
+        self.sample_rate = self.voc.cfg.sample_rate if self.kind == "units" else (
+            self.tok.sample_rate if self.kind == "codec" else self.voc.sample_rate)
+
+    @torch.inference_mode()
+    def encode(self, wav: np.ndarray, sr: int):
+        """Units [F] (numpy), (codes [1, n_q, F], frames) or a mel [1, n_mels, F], from audio at any rate."""
+        wav = resample(wav, sr, self.input_rate)
+        if self.kind == "units":
+            return self.tok.encode(wav)
+        x = torch.from_numpy(wav)[None]
+        if self.kind == "mel":
+            return self.voc.feature_extractor(x.to(self.device))
+        lengths = torch.tensor([x.shape[1]])
+        return self.tok.encode(x.to(self.device) if self.kind == "codec+vocos" else x, lengths)
+
+    @torch.inference_mode()
+    def decode(self, tokens) -> np.ndarray:
+        """What `encode` gave → waveform at `sample_rate`."""
+        if self.kind == "units":
+            return units_to_audio(self.voc, tokens)
+        if self.kind == "mel":
+            return self.voc.decode(tokens)[0].float().cpu().numpy()
+        codes, frames = tokens
+        if self.kind == "codec":
+            out, samples = self.tok.decode(codes, frames)
+            return out[0, : int(samples[0])].cpu().numpy()
+        return self.voc.codes_to_audio(codes[:, :, : int(frames[0])].transpose(0, 1))[0].float().cpu().numpy()
+
+    def codes(self, tokens) -> np.ndarray | None:
+        """The discrete codes [n_q, F] of what `encode` gave (None for a mel)."""
+        if self.kind == "units":
+            return np.asarray(tokens, dtype=np.int64)[None]
+        if self.kind == "mel":
+            return None
+        codes, frames = tokens
+        return codes[0, :, : int(frames[0])].cpu().numpy()
+
+    def describe(self, tokens) -> str:
+        if self.kind == "mel":
+            return "mel -> Vocos"
+        c = self.codes(tokens)
+        if self.kind == "units":
+            return f"{c.shape[1]} units -> unit HiFi-GAN"
+        return f"{c.shape[0]} x {c.shape[1]} codes" + (" -> Vocos" if self.kind == "codec+vocos" else "")
+
+
 def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: str | None,
                  device: torch.device) -> tuple[np.ndarray, int, str]:
     """(waveform, sample rate, what it went through)."""
-    from speechtok.tokenizers.codec import Codec
-    from speechtok.tokenizers.load import load_tokenizer
-    from speechtok.tokenizers.semantic import SemanticTokenizer
-    from speechtok.unit_stream import check_unit_streams, unit_stream
-    from speechtok.vocoders.hifigan import UnitHiFiGAN
-    from speechtok.vocoders.train import load_vocoder
-
-    tok = load_tokenizer(tokenizer, device=device) if tokenizer else None
-    voc = load_vocoder(vocoder_dir, device) if vocoder_dir else None
-    if isinstance(voc, UnitHiFiGAN):
-        if not isinstance(tok, SemanticTokenizer):
-            raise ValueError("a unit HiFi-GAN needs the semantic tokenizer it was trained on (-t KM_DIR)")
-        check_unit_streams(unit_stream(tok.card(), dedup=False), tokenizer, vocoder_stream(voc.cfg),
-                           vocoder_dir)
-        units = tok.encode(resample(wav, sr, tok.sample_rate))
-        return units_to_audio(voc, units), voc.cfg.sample_rate, f"{len(units)} units -> unit HiFi-GAN"
-    if isinstance(tok, SemanticTokenizer):
-        raise ValueError("semantic units need a unit vocoder (--vocoder DIR of a unit HiFi-GAN)")
-    if voc is None:
-        x = torch.from_numpy(resample(wav, sr, tok.sample_rate))[None]
-        codes, frames = tok.encode(x, torch.tensor([x.shape[1]]))
-        out, samples = tok.decode(codes, frames)
-        return out[0, : int(samples[0])].cpu().numpy(), tok.sample_rate, f"{codes.shape[1]} x {int(frames[0])} codes"
-    x = torch.from_numpy(resample(wav, sr, voc.sample_rate)).to(device)[None]
-    if voc.is_codec:
-        if not isinstance(tok, Codec):
-            raise ValueError("a codec-token Vocos needs the codec (-t encodec:MODEL:nq=N)")
-        codes, frames = tok.encode(x, torch.tensor([x.shape[1]]))
-        out = voc.codes_to_audio(codes[:, :, : int(frames[0])].transpose(0, 1))
-        return out[0].float().cpu().numpy(), voc.sample_rate, f"{codes.shape[1]} x {int(frames[0])} codes -> Vocos"
-    return voc(x)[0].float().cpu().numpy(), voc.sample_rate, "mel -> Vocos"
+    r = Resynthesis(tokenizer, vocoder_dir, device)
+    tokens = r.encode(wav, sr)
+    return r.decode(tokens), r.sample_rate, r.describe(tokens)

@@ -57,3 +57,20 @@ def check_spec(spec: str) -> None:
         return
     raise ValueError(f"{spec}: neither a tokenizer directory (no {CARD_FILE}) nor a codec spec "
                      f"({'|'.join(KINDS)}:MODEL[:nq=N])")
+
+
+def split_vocoder(spec: str) -> tuple[str | None, str | None]:
+    """What `tok eval codecs -t` accepts, as `tok resynth -t TOKENIZER --vocoder DIR` takes it: a codec spec,
+    `SPEC:vocoder=DIR` (semantic tokenizer + unit HiFi-GAN, codec + codec-token Vocos) or `vocoder=DIR` alone
+    (mel Vocos) → (tokenizer spec or None, vocoder or None); a ValueError naming `spec` when malformed."""
+    parts = spec.split(":")
+    found = [i for i, p in enumerate(parts) if p.startswith("vocoder=")]
+    if len(found) > 1 or (found and not parts[found[0]][len("vocoder="):]):
+        raise ValueError(f"{spec!r}: give one vocoder=DIR")
+    vocoder = parts.pop(found[0])[len("vocoder="):] if found else None
+    tokenizer = ":".join(parts) or None
+    if tokenizer is not None:
+        check_spec(tokenizer)
+        if vocoder is None and semantic_spec(tokenizer)[0] is not None:
+            raise ValueError(f"{spec!r}: semantic units need a unit vocoder ({tokenizer}:vocoder=DIR)")
+    return tokenizer, vocoder
