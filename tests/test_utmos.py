@@ -1,5 +1,5 @@
 """UTMOS22 strong against tarepan/SpeechMOS' own model (tests/fixtures/utmos_reference.npz, written by
-tests/reference/make_utmos_fixture.py with parameters from a seeded rule repeated here), the checkpoint
+tests/reference/make_utmos_fixture.py with parameters from a seeded rule, imported from it), the checkpoint
 loader's one-line errors, and `--utmos` in the reports."""
 
 import hashlib
@@ -10,21 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from speechtok.eval.utmos import UTMOS, load_utmos_state
+from reference.make_utmos_fixture import seeded_weights  # the fixture's weight rule (tests/ is on sys.path)
+from speechtok.eval.utmos import UTMOS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "utmos_reference.npz"
-
-
-def seeded_weights(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """make_utmos_fixture.py's rule: per key N(0, 0.02²) seeded by the key's sha256; norm scales 1 + that."""
-    out = {}
-    for key in sorted(shapes):
-        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2 ** 63 - 1)
-        x = torch.randn(shapes[key], generator=torch.Generator().manual_seed(seed)) * 0.02
-        if key.endswith("norm.weight") or key == "wav2vec2.feature_extractor.conv_layers.0.2.weight":
-            x += 1
-        out[key] = x
-    return out
 
 
 @pytest.fixture(scope="module")
