@@ -1,5 +1,5 @@
 """Writes tests/fixtures/utmos_reference.npz: tarepan/SpeechMOS' own UTMOS22 strong model (the code behind
-torch.hub `utmos22_strong`), its parameters set by `seeded_weights` (a rule tests/test_utmos.py repeats, so
+torch.hub `utmos22_strong`), its parameters set by `seeded_weights` (a rule tests/test_utmos.py imports, so
 no checkpoint is needed), run on two fixed 16 kHz inputs (49 and 64 wav2vec 2.0 frames: odd and even, the
 reference pads odd ones), and a 24 kHz input that the reference resamples itself (torchaudio); saved: the
 inputs, the scores, the per-frame scores, the first and last 8 frames of the SSL features, and the state
