@@ -554,7 +554,7 @@ def part_pytest(p: Part, sz: Sizes, tmp: Path) -> None:
     c = p.data["figures"]
     p.section("pytest-gpu", "\n".join([
         "## `pytest -m gpu` (issue #17)", "",
-        f"Hardware: {hardware(p.device)}. `{' '.join(cmd[1:4])} {' '.join(sz.pytest_paths)}`: "
+        f"Hardware: {hardware(p.device)}. `{' '.join(cmd[2:5])} {' '.join(sz.pytest_paths)}`: "
         f"{c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['skipped']} skipped "
         f"(exit {rc}).",
         *([""] + [f"- {line[:200]}" for line in failing] if failing else [])]))

@@ -4,6 +4,7 @@ word's start and end in the concatenated audio are known exactly."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -59,7 +60,13 @@ def synthesize_sentence(text: str, voice: tuple[str, int, int], gap: float = 0.0
 
 
 def build_corpus(root: Path) -> Path:
-    """Write the sentences under root/audio/<speaker>/ and a manifest root/corpus.jsonl; returns it."""
+    """Write the sentences under root/audio/<speaker>/ and a manifest root/corpus.jsonl; returns it. Where
+    espeak-ng is missing (the GPU device image), a copy of $SPEECHTOK_TEST_SPEECH, made here beforehand by
+    `python tests/speech.py DIR`, stands in."""
+    prebuilt = os.environ.get("SPEECHTOK_TEST_SPEECH")
+    if prebuilt and not shutil.which("espeak-ng"):
+        shutil.copytree(prebuilt, root, dirs_exist_ok=True)
+        return root / "corpus.jsonl"
     assert shutil.which("espeak-ng"), "espeak-ng is needed (scripts/setup.sh installs it)"
     lines = []
     for i, (speaker, text) in enumerate(SENTENCES):
@@ -115,3 +122,9 @@ def linked_workdir(source: Path, root: Path) -> Path:
     for name in ("shards", "km", "codec"):
         (root / name).symlink_to(source / name)
     return root
+
+
+if __name__ == "__main__":  # the corpus for machines without espeak-ng: python tests/speech.py DIR
+    import sys
+
+    print(build_corpus(Path(sys.argv[1])))

@@ -133,6 +133,15 @@ def test_spectral_features_equal_kaldi_reference(cls, key, sr):
         torch.testing.assert_close(out[row, : n[row]], expected, atol=KALDI_TOL, rtol=KALDI_TOL)
 
 
+@pytest.mark.parametrize("kind", ["mfcc", "logmel"])
+def test_spectral_features_take_cpu_batches_on_another_device(kind):
+    """`tok train-kmeans -m mfcc` on a GPU machine handed CPU batches to features on cuda and failed with a
+    device mismatch (found by the GPU suite); "meta" stands in for the other device here."""
+    features = build_features(parse_model_spec(kind, None), device="meta")
+    feats, n = features(torch.randn(2, 16000), torch.tensor([16000, 8000]))
+    assert feats.device.type == "meta" and feats.shape[:2] == (2, 98) and n.tolist() == [98, 48]
+
+
 def test_old_spectral_cards_are_refused():
     card = {"kind": "mfcc", "sample_rate": 16000, "n_mels": 23, "n_ceps": 13, "win_length": 400,
             "hop_length": 160, "n_fft": 512}

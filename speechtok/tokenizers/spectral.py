@@ -85,7 +85,7 @@ class LogMel(FeatureExtractor):
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         """[B, T] → [B, F, n_mels] for every full window (frames past an utterance's end are junk)."""
-        wav = wav.float()
+        wav = wav.to(self.window.device).float()  # callers may hand over CPU batches, as to SSL models
         if wav.shape[-1] < self.win_length:
             wav = torch.nn.functional.pad(wav, (0, self.win_length - wav.shape[-1]))
         frames = wav.unfold(-1, self.win_length, self.hop_length)  # [B, F, win]
@@ -96,9 +96,9 @@ class LogMel(FeatureExtractor):
         return torch.log(torch.clamp(spec @ self.fbank, min=LOG_FLOOR))
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.num_frames(lengths)
+        n = self.num_frames(lengths)  # on the lengths' device (usually the CPU: no sync for its max)
         feats = self.log_mel(wav)[:, : int(n.max()) if len(n) else 0]
-        return feats * length_mask(n, feats.shape[1])[..., None], n
+        return feats * length_mask(n.to(feats.device), feats.shape[1])[..., None], n
 
 
 class MFCC(LogMel):
@@ -133,9 +133,10 @@ class MFCC(LogMel):
         return out / (2 * sum(k * k for k in range(1, width + 1)))
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.num_frames(lengths)
+        n = self.num_frames(lengths)  # on the lengths' device (usually the CPU: no sync for its max)
         ceps = (self.log_mel(wav) @ self.dct * self.lifter)[:, : int(n.max()) if len(n) else 0]
-        d1 = self.delta(ceps, n)
-        d2 = self.delta(d1, n)
+        n_here = n.to(ceps.device)
+        d1 = self.delta(ceps, n_here)
+        d2 = self.delta(d1, n_here)
         feats = torch.cat([ceps, d1, d2], -1)
-        return feats * length_mask(n, feats.shape[1])[..., None], n
+        return feats * length_mask(n_here, feats.shape[1])[..., None], n
