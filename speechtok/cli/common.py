@@ -50,6 +50,16 @@ device_option = click.option("--device", default="auto", show_default=True, meta
                                   "'cpu', 'cuda', 'cuda:1', ...")
 
 
+def device_or_fail(device: str):
+    """The torch.device for --device (see pipelines.batching.resolve_device), or a one-line usage error."""
+    from speechtok.pipelines.batching import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as e:
+        fail(str(e))
+
+
 def output_option(what: str, help: str, required: bool = True):
     """`-o/--output` of every command: `what` "DIR" (a folder the command creates or fills) or "FILE"."""
     assert what in ("DIR", "FILE"), what

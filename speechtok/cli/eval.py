@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import device_option, fail, output_option, report_errors
+from speechtok.cli.common import device_option, device_or_fail, fail, output_option, report_errors
 from speechtok.eval.report import fmt
 
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."
@@ -88,12 +88,11 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
                 quiet):
     """MCD, STOI, PESQ, SI-SDR, F0 RMSE and voicing error of HYP_DIR's files against REF_DIR's (same
     relative names, any audio extension); optionally WER/dWER, speaker similarity, DNSMOS and UTMOS."""
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_resynth
 
     try:
         r = evaluate_resynth(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
-                             str(resolve_device(device)), batch_size, progress=not quiet, utmos=utmos)
+                             str(device_or_fail(device)), batch_size, progress=not quiet, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
     m = r["mean"]
@@ -150,12 +149,11 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
             split_vocoder(spec)
     except ValueError as e:
         fail(str(e))
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_codecs
 
     try:
         r = evaluate_codecs(corpus, list(specs), output, asr, transcripts, speaker, mos,
-                            str(resolve_device(device)), batch_size, utmos=utmos)
+                            str(device_or_fail(device)), batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
     kbps = lambda v: fmt(v and v / 1000, 2)  # noqa: E731
@@ -188,11 +186,10 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
 def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos, batch_size, device):
     """Auto-BLEU, unit diversity, durations, GenPPL, speaker similarity and UTMOS of the continuations in
     GEN_DIR (audio files and/or <id>.npy units)."""
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_generated
 
     try:
-        r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(resolve_device(device)),
+        r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(device_or_fail(device)),
                                batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
         fail(str(e))
@@ -220,10 +217,9 @@ def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, 
     """Perplexity on held-out shards and minimal-pair (sWUGGY / sBLIMP / StoryCloze) accuracy of MODEL."""
     if not shards and not probes:
         fail("give --shards and/or --probes")
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.evaluate import evaluate_lm
 
-    device = str(resolve_device(device))
+    device = str(device_or_fail(device))
     try:
         r = evaluate_lm(model, output, list(shards), tuple(formats), list(probes), semantic_dir, normalize,
                         batch_size, device)

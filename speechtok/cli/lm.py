@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import device_option, fail, output_option
+from speechtok.cli.common import device_option, device_or_fail, fail, output_option
 
 
 @contextlib.contextmanager
@@ -106,6 +106,7 @@ def train_cmd(config, stop_after, device):
             raise ConfigError(f"{config}: model: {e}") from None
         from speechtok.lm.train import train
 
+        device_or_fail(device)  # a GPU that is not there: one line naming --device, not the config
         result = train(run, stop_after=stop_after, device=device)
     click.echo(json.dumps(result))
 
@@ -151,6 +152,7 @@ def acoustic_train_cmd(config, stop_after, device):
         checked_streams(run)
         from speechtok.lm.acoustic_train import train_acoustic
 
+        device_or_fail(device)  # a GPU that is not there: one line naming --device, not the config
         result = train_acoustic(run, stop_after=stop_after, device=device)
     click.echo(json.dumps(result))
 
@@ -192,13 +194,12 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     import soundfile as sf
 
     from speechtok.lm.generate import SamplingOptions
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.generate import generate_speech
     opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                            compile=compiled)
     try:
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
-                              prompt_text, voice, opts, resolve_device(device), voice_seconds=voice_seconds,
+                              prompt_text, voice, opts, device_or_fail(device), voice_seconds=voice_seconds,
                               vocoder_dir=None if units_only else vocoder_dir)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, device_option, fail, fail_os, output_option,
-                                  report_errors)
+from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, device_option, device_or_fail, fail, fail_os,
+                                  output_option, report_errors)
 from speechtok.corpus import CorpusError
 
 
@@ -36,11 +36,10 @@ precision_option = click.option("--precision", type=click.Choice(["auto", "fp32"
 
 
 def _features(model: str, layer: int | None, device: str, precision: str):
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.encode import encode_device_defaults
     from speechtok.tokenizers.features import build_features, parse_model_spec
 
-    dev = resolve_device(device)
+    dev = device_or_fail(device)
     if precision == "auto":
         precision = encode_device_defaults(dev)["precision"]
     try:
@@ -154,12 +153,11 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
     except ValueError as e:
         fail(str(e))
     from speechtok.folder_lock import FolderLocked
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, Interrupted, StrictError, dist_info,
                                             encode_corpus, encode_device_defaults)
     from speechtok.tokenizers.load import load_tokenizer
 
-    dev = resolve_device(device)
+    dev = device_or_fail(device)
     defaults = encode_device_defaults(dev)
     try:
         prec = defaults["precision"] if precision == "auto" else precision
@@ -214,11 +212,10 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
 def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mismatch, device, quiet):
     """Write audio decoded from the codec tokens in SHARDS (one KEY.wav per utterance; KEY made safe as a
     file name)."""
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.decode import decode_shards
 
     try:
-        n, seconds = decode_shards(shards, output, codec_name, resolve_device(device), batch_size,
+        n, seconds = decode_shards(shards, output, codec_name, device_or_fail(device), batch_size,
                                    verify=not no_verify, allow_model_mismatch=allow_model_mismatch,
                                    progress=not quiet)
     except OSError as e:
@@ -241,14 +238,13 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
     import soundfile as sf
 
     from speechtok.audio import AudioError, read_audio
-    from speechtok.pipelines.batching import resolve_device
     from speechtok.pipelines.resynth import resynthesize
 
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
     try:
         wav, sr = read_audio(audio)
-        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, resolve_device(device))
+        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, device_or_fail(device))
     except AudioError as e:
         fail(f"{audio}: {e}")
     except (ValueError, OSError) as e:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from speechtok.cli.common import device_option, output_option
+from speechtok.cli.common import device_option, device_or_fail, output_option
 from speechtok.cli.lm import print_config_option, stop_after_option
 
 
@@ -40,7 +40,8 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, b
 
     from speechtok.cli.lm import training_errors
     from speechtok.shards import read_manifest
-    from speechtok.vocoders.train_config import load_vocoder_config, vocoded_stream
+    from speechtok.training.config import ConfigError
+    from speechtok.vocoders.train_config import command_line, load_vocoder_config, vocoded_stream
 
     if codec and features_alias and codec != features_alias:
         raise click.UsageError(f"--codec {codec} and --features {features_alias} (its old name) disagree")
@@ -57,9 +58,14 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, b
             raise click.UsageError(f"give --{' --'.join(missing)} (or --config)")
     with training_errors(config_path):
         cfg = load_vocoder_config(config_path, given)
-        vocoded_stream(cfg, read_manifest(cfg.shards)[1]["tokenizers"])
-        from speechtok.pipelines.batching import resolve_device
+        try:
+            vocoded_stream(cfg, read_manifest(cfg.shards)[1]["tokenizers"])
+        except ValueError as e:  # "key: why", named where the key came from
+            key, why = str(e).split(": ", 1)
+            if key in given:
+                raise ConfigError(f"{command_line(key)}: {why}") from None
+            raise ConfigError(f"{config_path or 'command line'}: {e}") from None
         from speechtok.vocoders.train import train_vocoder
 
-        result = train_vocoder(cfg, stop_after, str(resolve_device(device)))
+        result = train_vocoder(cfg, stop_after, str(device_or_fail(device)))
     click.echo(json.dumps(result))

@@ -11,14 +11,11 @@ from torch import nn
 
 def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     """(rank, world size, device); starts the process group under torchrun (NCCL on GPUs, gloo on CPU).
-    `device` "auto" is this rank's GPU (LOCAL_RANK) or the CPU; "cuda" without an index is this rank's GPU."""
+    `device` as `resolve_device` takes it: "auto" and "cuda" are this rank's GPU (LOCAL_RANK)."""
+    from speechtok.pipelines.batching import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local)
+    device = resolve_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

@@ -133,14 +133,25 @@ def iterate_batches(plan: list[list[Item]], sample_rates: int | list[int], num_w
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' → this process's GPU (LOCAL_RANK under torchrun) or the CPU."""
+    """'auto' → this process's GPU (LOCAL_RANK under torchrun) or the CPU; 'cuda' → this process's GPU.
+    A ValueError naming --device for a GPU that is not there, or one index shared by a node's ranks."""
     import os
 
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is visible here (use --device cpu or auto)")
+    if dev.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
+    if int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > 1:
+        raise ValueError(f"--device {device}: under torchrun every rank of a node would use that one GPU; "
+                         "give 'cuda' or 'auto' (each rank takes its LOCAL_RANK)")
+    return dev
 
 
 def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, max_batch_seconds: float,

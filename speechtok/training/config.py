@@ -27,6 +27,11 @@ def at_least(default: Any, lo: float) -> Any:
     return field(default=default, metadata={"min": lo})
 
 
+def more_than(default: Any, lo: float) -> Any:
+    """A numeric field that must be > lo."""
+    return field(default=default, metadata={"above": lo})
+
+
 def path_field(kind: str, default: Any = MISSING, **kw) -> Any:
     """A path (or list of paths) field: kind "input" must exist, "output" is written."""
     if default is MISSING and "default_factory" not in kw:
@@ -138,6 +143,9 @@ def build(cls: type, raw: dict, path: str | Path, section: str = "",
         lo = f.metadata.get("min")
         if lo is not None and value is not None and value < lo:
             raise ConfigError(f"{where}: must be at least {lo}, not {value}")
+        above = f.metadata.get("above")
+        if above is not None and value is not None and not value > above:
+            raise ConfigError(f"{where}: must be more than {above}, not {value}")
         kind = f.metadata.get("path")
         if kind and value is not None:
             value = [resolve(v, path, kind, where) for v in value] if isinstance(value, list) \

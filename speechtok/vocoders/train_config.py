@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechtok.training.config import at_least, build, path_field, read_yaml
+from speechtok.training.config import at_least, build, more_than, path_field, read_yaml
 
 OPTION_OF = {"features": "codec"}  # the `tok vocoder train` option of a key, where it has another name
 
@@ -23,9 +23,9 @@ class VocoderTrainConfig:
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
     speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
     batch_size: int = at_least(16, 1)
-    segment_seconds: float = 1.0
+    segment_seconds: float = more_than(1.0, 0)
     steps: int = at_least(100_000, 1)
-    lr: float = 2e-4
+    lr: float = more_than(2e-4, 0)
     warmup: int = at_least(0, 0)
     min_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.8, 0.99)
@@ -44,8 +44,6 @@ class VocoderTrainConfig:
     def __post_init__(self):
         if self.kind not in ("unit-hifigan", "vocos"):
             raise ValueError(f"kind: unit-hifigan or vocos, not {self.kind!r}")
-        if not self.lr > 0 or not self.segment_seconds > 0:
-            raise ValueError("lr and segment_seconds must be more than 0")
         self.betas = tuple(self.betas)
 
 
@@ -53,9 +51,14 @@ def load_vocoder_config(path: str | Path | None, overrides: dict | None = None) 
     """Parse and check a YAML config (or none); `overrides` (command-line options, paths absolute) replace
     its keys, and a mistake in one names its option."""
     overrides = overrides or {}
-    given_as = {k: f"command line: --{OPTION_OF.get(k, k.replace('_', '-'))}" for k in overrides}
+    given_as = {k: command_line(k) for k in overrides}
     raw = {**(read_yaml(path) if path else {}), **overrides}
     return build(VocoderTrainConfig, raw, path or "command line", given_as=given_as)
+
+
+def command_line(key: str) -> str:
+    """Where a key given as a `tok vocoder train` option came from, for error lines."""
+    return f"command line: --{OPTION_OF.get(key, key.replace('_', '-'))}"
 
 
 def vocoded_stream(cfg: VocoderTrainConfig, cards: dict) -> str | None:
