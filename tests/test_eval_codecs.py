@@ -3,6 +3,7 @@ bitrate recomputed from the codes, resynthesis metrics present, and a bad spec r
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,6 +249,43 @@ def test_eval_codecs_rows_through_vocoders_are_tok_resynth(vocoder_specs, two_ut
     from speechtok.eval.report import plot_bitrate_quality
 
     assert not plot_bitrate_quality([mel], [("pesq_wb", "PESQ")], tmp_path / "p.png", "mel alone")
+
+
+def test_a_dedup_tokenizer_gives_a_frame_level_vocoder_frame_level_units(vocoder_specs, two_utterances,
+                                                                         tmp_path):
+    """A `dedup: true` tokenizer (import-kmeans --dedup, same centroids) + a frame-level unit HiFi-GAN, in
+    `tok eval codecs` and `tok resynth`: the audio keeps the input's length and the row's bitrates are the
+    plain tokenizer's (deduplicated rate reported apart, as before), not those of deduplicated units."""
+    import soundfile as sf
+
+    from speechtok.pipelines.evaluate import evaluate_codecs
+
+    km, voc = vocoder_specs["units"]
+    dd = tmp_path / "km_dedup"
+    r = CliRunner().invoke(cli, ["import-kmeans", str(Path(km).parent / "c.npy"), "-m", "mfcc", "--dedup",
+                                 "-o", str(dd)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((dd / "tokenizer.json").read_text())["dedup"] is True
+    one = tmp_path / "one.jsonl"
+    one.write_text(two_utterances.read_text().splitlines()[0] + "\n")
+    specs = [f"{km}:vocoder={voc}", f"{dd}:vocoder={voc}"]
+    rep = evaluate_codecs(one, specs, tmp_path / "rep")
+    assert rep["errors"] == [] and len(rep["rows"]) == 2
+    plain, dedup = rep["rows"]
+    assert plain["dedup_entropy_bps"] < plain["entropy_bps"]  # deduplication changes the rates here
+    for key in ("nominal_bps", "entropy_bps", "dedup_tokens_per_second", "dedup_entropy_bps", "pesq_wb"):
+        assert dedup[key] == pytest.approx(plain[key], rel=1e-9), key
+    (a,), (b,) = rep["per_file"][specs[0]], rep["per_file"][specs[1]]
+    assert abs(a["length_difference_s"]) <= 0.03  # ≤ 3 frames at 100 Hz (old: 1.4 s short)
+    assert b["length_difference_s"] == a["length_difference_s"]
+
+    audio = load_corpus(one)[0].path
+    r = CliRunner().invoke(cli, ["resynth", str(audio), "-t", str(dd), "--vocoder", voc, "-o",
+                                 str(tmp_path / "dd.wav")])
+    assert r.exit_code == 0, r.output
+    wav, sr = read_audio(audio)
+    out, out_sr = sf.read(tmp_path / "dd.wav")
+    assert abs(len(out) / out_sr - len(wav) / sr) <= 0.03, r.output
 
 
 def test_eval_codecs_refuses_a_malformed_spec_before_loading(two_utterances, tmp_path, monkeypatch):
