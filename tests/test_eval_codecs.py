@@ -288,6 +288,25 @@ def test_a_dedup_tokenizer_gives_a_frame_level_vocoder_frame_level_units(vocoder
     assert abs(len(out) / out_sr - len(wav) / sr) <= 0.03, r.output
 
 
+def test_split_vocoder_takes_the_rest_of_the_spec(tmp_path):
+    """`vocoder=` is last and takes the rest, ':' included (a run folder named by a time); a tokenizer or
+    codec option after it is refused rather than read as part of a path."""
+    from speechtok.tokenizers.spec import split_vocoder
+
+    voc = "/runs/2026-01-01T10:00/final"
+    assert split_vocoder(f"encodec:facebook/encodec_24khz:nq=2:vocoder={voc}") == (
+        "encodec:facebook/encodec_24khz:nq=2", voc)
+    assert split_vocoder(f"vocoder={voc}") == (None, voc)
+    km = tmp_path / "km:a"
+    km.mkdir()
+    (km / "tokenizer.json").write_text("{}")
+    assert split_vocoder(f"{km}:vocoder={voc}") == (str(km), voc)
+    assert split_vocoder("dac:/m/dac:16k:nq=4") == ("dac:/m/dac:16k:nq=4", None)
+    for bad in (f"encodec:m:vocoder={voc}:nq=2", f"vocoder={voc}:vocoder=x", f"{km}:vocoder="):
+        with pytest.raises(ValueError, match="give one vocoder=DIR, last"):
+            split_vocoder(bad)
+
+
 def test_eval_codecs_refuses_a_malformed_spec_before_loading(two_utterances, tmp_path, monkeypatch):
     """Semantic units without a vocoder, an empty vocoder=, or an unknown tokenizer: one line, exit 2, no
     model loaded."""
