@@ -120,6 +120,65 @@ def test_eval_codecs_wer_from_the_manifest_text(diverse_codec, two_utterances, t
     assert r["asr"]["dwer"]["pairs"] == 1 and r["asr"]["reference_vs_text"]["wer"] == 0
 
 
+class CountingModels:
+    """Stand-ins for UTMOS, DNSMOS, the speaker encoder and ASR that log what they score: (model, 'ref' or
+    'hyp' by the rate — round trips are at the codec's 24 kHz —, number of samples)."""
+
+    backend, model, model_sha256 = "stand-in", "counting", "0" * 64
+
+    def __init__(self, *args):
+        pass
+
+    calls: list = []
+
+    def log(self, what, wav, sr):
+        CountingModels.calls.append((what, "hyp" if sr == 24000 else "ref", len(wav)))
+
+    def score(self, wav, sr):  # UTMOS: a float; DNSMOS: a dict
+        self.log(type(self).__name__, wav, sr)
+        return len(wav) / sr if type(self).__name__ == "UTMOS" else {
+            k: len(wav) / sr for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")}
+
+    def embed(self, wav, sr):
+        self.log("speaker", wav, sr)
+        return np.array([1.0, len(wav) / sr])
+
+    def transcribe(self, wavs):
+        for w, sr in wavs:
+            self.log("asr", w, sr)
+        return ["a b" for _ in wavs]
+
+
+def test_eval_codecs_scores_each_reference_once(diverse_codec, two_utterances, tmp_path, monkeypatch):
+    """Two rows (an nq sweep) × two utterances: each model scores every round trip, and each reference once
+    (its UTMOS, DNSMOS, speaker embedding and ASR transcript never change between rows)."""
+    import speechtok.eval.asr as asr_mod
+    import speechtok.eval.mos as mos_mod
+    import speechtok.eval.speaker as speaker_mod
+    import speechtok.eval.utmos as utmos_mod
+    from speechtok.pipelines.evaluate import evaluate_codecs
+
+    monkeypatch.setattr(utmos_mod, "UTMOS", type("UTMOS", (CountingModels,), {}))
+    monkeypatch.setattr(mos_mod, "DNSMOS", type("DNSMOS", (CountingModels,), {}))
+    monkeypatch.setattr(speaker_mod, "load_speaker_encoder", lambda spec, device: CountingModels())
+    monkeypatch.setattr(asr_mod, "load_asr", lambda spec, device, batch_size: CountingModels())
+    monkeypatch.setattr(CountingModels, "calls", [])
+    r = evaluate_codecs(two_utterances, [f"encodec:{diverse_codec('encodec')}:nq=1,2"], tmp_path / "out",
+                        asr="x", speaker="x", mos=True, utmos="x")
+    assert r["errors"] == [] and len(r["rows"]) == 2 and all(row["files"] == 2 for row in r["rows"])
+    audio = [read_audio(u.path) for u in load_corpus(two_utterances)]
+    refs = [len(wav) for wav, _ in audio]
+    assert len(set(refs)) == 2 and all(sr != 24000 for _, sr in audio)
+    for what in ("UTMOS", "DNSMOS", "speaker", "asr"):
+        calls = [c for c in CountingModels.calls if c[0] == what]
+        assert sorted(n for _, side, n in calls if side == "ref") == sorted(refs), what  # once per reference
+        assert len([c for c in calls if c[1] == "hyp"]) == 2 * 2, what  # every round trip of every row
+    one, two = (r["per_file"][row["spec"]] for row in r["rows"])
+    for a, b, (wav, sr) in zip(one, two, audio):
+        assert a["ref_utmos"] == b["ref_utmos"] == pytest.approx(len(wav) / sr)
+        assert a["ref_dnsmos_ovrl"] == b["ref_dnsmos_ovrl"] and a["dwer"] == b["dwer"] == 0
+
+
 def test_unit_bitrates_of_a_hand_made_stream():
     """k = 4 units at 50 Hz, [0 0 0 1 1 2 3 3] in 0.16 s: nominal 2 bits × 50 Hz; entropy 50 Hz × H(3/8, 2/8,
     1/8, 2/8); deduplicated [0 1 2 3]: 4 tokens of 2 bits in 0.16 s = 50 bps."""
