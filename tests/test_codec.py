@@ -42,6 +42,9 @@ def test_parse_codec_spec():
         parse_codec_spec("wavtokenizer:x")
     with pytest.raises(ValueError, match="unknown option 'foo'"):
         parse_codec_spec("mimi:x:foo=1")
+    # after the first key=value part, every part must be one (was: 'nq=2' silently joined the model name)
+    with pytest.raises(ValueError, match="'00/final' after the options is not key=value"):
+        parse_codec_spec("encodec:facebook/encodec_24khz:nq=2:00/final")
 
 
 @pytest.mark.parametrize("kind", KINDS)

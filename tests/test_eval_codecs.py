@@ -3,6 +3,7 @@ bitrate recomputed from the codes, resynthesis metrics present, and a bad spec r
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +118,65 @@ def test_eval_codecs_wer_from_the_manifest_text(diverse_codec, two_utterances, t
     for row in r["rows"]:
         assert row["wer"] == pytest.approx(1 / 9) and row["dwer"] == pytest.approx(1 / 9)
     assert r["asr"]["dwer"]["pairs"] == 1 and r["asr"]["reference_vs_text"]["wer"] == 0
+
+
+class CountingModels:
+    """Stand-ins for UTMOS, DNSMOS, the speaker encoder and ASR that log what they score: (model, 'ref' or
+    'hyp' by the rate — round trips are at the codec's 24 kHz —, number of samples)."""
+
+    backend, model, model_sha256 = "stand-in", "counting", "0" * 64
+
+    def __init__(self, *args):
+        pass
+
+    calls: list = []
+
+    def log(self, what, wav, sr):
+        CountingModels.calls.append((what, "hyp" if sr == 24000 else "ref", len(wav)))
+
+    def score(self, wav, sr):  # UTMOS: a float; DNSMOS: a dict
+        self.log(type(self).__name__, wav, sr)
+        return len(wav) / sr if type(self).__name__ == "UTMOS" else {
+            k: len(wav) / sr for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")}
+
+    def embed(self, wav, sr):
+        self.log("speaker", wav, sr)
+        return np.array([1.0, len(wav) / sr])
+
+    def transcribe(self, wavs):
+        for w, sr in wavs:
+            self.log("asr", w, sr)
+        return ["a b" for _ in wavs]
+
+
+def test_eval_codecs_scores_each_reference_once(diverse_codec, two_utterances, tmp_path, monkeypatch):
+    """Two rows (an nq sweep) × two utterances: each model scores every round trip, and each reference once
+    (its UTMOS, DNSMOS, speaker embedding and ASR transcript never change between rows)."""
+    import speechtok.eval.asr as asr_mod
+    import speechtok.eval.mos as mos_mod
+    import speechtok.eval.speaker as speaker_mod
+    import speechtok.eval.utmos as utmos_mod
+    from speechtok.pipelines.evaluate import evaluate_codecs
+
+    monkeypatch.setattr(utmos_mod, "UTMOS", type("UTMOS", (CountingModels,), {}))
+    monkeypatch.setattr(mos_mod, "DNSMOS", type("DNSMOS", (CountingModels,), {}))
+    monkeypatch.setattr(speaker_mod, "load_speaker_encoder", lambda spec, device: CountingModels())
+    monkeypatch.setattr(asr_mod, "load_asr", lambda spec, device, batch_size: CountingModels())
+    monkeypatch.setattr(CountingModels, "calls", [])
+    r = evaluate_codecs(two_utterances, [f"encodec:{diverse_codec('encodec')}:nq=1,2"], tmp_path / "out",
+                        asr="x", speaker="x", mos=True, utmos="x")
+    assert r["errors"] == [] and len(r["rows"]) == 2 and all(row["files"] == 2 for row in r["rows"])
+    audio = [read_audio(u.path) for u in load_corpus(two_utterances)]
+    refs = [len(wav) for wav, _ in audio]
+    assert len(set(refs)) == 2 and all(sr != 24000 for _, sr in audio)
+    for what in ("UTMOS", "DNSMOS", "speaker", "asr"):
+        calls = [c for c in CountingModels.calls if c[0] == what]
+        assert sorted(n for _, side, n in calls if side == "ref") == sorted(refs), what  # once per reference
+        assert len([c for c in calls if c[1] == "hyp"]) == 2 * 2, what  # every round trip of every row
+    one, two = (r["per_file"][row["spec"]] for row in r["rows"])
+    for a, b, (wav, sr) in zip(one, two, audio):
+        assert a["ref_utmos"] == b["ref_utmos"] == pytest.approx(len(wav) / sr)
+        assert a["ref_dnsmos_ovrl"] == b["ref_dnsmos_ovrl"] and a["dwer"] == b["dwer"] == 0
 
 
 def test_unit_bitrates_of_a_hand_made_stream():
@@ -248,6 +308,62 @@ def test_eval_codecs_rows_through_vocoders_are_tok_resynth(vocoder_specs, two_ut
     from speechtok.eval.report import plot_bitrate_quality
 
     assert not plot_bitrate_quality([mel], [("pesq_wb", "PESQ")], tmp_path / "p.png", "mel alone")
+
+
+def test_a_dedup_tokenizer_gives_a_frame_level_vocoder_frame_level_units(vocoder_specs, two_utterances,
+                                                                         tmp_path):
+    """A `dedup: true` tokenizer (import-kmeans --dedup, same centroids) + a frame-level unit HiFi-GAN, in
+    `tok eval codecs` and `tok resynth`: the audio keeps the input's length and the row's bitrates are the
+    plain tokenizer's (deduplicated rate reported apart, as before), not those of deduplicated units."""
+    import soundfile as sf
+
+    from speechtok.pipelines.evaluate import evaluate_codecs
+
+    km, voc = vocoder_specs["units"]
+    dd = tmp_path / "km_dedup"
+    r = CliRunner().invoke(cli, ["import-kmeans", str(Path(km).parent / "c.npy"), "-m", "mfcc", "--dedup",
+                                 "-o", str(dd)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((dd / "tokenizer.json").read_text())["dedup"] is True
+    one = tmp_path / "one.jsonl"
+    one.write_text(two_utterances.read_text().splitlines()[0] + "\n")
+    specs = [f"{km}:vocoder={voc}", f"{dd}:vocoder={voc}"]
+    rep = evaluate_codecs(one, specs, tmp_path / "rep")
+    assert rep["errors"] == [] and len(rep["rows"]) == 2
+    plain, dedup = rep["rows"]
+    assert plain["dedup_entropy_bps"] < plain["entropy_bps"]  # deduplication changes the rates here
+    for key in ("nominal_bps", "entropy_bps", "dedup_tokens_per_second", "dedup_entropy_bps", "pesq_wb"):
+        assert dedup[key] == pytest.approx(plain[key], rel=1e-9), key
+    (a,), (b,) = rep["per_file"][specs[0]], rep["per_file"][specs[1]]
+    assert abs(a["length_difference_s"]) <= 0.03  # ≤ 3 frames at 100 Hz (old: 1.4 s short)
+    assert b["length_difference_s"] == a["length_difference_s"]
+
+    audio = load_corpus(one)[0].path
+    r = CliRunner().invoke(cli, ["resynth", str(audio), "-t", str(dd), "--vocoder", voc, "-o",
+                                 str(tmp_path / "dd.wav")])
+    assert r.exit_code == 0, r.output
+    wav, sr = read_audio(audio)
+    out, out_sr = sf.read(tmp_path / "dd.wav")
+    assert abs(len(out) / out_sr - len(wav) / sr) <= 0.03, r.output
+
+
+def test_split_vocoder_takes_the_rest_of_the_spec(tmp_path):
+    """`vocoder=` is last and takes the rest, ':' included (a run folder named by a time); a tokenizer or
+    codec option after it is refused rather than read as part of a path."""
+    from speechtok.tokenizers.spec import split_vocoder
+
+    voc = "/runs/2026-01-01T10:00/final"
+    assert split_vocoder(f"encodec:facebook/encodec_24khz:nq=2:vocoder={voc}") == (
+        "encodec:facebook/encodec_24khz:nq=2", voc)
+    assert split_vocoder(f"vocoder={voc}") == (None, voc)
+    km = tmp_path / "km:a"
+    km.mkdir()
+    (km / "tokenizer.json").write_text("{}")
+    assert split_vocoder(f"{km}:vocoder={voc}") == (str(km), voc)
+    assert split_vocoder("dac:/m/dac:16k:nq=4") == ("dac:/m/dac:16k:nq=4", None)
+    for bad in (f"encodec:m:vocoder={voc}:nq=2", f"vocoder={voc}:vocoder=x", f"{km}:vocoder="):
+        with pytest.raises(ValueError, match="give one vocoder=DIR, last"):
+            split_vocoder(bad)
 
 
 def test_eval_codecs_refuses_a_malformed_spec_before_loading(two_utterances, tmp_path, monkeypatch):

@@ -130,6 +130,9 @@ def test_resemblyzer_same_voice_beats_other_voice(flite_clips):
     same = speaker_similarity(enc, fox, sr, *flite_clips["slt_apples"])
     other = speaker_similarity(enc, fox, sr, *flite_clips["rms_fox"])
     assert same > other + 0.1, (same, other)
+    assert np.isfinite(enc.embed(fox[:200], sr)).all()  # a short clip embeds (the whole of it) ...
+    with pytest.raises(ValueError, match="no samples"):  # ... an empty one (a round trip's output) does not
+        enc.embed(fox[:0], sr)
 
 
 def test_dnsmos_drops_with_noise(flite_clips):
@@ -140,6 +143,9 @@ def test_dnsmos_drops_with_noise(flite_clips):
     clean = mos.score(fox, sr)
     noisy = mos.score(fox + 0.05 * np.random.default_rng(0).standard_normal(len(fox)).astype(np.float32), sr)
     assert 1 <= noisy["dnsmos_ovrl"] < clean["dnsmos_ovrl"] - 0.3 and noisy["dnsmos_bak"] < clean["dnsmos_bak"]
+    assert np.isfinite(mos.score(fox[:200], sr)["dnsmos_ovrl"])  # repeated up to 9 s
+    with pytest.raises(ValueError, match="no samples"):  # was: speechmos repeating nothing, forever
+        mos.score(fox[:0], sr)
 
 
 def test_numpy_mel_matches_librosa_filters():
@@ -245,6 +251,17 @@ def test_transformers_xvector_similarity_mechanics(tmp_path, flite_clips):
     assert enc.embed(fox, sr).shape == (24,)
     assert speaker_similarity(enc, fox, sr, fox, sr) == pytest.approx(1, abs=1e-6)
     assert speaker_similarity(enc, fox, sr, other, sr) < 1 - 1e-6
+    # the shortest input it embeds: two TDNN frames (statistics pooling takes their std); one sample less
+    # crashed or gave NaN inside transformers, now it is a one-line ValueError
+    n = enc.min_samples * sr // 16000
+    assert enc.min_samples == 105 and np.isfinite(enc.embed(fox[:n], sr)).all()
+    with pytest.raises(ValueError, match="shorter than the 7 ms the x-vector model embeds"):
+        enc.embed(fox[: n - 1], sr)
+    enc.min_samples = 0
+    try:
+        assert not np.isfinite(enc.embed(fox[: n - 1], sr)).all()
+    except RuntimeError:
+        pass
 
 
 # ---- generated continuations -------------------------------------------------------------------------------

@@ -60,6 +60,28 @@ def test_utmos_resamples_as_speechmos(reference, checkpoint):
     assert UTMOS(checkpoint).score(z["input_24k"], 24000) == pytest.approx(float(z["score_24k"][0]), abs=1e-4)
 
 
+def test_utmos_short_audio_is_one_line_and_tf32_is_off_only_while_scoring(checkpoint):
+    """Under 25 ms (400 samples at 16 kHz, the receptive field of wav2vec 2.0's convolutions): a one-line
+    ValueError, not a RuntimeError from inside the model; exactly 400 scores. TF32 is off during the forward
+    (GPU scores as the CPU's) and the caller's settings come back after, also after an error."""
+    utmos = UTMOS(checkpoint)
+    seen = []
+    utmos.net.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        noise = 0.1 * np.random.default_rng(0).standard_normal(400).astype(np.float32)
+        for wav, sr in ((noise[:399], 16000), (noise[:200], 16000), (noise[:599], 24000)):
+            with pytest.raises(ValueError, match=r"ms of audio: shorter than 25 ms") as e:
+                utmos.score(wav, sr)
+            assert "\n" not in str(e.value)
+        assert np.isfinite(utmos.score(noise, 16000)) and seen == [(False, False)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_utmos_checkpoint_errors_are_one_line(tmp_path, reference):
     _, shapes = reference
     with pytest.raises(ValueError, match=r"nothing.pt: no UTMOS checkpoint there"):
@@ -98,6 +120,44 @@ def test_eval_resynth_reports_utmos(reference, checkpoint, tmp_path):
     assert rep["utmos"] == {"backend": "utmos22_strong", "model": UTMOS.model,
                             "model_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
     assert "UTMOS" in r.output and "utmos22_strong" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_short_audio_is_an_error_line_and_the_run_goes_on(reference, checkpoint, tmp_path):
+    """A 200-sample file among normal ones: `tok eval generated` and `tok eval resynth` with --utmos write the
+    report, one error line per unreadable file (naming it), the other files' scores and the short pair's
+    other metrics; exit 1 as for any per-item error."""
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from speechtok.cli.main import cli
+
+    z, _ = reference
+    short = 0.1 * np.random.default_rng(0).standard_normal(200).astype(np.float32)
+    for d, i in (("ref", 0), ("hyp", 1)):
+        (tmp_path / d).mkdir()
+        sf.write(tmp_path / d / "a.wav", z[f"input_{i}"], 16000, subtype="FLOAT")
+        sf.write(tmp_path / d / "b.wav", short, 16000, subtype="FLOAT")
+    r = CliRunner().invoke(cli, ["eval", "generated", str(tmp_path / "hyp"), "--utmos", str(checkpoint),
+                                 "-o", str(tmp_path / "gen")])
+    assert r.exit_code == 1, r.output
+    errors = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "hyp" / "b.wav") in errors[0], r.output
+    assert "shorter than 25 ms" in errors[0]
+    rep = json.loads((tmp_path / "gen" / "report.json").read_text())
+    a, b = rep["per_file"]
+    assert a["utmos"] == pytest.approx(float(z["score_1"][0]), abs=1e-4) and "utmos" not in b
+    assert b["seconds"] == 200 / 16000
+
+    r = CliRunner().invoke(cli, ["eval", "resynth", str(tmp_path / "ref"), str(tmp_path / "hyp"),
+                                 "--plots", "0", "--utmos", str(checkpoint), "-o", str(tmp_path / "rs")])
+    assert r.exit_code == 1, r.output
+    errors = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert len(errors) == 2 and all("UTMOS: 12.5 ms of audio: shorter than 25 ms" in e for e in errors)
+    assert {str(tmp_path / d / "b.wav") for d in ("ref", "hyp")} == {e.split(": ")[1] for e in errors}
+    rep = json.loads((tmp_path / "rs" / "report.json").read_text())
+    a, b = rep["per_file"]
+    assert a["utmos"] == pytest.approx(float(z["score_1"][0]), abs=1e-4)
+    assert b["id"] == "b" and b["utmos"] is None and b["ref_utmos"] is None and np.isfinite(b["si_sdr_db"])
 
 
 def test_eval_generated_reports_utmos(tmp_path, monkeypatch):

@@ -120,7 +120,8 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
               help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t` (nq=1,2,4 sweeps, one "
                    "row each); SPEC:vocoder=DIR for what `tok resynth -t SPEC --vocoder DIR` does (a semantic "
                    "tokenizer directory + unit HiFi-GAN, a codec + codec-token Vocos); vocoder=DIR for a mel "
-                   "Vocos alone. Repeatable; at least one.")
+                   "Vocos alone; vocoder= comes last and takes the rest of the spec, ':' included. "
+                   "Repeatable; at least one.")
 @click.option("--codec", "codec_alias", multiple=True, hidden=True, help="The old name of --tokenizer.")
 @output_option("DIR", REPORT_FOLDER)
 @click.option("--asr", help="ASR for WER/dWER: 'pocketsphinx' or a transformers checkpoint (reference text: "

@@ -32,7 +32,11 @@ class DNSMOS:
         self.model_sha256 = files_sha256([primary, p808])
 
     def score(self, wav: np.ndarray, sr: int) -> dict:
+        """SIG / BAK / OVRL / P.808 of one signal; a ValueError for an empty one (speechmos would repeat it
+        towards 9 s forever)."""
         x = np.clip(resample(wav, sr, self.sample_rate), -1, 1).astype(np.float32)
+        if not len(x):
+            raise ValueError("no samples at 16 kHz: nothing for DNSMOS to score")
         r = self.scorer(x, self.sample_rate, False)
         return {"dnsmos_sig": float(r["sig_mos"]), "dnsmos_bak": float(r["bak_mos"]),
                 "dnsmos_ovrl": float(r["ovrl_mos"]), "dnsmos_p808": float(r["p808_mos"])}

@@ -31,6 +31,8 @@ class ResemblyzerEncoder:
 
         audio = self._rz.audio
         x = resample(wav, sr, 16000).astype(np.float32)
+        if not len(x):
+            raise ValueError("no samples at 16 kHz: nothing for the speaker encoder to embed")
         louder = audio.normalize_volume(x, audio.audio_norm_target_dBFS, increase_only=True)
         trimmed = audio.trim_long_silences(louder)
         x = trimmed if len(trimmed) >= 1600 else x  # the VAD kept (almost) nothing: use the whole signal
@@ -57,15 +59,30 @@ class TransformersSpeakerEncoder:
         self.net = AutoModelForAudioXVector.from_pretrained(name_or_path, dtype=torch.float32).to(device).eval()
         self.device = device
         self.model_sha256 = hf_weights_sha256(name_or_path)
+        self.min_samples = receptive_field(self.net.config)
 
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
         import torch
 
         rate = int(self.extractor.sampling_rate)
-        inputs = self.extractor(resample(wav, sr, rate), sampling_rate=rate, return_tensors="pt")
+        x = resample(wav, sr, rate)
+        if len(x) < self.min_samples:
+            raise ValueError(f"{1000 * len(wav) / sr:.1f} ms of audio: shorter than the "
+                             f"{1000 * self.min_samples / rate:.0f} ms the x-vector model embeds")
+        inputs = self.extractor(x, sampling_rate=rate, return_tensors="pt")
         with torch.inference_mode():
             emb = self.net(**{k: v.to(self.device) for k, v in inputs.items()}).embeddings
         return emb[0].float().cpu().numpy()
+
+
+def receptive_field(config) -> int:
+    """The fewest samples a transformers x-vector model embeds: two outputs of its TDNN (dilated convs; its
+    statistics pooling takes their std) over the frames of its strided feature-encoder convs."""
+    frames = 2 + sum(d * (k - 1) for k, d in zip(config.tdnn_kernel, config.tdnn_dilation))
+    samples = frames
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        samples = (samples - 1) * stride + kernel
+    return samples
 
 
 def load_speaker_encoder(spec: str, device: str = "cpu"):

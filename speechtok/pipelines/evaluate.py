@@ -143,7 +143,7 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
             continue
         try:
             rows.append({"id": u.id, **resynth_metrics(ref, rsr, hyp, hsr),
-                         **extras.pair(u.id, ref, rsr, hyp, hsr)})
+                         **extras.pair(u.id, ref, rsr, hyp, hsr, str(u.path), str(hyps[u.id]))})
         except Exception as e:
             errors.append(f"{hyps[u.id]}: metrics failed ({' '.join(str(e).split())[:160]})")
             continue
@@ -203,29 +203,52 @@ class _Evaluators:
             from speechtok.eval.utmos import UTMOS
 
             self.utmos = UTMOS(utmos, device)
-        self.audio: list[tuple] = []  # (ref, sr, hyp, sr) awaiting transcription
+        self.audio: list[tuple] = []  # (id, ref, sr, hyp, sr) awaiting transcription
+        self.reference: dict[tuple[str, str], object] = {}  # (id, what) → a reference score, computed once
         self.columns = ((["wer", "cer"] if self.texts else []) + (["dwer", "dcer"] if self.asr else [])
                         + (["speaker_similarity"] if self.speaker else [])
                         + (["dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "ref_dnsmos_ovrl"] if self.mos else [])
                         + (["utmos", "ref_utmos"] if self.utmos else []))
 
-    def pair(self, uid: str, ref, rsr, hyp, hsr) -> dict:
+    def pair(self, uid: str, ref, rsr, hyp, hsr, ref_name: str, hyp_name: str) -> dict:
+        """The model metrics of one (reference, output) pair; the reference's are computed once per id (`tok
+        eval codecs` pairs it with one output per row). Audio a model cannot read (a ValueError, e.g. shorter
+        than UTMOS' 25 ms) is one error line naming `ref_name` or `hyp_name`; the other metrics stay."""
         from speechtok.eval.asr import transcript_of
-        from speechtok.eval.speaker import speaker_similarity
+        from speechtok.eval.speaker import cosine
 
         row: dict = {}
         if self.texts:
             row["text"] = transcript_of(uid, self.texts)
         if self.speaker:
-            row["speaker_similarity"] = speaker_similarity(self.speaker, ref, rsr, hyp, hsr)
+            a = self._reference(uid, "speaker embedding", ref_name, lambda: self.speaker.embed(ref, rsr))
+            b = self._try("speaker embedding", hyp_name, lambda: self.speaker.embed(hyp, hsr))
+            if a is not None and b is not None:
+                row["speaker_similarity"] = cosine(a, b)
         if self.mos:
-            row.update(self.mos.score(hyp, hsr))
-            row["ref_dnsmos_ovrl"] = self.mos.score(ref, rsr)["dnsmos_ovrl"]
+            row.update(self._try("DNSMOS", hyp_name, lambda: self.mos.score(hyp, hsr)) or {})
+            ovrl = self._reference(uid, "DNSMOS", ref_name, lambda: self.mos.score(ref, rsr)["dnsmos_ovrl"])
+            row["ref_dnsmos_ovrl"] = ovrl
         if self.utmos:
-            row.update(utmos=self.utmos.score(hyp, hsr), ref_utmos=self.utmos.score(ref, rsr))
+            row.update(utmos=self._try("UTMOS", hyp_name, lambda: self.utmos.score(hyp, hsr)),
+                       ref_utmos=self._reference(uid, "UTMOS", ref_name, lambda: self.utmos.score(ref, rsr)))
         if self.asr:
-            self.audio.append((ref, rsr, hyp, hsr))
+            self.audio.append((uid, ref, rsr, hyp, hsr))
         return row
+
+    def _try(self, what: str, name: str, score):
+        """score(), or None and one error line naming `name` when the model cannot read that audio."""
+        try:
+            return score()
+        except ValueError as e:
+            self.errors.append(f"{name}: {what}: {' '.join(str(e).split())[:200]}")
+            return None
+
+    def _reference(self, uid: str, what: str, name: str, score):
+        """`_try(score)` for reference `uid`, once."""
+        if (uid, what) not in self.reference:
+            self.reference[uid, what] = self._try(what, name, score)
+        return self.reference[uid, what]
 
     def finish(self, rows: list[dict]) -> dict:
         """Transcribe, score the rows in place, and return the report's model entries."""
@@ -234,8 +257,11 @@ class _Evaluators:
 
         out: dict = {}
         if self.asr:
-            ref_asr = self.asr.transcribe([(r, rsr) for r, rsr, _, _ in self.audio])
-            hyp_asr = self.asr.transcribe([(h, hsr) for _, _, h, hsr in self.audio])
+            new = {uid: (r, rsr) for uid, r, rsr, _, _ in self.audio if (uid, "ASR") not in self.reference}
+            texts = self.asr.transcribe(list(new.values()))
+            self.reference.update({(uid, "ASR"): t for uid, t in zip(new, texts)})
+            ref_asr = [self.reference[uid, "ASR"] for uid, *_ in self.audio]
+            hyp_asr = self.asr.transcribe([(h, hsr) for *_, h, hsr in self.audio])
             for row, ra, ha in zip(rows, ref_asr, hyp_asr):
                 row.update(asr_reference=ra, asr_resynthesis=ha)
                 d = error_rates([ra], [ha])
@@ -402,7 +428,10 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
                 continue
             row["seconds"] = len(wav) / sr
             if utmos_model:
-                row["utmos"] = utmos_model.score(wav, sr)
+                try:
+                    row["utmos"] = utmos_model.score(wav, sr)
+                except ValueError as e:
+                    errors.append(f"{audio[uid]}: UTMOS: {' '.join(str(e).split())[:200]}")
             if asr_model:
                 wavs.append((row, wav, sr))
             if speaker_model:
@@ -412,6 +441,9 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
                         row["speaker_similarity"] = speaker_similarity(speaker_model, p, psr, wav, sr)
                     except AudioError as e:
                         errors.append(f"{prompt_audio[uid]}: {e}")
+                    except ValueError as e:  # audio the encoder cannot embed (too short)
+                        errors.append(f"{audio[uid]} (prompt {prompt_audio[uid]}): speaker embedding: "
+                                      f"{' '.join(str(e).split())[:200]}")
                 else:
                     errors.append(f"{audio[uid]}: no prompt {uid}.* in {prompts}")
         rows.append(row)
@@ -569,7 +601,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
             try:
                 codes, hyp, hyp_sr, te, td = trip(wav, sr)
                 files.append({"id": u.id, **resynth_metrics(wav, sr, hyp, hyp_sr),
-                              **extras.pair(u.id, wav, sr, hyp, hyp_sr)})
+                              **extras.pair(u.id, wav, sr, hyp, hyp_sr, str(u.path), f"{u.path}: {spec}")})
             except Exception as e:
                 errors.append(f"{u.path}: {spec}: round trip failed ({' '.join(str(e).split())[:160]})")
                 continue

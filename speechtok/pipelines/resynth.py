@@ -45,6 +45,7 @@ class Resynthesis:
         if isinstance(self.voc, UnitHiFiGAN):
             if not isinstance(self.tok, SemanticTokenizer):
                 raise ValueError("a unit HiFi-GAN needs the semantic tokenizer it was trained on (-t KM_DIR)")
+            # `encode` gives frame-level units from a `dedup: true` tokenizer too: any unit vocoder reads them
             check_unit_streams(unit_stream(self.tok.card(), dedup=False), tokenizer,
                                vocoder_stream(self.voc.cfg), vocoder_dir)
             self.kind = "units"
@@ -65,11 +66,10 @@ class Resynthesis:
 
     @torch.inference_mode()
     def encode(self, wav: np.ndarray, sr: int):
-        """Units [F] (numpy), (codes [1, n_q, F], frames) or a mel [1, n_mels, F], from audio at any rate."""
-        wav = resample(wav, sr, self.input_rate)
-        if self.kind == "units":
-            return self.tok.encode(wav)
-        x = torch.from_numpy(wav)[None]
+        """Frame-level units [F] (numpy), (codes [1, n_q, F], frames) or a mel [1, n_mels, F], from audio."""
+        x = torch.from_numpy(np.ascontiguousarray(resample(wav, sr, self.input_rate), dtype=np.float32))[None]
+        if self.kind == "units":  # frame-level whatever the card says: a dedup vocoder deduplicates them
+            return self.tok.encode_batch(x, torch.tensor([x.shape[1]]))[0]
         if self.kind == "mel":
             return self.voc.feature_extractor(x.to(self.device))
         lengths = torch.tensor([x.shape[1]])

@@ -8,20 +8,25 @@ from pathlib import Path
 
 CARD_FILE = "tokenizer.json"  # a semantic tokenizer directory's card
 KINDS = {"encodec": "EncodecModel", "dac": "DacModel", "mimi": "MimiModel"}
+OPTION = re.compile(r"[A-Za-z_]\w*=")  # a `key=value` part of a spec
 
 
 def parse_codec_spec(spec: str) -> dict:
-    """'encodec:facebook/encodec_24khz:nq=8' → {'kind', 'model', 'n_q'?, 'bandwidth'?, 'name'?}."""
+    """'encodec:facebook/encodec_24khz:nq=8' → {'kind', 'model', 'n_q'?, 'bandwidth'?, 'name'?}. MODEL may
+    hold ':' (a local directory) but no ':key=' segment: from the first `key=value` part on, all parts are."""
     kind, _, rest = spec.partition(":")
     if kind not in KINDS or not rest:
         raise ValueError(f"{spec!r}: expected KIND:MODEL[:nq=N][:name=NAME] with KIND one of "
                          f"{', '.join(KINDS)}")
     parts = rest.split(":")
+    first = next((i for i, p in enumerate(parts) if i and OPTION.match(p)), len(parts))
     options = {}
-    while len(parts) > 1 and "=" in parts[-1]:
-        key, _, value = parts.pop().partition("=")
+    for part in parts[first:]:
+        if not OPTION.match(part):
+            raise ValueError(f"{spec!r}: {part!r} after the options is not key=value (nq, bandwidth, name)")
+        key, _, value = part.partition("=")
         options[key] = value
-    out = {"kind": kind, "model": ":".join(parts)}
+    out = {"kind": kind, "model": ":".join(parts[:first])}
     for key, value in options.items():
         try:
             if key == "nq":
@@ -62,13 +67,16 @@ def check_spec(spec: str) -> None:
 def split_vocoder(spec: str) -> tuple[str | None, str | None]:
     """What `tok eval codecs -t` accepts, as `tok resynth -t TOKENIZER --vocoder DIR` takes it: a codec spec,
     `SPEC:vocoder=DIR` (semantic tokenizer + unit HiFi-GAN, codec + codec-token Vocos) or `vocoder=DIR` alone
-    (mel Vocos) → (tokenizer spec or None, vocoder or None); a ValueError naming `spec` when malformed."""
-    parts = spec.split(":")
-    found = [i for i, p in enumerate(parts) if p.startswith("vocoder=")]
-    if len(found) > 1 or (found and not parts[found[0]][len("vocoder="):]):
-        raise ValueError(f"{spec!r}: give one vocoder=DIR")
-    vocoder = parts.pop(found[0])[len("vocoder="):] if found else None
-    tokenizer = ":".join(parts) or None
+    (mel Vocos) → (tokenizer spec or None, vocoder or None); a ValueError naming `spec` when malformed.
+    `vocoder=` comes last and takes the rest of the spec, ':' included (a run folder named by a time)."""
+    if spec.startswith("vocoder="):
+        tokenizer, vocoder = "", spec[len("vocoder="):]
+    else:
+        tokenizer, sep, vocoder = spec.partition(":vocoder=")
+        vocoder = vocoder if sep else None
+    if vocoder is not None and (not vocoder or re.search(r":(vocoder|nq|bandwidth|name)=", vocoder)):
+        raise ValueError(f"{spec!r}: give one vocoder=DIR, last (it takes the rest of the spec, ':' too)")
+    tokenizer = tokenizer or None
     if tokenizer is not None:
         check_spec(tokenizer)
         if vocoder is None and semantic_spec(tokenizer)[0] is not None:
