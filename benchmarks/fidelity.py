@@ -196,9 +196,9 @@ def vocoders_part(args, work: Path) -> str:
     from speechtok.pipelines.evaluate import evaluate_resynth
 
     gpu = torch.device(args.device).type == "cuda"
-    steps = args.steps or (20000 if gpu else 600)
-    # on CPU a discriminator step costs several mel-only steps: they join for the last 40 steps only
-    adv_start = args.adv_start if args.adv_start is not None else (0 if gpu else max(0, steps - 40))
+    steps = args.steps or (20000 if gpu else 3000)
+    # on CPU a discriminator step costs several mel-only steps: they join for the last 200 steps only
+    adv_start = args.adv_start if args.adv_start is not None else (0 if gpu else max(0, steps - 200))
     work = work.resolve()  # the YAML configs name absolute paths (relative ones: from the YAML's folder)
     work.mkdir(parents=True, exist_ok=True)
     km, trained, prep = train_vocoders(work, args, steps, adv_start)
@@ -249,7 +249,8 @@ def vocoders_part(args, work: Path) -> str:
         "en-us against the known text (corpus-level, normalised), speaker similarity Resemblyzer cosine to "
         "the ground-truth clip, DNSMOS P.835 OVRL, MCD (dB, DTW-aligned), STOI, wide-band PESQ; means over "
         "the held-out files. The other-voice row (flite awb reading the same sentences) is the similarity "
-        "of a different speaker.\n",
+        "of a different speaker; PocketSphinx's error on the ground truth itself bounds what the WER column "
+        "can show.\n",
         "| system | WER | CER | speaker similarity | DNSMOS OVRL | MCD dB | STOI | PESQ |",
         "|---|---|---|---|---|---|---|---|", *rows, "",
         "| vocoder | steps | training min | final mel loss (L1 log-mel) | final generator loss | final "
@@ -283,9 +284,9 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=4, help="evaluators: sentences per voice")
     ap.add_argument("--device", default="cpu", help="vocoders: training and resynthesis device")
     ap.add_argument("--steps", type=int, default=None,
-                    help="vocoders: steps each (default 600 on CPU, 20000 on GPU)")
+                    help="vocoders: steps each (default 3000 on CPU, 20000 on GPU)")
     ap.add_argument("--adv-start", type=int, default=None,
-                    help="vocoders: first adversarial step (default: the last 40 steps on CPU, 0 on GPU)")
+                    help="vocoders: first adversarial step (default: the last 200 steps on CPU, 0 on GPU)")
     ap.add_argument("--train-sentences", type=int, default=300)
     ap.add_argument("--heldout", type=int, default=12)
     ap.add_argument("-k", type=int, default=100, help="vocoders: MFCC k-means units")
