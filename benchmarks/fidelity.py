@@ -112,8 +112,7 @@ def flite_corpus(folder: Path, texts: list[str], voice: str) -> Path:
     lines = []
     for i, text in enumerate(texts):
         path = folder / f"utt_{i:04d}.wav"  # the same id for the same text in every folder
-        if not path.exists():
-            subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
+        subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
         lines.append(json.dumps({"id": path.stem, "path": f"{folder.name}/{path.name}", "text": text,
                                  "speaker": voice}))
     manifest = folder.parent / f"{folder.name}.jsonl"
