@@ -108,7 +108,8 @@ def evaluators_part(args) -> str:
 
 def flite_corpus(folder: Path, texts: list[str], voice: str) -> Path:
     """`folder/*.wav` spoken by a flite voice and `folder.jsonl` (id, path, text, speaker) beside it."""
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # no files left from a run with other sentence counts
+    folder.mkdir(parents=True)
     lines = []
     for i, text in enumerate(texts):
         path = folder / f"utt_{i:04d}.wav"  # the same id for the same text in every folder
