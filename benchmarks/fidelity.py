@@ -153,6 +153,8 @@ def train_vocoders(work: Path, args, steps: int, adv_start: int) -> tuple[Path, 
     tokenizer dir, per vocoder {step, losses, seconds}, and the seconds before training."""
     import yaml
 
+    from speechtok.vocoders.train import load_vocoder
+
     texts = sentences(args.train_sentences + args.heldout, seed=0)
     t0, log = time.perf_counter(), work / "tok.log"
     corpus = flite_corpus(work / "train", texts[: args.train_sentences], "slt")
@@ -170,7 +172,8 @@ def train_vocoders(work: Path, args, steps: int, adv_start: int) -> tuple[Path, 
         (work / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         t = time.perf_counter()
         out = tok("vocoder", "train", "--config", work / f"{name}.yaml", "--device", args.device, log=log)
-        trained[name] = {**json.loads(out.strip().splitlines()[-1]), "seconds": time.perf_counter() - t}
+        trained[name] = {**json.loads(out.strip().splitlines()[-1]), "seconds": time.perf_counter() - t,
+                         "params": sum(p.numel() for p in load_vocoder(work / name / "final").parameters())}
         print(name, trained[name], flush=True)
     return km, trained, prep
 
@@ -224,8 +227,8 @@ def vocoders_part(args, work: Path) -> str:
         rows.append(f"| {label} | {cell(m['wer'])} | {cell(m['cer'])} | {cell(m['speaker_similarity'])} | "
                     f"{cell(m['dnsmos_ovrl'], '.2f')} | {cell(m['mcd_db'], '.2f')} | {cell(m['stoi'])} | "
                     f"{cell(m['pesq_wb'], '.2f')} |")
-    train_rows = [f"| {systems[n][0]} | {r['step']} | {r['seconds'] / 60:.1f} | {r['mel_loss']:.3f} | "
-                  f"{r['g_loss']:.2f} | {r['d_loss']:.2f} |" for n, r in trained.items()]
+    train_rows = [f"| {systems[n][0]} | {r['params'] / 1e6:.2f} M | {r['step']} | {r['seconds'] / 60:.1f} "
+                  f"| {r['mel_loss']:.3f} | {r['g_loss']:.2f} | {r['d_loss']:.2f} |" for n, r in trained.items()]
     sizes = ("the papers' sizes (Vocos dim 512 x 8 layers; HiFi-GAN V1, 512 channels; discriminators at "
              "full width), batch 16 x 1 s" if gpu else
              "small models for a CPU budget (Vocos dim 128 x 4 layers; HiFi-GAN 64 initial channels, "
@@ -253,8 +256,8 @@ def vocoders_part(args, work: Path) -> str:
         "can show.\n",
         "| system | WER | CER | speaker similarity | DNSMOS OVRL | MCD dB | STOI | PESQ |",
         "|---|---|---|---|---|---|---|---|", *rows, "",
-        "| vocoder | steps | training min | final mel loss (L1 log-mel) | final generator loss | final "
-        "discriminator loss |", "|---|---|---|---|---|---|", *train_rows, "",
+        "| vocoder | generator parameters | steps | training min | final mel loss (L1 log-mel) | final "
+        "generator loss | final discriminator loss |", "|---|---|---|---|---|---|---|", *train_rows, "",
         f"Wall time: corpus synthesis, k-means and encoding {prep / 60:.1f} min, training as above, scoring "
         f"{eval_seconds / 60:.1f} min (machine shared with other jobs). "
         + ("These CPU budgets give badly undertrained vocoders: the numbers prove the train → resynthesize "
