@@ -228,7 +228,8 @@ def vocoders_part(args, work: Path) -> str:
                     f"{cell(m['dnsmos_ovrl'], '.2f')} | {cell(m['mcd_db'], '.2f')} | {cell(m['stoi'])} | "
                     f"{cell(m['pesq_wb'], '.2f')} |")
     train_rows = [f"| {systems[n][0]} | {r['params'] / 1e6:.2f} M | {r['step']} | {r['seconds'] / 60:.1f} "
-                  f"| {r['mel_loss']:.3f} | {r['g_loss']:.2f} | {r['d_loss']:.2f} |" for n, r in trained.items()]
+                  f"| {r['mel_loss']:.3f} | {r['g_loss']:.2f} | {r['d_loss']:.2f} |"
+                  for n, r in trained.items()]
     sizes = ("the papers' sizes (Vocos dim 512 x 8 layers; HiFi-GAN V1, 512 channels; discriminators at "
              "full width), batch 16 x 1 s" if gpu else
              "small models for a CPU budget (Vocos dim 128 x 4 layers; HiFi-GAN 64 initial channels, "
