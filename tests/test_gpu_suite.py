@@ -123,8 +123,10 @@ def test_readme_holds_a_device_command_that_fits_the_tool():
     text = (REPO / "benchmarks" / "README.md").read_text()
     (command,) = re.findall(r"- `command`:\n  `(.+)`\n", text)
     assert len(command) <= 2000 and "benchmarks/gpu_suite.py" in command and ".wheelhouse/*.whl" in command
-    assert '`carry`: `[".wheelhouse"]`' in text and re.search(r"`timeout_s`: `(\d+)`", text)
-    assert "/.wheelhouse/" in (REPO / ".gitignore").read_text().splitlines()
+    assert '`carry`: `[".wheelhouse", ".gpu_speech"]`' in text and re.search(r"`timeout_s`: `(\d+)`", text)
+    assert "SPEECHTOK_TEST_SPEECH=$PWD/.gpu_speech" in command  # the GPU tests' corpus without espeak-ng
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "/.wheelhouse/" in ignored and "/.gpu_speech/" in ignored
 
 
 def test_full_sizes_fit_together():
@@ -138,3 +140,16 @@ def test_full_sizes_fit_together():
     assert full.encode_hours >= 0.5 and full.encode_sec == (10.0, 20.0) and full.compile
     assert (full.kmeans_frames, full.kmeans_dim, full.kmeans_k, full.kmeans_iters) == (1_000_000, 768, 500, 20)
     assert full.voc_batches == (1, 16) and set(suite.TARGETS) <= set(suite.PARTS)
+
+
+def test_a_prebuilt_speech_corpus_stands_in_without_espeak(speech_corpus, tmp_path, monkeypatch):
+    """The device image has no espeak-ng: the GPU tests copy $SPEECHTOK_TEST_SPEECH (made here) instead."""
+    import speech
+
+    monkeypatch.setenv("SPEECHTOK_TEST_SPEECH", str(speech_corpus.parent))
+    monkeypatch.setattr(speech.shutil, "which", lambda _name: None)
+    copy = speech.build_corpus(tmp_path / "copy")
+    assert copy.read_text() == speech_corpus.read_text()
+    paths = [json.loads(line)["path"] for line in copy.read_text().splitlines()]
+    assert len(paths) == 8 and all((copy.parent / p).read_bytes() == (speech_corpus.parent / p).read_bytes()
+                                   for p in paths)
