@@ -58,6 +58,24 @@ def test_acoustic_model_cache_matches_full_forward():
             assert torch.equal(logits.argmax(-1)[ok], steps[ok, s])
 
 
+def test_acoustic_sampling_draws_each_row_from_its_own_top_k():
+    """The acoustic stage samples every free (row, stream) of a step at once: each row from its own top-k,
+    in proportion to its softmax (checked against the exact probabilities)."""
+    from speechtok.lm.acoustic import _sample
+
+    logits = torch.tensor([[0.0, 3.0, 2.0, -1.0, 2.5], [4.0, 0.0, 0.0, 3.0, 1.0], [0.0, 0.0, 5.0, 0.0, 4.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = np.stack([_sample(logits, 1.0, 2, g) for _ in range(4000)])  # [4000, 3]
+    assert draws.shape == (4000, 3)
+    top2 = torch.topk(logits, 2).indices
+    for r in range(3):
+        a, b = top2[r].tolist()
+        assert set(np.unique(draws[:, r])) == {a, b}, (r, np.unique(draws[:, r]))
+        p = float(torch.softmax(logits[r, [a, b]], -1)[0])
+        assert abs((draws[:, r] == a).mean() - p) < 0.03, (r, (draws[:, r] == a).mean(), p)
+    np.testing.assert_array_equal(_sample(logits, 0.0, None, g), logits.argmax(-1).numpy())
+
+
 @pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
 def test_acoustic_batch_equals_alone(pattern):
     torch.manual_seed(0)

@@ -274,12 +274,13 @@ class AcousticModel(nn.Module):
         for j in range(N):
             free = (qs[:, j] >= 0) & (known[:, j] < 0)
             out[:, j] = np.where(known[:, j] >= 0, known[:, j], out[:, j])
-            if free.any():  # one device → host copy per step, for every row and stream
+            rows, streams = np.nonzero(free)
+            if len(rows):  # one device → host copy per step, then every free (row, stream) sampled at once
                 logits = torch.stack([head(h) for head in self.heads], 1).float().cpu()
-            for i, s in zip(*np.nonzero(free)):
-                q = qs[i, j, s]
-                lo = q * cfg.codebook_size if cfg.pattern == "coarse_fine" else 0
-                out[i, j, s] = lo + _sample(logits[i, s, lo: lo + cfg.codebook_size], temperature, top_k, g)
+                lo = qs[rows, j, streams] * cfg.codebook_size if cfg.pattern == "coarse_fine" else 0 * rows
+                cols = torch.as_tensor(lo[:, None] + np.arange(cfg.codebook_size)[None])
+                picked = logits[torch.as_tensor(rows)[:, None], torch.as_tensor(streams)[:, None], cols]
+                out[rows, j, streams] = lo + _sample(picked, temperature, top_k, g)
             if j + 1 < N:
                 step = self.embed_steps(torch.as_tensor(out[:, j], device=device)[:, None])
                 h = self._run(step, positions[:, W + j: W + j + 1], caches, valid[:, None, None, : W + j + 1])[:, -1]
@@ -298,11 +299,12 @@ class AcousticModel(nn.Module):
         return model.to(device).eval()
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator) -> int:
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator) -> np.ndarray:
+    """One draw per row of `logits` [M, V] (argmax at temperature 0), top-k filtered, from generator `g`."""
     if temperature <= 0:
-        return int(logits.argmax())
+        return logits.argmax(-1).numpy()
     logits = logits / temperature
     if top_k:
-        kth = torch.topk(logits, min(top_k, len(logits))).values[-1]
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=g))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=g)[:, 0].numpy()
