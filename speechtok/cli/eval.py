@@ -13,6 +13,12 @@ from speechtok.eval.report import fmt
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."
 
 
+# --utmos of every eval command that scores audio (resynth, codecs, generated)
+utmos_option = click.option("--utmos", type=click.Path(exists=True, dir_okay=False),
+                            help="UTMOS22 strong MOS estimate from a local checkpoint (SpeechMOS' "
+                                 "utmos22_strong_step7459_v1.pt).")
+
+
 def _finish(results: dict, out: str, summary: list[str]) -> None:
     """Print the summary and the errors (one line each), then exit 1 when there were errors, like encode."""
     for line in summary:
@@ -78,9 +84,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
 @click.option("--speaker",
               help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
-@click.option("--utmos", type=click.Path(exists=True, dir_okay=False),
-              help="UTMOS22 strong MOS estimate from a local checkpoint (SpeechMOS' "
-                   "utmos22_strong_step7459_v1.pt).")
+@utmos_option
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -130,9 +134,7 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
               help="Reference text: JSONL with 'text' and 'id' or 'path'.")
 @click.option("--speaker", help="Speaker similarity: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL of the round trips.")
-@click.option("--utmos", type=click.Path(exists=True, dir_okay=False),
-              help="UTMOS22 strong MOS estimate from a local checkpoint (SpeechMOS' "
-                   "utmos22_strong_step7459_v1.pt).")
+@utmos_option
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @device_option
 def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device):
@@ -179,9 +181,7 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
 @click.option("--speaker", default="resemblyzer", show_default=True,
               help="Speaker encoder for --prompts: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("-n", "--ngram", type=int, default=2, show_default=True, help="n of auto-BLEU-n and distinct-n.")
-@click.option("--utmos", type=click.Path(exists=True, dir_okay=False),
-              help="UTMOS22 strong MOS estimate from a local checkpoint (SpeechMOS' "
-                   "utmos22_strong_step7459_v1.pt).")
+@utmos_option
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @device_option
 def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos, batch_size, device):

@@ -277,7 +277,7 @@ class AcousticModel(nn.Module):
             rows, streams = np.nonzero(free)
             if len(rows):  # one device → host copy per step, then every free (row, stream) sampled at once
                 logits = torch.stack([head(h) for head in self.heads], 1).float().cpu()
-                lo = qs[rows, j, streams] * cfg.codebook_size if cfg.pattern == "coarse_fine" else 0 * rows
+                lo = qs[rows, j, streams] * cfg.codebook_size if cfg.pattern == "coarse_fine" else np.zeros_like(rows)
                 cols = torch.as_tensor(lo[:, None] + np.arange(cfg.codebook_size)[None])
                 picked = logits[torch.as_tensor(rows)[:, None], torch.as_tensor(streams)[:, None], cols]
                 out[rows, j, streams] = lo + _sample(picked, temperature, top_k, g)
