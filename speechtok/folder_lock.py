@@ -21,10 +21,12 @@ class FolderLocked(Exception):
 
 
 class FolderLock:
-    """`with FolderLock(folder / ".lock"): ...` — holds the lock for the block; raises FolderLocked."""
+    """`with FolderLock(folder / ".lock"): ...` — holds the lock for the block; raises FolderLocked.
+    `target` is what the lock guards, named in the refusal (default: the lock file's folder)."""
 
-    def __init__(self, path: str | Path, what: str = "job"):
+    def __init__(self, path: str | Path, what: str = "job", target: str | Path | None = None):
         self.path, self.what = Path(path), what
+        self.target = Path(target) if target is not None else self.path.parent
         self._fd: int | None = None
 
     def __enter__(self) -> "FolderLock":
@@ -34,7 +36,7 @@ class FolderLock:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FolderLocked(f"{self.path.parent}: another {self.what} is writing here "
+                raise FolderLocked(f"{self.target}: another {self.what} is writing here "
                                    f"({self.holder()}); wait for it to finish, or write to another folder") from None
             raise FolderLocked(f"{self.path}: cannot lock the output folder ({e.strerror}); "
                                "use a local file system") from None

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import checked_device, fail, output_option, report_errors
+from speechtok.cli.common import checked_device, fail, lock_output, output_option, report_errors
 
 aligner_option = click.option(
     "--aligner", "-a", default="pocketsphinx", show_default=True,
@@ -45,6 +45,7 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
     from speechtok.pipelines.encode import dist_info
 
     rank, world = dist_info()
+    lock_output(output, "tok align", folder=False)
     try:
         s = align_corpus(corpus, output, aligner, phones, jobs, device, batch_seconds, not quiet and rank == 0)
     except (FileNotFoundError, OSError, ValueError, ImportError) as e:
@@ -77,6 +78,7 @@ def segment_cmd(source, output, min_seconds, max_seconds, min_pause, vad, aligne
 
     if not 0 < min_seconds <= max_seconds:
         raise click.UsageError("need 0 < --min-seconds <= --max-seconds")
+    lock_output(output, "tok segment", folder=False)
     try:
         s = segment_corpus(source, output, min_seconds, max_seconds, min_pause, vad, aligner, jobs, device,
                            not quiet)

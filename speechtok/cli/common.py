@@ -9,6 +9,7 @@ signal N (130 SIGINT, 143 SIGTERM) after leaving the output resumable."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 import sys
@@ -65,6 +66,30 @@ def output_option(what: str, help: str, required: bool = True):
     assert what in ("DIR", "FILE"), what
     return click.option("-o", "--output", required=required, metavar=what, help=help,
                         type=click.Path(file_okay=what == "FILE", dir_okay=what == "DIR"))
+
+
+def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
+    """Hold the lock on this command's output until the command ends: a second writer of the same output
+    folder (`folder`: OUTPUT/.lock.rRRR) or file (a sibling .NAME.lock.rRRR) is refused, exit 3, in one line
+    naming the holder's pid and host. Each torchrun rank locks its own file, as `tok encode` does."""
+    from pathlib import Path
+
+    from speechtok.folder_lock import FolderLock, FolderLocked
+
+    out, rank = Path(output), int(os.environ.get("RANK", 0))
+    try:
+        if folder:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(out / f".lock.r{rank:03d}", what, out)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(out.parent / f".{out.name}.lock.r{rank:03d}", what, out)
+        click.get_current_context().with_resource(lock)
+    except FolderLocked as e:
+        fail(str(e), EXIT_ENVIRONMENT)
+    except OSError as e:  # no permission, read-only, or a file where the output folder should go
+        taken = e.errno in ENVIRONMENT_ERRNOS or e.errno in (errno.EEXIST, errno.ENOTDIR)
+        fail(os_error_line(e), EXIT_ENVIRONMENT if taken else EXIT_USAGE)
 
 
 def report_errors(errors: list[CorpusError | str], where: str | None = None, limit: int = 20) -> None:

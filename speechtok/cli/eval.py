@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, output_option, report_errors
+from speechtok.cli.common import device_option, device_or_fail, fail, lock_output, output_option, report_errors
 from speechtok.eval.report import fmt
 
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."
@@ -50,6 +50,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
     from speechtok.pipelines.evaluate import evaluate_tokens
     from speechtok.shards import ShardError
 
+    lock_output(output, "tok eval tokens", folder=True)
     try:
         r = evaluate_tokens(shards, output, alignments, item_file,
                             frozenset(p for p in ignore_phones.split(",") if p), max_per_group, not no_verify)
@@ -94,6 +95,7 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
     relative names, any audio extension); optionally WER/dWER, speaker similarity, DNSMOS and UTMOS."""
     from speechtok.pipelines.evaluate import evaluate_resynth
 
+    lock_output(output, "tok eval resynth", folder=True)
     try:
         r = evaluate_resynth(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
                              str(device_or_fail(device)), batch_size, progress=not quiet, utmos=utmos)
@@ -154,6 +156,7 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
         fail(str(e))
     from speechtok.pipelines.evaluate import evaluate_codecs
 
+    lock_output(output, "tok eval codecs", folder=True)
     try:
         r = evaluate_codecs(corpus, list(specs), output, asr, transcripts, speaker, mos,
                             str(device_or_fail(device)), batch_size, utmos=utmos)
@@ -189,6 +192,7 @@ def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos,
     GEN_DIR (audio files and/or <id>.npy units)."""
     from speechtok.pipelines.evaluate import evaluate_generated
 
+    lock_output(output, "tok eval generated", folder=True)
     try:
         r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(device_or_fail(device)),
                                batch_size, utmos=utmos)
@@ -220,6 +224,7 @@ def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, 
         fail("give --shards and/or --probes")
     from speechtok.pipelines.evaluate import evaluate_lm
 
+    lock_output(output, "tok eval lm", folder=True)
     device = str(device_or_fail(device))
     try:
         r = evaluate_lm(model, output, list(shards), tuple(formats), list(probes), semantic_dir, normalize,

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, output_option
+from speechtok.cli.common import device_option, device_or_fail, fail, lock_output, output_option
 
 
 @contextlib.contextmanager
 def training_errors(config: str | None):
-    """One line per trainer error: config mistakes exit 2 (the message names the file and key),
-    environment errors (disk full, permissions) exit 3."""
+    """One line per trainer error: config mistakes and damaged checkpoints exit 2 (the message names the
+    file and key), non-finite numbers 1, environment errors (disk full, permissions) 3, and SIGINT/SIGTERM
+    128 + N after saving a checkpoint."""
+    from speechtok.checksums import ChecksumError
     from speechtok.shards import ShardError
+    from speechtok.stopping import Interrupted, NonFinite
     from speechtok.training.config import ConfigError
 
     where = f"{config}: " if config else ""
     try:
         yield
-    except ConfigError as e:
+    except Interrupted as e:
+        if int(os.environ.get("RANK", 0)) == 0:
+            click.echo(str(e), err=True)
+        sys.exit(128 + e.signum)
+    except NonFinite as e:
+        fail(str(e), 1)
+    except (ConfigError, ChecksumError) as e:
         fail(str(e), 2)
     except ShardError as e:
         fail(str(e), 2)
@@ -65,6 +76,7 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
     from speechtok.lm.vocab import extend_vocab, load_base
     from speechtok.shards import ShardError, read_manifest
 
+    lock_output(output, "tok lm extend-vocab", folder=True)
     try:
         _, man = read_manifest(manifest)
         model, tokenizer = load_base(base, from_scratch)
@@ -104,6 +116,7 @@ def train_cmd(config, stop_after, device):
             SpeechVocab.load(run.model)
         except FileNotFoundError as e:
             raise ConfigError(f"{config}: model: {e}") from None
+        lock_output(run.output, "tok lm train", folder=True)
         from speechtok.lm.train import train
 
         device_or_fail(device)  # a GPU that is not there: one line naming --device, not the config
@@ -150,6 +163,7 @@ def acoustic_train_cmd(config, stop_after, device):
     with training_errors(config):
         run = load_acoustic_config(config)
         checked_streams(run)
+        lock_output(run.output, "tok acoustic train", folder=True)
         from speechtok.lm.acoustic_train import train_acoustic
 
         device_or_fail(device)  # a GPU that is not there: one line naming --device, not the config
@@ -190,6 +204,7 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         SpeechVocab.load(lm_dir)
     except (ValueError, TypeError, OSError) as e:
         raise click.ClickException(str(e)) from None
+    lock_output(output, "tok generate", folder=False)
     import numpy as np
     import soundfile as sf
 

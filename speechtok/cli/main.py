@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, device_option, device_or_fail, fail, fail_os,
-                                  output_option, report_errors)
+                                  lock_output, output_option, report_errors)
 from speechtok.corpus import CorpusError
 
 
@@ -70,6 +70,7 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
     from speechtok.pipelines.encode import encode_device_defaults
     from speechtok.pipelines.train_kmeans import train_tokenizer
 
+    lock_output(output, "tok train-kmeans", folder=True)
     features, dev = _features(model, layer, device, precision)
     defaults = encode_device_defaults(dev)
     workers = defaults["num_workers"] if num_workers is None else num_workers
@@ -100,6 +101,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
     from speechtok.shards import sha256_of
     from speechtok.tokenizers.semantic import SemanticTokenizer
 
+    lock_output(output, "tok import-kmeans", folder=True)
     try:
         centroids = load_kmeans_checkpoint(checkpoint, trust_pickle=trust_pickle)
     except (PermissionError, ValueError, OSError) as e:
@@ -214,6 +216,7 @@ def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mi
     file name)."""
     from speechtok.pipelines.decode import decode_shards
 
+    lock_output(output, "tok decode", folder=True)
     try:
         n, seconds = decode_shards(shards, output, codec_name, device_or_fail(device), batch_size,
                                    verify=not no_verify, allow_model_mismatch=allow_model_mismatch,
@@ -242,6 +245,7 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
 
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
+    lock_output(output, "tok resynth", folder=False)
     try:
         wav, sr = read_audio(audio)
         out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, device_or_fail(device))

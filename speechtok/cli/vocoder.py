@@ -6,7 +6,7 @@ import json
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, output_option
+from speechtok.cli.common import device_option, device_or_fail, lock_output, output_option
 from speechtok.cli.lm import print_config_option, stop_after_option
 
 
@@ -65,6 +65,7 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, b
             if key in given:
                 raise ConfigError(f"{command_line(key)}: {why}") from None
             raise ConfigError(f"{config_path or 'command line'}: {e}") from None
+        lock_output(cfg.output, "tok vocoder train", folder=True)
         from speechtok.vocoders.train import train_vocoder
 
         result = train_vocoder(cfg, stop_after, str(device_or_fail(device)))

@@ -294,6 +294,9 @@ class AcousticModel(nn.Module):
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
+        from speechtok.checksums import verify_checksums
+
+        verify_checksums(directory)  # written by `tok acoustic train`
         model = cls(read_config(directory))
         model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
         return model.to(device).eval()

@@ -27,7 +27,9 @@ from speechtok.shards import read_shards
 from speechtok.tokenizers.semantic import run_length
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
 from speechtok.training.config import ConfigError
-from speechtok.training.loop import Metrics, autocast_for, build_optimizer, lr_at, seed_all, set_lr
+from speechtok.checksums import write_checksums
+from speechtok.training.loop import (Guard, Metrics, autocast_for, build_optimizer, check_schedule, lr_at,
+                                     schedule_of, seed_all, set_lr, training_run)
 from speechtok.training.stream import Position, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
 
@@ -94,9 +96,14 @@ def batches(run: AcousticRun, cfg: AcousticConfig, rank: int, world: int, positi
 
 def train_acoustic(run: AcousticRun, stop_after: int | None = None, device: str = "auto") -> dict:
     """Train as configured, resuming from `run.output`'s checkpoint; `stop_after` and `device` as for
-    lm.train.train."""
-    tc = run.train
+    lm.train.train (signals and non-finite numbers too)."""
     rank, world, device = init_distributed(device)
+    with training_run(world) as stop:
+        return _train(run, stop_after, rank, world, device, stop)
+
+
+def _train(run: AcousticRun, stop_after: int | None, rank: int, world: int, device: torch.device, stop) -> dict:
+    tc = run.train
     out = Path(run.output)
     out.mkdir(parents=True, exist_ok=True)
     seed_all(tc.seed)
@@ -106,16 +113,18 @@ def train_acoustic(run: AcousticRun, stop_after: int | None = None, device: str 
     optimizer = build_optimizer(model, tc, device)
     parts = {"acoustic": (model, optimizer)}
     meta = load_checkpoint(out, parts, rank) or {}
+    check_schedule(meta, tc, "train.")
     step = meta.get("step", 0)
     metrics = Metrics(out, rank, step, tc.steps)
+    guard = Guard(stop, out, world, device)
     position = resume_position(meta.get("position"), step, world, 1, f"{out}: ")
     consumed: dict[str, int] = {}
     data = batches(run, cfg, rank, world, position, step - position.origin_step, consumed)
     autocast = autocast_for(tc.precision if device.type == "cuda" else "fp32", device)
 
-    first, last = step, {}
+    first, last, signum = step, {}, guard.stop_signal()
     model.train()
-    while step < tc.steps and (stop_after is None or step - first < stop_after):
+    while step < tc.steps and (stop_after is None or step - first < stop_after) and not signum:
         batch = next(data)
         units = [torch.as_tensor(u, device=device) for u, _ in batch]
         steps = [torch.as_tensor(s, device=device) for _, s in batch]
@@ -126,15 +135,24 @@ def train_acoustic(run: AcousticRun, stop_after: int | None = None, device: str 
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        guard.watch(loss=loss, grad_norm=grad_norm)
         step += 1
         if step % tc.log_every == 0 or step == tc.steps:
+            guard.check(step)
             last = {"loss": loss.detach().item(), "lr": lr, "grad_norm": float(grad_norm)}
             metrics.log(step, last)
-        stopping = stop_after is not None and step - first >= stop_after
+        signum = guard.stop_signal()
+        stopping = (stop_after is not None and step - first >= stop_after) or signum
         if step % tc.save_every == 0 or step == tc.steps or stopping:
-            save_checkpoint(out, step, parts, {"position": position.saved(consumed, world, device)}, rank, world,
-                            tc.keep_checkpoints)
+            guard.check(step, [model])
+            save_checkpoint(out, step, parts, {"position": position.saved(consumed, world, device),
+                                               "schedule": schedule_of(tc)}, rank, world, tc.keep_checkpoints)
+    if signum:
+        raise guard.interrupted(signum, step, first)
+    if step >= tc.steps:
+        guard.check(step, [model])
     if step >= tc.steps and rank == 0:
         raw.save(out / "final")
+        write_checksums(out / "final")
         metrics.finished(out / "final")
     return {"step": step, **last}

@@ -22,9 +22,10 @@ from speechtok.lm.data import PackedTokens, token_loader
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SpeechVocab
+from speechtok.checksums import write_checksums
 from speechtok.training.checkpoint import barrier, load_checkpoint, save_checkpoint
-from speechtok.training.loop import (Metrics, autocast_for, build_optimizer, compile_enabled, lr_at, seed_all,
-                                     set_lr)
+from speechtok.training.loop import (Guard, Metrics, autocast_for, build_optimizer, check_schedule, compile_enabled,
+                                     lr_at, schedule_of, seed_all, set_lr, training_run)
 from speechtok.training.stream import resume_position
 
 __all__ = ["train", "train_step", "evaluate", "build_optimizer", "lr_at", "flops_per_token", "peak_flops"]
@@ -103,11 +104,18 @@ def _tracked(loader, latest: dict):
 def train(run: RunConfig, stop_after: int | None = None, device: str = "auto") -> dict:
     """Train as configured; resumes from `run.output` when it holds a checkpoint. `stop_after` ends the run,
     with a checkpoint, after that many steps of this invocation (for time-limited and preemptible jobs);
-    `device` as for parallel.init_distributed."""
+    `device` as for parallel.init_distributed. SIGINT / SIGTERM end it after the step at hand, with a
+    checkpoint (raising Interrupted); a non-finite loss, gradient norm or weight ends it without one
+    (raising NonFinite)."""
+    rank, world, device = init_distributed(device)
+    with training_run(world) as stop:
+        return _train(run, stop_after, rank, world, device, stop)
+
+
+def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device: torch.device, stop) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     cfg, dcfg = run.train, run.data
-    rank, world, device = init_distributed(device)
     out = Path(run.output)
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
@@ -130,8 +138,10 @@ def train(run: RunConfig, stop_after: int | None = None, device: str = "auto") -
     optimizer = build_optimizer(model, cfg, device)
     parts = {"lm": (model, optimizer)}
     meta = load_checkpoint(out, parts, rank) or {}
+    check_schedule(meta, cfg, "train.")
     step = meta.get("step", 0)
     metrics = Metrics(out, rank, step, cfg.steps)
+    guard = Guard(stop, out, world, device)
 
     builder = SequenceBuilder(vocab, tokenizer, dcfg.dedup, dcfg.span_words)
     position = resume_position(meta.get("position"), step, world, max(1, dcfg.num_workers), f"{out}: ")
@@ -154,13 +164,15 @@ def train(run: RunConfig, stop_after: int | None = None, device: str = "auto") -
     tokens_per_step = cfg.batch_size * cfg.grad_accum * dcfg.seq_len * world
     model.train()
     t_last, steps_since, last = time.perf_counter(), 0, {}
-    first_step = step
-    while step < cfg.steps and (stop_after is None or step - first_step < stop_after):
+    first_step, signum = step, guard.stop_signal()
+    while step < cfg.steps and (stop_after is None or step - first_step < stop_after) and not signum:
         lr = lr_at(step, cfg)
         loss_sum, grad_norm = train_step(model, optimizer, lr, batches, cfg.grad_accum, device, autocast, cfg.clip)
+        guard.watch(loss=loss_sum, grad_norm=grad_norm)
         step += 1
         steps_since += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
+            guard.check(step)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t_last
@@ -177,16 +189,20 @@ def train(run: RunConfig, stop_after: int | None = None, device: str = "auto") -
             ev_loss = evaluate(model, eval_batches, device, autocast, world, (cfg.batch_size, dcfg.seq_len))
             metrics.log(step, {"eval_loss": ev_loss})
             last["eval_loss"] = ev_loss
-        stopping = stop_after is not None and step - first_step >= stop_after
+        signum = guard.stop_signal()
+        stopping = (stop_after is not None and step - first_step >= stop_after) or signum
         if step % cfg.save_every == 0 or step == cfg.steps or stopping:
-            save_checkpoint(out, step, parts, {"position": position_now()}, rank, world, cfg.keep_checkpoints)
-
+            guard.check(step, [model])
+            save_checkpoint(out, step, parts, {"position": position_now(), "schedule": schedule_of(cfg)}, rank,
+                            world, cfg.keep_checkpoints)
+    if signum:
+        raise guard.interrupted(signum, step, first_step)
     if step >= cfg.steps:
+        guard.check(step, [model])
         save_final(out / "final", raw, model, tokenizer, vocab, rank, world)
         metrics.finished(out / "final")
     if world > 1:
         dist.barrier()  # no rank tears gloo down while another still has a collective in flight
-        dist.destroy_process_group()
     return {"step": step, **last}
 
 
@@ -198,4 +214,5 @@ def save_final(path: Path, raw, model, tokenizer, vocab: SpeechVocab, rank: int,
         raw.save_pretrained(path, state_dict=model_sd)
         tokenizer.save_pretrained(path)
         vocab.save(path)
+        write_checksums(path)
     barrier(world)

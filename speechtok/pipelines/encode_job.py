@@ -7,24 +7,22 @@
 - `corpus-index.jsonl`: one `[id, digest]` per utterance (the digest covers the resolved path, the file's
   size and mtime, the span and the labels); its sha256 is the corpus fingerprint, and a changed corpus is
   refused with a line saying what changed (an appended one is accepted with `--append`).
-- SIGTERM / SIGINT set a flag that the encoder checks after each batch (see `stop_on_signals`)."""
+- SIGTERM / SIGINT set a flag that the encoder checks after each batch (`stop_on_signals`, shared with the
+  trainers in speechtok/stopping.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
 from speechtok.corpus import Utterance
 from speechtok.shards import MANIFEST, shard_problem, write_text_atomic
+from speechtok.stopping import Interrupted, StopFlag, stop_on_signals  # noqa: F401 (re-exported)
 
 LOCK_FILE = ".lock"
 CORPUS_INDEX = "corpus-index.jsonl"
@@ -33,14 +31,6 @@ ERRORS_FILE = "errors.jsonl"
 
 class JobMismatch(ValueError):
     """The output folder holds another job, or this job's corpus changed since it started."""
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGINT: the shard being written was dropped; every finished shard is journaled."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 def note(msg: str) -> None:
@@ -218,29 +208,3 @@ def remove_temporaries(out_dir: Path, rank: int, world: int) -> None:
     for pattern in patterns:
         for p in out_dir.glob(pattern):
             p.unlink(missing_ok=True)
-
-
-class StopFlag:
-    signum: int | None = None
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    """SIGTERM / SIGINT only set the flag (the encoder stops after the batch at hand, dropping the shard
-    being written); a second one raises KeyboardInterrupt at once. Outside the main thread: no handlers."""
-    flag = StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.signum is not None:
-            raise KeyboardInterrupt
-        flag.signum = signum
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

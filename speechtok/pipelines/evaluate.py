@@ -326,6 +326,10 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
 
     out, model_dir = Path(out), Path(check_model_ref(model_dir))
     out.mkdir(parents=True, exist_ok=True)
+    if model_dir.is_dir():
+        from speechtok.checksums import verify_checksums
+
+        verify_checksums(model_dir)  # written by `tok lm train`
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = SpeechVocab.load(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()

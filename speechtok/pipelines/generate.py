@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechtok.checksums import verify_checksums
 from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
@@ -33,6 +34,8 @@ def load_lm(lm_dir: str | Path, device: torch.device):
     from speechtok.hub import check_model_ref
 
     lm_dir = check_model_ref(lm_dir)
+    if Path(lm_dir).is_dir():
+        verify_checksums(lm_dir)  # written by `tok lm train`
     model = AutoModelForCausalLM.from_pretrained(lm_dir).to(device).eval()
     return model, AutoTokenizer.from_pretrained(lm_dir), SpeechVocab.load(lm_dir)
 

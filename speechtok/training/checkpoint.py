@@ -4,10 +4,12 @@
                                              rank writing its own shards (no full state gathered anywhere)
     out/checkpoints/step_0000400/meta.json   step, world size, data position, anything the trainer adds
     out/checkpoints/step_0000400/rng_rank<r>.json   each rank's Python / NumPy / torch RNG state
+    out/checkpoints/step_0000400/sha256.json  the sha256 of every file above, verified before loading
     out/checkpoints/latest                   the name of the newest complete checkpoint
 
 A checkpoint is written into `.tmp_step_…`, fsynced, and renamed into place; then `latest` moves. DCP
-reshards on load, so a run resumes on a different number of ranks. Loading never unpickles arbitrary
+reshards on load, so a run resumes on a different number of ranks. A damaged file (a flipped bit) is
+refused on resume, naming it; a failed write (a full disk) leaves the previous checkpoint in place. Loading never unpickles arbitrary
 objects: DCP's metadata is read with an allow-list unpickler, its non-tensor values with
 `torch.load(weights_only=True)`, and the rest is JSON."""
 
@@ -19,6 +21,7 @@ import os
 import pickle
 import random
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                      set_state_dict)
 
+from speechtok.checksums import ChecksumError, verify_checksums, write_checksums
 from speechtok.training.config import ConfigError
 
 
@@ -146,6 +151,18 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = obj
 
 
+def _unwrapped(e: CheckpointException, where: Path) -> BaseException:
+    """The error behind DCP's CheckpointException (an OSError such as a full disk, or ours), so that it
+    ends in one line with its own exit code rather than a traceback of every rank's stack."""
+    for exc, _ in e.failures.values():
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(where)
+        if isinstance(exc, (OSError, CheckpointError, ChecksumError)):
+            return exc
+    first = next(iter(e.failures.values()), (e, None))[0]
+    return CheckpointError(f"{where}: {type(first).__name__}: {first}")
+
+
 def _state(parts: dict) -> dict:
     """{name: {"model": …, "optim": …}} for every (model, optimizer or None) part, sharded as trained."""
     out = {}
@@ -166,14 +183,21 @@ def save_checkpoint(out: Path, step: int, parts: dict, meta: dict, rank: int, wo
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(world)
-    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(_state(parts), storage_writer=dcp.FileSystemWriter(str(tmp / "state"), sync_files=True))
-    _write_json(tmp / f"rng_rank{rank}.json", rng_state())
-    barrier(world)
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(_state(parts), storage_writer=dcp.FileSystemWriter(str(tmp / "state"), sync_files=True))
+        _write_json(tmp / f"rng_rank{rank}.json", rng_state())
+        barrier(world)
+        if rank == 0:
+            _write_json(tmp / "meta.json", {"step": step, "world_size": world, **meta})
+            write_checksums(tmp)
+            _fsync_tree(tmp)
+    except (CheckpointException, OSError) as e:  # a full disk: the previous checkpoint stays the latest
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise (_unwrapped(e, tmp) if isinstance(e, CheckpointException) else e) from None
     if rank == 0:
-        _write_json(tmp / "meta.json", {"step": step, "world_size": world, **meta})
-        _fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (root / "latest.tmp").write_text(final.name)
@@ -226,12 +250,17 @@ def load_checkpoint(out: Path, parts: dict, rank: int) -> dict | None:
         meta = json.loads((ckpt / "meta.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{ckpt / 'meta.json'}: not valid JSON ({e})") from None
+    if not verify_checksums(ckpt):
+        print(f"note: {ckpt}: no sha256.json (saved by an older version): resuming unverified", file=sys.stderr)
     state = _state(parts)
     reader = SafeReader(str(ckpt / "state"))
     _check_shapes(ckpt, state, reader)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
+    except CheckpointException as e:
+        raise _unwrapped(e, ckpt) from None
     for name, (model, opt) in parts.items():
         if opt is None:
             set_model_state_dict(model, state[name]["model"])

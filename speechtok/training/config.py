@@ -70,7 +70,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is none of {tp}")
     if tp is Any:
-        return value
+        return _finite(value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -81,6 +81,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, not {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # `.inf` / `.nan` would train to NaN weights
+                raise ConfigError(f"{where}: must be a finite number, not {value!r}")
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string: take it as the number meant
             try:
@@ -107,12 +109,25 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, not {value!r}")
         if not args:
-            return dict(value)
+            return _finite(dict(value), where)
         return {_coerce(k, args[0], where): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, not {value!r}")
         return value  # built by build()
+    return value
+
+
+def _finite(value: Any, where: str) -> Any:
+    """`value` when no float inside it (a free-form mapping or list too) is infinite or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, not {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _finite(v, where)
     return value
 
 

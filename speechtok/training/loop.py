@@ -132,3 +132,105 @@ def read_metrics(path: Path) -> list[dict]:
         if isinstance(record, dict) and isinstance(record.get("step"), int):
             out.append(record)
     return out
+
+
+SCHEDULE_KEYS = ("steps", "warmup")  # the shape of lr_at's curve (lr itself may be lowered after a divergence)
+
+
+def schedule_of(cfg) -> dict:
+    """The settings that shape the LR schedule, saved with each checkpoint."""
+    return {k: getattr(cfg, k) for k in SCHEDULE_KEYS}
+
+
+def check_schedule(meta: dict, cfg, config_key: str) -> None:
+    """Refuse to resume with an LR schedule other than the checkpoint's (a changed `steps` would silently
+    bend the rest of the curve), naming the key and both values; `config_key` is where the keys live
+    ("train." or "")."""
+    from speechtok.training.config import ConfigError
+
+    saved = meta.get("schedule") or {}
+    for key in SCHEDULE_KEYS:
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ConfigError(f"{config_key}{key}: {getattr(cfg, key)} now but {saved[key]} in the checkpoint of "
+                              f"step {meta.get('step')}; the LR schedule depends on it: set it back to "
+                              f"{saved[key]} to resume, or train into a new output folder")
+
+
+class Guard:
+    """What every trainer checks between steps: a stop request (SIGINT / SIGTERM, agreed by all ranks so
+    that they save the same step) and non-finite numbers (noted on the device each step, read only where the
+    trainer logs or saves, so no step waits for the host)."""
+
+    def __init__(self, stop, out: Path, world: int, device: torch.device):
+        self.stop, self.out, self.world = stop, out, world
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.last: dict[str, torch.Tensor] = {}
+
+    def watch(self, **values: torch.Tensor) -> None:
+        """Note whether the step's losses / gradient norms are finite (no host sync)."""
+        for name, v in values.items():
+            v = v.full_tensor() if hasattr(v, "full_tensor") else v
+            self.last[name] = v.detach()
+            self.bad |= ~torch.isfinite(self.last[name]).all()
+
+    def stop_signal(self) -> int | None:
+        """The signal that asked the run to stop (on any rank), or None."""
+        signum = self.stop.signum or 0
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([signum], device=self.bad.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            signum = int(t.item())
+        return signum or None
+
+    def check(self, step: int, models=()) -> None:
+        """Raise NonFinite if a noted number since the start, or a weight of `models`, is infinite or NaN."""
+        from speechtok.stopping import NonFinite
+
+        bad = self.bad.clone()
+        for model in models:
+            for p in model.parameters():
+                p = p.to_local() if hasattr(p, "to_local") else p
+                bad |= ~torch.isfinite(p.detach()).all()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            bad = bad.to(torch.int32)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if not bool(bad.item()):
+            return
+        from speechtok.training.checkpoint import latest_checkpoint
+
+        seen = ", ".join(f"{k} {v.float().mean().item():.4g}" for k, v in self.last.items())
+        kept = latest_checkpoint(self.out)
+        raise NonFinite(f"{self.out}: step {step}: a loss, gradient norm or weight is not finite ({seen}); "
+                        "stopped without saving it; "
+                        + (f"the last good checkpoint ({kept.name}) is kept; " if kept else "")
+                        + "lower the learning rate (or check the data) and rerun to resume from it")
+
+    def interrupted(self, signum: int, step: int, first_step: int):
+        """The Interrupted to raise once the run stopped for `signum` (after saving, if a step ran)."""
+        from speechtok.stopping import Interrupted
+
+        if step > first_step:
+            return Interrupted(signum, f"after step {step}: checkpoint saved; rerun the same command to resume "
+                                       f"from step {step}")
+        return Interrupted(signum, f"before its first step: rerun the same command to resume from step {step}")
+
+
+@contextlib.contextmanager
+def training_run(world: int):
+    """Around a trainer: SIGINT / SIGTERM only ask it to stop (see Guard); on the way out, however it
+    ends, the process group is torn down, so that a rerun under torchrun finds its port free."""
+    from speechtok.stopping import stop_on_signals
+
+    try:
+        with stop_on_signals() as stop:
+            yield stop
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

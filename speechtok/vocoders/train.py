@@ -18,7 +18,8 @@ from speechtok.audio import load_utterance
 from speechtok.corpus import load_corpus
 from speechtok.shards import read_manifest
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
-from speechtok.training.loop import Metrics, lr_at, set_lr
+from speechtok.checksums import verify_checksums, write_checksums
+from speechtok.training.loop import Guard, Metrics, check_schedule, lr_at, schedule_of, set_lr, training_run
 from speechtok.training.stream import Position, Source, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
@@ -137,10 +138,12 @@ def synthesize(gen, x: torch.Tensor | None, audio: torch.Tensor, speakers: torch
 
 
 def save_generator(gen, directory: Path) -> None:
+    """The final vocoder, with the sha256 of its files (verified by load_vocoder)."""
     if isinstance(gen, UnitHiFiGAN):
         gen.save(directory)
     else:
         gen.save_pretrained(directory)
+    write_checksums(directory)
 
 
 def save_samples(out: Path, step: int, gen, batch, sr: int, writer) -> None:
@@ -176,7 +179,13 @@ def save_samples(out: Path, step: int, gen, batch, sr: int, writer) -> None:
 
 
 def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device: str = "cpu") -> dict:
-    device = torch.device(device)
+    """Train as configured, resuming from `cfg.output`'s checkpoint; `stop_after`, signals and non-finite
+    numbers as for lm.train.train."""
+    with training_run(1) as stop:
+        return _train(cfg, stop_after, torch.device(device), stop)
+
+
+def _train(cfg: VocoderTrainConfig, stop_after: int | None, device: torch.device, stop) -> dict:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -191,15 +200,17 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
     opt_d = torch.optim.AdamW(disc.parameters(), cfg.lr, betas=cfg.betas)
     parts = {"generator": (gen, opt_g), "discriminators": (disc, opt_d)}
     meta = load_checkpoint(out, parts, 0) or {}
+    check_schedule(meta, cfg, "")
     step = meta.get("step", 0)
     metrics = Metrics(out, 0, step, cfg.steps)
+    guard = Guard(stop, out, 1, device)
     src = shard_source([cfg.shards])  # every shard verified once, before training reads it
     fixed = next(segments(cfg, src, utts, stream, sr, hop, speakers, 0))
     position = resume_position(meta.get("position"), step, 1, 1, f"{out}: ")
     consumed: dict[str, int] = {}
     data = segments(cfg, src, utts, stream, sr, hop, speakers, step - position.origin_step, position, consumed)
-    first, last, t0 = step, {}, time.perf_counter()
-    while step < cfg.steps and (stop_after is None or step - first < stop_after):
+    first, last, t0, signum = step, {}, time.perf_counter(), guard.stop_signal()
+    while step < cfg.steps and (stop_after is None or step - first < stop_after) and not signum:
         x, audio, spk = next(data)
         x = x.to(device) if x is not None else None
         audio, spk = audio.to(device), spk.to(device)
@@ -219,8 +230,10 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        guard.watch(g_loss=loss_g, d_loss=loss_d)
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
+            guard.check(step)
             dt = time.perf_counter() - t0
             last = {"mel_loss": loss_mel.item(), "g_loss": loss_g.item(), "d_loss": loss_d.item(),
                     "lr": lr, "steps_per_s": cfg.log_every / dt}
@@ -228,11 +241,16 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
             t0 = time.perf_counter()
         if step % cfg.sample_every == 0 or step == cfg.steps:
             save_samples(out, step, gen, fixed, sr, metrics.tb)
-        stopping = stop_after is not None and step - first >= stop_after
+        signum = guard.stop_signal()
+        stopping = (stop_after is not None and step - first >= stop_after) or signum
         if step % cfg.save_every == 0 or step == cfg.steps or stopping:
-            save_checkpoint(out, step, parts, {"position": position.saved(consumed, 1, device)}, 0, 1,
-                            cfg.keep_checkpoints)
+            guard.check(step, [gen, disc])
+            save_checkpoint(out, step, parts, {"position": position.saved(consumed, 1, device),
+                                               "schedule": schedule_of(cfg)}, 0, 1, cfg.keep_checkpoints)
+    if signum:
+        raise guard.interrupted(signum, step, first)
     if step >= cfg.steps:
+        guard.check(step, [gen])
         save_generator(gen.eval(), out / "final")
         metrics.finished(out / "final")
     return {"step": step, **last}
@@ -241,6 +259,8 @@ def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device
 def load_vocoder(directory: str | Path, device: str | torch.device = "cpu"):
     """A unit HiFi-GAN (ours: vocoder.json; the original's: config.json + g_XXXXXXXX) or a Vocos (config.yaml)."""
     d = Path(directory)
+    if d.is_dir():
+        verify_checksums(d)
     ours = (d / "vocoder.json").exists() and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan"
     if ours or is_original_dir(d):
         return UnitHiFiGAN.from_dir(d, device)

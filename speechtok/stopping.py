@@ -1,0 +1,48 @@
+"""Why a long command stops before the end, shared by `tok encode` and the trainers: SIGTERM / SIGINT
+(the job finishes what it is doing, leaves its output resumable and exits 128 + N), or numbers that are no
+longer finite (a trainer stops, exit 1, keeping its last good checkpoint)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT: the job stopped where its output is resumable; `detail` says where."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        super().__init__(f"stopped by {signal.Signals(signum).name}" + (f" {detail}" if detail else ""))
+        self.signum, self.detail = signum, detail
+
+
+class NonFinite(Exception):
+    """A trainer's loss, gradient norm or weights became infinite or NaN: the run stops without saving."""
+
+
+class StopFlag:
+    signum: int | None = None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """SIGTERM / SIGINT only set the flag (the job checks it between its steps or items); a second one
+    raises Interrupted at once, with the first signal's number. Outside the main thread: no handlers."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.signum is not None:
+            raise Interrupted(flag.signum, "(a second signal: stopped at once)")
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
