@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -68,23 +69,22 @@ def output_option(what: str, help: str, required: bool = True):
                         type=click.Path(file_okay=what == "FILE", dir_okay=what == "DIR"))
 
 
+def output_lock_file(output: str | os.PathLike, folder: bool) -> Path:
+    """The lock file of an output folder (OUTPUT/.lock.rRRR, as `tok encode`'s) or file (.NAME.lock.rRRR
+    beside it) for this torchrun rank (0 outside torchrun)."""
+    out, rank = Path(output), int(os.environ.get("RANK", 0))
+    return out / f".lock.r{rank:03d}" if folder else out.parent / f".{out.name}.lock.r{rank:03d}"
+
+
 def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
     """Hold the lock on this command's output until the command ends: a second writer of the same output
     folder (`folder`: OUTPUT/.lock.rRRR) or file (a sibling .NAME.lock.rRRR) is refused, exit 3, in one line
     naming the holder's pid and host. Each torchrun rank locks its own file, as `tok encode` does."""
-    from pathlib import Path
-
     from speechtok.folder_lock import FolderLock, FolderLocked
 
-    out, rank = Path(output), int(os.environ.get("RANK", 0))
     try:
-        if folder:
-            out.mkdir(parents=True, exist_ok=True)
-            lock = FolderLock(out / f".lock.r{rank:03d}", what, out)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            lock = FolderLock(out.parent / f".{out.name}.lock.r{rank:03d}", what, out)
-        click.get_current_context().with_resource(lock)
+        (Path(output) if folder else Path(output).parent).mkdir(parents=True, exist_ok=True)
+        click.get_current_context().with_resource(FolderLock(output_lock_file(output, folder), what, output))
     except FolderLocked as e:
         fail(str(e), EXIT_ENVIRONMENT)
     except OSError as e:  # no permission, read-only, or a file where the output folder should go

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, lock_output, output_option
+from speechtok.cli.common import device_option, device_or_fail, fail, lock_output, os_error_line, output_option
 
 
 @contextlib.contextmanager
@@ -39,7 +39,8 @@ def training_errors(config: str | None):
     except (ValueError, TypeError) as e:
         fail(f"{where}{e}", 2)
     except OSError as e:
-        fail(f"{e.filename or config}: {e.strerror or e}", 3)
+        e.filename = e.filename or config
+        fail(os_error_line(e), 3)
 
 
 def print_config_option(config_class: str):
