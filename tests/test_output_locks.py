@@ -89,34 +89,34 @@ def test_every_writing_command_refuses_a_held_lock(work, tmp_path, command):
     assert not out.exists() or (folder and [p.name for p in out.iterdir()] == [lock.name])  # nothing written
 
 
-def test_two_aligns_into_one_file_the_second_is_refused(work, tmp_path):
+def test_two_aligns_into_one_file_the_second_is_refused_and_sigterm_stops_between_items(work, tmp_path):
+    """A running `tok align` (one utterance per batch) holds its output: a second one exits 3 naming it;
+    SIGTERM then stops the first after the item at hand (exit 143, one line) and a rerun completes the file
+    with every utterance once."""
     out = tmp_path / "aligned.jsonl"
-    cmd = [sys.executable, "-m", "speechtok.cli.main", "align", str(work["corpus"]), "--no-phones", "-q", "-o",
-           str(out)]
+    cmd = [sys.executable, "-m", "speechtok.cli.main", "align", str(work["corpus"]), "--no-phones", "-q",
+           "--batch-seconds", "1", "-o", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lock = output_lock_file(out, folder=False)
-
-    def holds() -> bool:
-        try:
-            return json.loads(lock.read_text())["pid"] == first.pid
-        except (OSError, ValueError):
-            return False
-
     try:
         end = time.monotonic() + 300
-        while not holds():
+        while not (out.exists() and out.read_text().count("\n") >= 1):
             assert first.poll() is None and time.monotonic() < end, first.communicate()
             time.sleep(0.02)
         first.send_signal(signal.SIGSTOP)
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        first.send_signal(signal.SIGTERM)
         first.send_signal(signal.SIGCONT)
-        _, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
     assert second.returncode == 3 and f"(pid {first.pid} on host " in second.stderr, second.stderr
-    assert first.returncode == 0, err
-    ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert first.returncode == 143 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM between items"), err
     corpus = [json.loads(x)["id"] for x in work["corpus"].read_text().splitlines()]
+    assert out.read_text().count("\n") < len(corpus)
+    r = run("align", work["corpus"], "--no-phones", "-q", "-o", out)
+    assert r.exit_code == 0, r.output
+    ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     assert sorted(ids) == sorted(corpus)  # each utterance once

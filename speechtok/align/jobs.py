@@ -1,17 +1,21 @@
 """What `tok align` and `tok segment` share: a JSONL output that resumes (finished ids are kept, a torn
-last line is dropped, new lines are appended whole), and work spread over processes with a ×RT bar."""
+last line is dropped, new lines are appended whole), and work spread over processes with a ×RT bar that
+stops between items on SIGTERM / SIGINT (raising Interrupted; what was written stays)."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from speechtok.stopping import Interrupted, stop_on_signals
 
 
 def complete_lines(path: Path) -> bytes:
@@ -72,6 +76,8 @@ def _init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() ends a worker at once
 
 
 def _call(fn: Callable, item: Any) -> Any:
@@ -83,7 +89,8 @@ def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], m
              desc: str = "") -> Iterator[Any]:
     """work(worker, item) for each item, in order, where worker = make(*make_args), built once here (so a
     bad model fails at once) and inherited by `jobs` > 1 forked processes (one torch thread each). The
-    bar counts audio seconds and shows ×RT (audio seconds per wall-clock second)."""
+    bar counts audio seconds and shows ×RT (audio seconds per wall-clock second). After SIGTERM / SIGINT
+    it raises Interrupted once the caller has taken the item at hand (so it can write it first)."""
     bar = tqdm(total=round(sum(seconds), 1), unit="s", desc=desc, disable=not progress, leave=False,
                bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
                           "[{elapsed}<{remaining}{postfix}]")
@@ -97,11 +104,15 @@ def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], m
         else:
             pool = mp.get_context("fork").Pool(jobs, _init, (1,))
             results = pool.imap(_call_with(work), items)
-        for it_seconds, result in zip(seconds, results):
-            done += it_seconds
-            bar.update(it_seconds)
-            bar.set_postfix_str(f"{done / max(time.perf_counter() - t0, 1e-9):.1f}×RT", refresh=False)
-            yield result
+        with stop_on_signals() as stop:  # after the fork: workers keep the default handlers
+            for it_seconds, result in zip(seconds, results):
+                done += it_seconds
+                bar.update(it_seconds)
+                bar.set_postfix_str(f"{done / max(time.perf_counter() - t0, 1e-9):.1f}×RT", refresh=False)
+                yield result
+                if stop.signum:  # before the next item starts
+                    raise Interrupted(stop.signum, "between items: what was finished is written; rerun the "
+                                                   "same command to resume")
     finally:
         if pool is not None:
             pool.terminate()

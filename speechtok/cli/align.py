@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from speechtok.cli.common import checked_device, fail, lock_output, output_option, report_errors
+from speechtok.cli.common import checked_device, exit_interrupted, fail, lock_output, output_option, report_errors
+from speechtok.stopping import Interrupted
 
 aligner_option = click.option(
     "--aligner", "-a", default="pocketsphinx", show_default=True,
@@ -48,6 +49,8 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
     lock_output(output, "tok align", folder=False)
     try:
         s = align_corpus(corpus, output, aligner, phones, jobs, device, batch_seconds, not quiet and rank == 0)
+    except Interrupted as e:
+        exit_interrupted(e)
     except (FileNotFoundError, OSError, ValueError, ImportError) as e:
         fail(str(e))
     _echo_lines(s.notes, "note")
@@ -82,6 +85,8 @@ def segment_cmd(source, output, min_seconds, max_seconds, min_pause, vad, aligne
     try:
         s = segment_corpus(source, output, min_seconds, max_seconds, min_pause, vad, aligner, jobs, device,
                            not quiet)
+    except Interrupted as e:
+        exit_interrupted(e)
     except (FileNotFoundError, OSError, ValueError, ImportError) as e:
         fail(str(e))
     _echo_lines(s.notes, "note")

@@ -92,6 +92,14 @@ def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
         fail(os_error_line(e), EXIT_ENVIRONMENT if taken else EXIT_USAGE)
 
 
+def exit_interrupted(e: Exception) -> None:
+    """A job stopped by signal N (speechtok.stopping.Interrupted): its one line, saying what a rerun does
+    (rank 0 only under torchrun), then exit 128 + N."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        click.echo(str(e), err=True)
+    sys.exit(128 + e.signum)
+
+
 def report_errors(errors: list[CorpusError | str], where: str | None = None, limit: int = 20) -> None:
     """'error: FILE: REASON' for the first `limit` errors, then how many more (and where they all are)."""
     for e in errors[:limit]:

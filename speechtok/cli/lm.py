@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import sys
 from pathlib import Path
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, lock_output, os_error_line, output_option
+from speechtok.cli.common import (device_option, device_or_fail, exit_interrupted, fail, lock_output, os_error_line,
+                                  output_option)
 
 
 @contextlib.contextmanager
@@ -27,9 +26,7 @@ def training_errors(config: str | None):
     try:
         yield
     except Interrupted as e:
-        if int(os.environ.get("RANK", 0)) == 0:
-            click.echo(str(e), err=True)
-        sys.exit(128 + e.signum)
+        exit_interrupted(e)
     except NonFinite as e:
         fail(str(e), 1)
     except (ConfigError, ChecksumError) as e:
