@@ -284,3 +284,33 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last(ro
                                            "on device"], r.output
     assert (out / "checkpoints" / "latest").read_text() == "step_0000002"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000002"]
+
+
+def test_torchrun_stops_promptly_on_sigterm_and_a_rerun_on_the_same_port_resumes(root):
+    """SIGTERM to torchrun (what a scheduler sends): both gloo ranks agree on a step, save it and exit at
+    once, so torchrun is gone in seconds (not after its 30 s SIGKILL grace) and a rerun on the same port
+    starts and resumes from that step."""
+    out = root / "ddp"
+    cfg = lm_config(root, "ddp", steps=1000, batch_size=1, parallel="ddp")
+    port = 29800 + os.getpid() % 150
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "speechtok.cli.main", "lm", "train", str(cfg)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(lambda: logged_steps(out) >= 2, "step 2", agent)
+        t0 = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert took < 20, (took, err[-3000:])
+    assert "stopped by SIGTERM after step" in err, err[-3000:]
+    step = int((out / "checkpoints" / "latest").read_text().split("_")[1])
+    assert step >= 2
+    r = subprocess.run(cmd + ["--stop-after", "1"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from step {step}" in r.stdout
+    assert (out / "checkpoints" / "latest").read_text() == f"step_{step + 1:07d}"
