@@ -50,6 +50,7 @@ def verify_checksums(folder: str | Path) -> bool:
             raise ChecksumError(f"{file}: missing (listed in {CHECKSUMS}); the folder is incomplete")
         got = sha256_of(file)
         if got != want:
-            raise ChecksumError(f"{file}: checksum mismatch (sha256 {got[:16]}…, recorded {str(want)[:16]}… when "
-                                "it was written): the file is damaged; restore it or use another checkpoint")
+            raise ChecksumError(f"{file}: checksum mismatch (sha256 {got[:16]}…, recorded {str(want)[:16]}… "
+                                "when it was written): the file is damaged; restore it or use another "
+                                "checkpoint")
     return True

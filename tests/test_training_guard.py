@@ -281,7 +281,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last(ro
     r = run("lm", "train", lm_config(root, "enospc", steps=6, save_every=2))
     errors = [x for x in r.output.splitlines() if not x.startswith("step ")]  # stdout: the progress lines
     assert r.exit_code == 3 and errors == [f"error: {out / 'checkpoints' / '.tmp_step_0000004'}: No space left "
-                                           "on device"], r.output
+                                           "on device (disk full: free space, then rerun the same command to resume)"], r.output
     assert (out / "checkpoints" / "latest").read_text() == "step_0000002"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000002"]
 

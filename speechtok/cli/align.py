@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from speechtok.cli.common import checked_device, exit_interrupted, fail, lock_output, output_option, report_errors
+from speechtok.cli.common import (checked_device, exit_interrupted, fail, lock_output, output_option,
+                                  report_errors)
 from speechtok.stopping import Interrupted
 
 aligner_option = click.option(

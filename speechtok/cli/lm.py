@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (device_option, device_or_fail, exit_interrupted, fail, lock_output, os_error_line,
-                                  output_option)
+from speechtok.cli.common import (device_option, device_or_fail, exit_interrupted, fail, lock_output,
+                                  os_error_line, output_option)
 
 
 @contextlib.contextmanager

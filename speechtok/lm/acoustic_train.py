@@ -102,7 +102,8 @@ def train_acoustic(run: AcousticRun, stop_after: int | None = None, device: str 
         return _train(run, stop_after, rank, world, device, stop)
 
 
-def _train(run: AcousticRun, stop_after: int | None, rank: int, world: int, device: torch.device, stop) -> dict:
+def _train(run: AcousticRun, stop_after: int | None, rank: int, world: int, device: torch.device,
+           stop) -> dict:
     tc = run.train
     out = Path(run.output)
     out.mkdir(parents=True, exist_ok=True)

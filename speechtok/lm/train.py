@@ -24,8 +24,8 @@ from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.checksums import write_checksums
 from speechtok.training.checkpoint import barrier, load_checkpoint, save_checkpoint
-from speechtok.training.loop import (Guard, Metrics, autocast_for, build_optimizer, check_schedule, compile_enabled,
-                                     lr_at, schedule_of, seed_all, set_lr, training_run)
+from speechtok.training.loop import (Guard, Metrics, autocast_for, build_optimizer, check_schedule,
+                                     compile_enabled, lr_at, schedule_of, seed_all, set_lr, training_run)
 from speechtok.training.stream import resume_position
 
 __all__ = ["train", "train_step", "evaluate", "build_optimizer", "lr_at", "flops_per_token", "peak_flops"]
@@ -193,8 +193,8 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
         stopping = (stop_after is not None and step - first_step >= stop_after) or signum
         if step % cfg.save_every == 0 or step == cfg.steps or stopping:
             guard.check(step, [model])
-            save_checkpoint(out, step, parts, {"position": position_now(), "schedule": schedule_of(cfg)}, rank,
-                            world, cfg.keep_checkpoints)
+            saved = {"position": position_now(), "schedule": schedule_of(cfg)}
+            save_checkpoint(out, step, parts, saved, rank, world, cfg.keep_checkpoints)
     if signum:
         raise guard.interrupted(signum, step, first_step)
     if step >= cfg.steps:

@@ -9,9 +9,9 @@
 
 A checkpoint is written into `.tmp_step_…`, fsynced, and renamed into place; then `latest` moves. DCP
 reshards on load, so a run resumes on a different number of ranks. A damaged file (a flipped bit) is
-refused on resume, naming it; a failed write (a full disk) leaves the previous checkpoint in place. Loading never unpickles arbitrary
-objects: DCP's metadata is read with an allow-list unpickler, its non-tensor values with
-`torch.load(weights_only=True)`, and the rest is JSON."""
+refused on resume, naming it; a failed write (a full disk) leaves the previous checkpoint in place.
+Loading never unpickles arbitrary objects: DCP's metadata is read with an allow-list unpickler, its
+non-tensor values with `torch.load(weights_only=True)`, and the rest is JSON."""
 
 from __future__ import annotations
 
@@ -251,7 +251,8 @@ def load_checkpoint(out: Path, parts: dict, rank: int) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{ckpt / 'meta.json'}: not valid JSON ({e})") from None
     if not verify_checksums(ckpt):
-        print(f"note: {ckpt}: no sha256.json (saved by an older version): resuming unverified", file=sys.stderr)
+        print(f"note: {ckpt}: no sha256.json (saved by an older version): resuming unverified",
+              file=sys.stderr)
     state = _state(parts)
     reader = SafeReader(str(ckpt / "state"))
     _check_shapes(ckpt, state, reader)

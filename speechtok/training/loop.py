@@ -134,7 +134,7 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-SCHEDULE_KEYS = ("steps", "warmup")  # the shape of lr_at's curve (lr itself may be lowered after a divergence)
+SCHEDULE_KEYS = ("steps", "warmup")  # the shape of lr_at's curve (lr may be lowered after a divergence)
 
 
 def schedule_of(cfg) -> dict:
@@ -151,9 +151,9 @@ def check_schedule(meta: dict, cfg, config_key: str) -> None:
     saved = meta.get("schedule") or {}
     for key in SCHEDULE_KEYS:
         if key in saved and saved[key] != getattr(cfg, key):
-            raise ConfigError(f"{config_key}{key}: {getattr(cfg, key)} now but {saved[key]} in the checkpoint of "
-                              f"step {meta.get('step')}; the LR schedule depends on it: set it back to "
-                              f"{saved[key]} to resume, or train into a new output folder")
+            raise ConfigError(f"{config_key}{key}: {getattr(cfg, key)} now but {saved[key]} in the "
+                              f"checkpoint of step {meta.get('step')}; the LR schedule depends on it: set it "
+                              f"back to {saved[key]} to resume, or train into a new output folder")
 
 
 class Guard:
@@ -214,9 +214,10 @@ class Guard:
         from speechtok.stopping import Interrupted
 
         if step > first_step:
-            return Interrupted(signum, f"after step {step}: checkpoint saved; rerun the same command to resume "
-                                       f"from step {step}")
-        return Interrupted(signum, f"before its first step: rerun the same command to resume from step {step}")
+            return Interrupted(signum, f"after step {step}: checkpoint saved; rerun the same command to "
+                                       f"resume from step {step}")
+        return Interrupted(signum, f"before its first step: rerun the same command to resume from step "
+                                   f"{step}")
 
 
 @contextlib.contextmanager
