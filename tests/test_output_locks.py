@@ -46,7 +46,8 @@ def lm_config(w, out: Path) -> Path:
 
 def acoustic_config(w, out: Path) -> Path:
     path = w["root"] / "acoustic.yaml"
-    path.write_text(yaml.safe_dump({"output": str(out), "shards": [str(w["root"] / "shards")], "codec": "encodec"}))
+    path.write_text(yaml.safe_dump({"output": str(out), "shards": [str(w["root"] / "shards")],
+                                    "codec": "encodec"}))
     return path
 
 
@@ -54,10 +55,12 @@ def acoustic_config(w, out: Path) -> Path:
 WRITERS = {
     "encode": (lambda w, o: ["encode", w["corpus"], "-t", w["root"] / "km", "-o", o], True),
     "train-kmeans": (lambda w, o: ["train-kmeans", w["corpus"], "-m", "mfcc", "-k", 4, "-o", o], True),
-    "import-kmeans": (lambda w, o: ["import-kmeans", w["root"] / "centroids.npy", "-m", "mfcc", "-o", o], True),
+    "import-kmeans": (lambda w, o: ["import-kmeans", w["root"] / "centroids.npy", "-m", "mfcc", "-o", o],
+                      True),
     "decode": (lambda w, o: ["decode", w["root"] / "shards", "-o", o], True),
     "resynth": (lambda w, o: ["resynth", w["wav"], "-t", f"encodec:{w['root'] / 'codec'}", "-o", o], False),
-    "lm extend-vocab": (lambda w, o: ["lm", "extend-vocab", w["base"], "-m", w["root"] / "shards", "-o", o], True),
+    "lm extend-vocab": (lambda w, o: ["lm", "extend-vocab", w["base"], "-m", w["root"] / "shards", "-o", o],
+                        True),
     "lm train": (lambda w, o: ["lm", "train", lm_config(w, o)], True),
     "acoustic train": (lambda w, o: ["acoustic", "train", acoustic_config(w, o)], True),
     "vocoder train": (lambda w, o: ["vocoder", "train", "--kind", "vocos", "--shards", w["root"] / "shards",
@@ -67,10 +70,11 @@ WRITERS = {
     "segment": (lambda w, o: ["segment", w["wav"], "--vad", "energy", "-o", o], False),
     "eval tokens": (lambda w, o: ["eval", "tokens", w["root"] / "shards", "-o", o], True),
     "eval resynth": (lambda w, o: ["eval", "resynth", w["audio"], w["audio"], "-o", o], True),
-    "eval codecs": (lambda w, o: ["eval", "codecs", w["corpus"], "-t", f"encodec:{w['root'] / 'codec'}", "-o", o],
-                    True),
+    "eval codecs": (lambda w, o: ["eval", "codecs", w["corpus"], "-t", f"encodec:{w['root'] / 'codec'}",
+                                  "-o", o], True),
     "eval generated": (lambda w, o: ["eval", "generated", w["audio"], "-o", o], True),
-    "eval lm": (lambda w, o: ["eval", "lm", w["root"] / "lm", "--shards", w["root"] / "shards", "-o", o], True),
+    "eval lm": (lambda w, o: ["eval", "lm", w["root"] / "lm", "--shards", w["root"] / "shards", "-o", o],
+                True),
 }
 
 
