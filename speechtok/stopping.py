@@ -5,6 +5,7 @@ longer finite (a trainer stops, exit 1, keeping its last good checkpoint)."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -43,6 +44,27 @@ def stop_on_signals() -> Iterator[StopFlag]:
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def exit_on_signals(what: str) -> Iterator[None]:
+    """For a command with nothing to resume (an evaluation, one file): SIGTERM / SIGINT end it at once with
+    one line, `stopped by SIGINT: ` + `what` (what is lost), and exit 128 + N, instead of click's
+    "Aborted!" (exit 1) or a silent 143. Outside the main thread: no handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        print(f"stopped by {signal.Signals(signum).name}: {what}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -319,3 +319,14 @@ def test_torchrun_stops_promptly_on_sigterm_and_a_rerun_on_the_same_port_resumes
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step {step}" in r.stdout
     assert (out / "checkpoints" / "latest").read_text() == f"step_{step + 1:07d}"
+
+
+def test_a_command_with_nothing_to_resume_stops_at_once_in_one_line(capsys):
+    from speechtok.stopping import exit_on_signals
+
+    with pytest.raises(SystemExit) as e, exit_on_signals("no report was written"):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "stopped by SIGINT: no report was written\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

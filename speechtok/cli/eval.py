@@ -32,6 +32,9 @@ def _finish(results: dict, out: str, summary: list[str]) -> None:
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate tokens, resynthesis and token LMs."""
+    from speechtok.stopping import exit_on_signals
+
+    click.get_current_context().with_resource(exit_on_signals("no report was written; rerun the command"))
 
 
 @eval_group.command("tokens")

@@ -10,6 +10,7 @@ import click
 
 from speechtok.cli.common import (device_option, device_or_fail, exit_interrupted, fail, lock_output,
                                   os_error_line, output_option)
+from speechtok.stopping import exit_on_signals
 
 
 @contextlib.contextmanager
@@ -203,6 +204,7 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     except (ValueError, TypeError, OSError) as e:
         raise click.ClickException(str(e)) from None
     lock_output(output, "tok generate", folder=False)
+    click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     import numpy as np
     import soundfile as sf
 

@@ -12,6 +12,7 @@ import click
 from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, device_option, device_or_fail, fail, fail_os,
                                   lock_output, output_option, report_errors)
 from speechtok.corpus import CorpusError
+from speechtok.stopping import exit_on_signals
 
 
 def _quiet_transformers() -> None:
@@ -246,6 +247,7 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
     lock_output(output, "tok resynth", folder=False)
+    click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     try:
         wav, sr = read_audio(audio)
         out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, device_or_fail(device))
