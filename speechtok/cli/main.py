@@ -72,6 +72,7 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
     from speechtok.pipelines.train_kmeans import train_tokenizer
 
     lock_output(output, "tok train-kmeans", folder=True)
+    click.get_current_context().with_resource(exit_on_signals("no tokenizer was written; rerun the command"))
     features, dev = _features(model, layer, device, precision)
     defaults = encode_device_defaults(dev)
     workers = defaults["num_workers"] if num_workers is None else num_workers
