@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechtok.checksums import write_checksums
 from speechtok.lm.acoustic import AcousticConfig, AcousticModel, frames_per_dedup_unit, to_steps
 from speechtok.lm.acoustic_config import AcousticRun, checked_streams
 from speechtok.lm.parallel import init_distributed, parallelize
@@ -27,7 +28,6 @@ from speechtok.shards import read_shards
 from speechtok.tokenizers.semantic import run_length
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
 from speechtok.training.config import ConfigError
-from speechtok.checksums import write_checksums
 from speechtok.training.loop import (Guard, Metrics, autocast_for, build_optimizer, check_schedule, lr_at,
                                      schedule_of, seed_all, set_lr, training_run)
 from speechtok.training.stream import Position, part_stream, resume_position, shard_source

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from speechtok.audio import load_utterance
+from speechtok.checksums import verify_checksums, write_checksums
 from speechtok.corpus import load_corpus
 from speechtok.shards import read_manifest
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
-from speechtok.checksums import verify_checksums, write_checksums
 from speechtok.training.loop import Guard, Metrics, check_schedule, lr_at, schedule_of, set_lr, training_run
 from speechtok.training.stream import Position, Source, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
