@@ -41,6 +41,7 @@ class AcousticRun:
     output: str = path_field("output")
     shards: list[str] = path_field("input")
     codec: str = field()
+    stream: str | None = None  # the semantic stream of the shards (needed when they hold several)
     n_q: int | None = None
     pattern: str = "delay"
     n_coarse: int = 2
@@ -55,10 +56,11 @@ def load_acoustic_config(path: str | Path) -> AcousticRun:
 
 
 def checked_streams(run: AcousticRun) -> tuple[dict, int]:
-    """(the first shards' manifest, codebooks to model): the shards hold one semantic stream and `codec`
-    with at least `n_q` codebooks, else a ValueError (ShardError for unreadable shards)."""
+    """(the first shards' manifest, codebooks to model): the shards hold the semantic stream (`stream`, or
+    their only one) and `codec` with at least `n_q` codebooks, else a ValueError (ShardError for unreadable
+    shards)."""
     _, manifest = read_manifest(run.shards[0])
-    card = speech_streams(manifest, run.codec)[3]
+    card = speech_streams(manifest, run.codec, run.stream)[3]
     n_q = run.n_q or card["n_q"]
     if n_q > card["n_q"]:
         raise ValueError(f"{run.codec} has {card['n_q']} codebooks in the shards, {n_q} asked")

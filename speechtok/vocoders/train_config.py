@@ -18,6 +18,7 @@ class VocoderTrainConfig:
     shards: str = path_field("input")
     output: str = path_field("output")
     features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
+    stream: str | None = None  # unit-hifigan: the semantic stream of the shards (needed when they hold several)
     model: dict = field(default_factory=dict)  # sizes: UnitHiFiGANConfig keys; vocos: dim, num_layers, ...
     sample_rate: int | None = None  # vocos mel: default 24000
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
@@ -65,10 +66,14 @@ def vocoded_stream(cfg: VocoderTrainConfig, cards: dict) -> str | None:
     """The shards' stream (name) the vocoder reads: their semantic units (unit HiFi-GAN), a codec stream
     (Vocos on codec features), or None (Vocos on mel); `cards` is the manifest's "tokenizers"."""
     if cfg.kind == "unit-hifigan":
-        semantic = [n for n, c in cards.items() if c["type"] == "semantic"]
-        if not semantic:
+        from speechtok.lm.vocab import semantic_stream
+
+        if not any(c.get("type") == "semantic" for c in cards.values()):
             raise ValueError(f"kind: unit-hifigan needs semantic units, the shards hold {sorted(cards)}")
-        return semantic[0]
+        try:
+            return semantic_stream(cards, cfg.stream)
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("stream: ") else f"stream: {e}") from None
     if cfg.features == "mel":
         return None
     if cfg.features not in cards or cards[cfg.features]["type"] != "codec":
