@@ -84,7 +84,9 @@ def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], m
     """work(worker, item) for each item, in order, where worker = make(*make_args), built once here (so a
     bad model fails at once) and inherited by `jobs` > 1 forked processes (one torch thread each). The
     bar counts audio seconds and shows ×RT (audio seconds per wall-clock second)."""
-    bar = tqdm(total=round(sum(seconds), 1), unit="s", desc=desc, disable=not progress, leave=False,
+    # the exact total, and updates never past it: a total rounded down left the bar past 100 % with a
+    # negative ETA and a TqdmWarning on short inputs
+    bar = tqdm(total=sum(seconds), unit="s", desc=desc, disable=not progress, leave=False,
                bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
                           "[{elapsed}<{remaining}{postfix}]")
     t0 = time.perf_counter()
@@ -99,7 +101,7 @@ def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], m
             results = pool.imap(_call_with(work), items)
         for it_seconds, result in zip(seconds, results):
             done += it_seconds
-            bar.update(it_seconds)
+            bar.update(max(0.0, min(it_seconds, bar.total - bar.n)))
             bar.set_postfix_str(f"{done / max(time.perf_counter() - t0, 1e-9):.1f}×RT", refresh=False)
             yield result
     finally:

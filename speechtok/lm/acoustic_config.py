@@ -8,7 +8,12 @@ from pathlib import Path
 
 from speechtok.lm.vocab import speech_streams
 from speechtok.shards import read_manifest
-from speechtok.training.config import at_least, build, path_field, read_yaml
+from speechtok.training.config import at_least, build, path_field, read_yaml, sizes_field
+
+# the model sizes a config's `model:` sets, with AcousticConfig's defaults (lm/acoustic.py; a test keeps them equal)
+SIZES = {"dim": 512, "layers": 8, "heads": 8}
+SIZE_NOTES = ("max_len: 2 × (units of a crop + 1 + codec steps of a crop): a crop and as much again of "
+              "voice prompt",)
 
 
 @dataclass
@@ -46,7 +51,7 @@ class AcousticRun:
     pattern: str = "delay"
     n_coarse: int = 2
     dedup: bool = False
-    model: dict = field(default_factory=dict)  # AcousticConfig sizes: dim, layers, heads, max_len
+    model: dict = sizes_field(SIZES, SIZE_NOTES)  # AcousticConfig sizes: dim, layers, heads, max_len
     train: AcousticTrainConfig = field(default_factory=AcousticTrainConfig)
 
 

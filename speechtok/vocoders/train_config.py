@@ -7,9 +7,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechtok.training.config import at_least, build, more_than, path_field, read_yaml
+from speechtok.training.config import flow_yaml, at_least, build, more_than, path_field, read_yaml, sizes_field
 
 OPTION_OF = {"features": "codec"}  # the `tok vocoder train` option of a key, where it has another name
+
+# `model:` sizes and their defaults per kind: UnitHiFiGANConfig's (vocoders/hifigan.py; a test keeps them
+# equal), and the Vocos backbone's and features' that vocoders/train.py builds
+HIFIGAN_SIZES = {"embed_dim": 128, "speaker_dim": 128, "upsample_initial_channel": 512,
+                 "resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5] for _ in range(3)], "duration_hidden": 0}
+VOCOS_SIZES = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8}
+VOCOS_MEL_SIZES = {"n_fft": 1024, "hop_length": 256, "n_mels": 100}
+VOCOS_CODEC_SIZES = {"feature_dim": 128}
+SIZE_NOTES = (f"unit-hifigan: {flow_yaml(HIFIGAN_SIZES)}",
+              "unit-hifigan: upsample_rates: the units' hop as factors 5, 4, 3, 2 (largest first); "
+              "upsample_kernel_sizes: 2 × each rate; duration_hidden 0: embed_dim",
+              f"vocos: {flow_yaml(VOCOS_SIZES)}; with mel features also {flow_yaml(VOCOS_MEL_SIZES)}; "
+              f"with codec features {flow_yaml(VOCOS_CODEC_SIZES)}")
 
 
 @dataclass
@@ -19,7 +32,7 @@ class VocoderTrainConfig:
     output: str = path_field("output")
     features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
     stream: str | None = None  # unit-hifigan: the semantic stream of the shards (needed when they hold several)
-    model: dict = field(default_factory=dict)  # sizes: UnitHiFiGANConfig keys; vocos: dim, num_layers, ...
+    model: dict = sizes_field({}, SIZE_NOTES)  # sizes (unset: these defaults, per kind)
     sample_rate: int | None = None  # vocos mel: default 24000
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
     speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
