@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -261,10 +262,14 @@ def test_progress_bar_never_passes_its_total(capsys):
 
     from speechtok.align.jobs import run_jobs
 
+    def slow(_worker, item):  # past tqdm's 0.1 s between redraws, so that every update is drawn
+        time.sleep(0.15)
+        return item
+
     seconds = [1.04, 2.2]  # 3.24 s: a total rounded to 3.2 s ended at 101 % with ETA -00:00 and a TqdmWarning
     with warnings.catch_warnings():
         warnings.simplefilter("error", TqdmWarning)
-        out = list(run_jobs(seconds, seconds, lambda: None, (), lambda _w, it: it, progress=True, desc="align"))
+        out = list(run_jobs(seconds, seconds, lambda: None, (), slow, progress=True, desc="align"))
     assert out == seconds
     err = capsys.readouterr().err
     assert "<-" not in err and "101%" not in err and "100%" in err, err
