@@ -180,8 +180,13 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, speech_corpus, km, base
                                                 "(duplicate key 'lr', first on line",
         ("generate", "--lm", tmp_path, "--units-only", "-o", out / "u.npy"): "not a speechtok LM directory",
     }
+    failed = []
     for argv, says in cases.items():
-        one_line(run(*argv), 2, says)
+        try:
+            one_line(run(*argv), 2, says)
+        except AssertionError as e:
+            failed.append(f"{argv[:2]}: {e}")
+    assert not failed, "\n".join(failed)
     assert not out.exists()  # each was refused before any work
     line = one_line(run("lm", "train", tmp_path / "dup.yaml", "--stop-after", 0), 2, "--stop-after")
     assert "lm train" in line and "--help" in line  # names the command and where its help is

@@ -34,7 +34,8 @@ def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:
               help="Phone alignments too (pocketsphinx; a second, slower pass).")
 @jobs_option
 @device_option
-@click.option("--batch-seconds", type=POSITIVE, default=60.0, show_default=True, help="Audio per aligner batch.")
+@click.option("--batch-seconds", type=POSITIVE, default=60.0, show_default=True,
+              help="Audio per aligner batch.")
 @click.option("--quiet", "-q", is_flag=True)
 def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quiet):
     """Add word timings (and phones) to every utterance of CORPUS (folder or JSONL manifest) that has a
@@ -61,7 +62,8 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
 @output_option("FILE", "The segments JSONL manifest file to write (or resume).")
 @click.option("--min-seconds", type=POSITIVE, default=3.0, show_default=True)
 @click.option("--max-seconds", type=POSITIVE, default=20.0, show_default=True)
-@click.option("--min-pause", type=POSITIVE, default=0.2, show_default=True, help="Shortest pause to cut at (s).")
+@click.option("--min-pause", type=POSITIVE, default=0.2, show_default=True,
+              help="Shortest pause to cut at (s).")
 @click.option("--vad", type=click.Choice(["silero", "energy"]), default="silero", show_default=True,
               help="Pause finder for recordings without a transcript (energy: no extra package).")
 @aligner_option

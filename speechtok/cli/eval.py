@@ -76,7 +76,8 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
 @click.argument("ref_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("hyp_dir", type=click.Path(exists=True, file_okay=False))
 @output_option("DIR", REPORT_FOLDER)
-@click.option("--plots", type=click.IntRange(min=0), default=3, show_default=True, help="Spectrogram plots of the first N pairs.")
+@click.option("--plots", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Spectrogram plots of the first N pairs.")
 @click.option("--asr", help="ASR for WER/CER/dWER: 'pocketsphinx' (offline English) or a transformers "
                             "checkpoint (Whisper, wav2vec2-CTC; hub id or local dir).")
 @click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
@@ -85,7 +86,8 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
               help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
 @utmos_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="ASR batch size (transformers).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="ASR batch size (transformers).")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, utmos, batch_size, device,
@@ -135,7 +137,8 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @click.option("--speaker", help="Speaker similarity: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL of the round trips.")
 @utmos_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="ASR batch size (transformers).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="ASR batch size (transformers).")
 @device_option
 def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device):
     """Round-trip CORPUS (folder or JSONL manifest) through each codec or tokenizer + vocoder: one table of
@@ -180,7 +183,8 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
               help="Voice prompts with the continuations' ids, for prompt-vs-continuation speaker similarity.")
 @click.option("--speaker", default="resemblyzer", show_default=True,
               help="Speaker encoder for --prompts: 'resemblyzer' or a transformers x-vector checkpoint.")
-@click.option("-n", "--ngram", type=click.IntRange(min=1), default=2, show_default=True, help="n of auto-BLEU-n and distinct-n.")
+@click.option("-n", "--ngram", type=click.IntRange(min=1), default=2, show_default=True,
+              help="n of auto-BLEU-n and distinct-n.")
 @utmos_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @device_option

@@ -59,9 +59,11 @@ def lm() -> None:
               help="Shard manifest.json (or its folder) whose tokenizers define the audio tokens.")
 @output_option("DIR", "Folder for the model, its tokenizer and speech_vocab.json.")
 @click.option("--codec", default=None, help="Also add the tokens of this codec stream (e.g. 'encodec').")
-@click.option("--n-q", type=click.IntRange(min=1), default=None, help="Codebooks of --codec to add (default: all in the shards).")
+@click.option("--n-q", type=click.IntRange(min=1), default=None,
+              help="Codebooks of --codec to add (default: all in the shards).")
 @click.option("--stream", help="The semantic stream of the shards (needed when they hold several, e.g. two "
-                               "`-t DIR:name=NAME` of one `tok encode`); the LM reads it in training and generation.")
+                               "`-t DIR:name=NAME` of one `tok encode`); the LM reads it in training and "
+                               "generation.")
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
 def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch):
     """Add <s_i> units, codec tokens and [TEXT]/[SPEECH] to BASE (hub id or local directory)."""

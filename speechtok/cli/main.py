@@ -37,8 +37,8 @@ precision_option = click.option("--precision", type=click.Choice(["auto", "fp32"
 
 
 overwrite_option = click.option("--overwrite", is_flag=True,
-                                help="Replace the tokenizer in OUTPUT (shards, LMs and vocoders made with it no "
-                                     "longer match it).")
+                                help="Replace the tokenizer in OUTPUT (shards, LMs and vocoders made with "
+                                     "it no longer match it).")
 
 
 def tokenizer_output(output: str, overwrite: bool) -> None:
@@ -72,12 +72,14 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @layer_option
 @click.option("-k", "--clusters", "k", type=click.IntRange(min=1), required=True, help="Number of units.")
 @output_option("DIR", "Tokenizer folder to write (tokenizer.json, centroids.npy).")
-@click.option("--max-frames", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Cap on frames sampled.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Cap on frames sampled.")
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
-@click.option("--batch-seconds", type=POSITIVE, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+@click.option("--batch-seconds", type=POSITIVE, default=None,
+              help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None, help="Audio loading processes.")
 @overwrite_option
 @device_option
@@ -143,7 +145,8 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @output_option("DIR", "Folder to create or resume: shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
-@click.option("--batch-seconds", type=POSITIVE, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+@click.option("--batch-seconds", type=POSITIVE, default=None,
+              help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Utterances per batch at most.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
@@ -278,7 +281,8 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
 
 @cli.command("show")
 @click.argument("shards", type=click.Path(exists=True))
-@click.option("-n", "--num", "n", type=click.IntRange(min=0), default=3, show_default=True, help="Samples to print.")
+@click.option("-n", "--num", "n", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Samples to print.")
 @click.option("--full", is_flag=True,
               help="Print every value of every array (default: dtype, shape, first values).")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification.")

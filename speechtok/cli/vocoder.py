@@ -25,8 +25,8 @@ def vocoder() -> None:
 @click.option("--codec", help="Vocos: the codec stream of the shards it vocodes (e.g. encodec); 'mel' or "
                                 "none: mel features.")
 @click.option("--features", "features_alias", hidden=True, help="The old name of --codec.")
-@click.option("--stream", help="Unit HiFi-GAN: the semantic stream of the shards it vocodes (needed when they "
-                               "hold several).")
+@click.option("--stream", help="Unit HiFi-GAN: the semantic stream of the shards it vocodes (needed when "
+                               "they hold several).")
 @click.option("--steps", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--segment-seconds", type=float)
@@ -34,8 +34,8 @@ def vocoder() -> None:
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
 @stop_after_option
 @device_option
-def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, steps, batch_size, segment_seconds,
-              dedup, speakers, stop_after, device):
+def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, steps, batch_size,
+              segment_seconds, dedup, speakers, stop_after, device):
     """Train a vocoder; rerunning the same command resumes from the latest checkpoint. The config (YAML
     and options) and the shards' streams are checked before torch is imported."""
     from pathlib import Path

@@ -10,7 +10,8 @@ from speechtok.lm.vocab import speech_streams
 from speechtok.shards import read_manifest
 from speechtok.training.config import at_least, build, path_field, read_yaml, sizes_field
 
-# the model sizes a config's `model:` sets, with AcousticConfig's defaults (lm/acoustic.py; a test keeps them equal)
+# the model sizes a config's `model:` sets, with AcousticConfig's defaults (lm/acoustic.py; a test keeps
+# them equal)
 SIZES = {"dim": 512, "layers": 8, "heads": 8}
 SIZE_NOTES = ("max_len: 2 × (units of a crop + 1 + codec steps of a crop): a crop and as much again of "
               "voice prompt",)
@@ -53,6 +54,9 @@ class AcousticRun:
     dedup: bool = False
     model: dict = sizes_field(SIZES, SIZE_NOTES)  # AcousticConfig sizes: dim, layers, heads, max_len
     train: AcousticTrainConfig = field(default_factory=AcousticTrainConfig)
+
+    def __post_init__(self):
+        self.model = {**SIZES, **self.model}  # the sizes --print-config shows, unless the config sets them
 
 
 def load_acoustic_config(path: str | Path) -> AcousticRun:

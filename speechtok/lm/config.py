@@ -109,8 +109,8 @@ def load_config(path: str | Path) -> RunConfig:
                               "(nothing to evaluate)")
     limit, where = model_positions(run.model)
     if limit is not None and run.data.seq_len > limit:
-        raise ConfigError(f"{path}: data.seq_len: {run.data.seq_len} is more than the {limit} positions of the "
-                          f"model ({where}); use seq_len: {limit} or less")
+        raise ConfigError(f"{path}: data.seq_len: {run.data.seq_len} is more than the {limit} positions of "
+                          f"the model ({where}); use seq_len: {limit} or less")
     return run
 
 

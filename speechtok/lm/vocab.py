@@ -112,7 +112,8 @@ def semantic_stream(cards: dict, stream: str | None = None) -> str:
     semantic = [name for name, c in cards.items() if c.get("type") == "semantic"]
     if stream is not None:
         if stream not in semantic:
-            raise ValueError(f"stream: no semantic stream {stream!r} in the shards (they hold {semantic or 'none'})")
+            raise ValueError(f"stream: no semantic stream {stream!r} in the shards "
+                             f"(they hold {semantic or 'none'})")
         return stream
     if len(semantic) != 1:
         raise ValueError(f"the shards hold {len(semantic)} semantic streams {semantic}; choose one with "

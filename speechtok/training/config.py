@@ -60,8 +60,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: SafeLoader refuses it itself
                     continue
                 if line != key_node.start_mark.line + 1:
-                    raise yaml.constructor.ConstructorError(
-                        problem=f"duplicate key {key!r}, first on line {line}", problem_mark=key_node.start_mark)
+                    why = f"duplicate key {key!r}, first on line {line}"
+                    raise yaml.constructor.ConstructorError(problem=why, problem_mark=key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 
@@ -215,7 +215,8 @@ def _default_lines(cls: type, pad: str) -> list[str]:
         if "keys" in f.metadata:  # model sizes: each key with its default
             keys, notes = f.metadata["keys"], f.metadata["notes"]
             lines.append(f"{pad}{f.name}:{note}" if keys else f"{pad}{f.name}: {{}}{note}")
-            lines += [f"{pad}  {k}: {flow_yaml(v)}" for k, v in keys.items()] + [f"{pad}  # {n}" for n in notes]
+            lines += [f"{pad}  {k}: {flow_yaml(v)}" for k, v in keys.items()]
+            lines += [f"{pad}  # {n}" for n in notes]
             continue
         if is_dataclass(value):
             lines += [f"{pad}{f.name}:{note}", *_default_lines(type(value), pad + "  ")]

@@ -23,8 +23,8 @@ from speechtok.training.stream import Position, Source, part_stream, resume_posi
 from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.losses import vocoder_loss
-from speechtok.vocoders.train_config import (VOCOS_CODEC_SIZES, VOCOS_MEL_SIZES, VOCOS_SIZES, VocoderTrainConfig,
-                                             vocoded_stream)
+from speechtok.vocoders.train_config import (VOCOS_CODEC_SIZES, VOCOS_MEL_SIZES, VOCOS_SIZES,
+                                             VocoderTrainConfig, vocoded_stream)
 from speechtok.vocoders.vocos import Vocos
 
 
@@ -66,7 +66,8 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
                            "init_args": {"dim": m["dim"], "n_fft": n_fft, "hop_length": hop, "padding": "center"}}}
         return Vocos(config), sr, hop, None
     card = cards[name]
-    sr, hop, feat_dim = card["sample_rate"], card["hop_length"], m.pop("feature_dim", VOCOS_CODEC_SIZES["feature_dim"])
+    sr, hop = card["sample_rate"], card["hop_length"]
+    feat_dim = m.pop("feature_dim", VOCOS_CODEC_SIZES["feature_dim"])
     config = {"feature_extractor": {"class_path": "vocos.feature_extractors.EncodecFeatures",
                                     "init_args": {"codebook_size": card["codebook_size"], "n_q": card["n_q"],
                                                   "dim": feat_dim, "train_codebooks": True, "sample_rate": sr}},

@@ -4,17 +4,19 @@ Torch-free, so that the command checks it before the heavy imports; mistakes are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from speechtok.training.config import flow_yaml, at_least, build, more_than, path_field, read_yaml, sizes_field
+from speechtok.training.config import (at_least, build, flow_yaml, more_than, path_field, read_yaml,
+                                       sizes_field)
 
 OPTION_OF = {"features": "codec"}  # the `tok vocoder train` option of a key, where it has another name
 
 # `model:` sizes and their defaults per kind: UnitHiFiGANConfig's (vocoders/hifigan.py; a test keeps them
 # equal), and the Vocos backbone's and features' that vocoders/train.py builds
 HIFIGAN_SIZES = {"embed_dim": 128, "speaker_dim": 128, "upsample_initial_channel": 512,
-                 "resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5] for _ in range(3)], "duration_hidden": 0}
+                 "resblock_kernel_sizes": [3, 7, 11],
+                 "resblock_dilation_sizes": [[1, 3, 5] for _ in range(3)], "duration_hidden": 0}
 VOCOS_SIZES = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8}
 VOCOS_MEL_SIZES = {"n_fft": 1024, "hop_length": 256, "n_mels": 100}
 VOCOS_CODEC_SIZES = {"feature_dim": 128}
@@ -31,7 +33,7 @@ class VocoderTrainConfig:
     shards: str = path_field("input")
     output: str = path_field("output")
     features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
-    stream: str | None = None  # unit-hifigan: the semantic stream of the shards (needed when they hold several)
+    stream: str | None = None  # unit-hifigan: the semantic stream of the shards (when they hold several)
     model: dict = sizes_field({}, SIZE_NOTES)  # sizes (unset: these defaults, per kind)
     sample_rate: int | None = None  # vocos mel: default 24000
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
