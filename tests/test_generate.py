@@ -344,6 +344,7 @@ def test_generate_units_through_a_unit_vocoder(trained_lm, corpus_shards, tmp_pa
     r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-text", "the cat", "--vocoder",
                                  str(tmp_path / "frames"), "-o", str(tmp_path / "f.wav")])
     assert r.exit_code != 0 and "dedup: false" in r.output and str(tmp_path / "frames") in r.output
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr  # as resynth
 
     voc = _unit_vocoder(tmp_path / "voc", dedup=True, stream=unit_stream(_card(corpus_shards), dedup=True))
     r = run("generate", "--lm", trained_lm, "--prompt-text", "the cat", "--vocoder", tmp_path / "voc",

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, output_option, report_errors
+from speechtok.cli.common import device_option, device_or_fail, fail, fail_with, output_option, report_errors
 from speechtok.eval.report import fmt
 
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."
@@ -54,7 +54,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
         r = evaluate_tokens(shards, output, alignments, item_file,
                             frozenset(p for p in ignore_phones.split(",") if p), max_per_group, not no_verify)
     except (ShardError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     lines = []
     for name, s in r["streams"].items():
         b = s["bitrate"]
@@ -100,7 +100,7 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
         r = evaluate_resynth(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
                              str(device_or_fail(device)), batch_size, progress=not quiet, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     m = r["mean"]
     lines = [f"{r['files']} files: MCD {fmt(m['mcd_db'], 2)} dB, STOI {fmt(m['stoi'])}, "
              f"PESQ {fmt(m['pesq_wb'], 2)}, SI-SDR {fmt(m['si_sdr_db'], 1)} dB, "
@@ -161,7 +161,7 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
         r = evaluate_codecs(corpus, list(specs), output, asr, transcripts, speaker, mos,
                             str(device_or_fail(device)), batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     kbps = lambda v: fmt(v and v / 1000, 2)  # noqa: E731
     lines = [f"{x['spec']}: {kbps(x['nominal_bps'])} kbps nominal, {kbps(x['entropy_bps'])} kbps entropy"
              + (f", {kbps(x['dedup_entropy_bps'])} kbps deduplicated" if "dedup_entropy_bps" in x else "")
@@ -197,7 +197,7 @@ def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos,
         r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(device_or_fail(device)),
                                batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     m = r["mean"]
     lines = [f"{r['sequences']} sequences: " + ", ".join(f"{k} {fmt(v)}" for k, v in m.items())]
     if "genppl" in r:
@@ -229,7 +229,7 @@ def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, 
         r = evaluate_lm(model, output, list(shards), tuple(formats), list(probes), semantic_dir, normalize,
                         batch_size, device)
     except (ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     lines = [f"{name}: perplexity {fmt(p['all']['perplexity'], 2)} (speech {fmt(p['speech']['perplexity'], 2)}, "
              f"text {fmt(p['text']['perplexity'], 2)})" for name, p in r["perplexity"].items()]
     lines += [f"{name}: accuracy {fmt(p['accuracy'])} over {p['pairs']} pairs" for name, p in r["probes"].items()]

@@ -63,7 +63,7 @@ def _features(model: str, layer: int | None, device: str, precision: str):
     try:
         return build_features(parse_model_spec(model, layer), device=dev, precision=precision), dev
     except (ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
 
 
 @cli.command("train-kmeans")
