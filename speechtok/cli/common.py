@@ -171,7 +171,7 @@ def writable(folder: str | Path) -> None:
     try:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
-        e.filename = e.filename or str(folder)
+        e.filename = str(folder)  # not the random name of the probe
         fail_os(e)
 
 
