@@ -40,8 +40,10 @@ def check_unit_streams(made: dict, maker: str, used: dict, user: str) -> None:
     trained on them (see the module docstring for dedup)."""
     a, b = made.get("tokenizer_sha256"), used.get("tokenizer_sha256")
     if a and b and a != b:
-        raise ValueError(f"{maker} makes units of tokenizer sha256 {a[:12]}..., but {user} was trained on "
-                         f"units of tokenizer sha256 {b[:12]}...; use stages trained on the same tokenizer")
+        raise ValueError(f"{maker} makes units of another tokenizer (k={made['k']}, {made['frame_rate']:g} "
+                         f"Hz, sha256 {a[:12]}...) than {user} was trained on (k={used['k']}, "
+                         f"{used['frame_rate']:g} Hz, sha256 {b[:12]}...); use stages trained on the same "
+                         "tokenizer")
     if made["k"] != used["k"]:
         raise ValueError(f"{maker} makes units of k={made['k']}, but {user} was trained on k={used['k']}")
     if made["frame_rate"] != used["frame_rate"]:

@@ -190,8 +190,9 @@ def test_unit_stream_records_and_the_chaining_rule(trained_lm, corpus_shards):
                                          r"frame-level units \(dedup: false\)"):
         check_unit_streams(runs, "A", frames, "B")
     other = unit_stream({**card, "centroids": {**card["centroids"], "sha256": "0" * 64}}, False)
-    with pytest.raises(ValueError, match=f"A makes units of tokenizer sha256 {frames['tokenizer_sha256'][:12]}.*"
-                                         f"B was trained on units of tokenizer sha256 {other['tokenizer_sha256'][:12]}"):
+    with pytest.raises(ValueError, match=rf"A makes units of another tokenizer \(k=12, 100 Hz, sha256 "
+                                         rf"{frames['tokenizer_sha256'][:12]}\.\.\.\) than B was trained on \(k=12, "
+                                         rf"100 Hz, sha256 {other['tokenizer_sha256'][:12]}\.\.\.\)"):
         check_unit_streams(frames, "A", other, "B")
     with pytest.raises(ValueError, match="A makes units of k=12, but B was trained on k=13"):
         check_unit_streams(frames, "A", {**frames, "tokenizer_sha256": None, "k": 13}, "B")
@@ -343,6 +344,8 @@ def test_generate_units_through_a_unit_vocoder(trained_lm, corpus_shards, tmp_pa
     r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-text", "the cat", "--vocoder",
                                  str(tmp_path / "frames"), "-o", str(tmp_path / "f.wav")])
     assert r.exit_code != 0 and "dedup: false" in r.output and str(tmp_path / "frames") in r.output
+    assert r.exit_code == 2 and r.stderr.splitlines()[-1].startswith("error: "), r.stderr  # as resynth says it
+    assert "Traceback" not in r.output and "Error:" not in r.output
 
     voc = _unit_vocoder(tmp_path / "voc", dedup=True, stream=unit_stream(_card(corpus_shards), dedup=True))
     r = run("generate", "--lm", trained_lm, "--prompt-text", "the cat", "--vocoder", tmp_path / "voc",
@@ -365,8 +368,9 @@ def test_resynth_refuses_a_vocoder_of_another_tokenizer(corpus_shards, tmp_path)
     sample = next(read_shards(corpus_shards / "shards"))
     r = CliRunner().invoke(cli, ["resynth", _audio_of(sample["id"], corpus_shards), "-t", str(corpus_shards / "km"),
                                  "--vocoder", str(tmp_path / "voc"), "-o", str(tmp_path / "r.wav")])
-    assert r.exit_code != 0 and not (tmp_path / "r.wav").exists()
-    assert f"{corpus_shards / 'km'} makes units of tokenizer sha256" in r.output and other["tokenizer_sha256"][:12] in r.output
+    assert r.exit_code == 2 and not (tmp_path / "r.wav").exists()
+    assert f"error: {corpus_shards / 'km'} makes units of another tokenizer (k=12, " in r.stderr
+    assert f"than {tmp_path / 'voc'} was trained on (k=12" in r.output and other["tokenizer_sha256"][:12] in r.output
     _unit_vocoder(tmp_path / "same", dedup=False, stream=unit_stream(card, dedup=False))
     r = run("resynth", _audio_of(sample["id"], corpus_shards), "-t", corpus_shards / "km", "--vocoder", tmp_path / "same",
             "-o", tmp_path / "r.wav")

@@ -376,7 +376,7 @@ def test_a_bad_tokenizer_spec_fails_in_one_line_before_loading(speech_corpus, tm
     assert not (tmp_path / "s").exists()
     (tmp_path / "lm").mkdir()
     r = run("generate", "--lm", tmp_path / "lm", "--units-only", "-o", tmp_path / "u.npy")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert f"{tmp_path / 'lm' / 'speech_vocab.json'}: not a speechtok LM directory" in r.output
     r = run("generate", "--lm", tmp_path / "lm", "--units-only", "--top-p", 1.5, "-o", tmp_path / "u.npy")
     assert r.exit_code == 2 and "--top-p" in r.output

@@ -91,7 +91,9 @@ def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], m
     bad model fails at once) and inherited by `jobs` > 1 forked processes (one torch thread each). The
     bar counts audio seconds and shows ×RT (audio seconds per wall-clock second). After SIGTERM / SIGINT
     it raises Interrupted once the caller has taken the item at hand (so it can write it first)."""
-    bar = tqdm(total=round(sum(seconds), 1), unit="s", desc=desc, disable=not progress, leave=False,
+    # the exact total, and updates never past it: a total rounded down left the bar past 100 % with a
+    # negative ETA and a TqdmWarning on short inputs
+    bar = tqdm(total=sum(seconds), unit="s", desc=desc, disable=not progress, leave=False,
                bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
                           "[{elapsed}<{remaining}{postfix}]")
     t0 = time.perf_counter()
@@ -107,7 +109,7 @@ def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], m
         with stop_on_signals() as stop:  # after the fork: workers keep the default handlers
             for it_seconds, result in zip(seconds, results):
                 done += it_seconds
-                bar.update(it_seconds)
+                bar.update(max(0.0, min(it_seconds, bar.total - bar.n)))
                 bar.set_postfix_str(f"{done / max(time.perf_counter() - t0, 1e-9):.1f}×RT", refresh=False)
                 yield result
                 if stop.signum:  # before the next item starts

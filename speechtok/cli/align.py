@@ -6,15 +6,15 @@ import sys
 
 import click
 
-from speechtok.cli.common import (checked_device, exit_interrupted, fail, lock_output, output_option,
-                                  report_errors)
+from speechtok.cli.common import (POSITIVE, checked_device, exit_interrupted, fail_with, lock_output,
+                                  output_option, report_errors)
 from speechtok.stopping import Interrupted
 
 aligner_option = click.option(
     "--aligner", "-a", default="pocketsphinx", show_default=True,
     help="'pocketsphinx' (offline US English: words + ARPAbet phones), or a transformers CTC model "
          "(wav2vec2/MMS hub id or local directory with its tokenizer: words, any language).")
-jobs_option = click.option("--jobs", "-j", type=int, default=1, show_default=True,
+jobs_option = click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
                            help="Processes working in parallel (CPU), one torch thread each.")
 # the CPU by default, unlike other commands: --jobs > 1 forks CPU workers that share the loaded aligner
 device_option = click.option("--device", default="cpu", show_default=True, metavar="DEVICE",
@@ -36,7 +36,8 @@ def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:
               help="Phone alignments too (pocketsphinx; a second, slower pass).")
 @jobs_option
 @device_option
-@click.option("--batch-seconds", type=float, default=60.0, show_default=True, help="Audio per aligner batch.")
+@click.option("--batch-seconds", type=POSITIVE, default=60.0, show_default=True,
+              help="Audio per aligner batch.")
 @click.option("--quiet", "-q", is_flag=True)
 def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quiet):
     """Add word timings (and phones) to every utterance of CORPUS (folder or JSONL manifest) that has a
@@ -52,8 +53,8 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
         s = align_corpus(corpus, output, aligner, phones, jobs, device, batch_seconds, not quiet and rank == 0)
     except Interrupted as e:
         exit_interrupted(e)
-    except (FileNotFoundError, OSError, ValueError, ImportError) as e:
-        fail(str(e))
+    except (OSError, ValueError, ImportError) as e:
+        fail_with(e)
     _echo_lines(s.notes, "note")
     _echo_lines(s.unplaced, "unplaced")
     report_errors(s.errors)
@@ -64,9 +65,10 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
 @click.command("segment")
 @click.argument("source", type=click.Path(exists=True))
 @output_option("FILE", "The segments JSONL manifest file to write (or resume).")
-@click.option("--min-seconds", type=float, default=3.0, show_default=True)
-@click.option("--max-seconds", type=float, default=20.0, show_default=True)
-@click.option("--min-pause", type=float, default=0.2, show_default=True, help="Shortest pause to cut at (s).")
+@click.option("--min-seconds", type=POSITIVE, default=3.0, show_default=True)
+@click.option("--max-seconds", type=POSITIVE, default=20.0, show_default=True)
+@click.option("--min-pause", type=POSITIVE, default=0.2, show_default=True,
+              help="Shortest pause to cut at (s).")
 @click.option("--vad", type=click.Choice(["silero", "energy"]), default="silero", show_default=True,
               help="Pause finder for recordings without a transcript (energy: no extra package).")
 @aligner_option
@@ -88,8 +90,8 @@ def segment_cmd(source, output, min_seconds, max_seconds, min_pause, vad, aligne
                            not quiet)
     except Interrupted as e:
         exit_interrupted(e)
-    except (FileNotFoundError, OSError, ValueError, ImportError) as e:
-        fail(str(e))
+    except (OSError, ValueError, ImportError) as e:
+        fail_with(e)
     _echo_lines(s.notes, "note")
     report_errors(s.errors)
     click.echo(s.line())

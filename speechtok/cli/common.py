@@ -9,10 +9,12 @@ signal N (130 SIGINT, 143 SIGTERM) after leaving the output resumable."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -62,6 +64,20 @@ def device_or_fail(device: str):
         fail(str(e))
 
 
+class FiniteRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf (which pass its comparisons), naming the option."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+# a number of seconds, or another size that must be a finite number above 0
+POSITIVE = FiniteRange(min=0, min_open=True)
+
+
 def output_option(what: str, help: str, required: bool = True):
     """`-o/--output` of every command: `what` "DIR" (a folder the command creates or fills) or "FILE"."""
     assert what in ("DIR", "FILE"), what
@@ -109,8 +125,46 @@ def report_errors(errors: list[CorpusError | str], where: str | None = None, lim
 
 
 def fail(msg: str, code: int = EXIT_USAGE) -> None:
+    """The one way a command ends on an error: 'error: MSG' on stderr, then exit `code`."""
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
+
+
+class OneLineError(click.ClickException):
+    """A click error (a bad option, a missing argument, a UsageError a command raises) shown as every other
+    error is: one line 'error: ...' naming the command and where its help is, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, e: click.ClickException):
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        hint = f" (see '{ctx.command_path} --help')" if isinstance(e, click.UsageError) and ctx else ""
+        super().__init__(f"{where}{' '.join(e.format_message().split())}{hint}")
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class OneLineErrorGroup(click.Group):
+    """The `tok` group: click's own errors, in any subcommand, end like the commands' own (`OneLineError`);
+    `tok GROUP` alone still prints that group's help."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.ClickException as e:
+            raise OneLineError(e) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.NoArgsIsHelpError, OneLineError):
+            raise
+        except click.ClickException as e:
+            raise OneLineError(e) from None
 
 
 def os_error_line(e: OSError) -> str:
@@ -128,3 +182,48 @@ def os_error_line(e: OSError) -> str:
 def fail_os(e: OSError) -> None:
     """One line for an OSError; exit 3 for environment problems, else 2 (a missing or misnamed path)."""
     fail(os_error_line(e), EXIT_ENVIRONMENT if e.errno in ENVIRONMENT_ERRNOS else EXIT_USAGE)
+
+
+def fail_with(e: Exception) -> None:
+    """One line for an error that ends a command: an OSError as `fail_os` says, anything else (a bad input,
+    option or configuration) exit 2."""
+    if isinstance(e, OSError):
+        fail_os(e)
+    fail(str(e))
+
+
+def writable(folder: str | Path) -> None:
+    """Before any work: a file can be written in `folder`, or the folder nearest it that exists (a read-only
+    file system, no permission: `fail_os`, exit 3), so that the work is not lost at the end."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        fail(f"{folder}: is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        e.filename = str(folder)  # not the random name of the probe
+        fail_os(e)
+
+
+def output_file_ready(path: str | Path) -> Path:
+    """Before any work: the folder of the output file `path` exists (created) and can be written in."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail_os(e)
+    writable(path.parent)
+    return path
+
+
+def write_output_file(path: Path, write) -> None:
+    """`write(path)` (np.save, soundfile.write, ...), its failure one line, exit 3 (soundfile says only
+    'System error' for a full disk or a folder that went away)."""
+    try:
+        write(path)
+    except OSError as e:
+        fail_os(e)
+    except RuntimeError as e:  # soundfile's LibsndfileError
+        fail(f"{path}: cannot write ({' '.join(str(e).split())})", EXIT_ENVIRONMENT)

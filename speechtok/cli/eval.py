@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import (device_option, device_or_fail, fail, lock_output, output_option,
+from speechtok.cli.common import (device_option, device_or_fail, fail, fail_with, lock_output, output_option,
                                   report_errors)
 from speechtok.eval.report import fmt
 
@@ -44,7 +44,7 @@ def eval_group() -> None:
 @click.option("--items", "item_file", type=click.Path(exists=True, dir_okay=False),
               help="ZeroSpeech/Libri-light .item file for ABX (instead of triphones from --alignments).")
 @click.option("--ignore-phones", default="", help="Comma-separated phones left out of PNMI/purity (e.g. pau,sil).")
-@click.option("--max-per-group", type=int, default=5, show_default=True,
+@click.option("--max-per-group", type=click.IntRange(min=1), default=5, show_default=True,
               help="ABX: items per (context, phone, speaker), to bound the number of triples.")
 @output_option("DIR", REPORT_FOLDER)
 @click.option("--no-verify", is_flag=True, help="Skip the shards' sha256 check.")
@@ -59,7 +59,7 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
         r = evaluate_tokens(shards, output, alignments, item_file,
                             frozenset(p for p in ignore_phones.split(",") if p), max_per_group, not no_verify)
     except (ShardError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     lines = []
     for name, s in r["streams"].items():
         b = s["bitrate"]
@@ -81,7 +81,8 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
 @click.argument("ref_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("hyp_dir", type=click.Path(exists=True, file_okay=False))
 @output_option("DIR", REPORT_FOLDER)
-@click.option("--plots", type=int, default=3, show_default=True, help="Spectrogram plots of the first N pairs.")
+@click.option("--plots", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Spectrogram plots of the first N pairs.")
 @click.option("--asr", help="ASR for WER/CER/dWER: 'pocketsphinx' (offline English) or a transformers "
                             "checkpoint (Whisper, wav2vec2-CTC; hub id or local dir).")
 @click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
@@ -90,7 +91,8 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
               help="Speaker similarity: 'resemblyzer' (offline) or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL (offline ONNX models of speechmos).")
 @utmos_option
-@click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="ASR batch size (transformers).")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos, utmos, batch_size, device,
@@ -104,7 +106,7 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
         r = evaluate_resynth(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
                              str(device_or_fail(device)), batch_size, progress=not quiet, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     m = r["mean"]
     lines = [f"{r['files']} files: MCD {fmt(m['mcd_db'], 2)} dB, STOI {fmt(m['stoi'])}, "
              f"PESQ {fmt(m['pesq_wb'], 2)}, SI-SDR {fmt(m['si_sdr_db'], 1)} dB, "
@@ -141,7 +143,8 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @click.option("--speaker", help="Speaker similarity: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("--mos", is_flag=True, help="DNSMOS SIG/BAK/OVRL of the round trips.")
 @utmos_option
-@click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="ASR batch size (transformers).")
 @device_option
 def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device):
     """Round-trip CORPUS (folder or JSONL manifest) through each codec or tokenizer + vocoder: one table of
@@ -165,7 +168,7 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
         r = evaluate_codecs(corpus, list(specs), output, asr, transcripts, speaker, mos,
                             str(device_or_fail(device)), batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     kbps = lambda v: fmt(v and v / 1000, 2)  # noqa: E731
     lines = [f"{x['spec']}: {kbps(x['nominal_bps'])} kbps nominal, {kbps(x['entropy_bps'])} kbps entropy"
              + (f", {kbps(x['dedup_entropy_bps'])} kbps deduplicated" if "dedup_entropy_bps" in x else "")
@@ -187,9 +190,10 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
               help="Voice prompts with the continuations' ids, for prompt-vs-continuation speaker similarity.")
 @click.option("--speaker", default="resemblyzer", show_default=True,
               help="Speaker encoder for --prompts: 'resemblyzer' or a transformers x-vector checkpoint.")
-@click.option("-n", "--ngram", type=int, default=2, show_default=True, help="n of auto-BLEU-n and distinct-n.")
+@click.option("-n", "--ngram", type=click.IntRange(min=1), default=2, show_default=True,
+              help="n of auto-BLEU-n and distinct-n.")
 @utmos_option
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @device_option
 def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos, batch_size, device):
     """Auto-BLEU, unit diversity, durations, GenPPL, speaker similarity and UTMOS of the continuations in
@@ -201,7 +205,7 @@ def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos,
         r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(device_or_fail(device)),
                                batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     m = r["mean"]
     lines = [f"{r['sequences']} sequences: " + ", ".join(f"{k} {fmt(v)}" for k, v in m.items())]
     if "genppl" in r:
@@ -219,7 +223,7 @@ def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos,
 @click.option("-t", "--tokenizer", "semantic_dir", type=click.Path(exists=True, file_okay=False),
               help="Semantic tokenizer the LM was trained on (for audio probes).")
 @click.option("--normalize", is_flag=True, help="Score items by mean instead of summed log-probability.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @device_option
 @output_option("DIR", REPORT_FOLDER)
 def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, device, output):
@@ -234,7 +238,7 @@ def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, 
         r = evaluate_lm(model, output, list(shards), tuple(formats), list(probes), semantic_dir, normalize,
                         batch_size, device)
     except (ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
     lines = [f"{name}: perplexity {fmt(p['all']['perplexity'], 2)} (speech {fmt(p['speech']['perplexity'], 2)}, "
              f"text {fmt(p['text']['perplexity'], 2)})" for name, p in r["perplexity"].items()]
     lines += [f"{name}: accuracy {fmt(p['accuracy'])} over {p['pairs']} pairs" for name, p in r["probes"].items()]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (device_option, device_or_fail, exit_interrupted, fail, lock_output,
-                                  os_error_line, output_option)
+from speechtok.cli.common import (POSITIVE, FiniteRange, device_option, device_or_fail, exit_interrupted, fail,
+                                  fail_with, lock_output, os_error_line, output_file_ready, output_option,
+                                  writable, write_output_file)
 from speechtok.stopping import exit_on_signals
 
 
@@ -68,25 +69,40 @@ def lm() -> None:
               help="Shard manifest.json (or its folder) whose tokenizers define the audio tokens.")
 @output_option("DIR", "Folder for the model, its tokenizer and speech_vocab.json.")
 @click.option("--codec", default=None, help="Also add the tokens of this codec stream (e.g. 'encodec').")
-@click.option("--n-q", type=int, default=None, help="Codebooks of --codec to add (default: all in the shards).")
+@click.option("--n-q", type=click.IntRange(min=1), default=None,
+              help="Codebooks of --codec to add (default: all in the shards).")
+@click.option("--stream", help="The semantic stream of the shards (needed when they hold several, e.g. two "
+                               "`-t DIR:name=NAME` of one `tok encode`); the LM reads it in training and "
+                               "generation.")
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
-def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
+def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch):
     """Add <s_i> units, codec tokens and [TEXT]/[SPEECH] to BASE (hub id or local directory)."""
-    from speechtok.lm.vocab import extend_vocab, load_base
+    from speechtok.lm.vocab import extend_vocab, load_base, speech_streams
     from speechtok.shards import ShardError, read_manifest
 
     lock_output(output, "tok lm extend-vocab", folder=True)
     try:
         _, man = read_manifest(manifest)
+    except (ValueError, OSError) as e:
+        fail_with(e)
+    try:  # before the model loads
+        speech_streams(man, codec, stream)
+    except ValueError as e:
+        fail(f"{manifest}: {e}")
+    writable(output)
+    try:
         model, tokenizer = load_base(base, from_scratch)
         old = len(tokenizer)
-        vocab = extend_vocab(model, tokenizer, man, codec, n_q)
+        vocab = extend_vocab(model, tokenizer, man, codec, n_q, stream=stream)
     except (ValueError, OSError, ShardError) as e:
-        raise click.ClickException(str(e)) from None
+        fail_with(e)
     out = Path(output)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    vocab.save(out)
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        vocab.save(out)
+    except OSError as e:
+        fail_with(e)
     click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings {model.get_input_embeddings().weight.shape[0]}); "
                f"units <s_0>..<s_{vocab.k - 1}> at ids {vocab.semantic_first_id}..{vocab.semantic_first_id + vocab.k - 1}"
                + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
@@ -178,14 +194,14 @@ def acoustic_train_cmd(config, stop_after, device):
 @click.option("--prompt-audio", type=click.Path(exists=True), help="Continue this speech.")
 @click.option("--prompt-text", help="Speak after this text ([TEXT] … [SPEECH]).")
 @click.option("--voice", type=click.Path(exists=True), help="Speaker prompt for the acoustic stage.")
-@click.option("--voice-seconds", type=float, default=None,
+@click.option("--voice-seconds", type=POSITIVE, default=None,
               help="Use the voice prompt's first seconds [default: as much as fits the acoustic model "
                    "with --max-units].")
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
 @click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
 @output_option("FILE", "The wav file to write, or the units' .npy file with --units-only.")
 @click.option("--max-units", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
+@click.option("--temperature", type=FiniteRange(min=0), default=0.8, show_default=True,
               help="0: greedy.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None)
@@ -202,8 +218,9 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     try:  # what can be checked before torch and transformers are imported
         SpeechVocab.load(lm_dir)
     except (ValueError, TypeError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+        fail_with(e)
     lock_output(output, "tok generate", folder=False)
+    out = output_file_ready(output)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     import numpy as np
     import soundfile as sf
@@ -217,14 +234,12 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                               prompt_text, voice, opts, device_or_fail(device), voice_seconds=voice_seconds,
                               vocoder_dir=None if units_only else vocoder_dir)
     except (ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        fail_with(e)
     if units_only:
-        np.save(out, gen.units)
+        write_output_file(out, lambda path: np.save(path, gen.units))
         click.echo(f"{len(gen.units)} units -> {out}")
     else:
-        sf.write(out, gen.wav, gen.sample_rate)
+        write_output_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
         via = f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None else "unit HiFi-GAN"
         click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
         if gen.voice_seconds is not None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, device_option, device_or_fail, fail, fail_os,
-                                  lock_output, output_option, report_errors)
-from speechtok.corpus import CorpusError
+from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup, device_option,
+                                  device_or_fail, fail, fail_os, fail_with, lock_output, output_file_ready,
+                                  output_option, report_errors, writable, write_output_file)
 from speechtok.stopping import exit_on_signals
+from speechtok.corpus import CorpusError
 
 
 def _quiet_transformers() -> None:
@@ -21,7 +22,7 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-@click.group()
+@click.group(cls=OneLineErrorGroup)
 @click.version_option(package_name="speechtok")
 def cli() -> None:
     """speechtok: turn speech corpora into discrete tokens, and back."""
@@ -36,6 +37,23 @@ precision_option = click.option("--precision", type=click.Choice(["auto", "fp32"
                                 show_default=True, help="Model compute precision (auto: bf16 on GPU, fp32 on CPU).")
 
 
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace the tokenizer in OUTPUT (shards, LMs and vocoders made with "
+                                     "it no longer match it).")
+
+
+def tokenizer_output(output: str, overwrite: bool) -> None:
+    """Before any work: OUTPUT holds no tokenizer (unless `overwrite`) and can be written."""
+    from speechtok.tokenizers.semantic import CENTROIDS_FILE
+    from speechtok.tokenizers.spec import CARD_FILE
+
+    held = [name for name in (CARD_FILE, CENTROIDS_FILE) if (Path(output) / name).exists()]
+    if held and not overwrite:
+        fail(f"{output}: holds a tokenizer ({', '.join(held)}) that shards, LMs and vocoders may depend on; "
+             "write to another folder, or pass --overwrite to replace it")
+    writable(output)
+
+
 def _features(model: str, layer: int | None, device: str, precision: str):
     from speechtok.pipelines.encode import encode_device_defaults
     from speechtok.tokenizers.features import build_features, parse_model_spec
@@ -46,32 +64,36 @@ def _features(model: str, layer: int | None, device: str, precision: str):
     try:
         return build_features(parse_model_spec(model, layer), device=dev, precision=precision), dev
     except (ValueError, OSError) as e:
-        fail(str(e))
+        fail_with(e)
 
 
 @cli.command("train-kmeans")
 @click.argument("corpus", type=click.Path(exists=True))
 @model_option
 @layer_option
-@click.option("-k", "--clusters", "k", type=int, required=True, help="Number of units.")
+@click.option("-k", "--clusters", "k", type=click.IntRange(min=1), required=True, help="Number of units.")
 @output_option("DIR", "Tokenizer folder to write (tokenizer.json, centroids.npy).")
-@click.option("--max-frames", type=int, default=1_000_000, show_default=True, help="Cap on frames sampled.")
-@click.option("--iters", type=int, default=20, show_default=True)
+@click.option("--max-frames", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Cap on frames sampled.")
+@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
-@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
-@click.option("--num-workers", type=int, default=None, help="Audio loading processes.")
+@click.option("--batch-seconds", type=POSITIVE, default=None,
+              help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None, help="Audio loading processes.")
+@overwrite_option
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, dedup, batch_seconds,
-                     num_workers, device, precision, quiet):
+                     num_workers, overwrite, device, precision, quiet):
     """Learn k-means units on features of CORPUS (a folder or a JSONL manifest)."""
     from speechtok.pipelines.encode import encode_device_defaults
     from speechtok.pipelines.train_kmeans import train_tokenizer
 
     lock_output(output, "tok train-kmeans", folder=True)
+    tokenizer_output(output, overwrite)
     click.get_current_context().with_resource(exit_on_signals("no tokenizer was written; rerun the command"))
     features, dev = _features(model, layer, device, precision)
     defaults = encode_device_defaults(dev)
@@ -82,9 +104,9 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
         tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed, iters=iters,
                                       backend=backend, device=str(dev), dedup=dedup, max_batch_seconds=batch_seconds,
                                       num_workers=workers, progress=not quiet, errors=errors)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         report_errors(errors)
-        fail(str(e))
+        fail_with(e)
     report_errors(errors)
     click.echo(f"k-means: k={k} on {tok.meta['kmeans']['frames']} frames, {result.backend}, {result.iterations} "
                f"iterations, {result.seconds:.2f} s, inertia {result.inertia:.4f} -> {output}")
@@ -97,13 +119,15 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
 @output_option("DIR", "Tokenizer folder to write (tokenizer.json, centroids.npy).")
 @click.option("--trust-pickle", is_flag=True, help="Allow unpickling (sklearn/joblib checkpoints can run code).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True)
-def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
+@overwrite_option
+def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, overwrite):
     """Convert a fairseq/textlesslib k-means CHECKPOINT (joblib pickle, .npy, .pt) into a tokenizer directory."""
     from speechtok.tokenizers.kmeans import load_kmeans_checkpoint
     from speechtok.shards import sha256_of
     from speechtok.tokenizers.semantic import SemanticTokenizer
 
     lock_output(output, "tok import-kmeans", folder=True)
+    tokenizer_output(output, overwrite)
     try:
         centroids = load_kmeans_checkpoint(checkpoint, trust_pickle=trust_pickle)
     except (PermissionError, ValueError, OSError) as e:
@@ -114,7 +138,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
         tok = SemanticTokenizer(features, centroids, dedup=dedup, meta=meta)
     except ValueError as e:
         fail(f"{checkpoint}: {e}")
-    tok.save(output)
+    write_output_file(Path(output), tok.save)
     click.echo(f"imported k={tok.k} centroids of dim {centroids.shape[1]} -> {output}")
 
 
@@ -125,12 +149,13 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @output_option("DIR", "Folder to create or resume: shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
-@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+@click.option("--batch-seconds", type=POSITIVE, default=None,
+              help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Utterances per batch at most.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Audio loading processes (default 8 on GPU; on CPU 2, or 0 with 4 cores or fewer).")
-@click.option("--shard-max-mb", type=click.FloatRange(min=0, min_open=True), default=256.0, show_default=True)
+@click.option("--shard-max-mb", type=POSITIVE, default=256.0, show_default=True)
 @click.option("--shard-max-count", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (a rerun resumes).")
 @click.option("--append", is_flag=True, help="Accept a corpus that grew at its end since the job started: "
@@ -248,6 +273,7 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
     lock_output(output, "tok resynth", folder=False)
+    output = output_file_ready(output)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     try:
         wav, sr = read_audio(audio)
@@ -255,14 +281,15 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
     except AudioError as e:
         fail(f"{audio}: {e}")
     except (ValueError, OSError) as e:
-        fail(str(e))
-    sf.write(output, out, out_sr)
+        fail_with(e)
+    write_output_file(output, lambda path: sf.write(path, out, out_sr))
     click.echo(f"{audio}: {len(wav) / sr:.2f} s -> {what} -> {len(out) / out_sr:.2f} s -> {output}")
 
 
 @cli.command("show")
 @click.argument("shards", type=click.Path(exists=True))
-@click.option("-n", "--num", "n", type=int, default=3, show_default=True, help="Samples to print.")
+@click.option("-n", "--num", "n", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Samples to print.")
 @click.option("--full", is_flag=True,
               help="Print every value of every array (default: dtype, shape, first values).")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification.")

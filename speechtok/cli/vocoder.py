@@ -25,6 +25,8 @@ def vocoder() -> None:
 @click.option("--codec", help="Vocos: the codec stream of the shards it vocodes (e.g. encodec); 'mel' or "
                                 "none: mel features.")
 @click.option("--features", "features_alias", hidden=True, help="The old name of --codec.")
+@click.option("--stream", help="Unit HiFi-GAN: the semantic stream of the shards it vocodes (needed when "
+                               "they hold several).")
 @click.option("--steps", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--segment-seconds", type=float)
@@ -32,8 +34,8 @@ def vocoder() -> None:
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
 @stop_after_option
 @device_option
-def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, batch_size, segment_seconds,
-              dedup, speakers, stop_after, device):
+def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, steps, batch_size,
+              segment_seconds, dedup, speakers, stop_after, device):
     """Train a vocoder; rerunning the same command resumes from the latest checkpoint. The config (YAML
     and options) and the shards' streams are checked before torch is imported."""
     from pathlib import Path
@@ -46,7 +48,7 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, steps, b
     if codec and features_alias and codec != features_alias:
         raise click.UsageError(f"--codec {codec} and --features {features_alias} (its old name) disagree")
     given = {"kind": kind, "shards": shards, "output": output, "features": codec or features_alias,
-             "steps": steps,
+             "stream": stream, "steps": steps,
              "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers}
     given = {k: v for k, v in given.items() if v is not None}
     for k in ("shards", "output"):  # command-line paths are relative to the working directory

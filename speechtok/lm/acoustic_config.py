@@ -8,7 +8,13 @@ from pathlib import Path
 
 from speechtok.lm.vocab import speech_streams
 from speechtok.shards import read_manifest
-from speechtok.training.config import at_least, build, path_field, read_yaml
+from speechtok.training.config import at_least, build, path_field, read_yaml, sizes_field
+
+# the model sizes a config's `model:` sets, with AcousticConfig's defaults (lm/acoustic.py; a test keeps
+# them equal)
+SIZES = {"dim": 512, "layers": 8, "heads": 8}
+SIZE_NOTES = ("max_len: 2 × (units of a crop + 1 + codec steps of a crop): a crop and as much again of "
+              "voice prompt",)
 
 
 @dataclass
@@ -41,12 +47,16 @@ class AcousticRun:
     output: str = path_field("output")
     shards: list[str] = path_field("input")
     codec: str = field()
+    stream: str | None = None  # the semantic stream of the shards (needed when they hold several)
     n_q: int | None = None
     pattern: str = "delay"
     n_coarse: int = 2
     dedup: bool = False
-    model: dict = field(default_factory=dict)  # AcousticConfig sizes: dim, layers, heads, max_len
+    model: dict = sizes_field(SIZES, SIZE_NOTES)  # AcousticConfig sizes: dim, layers, heads, max_len
     train: AcousticTrainConfig = field(default_factory=AcousticTrainConfig)
+
+    def __post_init__(self):
+        self.model = {**SIZES, **self.model}  # the sizes --print-config shows, unless the config sets them
 
 
 def load_acoustic_config(path: str | Path) -> AcousticRun:
@@ -55,10 +65,11 @@ def load_acoustic_config(path: str | Path) -> AcousticRun:
 
 
 def checked_streams(run: AcousticRun) -> tuple[dict, int]:
-    """(the first shards' manifest, codebooks to model): the shards hold one semantic stream and `codec`
-    with at least `n_q` codebooks, else a ValueError (ShardError for unreadable shards)."""
+    """(the first shards' manifest, codebooks to model): the shards hold the semantic stream (`stream`, or
+    their only one) and `codec` with at least `n_q` codebooks, else a ValueError (ShardError for unreadable
+    shards)."""
     _, manifest = read_manifest(run.shards[0])
-    card = speech_streams(manifest, run.codec)[3]
+    card = speech_streams(manifest, run.codec, run.stream)[3]
     n_q = run.n_q or card["n_q"]
     if n_q > card["n_q"]:
         raise ValueError(f"{run.codec} has {card['n_q']} codebooks in the shards, {n_q} asked")

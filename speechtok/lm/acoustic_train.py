@@ -53,7 +53,7 @@ def pair(sample: dict, cfg: AcousticConfig, crop_frames: int, rng: np.random.Gen
 def acoustic_config(run: AcousticRun) -> AcousticConfig:
     """The model config from the shards' tokenizer cards and the run's choices."""
     manifest, n_q = checked_streams(run)
-    sem_name, sem, codec_name, card = speech_streams(manifest, run.codec)
+    sem_name, sem, codec_name, card = speech_streams(manifest, run.codec, run.stream)
     frames = manifest["frames"]
     model = dict(run.model)
     if "max_len" not in model:  # room for a crop and as much again of voice prompt

@@ -19,6 +19,7 @@ Relative paths are relative to the config file's folder; mistakes are errors nam
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class DataConfig:
     dedup: bool | None = None  # None: as the shards were written
     seq_len: int = at_least(1024, 2)
     shuffle_buffer: int = at_least(1000, 1)
-    span_words: tuple[int, int] = (1, 10)
+    span_words: tuple[int, int] = (1, 10)  # [fewest, most] words of a span in interleaved sequences
     num_workers: int = at_least(1, 0)
     text_block_bytes: int = at_least(1 << 20, 1)  # text files are split into blocks this big to be shuffled
 
@@ -49,6 +50,9 @@ class DataConfig:
         if self.mix.get("text", 0) > 0 and not self.text:
             raise ValueError("mix asks for text but text lists no files")
         self.span_words = tuple(self.span_words)
+        if not 1 <= self.span_words[0] <= self.span_words[1]:
+            raise ValueError(f"span_words: [fewest, most] words of an interleaved span, 1 <= fewest <= most; "
+                             f"not {list(self.span_words)}")
 
 
 @dataclass
@@ -103,4 +107,22 @@ def load_config(path: str | Path) -> RunConfig:
         if key in (raw.get("train") or {}) and not run.data.eval_shards:
             raise ConfigError(f"{path}: train.{key}: set, but data.eval_shards is empty "
                               "(nothing to evaluate)")
+    limit, where = model_positions(run.model)
+    if limit is not None and run.data.seq_len > limit:
+        raise ConfigError(f"{path}: data.seq_len: {run.data.seq_len} is more than the {limit} positions of "
+                          f"the model ({where}); use seq_len: {limit} or less")
     return run
+
+
+def model_positions(model: str) -> tuple[int | None, str]:
+    """(the longest sequence the model's config.json allows, where it says so), or (None, "") when it does
+    not say (transformers will then)."""
+    path = Path(model) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, ""
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if isinstance(cfg, dict) and isinstance(cfg.get(key), int) and not isinstance(cfg[key], bool):
+            return cfg[key], f"{key} in {path}"
+    return None, ""

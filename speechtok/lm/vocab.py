@@ -5,12 +5,14 @@ range, so unit ↔ token id is an offset; the ranges are stored in `speech_vocab
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from speechtok.torch_files import refusal
 from speechtok.unit_stream import unit_stream
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tok generate` checks its LM folder before it
@@ -104,23 +106,40 @@ def _add_contiguous(tokenizer, tokens: list[str]) -> int:
     return ids[0]
 
 
-def speech_streams(manifest: dict, codec: str | None) -> tuple[str, dict, str | None, dict | None]:
-    """(semantic field, its card, codec field or None, its card) from a shard manifest."""
-    cards = manifest["tokenizers"]
-    semantic = [name for name, c in cards.items() if c["type"] == "semantic"]
+def semantic_stream(cards: dict, stream: str | None = None) -> str:
+    """The semantic stream (shard field) a stage reads from shards whose manifest has these tokenizer
+    `cards`: `stream` when given, else the only one; a ValueError says which there are."""
+    semantic = [name for name, c in cards.items() if c.get("type") == "semantic"]
+    if stream is not None:
+        if stream not in semantic:
+            raise ValueError(f"stream: no semantic stream {stream!r} in the shards "
+                             f"(they hold {semantic or 'none'})")
+        return stream
     if len(semantic) != 1:
-        raise ValueError(f"the manifest needs exactly one semantic tokenizer, it has {semantic}")
+        raise ValueError(f"the shards hold {len(semantic)} semantic streams {semantic}; choose one with "
+                         "--stream NAME (in a config: stream: NAME)" if semantic else
+                         f"the shards hold no semantic stream (only {sorted(cards)})")
+    return semantic[0]
+
+
+def speech_streams(manifest: dict, codec: str | None,
+                   stream: str | None = None) -> tuple[str, dict, str | None, dict | None]:
+    """(semantic field, its card, codec field or None, its card) from a shard manifest; `stream` chooses
+    among several semantic streams (see `semantic_stream`)."""
+    cards = manifest["tokenizers"]
+    name = semantic_stream(cards, stream)
     if codec is not None and codec not in cards:
         raise ValueError(f"no codec '{codec}' in the manifest (it has {sorted(cards)})")
-    return semantic[0], cards[semantic[0]], codec, cards[codec] if codec else None
+    return name, cards[name], codec, cards[codec] if codec else None
 
 
 def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q: int | None = None,
-                 pad_to_multiple_of: int = 64, seed: int = 0) -> SpeechVocab:
+                 pad_to_multiple_of: int = 64, seed: int = 0, stream: str | None = None) -> SpeechVocab:
     """Add the audio tokens of a shard manifest to `tokenizer` and resize `model`'s embeddings and output
     head; new rows are drawn from the mean and covariance of the existing ones (transformers'
-    mean_resizing), so the new tokens start where the model's logits are sensible."""
-    sem_name, sem, codec_name, cc = speech_streams(manifest, codec)
+    mean_resizing), so the new tokens start where the model's logits are sensible. `stream` chooses the
+    semantic stream when the shards hold several."""
+    sem_name, sem, codec_name, cc = speech_streams(manifest, codec, stream)
     tokenizer.add_special_tokens({"additional_special_tokens": [TEXT, SPEECH]})
     text_id, speech_id = tokenizer.convert_tokens_to_ids([TEXT, SPEECH])
     first = _add_contiguous(tokenizer, [semantic_token(i) for i in range(sem["k"])])
@@ -158,6 +177,10 @@ def load_base(base: str, from_scratch: bool = False, dtype: torch.dtype | None =
     tokenizer = AutoTokenizer.from_pretrained(base)
     if from_scratch:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=dtype)
-    else:
+        return model, tokenizer
+    try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    except pickle.UnpicklingError as e:  # a pytorch_model*.bin that torch.load(weights_only=True) refuses
+        bins = sorted(Path(base).glob("pytorch_model*.bin"))
+        raise refusal(bins[0] if len(bins) == 1 else base, e) from None
     return model, tokenizer

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from speechtok.torch_files import load_weights
+
 
 @dataclass
 class KMeansResult:
@@ -139,14 +141,17 @@ def load_kmeans_checkpoint(path: str, trust_pickle: bool = False) -> np.ndarray:
     """Centroids [k, dim] from an existing k-means checkpoint: .npy, safetensors, a torch tensor file, or
     a fairseq/textlesslib sklearn joblib pickle (only with `trust_pickle`: unpickling runs code)."""
     if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:  # an object array (a pickle) or not a .npy file at all
+            raise ValueError(f"{path}: not a numeric .npy array ({' '.join(str(e).split())})") from None
     elif path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
         tensors = load_file(path)
         arr = tensors.get("centroids", next(iter(tensors.values())))
     elif path.endswith((".pt", ".pth")):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights(path)
         if isinstance(obj, dict):
             if not isinstance(obj.get("centroids"), torch.Tensor):
                 raise ValueError(f"{path}: a dict without a 'centroids' tensor (keys: {sorted(map(str, obj))[:8]})")

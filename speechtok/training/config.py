@@ -32,6 +32,12 @@ def more_than(default: Any, lo: float) -> Any:
     return field(default=default, metadata={"above": lo})
 
 
+def sizes_field(keys: dict, notes: tuple[str, ...] = ()) -> Any:
+    """A mapping of model sizes, {} by default: `--print-config` shows `keys` (each with its default) and
+    `notes` (comment lines: keys whose default is computed, or that depend on another key)."""
+    return field(default_factory=dict, metadata={"keys": keys, "notes": notes})
+
+
 def path_field(kind: str, default: Any = MISSING, **kw) -> Any:
     """A path (or list of paths) field: kind "input" must exist, "output" is written."""
     if default is MISSING and "default_factory" not in kw:
@@ -39,11 +45,31 @@ def path_field(kind: str, default: Any = MISSING, **kw) -> Any:
     return field(default=default, metadata={"path": kind}, **kw)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                    continue
+                if line != key_node.start_mark.line + 1:
+                    why = f"duplicate key {key!r}, first on line {line}"
+                    raise yaml.constructor.ConstructorError(problem=why, problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
-    """The YAML mapping in `path`; broken YAML is a ConfigError with the line."""
+    """The YAML mapping in `path`; broken YAML (a duplicate key included) is a ConfigError with the line."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -201,10 +227,20 @@ def _default_lines(cls: type, pad: str) -> list[str]:
                             f"{' — ' + notes[f.name] if f.name in notes else ''}")
             continue
         value = f.default if f.default is not MISSING else f.default_factory()
+        if "keys" in f.metadata:  # model sizes: each key with its default
+            keys, notes = f.metadata["keys"], f.metadata["notes"]
+            lines.append(f"{pad}{f.name}:{note}" if keys else f"{pad}{f.name}: {{}}{note}")
+            lines += [f"{pad}  {k}: {flow_yaml(v)}" for k, v in keys.items()]
+            lines += [f"{pad}  # {n}" for n in notes]
+            continue
         if is_dataclass(value):
             lines += [f"{pad}{f.name}:{note}", *_default_lines(type(value), pad + "  ")]
             continue
-        value = list(value) if isinstance(value, tuple) else value
-        text = yaml.safe_dump([value], default_flow_style=True, width=10_000).strip()[1:-1]  # one flow value
-        lines.append(f"{pad}{f.name}: {text}{note}")
+        lines.append(f"{pad}{f.name}: {flow_yaml(value)}{note}")
     return required + lines
+
+
+def flow_yaml(value: Any) -> str:
+    """`value` as one YAML flow value (a tuple as a list)."""
+    value = list(value) if isinstance(value, tuple) else value
+    return yaml.safe_dump([value], default_flow_style=True, width=10_000, sort_keys=False).strip()[1:-1]

@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from speechtok.torch_files import load_weights
+
 CONFIG_FILE = "vocoder.json"
 WEIGHTS_FILE = "model.safetensors"
 LRELU = 0.1
@@ -220,7 +222,7 @@ def load_original(d: Path) -> UnitHiFiGAN:
     """A speech-resynthesis / fairseq unit HiFi-GAN directory (config.json + g_XXXXXXXX), weights as they are."""
     path = original_checkpoint(d)
     model = UnitHiFiGAN(original_config(json.loads((d / "config.json").read_text()), str(d / "config.json")))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path)
     if not isinstance(state, dict) or "generator" not in state:
         raise ValueError(f"{path}: no 'generator' state dict (is it a discriminator do_ file?)")
 

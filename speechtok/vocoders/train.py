@@ -24,7 +24,8 @@ from speechtok.training.stream import Position, Source, part_stream, resume_posi
 from speechtok.unit_stream import unit_stream
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.losses import vocoder_loss
-from speechtok.vocoders.train_config import VocoderTrainConfig, vocoded_stream
+from speechtok.vocoders.train_config import (VOCOS_CODEC_SIZES, VOCOS_MEL_SIZES, VOCOS_SIZES,
+                                             VocoderTrainConfig, vocoded_stream)
 from speechtok.vocoders.vocos import Vocos
 
 
@@ -53,10 +54,10 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
                                  dedup=cfg.dedup, num_speakers=len(speakers), speakers=speakers,
                                  unit_stream=unit_stream(card, cfg.dedup), **args)
         return UnitHiFiGAN(gcfg), gcfg.sample_rate, gcfg.hop, name
-    m = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8, **cfg.model}
+    m = {**VOCOS_SIZES, **cfg.model}
     if name is None:  # mel
         sr = cfg.sample_rate or 24000
-        n_fft, hop, n_mels = m.pop("n_fft", 1024), m.pop("hop_length", 256), m.pop("n_mels", 100)
+        n_fft, hop, n_mels = (m.pop(k, v) for k, v in VOCOS_MEL_SIZES.items())
         config = {"feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
                                         "init_args": {"sample_rate": sr, "n_fft": n_fft, "hop_length": hop,
                                                       "n_mels": n_mels, "padding": "center"}},
@@ -66,7 +67,8 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
                            "init_args": {"dim": m["dim"], "n_fft": n_fft, "hop_length": hop, "padding": "center"}}}
         return Vocos(config), sr, hop, None
     card = cards[name]
-    sr, hop, feat_dim = card["sample_rate"], card["hop_length"], m.pop("feature_dim", 128)
+    sr, hop = card["sample_rate"], card["hop_length"]
+    feat_dim = m.pop("feature_dim", VOCOS_CODEC_SIZES["feature_dim"])
     config = {"feature_extractor": {"class_path": "vocos.feature_extractors.EncodecFeatures",
                                     "init_args": {"codebook_size": card["codebook_size"], "n_q": card["n_q"],
                                                   "dim": feat_dim, "train_codebooks": True, "sample_rate": sr}},

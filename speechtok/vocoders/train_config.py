@@ -4,12 +4,27 @@ Torch-free, so that the command checks it before the heavy imports; mistakes are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from speechtok.training.config import at_least, build, more_than, path_field, read_yaml
+from speechtok.training.config import (at_least, build, flow_yaml, more_than, path_field, read_yaml,
+                                       sizes_field)
 
 OPTION_OF = {"features": "codec"}  # the `tok vocoder train` option of a key, where it has another name
+
+# `model:` sizes and their defaults per kind: UnitHiFiGANConfig's (vocoders/hifigan.py; a test keeps them
+# equal), and the Vocos backbone's and features' that vocoders/train.py builds
+HIFIGAN_SIZES = {"embed_dim": 128, "speaker_dim": 128, "upsample_initial_channel": 512,
+                 "resblock_kernel_sizes": [3, 7, 11],
+                 "resblock_dilation_sizes": [[1, 3, 5] for _ in range(3)], "duration_hidden": 0}
+VOCOS_SIZES = {"dim": 512, "intermediate_dim": 1536, "num_layers": 8}
+VOCOS_MEL_SIZES = {"n_fft": 1024, "hop_length": 256, "n_mels": 100}
+VOCOS_CODEC_SIZES = {"feature_dim": 128}
+SIZE_NOTES = (f"unit-hifigan: {flow_yaml(HIFIGAN_SIZES)}",
+              "unit-hifigan: upsample_rates: the units' hop as factors 5, 4, 3, 2 (largest first); "
+              "upsample_kernel_sizes: 2 × each rate; duration_hidden 0: embed_dim",
+              f"vocos: {flow_yaml(VOCOS_SIZES)}; with mel features also {flow_yaml(VOCOS_MEL_SIZES)}; "
+              f"with codec features {flow_yaml(VOCOS_CODEC_SIZES)}")
 
 
 @dataclass
@@ -18,7 +33,8 @@ class VocoderTrainConfig:
     shards: str = path_field("input")
     output: str = path_field("output")
     features: str = "mel"  # vocos: mel, or the name of a codec stream in the shards (e.g. encodec)
-    model: dict = field(default_factory=dict)  # sizes: UnitHiFiGANConfig keys; vocos: dim, num_layers, ...
+    stream: str | None = None  # unit-hifigan: the semantic stream of the shards (when they hold several)
+    model: dict = sizes_field({}, SIZE_NOTES)  # sizes (unset: these defaults, per kind)
     sample_rate: int | None = None  # vocos mel: default 24000
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
     speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
@@ -65,10 +81,14 @@ def vocoded_stream(cfg: VocoderTrainConfig, cards: dict) -> str | None:
     """The shards' stream (name) the vocoder reads: their semantic units (unit HiFi-GAN), a codec stream
     (Vocos on codec features), or None (Vocos on mel); `cards` is the manifest's "tokenizers"."""
     if cfg.kind == "unit-hifigan":
-        semantic = [n for n, c in cards.items() if c["type"] == "semantic"]
-        if not semantic:
+        from speechtok.lm.vocab import semantic_stream
+
+        if not any(c.get("type") == "semantic" for c in cards.values()):
             raise ValueError(f"kind: unit-hifigan needs semantic units, the shards hold {sorted(cards)}")
-        return semantic[0]
+        try:
+            return semantic_stream(cards, cfg.stream)
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("stream: ") else f"stream: {e}") from None
     if cfg.features == "mel":
         return None
     if cfg.features not in cards or cards[cfg.features]["type"] != "codec":

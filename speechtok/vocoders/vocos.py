@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from speechtok.torch_files import load_weights
 from speechtok.vocoders.mel import MelSpectrogram
 
 
@@ -222,7 +223,7 @@ class Vocos(nn.Module):
             config_path = hf_hub_download(str(ref), "config.yaml")
             weights_path = hf_hub_download(str(ref), "pytorch_model.bin")
         model = cls(yaml.safe_load(Path(config_path).read_text()))
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = load_weights(weights_path)
         # the original EncodecFeatures also holds the whole encodec encoder; tokens come from our Codec instead
         state = {k: v for k, v in state.items() if not k.startswith("feature_extractor.encodec.")}
         model.load_state_dict(state)
