@@ -122,7 +122,7 @@ def test_read_only_outputs_exit_3_before_the_work(tmp_path, speech_corpus, monke
 
     monkeypatch.setattr(common.tempfile, "TemporaryFile", read_only)
     one_line(run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 4, "-o", tmp_path / "km", "-q"), 3,
-             f"{tmp_path}: Read-only file system")
+             f"{tmp_path / 'km'}: Read-only file system")  # the folder its lock made
     monkeypatch.undo()
     monkeypatch.setattr(jobs.os, "open", read_only)  # the aligned manifest, opened before any alignment
     one_line(run("align", speech_corpus, "-o", tmp_path / "aligned.jsonl", "-q"), 3, "Read-only file system")

@@ -40,7 +40,7 @@ def work(units_and_codec_shards, base_llm, speech_corpus, tmp_path_factory):
 def lm_config(w, out: Path) -> Path:
     path = w["root"] / "lm.yaml"
     path.write_text(yaml.safe_dump({"model": str(w["root"] / "lm"), "output": str(out),
-                                    "data": {"shards": [str(w["root"] / "shards")]}}))
+                                    "data": {"shards": [str(w["root"] / "shards")], "seq_len": 128}}))
     return path
 
 

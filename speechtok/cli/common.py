@@ -104,8 +104,7 @@ def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
     except FolderLocked as e:
         fail(str(e), EXIT_ENVIRONMENT)
     except OSError as e:  # no permission, read-only, or a file where the output folder should go
-        taken = e.errno in ENVIRONMENT_ERRNOS or e.errno in (errno.EEXIST, errno.ENOTDIR)
-        fail(os_error_line(e), EXIT_ENVIRONMENT if taken else EXIT_USAGE)
+        fail_os(e)  # a file where the output folder should go: exit 2, as every output path that is a file
 
 
 def exit_interrupted(e: Exception) -> None:

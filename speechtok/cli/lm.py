@@ -80,7 +80,6 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch):
     from speechtok.lm.vocab import extend_vocab, load_base, speech_streams
     from speechtok.shards import ShardError, read_manifest
 
-    lock_output(output, "tok lm extend-vocab", folder=True)
     try:
         _, man = read_manifest(manifest)
     except (ValueError, OSError) as e:
@@ -89,6 +88,7 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch):
         speech_streams(man, codec, stream)
     except ValueError as e:
         fail(f"{manifest}: {e}")
+    lock_output(output, "tok lm extend-vocab", folder=True)
     writable(output)
     try:
         model, tokenizer = load_base(base, from_scratch)
