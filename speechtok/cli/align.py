@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import checked_device, fail, output_option, report_errors
+from speechtok.cli.common import checked_device, corpus_options, fail, output_option, report_errors
 
 aligner_option = click.option(
     "--aligner", "-a", default="pocketsphinx", show_default=True,
@@ -36,6 +36,7 @@ def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:
 @device_option
 @click.option("--batch-seconds", type=float, default=60.0, show_default=True, help="Audio per aligner batch.")
 @click.option("--quiet", "-q", is_flag=True)
+@corpus_options()
 def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quiet):
     """Add word timings (and phones) to every utterance of CORPUS (folder or JSONL manifest) that has a
     transcript ('text', or a .txt/.lab file beside the audio), writing OUTPUT for `tok encode` and
@@ -68,6 +69,7 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
 @jobs_option
 @device_option
 @click.option("--quiet", "-q", is_flag=True)
+@corpus_options("source")
 def segment_cmd(source, output, min_seconds, max_seconds, min_pause, vad, aligner, jobs, device, quiet):
     """Cut long recordings (an audio file, a folder, or a JSONL manifest) into utterances of
     --min-seconds..--max-seconds at pauses. OUTPUT lists start/end into the original files (no audio is

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, output_option, report_errors
+from speechtok.cli.common import corpus_options, device_option, device_or_fail, fail, output_option, report_errors
 from speechtok.eval.report import fmt
 
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."
@@ -137,6 +137,7 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @utmos_option
 @click.option("--batch-size", type=int, default=8, show_default=True, help="ASR batch size (transformers).")
 @device_option
+@corpus_options()
 def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device):
     """Round-trip CORPUS (folder or JSONL manifest) through each codec or tokenizer + vocoder: one table of
     nominal and entropy bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS, UTMOS) and

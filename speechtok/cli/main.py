@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, device_option, device_or_fail, fail, fail_os,
-                                  output_option, report_errors)
+from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, corpus_options, device_option, device_or_fail,
+                                  fail, fail_os, output_option, report_errors)
 from speechtok.corpus import CorpusError
 
 
@@ -64,9 +64,11 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
+@corpus_options()
 def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, dedup, batch_seconds,
                      num_workers, device, precision, quiet):
-    """Learn k-means units on features of CORPUS (a folder or a JSONL manifest)."""
+    """Learn k-means units on features of CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a
+    Hugging Face dataset: README "Preparing a corpus")."""
     from speechtok.pipelines.encode import encode_device_defaults
     from speechtok.pipelines.train_kmeans import train_tokenizer
 
@@ -136,9 +138,11 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
+@corpus_options()
 def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
                shard_max_count, strict, append, allow_model_mismatch, device, precision, quiet):
-    """Tokenize CORPUS (a folder or a JSONL manifest) into webdataset shards under OUTPUT.
+    """Tokenize CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a Hugging Face dataset)
+    into webdataset shards under OUTPUT.
 
     Rerunning the same command after an interruption resumes it (and repairs shards that no longer match
     their checksum). Under torchrun, each rank encodes a contiguous part of the corpus and rank 0 writes one

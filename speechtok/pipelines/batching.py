@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speechtok.audio import AudioError, read_audio, resample, utterance_seconds
+from speechtok.audio import AudioError, read_utterance, resample, utterance_seconds
 from speechtok.corpus import CorpusError, Utterance
 
 
@@ -52,8 +52,11 @@ def pad(wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def probe_durations(utts: list[Utterance], errors: list[CorpusError], threads: int = 8) -> list[Item]:
-    """Read every utterance's duration from its header (in threads: this is I/O); unreadable files go to
-    `errors`."""
+    """Every utterance's duration: the manifest's when it gives one (lhotse), else read from its header (in
+    threads: this is I/O); unreadable files go to `errors`."""
+    if all(u.seconds is not None for u in utts):  # no I/O at all: a 100k-cut manifest starts at once
+        return [Item(i, u, u.seconds) for i, u in enumerate(utts)]
+
     def one(i_u):
         i, u = i_u
         try:
@@ -106,7 +109,7 @@ class BatchDataset(Dataset):
         per_rate: dict[int, list[np.ndarray]] = {sr: [] for sr in self.sample_rates}
         for it in self.plan[i]:
             try:
-                wav, sr = read_audio(it.utt.path, it.utt.start, it.utt.end)
+                wav, sr = read_utterance(it.utt)
                 resampled = {rate: resample(wav, sr, rate) for rate in self.sample_rates}
             except AudioError as e:
                 errors.append((it, str(e)))

@@ -564,7 +564,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
     and no `transcripts`, the corpus' own texts), encode/decode ×RT, and a bitrate-vs-quality plot."""
     import torch
 
-    from speechtok.audio import AudioError, read_audio
+    from speechtok.audio import AudioError, read_utterance
     from speechtok.corpus import load_corpus
     from speechtok.eval.codecs import CodeEntropy, expand_specs
     from speechtok.eval.resynth import resynth_metrics
@@ -582,7 +582,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
     audio = []
     for u in utts:
         try:
-            audio.append((u, *read_audio(u.path, u.start, u.end)))
+            audio.append((u, *read_utterance(u)))
         except AudioError as e:
             errors.append(f"{u.path}: {e}")
     metrics = ["pesq_wb", "stoi", "mcd_db", "si_sdr_db", *extras.columns]
