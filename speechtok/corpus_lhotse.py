@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -136,6 +137,11 @@ def _cut_utterances(cuts, where: str, shar_tar: str | None, errors: list[CorpusE
             errors.append(CorpusError(file=f"{where}:{n}", id=getattr(cut, "id", None), reason=str(e)))
 
 
+@lru_cache(maxsize=4096)
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
+
+
 def cut_utterance(cut, shar_tar: str | None, notes: list[CorpusError]) -> Utterance:
     """One MonoCut / MultiCut → Utterance; a ValueError says why a cut cannot be one."""
     kind = type(cut).__name__
@@ -151,7 +157,7 @@ def cut_utterance(cut, shar_tar: str | None, notes: list[CorpusError]) -> Uttera
     if src.type == "shar" or shar_tar is not None:
         path, member = os.path.abspath(shar_tar), cut.id
     elif src.type == "file":
-        path, member = os.path.abspath(src.source), None  # lhotse reads relative paths from the working dir
+        path, member = _absolute(src.source), None  # lhotse reads relative paths from the working dir
     else:
         raise ValueError(f"lhotse audio source type '{src.type}' is not supported (files and Shar only)")
     whole = cut.start == 0 and abs(cut.duration - rec.duration) < 1e-9
