@@ -58,6 +58,9 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @click.option("--iters", type=int, default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
+@click.option("--feature-cache", type=click.Path(file_okay=False), default=None,
+              help="Write the frames to this folder (fp16 chunks) and stream k-means over all of them from "
+                   "disk (torch, exact Lloyd; resumes from its checkpoint; under torchrun the ranks share it).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
 @click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--num-workers", type=int, default=None, help="Audio loading processes.")
@@ -65,8 +68,8 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 @corpus_options()
-def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, dedup, batch_seconds,
-                     num_workers, device, precision, quiet):
+def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, feature_cache, dedup,
+                     batch_seconds, num_workers, device, precision, quiet):
     """Learn k-means units on features of CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a
     Hugging Face dataset: README "Preparing a corpus")."""
     from speechtok.pipelines.encode import encode_device_defaults
@@ -80,7 +83,8 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
     try:
         tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed, iters=iters,
                                       backend=backend, device=str(dev), dedup=dedup, max_batch_seconds=batch_seconds,
-                                      num_workers=workers, progress=not quiet, errors=errors)
+                                      num_workers=workers, progress=not quiet, errors=errors,
+                                      feature_cache=feature_cache)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         report_errors(errors)
         fail(str(e))

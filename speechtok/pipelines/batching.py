@@ -157,24 +157,26 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, max_batch_seconds: float,
-                  num_workers: int, errors: list[CorpusError], progress: bool = False) -> np.ndarray:
-    """Frame features for k-means: utterances in a seeded random order until `max_frames` frames are
-    collected, then a seeded uniform subsample of exactly `max_frames` if there are more."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(utts))
-    items = probe_durations([utts[i] for i in order], errors)
-    # take utterances in that order until their frames (estimated from durations) reach the cap
+def choose_for_frames(utts: list[Utterance], frame_rate: float, max_frames: int, seed: int,
+                      errors: list[CorpusError]) -> list[Item]:
+    """Utterances in a seeded random order until their frames (estimated from durations) reach
+    `max_frames` (2% over, so that exactly `max_frames` can be kept after decoding)."""
+    order = np.random.default_rng(seed).permutation(len(utts))
     budget, chosen = 0, []
-    for it in items:
+    for it in probe_durations([utts[i] for i in order], errors):
         chosen.append(it)
-        budget += int(it.seconds * features.frame_rate)
+        budget += int(it.seconds * frame_rate)
         if budget >= max_frames * 1.02:
             break
-    plan = plan_batches(chosen, max_batch_seconds, 256, window=len(chosen) or 1)
-    collected, total = [], 0
+    return chosen
+
+
+def frames_of(features, chosen: list[Item], max_batch_seconds: float, num_workers: int,
+              errors: list[CorpusError], progress: bool = False) -> Iterator[np.ndarray]:
+    """Each chosen utterance's feature frames [n, dim] float32, in batch order."""
     from tqdm import tqdm
 
+    plan = plan_batches(chosen, max_batch_seconds, 256, window=len(chosen) or 1)
     bar = tqdm(total=len(chosen), unit="utt", desc="features", disable=not progress)
     for batch in iterate_batches(plan, [features.sample_rate], num_workers):
         for it, why in batch.errors:
@@ -183,13 +185,22 @@ def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, m
             feats, n = features(batch.wav, batch.lengths)
             feats = feats.float().cpu()
             for j in range(len(batch.items)):
-                collected.append(feats[j, : int(n[j])].numpy())
-                total += int(n[j])
+                yield feats[j, : int(n[j])].numpy()
         bar.update(len(batch.items) + len(batch.errors))
     bar.close()
+
+
+def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, max_batch_seconds: float,
+                  num_workers: int, errors: list[CorpusError], progress: bool = False) -> np.ndarray:
+    """Frame features for k-means: utterances in a seeded random order until `max_frames` frames are
+    collected, then a seeded uniform subsample of exactly `max_frames` if there are more."""
+    chosen = choose_for_frames(utts, features.frame_rate, max_frames, seed, errors)
+    collected = list(frames_of(features, chosen, max_batch_seconds, num_workers, errors, progress))
     if not collected:
         raise ValueError("no frames could be extracted from the corpus")
     x = np.concatenate(collected)
     if len(x) > max_frames:
+        rng = np.random.default_rng(seed)
+        rng.permutation(len(utts))  # the draw `choose_for_frames` made: the subsample stays as it was
         x = x[np.sort(rng.choice(len(x), max_frames, replace=False))]
     return x
