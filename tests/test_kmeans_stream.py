@@ -73,3 +73,28 @@ def test_two_gloo_ranks_give_the_single_process_centroids(cache, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert np.array_equal(np.load(out), one.centroids)  # exact sums: the same bits on any number of ranks
     assert np.load(str(out) + ".inertia.npy")[0] == pytest.approx(one.inertia, rel=1e-12)
+
+
+def test_train_kmeans_cli_streams_from_the_feature_cache(tiny_ssl, speech_corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from speechtok import SemanticTokenizer
+    from speechtok.cli.main import cli
+
+    def train(out):
+        return CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", tiny_ssl("hubert"), "-l", "2",
+                                        "-k", "8", "-o", str(out), "-q", "--max-frames", "600", "--iters", "3",
+                                        "--feature-cache", str(tmp_path / "cache"), "--num-workers", "0"])
+
+    r = train(tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    tok = SemanticTokenizer.from_dir(tmp_path / "a")
+    chunks = FeatureCache(tmp_path / "cache").sizes()
+    frames = sum(n for _, n, _ in chunks)
+    assert tok.meta["kmeans"]["frames"] == frames >= 600 and tok.k == 8
+    assert "streamed" in tok.meta["kmeans"]["backend"] and (tmp_path / "cache" / CHECKPOINT).is_file()
+    mtimes = [p.stat().st_mtime_ns for p, _, _ in chunks]
+    r = train(tmp_path / "b")  # the same job: the cache is reused, k-means resumes from its last checkpoint
+    assert r.exit_code == 0, r.output
+    assert [p.stat().st_mtime_ns for p, _, _ in FeatureCache(tmp_path / "cache").sizes()] == mtimes
+    assert np.array_equal(SemanticTokenizer.from_dir(tmp_path / "b").centroids, tok.centroids)
