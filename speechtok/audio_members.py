@@ -25,7 +25,7 @@ def member_bytes(path: str, member: str) -> bytes:
 
 @lru_cache(maxsize=8)
 def _tar_index(path: str) -> dict[str, tuple[int, int]]:
-    """Member name without its extension → (data offset, size); the `.json` sidecars of Shar are left out."""
+    """Member name without its extension → (data offset, size), leaving out Shar's `.json` sidecars."""
     index = {}
     with tarfile.open(path, "r:") as tar:
         for m in tar:

@@ -71,7 +71,8 @@ def _lhotse():
     try:
         import lhotse
     except ImportError as e:
-        raise ValueError(f"reading lhotse manifests needs lhotse ({e}): pip install 'speechtok[corpora]'") from None
+        raise ValueError(f"reading lhotse manifests needs lhotse ({e}): "
+                         "pip install 'speechtok[corpora]'") from None
     return lhotse
 
 

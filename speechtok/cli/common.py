@@ -103,20 +103,24 @@ def corpus_options(argument: str = "corpus"):
     supervisions, a Hugging Face dataset's columns); the command gets `argument` as a CorpusSource."""
     options = [
         click.option("--supervisions", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="lhotse: the SupervisionSet for a RecordingSet corpus (default: the file named like "
-                          "it with 'supervisions' for 'recordings', if there is one)."),
+                     help="lhotse: the SupervisionSet for a RecordingSet corpus (default: the file "
+                          "named like it with 'supervisions' for 'recordings', if there is one)."),
         click.option("--text-column", default=None, metavar="NAME",
-                     help="Hugging Face datasets: the transcript column (default text, transcription or sentence)."),
+                     help="Hugging Face datasets: the transcript column (default text, transcription "
+                          "or sentence)."),
         click.option("--speaker-column", default=None, metavar="NAME",
-                     help="Hugging Face datasets: the speaker column (default speaker_id, speaker or client_id)."),
+                     help="Hugging Face datasets: the speaker column (default speaker_id, speaker or "
+                          "client_id)."),
         click.option("--id-column", default=None, metavar="NAME",
-                     help="Hugging Face datasets: the utterance id column (default id, else the row number)."),
+                     help="Hugging Face datasets: the utterance id column (default id, else the row "
+                          "number)."),
     ]
 
     def decorate(command):
         @functools.wraps(command)
         def run(*args, supervisions, text_column, speaker_column, id_column, **kwargs):
-            kwargs[argument] = CorpusSource(kwargs[argument], supervisions, text_column, speaker_column, id_column)
+            kwargs[argument] = CorpusSource(kwargs[argument], supervisions, text_column, speaker_column,
+                                            id_column)
             return command(*args, **kwargs)
 
         for option in reversed(options):

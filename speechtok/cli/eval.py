@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from speechtok.cli.common import corpus_options, device_option, device_or_fail, fail, output_option, report_errors
+from speechtok.cli.common import (corpus_options, device_option, device_or_fail, fail, output_option,
+                                  report_errors)
 from speechtok.eval.report import fmt
 
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."

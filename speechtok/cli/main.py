@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, corpus_options, device_option, device_or_fail,
-                                  fail, fail_os, output_option, report_errors)
+from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, corpus_options, device_option,
+                                  device_or_fail, fail, fail_os, output_option, report_errors)
 from speechtok.corpus import CorpusError
 
 
@@ -59,8 +59,9 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
 @click.option("--feature-cache", type=click.Path(file_okay=False), default=None,
-              help="Write the frames to this folder (fp16 chunks) and stream k-means over all of them from "
-                   "disk (torch, exact Lloyd; resumes from its checkpoint; under torchrun the ranks share it).")
+              help="Write the frames to this folder (fp16 chunks) and stream k-means over all of them "
+                   "from disk (torch, exact Lloyd; resumes from its checkpoint; under torchrun the ranks "
+                   "share it).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
 @click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
 @click.option("--num-workers", type=int, default=None, help="Audio loading processes.")
@@ -301,6 +302,7 @@ def _array_preview(v, full: bool, first: int = 20) -> str:
 
 
 from speechtok.cli.align import align_cmd, segment_cmd  # noqa: E402
+from speechtok.cli.bpe import bpe  # noqa: E402
 from speechtok.cli.eval import eval_group  # noqa: E402
 from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
 from speechtok.cli.vocoder import vocoder  # noqa: E402
@@ -312,6 +314,7 @@ cli.add_command(vocoder)
 cli.add_command(eval_group)
 cli.add_command(align_cmd)
 cli.add_command(segment_cmd)
+cli.add_command(bpe)
 
 if __name__ == "__main__":
     cli()

@@ -72,8 +72,8 @@ def _train_streamed(corpus, utts, features: FeatureExtractor, k: int, out_dir, m
     km = StreamedKMeans(FeatureCache(cache_dir), k, seed=seed, device=device if device != "auto" else "cpu")
     result = km.fit(iters, checkpoint_dir=cache_dir)
     meta = {"kmeans": {"backend": result.backend, "iterations": result.iterations, "seed": seed,
-                       "frames": int(km.total), "inertia": result.inertia, "seconds": round(result.seconds, 3),
-                       "corpus": str(corpus)}}
+                       "frames": int(km.total), "inertia": result.inertia,
+                       "seconds": round(result.seconds, 3), "corpus": str(corpus)}}
     tok = SemanticTokenizer(features, result.centroids, dedup=dedup, meta=meta)
     if rank == 0:
         tok.save(out_dir)

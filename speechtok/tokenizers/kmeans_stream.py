@@ -177,8 +177,8 @@ class StreamedKMeans:
             g = int(all_i[j])
             chunk = int(np.searchsorted(self.offsets, g, side="right") - 1)
             if chunk in self.mine:
-                rows[slot] = torch.from_numpy(np.load(self.sizes[chunk][0], mmap_mode="r")[g - self.offsets[chunk]]
-                                              .astype(np.float32))
+                row = np.load(self.sizes[chunk][0], mmap_mode="r")[g - self.offsets[chunk]]
+                rows[slot] = torch.from_numpy(row.astype(np.float32))
         return _all_reduce(rows)
 
     def fit(self, iters: int, checkpoint_dir: str | os.PathLike | None = None,
@@ -198,7 +198,8 @@ class StreamedKMeans:
             c, _ = self.step(c)
             if ckpt is not None and self.rank == 0:
                 tmp = ckpt.with_suffix(".tmp")
-                torch.save({"fingerprint": self.fingerprint(), "iteration": it + 1, "centroids": c.cpu()}, tmp)
+                state = {"fingerprint": self.fingerprint(), "iteration": it + 1, "centroids": c.cpu()}
+                torch.save(state, tmp)
                 os.replace(tmp, ckpt)
             if on_iteration is not None:
                 on_iteration(it + 1)
