@@ -84,3 +84,9 @@ def test_bpe_train_cli_on_encoded_shards(tmp_path):
     for sample in read_shards(tmp_path / "shards"):
         units = sample["semantic"]
         assert np.array_equal(bpe.decode(bpe.encode(units)), units)
+    report = CliRunner().invoke(cli, ["eval", "tokens", str(tmp_path / "shards"), "-o", str(tmp_path / "rep"),
+                                      "--bpe", str(tmp_path / "bpe")])
+    assert report.exit_code == 0, report.output
+    got = json.loads((tmp_path / "rep" / "report.json").read_text())["streams"]["semantic"]["bpe"]
+    assert got["length_reduction"] == pytest.approx(meta["trained_on"]["length_reduction"])
+    assert got["nominal_bps"] == pytest.approx(meta["trained_on"]["bitrate_tokens_bps"]) and "shorter" in report.output

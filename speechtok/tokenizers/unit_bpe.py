@@ -7,6 +7,7 @@ so it undoes the encoding exactly."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +34,7 @@ class UnitBPE:
     tokenizer: object  # tokenizers.Tokenizer
     codebook_size: int
     num_codebooks: int = 1
+    stream: str | None = None  # the shards' stream it was trained on
 
     @property
     def base_vocab(self) -> int:
@@ -84,7 +86,8 @@ class UnitBPE:
 
         folder = Path(folder)
         meta = json.loads((folder / CONFIG).read_text())
-        return cls(Tokenizer.from_file(str(folder / TOKENIZER)), meta["codebook_size"], meta["num_codebooks"])
+        return cls(Tokenizer.from_file(str(folder / TOKENIZER)), meta["codebook_size"], meta["num_codebooks"],
+                   meta.get("trained_on", {}).get("stream"))
 
 
 def train_bpe(streams: Iterable[np.ndarray], codebook_size: int, vocab_size: int, num_codebooks: int = 1,
@@ -109,3 +112,27 @@ def train_bpe(streams: Iterable[np.ndarray], codebook_size: int, vocab_size: int
     if order != list(range(base)):  # ids 0..base-1 must be the codes themselves
         raise RuntimeError("the BPE base vocabulary is not in code order")
     return shell
+
+
+class BPEStats:
+    """What BPE does to a stream: codes vs tokens (sequence-length reduction) and the bitrate of the tokens,
+    nominal (log2 of the vocabulary per token) and from their unigram entropy."""
+
+    def __init__(self, bpe: UnitBPE):
+        self.bpe, self.codes, self.tokens, self.seconds = bpe, 0, 0, 0.0
+        self.counts = np.zeros(bpe.vocab_size, dtype=np.int64)
+
+    def add(self, codes: np.ndarray, seconds: float) -> None:
+        ids = self.bpe.encode(codes)
+        self.codes += int(np.asarray(codes).size)
+        self.tokens += len(ids)
+        self.seconds += seconds
+        self.counts += np.bincount(ids, minlength=len(self.counts))
+
+    def result(self) -> dict:
+        p = self.counts[self.counts > 0] / max(self.tokens, 1)
+        per_s = self.tokens / max(self.seconds, 1e-9)
+        return {"vocab_size": self.bpe.vocab_size, "codes": self.codes, "tokens": self.tokens,
+                "length_reduction": self.codes / max(self.tokens, 1), "tokens_per_second": per_s,
+                "nominal_bps": per_s * math.log2(self.bpe.vocab_size),
+                "entropy_bps": per_s * float(-(p * np.log2(p)).sum())}
