@@ -60,7 +60,9 @@ def lm() -> None:
 @click.option("--codec", default=None, help="Also add the tokens of this codec stream (e.g. 'encodec').")
 @click.option("--n-q", type=int, default=None, help="Codebooks of --codec to add (default: all in the shards).")
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
-def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
+@click.option("--bpe", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A `tok bpe train` folder of the semantic stream: add its merged tokens; units go through it.")
+def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch, bpe):
     """Add <s_i> units, codec tokens and [TEXT]/[SPEECH] to BASE (hub id or local directory)."""
     from speechtok.lm.vocab import extend_vocab, load_base
     from speechtok.shards import ShardError, read_manifest
@@ -69,7 +71,9 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
         _, man = read_manifest(manifest)
         model, tokenizer = load_base(base, from_scratch)
         old = len(tokenizer)
-        vocab = extend_vocab(model, tokenizer, man, codec, n_q)
+        from speechtok.tokenizers.unit_bpe import UnitBPE
+
+        vocab = extend_vocab(model, tokenizer, man, codec, n_q, bpe=UnitBPE.load(bpe) if bpe else None)
     except (ValueError, OSError, ShardError) as e:
         raise click.ClickException(str(e)) from None
     out = Path(output)
@@ -77,7 +81,9 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
     tokenizer.save_pretrained(out)
     vocab.save(out)
     click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings {model.get_input_embeddings().weight.shape[0]}); "
-               f"units <s_0>..<s_{vocab.k - 1}> at ids {vocab.semantic_first_id}..{vocab.semantic_first_id + vocab.k - 1}"
+               f"units <s_0>..<s_{vocab.semantic_tokens - 1}> at ids {vocab.semantic_first_id}.."
+               f"{vocab.semantic_first_id + vocab.semantic_tokens - 1}"
+               + (f" ({vocab.bpe_tokens - vocab.k} of them BPE merges)" if vocab.bpe_tokens else "")
                + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
                   if vocab.codec_stream else "") + f" -> {out}")
 
