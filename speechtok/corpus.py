@@ -171,6 +171,9 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
     channel = row.get("channel")
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
         raise ValueError(f"{where}: 'channel' must be an integer >= 0, got {json.dumps(channel)[:80]}")
+    member = row.get("member")
+    if member is not None and (not isinstance(member, str) or not member):
+        raise ValueError(f"{where}: 'member' must name the audio inside 'path', got {json.dumps(member)[:80]}")
     words = None
     if row.get("words") is not None:
         try:
@@ -178,7 +181,7 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
         except ValueError as e:
             if notes is not None:
                 notes.append(CorpusError(file=where, id=utt_id, reason=f"words dropped, utterance kept: {e}"))
-    known = {"id", "path", "start", "end", "text", "words", "speaker", "language", "channel"}
+    known = {"id", "path", "start", "end", "text", "words", "speaker", "language", "channel", "member"}
     return Utterance(
         id=utt_id,
         path=str(path),
@@ -190,6 +193,7 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
         extra={k: v for k, v in row.items() if k not in known},
         language=None if row.get("language") is None else str(row["language"]),
         channel=channel,
+        member=member,
     )
 
 

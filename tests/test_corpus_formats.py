@@ -186,6 +186,21 @@ def test_hf_dataset_rows_hold_bytes_or_paths(hf_corpus):
     assert saved.data.column("audio").chunk(0).field("bytes").is_valid().to_pylist() == [True] * N
 
 
+def test_align_output_of_a_dataset_reads_the_same_audio(hf_corpus, tmp_path):
+    """`tok align` / `tok segment` write a speechtok JSONL; for audio inside a container the line keeps
+    `member`, so the output reads the same samples."""
+    from speechtok.align.pipeline import manifest_row
+    from speechtok.audio import read_utterance
+
+    utts = load_corpus(CorpusSource(str(hf_corpus / "bytes.parquet"), id_column="utt"))
+    rows = [manifest_row(u, tmp_path) for u in utts]
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    back = load_corpus(tmp_path / "out.jsonl")
+    assert [r["member"] for r in rows] == [f"audio/{i}" for i in range(N)]
+    for u, b in zip(utts, back):
+        np.testing.assert_array_equal(read_utterance(b)[0], read_utterance(u)[0])
+
+
 def test_hf_dataset_gives_the_jsonl_shards_and_resumes(hf_corpus, tok_dir, tmp_path):
     out = tmp_path / "saved"
     assert encode(hf_corpus / "saved", tok_dir, out, *COLUMNS) == encode(hf_corpus / "same.jsonl", tok_dir,
