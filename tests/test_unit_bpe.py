@@ -67,61 +67,60 @@ def test_length_reduction_matches_codec_bpe(tmp_path):
     assert abs(ours_tokens / ref_tokens - 1) < 0.02
 
 
-def test_bpe_train_cli_on_encoded_shards(tmp_path):
-    def run(*args):
-        r = CliRunner().invoke(cli, [str(a) for a in args])
-        assert r.exit_code == 0, r.output
-        return r.output
+def run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
 
-    run("train-kmeans", "examples/audio", "--model", "mfcc", "-k", 16, "-o", tmp_path / "km", "-q")
-    run("encode", "examples/audio", "-t", tmp_path / "km", "-o", tmp_path / "shards", "-q", "--num-workers", 0)
-    out = run("bpe", "train", tmp_path / "shards", "-o", tmp_path / "bpe", "--vocab-size", 40)
-    meta = json.loads((tmp_path / "bpe" / "bpe.json").read_text())
-    assert meta["vocab_size"] <= 40 and meta["trained_on"]["length_reduction"] > 1 and "shorter" in out
+
+@pytest.fixture(scope="module")
+def bpe_shards(tmp_path_factory):
+    """MFCC units (k=16) of examples/audio in shards, and `tok bpe train` on them (its output)."""
+    root = tmp_path_factory.mktemp("bpe")
+    run("train-kmeans", "examples/audio", "--model", "mfcc", "-k", 16, "-o", root / "km", "-q")
+    run("encode", "examples/audio", "-t", root / "km", "-o", root / "shards", "-q", "--num-workers", 0)
+    return root, run("bpe", "train", root / "shards", "-o", root / "bpe", "--vocab-size", 40)
+
+
+def test_bpe_train_and_eval_tokens_cli(bpe_shards, tmp_path):
     from speechtok import read_shards
 
-    bpe = UnitBPE.load(tmp_path / "bpe")
-    for sample in read_shards(tmp_path / "shards"):
+    root, out = bpe_shards
+    meta = json.loads((root / "bpe" / "bpe.json").read_text())
+    assert meta["vocab_size"] <= 40 and meta["trained_on"]["length_reduction"] > 1 and "shorter" in out
+    bpe = UnitBPE.load(root / "bpe")
+    for sample in read_shards(root / "shards"):
         units = sample["semantic"]
         assert np.array_equal(bpe.decode(bpe.encode(units)), units)
-    report = CliRunner().invoke(cli, ["eval", "tokens", str(tmp_path / "shards"), "-o", str(tmp_path / "rep"),
-                                      "--bpe", str(tmp_path / "bpe")])
+    report = CliRunner().invoke(cli, ["eval", "tokens", str(root / "shards"), "-o", str(tmp_path / "rep"),
+                                      "--bpe", str(root / "bpe")])
     assert report.exit_code == 0, report.output
     got = json.loads((tmp_path / "rep" / "report.json").read_text())["streams"]["semantic"]["bpe"]
     assert got["length_reduction"] == pytest.approx(meta["trained_on"]["length_reduction"])
     assert got["nominal_bps"] == pytest.approx(meta["trained_on"]["bitrate_tokens_bps"]) and "shorter" in report.output
 
 
-def test_extend_vocab_with_bpe_merges_round_trips_units(base_llm, tmp_path):
+def test_extend_vocab_with_bpe_merges_round_trips_units(base_llm, bpe_shards, tmp_path):
     """`tok lm extend-vocab --bpe` adds the merged tokens after the k units; units → ids → units is exact,
-    and the LM sees the shorter sequence."""
+    and the LM data stream reads the shorter sequence."""
     from transformers import AutoTokenizer
 
+    from speechtok import read_shards
     from speechtok.lm.sequences import SequenceBuilder
     from speechtok.lm.vocab import SpeechVocab
 
-    def run(*args):
-        r = CliRunner().invoke(cli, [str(a) for a in args])
-        assert r.exit_code == 0, r.output
-        return r.output
-
-    run("train-kmeans", "examples/audio", "--model", "mfcc", "-k", 16, "-o", tmp_path / "km", "-q")
-    run("encode", "examples/audio", "-t", tmp_path / "km", "-o", tmp_path / "shards", "-q", "--num-workers", 0)
-    run("bpe", "train", tmp_path / "shards", "-o", tmp_path / "bpe", "--vocab-size", 40)
-    out = run("lm", "extend-vocab", base_llm, "-m", tmp_path / "shards", "-o", tmp_path / "lm",
-              "--bpe", tmp_path / "bpe")
+    root, _ = bpe_shards
+    out = run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm", "--bpe", root / "bpe")
     assert "BPE merges" in out
     vocab = SpeechVocab.load(tmp_path / "lm")
     tok = AutoTokenizer.from_pretrained(tmp_path / "lm")
     assert vocab.k == 16 and vocab.semantic_tokens == vocab.bpe_tokens <= 40
     assert tok.convert_ids_to_tokens([vocab.semantic_first_id + vocab.semantic_tokens - 1]) == [
         f"<s_{vocab.semantic_tokens - 1}>"]
-    from speechtok import read_shards
-
-    sample = next(iter(read_shards(tmp_path / "shards")))
+    sample = next(iter(read_shards(root / "shards")))
     units = sample["semantic"]
     ids = vocab.units_to_ids(units)
     assert len(ids) < len(units) and vocab.is_semantic(ids).all()
     np.testing.assert_array_equal(vocab.ids_to_units(ids), units)
-    seq = SequenceBuilder(vocab, tok).speech(sample)  # the LM data stream reads the merged tokens
+    seq = SequenceBuilder(vocab, tok).speech(sample)
     assert seq[-len(ids) - 1: -1] == ids.tolist()
