@@ -4,6 +4,7 @@ MiniBatchKMeans with fairseq's simple_kmeans settings, on the same frames; time 
     python benchmarks/kmeans.py --device cuda --frames 1000000 --dim 768 -k 500     # the issue's target
     python benchmarks/kmeans.py --device cpu --frames 100000 --dim 768 -k 100       # CPU run
     python benchmarks/kmeans.py --streamed --frames 500000,2000000 -k 100 --iters 5  # feature cache on disk
+    python benchmarks/kmeans.py --streamed --device cuda --frames 1000000,10000000 -k 500 --iters 20
 
 --streamed: frames are written to a feature cache (fp16 chunks) piece by piece, and `StreamedKMeans` runs
 in a fresh process per frame count, so its peak RSS is its own; the in-memory k-means on the same fp16
@@ -81,7 +82,7 @@ def write_cache(folder: Path, n: int, dim: int, piece: int = 100_000) -> None:
     cache.close()
 
 
-def child(mode: str, folder: str, k: int, iters: int) -> None:
+def child(mode: str, folder: str, k: int, iters: int, device: str) -> None:
     """One measurement in this process: prints seconds, inertia and peak RSS (MiB) as JSON."""
     import json
     import resource
@@ -91,10 +92,10 @@ def child(mode: str, folder: str, k: int, iters: int) -> None:
 
     t0 = time.perf_counter()
     if mode == "streamed":
-        result = StreamedKMeans(FeatureCache(folder), k, seed=0).fit(iters)
+        result = StreamedKMeans(FeatureCache(folder), k, seed=0, device=device).fit(iters)
     else:
         x = torch.cat([torch.from_numpy(np.load(p)).float() for p in FeatureCache(folder).chunks()])
-        result = kmeans_torch(x, k, iters=iters, seed=0)
+        result = kmeans_torch(x.to(device), k, iters=iters, seed=0)
     print(json.dumps({"seconds": time.perf_counter() - t0, "inertia": result.inertia,
                       "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -112,7 +113,8 @@ def streamed(args) -> None:
             modes = ["streamed", "memory"] if n == min(counts) else ["streamed"]
             for mode in modes:
                 out = subprocess.run([sys.executable, __file__, "--child", mode, folder, "-k", str(args.k),
-                                      "--iters", str(args.iters)], capture_output=True, text=True, check=True)
+                                      "--iters", str(args.iters), "--device", args.device],
+                                     capture_output=True, text=True, check=True)
                 rows.append((n, mode, json.loads(out.stdout.strip().splitlines()[-1])))
                 print(rows[-1], flush=True)
     ref = next(r for n, m, r in rows if m == "memory")
@@ -122,7 +124,7 @@ def streamed(args) -> None:
                       f"| {n:,} | streamed from the fp16 cache | {r['seconds']:.1f} | {r['rss_mib']:,.0f} | "
                       f"{r['inertia']:.4f} | (other data) |" for n, m, r in rows)
     body = (f"## k-means streamed from a feature cache (issue #27)\n\n"
-            f"Hardware: {hardware(torch.device('cpu'))}. {args.dim}-dim mixture frames stored as fp16 chunks of "
+            f"Hardware: {hardware(torch.device(args.device))}, k-means on {args.device}. {args.dim}-dim mixture frames stored as fp16 chunks of "
             f"65,536 frames; K={args.k}, k-means++ seeds on 64·K frames + {args.iters} Lloyd iterations; each run "
             f"in its own process (peak RSS = its ru_maxrss). `python benchmarks/kmeans.py --streamed --frames "
             f"{args.frames} -k {args.k} --iters {args.iters}`.\n\n"
@@ -130,13 +132,13 @@ def streamed(args) -> None:
             f"{table}\n")
     print(body)
     if not args.no_write:
-        write_section("kmeans-streamed", body)
+        write_section(f"kmeans-streamed-{torch.device(args.device).type}", body)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         k, iters = int(sys.argv[sys.argv.index("-k") + 1]), int(sys.argv[sys.argv.index("--iters") + 1])
-        return child(sys.argv[2], sys.argv[3], k, iters)
+        return child(sys.argv[2], sys.argv[3], k, iters, sys.argv[sys.argv.index("--device") + 1])
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--frames", default="1000000", help="a count, or counts separated by ',' with --streamed")
