@@ -3,7 +3,12 @@ MiniBatchKMeans with fairseq's simple_kmeans settings, on the same frames; time 
 
     python benchmarks/kmeans.py --device cuda --frames 1000000 --dim 768 -k 500     # the issue's target
     python benchmarks/kmeans.py --device cpu --frames 100000 --dim 768 -k 100       # CPU run
+    python benchmarks/kmeans.py --streamed --frames 500000,2000000 -k 100 --iters 5  # feature cache on disk
+    python benchmarks/kmeans.py --streamed --device cuda --frames 1000000,10000000 -k 500 --iters 20
 
+--streamed: frames are written to a feature cache (fp16 chunks) piece by piece, and `StreamedKMeans` runs
+in a fresh process per frame count, so its peak RSS is its own; the in-memory k-means on the same fp16
+frames runs (in its own process) for the smallest count, and its inertia is the reference.
 Frames are drawn from a mixture of 2,000 Gaussians of random scale in `dim` dimensions (a stand-in for
 HuBERT features, which need pretrained weights). Inertia = mean squared distance to the nearest centroid,
 computed by the same exact function for both."""
@@ -61,16 +66,93 @@ def time_sklearn(x: np.ndarray, xt: torch.Tensor, k: int, n_init: int) -> tuple[
     return time.perf_counter() - t0, inertia(xt, mb.cluster_centers_.astype(np.float32))
 
 
+def write_cache(folder: Path, n: int, dim: int, piece: int = 100_000) -> None:
+    """`n` mixture frames into a FeatureCache, generated `piece` frames at a time (never all in memory):
+    the mixture's components are fixed by seed 0, each piece's draws by its own seed."""
+    from speechtok.tokenizers.kmeans_stream import FeatureCache
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(2000, dim, generator=g)
+    scales = 0.2 + 0.6 * torch.rand(2000, 1, generator=g)
+    cache = FeatureCache(folder)
+    for i, lo in enumerate(range(0, n, piece)):
+        gi = torch.Generator().manual_seed(1000 + i)
+        which = torch.randint(0, 2000, (min(piece, n - lo),), generator=gi)
+        cache.write((centers[which] + scales[which] * torch.randn(len(which), dim, generator=gi)).numpy())
+    cache.close()
+
+
+def child(mode: str, folder: str, k: int, iters: int, device: str) -> None:
+    """One measurement in this process: prints seconds, inertia and peak RSS (MiB) as JSON."""
+    import json
+    import resource
+
+    from speechtok.tokenizers.kmeans import kmeans_torch
+    from speechtok.tokenizers.kmeans_stream import FeatureCache, StreamedKMeans
+
+    t0 = time.perf_counter()
+    if mode == "streamed":
+        result = StreamedKMeans(FeatureCache(folder), k, seed=0, device=device).fit(iters)
+    else:
+        x = torch.cat([torch.from_numpy(np.load(p)).float() for p in FeatureCache(folder).chunks()])
+        result = kmeans_torch(x.to(device), k, iters=iters, seed=0)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "inertia": result.inertia,
+                      "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def streamed(args) -> None:
+    import json
+    import subprocess
+    import tempfile
+
+    counts = [int(c) for c in str(args.frames).split(",")]
+    rows = []
+    for n in counts:
+        with tempfile.TemporaryDirectory(dir=args.cache_root) as folder:
+            write_cache(Path(folder), n, args.dim)
+            modes = ["streamed", "memory"] if n == min(counts) else ["streamed"]
+            for mode in modes:
+                out = subprocess.run([sys.executable, __file__, "--child", mode, folder, "-k", str(args.k),
+                                      "--iters", str(args.iters), "--device", args.device],
+                                     capture_output=True, text=True, check=True)
+                rows.append((n, mode, json.loads(out.stdout.strip().splitlines()[-1])))
+                print(rows[-1], flush=True)
+    ref = next(r for n, m, r in rows if m == "memory")
+    table = "\n".join(f"| {n:,} | {'streamed from the fp16 cache' if m == 'streamed' else 'in memory (fp32 copy)'} | "
+                      f"{r['seconds']:.1f} | {r['rss_mib']:,.0f} | {r['inertia']:.4f} | "
+                      f"{(r['inertia'] / ref['inertia'] - 1) * 100:+.4f}% |" if n == min(counts) else
+                      f"| {n:,} | streamed from the fp16 cache | {r['seconds']:.1f} | {r['rss_mib']:,.0f} | "
+                      f"{r['inertia']:.4f} | (other data) |" for n, m, r in rows)
+    body = (f"## k-means streamed from a feature cache (issue #27)\n\n"
+            f"Hardware: {hardware(torch.device(args.device))}, k-means on {args.device}. {args.dim}-dim mixture frames stored as fp16 chunks of "
+            f"65,536 frames; K={args.k}, k-means++ seeds on 64·K frames + {args.iters} Lloyd iterations; each run "
+            f"in its own process (peak RSS = its ru_maxrss). `python benchmarks/kmeans.py --streamed --frames "
+            f"{args.frames} -k {args.k} --iters {args.iters}`.\n\n"
+            f"| frames | k-means | seconds | peak RSS MiB | inertia | vs in-memory |\n|---|---|---|---|---|---|\n"
+            f"{table}\n")
+    print(body)
+    if not args.no_write:
+        write_section(f"kmeans-streamed-{torch.device(args.device).type}", body)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        k, iters = int(sys.argv[sys.argv.index("-k") + 1]), int(sys.argv[sys.argv.index("--iters") + 1])
+        return child(sys.argv[2], sys.argv[3], k, iters, sys.argv[sys.argv.index("--device") + 1])
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--frames", type=int, default=1_000_000)
+    ap.add_argument("--frames", default="1000000", help="a count, or counts separated by ',' with --streamed")
+    ap.add_argument("--streamed", action="store_true", help="feature cache on disk: peak RSS and inertia")
+    ap.add_argument("--cache-root", default=None, help="--streamed: where the temporary cache goes")
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("-k", type=int, default=500)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--sklearn-n-init", type=int, default=20, help="fairseq's default is 20")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    if args.streamed:
+        return streamed(args)
+    args.frames = int(args.frames)
     device = torch.device(args.device)
     xt = mixture(args.frames, args.dim, device=device)
     x = xt.cpu().numpy()

@@ -3,6 +3,7 @@ resampled (libsoxr) to the rate a tokenizer wants."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +22,14 @@ class AudioError(Exception):
 
 
 @contextmanager
-def _sound_file(path: str) -> Iterator[sf.SoundFile]:
+def _sound_file(path: str, member: str | None = None) -> Iterator[sf.SoundFile]:
     """libsndfile takes names as UTF-8; a name with undecodable bytes (surrogate-escaped) goes in as an open
     file. A missing or 0-byte file is an AudioError saying so (libsndfile says "System error" / "Format not
-    recognised")."""
+    recognised"). With `member`, the audio is that member of the container `path` (see audio_members)."""
+    if member is not None:
+        with sf.SoundFile(io.BytesIO(_member(path, member))) as f:
+            yield f
+        return
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
@@ -43,10 +48,23 @@ def _sound_file(path: str) -> Iterator[sf.SoundFile]:
         yield f
 
 
-def audio_info(path: str) -> tuple[int, int]:
+def _member(path: str, member: str) -> bytes:
+    from speechtok.audio_members import member_bytes
+
+    try:
+        return member_bytes(path, member)
+    except KeyError:
+        raise AudioError(f"no member '{member}' in the container") from None
+    except FileNotFoundError:
+        raise AudioError("file not found") from None
+    except Exception as e:  # tarfile / pyarrow errors on a damaged container
+        raise AudioError(f"cannot read '{member}': {_short(e)}") from None
+
+
+def audio_info(path: str, member: str | None = None) -> tuple[int, int]:
     """(frames, sample_rate) read from the file header."""
     try:
-        with _sound_file(path) as f:
+        with _sound_file(path, member) as f:
             return int(f.frames), int(f.samplerate)
     except AudioError:
         raise
@@ -55,8 +73,11 @@ def audio_info(path: str) -> tuple[int, int]:
 
 
 def utterance_seconds(utt: Utterance) -> float:
-    """Duration of the utterance's span from the header, without decoding."""
-    frames, sr = audio_info(utt.path)
+    """Duration of the utterance's span: the manifest's when it gives one, else from the header, without
+    decoding."""
+    if utt.seconds is not None:
+        return utt.seconds
+    frames, sr = audio_info(utt.path, utt.member)
     if frames == 0:
         raise AudioError("zero-length audio (no samples)")
     total = frames / sr
@@ -67,10 +88,14 @@ def utterance_seconds(utt: Utterance) -> float:
     return max(0.0, end - start)
 
 
-def read_audio(path: str, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int]:
-    """Samples of [start, end) seconds, down-mixed to mono float32, and the file's sample rate."""
+def read_audio(path: str, start: float | None = None, end: float | None = None, channel: int | None = None,
+               member: str | None = None) -> tuple[np.ndarray, int]:
+    """Samples of [start, end) seconds of one channel, or down-mixed to mono, float32, and the file's sample
+    rate."""
     try:
-        with _sound_file(path) as f:
+        with _sound_file(path, member) as f:
+            if channel is not None and channel >= f.channels:
+                raise AudioError(f"channel {channel} asked for, the file has {f.channels}")
             sr = f.samplerate
             first = int(round((start or 0.0) * sr))
             last = f.frames if end is None else min(f.frames, int(round(end * sr)))
@@ -83,7 +108,7 @@ def read_audio(path: str, start: float | None = None, end: float | None = None) 
         raise AudioError(f"cannot decode audio: {_short(e)}") from None
     if data.shape[0] == 0:
         raise AudioError("no samples (zero-length audio or empty span)")
-    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    wav = data[:, channel] if channel is not None else data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wav).all():
         raise AudioError("audio contains NaN or Inf samples")
     return np.ascontiguousarray(wav, dtype=np.float32), sr
@@ -108,9 +133,14 @@ def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def read_utterance(utt: Utterance) -> tuple[np.ndarray, int]:
+    """The utterance's samples (its span, its channel or all down-mixed) and their sample rate."""
+    return read_audio(utt.path, utt.start, utt.end, utt.channel, utt.member)
+
+
 def load_utterance(utt: Utterance, sample_rate: int) -> np.ndarray:
     """The utterance's samples at `sample_rate`, mono float32."""
-    wav, sr = read_audio(utt.path, utt.start, utt.end)
+    wav, sr = read_utterance(utt)
     return resample(wav, sr, sample_rate)
 
 

@@ -1,5 +1,6 @@
 """The data model every pipeline step shares: an `Utterance` (a span of one audio file plus its labels)
-and a corpus, read lazily from a folder or a JSONL manifest."""
+and a corpus, read from a folder, a speechtok JSONL manifest, lhotse manifests or Shar (corpus_lhotse) or a
+Hugging Face `datasets` dataset (corpus_hf)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ class Word:
 @dataclass
 class Utterance:
     """One utterance: `path` and an optional [start, end) span in seconds, with optional transcript,
-    word timings (seconds from the utterance start) and speaker."""
+    word timings (seconds from the utterance start), speaker and language. `channel` picks one channel of a
+    multi-channel file (None: the mean of all); `member` names the audio inside `path` when `path` is a
+    container (a Shar tar member, 'COLUMN/ROW' of an arrow or parquet file); `seconds`, when a manifest
+    gives it, is the span's duration, so nothing has to read the audio header before decoding."""
 
     id: str
     path: str
@@ -33,6 +37,10 @@ class Utterance:
     words: list[Word] | None = None
     speaker: str | None = None
     extra: dict = field(default_factory=dict)
+    language: str | None = None
+    channel: int | None = None
+    member: str | None = None
+    seconds: float | None = None
 
     def labels(self) -> dict:
         """The optional labels that travel with the tokens into the shards."""
@@ -43,6 +51,10 @@ class Utterance:
             out["words"] = [asdict(w) for w in self.words]
         if self.speaker is not None:
             out["speaker"] = self.speaker
+        if self.language is not None:
+            out["language"] = self.language
+        if self.channel is not None:
+            out["channel"] = self.channel
         return out
 
 
@@ -143,7 +155,7 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
         raise ValueError(f"{where}: {why}")
     if not isinstance(row["path"], str) or "\0" in row["path"]:
         raise ValueError(f"{where}: 'path' must be a file name, got {json.dumps(row['path'])[:80]}")
-    for key in ("text", "speaker"):
+    for key in ("text", "speaker", "language"):
         value = row.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise ValueError(f"{where}: '{key}' must be a string, got {json.dumps(value)[:80]}")
@@ -156,6 +168,12 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
         raise ValueError(f"{where}: {e}") from None
     if start is not None and end is not None and end <= start:
         raise ValueError(f"{where}: end {row['end']} is not after start {row['start']}")
+    channel = row.get("channel")
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
+        raise ValueError(f"{where}: 'channel' must be an integer >= 0, got {json.dumps(channel)[:80]}")
+    member = row.get("member")
+    if member is not None and (not isinstance(member, str) or not member):
+        raise ValueError(f"{where}: 'member' must name the audio inside 'path', got {json.dumps(member)[:80]}")
     words = None
     if row.get("words") is not None:
         try:
@@ -163,7 +181,7 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
         except ValueError as e:
             if notes is not None:
                 notes.append(CorpusError(file=where, id=utt_id, reason=f"words dropped, utterance kept: {e}"))
-    known = {"id", "path", "start", "end", "text", "words", "speaker"}
+    known = {"id", "path", "start", "end", "text", "words", "speaker", "language", "channel", "member"}
     return Utterance(
         id=utt_id,
         path=str(path),
@@ -173,6 +191,9 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
         words=words,
         speaker=None if row.get("speaker") is None else str(row["speaker"]),
         extra={k: v for k, v in row.items() if k not in known},
+        language=None if row.get("language") is None else str(row["language"]),
+        channel=channel,
+        member=member,
     )
 
 
@@ -215,17 +236,50 @@ def jsonl_objects(path: str | os.PathLike, errors: list[str]) -> Iterator[tuple[
             yield where, row
 
 
-def load_corpus(source: str | os.PathLike, errors: list[CorpusError] | None = None) -> list[Utterance]:
-    """A folder of audio files or a JSONL manifest → utterances in corpus order.
+@dataclass(frozen=True)
+class CorpusSource:
+    """A corpus path plus how to read it where the format leaves a choice: `supervisions` for a lhotse
+    RecordingSet, the column names of a Hugging Face dataset. Passes for the path (os.fspath, str), so a
+    pipeline hands it to `load_corpus` unchanged."""
+
+    path: str
+    supervisions: str | None = None
+    text_column: str | None = None
+    speaker_column: str | None = None
+    id_column: str | None = None
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def read_source(source: CorpusSource, errors: list[CorpusError]) -> Iterator[Utterance]:
+    """Utterances of any corpus kind, in corpus order: a folder of audio, a speechtok JSONL, lhotse
+    manifests or Shar, or a Hugging Face dataset (the last two need the extras `lhotse` / `datasets`)."""
+    from speechtok import corpus_hf, corpus_lhotse
+
+    path = Path(source.path)
+    if corpus_hf.is_hf_dataset(path):
+        return corpus_hf.read_dataset(source, errors)
+    if corpus_lhotse.is_lhotse(path):
+        return corpus_lhotse.read_lhotse(source, errors)
+    if path.is_dir():
+        return scan_folder(path)
+    if path.is_file():
+        return read_manifest(path, errors)
+    raise FileNotFoundError(f"{path}: no such folder or manifest")
+
+
+def load_corpus(source: str | os.PathLike | CorpusSource,
+                errors: list[CorpusError] | None = None) -> list[Utterance]:
+    """A corpus (see `read_source`) → utterances in corpus order.
     Duplicate ids are reported in `errors`; the first occurrence is kept."""
     errors = [] if errors is None else errors
-    source = Path(source)
-    if source.is_dir():
-        utts = list(scan_folder(source))
-    elif source.is_file():
-        utts = list(read_manifest(source, errors))
-    else:
-        raise FileNotFoundError(f"{source}: no such folder or manifest")
+    if not isinstance(source, CorpusSource):
+        source = CorpusSource(os.fspath(source))
+    utts = list(read_source(source, errors))
     seen: set[str] = set()
     unique = []
     for u in utts:

@@ -49,6 +49,8 @@ def transcript_of(utt: Utterance) -> str | None:
 def manifest_row(utt: Utterance, out_dir: Path) -> dict:
     """The utterance as a manifest line, its audio path relative to the output's folder."""
     row = {"id": utt.id, "path": os.path.relpath(os.path.abspath(utt.path), os.path.abspath(out_dir))}
+    if utt.member is not None:  # the audio inside a container (Shar tar, arrow / parquet row)
+        row["member"] = utt.member
     if utt.start is not None:
         row["start"] = utt.start
     if utt.end is not None:

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from speechtok.cli.common import (POSITIVE, checked_device, exit_interrupted, fail_with, lock_output,
-                                  output_option, report_errors)
+from speechtok.cli.common import (POSITIVE, checked_device, corpus_options, exit_interrupted, fail_with,
+                                  lock_output, output_option, report_errors)
 from speechtok.stopping import Interrupted
 
 aligner_option = click.option(
@@ -39,6 +39,7 @@ def _echo_lines(lines: list[str], prefix: str, limit: int = 20) -> None:
 @click.option("--batch-seconds", type=POSITIVE, default=60.0, show_default=True,
               help="Audio per aligner batch.")
 @click.option("--quiet", "-q", is_flag=True)
+@corpus_options()
 def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quiet):
     """Add word timings (and phones) to every utterance of CORPUS (folder or JSONL manifest) that has a
     transcript ('text', or a .txt/.lab file beside the audio), writing OUTPUT for `tok encode` and
@@ -75,6 +76,7 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
 @jobs_option
 @device_option
 @click.option("--quiet", "-q", is_flag=True)
+@corpus_options("source")
 def segment_cmd(source, output, min_seconds, max_seconds, min_pause, vad, aligner, jobs, device, quiet):
     """Cut long recordings (an audio file, a folder, or a JSONL manifest) into utterances of
     --min-seconds..--max-seconds at pauses. OUTPUT lists start/end into the original files (no audio is

@@ -9,6 +9,7 @@ signal N (130 SIGINT, 143 SIGTERM) after leaving the output resumable."""
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from speechtok.corpus import CorpusError
+from speechtok.corpus import CorpusError, CorpusSource
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1
@@ -226,3 +227,35 @@ def write_output_file(path: Path, write) -> None:
         fail_os(e)
     except RuntimeError as e:  # soundfile's LibsndfileError
         fail(f"{path}: cannot write ({' '.join(str(e).split())})", EXIT_ENVIRONMENT)
+
+
+def corpus_options(argument: str = "corpus"):
+    """The options of every command that reads a corpus, for the formats that leave a choice (lhotse's
+    supervisions, a Hugging Face dataset's columns); the command gets `argument` as a CorpusSource."""
+    options = [
+        click.option("--supervisions", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="lhotse: the SupervisionSet for a RecordingSet corpus (default: the file "
+                          "named like it with 'supervisions' for 'recordings', if there is one)."),
+        click.option("--text-column", default=None, metavar="NAME",
+                     help="Hugging Face datasets: the transcript column (default text, transcription "
+                          "or sentence)."),
+        click.option("--speaker-column", default=None, metavar="NAME",
+                     help="Hugging Face datasets: the speaker column (default speaker_id, speaker or "
+                          "client_id)."),
+        click.option("--id-column", default=None, metavar="NAME",
+                     help="Hugging Face datasets: the utterance id column (default id, else the row "
+                          "number)."),
+    ]
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, supervisions, text_column, speaker_column, id_column, **kwargs):
+            kwargs[argument] = CorpusSource(kwargs[argument], supervisions, text_column, speaker_column,
+                                            id_column)
+            return command(*args, **kwargs)
+
+        for option in reversed(options):
+            run = option(run)
+        return run
+
+    return decorate

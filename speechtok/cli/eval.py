@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from speechtok.cli.common import (device_option, device_or_fail, fail, fail_with, lock_output, output_option,
+from speechtok.cli.common import (corpus_options, device_option, device_or_fail, fail, fail_with, lock_output,
+                                  output_option,
                                   report_errors)
 from speechtok.eval.report import fmt
 
@@ -48,7 +49,9 @@ def eval_group() -> None:
               help="ABX: items per (context, phone, speaker), to bound the number of triples.")
 @output_option("DIR", REPORT_FOLDER)
 @click.option("--no-verify", is_flag=True, help="Skip the shards' sha256 check.")
-def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, output, no_verify):
+@click.option("--bpe", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A `tok bpe train` folder: sequence-length reduction and bitrate of its tokens.")
+def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, output, no_verify, bpe):
     """Bitrate, codebook usage/entropy, PNMI, purities and ABX of the token streams in SHARDS. Runs no
     model (numpy on the CPU), so it takes no --device."""
     from speechtok.pipelines.evaluate import evaluate_tokens
@@ -57,8 +60,9 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
     lock_output(output, "tok eval tokens", folder=True)
     try:
         r = evaluate_tokens(shards, output, alignments, item_file,
-                            frozenset(p for p in ignore_phones.split(",") if p), max_per_group, not no_verify)
-    except (ShardError, OSError) as e:
+                            frozenset(p for p in ignore_phones.split(",") if p), max_per_group, not no_verify,
+                            bpe)
+    except (ShardError, OSError, ValueError) as e:
         fail_with(e)
     lines = []
     for name, s in r["streams"].items():
@@ -66,6 +70,9 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
         lines.append(f"{name}: {fmt(b['nominal_bps'], 0)} bps nominal, {fmt(b['entropy_bps'], 0)} bps entropy, "
                      f"{fmt(b['dedup_entropy_bps'], 0)} bps deduplicated; usage "
                      + ", ".join(f"{c['usage']:.0%}" for c in s["codebooks"]))
+        if "bpe" in s:
+            lines.append(f"  BPE ({s['bpe']['vocab_size']} tokens): {s['bpe']['length_reduction']:.2f}x shorter, "
+                         f"{fmt(s['bpe']['nominal_bps'], 0)} bps nominal, {fmt(s['bpe']['entropy_bps'], 0)} bps entropy")
         if "phones" in s:
             p = s["phones"][0]
             lines.append(f"  PNMI {fmt(p['pnmi'])}, phone purity {fmt(p['phone_purity'])}, "
@@ -146,6 +153,7 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="ASR batch size (transformers).")
 @device_option
+@corpus_options()
 def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device):
     """Round-trip CORPUS (folder or JSONL manifest) through each codec or tokenizer + vocoder: one table of
     nominal and entropy bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS, UTMOS) and

@@ -75,7 +75,9 @@ def lm() -> None:
                                "`-t DIR:name=NAME` of one `tok encode`); the LM reads it in training and "
                                "generation.")
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
-def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch):
+@click.option("--bpe", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A `tok bpe train` folder of the semantic stream: add its merged tokens; units go through it.")
+def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, bpe):
     """Add <s_i> units, codec tokens and [TEXT]/[SPEECH] to BASE (hub id or local directory)."""
     from speechtok.lm.vocab import extend_vocab, load_base, speech_streams
     from speechtok.shards import ShardError, read_manifest
@@ -93,7 +95,10 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch):
     try:
         model, tokenizer = load_base(base, from_scratch)
         old = len(tokenizer)
-        vocab = extend_vocab(model, tokenizer, man, codec, n_q, stream=stream)
+        from speechtok.tokenizers.unit_bpe import UnitBPE
+
+        vocab = extend_vocab(model, tokenizer, man, codec, n_q, stream=stream,
+                             bpe=UnitBPE.load(bpe) if bpe else None)
     except (ValueError, OSError, ShardError) as e:
         fail_with(e)
     out = Path(output)
@@ -104,7 +109,9 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch):
     except OSError as e:
         fail_with(e)
     click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings {model.get_input_embeddings().weight.shape[0]}); "
-               f"units <s_0>..<s_{vocab.k - 1}> at ids {vocab.semantic_first_id}..{vocab.semantic_first_id + vocab.k - 1}"
+               f"units <s_0>..<s_{vocab.semantic_tokens - 1}> at ids {vocab.semantic_first_id}.."
+               f"{vocab.semantic_first_id + vocab.semantic_tokens - 1}"
+               + (f" ({vocab.bpe_tokens - vocab.k} of them BPE merges)" if vocab.bpe_tokens else "")
                + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
                   if vocab.codec_stream else "") + f" -> {out}")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup, device_option,
-                                  device_or_fail, fail, fail_os, fail_with, lock_output, output_file_ready,
-                                  output_option, report_errors, writable, write_output_file)
+from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup, corpus_options,
+                                  device_option, device_or_fail, fail, fail_os, fail_with, lock_output,
+                                  output_file_ready, output_option, report_errors, writable, write_output_file)
 from speechtok.stopping import exit_on_signals
 from speechtok.corpus import CorpusError
 
@@ -78,6 +78,10 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
+@click.option("--feature-cache", type=click.Path(file_okay=False), default=None,
+              help="Write the frames to this folder (fp16 chunks) and stream k-means over all of them "
+                   "from disk (torch, exact Lloyd; resumes from its checkpoint; under torchrun the ranks "
+                   "share it).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
 @click.option("--batch-seconds", type=POSITIVE, default=None,
               help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
@@ -86,9 +90,11 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
-def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, dedup, batch_seconds,
-                     num_workers, overwrite, device, precision, quiet):
-    """Learn k-means units on features of CORPUS (a folder or a JSONL manifest)."""
+@corpus_options()
+def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, feature_cache, dedup,
+                     batch_seconds, num_workers, overwrite, device, precision, quiet):
+    """Learn k-means units on features of CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a
+    Hugging Face dataset: README "Preparing a corpus")."""
     from speechtok.pipelines.encode import encode_device_defaults
     from speechtok.pipelines.train_kmeans import train_tokenizer
 
@@ -103,7 +109,8 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
     try:
         tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed, iters=iters,
                                       backend=backend, device=str(dev), dedup=dedup, max_batch_seconds=batch_seconds,
-                                      num_workers=workers, progress=not quiet, errors=errors)
+                                      num_workers=workers, progress=not quiet, errors=errors,
+                                      feature_cache=feature_cache)
     except (ValueError, RuntimeError, OSError) as e:
         report_errors(errors)
         fail_with(e)
@@ -165,9 +172,11 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
+@corpus_options()
 def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
                shard_max_count, strict, append, allow_model_mismatch, device, precision, quiet):
-    """Tokenize CORPUS (a folder or a JSONL manifest) into webdataset shards under OUTPUT.
+    """Tokenize CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a Hugging Face dataset)
+    into webdataset shards under OUTPUT.
 
     Rerunning the same command after an interruption resumes it (and repairs shards that no longer match
     their checksum). Under torchrun, each rank encodes a contiguous part of the corpus and rank 0 writes one
@@ -327,6 +336,7 @@ def _array_preview(v, full: bool, first: int = 20) -> str:
 
 
 from speechtok.cli.align import align_cmd, segment_cmd  # noqa: E402
+from speechtok.cli.bpe import bpe  # noqa: E402
 from speechtok.cli.eval import eval_group  # noqa: E402
 from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
 from speechtok.cli.vocoder import vocoder  # noqa: E402
@@ -338,6 +348,7 @@ cli.add_command(vocoder)
 cli.add_command(eval_group)
 cli.add_command(align_cmd)
 cli.add_command(segment_cmd)
+cli.add_command(bpe)
 
 if __name__ == "__main__":
     cli()

@@ -30,7 +30,7 @@ class OnlySemantic:
 
     def __init__(self, vocab: SpeechVocab, eos_id: int, size: int):
         self.allowed = torch.zeros(size, dtype=torch.bool)
-        self.allowed[vocab.semantic_first_id: vocab.semantic_first_id + vocab.k] = True
+        self.allowed[vocab.semantic_first_id: vocab.semantic_first_id + vocab.semantic_tokens] = True
         self.allowed[eos_id] = True
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Audio tokens in a Hugging Face causal LM's vocabulary: `<s_i>` for semantic unit i, `<c{q}_{i}>` for entry
 i of codebook q, and the modality markers `[TEXT]` / `[SPEECH]`. Each kind occupies one contiguous id
-range, so unit ↔ token id is an offset; the ranges are stored in `speech_vocab.json` beside the model."""
+range, so unit ↔ token id is an offset; the ranges are stored in `speech_vocab.json` beside the model.
+With Acoustic BPE (`tok bpe train`), `<s_i>` for i ≥ k are the merged tokens, units go through the BPE on
+their way in and out (exactly), and the BPE tokenizer is kept in `speech_bpe/` beside the model."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: `tok generate` checks i
     import torch
 
 VOCAB_FILE = "speech_vocab.json"
+BPE_DIR = "speech_bpe"
 TEXT, SPEECH = "[TEXT]", "[SPEECH]"
 
 
@@ -46,6 +49,13 @@ class SpeechVocab:
     codebook_size: int = 0
     codec_first_id: int = -1
     tokenizer_cards: dict = field(default_factory=dict)
+    bpe_tokens: int = 0  # with Acoustic BPE: the semantic tokens (k units + merges), else 0
+    bpe = None  # its UnitBPE (not a field: loaded from speech_bpe/)
+
+    @property
+    def semantic_tokens(self) -> int:
+        """How many `<s_i>` tokens the LM has: k, or the BPE vocabulary."""
+        return self.bpe_tokens or self.k
 
     def unit_stream(self) -> dict:
         """The units this LM reads and writes (`speechtok.unit_stream`)."""
@@ -56,17 +66,21 @@ class SpeechVocab:
         units = np.asarray(units, dtype=np.int64)
         if units.size and (units.min() < 0 or units.max() >= self.k):
             raise ValueError(f"unit ids must lie in [0, {self.k}), got {units.min()}..{units.max()}")
+        if self.bpe is not None:
+            return self.bpe.encode(units) + self.semantic_first_id
         return units + self.semantic_first_id
 
     def ids_to_units(self, ids: np.ndarray | torch.Tensor) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and not self.is_semantic(ids).all():
             raise ValueError("not every id is a semantic token")
+        if self.bpe is not None:
+            return self.bpe.decode(ids - self.semantic_first_id)
         return ids - self.semantic_first_id
 
     def is_semantic(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
-        return (ids >= self.semantic_first_id) & (ids < self.semantic_first_id + self.k)
+        return (ids >= self.semantic_first_id) & (ids < self.semantic_first_id + self.semantic_tokens)
 
     def codes_to_ids(self, codes: np.ndarray) -> np.ndarray:
         """[n_q, T] codes → [n_q, T] token ids (codebook q has its own range)."""
@@ -80,13 +94,20 @@ class SpeechVocab:
 
     def save(self, directory: str | Path) -> None:
         (Path(directory) / VOCAB_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        if self.bpe is not None:
+            self.bpe.save(Path(directory) / BPE_DIR)
 
     @classmethod
     def load(cls, directory: str | Path) -> "SpeechVocab":
         path = Path(directory) / VOCAB_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: not a speechtok LM directory (run `tok lm extend-vocab` first)")
-        return cls(**json.loads(path.read_text()))
+        vocab = cls(**json.loads(path.read_text()))
+        if vocab.bpe_tokens:
+            from speechtok.tokenizers.unit_bpe import UnitBPE
+
+            vocab.bpe = UnitBPE.load(Path(directory) / BPE_DIR)
+        return vocab
 
 
 def _add_contiguous(tokenizer, tokens: list[str]) -> int:
@@ -134,19 +155,27 @@ def speech_streams(manifest: dict, codec: str | None,
 
 
 def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q: int | None = None,
-                 pad_to_multiple_of: int = 64, seed: int = 0, stream: str | None = None) -> SpeechVocab:
+                 pad_to_multiple_of: int = 64, seed: int = 0, stream: str | None = None,
+                 bpe=None) -> SpeechVocab:
     """Add the audio tokens of a shard manifest to `tokenizer` and resize `model`'s embeddings and output
     head; new rows are drawn from the mean and covariance of the existing ones (transformers'
-    mean_resizing), so the new tokens start where the model's logits are sensible. `stream` chooses the
+    mean_resizing), so the new tokens start where the model's logits are sensible. With `bpe` (a UnitBPE
+    trained on the semantic stream), its merged tokens are added after the k units. `stream` chooses the
     semantic stream when the shards hold several."""
     sem_name, sem, codec_name, cc = speech_streams(manifest, codec, stream)
+    if bpe is not None and (bpe.num_codebooks != 1 or bpe.codebook_size != sem["k"] or bpe.stream != sem_name):
+        raise ValueError(f"the BPE was trained on stream '{bpe.stream}' ({bpe.num_codebooks} x {bpe.codebook_size}"
+                         f" codes), not on the {sem['k']} units of '{sem_name}'")
     tokenizer.add_special_tokens({"additional_special_tokens": [TEXT, SPEECH]})
     text_id, speech_id = tokenizer.convert_tokens_to_ids([TEXT, SPEECH])
-    first = _add_contiguous(tokenizer, [semantic_token(i) for i in range(sem["k"])])
+    count = sem["k"] if bpe is None else bpe.vocab_size
+    first = _add_contiguous(tokenizer, [semantic_token(i) for i in range(count)])
     dedup = manifest.get("dedup", False)  # one flag, or one per tokenizer
     vocab = SpeechVocab(semantic_stream=sem_name, k=sem["k"], semantic_first_id=first, text_id=text_id,
                         speech_id=speech_id, dedup=bool(dedup.get(sem_name) if isinstance(dedup, dict) else dedup),
-                        frame_rate=sem["frame_rate"], tokenizer_cards={sem_name: sem})
+                        frame_rate=sem["frame_rate"], tokenizer_cards={sem_name: sem},
+                        bpe_tokens=0 if bpe is None else bpe.vocab_size)
+    vocab.bpe = bpe
     if cc is not None:
         nq = n_q or cc["n_q"]
         if nq > cc["n_q"]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speechtok.audio import AudioError, read_audio, resample, utterance_seconds
+from speechtok.audio import AudioError, read_utterance, resample, utterance_seconds
 from speechtok.corpus import CorpusError, Utterance
 
 
@@ -52,8 +52,11 @@ def pad(wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def probe_durations(utts: list[Utterance], errors: list[CorpusError], threads: int = 8) -> list[Item]:
-    """Read every utterance's duration from its header (in threads: this is I/O); unreadable files go to
-    `errors`."""
+    """Every utterance's duration: the manifest's when it gives one (lhotse), else read from its header (in
+    threads: this is I/O); unreadable files go to `errors`."""
+    if all(u.seconds is not None for u in utts):  # no I/O at all: a 100k-cut manifest starts at once
+        return [Item(i, u, u.seconds) for i, u in enumerate(utts)]
+
     def one(i_u):
         i, u = i_u
         try:
@@ -106,7 +109,7 @@ class BatchDataset(Dataset):
         per_rate: dict[int, list[np.ndarray]] = {sr: [] for sr in self.sample_rates}
         for it in self.plan[i]:
             try:
-                wav, sr = read_audio(it.utt.path, it.utt.start, it.utt.end)
+                wav, sr = read_utterance(it.utt)
                 resampled = {rate: resample(wav, sr, rate) for rate in self.sample_rates}
             except AudioError as e:
                 errors.append((it, str(e)))
@@ -154,24 +157,26 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, max_batch_seconds: float,
-                  num_workers: int, errors: list[CorpusError], progress: bool = False) -> np.ndarray:
-    """Frame features for k-means: utterances in a seeded random order until `max_frames` frames are
-    collected, then a seeded uniform subsample of exactly `max_frames` if there are more."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(utts))
-    items = probe_durations([utts[i] for i in order], errors)
-    # take utterances in that order until their frames (estimated from durations) reach the cap
+def choose_for_frames(utts: list[Utterance], frame_rate: float, max_frames: int, seed: int,
+                      errors: list[CorpusError]) -> list[Item]:
+    """Utterances in a seeded random order until their frames (estimated from durations) reach
+    `max_frames` (2% over, so that exactly `max_frames` can be kept after decoding)."""
+    order = np.random.default_rng(seed).permutation(len(utts))
     budget, chosen = 0, []
-    for it in items:
+    for it in probe_durations([utts[i] for i in order], errors):
         chosen.append(it)
-        budget += int(it.seconds * features.frame_rate)
+        budget += int(it.seconds * frame_rate)
         if budget >= max_frames * 1.02:
             break
-    plan = plan_batches(chosen, max_batch_seconds, 256, window=len(chosen) or 1)
-    collected, total = [], 0
+    return chosen
+
+
+def frames_of(features, chosen: list[Item], max_batch_seconds: float, num_workers: int,
+              errors: list[CorpusError], progress: bool = False) -> Iterator[np.ndarray]:
+    """Each chosen utterance's feature frames [n, dim] float32, in batch order."""
     from tqdm import tqdm
 
+    plan = plan_batches(chosen, max_batch_seconds, 256, window=len(chosen) or 1)
     bar = tqdm(total=len(chosen), unit="utt", desc="features", disable=not progress)
     for batch in iterate_batches(plan, [features.sample_rate], num_workers):
         for it, why in batch.errors:
@@ -180,13 +185,22 @@ def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, m
             feats, n = features(batch.wav, batch.lengths)
             feats = feats.float().cpu()
             for j in range(len(batch.items)):
-                collected.append(feats[j, : int(n[j])].numpy())
-                total += int(n[j])
+                yield feats[j, : int(n[j])].numpy()
         bar.update(len(batch.items) + len(batch.errors))
     bar.close()
+
+
+def sample_frames(features, utts: list[Utterance], max_frames: int, seed: int, max_batch_seconds: float,
+                  num_workers: int, errors: list[CorpusError], progress: bool = False) -> np.ndarray:
+    """Frame features for k-means: utterances in a seeded random order until `max_frames` frames are
+    collected, then a seeded uniform subsample of exactly `max_frames` if there are more."""
+    chosen = choose_for_frames(utts, features.frame_rate, max_frames, seed, errors)
+    collected = list(frames_of(features, chosen, max_batch_seconds, num_workers, errors, progress))
     if not collected:
         raise ValueError("no frames could be extracted from the corpus")
     x = np.concatenate(collected)
     if len(x) > max_frames:
+        rng = np.random.default_rng(seed)
+        rng.permutation(len(utts))  # the draw `choose_for_frames` made: the subsample stays as it was
         x = x[np.sort(rng.choice(len(x), max_frames, replace=False))]
     return x

@@ -25,14 +25,16 @@ def _item_utterances(items, ids: set[str]) -> list[str | None]:
 
 def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path | None = None,
                     item_file: str | Path | None = None, ignore_phones: frozenset[str] = frozenset(),
-                    max_per_group: int = 5, verify: bool = True) -> dict:
+                    max_per_group: int = 5, verify: bool = True, bpe: str | Path | None = None) -> dict:
     """Bitrate and codebook usage of every stream of a shard folder; with phone alignments (JSONL) also
-    PNMI / purities per codebook and triphone ABX; with a `.item` file, ABX on its items."""
+    PNMI / purities per codebook and triphone ABX; with a `.item` file, ABX on its items; with `bpe` (a
+    `tok bpe train` folder), the sequence-length reduction and bitrate of its tokens on its stream."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _, manifest = read_manifest(shards)
     streams = streams_of(manifest)
     stats = {s.name: TokenStats(s) for s in streams}
+    bpe_stats = _bpe_stats(bpe, [s.name for s in streams]) if bpe else None
     errors: list[str] = []
     phones, speakers = read_phone_alignments(alignments, errors) if alignments else ({}, {})
     items = read_item_file(item_file, errors) if item_file else triphone_items(phones, speakers)
@@ -50,6 +52,8 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
                     continue
                 c = frames_of(sample, s)
                 stats[s.name].add(c, float(sample.get("duration", c.shape[1] / s.frame_rate)))
+                if bpe_stats is not None and s.name == bpe_stats.bpe.stream:
+                    bpe_stats.add(sample[s.name], float(sample.get("duration", c.shape[1] / s.frame_rate)))
                 if keep_codes:
                     codes[s.name][uid] = c
                 if uid in phones:
@@ -99,12 +103,25 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
                 item_codes.append(None if c is None or f1 <= f0 else c[:, f0: f1])
             r["abx"] = abx_error(items, item_codes, max_per_group=max_per_group)
             sec += ["### ABX (triphones, one-hot DTW)\n", report.table([r["abx"]], list(r["abx"]))]
+        if bpe_stats is not None and s.name == bpe_stats.bpe.stream:
+            r["bpe"] = bpe_stats.result()
+            sec += [f"### Acoustic BPE (`{bpe}`)\n", report.table([r["bpe"]], list(r["bpe"]))]
         results["streams"][s.name] = r
         sections += sec
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Token quality", results, sections)
     return results
+
+
+def _bpe_stats(folder: str | Path, names: list[str]):
+    """BPEStats for a `tok bpe train` folder; a ValueError when its stream is not in the shards."""
+    from speechtok.tokenizers.unit_bpe import BPEStats, UnitBPE
+
+    bpe = UnitBPE.load(folder)
+    if bpe.stream not in names:
+        raise ValueError(f"{folder}: trained on stream '{bpe.stream}', the shards have {', '.join(names)}")
+    return BPEStats(bpe)
 
 
 def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3,
@@ -568,7 +585,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
     and no `transcripts`, the corpus' own texts), encode/decode ×RT, and a bitrate-vs-quality plot."""
     import torch
 
-    from speechtok.audio import AudioError, read_audio
+    from speechtok.audio import AudioError, read_utterance
     from speechtok.corpus import load_corpus
     from speechtok.eval.codecs import CodeEntropy, expand_specs
     from speechtok.eval.resynth import resynth_metrics
@@ -586,7 +603,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
     audio = []
     for u in utts:
         try:
-            audio.append((u, *read_audio(u.path, u.start, u.end)))
+            audio.append((u, *read_utterance(u)))
         except AudioError as e:
             errors.append(f"{u.path}: {e}")
     metrics = ["pesq_wb", "stoi", "mcd_db", "si_sdr_db", *extras.columns]

@@ -1,0 +1,126 @@
+"""Acoustic BPE over units and codec frames: exact round trips, the same sequence-length reduction as
+`codec-bpe` (the reference implementation) on the same codes, and `tok bpe train` on real shards."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from speechtok.cli.main import cli
+from speechtok.tokenizers.unit_bpe import UnitBPE, train_bpe
+
+
+def markov_streams(k: int, n: int, length: int, seed: int = 0, n_q: int = 1) -> list[np.ndarray]:
+    """Streams with structure for BPE to find: each code depends on the previous one (sparse transitions)."""
+    rng = np.random.default_rng(seed)
+    trans = rng.dirichlet(np.full(k, 0.05), size=k)
+    out = []
+    for _ in range(n):
+        rows = []
+        for _ in range(n_q):
+            s = [int(rng.integers(k))]
+            for _ in range(length - 1):
+                s.append(int(rng.choice(k, p=trans[s[-1]])))
+            rows.append(s)
+        out.append(np.array(rows[0] if n_q == 1 else rows))
+    return out
+
+
+def test_bpe_round_trips_units_and_codec_frames_exactly(tmp_path):
+    units = markov_streams(50, 40, 200)
+    bpe = train_bpe(units, 50, 300)
+    for s in units + [np.array([7]), np.arange(50)]:
+        ids = bpe.encode(s)
+        assert np.array_equal(bpe.decode(ids), s) and ids.max() < bpe.vocab_size
+    assert sum(len(bpe.encode(s)) for s in units) < 0.7 * sum(len(s) for s in units)
+    codec = markov_streams(16, 20, 100, n_q=4)
+    cbpe = train_bpe(codec, 16, 64 + 200, num_codebooks=4)
+    cbpe.save(tmp_path / "bpe")
+    back = UnitBPE.load(tmp_path / "bpe")
+    for s in codec:
+        assert np.array_equal(back.decode(back.encode(s)), s)
+    assert [back.tokenizer.id_to_token(i) for i in range(64)] == [back.to_chars(np.array([[c if q == j else 0]
+                                                                                for j in range(4)]))[q]
+                                                                 for q in range(4) for c in range(16)]
+    with pytest.raises(ValueError, match="outside"):
+        bpe.encode(np.array([50]))
+
+
+def test_length_reduction_matches_codec_bpe(tmp_path):
+    """Same codes, same number of merges: codec-bpe's Trainer (HF tokenizers too) reaches the same
+    sequence-length reduction within 2% (merge ties may be broken differently)."""
+    codec_bpe = pytest.importorskip("codec_bpe")
+    from codec_bpe.core.trainer import Trainer
+
+    streams = markov_streams(32, 30, 150, seed=1, n_q=2)
+    for i, s in enumerate(streams):
+        np.save(tmp_path / f"codes_{i:03d}.npy", s)
+    merges = 300
+    ours = train_bpe(streams, 32, 64 + merges, num_codebooks=2)
+    ref = Trainer(num_codebooks=2, codebook_size=32, vocab_size=64 + 1 + merges, eos_token="</s>").train(
+        str(tmp_path))
+    codes = sum(s.size for s in streams)
+    ours_tokens = sum(len(ours.encode(s)) for s in streams)
+    ref_tokens = sum(len(ref.encode(codec_bpe.codes_to_chars(s, 32), add_special_tokens=False)) for s in streams)
+    assert codes / ours_tokens > 1.3  # merges were learned
+    assert abs(ours_tokens / ref_tokens - 1) < 0.02
+
+
+def run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def bpe_shards(tmp_path_factory):
+    """MFCC units (k=16) of examples/audio in shards, and `tok bpe train` on them (its output)."""
+    root = tmp_path_factory.mktemp("bpe")
+    run("train-kmeans", "examples/audio", "--model", "mfcc", "-k", 16, "-o", root / "km", "-q")
+    run("encode", "examples/audio", "-t", root / "km", "-o", root / "shards", "-q", "--num-workers", 0)
+    return root, run("bpe", "train", root / "shards", "-o", root / "bpe", "--vocab-size", 40)
+
+
+def test_bpe_train_and_eval_tokens_cli(bpe_shards, tmp_path):
+    from speechtok import read_shards
+
+    root, out = bpe_shards
+    meta = json.loads((root / "bpe" / "bpe.json").read_text())
+    assert meta["vocab_size"] <= 40 and meta["trained_on"]["length_reduction"] > 1 and "shorter" in out
+    bpe = UnitBPE.load(root / "bpe")
+    for sample in read_shards(root / "shards"):
+        units = sample["semantic"]
+        assert np.array_equal(bpe.decode(bpe.encode(units)), units)
+    report = CliRunner().invoke(cli, ["eval", "tokens", str(root / "shards"), "-o", str(tmp_path / "rep"),
+                                      "--bpe", str(root / "bpe")])
+    assert report.exit_code == 0, report.output
+    got = json.loads((tmp_path / "rep" / "report.json").read_text())["streams"]["semantic"]["bpe"]
+    assert got["length_reduction"] == pytest.approx(meta["trained_on"]["length_reduction"])
+    assert got["nominal_bps"] == pytest.approx(meta["trained_on"]["bitrate_tokens_bps"]) and "shorter" in report.output
+
+
+def test_extend_vocab_with_bpe_merges_round_trips_units(base_llm, bpe_shards, tmp_path):
+    """`tok lm extend-vocab --bpe` adds the merged tokens after the k units; units → ids → units is exact,
+    and the LM data stream reads the shorter sequence."""
+    from transformers import AutoTokenizer
+
+    from speechtok import read_shards
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    root, _ = bpe_shards
+    out = run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm", "--bpe", root / "bpe")
+    assert "BPE merges" in out
+    vocab = SpeechVocab.load(tmp_path / "lm")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "lm")
+    assert vocab.k == 16 and vocab.semantic_tokens == vocab.bpe_tokens <= 40
+    assert tok.convert_ids_to_tokens([vocab.semantic_first_id + vocab.semantic_tokens - 1]) == [
+        f"<s_{vocab.semantic_tokens - 1}>"]
+    sample = next(iter(read_shards(root / "shards")))
+    units = sample["semantic"]
+    ids = vocab.units_to_ids(units)
+    assert len(ids) < len(units) and vocab.is_semantic(ids).all()
+    np.testing.assert_array_equal(vocab.ids_to_units(ids), units)
+    seq = SequenceBuilder(vocab, tok).speech(sample)
+    assert seq[-len(ids) - 1: -1] == ids.tolist()
