@@ -27,8 +27,8 @@ RUNS_A_MODEL = {"train-kmeans", "encode", "decode", "resynth", "generate", "lm t
 # (CUDA does not survive a fork); pocketsphinx, their default aligner, runs on the CPU only
 DEVICE_DEFAULT_CPU = {"align", "segment"}
 # no forward pass: import-kmeans and lm extend-vocab load weights only to save them (on the CPU), lm inspect
-# reads a tokenizer, show and eval tokens are numpy
-RUNS_NO_MODEL = {"import-kmeans", "lm extend-vocab", "lm inspect", "show", "eval tokens"}
+# reads a tokenizer, show, eval tokens and bpe train are numpy / tokenizers
+RUNS_NO_MODEL = {"import-kmeans", "lm extend-vocab", "lm inspect", "show", "eval tokens", "bpe train"}
 
 
 def option(cmd: click.Command, short: str) -> click.Option | None:
