@@ -60,8 +60,12 @@ def lm() -> None:
 @click.option("--codec", default=None, help="Also add the tokens of this codec stream (e.g. 'encodec').")
 @click.option("--n-q", type=int, default=None, help="Codebooks of --codec to add (default: all in the shards).")
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
-def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
-    """Add <s_i> units, codec tokens and [TEXT]/[SPEECH] to BASE (hub id or local directory)."""
+@click.option("--pitch", default=None, help="Expressive: add <p_i> for this pitch stream (e.g. 'pitch'); "
+              "speech spans then merge it with the units by time.")
+@click.option("--style", default=None, help="Expressive: add <st_i> for this style stream (e.g. 'style').")
+def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch, pitch, style):
+    """Add <s_i> units, codec tokens, pitch / style tokens and [TEXT]/[SPEECH] to BASE (hub id or local
+    directory)."""
     from speechtok.lm.vocab import extend_vocab, load_base
     from speechtok.shards import ShardError, read_manifest
 
@@ -69,7 +73,7 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
         _, man = read_manifest(manifest)
         model, tokenizer = load_base(base, from_scratch)
         old = len(tokenizer)
-        vocab = extend_vocab(model, tokenizer, man, codec, n_q)
+        vocab = extend_vocab(model, tokenizer, man, codec, n_q, pitch=pitch, style=style)
     except (ValueError, OSError, ShardError) as e:
         raise click.ClickException(str(e)) from None
     out = Path(output)
@@ -79,7 +83,9 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch):
     click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings {model.get_input_embeddings().weight.shape[0]}); "
                f"units <s_0>..<s_{vocab.k - 1}> at ids {vocab.semantic_first_id}..{vocab.semantic_first_id + vocab.k - 1}"
                + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
-                  if vocab.codec_stream else "") + f" -> {out}")
+                  if vocab.codec_stream else "")
+               + "".join(f", {vocab.range_of(k)[1]} {k} tokens from id {vocab.range_of(k)[0]}" for k in ("pitch", "style")
+                         if getattr(vocab, f"{k}_stream")) + f" -> {out}")
 
 
 stop_after_option = click.option("--stop-after", type=click.IntRange(min=1), default=None,
