@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import hardware, write_section  # noqa: E402
 
 from speechtok.audio import resample  # noqa: E402
-from speechtok.prosody.normalize import CENTS_PER_NEPER  # noqa: E402
+from speechtok.prosody.normalize import CENTS_PER_NEPER, normalize  # noqa: E402
+from speechtok.prosody.pitch_bins import fit_bins  # noqa: E402
 from speechtok.prosody.trackers import SAMPLE_RATE, Tracker  # noqa: E402
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "speech tokens turn sound into words",
              "language models learn to speak from units", "every word has a start and an end"]
-VOICES = ["en-us", "en-gb", "en-us+f3", "en-sc"]
+VOICES = ["en-us", "en-gb"]
 PITCHES = [20, 50, 80]
 SPEEDS = [130, 190]
 
@@ -47,16 +48,35 @@ def agreement(f0: np.ndarray, ref: np.ndarray) -> dict:
     ratio = f0[both] / ref[both]
     gross = np.abs(ratio - 1) > 0.2
     fine = ~gross
-    return {"frames": int(both.sum()), "gpe": float(gross.mean()), "vde": float(np.mean((f0 > 0) != (ref > 0))),
+    return {"frames": int(both.sum()), "gpe": float(gross.mean()),
+            "vde": float(np.mean((f0 > 0) != (ref > 0))),
             "rmse_hz": float(np.sqrt(np.mean((f0[both] - ref[both]) ** 2))),
             "rmse_cents_fine": float(np.sqrt(np.mean((CENTS_PER_NEPER * np.log(ratio[fine])) ** 2)))}
+
+
+def pitch_token_table(tracks: list[np.ndarray], pitches: list[int], bins: int = 32) -> list[str]:
+    """Per espeak -p: median YAAPT F0 and median pGSLM bin token (norm none and mean, bins fitted on all
+    these utterances): do pitch tokens separate high and low voices?"""
+    rows = [f"| espeak -p | median F0 (Hz) | median bin, norm none | median bin, norm mean ({bins} bins) |",
+            "|---|---|---|---|"]
+    fitted = {norm: fit_bins(np.concatenate([normalize(t, norm) for t in tracks]), bins)[0]
+              for norm in ("none", "mean")}
+    for p in PITCHES:
+        mine = [t for t, q in zip(tracks, pitches) if q == p]
+        f0 = np.concatenate(mine)
+        token = {norm: np.median(np.concatenate([1 + np.searchsorted(edges, x[~np.isnan(x)])
+                                                 for x in (normalize(t, norm) for t in mine)]))
+                 for norm, edges in fitted.items()}
+        rows.append(f"| {p} | {np.median(f0[f0 > 0]):.0f} | {token['none']:.0f} | {token['mean']:.0f} |")
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = ap.parse_args()
-    wavs = [espeak(s, v, p, sp) for s in SENTENCES for v in VOICES[:2] for p in PITCHES for sp in SPEEDS]
+    settings = [(s, v, p, sp) for s in SENTENCES for v in VOICES for p in PITCHES for sp in SPEEDS]
+    wavs = [espeak(*setting) for setting in settings]
     seconds = sum(len(w) for w in wavs) / SAMPLE_RATE
     tracks, speed = {}, {}
     for name in ("yaapt", "world", "pesto"):
@@ -65,17 +85,20 @@ def main() -> None:
         tracks[name] = [tracker(torch.from_numpy(w)[None], torch.tensor([len(w)]))[0] for w in wavs]
         speed[name] = seconds / (time.perf_counter() - t0)
     ref = np.concatenate(tracks["yaapt"])
-    rows = ["| tracker | voiced frames (both) | GPE vs YAAPT | VDE vs YAAPT | F0 RMSE (Hz) | RMSE w/o gross (cents) "
-            "| × real time |", "|---|---|---|---|---|---|---|"]
+    rows = ["| tracker | voiced frames (both) | GPE vs YAAPT | VDE vs YAAPT | F0 RMSE (Hz) "
+            "| RMSE w/o gross (cents) | × real time |", "|---|---|---|---|---|---|---|"]
     for name in ("yaapt", "world", "pesto"):
         a = agreement(np.concatenate(tracks[name]), ref)
         rows.append(f"| {name} | {a['frames']} | {a['gpe']:.1%} | {a['vde']:.1%} | {a['rmse_hz']:.1f} | "
                     f"{a['rmse_cents_fine']:.0f} | {speed[name]:.1f} |")
-    body = (f"## F0 trackers vs YAAPT (issue #26), cpu\n\n`benchmarks/prosody_trackers.py` on {hardware(torch.device('cpu'))}, "
-            f"torch threads {torch.get_num_threads()}: {len(wavs)} espeak-ng utterances ({seconds:.0f} s; "
-            f"{len(SENTENCES)} sentences × voices {', '.join(VOICES[:2])} × pitch -p {PITCHES} × rate -s {SPEEDS}), "
-            "5 ms frames, F0 range 60–400 Hz for all. GPE: frames both call voiced that are more than 20% apart; "
-            "VDE: frames where the voicing decisions differ. Speeds were taken on a machine shared with other jobs.\n\n" + "\n".join(rows))
+    setup = (f"{hardware(torch.device('cpu'))}, torch threads {torch.get_num_threads()}: {len(wavs)} "
+             f"espeak-ng utterances ({seconds:.0f} s; {len(SENTENCES)} sentences × voices "
+             f"{', '.join(VOICES)} × pitch -p {PITCHES} × rate -s {SPEEDS})")
+    body = (f"## F0 trackers vs YAAPT (issue #26), cpu\n\n`benchmarks/prosody_trackers.py` on {setup}, "
+            "5 ms frames, F0 range 60–400 Hz for all. GPE: frames both call voiced that are more than 20% "
+            "apart; VDE: frames where the voicing decisions differ. Speeds were taken on a machine shared "
+            "with other jobs.\n\n" + "\n".join(rows) + "\n\nPitch tokens of the same speech (YAAPT F0):\n\n"
+            + "\n".join(pitch_token_table(tracks["yaapt"], [p for _, _, p, _ in settings])))
     print(body)
     if not args.no_write:
         write_section("prosody-trackers", body)

@@ -109,24 +109,35 @@ def f0_200hz(speech_corpus, tmp_path_factory):
 def speaker_medians(shards, stream, value=lambda x: x):
     from speechtok.shards import read_shards
 
-    return {s["speaker"]: float(np.median(value(s[stream])[value(s[stream]) > 0])) for s in read_shards(shards)}
+    out = {}
+    for s in read_shards(shards):
+        x = value(s[stream])
+        out[s["speaker"]] = float(np.median(x[x > 0]))
+    return out
 
 
 def test_pitch_bins_cli_separate_high_and_low_voices(f0_200hz, tmp_path):
     """`tok prosody train --method bins --norm none` on the F0 stream, then `tok encode -t DIR`: the median
     pitch token of each voice orders as espeak's -p does (70 > 50 > 45 > 35); with the default per-utterance
     normalisation the voices' medians lie closer together (the level is taken out)."""
+    from speechtok.prosody.load import load_prosody_tokenizer
+    from speechtok.shards import read_shards
+
     corpus, shards = f0_200hz
-    invoke("prosody", "train", shards, "-o", tmp_path / "abs", "--method", "bins", "--bins", "16", "--norm", "none")
+    invoke("prosody", "train", shards, "-o", tmp_path / "abs", "--method", "bins", "--bins", "16", "--norm",
+           "none")
     invoke("prosody", "train", shards, "-o", tmp_path / "rel", "--method", "bins", "--bins", "16")
-    invoke("encode", corpus, "-t", tmp_path / "abs", "-t", f"{tmp_path / 'rel'}:name=pitch_rel", "-o",
-           tmp_path / "out", "-q")
+    invoke("encode", corpus, "-t", tmp_path / "abs", "-o", tmp_path / "out", "-q")
     card = json.loads((tmp_path / "abs" / "tokenizer.json").read_text())
     assert card["type"] == "pitch" and card["codebook_size"] == 17 and set(card["speakers"]) == {
         "alice", "bob", "carol", "dave"}
     m = speaker_medians(tmp_path / "out", "pitch")
     assert m["carol"] > m["alice"] > m["dave"] > m["bob"], m
-    rel = speaker_medians(tmp_path / "out", "pitch_rel")
+    rel_bins = load_prosody_tokenizer(tmp_path / "rel", "pitch")
+    rel = {}
+    for s in read_shards(shards):
+        tokens = rel_bins.quantize(from_decihertz(s["f0"]))
+        rel[s["speaker"]] = float(np.median(tokens[tokens > 0]))
     assert max(rel.values()) - min(rel.values()) < max(m.values()) - min(m.values()), (rel, m)
 
 
@@ -140,8 +151,8 @@ def test_f0_vqvae_round_trip(f0_200hz, tmp_path):
     from speechtok.tokenizers.load import load_tokenizer
 
     corpus, shards = f0_200hz
-    invoke("prosody", "train", shards, "-o", tmp_path / "vq", "--method", "vqvae", "--steps", "120", "--batch-size",
-           "8", "--codes", "16")
+    invoke("prosody", "train", shards, "-o", tmp_path / "vq", "--method", "vqvae", "--steps", "120",
+           "--batch-size", "8", "--codes", "16")
     tok = load_tokenizer(str(tmp_path / "vq"))
     assert tok.frame_rate == 12.5 and tok.codebook_size == 16
     errors, voicing = [], []
@@ -158,24 +169,19 @@ def test_f0_vqvae_round_trip(f0_200hz, tmp_path):
     assert rmse < 0.7 and np.mean(voicing) > 0.9, (rmse, voicing)
 
 
-def test_encode_f0_stream_and_pitch_tokens_separate_speakers(speech_corpus, tmp_path):
-    """`tok encode -t f0:world` writes F0 per 20 ms frame beside the units (same frame count as 50 Hz
-    units would have); the voices of the synthetic corpus are pitched apart (espeak -p) and their median
-    F0 orders the same way."""
-    out, corpus = tmp_path / "shards", one_per_speaker(speech_corpus, tmp_path)
-    r = CliRunner().invoke(cli, ["encode", str(corpus), "-t", "f0:world:rate=50", "-o", str(out), "-q"])
-    assert r.exit_code == 0, r.output
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["tokenizers"]["f0"]["type"] == "f0" and manifest["tokenizers"]["f0"]["frame_rate"] == 50.0
+def test_encode_f0_stream_orders_the_voices(f0_200hz):
+    """`tok encode -t f0:world:rate=200` writes F0 per 5 ms frame (sample count // 80 frames, in the card
+    and the sample); the voices of the synthetic corpus are pitched apart (espeak -p 70 > 50 > 45 > 35) and
+    their median F0 orders the same way."""
     from speechtok.shards import read_shards
 
-    medians = {}
-    for s in read_shards(out):
-        f0 = from_decihertz(s["f0"])
-        assert len(f0) == s["num_frames"] and abs(len(f0) - s["duration"] * 50) <= 1
-        medians.setdefault(s["speaker"], []).append(np.median(f0[f0 > 0]))
-    m = {k: np.mean(v) for k, v in medians.items()}
-    assert m["carol"] > m["alice"] > m["dave"] > m["bob"], m  # espeak -p 70 > 50 > 45 > 35
+    _, shards = f0_200hz
+    card = json.loads((shards / "manifest.json").read_text())["tokenizers"]["f0"]
+    assert card["type"] == "f0" and card["frame_rate"] == 200.0 and card["tracker"] == "world"
+    for s in read_shards(shards):
+        assert len(s["f0"]) == s["num_frames"] and abs(len(s["f0"]) - s["duration"] * 200) <= 1
+    m = speaker_medians(shards, "f0", from_decihertz)
+    assert m["carol"] > m["alice"] > m["dave"] > m["bob"], m
 
 
 def test_pool_segments_known_answer():
@@ -200,3 +206,26 @@ def test_style_tokens_one_per_second(f0_200hz, tmp_path):
         assert len(s["style"]) == int(np.ceil(round(s["duration"] * 16000) / 16000))
         seen |= set(s["style"].tolist())
     assert seen == {0, 1, 2, 3}
+
+
+def test_padded_encode_matches_rows_and_frame_counts():
+    """The codec-style `encode` (padded tensor + counts) holds each row's `encode_batch` tokens and as many
+    frames as `num_frames` says; a row's F0 does not depend on the other rows (WORLD runs row by row)."""
+    wav, _ = harmonic_tone(0.6)
+    batch = torch.zeros(2, len(wav))
+    batch[0], batch[1, :6000] = torch.from_numpy(wav), torch.from_numpy(wav[:6000])
+    lengths = torch.tensor([len(wav), 6000])
+    tok = F0Tokenizer("world", rate=50)
+    tokens, counts = tok.encode(batch, lengths)
+    assert counts.tolist() == tok.num_frames(lengths).tolist() == [len(wav) // 320, 6000 // 320]
+    alone = tok.encode_batch(batch[1:, :6000], lengths[1:])[0]
+    np.testing.assert_array_equal(tokens[1, :counts[1]].numpy(), alone)
+    assert (tokens[1, counts[1]:] == 0).all()
+
+
+@pytest.mark.parametrize("spec, why", [("f0:crepe", "TRACKER one of yaapt, world, pesto"),
+                                       ("f0:yaapt:rate=fast", "rate='fast' is not a number"),
+                                       ("f0:yaapt:hop=3", "'hop=3' is not one of")])
+def test_bad_f0_spec_is_one_line_usage_error(speech_corpus, tmp_path, spec, why):
+    r = CliRunner().invoke(cli, ["encode", str(speech_corpus), "-t", spec, "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output

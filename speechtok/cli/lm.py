@@ -84,8 +84,8 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, from_scratch, pitch, st
                f"units <s_0>..<s_{vocab.k - 1}> at ids {vocab.semantic_first_id}..{vocab.semantic_first_id + vocab.k - 1}"
                + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
                   if vocab.codec_stream else "")
-               + "".join(f", {vocab.range_of(k)[1]} {k} tokens from id {vocab.range_of(k)[0]}" for k in ("pitch", "style")
-                         if getattr(vocab, f"{k}_stream")) + f" -> {out}")
+               + "".join(f", {vocab.range_of(k)[1]} {k} tokens from id {vocab.range_of(k)[0]}"
+                         for k in ("pitch", "style") if getattr(vocab, f"{k}_stream")) + f" -> {out}")
 
 
 stop_after_option = click.option("--stop-after", type=click.IntRange(min=1), default=None,

@@ -27,18 +27,20 @@ def prosody() -> None:
               help="bins: log-F0 minus the utterance's mean (pGSLM), also over its std, or as is.")
 @click.option("--codes", type=click.IntRange(min=2), default=64, show_default=True,
               help="vqvae: codebook size; style: number of style tokens (k).")
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="vqvae: training steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="vqvae: training steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="vqvae: F0 windows of 208 frames (1.04 s) per step.")
 @click.option("--model", "features", default="logmel", show_default=True,
-              help="style: encoder: mfcc, logmel (weight-free) or a transformers audio model (hub id or folder).")
+              help="style: encoder: mfcc, logmel (weight-free) or a transformers audio model (hub id or "
+                   "folder).")
 @click.option("--layer", type=int, help="style: the transformers model's hidden layer to pool.")
 @click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="style: one token per segment of this length (Spirit-LM: 1 s).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_size, features, layer, segment_seconds,
-              seed, device):
+def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_size, features, layer,
+              segment_seconds, seed, device):
     """Fit a pitch tokenizer on the F0 stream of the shards SOURCE (bins, vqvae), or a style tokenizer on
     the corpus SOURCE (style)."""
     from speechtok.shards import ShardError
@@ -52,8 +54,8 @@ def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_
         elif method == "vqvae":
             from speechtok.prosody.train import train_vqvae
 
-            tok = train_vqvae(source, output, stream, steps=steps, codes=codes, batch_size=batch_size, seed=seed,
-                              device=dev,
+            tok = train_vqvae(source, output, stream, steps=steps, codes=codes, batch_size=batch_size,
+                              seed=seed, device=dev,
                               log=lambda line: click.echo(line, err=True))
         else:
             from speechtok.prosody.style import train_style

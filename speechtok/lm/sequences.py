@@ -56,7 +56,7 @@ class SequenceBuilder:
         return self.vocab.units_to_ids(units).tolist()
 
     def speech_ids(self, sample: dict, f0: int = 0, f1: int | None = None) -> list[int]:
-        """The speech tokens of frames [f0, f1): units, merged by time with pitch and style when expressive."""
+        """The speech tokens of frames [f0, f1): units, with pitch and style merged by time if expressive."""
         frames = self.frames(sample)
         f1 = len(frames) if f1 is None else f1
         if not self.vocab.expressive:

@@ -48,7 +48,7 @@ class SpeechVocab:
     codebook_size: int = 0
     codec_first_id: int = -1
     tokenizer_cards: dict = field(default_factory=dict)
-    pitch_stream: str | None = None  # expressive sequences: pitch and style streams merged with the units by time
+    pitch_stream: str | None = None  # expressive: pitch and style streams merged with the units by time
     pitch_k: int = 0
     pitch_first_id: int = -1
     pitch_rate: float = 0.0

@@ -46,7 +46,8 @@ def merge_by_time(streams: list[TimedStream]) -> list[tuple[str, int]]:
 
 def first_at_or_after(frame: int, unit_rate: float, rate: float) -> int:
     """The first frame j of a stream at `rate` starting no earlier than unit frame `frame`
-    (j / rate >= frame / unit_rate, compared as j·unit_rate >= frame·rate: exact for rates like 12.5, 25, 50)."""
+    (j / rate >= frame / unit_rate, compared as j·unit_rate >= frame·rate: exact for rates like 12.5, 25,
+    50)."""
     j = int(np.ceil(frame * rate / unit_rate))
     while j > 0 and (j - 1) * unit_rate >= frame * rate:
         j -= 1
@@ -55,7 +56,8 @@ def first_at_or_after(frame: int, unit_rate: float, rate: float) -> int:
     return j
 
 
-def window(tokens: np.ndarray, rate: float, f0: int, f1: int | None, unit_rate: float) -> tuple[np.ndarray, int]:
+def window(tokens: np.ndarray, rate: float, f0: int, f1: int | None,
+           unit_rate: float) -> tuple[np.ndarray, int]:
     """The frames of a stream at `rate` that start within unit frames [f0, f1) (f1 None: to the stream's end),
     and the index of the first."""
     lo = min(first_at_or_after(f0, unit_rate, rate), len(tokens))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from speechtok.prosody.base import FrameTokenizer
 from speechtok.prosody.trackers import FMAX, FMIN, HOP, SAMPLE_RATE, Tracker, to_frame_rate
 from speechtok.tokenizers.card import seal_card
 
@@ -34,11 +35,10 @@ def from_decihertz(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64) / DECIHERTZ
 
 
-class F0Tokenizer:
+class F0Tokenizer(FrameTokenizer):
     """F0 in 0.1 Hz per token frame (0: unvoiced), by one of the trackers."""
 
     kind = "f0"
-    dedup = False
 
     def __init__(self, tracker: str, rate: float = DEFAULT_RATE, fmin: float = FMIN, fmax: float = FMAX,
                  name: str = "f0", device: str | torch.device = "cpu"):
@@ -66,7 +66,8 @@ class F0Tokenizer:
 
     def f0_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
         """F0 in Hz per token frame of each row (0 where unvoiced)."""
-        return [to_frame_rate(f0, int(n), self.hop) for f0, n in zip(self.tracker(wav, lengths), lengths.tolist())]
+        tracked = self.tracker(wav, lengths)
+        return [to_frame_rate(f0, int(n), self.hop) for f0, n in zip(tracked, lengths.tolist())]
 
     def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
         return [to_decihertz(f0) for f0 in self.f0_batch(wav, lengths)]
@@ -74,4 +75,5 @@ class F0Tokenizer:
 
 def f0_from_card(card: dict, name: str = "f0", device: str | torch.device = "cpu") -> F0Tokenizer:
     """The F0 tokenizer a card (of an F0 stream, or inside a pitch tokenizer's card) describes."""
-    return F0Tokenizer(card["tracker"], card["frame_rate"], card["fmin"], card["fmax"], name=name, device=device)
+    return F0Tokenizer(card["tracker"], card["frame_rate"], card["fmin"], card["fmax"], name=name,
+                       device=device)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from speechtok.prosody.base import FrameTokenizer
 from speechtok.prosody.f0_tokenizer import F0Tokenizer, f0_from_card
 from speechtok.prosody.normalize import normalize
 from speechtok.shards import sha256_of
@@ -75,7 +76,8 @@ class F0VQVAE(nn.Module):
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """[B, dim, T'] → nearest code per step [B, T']."""
         flat = z.transpose(1, 2).reshape(-1, z.shape[1])
-        d = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + self.codebook.pow(2).sum(1)[None])
+        c = self.codebook
+        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ c.T + c.pow(2).sum(1)[None]
         return d.argmin(1).view(z.shape[0], z.shape[2])
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -120,12 +122,11 @@ def loss_terms(x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torc
     return mse, F.binary_cross_entropy_with_logits(recon[:, 1], voiced)
 
 
-class PitchVQVAE:
+class PitchVQVAE(FrameTokenizer):
     """Pitch tokens at 12.5 Hz from the F0 VQ-VAE (a `tok encode` tokenizer)."""
 
     kind = "pitch"
     name = "pitch"
-    dedup = False
 
     def __init__(self, f0: F0Tokenizer, model: F0VQVAE, meta: dict | None = None):
         if f0.frame_rate != 200.0:
@@ -156,7 +157,8 @@ class PitchVQVAE:
     @torch.inference_mode()
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes → normalised log-F0 on the 5 ms grid, NaN where decoded as unvoiced."""
-        out = self.model.decode(torch.as_tensor(codes, device=self.model.codebook.device)[None].long())[0].cpu()
+        codes = torch.as_tensor(codes, device=self.model.codebook.device)[None].long()
+        out = self.model.decode(codes)[0].cpu()
         return np.where(out[1].numpy() > 0, out[0].numpy(), np.nan)
 
     def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
@@ -165,10 +167,10 @@ class PitchVQVAE:
         return [self.tokens(f0) for f0 in self.f0.f0_batch(wav, lengths)]
 
     def card(self) -> dict:
-        return seal_card({"type": "pitch", "method": "vqvae", "f0": self.f0.card(), "vqvae": asdict(self.model.cfg),
-                          "codebook_size": self.codebook_size, "sample_rate": self.sample_rate,
-                          "frame_rate": self.frame_rate, "weights": {"file": WEIGHTS_FILE,
-                                                                     "sha256": self.meta.get("weights_sha256")},
+        weights = {"file": WEIGHTS_FILE, "sha256": self.meta.get("weights_sha256")}
+        return seal_card({"type": "pitch", "method": "vqvae", "f0": self.f0.card(),
+                          "vqvae": asdict(self.model.cfg), "codebook_size": self.codebook_size,
+                          "sample_rate": self.sample_rate, "frame_rate": self.frame_rate, "weights": weights,
                           **{k: v for k, v in self.meta.items() if k != "weights_sha256"}})
 
     def save(self, directory: str | Path) -> Path:
@@ -187,8 +189,9 @@ class PitchVQVAE:
             raise ValueError(f"{path}: missing or does not match the checksum in tokenizer.json")
         model = F0VQVAE(VQVAEConfig(**card["vqvae"]))
         model.load_state_dict(load_file(str(path)))
-        meta = {k: v for k, v in card.items() if k not in ("type", "method", "f0", "vqvae", "codebook_size",
-                                                            "sample_rate", "frame_rate", "weights", "card_sha256")}
+        known = ("type", "method", "f0", "vqvae", "codebook_size", "sample_rate", "frame_rate", "weights",
+                 "card_sha256")
+        meta = {k: v for k, v in card.items() if k not in known}
         meta["weights_sha256"] = card["weights"]["sha256"]
         return cls(f0_from_card(card["f0"], device=device), model.to(device), meta)
 

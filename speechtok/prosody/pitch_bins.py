@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from speechtok.prosody.base import FrameTokenizer
 from speechtok.prosody.f0_tokenizer import F0Tokenizer, f0_from_card
 from speechtok.prosody.normalize import normalize
 from speechtok.tokenizers.card import seal_card
@@ -29,14 +30,14 @@ def fit_bins(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     return edges, medians
 
 
-class PitchBins:
+class PitchBins(FrameTokenizer):
     """Normalised log-F0 per frame → bin token (0: unvoiced), and back to the bin's median."""
 
     kind = "pitch"
     name = "pitch"
-    dedup = False
 
-    def __init__(self, f0: F0Tokenizer, norm: str, edges: np.ndarray, medians: np.ndarray, meta: dict | None = None):
+    def __init__(self, f0: F0Tokenizer, norm: str, edges: np.ndarray, medians: np.ndarray,
+                 meta: dict | None = None):
         if len(medians) != len(edges) + 1 or np.any(np.diff(edges) < 0):
             raise ValueError("pitch bins need ascending edges and one median per bin")
         self.f0, self.norm = f0, norm
@@ -61,7 +62,8 @@ class PitchBins:
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Tokens → normalised log-F0 (the bin's median; NaN where unvoiced)."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        return np.where(tokens == UNVOICED, np.nan, self.medians[np.clip(tokens - 1, 0, len(self.medians) - 1)])
+        value = self.medians[np.clip(tokens - 1, 0, len(self.medians) - 1)]
+        return np.where(tokens == UNVOICED, np.nan, value)
 
     def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
         return [self.quantize(f0) for f0 in self.f0.f0_batch(wav, lengths)]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from speechtok.hub import portable_card, resolve_card
+from speechtok.prosody.base import FrameTokenizer
 from speechtok.shards import sha256_of
 from speechtok.tokenizers.card import seal_card
 from speechtok.tokenizers.features import FeatureExtractor, build_features, parse_model_spec
@@ -34,17 +35,17 @@ def pool_segments(feats: np.ndarray, frame_rate: float, num_segments: int, secon
     return out
 
 
-class StyleTokenizer:
+class StyleTokenizer(FrameTokenizer):
     """One style token per segment of `seconds`: pooled encoder frames → nearest centroid."""
 
     kind = "style"
     name = "style"
-    dedup = False
 
     def __init__(self, features: FeatureExtractor, centroids: np.ndarray, seconds: float = 1.0,
                  meta: dict | None = None):
         if centroids.shape[1] != 2 * features.dim:
-            raise ValueError(f"style centroids of shape {centroids.shape} do not fit {features.dim}-dim features")
+            raise ValueError(f"style centroids of shape {centroids.shape} do not fit {features.dim}-dim "
+                             "features")
         self.features, self.seconds = features, float(seconds)
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.meta = dict(meta or {})
@@ -53,7 +54,8 @@ class StyleTokenizer:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.features.buffers()), next(iter(self.features.parameters()), torch.zeros(0))).device
+        tensors = iter([*self.features.buffers(), *self.features.parameters(), torch.zeros(0)])
+        return next(tensors).device
 
     @property
     def frame_rate(self) -> float:
@@ -69,8 +71,9 @@ class StyleTokenizer:
         """Per row, [segments, 2·dim] pooled features."""
         feats, n = self.features(wav, lengths)
         feats = feats.float().cpu().numpy()
-        return [pool_segments(feats[i, : int(n[i])], self.features.frame_rate, int(self.num_frames(int(length))),
-                              self.seconds) for i, length in enumerate(lengths.tolist())]
+        rate = self.features.frame_rate
+        return [pool_segments(feats[i, : int(n[i])], rate, int(self.num_frames(int(length))), self.seconds)
+                for i, length in enumerate(lengths.tolist())]
 
     def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
         c = torch.from_numpy(self.centroids)
@@ -101,14 +104,16 @@ class StyleTokenizer:
             raise ValueError(f"{path}: missing or does not match the checksum in tokenizer.json")
         card = resolve_card(card, directory)
         features = build_features(card["features"], device=device, precision=precision)
-        meta = {k: v for k, v in card.items() if k not in ("type", "features", "seconds", "codebook_size",
-                                                            "sample_rate", "frame_rate", "centroids", "card_sha256")}
+        known = ("type", "features", "seconds", "codebook_size", "sample_rate", "frame_rate", "centroids",
+                 "card_sha256")
+        meta = {k: v for k, v in card.items() if k not in known}
         meta["centroids_sha256"] = card["centroids"]["sha256"]
         return cls(features, np.load(path, allow_pickle=False), card["seconds"], meta)
 
 
-def train_style(corpus: str | Path, out: str | Path, model: str = "logmel", layer: int | None = None, k: int = 100,
-                segment_seconds: float = 1.0, seed: int = 0, device: str = "cpu") -> StyleTokenizer:
+def train_style(corpus: str | Path, out: str | Path, model: str = "logmel", layer: int | None = None,
+                k: int = 100, segment_seconds: float = 1.0, seed: int = 0,
+                device: str = "cpu") -> StyleTokenizer:
     """k-means over the pooled segments of every utterance of `corpus`; the tokenizer saved in `out`."""
     from speechtok.audio import AudioError, load_utterance
     from speechtok.corpus import load_corpus

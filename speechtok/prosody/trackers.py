@@ -59,7 +59,8 @@ def world(wav: np.ndarray, fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray
         import pyworld
 
     x = np.ascontiguousarray(wav, dtype=np.float64)
-    f0, _ = pyworld.harvest(x, SAMPLE_RATE, f0_floor=fmin, f0_ceil=fmax, frame_period=1000.0 * HOP / SAMPLE_RATE)
+    period = 1000.0 * HOP / SAMPLE_RATE
+    f0, _ = pyworld.harvest(x, SAMPLE_RATE, f0_floor=fmin, f0_ceil=fmax, frame_period=period)
     return fit(f0, num_track_frames(len(wav)))
 
 
@@ -72,7 +73,8 @@ def _import_pesto_loader():
     except (ImportError, OSError):
         spec = importlib.util.find_spec("pesto")
         if spec is None:
-            raise ImportError("the 'pesto' tracker needs pesto-pitch: pip install 'speechtok[prosody]'") from None
+            raise ImportError("the 'pesto' tracker needs pesto-pitch: pip install --no-deps "
+                              "pesto-pitch") from None
         for name in [m for m in sys.modules if m == "pesto" or m.startswith("pesto.")]:
             del sys.modules[name]
         package = types.ModuleType("pesto")

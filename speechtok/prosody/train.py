@@ -57,8 +57,8 @@ def train_vqvae(shards: str | Path, out: str | Path, stream: str = "f0", steps: 
 
     card, contours, speakers = read_f0_stream(shards, stream)
     if card["frame_rate"] != 200.0:
-        raise ValueError(f"{shards}: the F0 VQ-VAE trains on F0 at 200 Hz (tok encode -t f0:TRACKER:rate=200), "
-                         f"stream {stream!r} is at {card['frame_rate']:g} Hz")
+        raise ValueError(f"{shards}: the F0 VQ-VAE trains on F0 at 200 Hz (tok encode -t "
+                         f"f0:TRACKER:rate=200), stream {stream!r} is at {card['frame_rate']:g} Hz")
     cfg = f0_vqvae.VQVAEConfig(codes=codes)
     model, losses = f0_vqvae.train_vqvae(contours, cfg, steps=steps, batch_size=batch_size, seed=seed,
                                          device=device, log=log)

@@ -51,8 +51,8 @@ def parse_f0_spec(spec: str) -> dict:
     """'f0:yaapt:rate=50' → {'tracker': 'yaapt', 'rate': 50.0, ...}: the tracker, then key=value options."""
     kind, tracker, *parts = spec.split(":")
     if kind != "f0" or tracker not in F0_TRACKERS:
-        raise ValueError(f"{spec!r}: expected f0:TRACKER[:rate=HZ][:fmin=HZ][:fmax=HZ][:name=NAME] with TRACKER "
-                         f"one of {', '.join(F0_TRACKERS)}")
+        raise ValueError(f"{spec!r}: expected f0:TRACKER[:rate=HZ][:fmin=HZ][:fmax=HZ][:name=NAME] with "
+                         f"TRACKER one of {', '.join(F0_TRACKERS)}")
     out: dict = {"tracker": tracker}
     for part in parts:
         key, sep, value = part.partition("=")
