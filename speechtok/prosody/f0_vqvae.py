@@ -1,8 +1,10 @@
 """The F0 VQ-VAE of speech-resynthesis (configs/*/f0_vqvae.json; Spirit-LM's pitch tokenizer): F0 on the 5 ms
 grid, 1-d conv encoder downsampling 2^4 = 16× (4 strided convolutions, each followed by a dilated residual
 stack, width 32) to 12.5 Hz, one codebook updated by exponential moving averages (decay 0.99, commitment
-0.02) and a mirrored decoder. Input per frame: the utterance-normalised log-F0 (0 where unvoiced) and the
-voiced flag; the decoder gives both back (loss: MSE on voiced frames + voicing cross-entropy)."""
+0.02; as jukebox's bottleneck, codes seeded from encoder outputs and restarted there when their moving
+count falls under 1) and a mirrored decoder. Input per frame: the utterance-normalised log-F0 (0 where
+unvoiced) and the voiced flag; the decoder gives both back (loss: MSE on voiced frames + voicing
+cross-entropy)."""
 
 from __future__ import annotations
 
@@ -69,9 +71,9 @@ class F0VQVAE(nn.Module):
         for _ in range(cfg.downs):
             up += [ResStack(w, cfg.depth), nn.ConvTranspose1d(w, w, 4, stride=2, padding=1)]
         self.decoder = nn.Sequential(*up, nn.Conv1d(w, 2, 3, padding=1))
-        self.register_buffer("codebook", torch.randn(cfg.codes, cfg.dim))
-        self.register_buffer("ema_count", torch.ones(cfg.codes))
-        self.register_buffer("ema_sum", self.codebook.clone())
+        self.register_buffer("codebook", torch.zeros(cfg.codes, cfg.dim))
+        self.register_buffer("ema_count", torch.zeros(cfg.codes))  # all codes start unused: the first
+        self.register_buffer("ema_sum", torch.zeros(cfg.codes, cfg.dim))  # batch seeds them
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """[B, dim, T'] → nearest code per step [B, T']."""
@@ -101,7 +103,7 @@ class F0VQVAE(nn.Module):
         self.ema_count.mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
         self.ema_sum.mul_(decay).add_(onehot.T @ flat, alpha=1 - decay)
         self.codebook.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5)[:, None])
-        dead = self.ema_count < 1e-3  # unused codes restart on a random encoder output of this batch
+        dead = self.ema_count < 1.0  # as jukebox: rarely used codes restart on random encoder outputs
         if dead.any():
             pick = torch.randint(len(flat), (int(dead.sum()),), device=flat.device)
             self.codebook[dead] = flat[pick]
