@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from speechtok.cli.common import EXIT_ENVIRONMENT, device_option, device_or_fail, fail, fail_os, output_option
+from speechtok.cli.common import device_option, device_or_fail, fail, fail_os, output_option
 
 METHODS = ("bins", "vqvae", "style")
 
@@ -43,8 +43,6 @@ def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_
               segment_seconds, seed, device):
     """Fit a pitch tokenizer on the F0 stream of the shards SOURCE (bins, vqvae), or a style tokenizer on
     the corpus SOURCE (style)."""
-    from speechtok.shards import ShardError
-
     dev = str(device_or_fail(device))
     try:
         if method == "bins":
@@ -62,10 +60,8 @@ def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_
 
             tok = train_style(source, output, features, layer, k=codes, segment_seconds=segment_seconds,
                               seed=seed, device=dev)
-    except ShardError as e:
-        fail(str(e), EXIT_ENVIRONMENT)
-    except OSError as e:
+    except OSError as e:  # environment: exit 3
         fail_os(e)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError) as e:  # usage or bad input (ShardError included): exit 2, as the trainers
         fail(str(e))
     click.echo(f"{method}: {tok.codebook_size} tokens at {tok.frame_rate:g} Hz -> {output}")
