@@ -229,3 +229,18 @@ def test_padded_encode_matches_rows_and_frame_counts():
 def test_bad_f0_spec_is_one_line_usage_error(speech_corpus, tmp_path, spec, why):
     r = CliRunner().invoke(cli, ["encode", str(speech_corpus), "-t", spec, "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_style_tokens_from_a_transformers_encoder(f0_200hz, tiny_ssl, tmp_path):
+    """The style encoder can be any transformers audio model (here a tiny random HuBERT, layer 2): the card
+    records it, and `tok encode -t DIR` gives one token per started second."""
+    corpus, _ = f0_200hz
+    invoke("prosody", "train", corpus, "-o", tmp_path / "style", "--method", "style", "--codes", "2", "--model",
+           tiny_ssl("hubert"), "--layer", "2")
+    card = json.loads((tmp_path / "style" / "tokenizer.json").read_text())
+    assert card["features"]["kind"] == "ssl" and card["features"]["layer"] == 2 and card["codebook_size"] == 2
+    invoke("encode", corpus, "-t", f"{tmp_path / 'style'}:name=ssl_style", "-o", tmp_path / "out", "-q")
+    from speechtok.shards import read_shards
+
+    for s in read_shards(tmp_path / "out"):
+        assert len(s["ssl_style"]) == int(np.ceil(round(s["duration"] * 16000) / 16000))
