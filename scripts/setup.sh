@@ -15,4 +15,5 @@ if ! $PY -c "import torch" 2>/dev/null; then
     $PY -m pip install -q "torch==2.13.0"
 fi
 $PY -m pip install -q -e '.[dev]'
+$PY -m pip install -q --no-deps "pesto-pitch>=2.0"  # F0 tracker; its torchaudio requirement only reads files
 echo "speechtok installed: $($PY -c 'import speechtok, torch, transformers; print(speechtok.__version__, "torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -22,7 +22,7 @@ ALL = dict(commands())
 # commands that run a model (a network's forward pass): each takes --device, default auto
 RUNS_A_MODEL = {"train-kmeans", "encode", "decode", "resynth", "generate", "lm train", "acoustic train",
                 "vocoder train", "eval resynth", "eval codecs", "eval generated", "eval lm", "align",
-                "segment"}
+                "segment", "prosody train"}
 # align and segment default to the CPU: with --jobs > 1 they fork CPU workers that share the loaded aligner
 # (CUDA does not survive a fork); pocketsphinx, their default aligner, runs on the CPU only
 DEVICE_DEFAULT_CPU = {"align", "segment"}

@@ -73,6 +73,8 @@ WRITERS = {
     "eval codecs": (lambda w, o: ["eval", "codecs", w["corpus"], "-t", f"encodec:{w['root'] / 'codec'}",
                                   "-o", o], True),
     "eval generated": (lambda w, o: ["eval", "generated", w["audio"], "-o", o], True),
+    "prosody train": (lambda w, o: ["prosody", "train", w["root"] / "shards", "--method", "bins", "-o", o],
+                      True),
     "bpe train": (lambda w, o: ["bpe", "train", w["root"] / "shards", "--vocab-size", 40, "-o", o], True),
     "eval lm": (lambda w, o: ["eval", "lm", w["root"] / "lm", "--shards", w["root"] / "shards", "-o", o],
                 True),

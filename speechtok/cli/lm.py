@@ -77,8 +77,12 @@ def lm() -> None:
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
 @click.option("--bpe", type=click.Path(exists=True, file_okay=False), default=None,
               help="A `tok bpe train` folder of the semantic stream: add its merged tokens; units go through it.")
-def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, bpe):
-    """Add <s_i> units, codec tokens and [TEXT]/[SPEECH] to BASE (hub id or local directory)."""
+@click.option("--pitch", default=None, help="Expressive: add <p_i> for this pitch stream (e.g. 'pitch'); "
+              "speech spans then merge it with the units by time.")
+@click.option("--style", default=None, help="Expressive: add <st_i> for this style stream (e.g. 'style').")
+def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, bpe, pitch, style):
+    """Add <s_i> units, codec tokens, pitch / style tokens and [TEXT]/[SPEECH] to BASE (hub id or local
+    directory)."""
     from speechtok.lm.vocab import extend_vocab, load_base, speech_streams
     from speechtok.shards import ShardError, read_manifest
 
@@ -98,7 +102,7 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, b
         from speechtok.tokenizers.unit_bpe import UnitBPE
 
         vocab = extend_vocab(model, tokenizer, man, codec, n_q, stream=stream,
-                             bpe=UnitBPE.load(bpe) if bpe else None)
+                             bpe=UnitBPE.load(bpe) if bpe else None, pitch=pitch, style=style)
     except (ValueError, OSError, ShardError) as e:
         fail_with(e)
     out = Path(output)
@@ -113,7 +117,9 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, b
                f"{vocab.semantic_first_id + vocab.semantic_tokens - 1}"
                + (f" ({vocab.bpe_tokens - vocab.k} of them BPE merges)" if vocab.bpe_tokens else "")
                + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
-                  if vocab.codec_stream else "") + f" -> {out}")
+                  if vocab.codec_stream else "")
+               + "".join(f", {vocab.range_of(k)[1]} {k} tokens from id {vocab.range_of(k)[0]}"
+                         for k in ("pitch", "style") if getattr(vocab, f"{k}_stream")) + f" -> {out}")
 
 
 stop_after_option = click.option("--stop-after", type=click.IntRange(min=1), default=None,

@@ -339,12 +339,14 @@ from speechtok.cli.align import align_cmd, segment_cmd  # noqa: E402
 from speechtok.cli.bpe import bpe  # noqa: E402
 from speechtok.cli.eval import eval_group  # noqa: E402
 from speechtok.cli.lm import acoustic, generate_cmd, lm  # noqa: E402
+from speechtok.cli.prosody import prosody  # noqa: E402
 from speechtok.cli.vocoder import vocoder  # noqa: E402
 
 cli.add_command(lm)
 cli.add_command(acoustic)
 cli.add_command(generate_cmd)
 cli.add_command(vocoder)
+cli.add_command(prosody)
 cli.add_command(eval_group)
 cli.add_command(align_cmd)
 cli.add_command(segment_cmd)

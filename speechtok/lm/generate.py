@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from speechtok.lm.vocab import SpeechVocab
+from speechtok.prosody.expressive import expressive_mask, split_generated
 
 
 @dataclass
@@ -32,6 +33,7 @@ class OnlySemantic:
         self.allowed = torch.zeros(size, dtype=torch.bool)
         self.allowed[vocab.semantic_first_id: vocab.semantic_first_id + vocab.semantic_tokens] = True
         self.allowed[eos_id] = True
+        self.allowed[torch.from_numpy(expressive_mask(vocab, size))] = True  # an expressive LM: pitch, style
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         allowed = self.allowed[: scores.shape[-1]].to(scores.device)
@@ -78,5 +80,5 @@ def generate_units(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]
     for row in out[:, width:].cpu().numpy():
         end = np.flatnonzero(row == tokenizer.eos_token_id)
         row = row[: end[0]] if len(end) else row
-        result.append(vocab.ids_to_units(row))
+        result.append(split_generated(vocab, row)["units"])  # an expressive LM's pitch and style are dropped
     return result

@@ -1,4 +1,6 @@
 """Training sequences from shard samples and text, as token ids of an extended LM vocabulary.
+With pitch / style streams in the vocabulary (expressive), every speech span merges them with the units by
+time (`speechtok.prosody.expressive`, Spirit-LM Expressive's order).
 
     speech       [SPEECH] s s s … </s>
     text         [TEXT] t t t … </s>
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from speechtok.lm.vocab import SpeechVocab
+from speechtok.prosody.expressive import expressive_ids
 from speechtok.tokenizers.semantic import run_length
 
 @dataclass
@@ -52,6 +55,14 @@ class SequenceBuilder:
         units = run_length(frames)[0] if self.dedup else frames
         return self.vocab.units_to_ids(units).tolist()
 
+    def speech_ids(self, sample: dict, f0: int = 0, f1: int | None = None) -> list[int]:
+        """The speech tokens of frames [f0, f1): units, with pitch and style merged by time if expressive."""
+        frames = self.frames(sample)
+        f1 = len(frames) if f1 is None else f1
+        if not self.vocab.expressive:
+            return self.unit_ids(frames[f0:f1])
+        return expressive_ids(self.vocab, sample, frames, f0, f1, self.dedup)
+
     def text_ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
@@ -74,18 +85,18 @@ class SequenceBuilder:
         return out
 
     def speech(self, sample: dict) -> list[int]:
-        return self.bos + [self.vocab.speech_id] + self.unit_ids(self.frames(sample)) + self.eos
+        return self.bos + [self.vocab.speech_id] + self.speech_ids(sample) + self.eos
 
     def text(self, line: str) -> list[int]:
         return self.bos + [self.vocab.text_id] + self.text_ids(line) + self.eos
 
     def asr(self, sample: dict) -> list[int]:
-        return (self.bos + [self.vocab.speech_id] + self.unit_ids(self.frames(sample)) + [self.vocab.text_id]
+        return (self.bos + [self.vocab.speech_id] + self.speech_ids(sample) + [self.vocab.text_id]
                 + self.text_ids(sample["text"]) + self.eos)
 
     def tts(self, sample: dict) -> list[int]:
         return (self.bos + [self.vocab.text_id] + self.text_ids(sample["text"]) + [self.vocab.speech_id]
-                + self.unit_ids(self.frames(sample)) + self.eos)
+                + self.speech_ids(sample) + self.eos)
 
     def spans(self, sample: dict, rng: np.random.Generator) -> list[Span]:
         """Random word spans of alternating modality, starting with a random one."""
@@ -106,13 +117,12 @@ class SequenceBuilder:
     def interleaved(self, sample: dict, rng: np.random.Generator) -> tuple[list[int], list[Span]]:
         ids = list(self.bos)
         spans = self.spans(sample, rng)
-        frames = self.frames(sample)
         words = self.word_ids([w["word"] for w in sample["words"]])
         for s in spans:
             if s.modality == "text":
                 ids += [self.vocab.text_id] + [t for w in words[s.first: s.last] for t in w]
             else:
-                ids += [self.vocab.speech_id] + self.unit_ids(frames[s.f0: s.f1])
+                ids += [self.vocab.speech_id] + self.speech_ids(sample, s.f0, s.f1)
         return ids + self.eos, spans
 
     def build(self, fmt: str, sample: dict, rng: np.random.Generator) -> list[int]:

@@ -1,8 +1,9 @@
 """Audio tokens in a Hugging Face causal LM's vocabulary: `<s_i>` for semantic unit i, `<c{q}_{i}>` for entry
-i of codebook q, and the modality markers `[TEXT]` / `[SPEECH]`. Each kind occupies one contiguous id
-range, so unit ↔ token id is an offset; the ranges are stored in `speech_vocab.json` beside the model.
-With Acoustic BPE (`tok bpe train`), `<s_i>` for i ≥ k are the merged tokens, units go through the BPE on
-their way in and out (exactly), and the BPE tokenizer is kept in `speech_bpe/` beside the model."""
+i of codebook q, `<p_i>` / `<st_i>` for pitch and style tokens (expressive sequences), and the modality
+markers `[TEXT]` / `[SPEECH]`. Each kind occupies one contiguous id range, so unit ↔ token id is an offset;
+the ranges are stored in `speech_vocab.json` beside the model. With Acoustic BPE (`tok bpe train`), `<s_i>`
+for i ≥ k are the merged tokens, units go through the BPE on their way in and out (exactly), and the BPE
+tokenizer is kept in `speech_bpe/` beside the model."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def codec_token(q: int, i: int) -> str:
     return f"<c{q}_{i}>"
 
 
+EXPRESSIVE_TOKENS = {"pitch": "<p_{}>", "style": "<st_{}>"}
+
+
 @dataclass
 class SpeechVocab:
     """Where the audio tokens sit in the LM's vocabulary."""
@@ -56,6 +60,30 @@ class SpeechVocab:
     def semantic_tokens(self) -> int:
         """How many `<s_i>` tokens the LM has: k, or the BPE vocabulary."""
         return self.bpe_tokens or self.k
+    pitch_stream: str | None = None  # expressive: pitch and style streams merged with the units by time
+    pitch_k: int = 0
+    pitch_first_id: int = -1
+    pitch_rate: float = 0.0
+    style_stream: str | None = None
+    style_k: int = 0
+    style_first_id: int = -1
+    style_rate: float = 0.0
+
+    @property
+    def expressive(self) -> bool:
+        return bool(self.pitch_stream or self.style_stream)
+
+    def range_of(self, kind: str) -> tuple[int, int]:
+        """(first id, count) of the "units", "pitch" or "style" tokens ((-1, 0) when absent)."""
+        if kind == "units":
+            return self.semantic_first_id, self.semantic_tokens
+        return getattr(self, f"{kind}_first_id"), getattr(self, f"{kind}_k")
+
+    def token_id(self, kind: str, token: int) -> int:
+        first, k = self.range_of(kind)
+        if not 0 <= token < k:
+            raise ValueError(f"{kind} token {token} outside [0, {k})")
+        return first + token
 
     def unit_stream(self) -> dict:
         """The units this LM reads and writes (`speechtok.unit_stream`)."""
@@ -156,7 +184,7 @@ def speech_streams(manifest: dict, codec: str | None,
 
 def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q: int | None = None,
                  pad_to_multiple_of: int = 64, seed: int = 0, stream: str | None = None,
-                 bpe=None) -> SpeechVocab:
+                 bpe=None, pitch: str | None = None, style: str | None = None) -> SpeechVocab:
     """Add the audio tokens of a shard manifest to `tokenizer` and resize `model`'s embeddings and output
     head; new rows are drawn from the mean and covariance of the existing ones (transformers'
     mean_resizing), so the new tokens start where the model's logits are sensible. With `bpe` (a UnitBPE
@@ -166,6 +194,9 @@ def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q
     if bpe is not None and (bpe.num_codebooks != 1 or bpe.codebook_size != sem["k"] or bpe.stream != sem_name):
         raise ValueError(f"the BPE was trained on stream '{bpe.stream}' ({bpe.num_codebooks} x {bpe.codebook_size}"
                          f" codes), not on the {sem['k']} units of '{sem_name}'")
+    if bpe is not None and (pitch or style):
+        raise ValueError("Acoustic BPE and expressive (pitch / style) tokens cannot be combined yet: a merged "
+                         "token spans several unit frames, which have no single start time")
     tokenizer.add_special_tokens({"additional_special_tokens": [TEXT, SPEECH]})
     text_id, speech_id = tokenizer.convert_tokens_to_ids([TEXT, SPEECH])
     count = sem["k"] if bpe is None else bpe.vocab_size
@@ -184,6 +215,9 @@ def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q
         vocab.codec_first_id = _add_contiguous(
             tokenizer, [codec_token(q, i) for q in range(nq) for i in range(cc["codebook_size"])])
         vocab.tokenizer_cards[codec_name] = cc
+    for kind, name in (("pitch", pitch), ("style", style)):
+        if name is not None:
+            add_expressive(vocab, tokenizer, manifest, kind, name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     import torch
@@ -192,6 +226,19 @@ def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q
         torch.manual_seed(seed)
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=True)
     return vocab
+
+
+def add_expressive(vocab: SpeechVocab, tokenizer, manifest: dict, kind: str, name: str) -> None:
+    """Add the `kind` ("pitch" or "style") tokens of shard stream `name` as one contiguous range."""
+    card = manifest["tokenizers"].get(name)
+    if card is None or card.get("type") != kind:
+        found = [k for k, c in manifest["tokenizers"].items() if c.get("type") == kind]
+        raise ValueError(f"no {kind} stream '{name}' in the manifest ({kind} streams: {found or 'none'})")
+    k = int(card["codebook_size"])
+    first = _add_contiguous(tokenizer, [EXPRESSIVE_TOKENS[kind].format(i) for i in range(k)])
+    for key, value in (("stream", name), ("k", k), ("first_id", first), ("rate", float(card["frame_rate"]))):
+        setattr(vocab, f"{kind}_{key}", value)
+    vocab.tokenizer_cards[name] = card
 
 
 def load_base(base: str, from_scratch: bool = False, dtype: torch.dtype | None = None):

@@ -1,5 +1,7 @@
 """What `tok encode -t` accepts, parsed without torch (so a bad spec fails before the heavy imports): a
-semantic tokenizer directory `DIR[:name=NAME]`, or a codec `KIND:MODEL[:nq=N][:bandwidth=B][:name=NAME]`."""
+tokenizer directory `DIR[:name=NAME]` (semantic, pitch or style), a codec
+`KIND:MODEL[:nq=N][:bandwidth=B][:name=NAME]`, or an F0 tracker `f0:TRACKER[:rate=HZ][:fmin=HZ][:fmax=HZ]
+[:name=NAME]`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pathlib import Path
 CARD_FILE = "tokenizer.json"  # a semantic tokenizer directory's card
 KINDS = {"encodec": "EncodecModel", "dac": "DacModel", "mimi": "MimiModel"}
 OPTION = re.compile(r"[A-Za-z_]\w*=")  # a `key=value` part of a spec
+F0_TRACKERS = ("yaapt", "world", "pesto")
+F0_OPTIONS = {"rate": float, "fmin": float, "fmax": float, "name": str}
 
 
 def parse_codec_spec(spec: str) -> dict:
@@ -43,6 +47,24 @@ def parse_codec_spec(spec: str) -> dict:
     return out
 
 
+def parse_f0_spec(spec: str) -> dict:
+    """'f0:yaapt:rate=50' → {'tracker': 'yaapt', 'rate': 50.0, ...}: the tracker, then key=value options."""
+    kind, tracker, *parts = spec.split(":")
+    if kind != "f0" or tracker not in F0_TRACKERS:
+        raise ValueError(f"{spec!r}: expected f0:TRACKER[:rate=HZ][:fmin=HZ][:fmax=HZ][:name=NAME] with "
+                         f"TRACKER one of {', '.join(F0_TRACKERS)}")
+    out: dict = {"tracker": tracker}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or key not in F0_OPTIONS:
+            raise ValueError(f"{spec!r}: {part!r} is not one of {', '.join(k + '=' for k in F0_OPTIONS)}")
+        try:
+            out[key] = F0_OPTIONS[key](value)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {key}={value!r} is not a number") from None
+    return out
+
+
 def semantic_spec(spec: str) -> tuple[str | None, str]:
     """`DIR[:name=NAME]` → (DIR, NAME or "semantic") when DIR holds a tokenizer card, else (None, "")."""
     if Path(spec, CARD_FILE).exists():
@@ -54,14 +76,17 @@ def semantic_spec(spec: str) -> tuple[str | None, str]:
 
 
 def check_spec(spec: str) -> None:
-    """A ValueError naming `spec` unless it is a tokenizer directory or a well-formed codec spec."""
+    """A ValueError naming `spec` unless it is a tokenizer directory or a well-formed codec or F0 spec."""
     if semantic_spec(spec)[0] is not None:
+        return
+    if spec.startswith("f0:"):
+        parse_f0_spec(spec)
         return
     if spec.partition(":")[0] in KINDS:
         parse_codec_spec(spec)
         return
     raise ValueError(f"{spec}: neither a tokenizer directory (no {CARD_FILE}) nor a codec spec "
-                     f"({'|'.join(KINDS)}:MODEL[:nq=N])")
+                     f"({'|'.join(KINDS)}:MODEL[:nq=N]) nor f0:TRACKER")
 
 
 def split_vocoder(spec: str) -> tuple[str | None, str | None]:

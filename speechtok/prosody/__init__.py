@@ -1,0 +1,1 @@
+"""Prosody: F0 trackers, F0 and pitch tokens (bins, VQ-VAE), style tokens, expressive sequences."""
