@@ -59,7 +59,7 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
-@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 180 on GPU, 20 on CPU).")
 @click.option("--num-workers", type=int, default=None, help="Audio loading processes.")
 @device_option
 @precision_option
@@ -121,11 +121,11 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup):
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @output_option("DIR", "Folder to create or resume: shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
-@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+@click.option("--batch-seconds", type=float, default=None, help="Padded audio per batch (default 180 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Utterances per batch at most.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
-              help="Audio loading processes (default 8 on GPU; on CPU 2, or 0 with 4 cores or fewer).")
+              help="Audio loading processes (default: one per core on GPU; on CPU 2, or 0 with 4 cores or fewer).")
 @click.option("--shard-max-mb", type=click.FloatRange(min=0, min_open=True), default=256.0, show_default=True)
 @click.option("--shard-max-count", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (a rerun resumes).")
