@@ -8,6 +8,7 @@ over each utterance's own frames, so a padded batch gives the features of each u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -215,7 +216,7 @@ class SSLFeatures(FeatureExtractor):
         self.model.feature_extractor.lengths = lengths
         self.model.feature_extractor.padded = padded
         dtype = PRECISIONS[self.precision]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
             hidden = self.model(wav, attention_mask=mask.long()).last_hidden_state
         n = self.num_frames(lengths)
         hidden = hidden.float()
