@@ -151,6 +151,7 @@ def measure_encode(tmp: Path, paths: list[Path], device: torch.device, layer: in
             "precision": precision, "baseline_s": base_s, "ours_s": summary.wall_seconds, "forward_s": forward_s,
             "baseline_xrt": audio_seconds / base_s, "ours_xrt": audio_seconds / summary.wall_seconds,
             "forward_xrt": audio_seconds / forward_s, "token_agreement": float(agree),
+            **{f"stage_{name.replace(' ', '_')}_s": v for name, v in getattr(summary, "stages", {}).items()},
             "tokenizer": tok}
 
 
@@ -193,18 +194,19 @@ def measure_null(tmp: Path, folder: Path, audio_seconds: float, repeats: int = 3
     return rows
 
 
-def format_null(rows: list[dict], before: list[dict] | None, n: int, hours: float, lo: float, hi: float) -> str:
+def format_null(rows: list[dict], before: list[dict] | None, n: int, hours: float, lo: float,
+                hi: float) -> str:
     out = (f"## `tok encode` pipeline alone, null model (issue #28)\n\n"
-           f"Hardware: {hardware(torch.device('cpu'))}. `benchmarks/encode.py --null-model`: a tokenizer that "
-           f"returns at once; {n} 16 kHz wav files of {lo:g}–{hi:g} s, {hours:.2f} h. µs per audio-second, "
-           f"best of 3 (the machine is shared). Main thread: its CPU time (`time.thread_time`), the time a GPU "
-           f"would wait for Python; target ≤ 100 µs.\n\n")
+           f"Hardware: {hardware(torch.device('cpu'))}. `benchmarks/encode.py --null-model`: a tokenizer "
+           f"that returns at once; {n} 16 kHz wav files of {lo:g}–{hi:g} s, {hours:.2f} h. µs per "
+           f"audio-second, best of 3 (the machine is shared). Main thread: its CPU time (`time.thread_time`), "
+           f"the time a GPU would wait for Python; target ≤ 100 µs.\n\n")
     if before:
         out += ("| setting | main thread before | main thread after | wall before | wall after |\n"
                 "|---|---|---|---|---|\n")
         for b, a in zip(before, rows):
-            out += (f"| {a['setting']} | {b['main_us']:,.0f} | **{a['main_us']:,.0f}** | {b['wall_us']:,.0f} | "
-                    f"{a['wall_us']:,.0f} |\n")
+            out += (f"| {a['setting']} | {b['main_us']:,.0f} | **{a['main_us']:,.0f}** | "
+                    f"{b['wall_us']:,.0f} | {a['wall_us']:,.0f} |\n")
     else:
         out += "| setting | main thread | wall |\n|---|---|---|\n"
         out += "".join(f"| {a['setting']} | {a['main_us']:,.0f} | {a['wall_us']:,.0f} |\n" for a in rows)
@@ -237,7 +239,20 @@ def format_encode(r: dict, device: torch.device, lo: float, hi: float) -> str:
             f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {r['precision']} | {r['ours_s']:.2f} | {r['ours_xrt']:,.0f} |\n"
             f"| bare feature forward on device-resident bucketed batches (no I/O, no assignment) | {r['precision']} | {r['forward_s']:.2f} | {r['forward_xrt']:,.0f} |\n\n"
             f"Speed-up: **{r['ours_xrt'] / r['baseline_xrt']:.1f}×**. Token agreement with the fp32 loop: "
-            f"{r['token_agreement'] * 100:.2f}% of frames.\n")
+            f"{r['token_agreement'] * 100:.2f}% of frames.\n\n{format_stages(r)}")
+
+
+def format_stages(r: dict) -> str:
+    """Where `tok encode`'s wall time went, per thread (`EncodeSummary.stages`), and what bounds it."""
+    stage = {k[len("stage_"):-2].replace("_", " "): v for k, v in r.items() if k.startswith("stage_")}
+    if not stage:
+        return ""  # a version before the stages were timed
+    main = ["wait for audio", "queue device work", "wait for writer"]
+    bound = {"wait for audio": "reading audio (loader workers)", "queue device work": "the device or the main "
+             "thread's Python", "wait for writer": "writing shards (writer thread)"}[max(main, key=stage.get)]
+    return (f"Where the {r['ours_s']:.2f} s went — main thread: " + ", ".join(f"{k} {stage[k]:.2f} s" for k in main)
+            + "; writer thread: " + ", ".join(f"{k} {stage[k]:.2f} s" for k in ("wait for device", "build and write"))
+            + f". Bound by {bound}.\n")
 
 
 def main() -> None:
@@ -253,9 +268,11 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--note", default="", help="a sentence added to the section (e.g. shared machine)")
-    ap.add_argument("--null-model", action="store_true", help="the pipeline alone (a tokenizer that returns at once)")
+    ap.add_argument("--null-model", action="store_true",
+                    help="the pipeline alone (a tokenizer that returns at once)")
     ap.add_argument("--json", default=None, help="--null-model: also write the figures to this file")
-    ap.add_argument("--before", default=None, help="--null-model: figures of another version (--json) to compare")
+    ap.add_argument("--before", default=None,
+                    help="--null-model: figures of another version (--json) to compare")
     args = ap.parse_args()
     if args.null_model:
         null_main(args)

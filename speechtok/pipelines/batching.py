@@ -205,7 +205,8 @@ class BatchStream:
         errors = [(it, x) for it, x in zip(items, loaded) if isinstance(x, str)]
         audio = {}
         for rate in self.rates:
-            width = math.ceil(bucket_seconds(max(it.seconds for it, _ in ok)) * rate) if self.buckets and ok else 0
+            longest = max((it.seconds for it, _ in ok), default=0.0)
+            width = math.ceil(bucket_seconds(longest) * rate) if self.buckets and ok else 0
             audio[rate] = pad([x[0][rate] for _, x in ok], width, self.pin)
         return Batch([it for it, _ in ok], audio, [x[1] for _, x in ok], errors)
 

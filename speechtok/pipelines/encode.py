@@ -83,6 +83,7 @@ class EncodeSummary:
     shards: list[dict] = field(default_factory=list)
     resumed_utterances: int = 0
     oom_splits: int = 0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (`EncodeRun.stages`)
 
     @property
     def realtime_factor(self) -> float:
@@ -149,7 +150,7 @@ def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, 
     for line in filter(None, (u.warning() for u in run.builder.usage.values())):
         print(line, file=sys.stderr)
     summary = finish_job(corpus, toks, out_dir, job, sink, rank, world)
-    summary.oom_splits = run.oom_splits
+    summary.oom_splits, summary.stages = run.oom_splits, run.stages
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 
@@ -183,8 +184,8 @@ def token_settings(toks, opts: EncodeOptions) -> dict:
     settings = {"batch_seconds": opts.max_batch_seconds, "batch_size": opts.max_batch_size,
                 "window": opts.window, "buckets": uses_buckets(toks, opts)}
     for t in toks:
-        precision = getattr(t.features, "precision", "fp32") if isinstance(t, SemanticTokenizer) else t.precision
-        settings[f"{t.name}.precision"] = precision
+        semantic = isinstance(t, SemanticTokenizer)
+        settings[f"{t.name}.precision"] = getattr(t.features, "precision", "fp32") if semantic else t.precision
         settings[f"{t.name}.device"] = device_kind(t.device)
         settings[f"{t.name}.chunk_seconds"] = t.chunk_samples / t.sample_rate
         settings[f"{t.name}.context_seconds"] = t.context_samples / t.sample_rate
@@ -213,7 +214,8 @@ def plan_job(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world:
         raise ValueError(f"{corpus}: empty corpus (no audio files, or no utterance lines)")
     index = corpus_index(utts)
     suffix = f".r{rank:03d}" if world > 1 else ""
-    journal = Journal(out_dir / f"progress{suffix}.jsonl", fingerprint, index_sha(index), token_settings(toks, opts))
+    journal = Journal(out_dir / f"progress{suffix}.jsonl", fingerprint, index_sha(index),
+                      token_settings(toks, opts))
     journal.open(out_dir, index, opts.append, write_index=rank == 0,
                  mine=f"shard-r{rank:03d}-*.tar" if world > 1 else "shard-[0-9]*.tar")
     utts = utts[rank * len(utts) // world: (rank + 1) * len(utts) // world]
@@ -257,12 +259,16 @@ class EncodeRun:
         self.toks, self.items, self.opts, self.stop = toks, job.items, opts, stop
         self.position = {it.index: p for p, it in enumerate(job.items)}
         self.buckets = uses_buckets(toks, opts)
-        self.plan = plan_batches(job.items, opts.max_batch_seconds, opts.max_batch_size, opts.window, self.buckets)
+        self.plan = plan_batches(job.items, opts.max_batch_seconds, opts.max_batch_size, opts.window,
+                                 self.buckets)
         self.cuda = any(t.device.type == "cuda" for t in toks)
         if self.cuda and self.buckets:
             torch.backends.cudnn.benchmark = True  # a few shapes, each autotuned once
         self.builder = SampleBuilder(toks, job.dedups)
         self.oom_splits = 0
+        # where the time goes, to name what bounds a run: main thread, then writer thread
+        self.stages = dict.fromkeys(("wait for audio", "queue device work", "wait for writer",
+                                     "wait for device", "build and write"), 0.0)
 
     def split_logged(self, n: int) -> None:
         self.oom_splits += 1
@@ -278,19 +284,37 @@ class EncodeRun:
             raise Interrupted(self.stop.signum)
         stream = BatchStream(todo, [t.sample_rate for t in self.toks], self.opts.num_workers,  # read
                              pin=self.cuda, buckets=self.buckets)
-        writer = WriterThread(self.builder, self.position, lo, hi, self.opts.strict, self.stop, sink)  # write
+        writer = WriterThread(self.builder, self.position, lo, hi, self.opts.strict, self.stop, sink,  # write
+                              self.stages)
         writer.start()
+        batches, clock = iter(stream), Clock(self.stages)
         try:
-            for batch in stream:
+            while (batch := clock("wait for audio", next, batches, None)) is not None:
                 if self.stop.signum is not None:
                     break  # the writer stops at its next sample
-                writer.put(launch(self.toks, batch, self.split_logged))  # featurize → assign
-            writer.finish()
+                # featurize → assign
+                pending = clock("queue device work", launch, self.toks, batch, self.split_logged)
+                clock("wait for writer", writer.put, pending)
+            clock("wait for writer", writer.finish)
         except BaseException:
             writer.cancel()
             raise
         finally:
             stream.close()
+
+
+class Clock:
+    """Calls a function and adds its wall time to `stages[name]`."""
+
+    def __init__(self, stages: dict[str, float]):
+        self.stages = stages
+
+    def __call__(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.stages[name] += time.perf_counter() - t0
 
 
 class ShardSink:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from typing import Callable
 
 import numpy as np
 
 from speechtok.corpus import CorpusError
 from speechtok.pipelines.batching import Item, block_stop_signals
-from speechtok.pipelines.encode_device import Pending
+from speechtok.pipelines.encode_device import Pending, Rows
 from speechtok.pipelines.encode_job import Interrupted, StopFlag
 from speechtok.shards import npy_bytes, smallest_int_dtype
 from speechtok.tokenizers.semantic import SemanticTokenizer, run_length
@@ -102,8 +103,10 @@ class WriterThread(threading.Thread):
     was requested, StrictError at the first bad input under --strict, or whatever the sink raised."""
 
     def __init__(self, builder: SampleBuilder, position: dict[int, int], lo: int, hi: int, strict: bool,
-                 stop: StopFlag, sink: Callable[[int, Entry | CorpusError], None], depth: int = 4):
+                 stop: StopFlag, sink: Callable[[int, Entry | CorpusError], None], stages: dict[str, float],
+                 depth: int = 4):
         super().__init__(name="tok-write", daemon=True)
+        self.stages = stages  # adds "wait for device" and "build and write" seconds
         self.builder, self.position, self.lo, self.hi = builder, position, lo, hi
         self.strict, self.stop, self.sink = strict, stop, sink
         self.queue: queue.Queue = queue.Queue(depth)
@@ -158,7 +161,10 @@ class WriterThread(threading.Thread):
                 continue
             if pending is None:
                 break
-            self._collect(pending)
+            t0 = time.perf_counter()
+            rows = pending.rows()
+            t1 = time.perf_counter()
+            self._collect(pending, rows)
             while self.next in self.ready:
                 entry = self.ready.pop(self.next)
                 if self.strict and isinstance(entry, CorpusError):
@@ -168,21 +174,23 @@ class WriterThread(threading.Thread):
                 self._stop_point()
                 if self.cancelled.is_set():
                     return
+            self.stages["wait for device"] += t1 - t0
+            self.stages["build and write"] += time.perf_counter() - t1
         self._stop_point()  # the main thread stops handing over batches after a stop request
         if self.next < self.hi:
-            raise RuntimeError(f"the encoder wrote positions {self.lo}..{self.next - 1} of {self.lo}..{self.hi - 1}")
+            raise RuntimeError(f"the encoder stopped at position {self.next} of {self.lo}..{self.hi - 1}")
 
     def _stop_point(self) -> None:
         if self.stop.signum is not None and self.next < self.hi:
             raise Interrupted(self.stop.signum)
 
-    def _collect(self, pending: Pending) -> None:
+    def _collect(self, pending: Pending, rows: Rows) -> None:
         """The batch's samples (and failures) inside lo..hi-1, by position."""
         batch, mine = pending.batch, lambda it: self.lo <= self.position[it.index] < self.hi
         for it, why in batch.errors + pending.failed:
             if mine(it):
                 self.ready[self.position[it.index]] = CorpusError(file=it.utt.path, id=it.utt.id, reason=why)
-        for j, tokens in pending.rows().items():
+        for j, tokens in rows.items():
             it = batch.items[j]
             if mine(it):
                 self.ready[self.position[it.index]] = self.builder.entry(it, batch.seconds[j], tokens)

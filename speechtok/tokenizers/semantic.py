@@ -153,7 +153,8 @@ class SemanticTokenizer:
         """Units [B, F] on the model's device and frame counts [B] where `lengths` are: with `lengths`
         on the host, the work is queued on the device without waiting for it (no host sync)."""
         if len(lengths) == 1 and int(lengths[0]) > self.chunk_samples + 2 * self.context_samples:
-            return torch.from_numpy(self.encode_long(wav[0, : int(lengths[0])]))[None], self.num_frames(lengths)
+            units = torch.from_numpy(self.encode_long(wav[0, : int(lengths[0])]))
+            return units[None], self.num_frames(lengths)
         return self._labels(wav, lengths), self.num_frames(lengths)
 
     def encode_long(self, wav: torch.Tensor) -> np.ndarray:
