@@ -217,7 +217,9 @@ class SSLFeatures(FeatureExtractor):
         self.model.feature_extractor.padded = padded
         dtype = PRECISIONS[self.precision]
         with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
-            hidden = self.model(wav, attention_mask=mask.long()).last_hidden_state
+            # no padding (known on the host): no mask, so transformers skips its mask and the device sync
+            # in checking it (`padding_mask.all()`); the result is the same
+            hidden = self.model(wav, attention_mask=None if padded is False else mask.long()).last_hidden_state
         n = self.num_frames(lengths)
         hidden = hidden.float()
         return hidden * length_mask(n, hidden.shape[1])[..., None], n
