@@ -135,6 +135,7 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
 
 def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int,
                    stop: StopFlag) -> EncodeSummary:
+    """plan → (repair damaged shards) → read, featurize, assign, write → finish."""
     t0 = time.perf_counter()
     job = plan_job(corpus, toks, out_dir, opts, rank, world)
     run = EncodeRun(toks, job, opts, stop)
