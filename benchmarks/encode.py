@@ -3,6 +3,12 @@ assignment, write shards) against the fairseq way — one utterance at a time, f
 
     python benchmarks/encode.py --device cuda --num-utts 400        # GPU machine
     python benchmarks/encode.py --device cpu --num-utts 12          # CPU smoke run
+    python benchmarks/encode.py --null-model --num-utts 300 --min-sec 2 --max-sec 20   # the pipeline alone
+
+`--null-model` runs `tok encode` with a tokenizer that returns at once, so what remains is the pipeline:
+reading, batching, writing. It reports the main thread's CPU time per audio-second (the main thread
+drives the device: while it runs Python, a GPU waits) and the wall time, for the code on PYTHONPATH;
+`--before FILE` adds the figures of an earlier run (`--json FILE`) of another version to the table.
 
 The HuBERT-base architecture is built with random weights (no download); speed does not depend on them.
 Token agreement between the two paths is reported too (bf16 vs fp32 on the GPU)."""
@@ -10,6 +16,7 @@ Token agreement between the two paths is reported too (bf16 vs fp32 on the GPU).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -144,7 +151,83 @@ def measure_encode(tmp: Path, paths: list[Path], device: torch.device, layer: in
             "precision": precision, "baseline_s": base_s, "ours_s": summary.wall_seconds, "forward_s": forward_s,
             "baseline_xrt": audio_seconds / base_s, "ours_xrt": audio_seconds / summary.wall_seconds,
             "forward_xrt": audio_seconds / forward_s, "token_agreement": float(agree),
+            **{f"stage_{name.replace(' ', '_')}_s": v for name, v in getattr(summary, "stages", {}).items()},
             "tokenizer": tok}
+
+
+class NullTokenizer(SemanticTokenizer):
+    """A tokenizer that returns at once (unit 0 for every MFCC frame): what is measured is the pipeline."""
+
+    def __init__(self, k: int = 500):
+        from speechtok.tokenizers.spectral import MFCC
+
+        super().__init__(MFCC(), np.zeros((k, 39), dtype=np.float32))
+
+    def tokens(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.num_frames(lengths)
+        return torch.zeros(len(lengths), int(n.max()), dtype=torch.long), n
+
+    def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
+        return [np.zeros(int(f), dtype=np.int64) for f in self.num_frames(lengths)]
+
+
+NULL_SETTINGS = [("CPU defaults: 20 s batches, no loader process", 20.0, 0),
+                 ("CPU defaults: 20 s batches, 2 loader processes", 20.0, 2),
+                 ("GPU-sized: 180 s batches, 2 loader processes", 180.0, 2)]
+
+
+def measure_null(tmp: Path, folder: Path, audio_seconds: float, repeats: int = 3) -> list[dict]:
+    """Main-thread CPU time and wall time of `tok encode` with `NullTokenizer`, per audio-second, for each
+    of NULL_SETTINGS (best of `repeats`: the machine may be shared)."""
+    rows = []
+    for label, batch_seconds, workers in NULL_SETTINGS:
+        best = None
+        for r in range(repeats):
+            opts = EncodeOptions(max_batch_seconds=batch_seconds, num_workers=workers, progress=False)
+            cpu0, t0 = time.thread_time(), time.perf_counter()
+            encode_corpus(folder, NullTokenizer(), tmp / f"null-{batch_seconds:g}-{workers}-{r}", opts)
+            main_us = (time.thread_time() - cpu0) / audio_seconds * 1e6
+            wall_us = (time.perf_counter() - t0) / audio_seconds * 1e6
+            if best is None or wall_us < best["wall_us"]:
+                best = {"setting": label, "main_us": main_us, "wall_us": wall_us}
+        rows.append(best)
+    return rows
+
+
+def format_null(rows: list[dict], before: list[dict] | None, n: int, hours: float, lo: float,
+                hi: float) -> str:
+    out = (f"## `tok encode` pipeline alone, null model (issue #28)\n\n"
+           f"Hardware: {hardware(torch.device('cpu'))}. `benchmarks/encode.py --null-model`: a tokenizer "
+           f"that returns at once; {n} 16 kHz wav files of {lo:g}–{hi:g} s, {hours:.2f} h. µs per "
+           f"audio-second, best of 3 (the machine is shared). Main thread: its CPU time (`time.thread_time`), "
+           f"the time a GPU would wait for Python; target ≤ 100 µs.\n\n")
+    if before:
+        out += ("| setting | main thread before | main thread after | wall before | wall after |\n"
+                "|---|---|---|---|---|\n")
+        for b, a in zip(before, rows):
+            out += (f"| {a['setting']} | {b['main_us']:,.0f} | **{a['main_us']:,.0f}** | "
+                    f"{b['wall_us']:,.0f} | {a['wall_us']:,.0f} |\n")
+    else:
+        out += "| setting | main thread | wall |\n|---|---|---|\n"
+        out += "".join(f"| {a['setting']} | {a['main_us']:,.0f} | {a['wall_us']:,.0f} |\n" for a in rows)
+    return out
+
+
+def null_main(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_corpus(tmp / "audio", args.num_utts, args.min_sec, args.max_sec)
+        audio_seconds = sum(sf.info(p).duration for p in paths)
+        rows = measure_null(tmp, tmp / "audio", audio_seconds)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows))
+    before = json.loads(Path(args.before).read_text()) if args.before else None
+    body = format_null(rows, before, args.num_utts, audio_seconds / 3600, args.min_sec, args.max_sec)
+    if args.note:
+        body += f"\n{args.note}\n"
+    print(body)
+    if not args.no_write:
+        write_section("encode-null-cpu", body)
 
 
 def format_encode(r: dict, device: torch.device, lo: float, hi: float) -> str:
@@ -156,7 +239,20 @@ def format_encode(r: dict, device: torch.device, lo: float, hi: float) -> str:
             f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {r['precision']} | {r['ours_s']:.2f} | {r['ours_xrt']:,.0f} |\n"
             f"| bare feature forward on device-resident bucketed batches (no I/O, no assignment) | {r['precision']} | {r['forward_s']:.2f} | {r['forward_xrt']:,.0f} |\n\n"
             f"Speed-up: **{r['ours_xrt'] / r['baseline_xrt']:.1f}×**. Token agreement with the fp32 loop: "
-            f"{r['token_agreement'] * 100:.2f}% of frames.\n")
+            f"{r['token_agreement'] * 100:.2f}% of frames.\n\n{format_stages(r)}")
+
+
+def format_stages(r: dict) -> str:
+    """Where `tok encode`'s wall time went, per thread (`EncodeSummary.stages`), and what bounds it."""
+    stage = {k[len("stage_"):-2].replace("_", " "): v for k, v in r.items() if k.startswith("stage_")}
+    if not stage:
+        return ""  # a version before the stages were timed
+    main = ["wait for audio", "queue device work", "wait for writer"]
+    bound = {"wait for audio": "reading audio (loader workers)", "queue device work": "the device or the main "
+             "thread's Python", "wait for writer": "writing shards (writer thread)"}[max(main, key=stage.get)]
+    return (f"Where the {r['ours_s']:.2f} s went — main thread: " + ", ".join(f"{k} {stage[k]:.2f} s" for k in main)
+            + "; writer thread: " + ", ".join(f"{k} {stage[k]:.2f} s" for k in ("wait for device", "build and write"))
+            + f". Bound by {bound}.\n")
 
 
 def main() -> None:
@@ -172,7 +268,15 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--note", default="", help="a sentence added to the section (e.g. shared machine)")
+    ap.add_argument("--null-model", action="store_true",
+                    help="the pipeline alone (a tokenizer that returns at once)")
+    ap.add_argument("--json", default=None, help="--null-model: also write the figures to this file")
+    ap.add_argument("--before", default=None,
+                    help="--null-model: figures of another version (--json) to compare")
     args = ap.parse_args()
+    if args.null_model:
+        null_main(args)
+        return
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

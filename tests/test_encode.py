@@ -200,3 +200,85 @@ def test_readme_quickstart(tmp_path):
     shown = run("show", shards, "-n", 2)
     assert shown.exit_code == 0 and "3 utterances" in shown.output and '"id": "alice"' in shown.output
     assert {s["id"] for s in read_shards(shards)} == {"alice", "bob", "carol"}
+
+
+@pytest.mark.parametrize("batch_seconds,workers,buckets", [(3, 0, False), (40, 2, False), (8, 1, True)])
+def test_shards_are_byte_identical_whatever_the_batches_and_workers(encoded, hubert_tok, speech_corpus, tmp_path,
+                                                                   batch_seconds, workers, buckets):
+    """Batch sizes (one utterance a batch up to all of them), loader workers and bucketed widths (the GPU
+    default, padding each batch past its longest row) change neither a token nor a byte of the shards."""
+    from speechtok.pipelines.encode import EncodeOptions, encode_corpus
+
+    opts = EncodeOptions(max_batch_seconds=batch_seconds, num_workers=workers, buckets=buckets, progress=False)
+    encode_corpus(speech_corpus, SemanticTokenizer.from_dir(hubert_tok), tmp_path / "out", opts)
+    names = sorted(p.name for p in encoded.glob("shard-*.tar"))
+    for name in names + ["manifest.json"]:
+        assert (encoded / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
+
+
+SYNCS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__index__", "__float__")
+
+
+def test_encode_loop_syncs_with_the_device_at_most_once_a_batch(tiny_ssl, speech_corpus, tmp_path, monkeypatch):
+    """The HuBERT tokenizer on the `meta` device stands in for a GPU: every value read back on the host
+    (item, tolist, numpy, cpu, bool, int, ...) is counted, and so is each device→host copy. Per batch: one
+    copy (the tokens) and at most one sync (today the one inside transformers' SDPA mask:
+    `padding_mask.all()`; the encoder's own steps take none)."""
+    from speechtok.pipelines import encode as encode_module
+    from speechtok.pipelines.encode import EncodeOptions, encode_corpus
+    from speechtok.tokenizers.ssl_features import SSLFeatures
+
+    features = SSLFeatures(tiny_ssl("hubert"), 2)
+    features.model.to("meta")
+    tok = SemanticTokenizer(features, np.random.default_rng(0).normal(size=(K, 48)).astype(np.float32))
+    assert tok.device.type == "meta"
+    syncs, copies, batches = [], [], []
+    for name in SYNCS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **kw):
+            if not self.is_meta:
+                return _real(self, *a, **kw)
+            syncs.append(_name)
+            return {"__bool__": True, "__float__": 1.0, "tolist": [0] * (len(self) if self.dim() else 1)}.get(
+                _name, torch.zeros(self.shape, dtype=self.dtype) if _name in ("cpu", "numpy") else 1)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_copy = torch.Tensor.copy_
+
+    def copy(self, src, *a, **kw):
+        if src.is_meta and not self.is_meta:
+            copies.append(src.shape)
+            return self.zero_()
+        return real_copy(self, src, *a, **kw)
+    monkeypatch.setattr(torch.Tensor, "copy_", copy)
+    real_launch = encode_module.launch
+    monkeypatch.setattr(encode_module, "launch", lambda toks, batch, split: batches.append(batch) or
+                        real_launch(toks, batch, split))
+    summary = encode_corpus(speech_corpus, tok, tmp_path / "out",
+                            EncodeOptions(max_batch_seconds=6, num_workers=0, progress=False))
+    assert summary.num_utterances == 8 and len(batches) >= 3
+    assert len(copies) == len(batches), copies
+    assert len(syncs) <= len(batches), syncs
+
+
+def test_progress_counts_audio_seconds_with_an_honest_eta(capsys):
+    """The bar counts audio seconds (its ETA was in utterances: 35 min shown, then done), and short inputs
+    give neither a negative ETA nor a TqdmWarning (float seconds summed past the total)."""
+    import warnings
+
+    from speechtok.corpus import Utterance
+    from speechtok.pipelines.batching import Item
+    from speechtok.pipelines.encode import Progress
+
+    items = [Item(i, Utterance(str(i), "x.wav"), s) for i, s in enumerate([0.0305, 0.1, 0.0107, 600.0, 0.3] * 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        progress = Progress(items, 2, enabled=True)
+        for it in items[2:]:
+            progress.advance(it.seconds, 1.0)
+            progress.bar.refresh()
+            assert "-" not in progress.bar.format_meter(**progress.bar.format_dict).split("[")[1]
+        d = progress.bar.format_dict
+        progress.close()
+    assert d["n"] == d["total"] == pytest.approx(sum(it.seconds for it in items), abs=0.01)
+    assert "1,801/1,801 s" in capsys.readouterr().err

@@ -368,6 +368,24 @@ def test_corpus_path_spelling_does_not_matter(mfcc_km, speech_corpus, mfcc_refer
     same_output(mfcc_reference, out)
 
 
+def test_resume_with_other_token_settings_is_refused_naming_both_values(mfcc_km, speech_corpus, tmp_path):
+    """The journal records what tokens depend on bit for bit (batch plan, precision, device kind,
+    chunking): a rerun with another batch plan is refused in one line naming both values (exit 2), one
+    with only other loader workers resumes."""
+    out = tmp_path / "out"
+    args = ["encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2]
+    assert run_cli(*args, "--batch-seconds", 7).exit_code == 0
+    header = json.loads((out / "progress.jsonl").read_text().splitlines()[0])
+    assert header["tokens"] == {**header["tokens"], "batch_seconds": 7.0, "semantic.precision": "fp32",
+                                "semantic.device": "cpu"}
+    r = run_cli(*args, "--batch-seconds", 8)
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"error: {out}: its tokens were made with batch_seconds=7.0 and this run has batch_seconds=8.0; tokens "
+        "depend on it bit for bit: rerun with the job's settings to resume it, or write to a new folder"]
+    r = run_cli(*args, "--batch-seconds", 7, "--num-workers", 1)
+    assert r.exit_code == 0 and "8 utterances (8 from a previous run)" in r.output, r.output
+
+
 def test_changed_corpus_is_refused_saying_what_changed(mfcc_km, speech_corpus, tmp_path):
     corpus = abs_manifest(speech_corpus, tmp_path / "c.jsonl", order=range(6))
     out = tmp_path / "out"

@@ -84,7 +84,7 @@ def _features(model: str, layer: int | None, device: str, precision: str):
                    "share it).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
 @click.option("--batch-seconds", type=POSITIVE, default=None,
-              help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+              help="Padded audio per batch (default 180 on GPU, 20 on CPU).")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None, help="Audio loading processes.")
 @overwrite_option
 @device_option
@@ -157,11 +157,11 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
 @output_option("DIR", "Folder to create or resume: shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
 @click.option("--batch-seconds", type=POSITIVE, default=None,
-              help="Padded audio per batch (default 600 on GPU, 20 on CPU).")
+              help="Padded audio per batch (default 180 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Utterances per batch at most.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
-              help="Audio loading processes (default 8 on GPU; on CPU 2, or 0 with 4 cores or fewer).")
+              help="Audio loading processes (default: one per core on GPU; on CPU 2, or 0 with 4 cores or fewer).")
 @click.option("--shard-max-mb", type=POSITIVE, default=256.0, show_default=True)
 @click.option("--shard-max-count", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (a rerun resumes).")

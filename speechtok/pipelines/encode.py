@@ -1,13 +1,23 @@
 """`tok encode`: corpus → token shards + manifest, with one or more tokenizers (semantic units, codecs) in
-one pass, each fed audio at its own rate.
+one pass, each fed audio at its own rate. The job reads as its stages:
 
-Determinism and resume: the corpus is split into windows, each window into length-bucketed batches, and
-samples are written in corpus order, so shards depend only on the corpus, the tokenizers and the options.
-After each shard is renamed into place, a line in `progress*.jsonl` records it; a rerun of the same command
-verifies those shards (writing a damaged one again), skips their utterances (recomputing only the batches
-that straddle the boundary, with the same batch composition) and continues, so the result is byte-identical
-to an uninterrupted run. The journal, the corpus fingerprint, the folder lock and signal handling are in
-`encode_job`.
+- plan (`plan_job`): the corpus, its fingerprint and the journal; durations from file headers; batches of
+  length-sorted utterances within windows of the corpus (`batching.plan_batches`);
+- read (`batching.BatchStream`): loader workers decode and resample one utterance each, a collator
+  thread pads them into (pinned, bucketed) batches ahead of the model;
+- featurize → assign (`encode_device.launch`, the main thread): one copy to the device, tokens computed
+  there, one copy back, nothing waiting for the device;
+- write (`encode_writer.WriterThread`): waits for the tokens, builds each sample's npy/json, writes the
+  samples in corpus order into shards and journals each finished shard (`ShardSink`);
+- finish (`finish_job`): errors.jsonl and the manifest, written last.
+
+Determinism and resume: samples are written in corpus order, and a sample's tokens depend only on the
+corpus, the tokenizers and the batch plan, which the journal records with the precision and device kind
+(`token_settings`): a resume with other values is refused. After each shard is renamed into place, a line
+in `progress*.jsonl` records it; a rerun of the same command verifies those shards (writing a damaged one
+again), skips their utterances (recomputing only the batches that straddle the boundary, with the same
+batch composition) and continues, so the result is byte-identical to an uninterrupted run. The journal,
+the corpus fingerprint, the folder lock and signal handling are in `encode_job`.
 
 Under torchrun, rank r takes the r-th contiguous block of the corpus, writes `shard-rRRR-NNNNNN.tar` and
 its own journal; rank 0 merges everything into one manifest when all ranks are done."""
@@ -21,26 +31,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import speechtok
 from speechtok.corpus import CorpusError, load_corpus
 from speechtok.folder_lock import FolderLock
-from speechtok.pipelines.batching import Batch, Item, iterate_batches, plan_batches, probe_durations
+from speechtok.hub import portable_card
+from speechtok.pipelines.batching import BatchStream, Item, plan_batches, probe_durations
+from speechtok.pipelines.encode_device import encode_rows, is_oom, launch  # noqa: F401 (encode_rows: API)
 from speechtok.pipelines.encode_job import (ERRORS_FILE, LOCK_FILE, Interrupted, Journal, StopFlag, corpus_index,
                                             index_sha, note, read_journal, remove_temporaries, stop_on_signals)
-from speechtok.hub import portable_card
-from speechtok.shards import (MANIFEST, ShardWriter, npy_bytes, sample_key, smallest_int_dtype, write_manifest,
-                              write_text_atomic)
-from speechtok.tokenizers.semantic import SemanticTokenizer, run_length
-
-
-class StrictError(Exception):
-    """--strict: the first bad input stops the job (what was written stays, and a rerun resumes)."""
+from speechtok.pipelines.encode_writer import (CodeUsage, Entry, SampleBuilder, StrictError,  # noqa: F401
+                                               WriterThread, sample_meta, token_files)
+from speechtok.shards import MANIFEST, ShardWriter, sample_key, write_manifest, write_text_atomic
+from speechtok.tokenizers.semantic import SemanticTokenizer
 
 
 @dataclass
@@ -55,6 +61,7 @@ class EncodeOptions:
     progress: bool = True
     strict: bool = False
     append: bool = False  # accept a corpus that grew at its end since the job started
+    buckets: bool | None = None  # pad batches to a fixed ladder of lengths (None: on CUDA only)
 
     def check(self) -> None:
         """Refuse options that cannot make shards (a usage error, before anything is written)."""
@@ -76,6 +83,7 @@ class EncodeSummary:
     shards: list[dict] = field(default_factory=list)
     resumed_utterances: int = 0
     oom_splits: int = 0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (`EncodeRun.stages`)
 
     @property
     def realtime_factor(self) -> float:
@@ -87,79 +95,6 @@ class EncodeSummary:
         return (f"{self.num_utterances} utterances{resumed}, {self.seconds / 3600:.3f} h, {frames} in "
                 f"{len(self.shards)} shards; {self.wall_seconds:.1f} s wall = {self.realtime_factor:,.0f}x real time; "
                 f"{len(self.errors)} errors")
-
-
-def token_files(tok, tokens: np.ndarray, dedup: bool) -> dict[str, bytes]:
-    """`<name>.npy` in the smallest integer dtype (codecs: [n_q, F]); with dedup, semantic units are
-    run-length encoded and `<name>_durations.npy` holds the run lengths."""
-    top = (tok.k if isinstance(tok, SemanticTokenizer) else tok.codebook_size) - 1
-    if dedup and isinstance(tok, SemanticTokenizer):
-        units, durations = run_length(tokens)
-        return {f"{tok.name}.npy": npy_bytes(units.astype(smallest_int_dtype(top))),
-                f"{tok.name}_durations.npy": npy_bytes(durations.astype(smallest_int_dtype(int(durations.max()))))}
-    return {f"{tok.name}.npy": npy_bytes(tokens.astype(smallest_int_dtype(top)))}
-
-
-class CodeUsage:
-    """Which codes each codebook of a stream has written in this run: a random-init or broken codec writes
-    (nearly) one code, which `warning` reports once enough frames have passed to fill more."""
-
-    def __init__(self, name: str, codebook_size: int):
-        self.name, self.size = name, codebook_size
-        self.seen: np.ndarray | None = None
-        self.frames = 0
-
-    def add(self, tokens: np.ndarray) -> None:
-        t = np.atleast_2d(tokens)
-        if self.seen is None:
-            self.seen = np.zeros((len(t), self.size), dtype=bool)
-        self.seen[np.arange(len(t))[:, None], t] = True
-        self.frames += t.shape[-1]
-
-    def warning(self, share: float = 0.02) -> str | None:
-        """One line if, after at least one frame per code, some codebook used under `share` of its codes."""
-        if self.seen is None or self.frames < self.size:
-            return None
-        used = self.seen.sum(1)
-        if used.min() >= max(2, share * self.size):
-            return None
-        return (f"warning: {self.name}: codebooks use {', '.join(map(str, used))} of {self.size} codes over "
-                f"{self.frames:,} frames (under {share:.0%}): a random-init or broken tokenizer?")
-
-
-def sample_meta(item: Item, seconds: float, streams: dict[str, dict]) -> dict:
-    """The sample's json: id, duration, labels, and per tokenizer its rates and frame count (the first
-    tokenizer's also at the top level)."""
-    first = next(iter(streams.values()))
-    meta = {"id": item.utt.id, "duration": round(seconds, 6), **first, **item.utt.labels()}
-    if len(streams) > 1:
-        meta["streams"] = streams
-    for key in ("start", "end"):
-        if getattr(item.utt, key) is not None:
-            meta[key] = getattr(item.utt, key)
-    return meta
-
-
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def encode_rows(tok, wav: torch.Tensor, lengths: torch.Tensor, on_split) -> list[np.ndarray]:
-    """tok.encode_batch, halving the batch on CUDA out-of-memory until it fits."""
-    try:
-        return tok.encode_batch(wav, lengths)
-    except RuntimeError as e:
-        if not is_oom(e) or len(lengths) == 1:
-            raise
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    on_split(len(lengths))
-    half = len(lengths) // 2
-    out = []
-    for part in (slice(0, half), slice(half, None)):
-        n = lengths[part]
-        out += encode_rows(tok, wav[part, : int(n.max())], n, on_split)
-    return out
 
 
 def dist_info() -> tuple[int, int]:
@@ -180,8 +115,8 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
     """Tokenize every utterance of `corpus` (folder or JSONL manifest) with `toks` (one tokenizer or a
     list) into shards under `out_dir`, resuming a previous run of the same job and repairing shards that
     no longer match their checksum. Bad inputs go to `out_dir/errors.jsonl` and are skipped; the manifest is
-    written last. Raises FolderLocked while another job writes there, JobMismatch for another job or a
-    changed corpus, Interrupted after SIGTERM/SIGINT (the output stays resumable)."""
+    written last. Raises FolderLocked while another job writes there, JobMismatch for another job, other
+    token settings or a changed corpus, Interrupted after SIGTERM/SIGINT (the output stays resumable)."""
     toks = list(toks) if isinstance(toks, (list, tuple)) else [toks]
     names = [t.name for t in toks]
     if len(set(names)) != len(names):
@@ -200,124 +135,320 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
 
 def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int,
                    stop: StopFlag) -> EncodeSummary:
+    """plan → (repair damaged shards) → read, featurize, assign, write → finish."""
     t0 = time.perf_counter()
+    job = plan_job(corpus, toks, out_dir, opts, rank, world)
+    run = EncodeRun(toks, job, opts, stop)
+    for i, why in job.damaged:
+        repair_shard(run, job, i, why, out_dir)
+    sink = ShardSink(out_dir, opts, job)
+    try:
+        run.encode(sink.pos, len(job.items), sink)
+        sink.close()
+    except BaseException:
+        sink.abort()  # no .tmp left behind; the journal holds every finished shard
+        raise
+    for line in filter(None, (u.warning() for u in run.builder.usage.values())):
+        print(line, file=sys.stderr)
+    summary = finish_job(corpus, toks, out_dir, job, sink, rank, world)
+    summary.oom_splits, summary.stages = run.oom_splits, run.stages
+    summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+@dataclass
+class JobPlan:
+    """What the plan stage settles: this rank's utterances (`items`, by position), the journal, and what
+    the output depends on."""
+
+    items: list[Item]
+    journal: Journal
+    cards: dict
+    dedups: dict[str, bool]
+    corpus_errors: list[CorpusError]
+    probe_errors: list[CorpusError]
+    damaged: list[tuple[int, str]]  # journaled shards to write again: (index, why)
+    pattern: str | None  # shard names under torchrun
+
+
+def device_kind(device: torch.device) -> str:
+    """'cpu', or the accelerator with its model (tokens may differ bit for bit between GPU models)."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def token_settings(toks, opts: EncodeOptions) -> dict:
+    """What a sample's tokens depend on bit for bit besides the corpus and the tokenizer cards: the batch
+    plan (batched kernels round differently, which flips near-ties) and, per tokenizer, its precision,
+    device kind and chunking of long inputs. Loader workers and shard sizes do not count."""
+    settings = {"batch_seconds": opts.max_batch_seconds, "batch_size": opts.max_batch_size,
+                "window": opts.window, "buckets": uses_buckets(toks, opts)}
+    for t in toks:
+        semantic = isinstance(t, SemanticTokenizer)
+        settings[f"{t.name}.precision"] = getattr(t.features, "precision", "fp32") if semantic else t.precision
+        settings[f"{t.name}.device"] = device_kind(t.device)
+        settings[f"{t.name}.chunk_seconds"] = t.chunk_samples / t.sample_rate
+        settings[f"{t.name}.context_seconds"] = t.context_samples / t.sample_rate
+    return settings
+
+
+def uses_buckets(toks, opts: EncodeOptions) -> bool:
+    """Bucketed batch widths (few shapes, so cuDNN's autotuner pays) by default on CUDA only: on a CPU the
+    padding costs time and gains nothing."""
+    return opts.buckets if opts.buckets is not None else any(t.device.type == "cuda" for t in toks)
+
+
+def plan_job(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int) -> JobPlan:
+    """Read the corpus, open (or resume) the journal, and keep the utterances that can be encoded."""
     remove_temporaries(out_dir, rank, world)
     dedups = {t.name: (t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer) else False
               for t in toks}
     cards = {t.name: t.card() for t in toks}
-    # what the output depends on besides the corpus; batch sizes are left out since tokens do not depend on batching
+    # what the output depends on besides the corpus and the token settings (checked on their own)
     job = {"tokenizers": cards, "dedup": dedups, "world_size": world,
            "shard_max_bytes": opts.shard_max_bytes, "shard_max_count": opts.shard_max_count}
     fingerprint = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
-
-    summary = EncodeSummary(frames={t.name: 0 for t in toks})
     corpus_errors: list[CorpusError] = []
     utts = load_corpus(corpus, corpus_errors)
     if not utts and not corpus_errors:
         raise ValueError(f"{corpus}: empty corpus (no audio files, or no utterance lines)")
     index = corpus_index(utts)
     suffix = f".r{rank:03d}" if world > 1 else ""
-    journal = Journal(out_dir / f"progress{suffix}.jsonl", fingerprint, index_sha(index))
+    journal = Journal(out_dir / f"progress{suffix}.jsonl", fingerprint, index_sha(index),
+                      token_settings(toks, opts))
     journal.open(out_dir, index, opts.append, write_index=rank == 0,
                  mine=f"shard-r{rank:03d}-*.tar" if world > 1 else "shard-[0-9]*.tar")
-
     utts = utts[rank * len(utts) // world: (rank + 1) * len(utts) // world]
     probe_errors: list[CorpusError] = []
-    items, keys = [], {}
-    for it in probe_durations(utts, probe_errors):
-        short = [t.name for t in toks if int(t.num_frames(int(it.seconds * t.sample_rate))) == 0]
-        key = sample_key(it.utt.id)
-        if short:
-            probe_errors.append(CorpusError(file=it.utt.path, id=it.utt.id, reason=f"shorter than one token frame "
-                                            f"({it.seconds * 1000:.1f} ms) for {', '.join(short)}"))
-        elif key in keys:
-            probe_errors.append(CorpusError(file=it.utt.path, id=it.utt.id,
-                                            reason=f"id maps to the same shard key as '{keys[key]}'"))
-        else:
-            keys[key] = it.utt.id
-            items.append(it)
+    items = usable_items(probe_durations(utts, probe_errors), toks, probe_errors)
     if opts.strict and (corpus_errors or probe_errors):
         e = (corpus_errors + probe_errors)[0]
         raise StrictError(f"{e.file}: {e.reason}")
-    enc = _Encoder(toks, items, dedups, opts, stop, summary)
-    pattern = f"shard-r{rank:03d}-{{:06d}}.tar" if world > 1 else None
-
-    damaged = journal.damaged(out_dir)
     next_pos = journal.shards[-1]["next_pos"] if journal.shards else 0
+    damaged = journal.damaged(out_dir)
     if damaged or next_pos < len(items) or journal.done is None:
         (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is not a finished job until this run ends
-    for i, why in damaged:
-        _repair_shard(enc, journal, i, why, out_dir, pattern)
+    return JobPlan(items, journal, cards, dedups, corpus_errors, probe_errors, damaged,
+                   f"shard-r{rank:03d}-{{:06d}}.tar" if world > 1 else None)
 
-    load_errors = [CorpusError(**e) for line in journal.shards for e in line["errors"]]
-    if journal.shards:
-        last = journal.shards[-1]
-        summary.num_utterances, summary.seconds = last["num_utterances"], last["seconds"]
-        summary.frames = dict(last["frames"])
-        summary.resumed_utterances = summary.num_utterances
-    writer = ShardWriter(out_dir, opts.shard_max_bytes, opts.shard_max_count, start_index=len(journal.shards),
-                         pattern=pattern)
-    writer.shards = [line["shard"] for line in journal.shards]
-    unjournaled: list[CorpusError] = []
-    state = {"pos": next_pos, "utts": summary.num_utterances, "seconds": summary.seconds,
-             "frames": dict(summary.frames)}
 
-    def on_shard_done(record: dict) -> None:
-        journal.append({"shard": record, "next_pos": state["pos"], "num_utterances": state["utts"],
-                        "seconds": state["seconds"], "frames": dict(state["frames"]),
-                        "errors": [asdict(e) for e in unjournaled]})
-        unjournaled.clear()
+def usable_items(probed: list[Item], toks, errors: list[CorpusError]) -> list[Item]:
+    """The utterances every tokenizer gets a frame of, whose shard keys are distinct; the others go to
+    `errors`."""
+    items, keys = [], {}
+    for it in probed:
+        short = [t.name for t in toks if int(t.num_frames(int(it.seconds * t.sample_rate))) == 0]
+        key = sample_key(it.utt.id)
+        if short:
+            errors.append(CorpusError(file=it.utt.path, id=it.utt.id, reason=f"shorter than one token frame "
+                                      f"({it.seconds * 1000:.1f} ms) for {', '.join(short)}"))
+        elif key in keys:
+            errors.append(CorpusError(file=it.utt.path, id=it.utt.id,
+                                      reason=f"id maps to the same shard key as '{keys[key]}'"))
+        else:
+            keys[key] = it.utt.id
+            items.append(it)
+    return items
 
-    writer.on_shard_done = on_shard_done
-    bar = tqdm(total=len(items), initial=next_pos, unit="utt", disable=not opts.progress, dynamic_ncols=True)
+
+class EncodeRun:
+    """Encodes items by corpus position, in the planned batches (so a batch's composition, and with it
+    every token, is the same in a first run, a resume and a repair): read → featurize → assign → write."""
+
+    def __init__(self, toks, job: JobPlan, opts: EncodeOptions, stop: StopFlag):
+        self.toks, self.items, self.opts, self.stop = toks, job.items, opts, stop
+        self.position = {it.index: p for p, it in enumerate(job.items)}
+        self.buckets = uses_buckets(toks, opts)
+        self.plan = plan_batches(job.items, opts.max_batch_seconds, opts.max_batch_size, opts.window,
+                                 self.buckets)
+        self.cuda = any(t.device.type == "cuda" for t in toks)
+        if self.cuda and self.buckets:
+            torch.backends.cudnn.benchmark = True  # a few shapes, each autotuned once
+        self.builder = SampleBuilder(toks, job.dedups)
+        self.oom_splits = 0
+        # where the time goes, to name what bounds a run: main thread, then writer thread
+        self.stages = dict.fromkeys(("wait for audio", "queue device work", "wait for writer",
+                                     "wait for device", "build and write"), 0.0)
+
+    def split_logged(self, n: int) -> None:
+        self.oom_splits += 1
+        tqdm.write(f"warning: CUDA out of memory on a batch of {n}; splitting it in two")
+
+    def encode(self, lo: int, hi: int, sink) -> None:
+        """Encode positions lo..hi-1; `sink(position, entry or CorpusError)` gets each in corpus order
+        (in the writer thread). Raises Interrupted at the next sample once SIGTERM/SIGINT was received."""
+        todo = [b for b in self.plan if any(lo <= self.position[it.index] < hi for it in b)]
+        if not todo:
+            return
+        if self.stop.signum is not None:
+            raise Interrupted(self.stop.signum)
+        stream = BatchStream(todo, [t.sample_rate for t in self.toks], self.opts.num_workers,  # read
+                             pin=self.cuda, buckets=self.buckets)
+        writer = WriterThread(self.builder, self.position, lo, hi, self.opts.strict, self.stop, sink,  # write
+                              self.stages)
+        writer.start()
+        batches, clock = iter(stream), Clock(self.stages)
+        try:
+            while (batch := clock("wait for audio", next, batches, None)) is not None:
+                if self.stop.signum is not None:
+                    break  # the writer stops at its next sample
+                # featurize → assign
+                pending = clock("queue device work", launch, self.toks, batch, self.split_logged)
+                clock("wait for writer", writer.put, pending)
+            clock("wait for writer", writer.finish)
+        except BaseException:
+            writer.cancel()
+            raise
+        finally:
+            stream.close()
+
+
+class Clock:
+    """Calls a function and adds its wall time to `stages[name]`."""
+
+    def __init__(self, stages: dict[str, float]):
+        self.stages = stages
+
+    def __call__(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.stages[name] += time.perf_counter() - t0
+
+
+class ShardSink:
+    """The write stage's end: samples into shards, each finished shard journaled with the counters and the
+    load errors up to it; the progress bar in audio seconds."""
+
+    def __init__(self, out_dir: Path, opts: EncodeOptions, job: JobPlan):
+        journal, self.items, self.journal = job.journal, job.items, job.journal
+        last = journal.shards[-1] if journal.shards else {"next_pos": 0, "num_utterances": 0, "seconds": 0.0,
+                                                          "frames": {name: 0 for name in job.cards}}
+        self.pos, self.utts, self.seconds = last["next_pos"], last["num_utterances"], last["seconds"]
+        self.frames = dict(last["frames"])
+        self.resumed = self.utts
+        self.errors = [CorpusError(**e) for line in journal.shards for e in line["errors"]]  # load errors
+        self.unjournaled: list[CorpusError] = []
+        self.writer = ShardWriter(out_dir, opts.shard_max_bytes, opts.shard_max_count,
+                                  start_index=len(journal.shards), pattern=job.pattern)
+        self.writer.shards = [line["shard"] for line in journal.shards]
+        self.writer.on_shard_done = self._journal
+        self.progress = Progress(self.items, self.pos, opts.progress)
+
+    def __call__(self, pos: int, entry: Entry | CorpusError) -> None:
+        self.pos = pos
+        if isinstance(entry, CorpusError):
+            self.unjournaled.append(entry)
+            self.errors.append(entry)
+        else:
+            files, seconds, streams = entry
+            self.writer.write(sample_key(self.items[pos].utt.id), files)  # may close a shard: journaled
+            self.utts += 1
+            self.seconds += seconds
+            for name, s in streams.items():
+                self.frames[name] += s["num_frames"]
+        self.pos = pos + 1
+        self.progress.advance(self.items[pos].seconds, self.seconds)
+
+    def _journal(self, record: dict) -> None:
+        self.journal.append({"shard": record, "next_pos": self.pos, "num_utterances": self.utts,
+                             "seconds": self.seconds, "frames": dict(self.frames),
+                             "errors": [asdict(e) for e in self.unjournaled]})
+        self.unjournaled.clear()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.progress.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+        self.progress.close()
+
+
+class AudioSecondsBar(tqdm):
+    """tqdm counting whole milliseconds of audio (no float drift past the total: no negative ETA, no
+    TqdmWarning) and showing seconds; its rate is then × real time."""
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        for key in ("n", "total", "initial"):
+            d[key] = d[key] / 1000 if d[key] is not None else None
+        d["rate"] = d["rate"] / 1000 if d["rate"] is not None else None
+        return d
+
+
+class Progress:
+    """The progress bar over this rank's audio seconds, so the ETA holds whatever the utterances' lengths."""
+
+    def __init__(self, items: list[Item], done: int, enabled: bool):
+        ms = [round(it.seconds * 1000) for it in items]
+        self.t0, self.start_ms = time.perf_counter(), sum(ms[:done])
+        self.bar = AudioSecondsBar(total=sum(ms), initial=self.start_ms, unit="s", disable=not enabled,
+                                   dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:,.0f}/{total:,.0f} s "
+                                   "[{elapsed}<{remaining}{postfix}]")
+
+    def advance(self, seconds: float, total_seconds: float) -> None:
+        """One utterance of `seconds` (probed) done; `total_seconds` of audio encoded so far."""
+        if self.bar.disable:
+            return
+        self.bar.update(round(seconds * 1000))
+        rate = (self.bar.n - self.start_ms) / 1000 / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{total_seconds / 3600:.2f} h, {rate:,.0f}x RT", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def repair_shard(run: EncodeRun, job: JobPlan, i: int, why: str, out_dir: Path) -> None:
+    """Write journaled shard `i` again from its utterances (it went missing or no longer matches its sha256)."""
+    line = job.journal.shards[i]
+    name = line["shard"]["name"]
+    note(f"{out_dir / name}: {why}; encoding its utterances again")
+    lo = job.journal.shards[i - 1]["next_pos"] if i else 0
+    writer = ShardWriter(out_dir, 1 << 62, 1 << 62, start_index=i, pattern=job.pattern)
+
+    def sink(pos: int, entry: Entry | CorpusError) -> None:
+        if not isinstance(entry, CorpusError):
+            writer.write(sample_key(job.items[pos].utt.id), entry[0])
+
     try:
-        for pos, entry in enc.entries(next_pos, len(items), opts.strict):
-            state["pos"] = pos
-            if isinstance(entry, CorpusError):
-                unjournaled.append(entry)
-                load_errors.append(entry)
-            else:
-                files, seconds, streams = entry
-                # may close a shard: journaled with the counters so far
-                writer.write(sample_key(items[pos].utt.id), files)
-                state["utts"] += 1
-                state["seconds"] += seconds
-                for name, s in streams.items():
-                    state["frames"][name] += s["num_frames"]
-            state["pos"] = pos + 1
-            bar.update(1)
-            done_s = state["seconds"] - summary.seconds
-            bar.set_postfix_str(f"{state['seconds'] / 3600:.2f} h, "
-                                f"{done_s / max(time.perf_counter() - t0, 1e-9):,.0f}x RT", refresh=False)
-        writer.close()
+        run.encode(lo, line["next_pos"], sink)
+        records = writer.close()
     except BaseException:
-        writer.abort()  # no .tmp left behind; the journal holds every finished shard
+        writer.abort()
         raise
-    finally:
-        bar.close()
-    for line in filter(None, (u.warning() for u in enc.usage.values())):
-        print(line, file=sys.stderr)
-    summary.num_utterances, summary.seconds, summary.frames = state["utts"], state["seconds"], state["frames"]
-    summary.shards = writer.shards
-    journal.finish({"errors": [asdict(e) for e in unjournaled],
-                    "probe_errors": [asdict(e) for e in probe_errors],
-                    "num_utterances": summary.num_utterances, "seconds": summary.seconds, "frames": summary.frames})
-    summary.errors = corpus_errors + probe_errors + load_errors
+    if [r["name"] for r in records] != [name] or records[0]["num_samples"] != line["shard"]["num_samples"]:
+        raise RuntimeError(f"{out_dir / name}: could not be repaired (the corpus no longer gives its samples); "
+                           "write to a new folder")
+    job.journal.replace(i, records[0])
 
+
+def finish_job(corpus, toks, out_dir: Path, job: JobPlan, sink: ShardSink, rank: int, world: int) -> EncodeSummary:
+    """Close the journal; on rank 0 (once every rank is done) write errors.jsonl and the manifest, last."""
+    summary = EncodeSummary(num_utterances=sink.utts, seconds=sink.seconds, frames=sink.frames,
+                            shards=sink.writer.shards, resumed_utterances=sink.resumed)
+    job.journal.finish({"errors": [asdict(e) for e in sink.unjournaled],
+                        "probe_errors": [asdict(e) for e in job.probe_errors],
+                        "num_utterances": summary.num_utterances, "seconds": summary.seconds,
+                        "frames": summary.frames})
+    summary.errors = job.corpus_errors + job.probe_errors + sink.errors
     _barrier(world)
     if rank == 0:
         if world > 1:
-            summary = _merge_ranks(out_dir, world, corpus_errors, summary)
+            summary = _merge_ranks(out_dir, world, job.corpus_errors, summary)
         write_text_atomic(out_dir / ERRORS_FILE, "".join(e.to_json() + "\n" for e in summary.errors))
         write_manifest(out_dir, {
             "format": "speechtok.shards",
             "format_version": 1,
             "speechtok_version": speechtok.__version__,
             "corpus": os.path.abspath(corpus),
-            "corpus_sha256": journal.corpus,
-            "job": journal.fingerprint,
-            "tokenizers": portable_card(cards, out_dir),  # local model paths relative to the shards
-            "dedup": dedups[toks[0].name] if len(toks) == 1 else dedups,
+            "corpus_sha256": job.journal.corpus,
+            "job": job.journal.fingerprint,
+            "tokenizers": portable_card(job.cards, out_dir),  # local model paths relative to the shards
+            "dedup": job.dedups[toks[0].name] if len(toks) == 1 else job.dedups,
             "num_utterances": summary.num_utterances,
             "seconds": round(summary.seconds, 6),
             "frames": summary.frames,
@@ -326,111 +457,7 @@ def _encode_locked(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, 
                         "sha256": s["sha256"]} for s in summary.shards],
         })
     _barrier(world)
-    summary.wall_seconds = time.perf_counter() - t0
     return summary
-
-
-class _Encoder:
-    """Encodes items by corpus position, in the planned batches (so a batch's composition, and with it
-    every token, is the same in a first run, a resume and a repair)."""
-
-    def __init__(self, toks, items: list[Item], dedups: dict, opts: EncodeOptions, stop: StopFlag,
-                 summary: EncodeSummary):
-        self.toks, self.items, self.dedups, self.stop, self.summary = toks, items, dedups, stop, summary
-        self.position = {it.index: p for p, it in enumerate(items)}
-        self.plan = plan_batches(items, opts.max_batch_seconds, opts.max_batch_size, opts.window)
-        self.num_workers = opts.num_workers
-        self.usage = {t.name: CodeUsage(t.name, t.k if isinstance(t, SemanticTokenizer) else t.codebook_size)
-                      for t in toks}  # codes written in this run, for the low-usage warning
-
-    def split_logged(self, n: int) -> None:
-        self.summary.oom_splits += 1
-        tqdm.write(f"warning: CUDA out of memory on a batch of {n}; splitting it in two")
-
-    def entries(self, lo: int, hi: int, strict: bool) -> Iterator[tuple[int, tuple | CorpusError]]:
-        """(position, (files, seconds, streams) or CorpusError) for positions lo..hi-1, in order. Raises
-        Interrupted at the next sample once SIGTERM/SIGINT was received."""
-        toks, position = self.toks, self.position
-        todo = [b for b in self.plan if any(lo <= position[it.index] < hi for it in b)]
-        ready: dict[int, tuple | CorpusError] = {}
-        nxt = lo
-        cuda = any(t.device.type == "cuda" for t in toks)
-
-        def fail(it: Item, reason: str) -> None:
-            if lo <= position[it.index] < hi:
-                ready[position[it.index]] = CorpusError(file=it.utt.path, id=it.utt.id, reason=reason)
-                if strict:
-                    raise StrictError(f"{it.utt.path}: {reason}")
-
-        if todo and self.stop.signum is not None:
-            raise Interrupted(self.stop.signum)
-        for batch in iterate_batches(todo, [t.sample_rate for t in toks], self.num_workers, pin_memory=cuda):
-            for it, why in batch.errors:
-                fail(it, why)
-            encoded = _encode_batch(toks, batch, self.split_logged, fail)
-            for j, it in enumerate(batch.items):
-                if j not in encoded or not lo <= position[it.index] < hi:
-                    continue
-                files, streams = {}, {}
-                for t in toks:
-                    tokens = encoded[j][t.name]
-                    self.usage[t.name].add(tokens)
-                    files.update(token_files(t, tokens, self.dedups[t.name]))
-                    streams[t.name] = {"sample_rate": t.sample_rate, "frame_rate": t.frame_rate,
-                                       "num_frames": int(tokens.shape[-1])}
-                meta = sample_meta(it, batch.seconds[j], streams)
-                files = {"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), **files}
-                ready[position[it.index]] = (files, batch.seconds[j], streams)
-            while nxt in ready:
-                yield nxt, ready.pop(nxt)
-                nxt += 1
-                if self.stop.signum is not None and nxt < hi:  # checked after every sample written
-                    raise Interrupted(self.stop.signum)
-
-
-def _repair_shard(enc: _Encoder, journal: Journal, i: int, why: str, out_dir: Path, pattern: str | None) -> None:
-    """Write journaled shard `i` again from its utterances (it went missing or no longer matches its sha256)."""
-    line = journal.shards[i]
-    name = line["shard"]["name"]
-    note(f"{out_dir / name}: {why}; encoding its utterances again")
-    lo = journal.shards[i - 1]["next_pos"] if i else 0
-    writer = ShardWriter(out_dir, 1 << 62, 1 << 62, start_index=i, pattern=pattern)
-    try:
-        for pos, entry in enc.entries(lo, line["next_pos"], strict=False):
-            if not isinstance(entry, CorpusError):
-                writer.write(sample_key(enc.items[pos].utt.id), entry[0])
-        records = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    if [r["name"] for r in records] != [name] or records[0]["num_samples"] != line["shard"]["num_samples"]:
-        raise RuntimeError(f"{out_dir / name}: could not be repaired (the corpus no longer gives its samples); "
-                           "write to a new folder")
-    journal.replace(i, records[0])
-
-
-def _encode_batch(toks, batch: Batch, on_split, fail) -> dict[int, dict[str, np.ndarray]]:
-    """Row j → {tokenizer name: tokens}. A batch that fails for another reason than memory is retried
-    one utterance at a time, so one bad input costs only itself."""
-    if not batch.items:
-        return {}
-    try:
-        outputs = {t.name: encode_rows(t, *batch.audio[t.sample_rate], on_split) for t in toks}
-        return {j: {name: out[j] for name, out in outputs.items()} for j in range(len(batch.items))}
-    except RuntimeError:
-        pass  # retried below one utterance at a time (an utterance that alone runs out of memory fails)
-    result = {}
-    for j, it in enumerate(batch.items):
-        try:
-            row = {}
-            for t in toks:
-                wav, lengths = batch.audio[t.sample_rate]
-                n = lengths[j: j + 1]
-                row[t.name] = t.encode_batch(wav[j: j + 1, : int(n)], n)[0]
-            result[j] = row
-        except RuntimeError as e:
-            fail(it, f"tokenizer failed: {' '.join(str(e).split())[:200]}")
-    return result
 
 
 def _merge_ranks(out_dir: Path, world: int, corpus_errors: list[CorpusError], mine: EncodeSummary) -> EncodeSummary:
@@ -457,7 +484,7 @@ def encode_device_defaults(device: torch.device) -> dict:
     slower per second of audio than one utterance at a time (measured: 2x for HuBERT's conv stack), so
     batches stay small there, and with few cores loader processes only take cores from the model
     (measured on 2 cores: 0.7x of a plain loop with 2 workers, 1.1x with none); a GPU wants minutes of
-    audio per batch."""
+    audio per batch (1-3 minutes: several batches in flight keep it busy) and a loader worker per core."""
     if device.type == "cuda":
-        return {"precision": "bf16", "num_workers": 8, "max_batch_seconds": 600.0}
+        return {"precision": "bf16", "num_workers": len(os.sched_getaffinity(0)), "max_batch_seconds": 180.0}
     return {"precision": "fp32", "num_workers": 0 if (os.cpu_count() or 1) <= 4 else 2, "max_batch_seconds": 20.0}

@@ -1,7 +1,7 @@
 """The state of a `tok encode` job on disk, and what keeps it safe to stop, rerun and share a machine:
 
 - `progress[.rRRR].jsonl`, the journal: a header (the job's fingerprint: tokenizers and options; the
-  corpus fingerprint), then one line per finished shard, then `done`. It is created before the first shard
+  corpus fingerprint; the settings tokens depend on bit for bit), then one line per finished shard, then `done`. It is created before the first shard
   is written; a torn last line (a full disk, a kill) is dropped with a note, and the shard it recorded is
   written again.
 - `corpus-index.jsonl`: one `[id, digest]` per utterance (the digest covers the resolved path, the file's
@@ -128,8 +128,8 @@ class Journal:
     """`progress[.rRRR].jsonl` of one rank: the header, one line per finished shard (with the counters
     and the load errors up to it), and `done` once the rank has finished."""
 
-    def __init__(self, path: Path, fingerprint: str, corpus: str):
-        self.path, self.fingerprint, self.corpus = path, fingerprint, corpus
+    def __init__(self, path: Path, fingerprint: str, corpus: str, settings: dict | None = None):
+        self.path, self.fingerprint, self.corpus, self.settings = path, fingerprint, corpus, settings
         self.shards: list[dict] = []
         self.done: dict | None = None
 
@@ -146,6 +146,7 @@ class Journal:
             if header.get("job") != self.fingerprint:
                 raise JobMismatch(f"{out_dir}: holds an encode job with other inputs or options; rerun the same "
                                   "command to resume it, or write to a new folder")
+            settings_differ(out_dir, header.get("tokens"), self.settings)
             if header.get("corpus") != self.corpus:
                 old = read_index(out_dir / CORPUS_INDEX)
                 trusted = old is not None and index_sha(old) == header.get("corpus")
@@ -173,7 +174,10 @@ class Journal:
         return out
 
     def _rewrite(self) -> None:
-        lines = ([{"job": self.fingerprint, "corpus": self.corpus}] + self.shards
+        header = {"job": self.fingerprint, "corpus": self.corpus}
+        if self.settings is not None:
+            header["tokens"] = self.settings
+        lines = ([header] + self.shards
                  + ([self.done] if self.done else []))
         write_text_atomic(self.path, "".join(json.dumps(x, ensure_ascii=True) + "\n" for x in lines))
 
@@ -196,6 +200,17 @@ class Journal:
     def finish(self, line: dict) -> None:
         self.done = {"done": len(self.shards), **line}
         self._rewrite()
+
+
+def settings_differ(out_dir: Path, recorded: dict | None, now: dict | None) -> None:
+    """Refuse to resume a job whose tokens were made with other settings (a journal written before they
+    were recorded is trusted): one line naming the setting and both values."""
+    if recorded is None or now is None or recorded == now:
+        return
+    key = next(k for k in list(recorded) + list(now) if recorded.get(k) != now.get(k))
+    raise JobMismatch(f"{out_dir}: its tokens were made with {key}={recorded.get(key)} and this run has "
+                      f"{key}={now.get(key)}; tokens depend on it bit for bit: rerun with the job's settings "
+                      "to resume it, or write to a new folder")
 
 
 def remove_temporaries(out_dir: Path, rank: int, world: int) -> None:

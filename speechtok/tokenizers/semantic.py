@@ -144,9 +144,18 @@ class SemanticTokenizer:
         """Padded waveforms [B, T] at `sample_rate` and their lengths → one int64 unit array per
         utterance (frame-level; see `run_length` for dedup). A single input longer than a chunk is
         encoded by `encode_long`."""
+        units, n = self.tokens(wav, lengths)
+        units = units.cpu().numpy()
+        return [units[i, :f] for i, f in enumerate(n.tolist())]
+
+    @torch.inference_mode()
+    def tokens(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Units [B, F] on the model's device and frame counts [B] where `lengths` are: with `lengths`
+        on the host, the work is queued on the device without waiting for it (no host sync)."""
         if len(lengths) == 1 and int(lengths[0]) > self.chunk_samples + 2 * self.context_samples:
-            return [self.encode_long(wav[0, : int(lengths[0])])]
-        return self._units(wav, lengths)
+            units = torch.from_numpy(self.encode_long(wav[0, : int(lengths[0])]))
+            return units[None], self.num_frames(lengths)
+        return self._labels(wav, lengths), self.num_frames(lengths)
 
     def encode_long(self, wav: torch.Tensor) -> np.ndarray:
         """Units of one long waveform in bounded memory: chunks of `chunk_samples`, each computed with
@@ -164,12 +173,15 @@ class SemanticTokenizer:
             out[g0: g0 + count] = units[first: first + count]
         return out
 
-    def _units(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
-        feats, n = self.features(wav, lengths)
+    def _labels(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Nearest-centroid units [B, F] of a batch that is not cut into chunks, left on the device."""
+        feats, _ = self.features(wav, lengths)
         b, f, d = feats.shape
-        labels, _ = assign(feats.reshape(b * f, d), self._c, c_sqnorm=self._c_sqnorm)
-        labels = labels.view(b, f).cpu().numpy()
-        return [labels[i, : int(n[i])] for i in range(b)]
+        return assign(feats.reshape(b * f, d), self._c, c_sqnorm=self._c_sqnorm)[0].view(b, f)
+
+    def _units(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
+        labels = self._labels(wav, lengths).cpu().numpy()
+        return [labels[i, :n] for i, n in enumerate(self.num_frames(lengths.cpu()).tolist())]
 
     def encode(self, audio: np.ndarray | torch.Tensor | str, sample_rate: int | None = None) -> np.ndarray:
         """Units of one waveform (mono; resampled when `sample_rate` differs) or audio file."""

@@ -8,6 +8,7 @@ over each utterance's own frames, so a padded batch gives the features of each u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -24,17 +25,21 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 class MaskedConvFeatureEncoder(nn.Module):
     """The model's convolutional feature encoder, with the first layer's GroupNorm computed per
-    utterance over its valid frames only. `lengths` (samples) is set by the caller before each forward."""
+    utterance over its valid frames only. The caller sets `lengths` (samples, on the model's device) and
+    `padded` (whether any row is shorter than the input: known on the host, so no device sync) before
+    each forward; `padded` None: worked out from `lengths` (a sync)."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.conv_layers = encoder.conv_layers
         self.lengths: torch.Tensor | None = None
+        self.padded: bool | None = None
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         h = input_values[:, None]
         lengths = self.lengths
-        padded = lengths is not None and bool((lengths < input_values.shape[-1]).any())
+        padded = lengths is not None and (self.padded if self.padded is not None
+                                          else bool((lengths < input_values.shape[-1]).any()))
         for i, layer in enumerate(self.conv_layers):
             norm = getattr(layer, "layer_norm", None)
             if i == 0 and isinstance(norm, nn.GroupNorm) and padded:
@@ -44,17 +49,27 @@ class MaskedConvFeatureEncoder(nn.Module):
         return h
 
     def _masked_group_norm(self, h: torch.Tensor, norm: nn.GroupNorm, conv: nn.Conv1d) -> torch.Tensor:
-        """Per-channel statistics over each utterance's valid frames: sums as batched mat-vec products,
-        then one fused scale-and-shift pass."""
+        """Per-channel statistics over each utterance's valid frames, then one fused scale-and-shift pass.
+        fp32 input: sums as batched mat-vec products, all in fp32. bf16 input (autocast): the masked
+        values and their squares stay bf16, their sums accumulate in fp32, and the scale-and-shift pass
+        writes bf16 — half the memory traffic over [B, 512, 3,200 per second]."""
         n = conv_output_length(self.lengths, conv.kernel_size[0], conv.stride[0])
-        hf = h.float()
-        mask = length_mask(n, h.shape[-1]).float()[:, :, None]  # [B, T, 1]
+        mask = length_mask(n, h.shape[-1])
         count = torch.clamp(n, min=1).float()[:, None, None]
-        mean = torch.bmm(hf, mask) / count  # [B, C, 1]
-        var = torch.clamp(torch.bmm(hf * hf, mask) / count - mean * mean, min=0)
+        dtype = h.dtype
+        if dtype == torch.bfloat16:
+            hm = h * mask[:, None, :].to(h.dtype)
+            mean = hm.sum(-1, keepdim=True, dtype=torch.float32) / count  # [B, C, 1]
+            square = (hm * hm).sum(-1, keepdim=True, dtype=torch.float32) / count
+        else:
+            hf, maskf = h.float(), mask.float()[:, :, None]  # [B, T, 1]
+            mean = torch.bmm(hf, maskf) / count
+            square = torch.bmm(hf * hf, maskf) / count
+            h = hf
+        var = torch.clamp(square - mean * mean, min=0)
         scale = torch.rsqrt(var + norm.eps) * norm.weight.float()[None, :, None]
         shift = norm.bias.float()[None, :, None] - mean * scale
-        return torch.addcmul(shift, hf, scale).to(h.dtype)
+        return torch.addcmul(shift.to(h.dtype), h, scale.to(h.dtype)).to(dtype)
 
 
 def weights_checksum(model_ref: str, revision: str | None = None) -> str | None:
@@ -186,9 +201,11 @@ class SSLFeatures(FeatureExtractor):
     @torch.inference_mode()
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
-        wav, lengths = wav.to(device, non_blocking=True).float(), lengths.to(device)
-        if wav.shape[1] < self.min_samples:
-            wav = nn.functional.pad(wav, (0, self.min_samples - wav.shape[1]))
+        width = max(wav.shape[1], self.min_samples)
+        padded = bool((lengths < width).any()) if lengths.device.type == "cpu" else None  # on the host: free
+        wav, lengths = wav.to(device, non_blocking=True).float(), lengths.to(device, non_blocking=True)
+        if wav.shape[1] < width:
+            wav = nn.functional.pad(wav, (0, width - wav.shape[1]))
         mask = length_mask(lengths, wav.shape[1])
         wav = wav * mask
         if self.normalize:
@@ -197,9 +214,12 @@ class SSLFeatures(FeatureExtractor):
             var = (((wav - mean) * mask) ** 2).sum(1, keepdim=True) / count
             wav = (wav - mean) * torch.rsqrt(var + 1e-7) * mask
         self.model.feature_extractor.lengths = lengths
+        self.model.feature_extractor.padded = padded
         dtype = PRECISIONS[self.precision]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            hidden = self.model(wav, attention_mask=mask.long()).last_hidden_state
+        with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
+            # no padding (known on the host): no mask, so transformers skips its mask and the device sync
+            # in checking it (`padding_mask.all()`); the result is the same
+            hidden = self.model(wav, attention_mask=None if padded is False else mask.long()).last_hidden_state
         n = self.num_frames(lengths)
         hidden = hidden.float()
         return hidden * length_mask(n, hidden.shape[1])[..., None], n
