@@ -1,0 +1,141 @@
+"""The decoding core (lm/decoding.py) on both stages: compiled whole with no graph break and no recompile over
+100 steps, no host synchronisation inside the loop, compiled equal to eager token for token (greedy and
+sampled), the LM stage equal to Hugging Face `generate` (greedy), rows of a batch equal to rows alone."""
+
+import numpy as np
+import pytest
+import torch
+
+from speechtok.lm.acoustic import AcousticConfig, AcousticModel
+from speechtok.lm.decoding import Sampler
+from speechtok.lm.generate import SamplingOptions, generate_units, unit_decoder
+from speechtok.lm.vocab import SpeechVocab
+
+STEPS = 100
+
+
+class Tok:
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+
+VOCAB = SpeechVocab(semantic_stream="semantic", k=100, semantic_first_id=20, text_id=3, speech_id=4)
+PROMPTS = [[1, 4, 25, 26], [1, 4, 30, 31, 32, 33, 34, 35, 36]]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_acoustic():
+    torch.manual_seed(0)
+    cfg = AcousticConfig(k=6, n_q=3, codebook_size=8, dim=32, layers=1, heads=4, max_len=256)
+    return AcousticModel(cfg).eval()
+
+
+def acoustic_decoder(model, sampler):
+    rng = np.random.default_rng(0)
+    units = [rng.integers(0, 6, n) for n in (5, 12)]
+    return model.decoder(units, [STEPS - 2, 40], [rng.integers(0, 8, (3, 4)), None], sampler, [3, 4])
+
+
+def lm_decoder(model, temperature):
+    opts = SamplingOptions(max_new_tokens=STEPS, temperature=temperature, top_k=20, top_p=0.9, seed=5)
+    return unit_decoder(model, Tok(), VOCAB, PROMPTS, opts)
+
+
+def compiled_equals_eager(make, monkeypatch):
+    """Tokens of `make()` decoded eagerly and compiled (AOT autograd, every op traced); the compiled run
+    warms up on its first step, then any recompile raises; graph breaks are counted."""
+    from torch._dynamo.utils import counters
+
+    with torch.no_grad():
+        eager = make().run(False)
+        torch._dynamo.reset()
+        counters.clear()
+        decoder = make()
+        step = decoder.compiled_step("aot_eager")
+        step()
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        for _ in range(decoder.steps - 1):
+            step()
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", False)
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+    assert torch.equal(decoder.out.cpu(), eager)
+
+
+def test_acoustic_step_compiles_whole_and_equals_eager(tiny_acoustic, monkeypatch):
+    sampler = Sampler(1.0, top_k=4, top_p=0.95)  # every op of the sampler (greedy is its first, argmax)
+    compiled_equals_eager(lambda: acoustic_decoder(tiny_acoustic, sampler), monkeypatch)
+
+
+def test_lm_step_compiles_whole_and_equals_eager(tiny_lm, monkeypatch):
+    compiled_equals_eager(lambda: lm_decoder(tiny_lm, 1.0), monkeypatch)
+
+
+class HostSync(AssertionError):
+    pass
+
+
+def test_decoding_steps_never_sync_with_the_host(tiny_lm, tiny_acoustic, monkeypatch):
+    """100 eager steps of either stage with every Tensor → host conversion raising."""
+    decoders = [lm_decoder(tiny_lm, 1.0), acoustic_decoder(tiny_acoustic, Sampler(1.0, top_k=4))]
+
+    def refuse(*args, **kwargs):
+        raise HostSync("host synchronisation inside the decoding loop")
+
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    with torch.no_grad():
+        for decoder in decoders:
+            for _ in range(decoder.steps):
+                decoder.step()
+    monkeypatch.undo()
+    with pytest.raises(HostSync):  # the patch does catch a sync
+        monkeypatch.setattr(torch.Tensor, "item", refuse)
+        torch.ones(()).item()
+
+
+def test_lm_stage_equals_transformers_generate_greedy(tiny_lm):
+    """Greedy units equal Hugging Face `generate` with the same tokens allowed (its own KV cache and
+    masks), prompts of different lengths in one left-padded batch."""
+    class OnlyUnits:
+        def __call__(self, input_ids, scores):
+            allowed = torch.zeros(scores.shape[-1], dtype=torch.bool)
+            allowed[VOCAB.semantic_first_id: VOCAB.semantic_first_id + VOCAB.k] = True
+            allowed[Tok.eos_token_id] = True
+            return scores.masked_fill(~allowed, float("-inf"))
+
+    ours = generate_units(tiny_lm, Tok(), VOCAB, PROMPTS, SamplingOptions(max_new_tokens=30, temperature=0))
+    for p, o in zip(PROMPTS, ours):
+        ref = tiny_lm.generate(input_ids=torch.tensor([p]), max_new_tokens=30, do_sample=False,
+                               logits_processor=[OnlyUnits()], eos_token_id=Tok.eos_token_id, pad_token_id=0)
+        ref = ref[0, len(p):].numpy()
+        ref = ref[: np.flatnonzero(ref == Tok.eos_token_id)[0]] if (ref == Tok.eos_token_id).any() else ref
+        np.testing.assert_array_equal(o, VOCAB.ids_to_units(ref))
+
+
+def test_sampled_rows_of_a_batch_equal_rows_alone(tiny_lm, tiny_acoustic):
+    """Prompts of different lengths in one batch, each with its seed: each row samples what it samples
+    alone (the noise is a function of the row's seed, never of its place in the batch)."""
+    opts = SamplingOptions(max_new_tokens=40, temperature=1.0, top_k=30, seed=0)
+    seeds = [11, 12]
+    together = generate_units(tiny_lm, Tok(), VOCAB, PROMPTS, opts, seeds=seeds)
+    for p, s, t in zip(PROMPTS, seeds, together):
+        np.testing.assert_array_equal(generate_units(tiny_lm, Tok(), VOCAB, [p], opts, seeds=[s])[0], t)
+    assert not np.array_equal(generate_units(tiny_lm, Tok(), VOCAB, PROMPTS[:1], opts, seeds=[13])[0],
+                              together[0])
+
+    rng = np.random.default_rng(1)
+    units = [rng.integers(0, 6, n) for n in (3, 9, 6)]
+    frames, prompts = [12, 5, 9], [None, rng.integers(0, 8, (3, 2)), None]
+    both = tiny_acoustic.generate_batch(units, frames, prompts, temperature=1.0, top_k=5, seeds=[1, 2, 3])
+    for u, n, p, s, t in zip(units, frames, prompts, [1, 2, 3], both):
+        np.testing.assert_array_equal(tiny_acoustic.generate_batch([u], [n], [p], 1.0, 5, seeds=[s])[0], t)
