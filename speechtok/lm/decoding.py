@@ -146,16 +146,19 @@ class Decoder(nn.Module):
     def run(self, compiled: bool | str = False, chunk: int = 64,
             on_chunk: Callable[[int], bool | None] | None = None) -> torch.Tensor:
         """All N steps (eager, or compiled with the backend named by `compiled`), then one copy to the host.
-        Every `chunk` steps `on_chunk(steps done)` may look at the buffers (a host sync, by its choice) and
-        return True to stop early."""
+        With `on_chunk`, every `chunk` steps the host waits for the device (the one sync inside the loop)
+        and `on_chunk(steps done)` may read the buffers and return True to stop early."""
         step = self.compiled_step("inductor" if compiled is True else compiled) if compiled else self.step
         done = 0
         while done < self.steps:
             for _ in range(min(chunk, self.steps - done)):
                 step()
             done = min(done + chunk, self.steps)
-            if on_chunk is not None and on_chunk(done):
-                break
+            if on_chunk is not None:
+                if self.t.device.type == "cuda":
+                    torch.cuda.synchronize(self.t.device)
+                if on_chunk(done):
+                    break
         return self.out[:, :done].cpu()
 
     def all_finished(self) -> bool:
@@ -164,13 +167,14 @@ class Decoder(nn.Module):
 
 
 class Progress:
-    """Prints steps done and × real time to stderr while a stage decodes (the caller syncs as it likes)."""
+    """A line of steps done, steps/s and × real time (with `seconds_per_step` of speech) per call, for a
+    stage's `run(on_chunk=...)`; the wall clock counts from construction."""
 
-    def __init__(self, name: str, steps: int, seconds_per_step: float, echo: Callable[[str], None]):
+    def __init__(self, name: str, steps: int, seconds_per_step: float | None, echo: Callable[[str], None]):
         self.name, self.steps, self.per_step, self.echo = name, steps, seconds_per_step, echo
         self.start = time.perf_counter()
 
     def __call__(self, done: int) -> None:
         dt = max(time.perf_counter() - self.start, 1e-9)
-        self.echo(f"{self.name}: step {done}/{self.steps}, {done / dt:.1f} steps/s, "
-                  f"{done * self.per_step / dt:.2f}x real time")
+        rt = f", {done * self.per_step / dt:.2f}x real time" if self.per_step else ""
+        self.echo(f"{self.name}: step {done}/{self.steps}, {done / dt:.1f} steps/s{rt}")
