@@ -33,15 +33,32 @@ def test_chunked_loss_equals_cross_entropy_in_value_and_gradients():
     assert ours[2][:, 0].abs().sum() > 0
 
 
-def test_causal_lm_loss_equals_transformers_labels_loss():
-    """On a tiny Llama: the loss from its last hidden states and head equals its own `labels=` loss."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_chunked_loss_in_a_transformers_model_equals_its_own_loss(tmp_path):
+    """`use_chunked_loss` on a tiny Llama (tied and untied head): its `labels=` loss and every parameter's
+    gradient equal the unmodified model's (rtol 1e-5: fp32 rounding of a different summation order), and
+    save_pretrained writes the same head, which loads back as a plain model."""
+    import copy
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2))
-    ids = torch.randint(0, 97, (2, 12))
-    ref = model(input_ids=ids, labels=ids).loss
-    hidden = model.model(input_ids=ids).last_hidden_state
-    ours = causal_lm_loss(hidden, model.lm_head.weight, ids, chunk=7)
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from speechtok.lm.loss import use_chunked_loss
+
+    for tied in (False, True):
+        torch.manual_seed(0)
+        ref = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied))
+        ours = copy.deepcopy(ref)
+        use_chunked_loss(ours, chunk=7)
+        ids = torch.randint(0, 97, (2, 12))
+        losses = [m(input_ids=ids, labels=ids).loss for m in (ref, ours)]
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+        for loss in losses:
+            loss.backward()
+        grads = [dict((n, p.grad) for n, p in m.named_parameters()) for m in (ref, ours)]
+        assert grads[0].keys() == grads[1].keys()
+        for name in grads[0]:
+            torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+        ours.save_pretrained(tmp_path / str(tied))
+        back = AutoModelForCausalLM.from_pretrained(tmp_path / str(tied))
+        assert torch.equal(back.lm_head.weight, ref.lm_head.weight)
+        torch.testing.assert_close(back(input_ids=ids).logits, ref(input_ids=ids).logits)

@@ -9,6 +9,7 @@ vocabulary train at a large batch."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -54,3 +55,28 @@ def causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.
     predicts token t + 1 (what Hugging Face computes with `labels=input_ids`)."""
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     return linear_cross_entropy(h, weight, input_ids[:, 1:].reshape(-1), chunk, ignore_index)
+
+
+class HiddenStatesHead(nn.Module):
+    """Stands in for a causal LM's head under the chunked loss: its output is the hidden states, its
+    `weight` the head's own Parameter (same state-dict key, still tied where it was)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.weight = head.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+def use_chunked_loss(model, chunk: int = 4096) -> None:
+    """Make a Hugging Face causal LM compute its `labels=` loss with `causal_lm_loss` inside its own forward
+    (so DDP/FSDP wrappers and compilation see it): the head passes hidden states through, and the loss
+    applies the head's weight chunk by chunk. Its `logits` output is then the hidden states."""
+    head = HiddenStatesHead(model.get_output_embeddings())
+    model.set_output_embeddings(head)
+
+    def loss(logits, labels, vocab_size=None, ignore_index: int = -100, **kwargs):
+        return causal_lm_loss(logits, head.weight, labels, chunk, ignore_index)
+
+    model.loss_function = loss
