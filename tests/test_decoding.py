@@ -1,5 +1,5 @@
 """The decoding core (lm/decoding.py) on both stages: compiled whole with no graph break and no recompile over
-100 steps, no host synchronisation inside the loop, compiled equal to eager token for token (greedy and
+100 steps (nor for other lengths in the same buckets), no host synchronisation inside the loop, compiled equal to eager token for token (greedy and
 sampled), the LM stage equal to Hugging Face `generate` (greedy), rows of a batch equal to rows alone."""
 
 import numpy as np
@@ -39,20 +39,21 @@ def tiny_acoustic():
     return AcousticModel(cfg).eval()
 
 
-def acoustic_decoder(model, sampler):
+def acoustic_decoder(model, sampler, longest: int = 12, steps: int = STEPS):
     rng = np.random.default_rng(0)
-    units = [rng.integers(0, 6, n) for n in (5, 12)]
-    return model.decoder(units, [STEPS - 2, 40], [rng.integers(0, 8, (3, 4)), None], sampler, [3, 4])
+    units = [rng.integers(0, 6, n) for n in (5, longest)]
+    return model.decoder(units, [steps - 2, 40], [rng.integers(0, 8, (3, 4)), None], sampler, [3, 4])
 
 
-def lm_decoder(model, temperature):
-    opts = SamplingOptions(max_new_tokens=STEPS, temperature=temperature, top_k=20, top_p=0.9, seed=5)
-    return unit_decoder(model, Tok(), VOCAB, PROMPTS, opts)
+def lm_decoder(model, temperature, prompts=PROMPTS, steps: int = STEPS):
+    opts = SamplingOptions(max_new_tokens=steps, temperature=temperature, top_k=20, top_p=0.9, seed=5)
+    return unit_decoder(model, Tok(), VOCAB, prompts, opts)
 
 
-def compiled_equals_eager(make, monkeypatch):
+def compiled_equals_eager(make, other, monkeypatch):
     """Tokens of `make()` decoded eagerly and compiled (AOT autograd, every op traced); the compiled run
-    warms up on its first step, then any recompile raises; graph breaks are counted."""
+    warms up on its first step, then any recompile raises, also for `other()`: other prompt and output
+    lengths in the same buckets. Graph breaks are counted."""
     from torch._dynamo.utils import counters
 
     with torch.no_grad():
@@ -65,19 +66,24 @@ def compiled_equals_eager(make, monkeypatch):
         monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
         for _ in range(decoder.steps - 1):
             step()
+        next_one = other()
+        for _ in range(3):
+            next_one.compiled_step("aot_eager")()
         monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", False)
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] == 1
-    assert torch.equal(decoder.out.cpu(), eager)
+    assert torch.equal(decoder.out[:, : decoder.steps].cpu(), eager)
 
 
 def test_acoustic_step_compiles_whole_and_equals_eager(tiny_acoustic, monkeypatch):
     sampler = Sampler(1.0, top_k=4, top_p=0.95)  # every op of the sampler (greedy is its first, argmax)
-    compiled_equals_eager(lambda: acoustic_decoder(tiny_acoustic, sampler), monkeypatch)
+    compiled_equals_eager(lambda: acoustic_decoder(tiny_acoustic, sampler),
+                          lambda: acoustic_decoder(tiny_acoustic, sampler, longest=9, steps=STEPS - 7), monkeypatch)
 
 
 def test_lm_step_compiles_whole_and_equals_eager(tiny_lm, monkeypatch):
-    compiled_equals_eager(lambda: lm_decoder(tiny_lm, 1.0), monkeypatch)
+    compiled_equals_eager(lambda: lm_decoder(tiny_lm, 1.0),
+                          lambda: lm_decoder(tiny_lm, 1.0, [[1, 4, 25], [1, 4, 30, 31, 32]], STEPS - 5), monkeypatch)
 
 
 class HostSync(AssertionError):
@@ -172,3 +178,27 @@ def test_streaming_refuses_a_non_causal_codec(tiny_codec):
 
     with pytest.raises(ValueError, match="streaming needs a causal codec"):
         CodecStream(Codec("dac", tiny_codec("dac")))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_steps_never_sync_and_equal_eager(tiny_lm, tiny_acoustic):
+    """On a GPU, compiled with CUDA graphs (reduce-overhead): after 3 warm-up steps, the remaining steps of
+    either stage run with CUDA's sync debug mode set to raise, and greedy tokens equal eager's."""
+    import copy
+
+    lm, acoustic = copy.deepcopy(tiny_lm).cuda(), copy.deepcopy(tiny_acoustic).cuda()
+    for make in (lambda: lm_decoder(lm, 0.0), lambda: acoustic_decoder(acoustic, Sampler(0.0))):
+        with torch.no_grad():
+            eager = make().run(False)
+            decoder = make()
+            step = decoder.compiled_step()
+            for _ in range(3):
+                step()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(decoder.steps - 3):
+                    step()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        assert torch.equal(decoder.out[:, : decoder.steps].cpu(), eager)

@@ -324,7 +324,7 @@ class AcousticSteps(nn.Module):
     def __init__(self, model: AcousticModel, pad: torch.Tensor, width: int, length: int):
         super().__init__()
         cfg, device = model.cfg, pad.device
-        self.model, self.width = model, width
+        self.model, self.width = model, width  # `width` for the prefill, its tensor for the steps
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else model.sep.dtype
         shape = (len(pad), cfg.heads, length, cfg.dim // cfg.heads)
         self.kv = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
@@ -333,6 +333,7 @@ class AcousticSteps(nn.Module):
         self.register_buffer("valid", index[None] >= pad[:, None], persistent=False)  # [B, L]
         self.register_buffer("positions", (index[None] - pad[:, None]).clamp(0, cfg.max_len - 1), persistent=False)
         self.register_buffer("index", index, persistent=False)
+        self.register_buffer("step_zero", torch.tensor(width, device=device), persistent=False)  # cache index
         for t in [*self.buffers(), *(x for pair in self.kv for x in pair)]:
             torch._dynamo.mark_static_address(t)
 
@@ -346,7 +347,7 @@ class AcousticSteps(nn.Module):
         return self.model.logits(h[:, -1])
 
     def step(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        at = (t + self.width).view(1)
+        at = (t + self.step_zero).view(1)
         x = self.model.embed_steps(tokens[:, None])  # [B, 1, dim]
         mask = (self.valid & (self.index[None] <= at))[:, None, None]  # [B, 1, 1, L]
         h = self.model._run(x, self.positions.index_select(1, at), self.kv, at, mask)

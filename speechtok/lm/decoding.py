@@ -99,20 +99,22 @@ def bucket(n: int, size: int = 256) -> int:
 
 class Decoder(nn.Module):
     """Samples `plan`'s N steps from `model`, given the logits of step 0 (the prefill's); `run` returns the
-    tokens [B, N, S]. Every tensor that a step reads or writes is a buffer with a fixed address."""
+    tokens [B, N, S]. Every tensor that a step reads or writes is a buffer with a fixed address, shaped by
+    the batch and buckets of N (64) and of the cache length (256), never by the exact lengths."""
 
     def __init__(self, model: nn.Module, plan: Plan, first_logits: torch.Tensor, sampler: Sampler):
         super().__init__()
         self.model, self.sampler, self.stop_token = model, sampler, plan.stop_token
         B, N, S = plan.known.shape
         device = first_logits.device
-        self.steps = N
+        self.steps, room = N, bucket(N, 64) - N  # tables padded to a bucket: one graph for many lengths
         self.register_buffer("classes", plan.classes.to(device), persistent=False)
-        self.register_buffer("klass", plan.klass.to(device), persistent=False)
-        self.register_buffer("known", plan.known.to(device), persistent=False)
+        self.register_buffer("klass", nn.functional.pad(plan.klass, (0, 0, 0, room)).to(device), persistent=False)
+        self.register_buffer("known", nn.functional.pad(plan.known, (0, 0, 0, room), value=-1).to(device),
+                             persistent=False)
         self.register_buffer("seeds", plan.seeds.to(device), persistent=False)
         self.register_buffer("logits", first_logits.float().clone(), persistent=False)
-        self.register_buffer("out", torch.zeros(B, N, S, dtype=torch.long, device=device), persistent=False)
+        self.register_buffer("out", torch.zeros(B, N + room, S, dtype=torch.long, device=device), persistent=False)
         self.register_buffer("t", torch.zeros((), dtype=torch.long, device=device), persistent=False)
         self.register_buffer("finished", torch.zeros(B, dtype=torch.bool, device=device), persistent=False)
         for b in self.buffers():

@@ -52,6 +52,7 @@ class HFSteps(nn.Module):
         self.register_buffer("valid", index[None] >= pad[:, None], persistent=False)  # [B, L]
         self.register_buffer("start", width - pad, persistent=False)  # row b's first generated position
         self.register_buffer("index", index, persistent=False)
+        self.register_buffer("step_zero", torch.tensor(width, device=pad.device), persistent=False)  # cache index
         self.sdpa = model.config._attn_implementation == "sdpa"
         for t in self.buffers():
             torch._dynamo.mark_static_address(t)
@@ -74,7 +75,7 @@ class HFSteps(nn.Module):
         return out.logits.float()
 
     def step(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        mask = (self.valid & (self.index[None] <= self.width + t))[:, None, None]  # [B, 1, 1, L]
+        mask = (self.valid & (self.index[None] <= self.step_zero + t))[:, None, None]  # [B, 1, 1, L]
         out = self.model(input_ids=tokens, attention_mask=self._mask(mask), position_ids=(self.start + t)[:, None],
                          cache=self.cache, use_cache=True)
         return out.logits.float()
