@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from speechtok.lm.loss import causal_lm_loss, linear_cross_entropy
+from speechtok.lm.loss import linear_cross_entropy
 
 
 def plain(hidden, weight, targets):
@@ -45,8 +45,9 @@ def test_chunked_loss_in_a_transformers_model_equals_its_own_loss(tmp_path):
 
     for tied in (False, True):
         torch.manual_seed(0)
-        ref = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied))
+        cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+        ref = LlamaForCausalLM(cfg)
         ours = copy.deepcopy(ref)
         use_chunked_loss(ours, chunk=7)
         ids = torch.randint(0, 97, (2, 12))

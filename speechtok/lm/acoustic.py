@@ -158,8 +158,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 at: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Causal over `x` alone; or, with a cache `kv` ([B, heads, L, head dim] each), writes this input's keys
-        and values at cache indices `at` [len] and attends to the cache where `mask` [B, 1, len, L] is True."""
+        """Causal over `x` alone; or, with a cache `kv` ([B, heads, L, head dim] each), writes this input's
+        keys and values at cache indices `at` [len] and attends to the cache where `mask` [B, 1, len, L]."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if kv is None:
@@ -270,8 +270,8 @@ class AcousticModel(nn.Module):
             sem = self.sem_emb(torch.as_tensor(np.asarray(u, dtype=np.int64), device=device))
             x[i, W - lengths[i]:] = torch.cat([sem, self.sep[None]])
         first = steps.prefill(x)
-        plan = Plan(classes=codebook_classes(cfg), klass=torch.from_numpy(klass), known=torch.from_numpy(known),
-                    seeds=torch.tensor(seeds, dtype=torch.long))
+        plan = Plan(classes=codebook_classes(cfg), klass=torch.from_numpy(klass),
+                    known=torch.from_numpy(known), seeds=torch.tensor(seeds, dtype=torch.long))
         return Decoder(steps, plan, first, sampler)
 
     def save(self, directory: str | Path) -> None:
@@ -325,15 +325,17 @@ class AcousticSteps(nn.Module):
         super().__init__()
         cfg, device = model.cfg, pad.device
         self.model, self.width = model, width  # `width` for the prefill, its tensor for the steps
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else model.sep.dtype
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else model.sep.dtype
         shape = (len(pad), cfg.heads, length, cfg.dim // cfg.heads)
-        self.kv = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-                   for _ in model.blocks]
+        self.kv = [tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in "kv") for _ in model.blocks]
         index = torch.arange(length, device=device)
         self.register_buffer("valid", index[None] >= pad[:, None], persistent=False)  # [B, L]
-        self.register_buffer("positions", (index[None] - pad[:, None]).clamp(0, cfg.max_len - 1), persistent=False)
+        positions = (index[None] - pad[:, None]).clamp(0, cfg.max_len - 1)
+        self.register_buffer("positions", positions, persistent=False)
         self.register_buffer("index", index, persistent=False)
-        self.register_buffer("step_zero", torch.tensor(width, device=device), persistent=False)  # cache index
+        # the cache index of step 0, as a tensor: prefixes of other widths reuse the compiled step
+        self.register_buffer("step_zero", torch.tensor(width, device=device), persistent=False)
         for t in [*self.buffers(), *(x for pair in self.kv for x in pair)]:
             torch._dynamo.mark_static_address(t)
 

@@ -109,12 +109,14 @@ class Decoder(nn.Module):
         device = first_logits.device
         self.steps, room = N, bucket(N, 64) - N  # tables padded to a bucket: one graph for many lengths
         self.register_buffer("classes", plan.classes.to(device), persistent=False)
-        self.register_buffer("klass", nn.functional.pad(plan.klass, (0, 0, 0, room)).to(device), persistent=False)
-        self.register_buffer("known", nn.functional.pad(plan.known, (0, 0, 0, room), value=-1).to(device),
-                             persistent=False)
+        klass = nn.functional.pad(plan.klass, (0, 0, 0, room))
+        known = nn.functional.pad(plan.known, (0, 0, 0, room), value=-1)
+        self.register_buffer("klass", klass.to(device), persistent=False)
+        self.register_buffer("known", known.to(device), persistent=False)
         self.register_buffer("seeds", plan.seeds.to(device), persistent=False)
         self.register_buffer("logits", first_logits.float().clone(), persistent=False)
-        self.register_buffer("out", torch.zeros(B, N + room, S, dtype=torch.long, device=device), persistent=False)
+        out = torch.zeros(B, N + room, S, dtype=torch.long, device=device)
+        self.register_buffer("out", out, persistent=False)
         self.register_buffer("t", torch.zeros((), dtype=torch.long, device=device), persistent=False)
         self.register_buffer("finished", torch.zeros(B, dtype=torch.bool, device=device), persistent=False)
         for b in self.buffers():
@@ -142,7 +144,8 @@ class Decoder(nn.Module):
             limit = max(torch._dynamo.config.recompile_limit, 64)  # stages and buckets share `step`'s code
             torch._dynamo.config.recompile_limit = limit
             mode = "reduce-overhead" if backend == "inductor" else None
-            self._compiled = torch.compile(self.step, mode=mode, fullgraph=True, dynamic=False, backend=backend)
+            self._compiled = torch.compile(self.step, mode=mode, fullgraph=True, dynamic=False,
+                                           backend=backend)
         return self._compiled
 
     def run(self, compiled: bool | str = False, chunk: int = 64,

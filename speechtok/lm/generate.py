@@ -26,7 +26,7 @@ class SamplingOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int = 0
-    compile: bool = False  # the decoding step compiled whole (CUDA graphs on a GPU): slow first call, fast after
+    compile: bool = False  # the decoding step compiled whole (CUDA graphs on a GPU): slow start, fast steps
 
 
 def semantic_classes(vocab: SpeechVocab, eos_id: int, size: int) -> torch.Tensor:
@@ -52,7 +52,8 @@ class HFSteps(nn.Module):
         self.register_buffer("valid", index[None] >= pad[:, None], persistent=False)  # [B, L]
         self.register_buffer("start", width - pad, persistent=False)  # row b's first generated position
         self.register_buffer("index", index, persistent=False)
-        self.register_buffer("step_zero", torch.tensor(width, device=pad.device), persistent=False)  # cache index
+        # the cache index of step 0, as a tensor: prompts of other widths reuse the compiled step
+        self.register_buffer("step_zero", torch.tensor(width, device=pad.device), persistent=False)
         self.sdpa = model.config._attn_implementation == "sdpa"
         for t in self.buffers():
             torch._dynamo.mark_static_address(t)
@@ -62,7 +63,8 @@ class HFSteps(nn.Module):
         if self.sdpa:
             return mask
         dtype = self.model.dtype
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return zeros.masked_fill(~mask, torch.finfo(dtype).min)
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Prompts [B, width] into the cache → the logits [B, 1, V] of the first step."""
@@ -70,14 +72,14 @@ class HFSteps(nn.Module):
         mask = (self.valid[:, None, :] & (self.index[None, :] <= at[:, None]))[:, None]  # [B, 1, W, L]
         mask = mask | (self.index[None, :] == at[:, None])  # padded queries see themselves: no empty row
         positions = (at[None] - (self.width - self.start)[:, None]).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=self._mask(mask), position_ids=positions, cache=self.cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=self._mask(mask), position_ids=positions,
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits.float()
 
     def step(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         mask = (self.valid & (self.index[None] <= self.step_zero + t))[:, None, None]  # [B, 1, 1, L]
-        out = self.model(input_ids=tokens, attention_mask=self._mask(mask), position_ids=(self.start + t)[:, None],
-                         cache=self.cache, use_cache=True)
+        out = self.model(input_ids=tokens, attention_mask=self._mask(mask),
+                         position_ids=(self.start + t)[:, None], cache=self.cache, use_cache=True)
         return out.logits.float()
 
 
@@ -108,7 +110,8 @@ def unit_decoder(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]],
     klass = (torch.arange(N) >= opts.min_new_tokens).long()[None, :, None].expand(B, N, 1)
     plan = Plan(classes=semantic_classes(vocab, tokenizer.eos_token_id, size), klass=klass.contiguous(),
                 known=torch.full((B, N, 1), -1, dtype=torch.long),
-                seeds=torch.tensor(seeds or [opts.seed] * B, dtype=torch.long), stop_token=tokenizer.eos_token_id)
+                seeds=torch.tensor(seeds or [opts.seed] * B, dtype=torch.long),
+                stop_token=tokenizer.eos_token_id)
     return Decoder(steps, plan, first, Sampler(opts.temperature, opts.top_k, opts.top_p))
 
 

@@ -103,8 +103,8 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     result = Generated(units=out, stream=made, source=str(lm_dir))
     del model
     if acoustic_dir is not None:
-        return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds, echo, on_audio,
-                          start)
+        return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds, echo,
+                          on_audio, start)
     if voc is not None:  # deduplicated units: the vocoder's duration predictor gives their lengths
         result.wav, result.sample_rate = units_to_audio(voc, result.units), voc.cfg.sample_rate
     return result
@@ -121,7 +121,8 @@ def unit_seconds(stream: dict, acoustic=None) -> float | None:
 def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Path | None, voice: str | None,
                opts: SamplingOptions, device: torch.device, voice_seconds: float | None = None,
                echo: Callable[[str], None] | None = None,
-               on_audio: Callable[[np.ndarray, int], None] | None = None, start: float | None = None) -> Generated:
+               on_audio: Callable[[np.ndarray, int], None] | None = None,
+               start: float | None = None) -> Generated:
     """Units → codec tokens (acoustic model) → waveform (codec decoder). Frame-level units last one frame
     each; deduplicated ones (only into a model trained on them) the mean run length of its training data.
     With `on_audio`, the frames are decoded (`CodecStream`) and handed over as they complete."""
@@ -155,14 +156,14 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     decoder = acoustic.decoder([units], [n_frames], [prompt_codes], Sampler(opts.temperature, opts.top_k),
                                [opts.seed])
     progress = Progress("acoustic", decoder.steps, pattern_step_seconds(cfg), echo) if echo else None
-    stream = on_chunk = None
+    stream, on_chunk = None, progress
     if on_audio is not None:
         from speechtok.tokenizers.codec_stream import CodecStream
 
         stream, ready, pieces = CodecStream(codec, skip_frames=P), frames_ready(cfg, n_frames), []
         start = time.perf_counter() if start is None else start
 
-        def on_chunk(done: int) -> None:
+        def stream_chunk(done: int) -> None:
             if progress is not None:
                 progress(done)
             steps = np.full((decoder.steps, cfg.streams), cfg.empty, dtype=np.int64)
@@ -172,7 +173,9 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
                 gen.first_audio = time.perf_counter() - start if gen.first_audio is None else gen.first_audio
                 on_audio(piece, codec.sample_rate)
                 pieces.append(piece)
-    steps = decoder.run(opts.compile, on_chunk=on_chunk or progress)[0].numpy()
+
+        on_chunk = stream_chunk
+    steps = decoder.run(opts.compile, on_chunk=on_chunk)[0].numpy()
     codes = from_steps(cfg, steps, n_frames)[:, P:]
     gen.codes, gen.sample_rate, gen.voice_seconds = codes, codec.sample_rate, voice_seconds
     if stream is not None:
