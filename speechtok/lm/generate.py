@@ -40,7 +40,8 @@ def semantic_classes(vocab: SpeechVocab, eos_id: int, size: int) -> torch.Tensor
 class HFSteps(nn.Module):
     """A Hugging Face causal LM as a `StepModel`: its own `StaticCache` of `length` positions, the first
     `width` holding the left-padded prompts (row b's padding: `pad[b]`); a 4-D mask over the whole cache,
-    so every step has the same shapes."""
+    so every step has the same shapes. Full-attention (Llama-style) models: a sliding window would need
+    its own mask."""
 
     def __init__(self, model, pad: torch.Tensor, width: int, length: int):
         super().__init__()
@@ -54,7 +55,10 @@ class HFSteps(nn.Module):
         self.register_buffer("index", index, persistent=False)
         # the cache index of step 0, as a tensor: prompts of other widths reuse the compiled step
         self.register_buffer("step_zero", torch.tensor(width, device=pad.device), persistent=False)
-        self.sdpa = model.config._attn_implementation == "sdpa"
+        impl = model.config._attn_implementation
+        if impl not in ("sdpa", "eager"):  # the others take no 4-D mask
+            raise ValueError(f"generation needs sdpa or eager attention, the LM is loaded with {impl}")
+        self.sdpa = impl == "sdpa"
         for t in self.buffers():
             torch._dynamo.mark_static_address(t)
 
