@@ -5,7 +5,13 @@ through `generate_units` (KV cache). Stage 2: the acoustic model generating 75 H
 (8 codebooks, delay pattern) from those units with its KV cache, `generate_batch` for batch N.
 
     python benchmarks/generate.py --size 350m --batch 32          # GPU machine
-    python benchmarks/generate.py --size tiny --device cpu --batch 4 --seconds 2 --no-write"""
+    python benchmarks/generate.py --size tiny --device cpu --batch 4 --seconds 2 --no-write
+    python benchmarks/generate.py --size tiny --device cpu --per-step      # ms per step: eager vs compiled
+
+`--per-step` times one decoding step of each stage at batch 1: stage 1 through transformers' `generate`
+(the baseline: dynamic cache, Python per step), then the decoding core (lm/decoding.py) eager over its
+static cache, then the core's step compiled whole (`reduce-overhead`: CUDA graphs on a GPU; inductor
+on CPU), and checks that compiled and eager draw the same tokens."""
 
 from __future__ import annotations
 
@@ -83,19 +89,102 @@ def time_stage1(lm, batch: int, seconds: float, compiled: bool, full_warmup: boo
     return dt
 
 
-def time_stage2(acoustic: AcousticModel, batch: int, seconds: float) -> tuple[float, np.ndarray]:
+def time_stage2(acoustic: AcousticModel, batch: int, seconds: float, compiled: bool = False) -> tuple[float, np.ndarray]:
     """Seconds for the acoustic model to turn `seconds` of units into codec frames for `batch` rows; and
     the first row's codes [n_q, frames]."""
     device = acoustic.sep.device
     units = np.random.default_rng(0).integers(0, K, int(seconds * UNIT_RATE))
     frames = int(seconds * CODEC_RATE)
-    acoustic.generate(units[:10], 4)
-    sync(device)
-    t0 = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        codes = acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50)
+        acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50, compiled=compiled)
+        sync(device)
+        t0 = time.perf_counter()
+        codes = acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50, compiled=compiled)
     sync(device)
     return time.perf_counter() - t0, codes[0]
+
+
+def ms_per_step(run_steps, steps: int, device: torch.device) -> float:
+    """Milliseconds per step of `run_steps(n)`, from the difference between `steps` and `steps // 4` steps
+    so that set-up and prefill cancel; the better of two runs."""
+    def timed(n: int) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        run_steps(n)
+        sync(device)
+        return time.perf_counter() - t0
+
+    run_steps(8)  # warm-up
+    best = min(timed(steps) - timed(steps // 4) for _ in range(2))
+    return 1000 * best / (steps - steps // 4)
+
+
+def core_ms_per_step(make_decoder, steps: int, compiled: bool, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Milliseconds per step of a decoder's step (compiled or eager), the better of two timings of
+    `steps // 2` steps after 8 warm-up steps (which compile); and the tokens of one full run."""
+    decoder = make_decoder()
+    step = decoder.compiled_step() if compiled else decoder.step
+    for _ in range(8):
+        step()
+    best = float("inf")
+    for _ in range(2):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps // 2):
+            step()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 1000 * best / (steps // 2), make_decoder().run(compiled)
+
+
+def per_step_table(size: str, device: torch.device, steps: int) -> tuple[list[tuple[str, float]], bool]:
+    """(stage, ms per step) rows at batch 1, and whether compiled and eager drew the same tokens."""
+    from speechtok.lm.decoding import Sampler
+    from speechtok.lm.generate import unit_decoder
+
+    lm, acoustic = build_lm(size, device), build_acoustic(size, device)
+    vocab, prompt = speech_vocab(), [[1, speech_vocab().speech_id] + list(range(32002, 32012))]
+    units = np.random.default_rng(0).integers(0, K, 100)
+    n = steps + 8
+
+    def hf_generate(n: int) -> None:
+        lm.generate(input_ids=torch.tensor(prompt, device=device), max_new_tokens=n, min_new_tokens=n,
+                    do_sample=True, top_k=50, pad_token_id=0)
+
+    makers = {
+        "stage 1": lambda: unit_decoder(lm, Tok(), vocab, prompt, SamplingOptions(
+            max_new_tokens=n, min_new_tokens=n, temperature=1.0, top_k=50)),
+        "stage 2": lambda: acoustic.decoder([units], [n], [None], Sampler(1.0, 50), [0]),
+    }
+    rows, same = [], True
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        rows.append(("stage 1, transformers generate (baseline)", ms_per_step(hf_generate, steps, device)))
+        for name, make in makers.items():
+            eager, eager_tokens = core_ms_per_step(make, steps, False, device)
+            compiled, compiled_tokens = core_ms_per_step(make, steps, True, device)
+            rows.append((f"{name}, core eager (static cache)", eager))
+            rows.append((f"{name}, core compiled (reduce-overhead, fullgraph)", compiled))
+            same &= bool(torch.equal(eager_tokens, compiled_tokens))
+    return rows, same
+
+
+def main_per_step(args) -> None:
+    device = torch.device(args.device)
+    rows, same = per_step_table(args.size, device, args.steps)
+    base = {r[0].split(",")[0]: r[1] for r in rows if "core eager" in r[0]}
+    base["stage 1"] = rows[0][1]
+    lines = [f"## Generation: ms per decoding step, {args.size} models, batch 1 (issue #24)", "",
+             f"Hardware: {hardware(device)}, {torch.get_num_threads()} threads. {args.steps} steps "
+             "(set-up and prefill cancelled by timing n and n/4 steps); sampling with top-k 50; "
+             f"{'bf16' if device.type == 'cuda' else 'fp32'}; random weights. Speed-up: against the first row of "
+             "its stage.", "",
+             "| stage, path | ms / step | speed-up |", "|---|---|---|"]
+    lines += [f"| {name} | {ms:.2f} | {base[name.split(',')[0]] / ms:.2f}× |" for name, ms in rows]
+    lines += ["", f"Compiled and eager core drew the same tokens (sampled, same seed): **{'yes' if same else 'NO'}**."]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section(f"generate-steps-{args.size}-{device.type}", body)
 
 
 def main() -> None:
@@ -106,7 +195,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="Speech generated per sequence.")
     ap.add_argument("--compile", action="store_true", help="Also time stage 1 with a static cache + torch.compile.")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--per-step", action="store_true", help="ms per step, eager vs compiled (see above).")
+    ap.add_argument("--steps", type=int, default=100, help="Steps timed with --per-step.")
     args = ap.parse_args()
+    if args.per_step:
+        return main_per_step(args)
     device = torch.device(args.device)
     lm = build_lm(args.size, device)
     n_units, frames = int(args.seconds * UNIT_RATE), int(args.seconds * CODEC_RATE)

@@ -58,22 +58,45 @@ def test_acoustic_model_cache_matches_full_forward():
             assert torch.equal(logits.argmax(-1)[ok], steps[ok, s])
 
 
-def test_acoustic_sampling_draws_each_row_from_its_own_top_k():
-    """The acoustic stage samples every free (row, stream) of a step at once: each row from its own top-k,
-    in proportion to its softmax (checked against the exact probabilities)."""
-    from speechtok.lm.acoustic import _sample
+def test_sampling_draws_each_row_from_its_own_top_k_and_top_p():
+    """The core samples every (row, stream) of a step at once: each row from its own top-k / top-p set, in
+    proportion to its softmax (checked against the exact probabilities); each of 4000 draws has its own seed
+    (the noise is a function of seed, step, stream and token)."""
+    from speechtok.lm.decoding import Sampler, sample
 
     logits = torch.tensor([[0.0, 3.0, 2.0, -1.0, 2.5], [4.0, 0.0, 0.0, 3.0, 1.0], [0.0, 0.0, 5.0, 0.0, 4.0]])
-    g = torch.Generator().manual_seed(0)
-    draws = np.stack([_sample(logits, 1.0, 2, g) for _ in range(4000)])  # [4000, 3]
-    assert draws.shape == (4000, 3)
-    top2 = torch.topk(logits, 2).indices
-    for r in range(3):
-        a, b = top2[r].tolist()
-        assert set(np.unique(draws[:, r])) == {a, b}, (r, np.unique(draws[:, r]))
-        p = float(torch.softmax(logits[r, [a, b]], -1)[0])
-        assert abs((draws[:, r] == a).mean() - p) < 0.03, (r, (draws[:, r] == a).mean(), p)
-    np.testing.assert_array_equal(_sample(logits, 0.0, None, g), logits.argmax(-1).numpy())
+    allowed = torch.ones(3, 1, 5, dtype=torch.bool)
+    seeds = torch.tensor([0, 1, 2])
+
+    def draws(sampler):  # 4000 rows of each, each with its own seed
+        many = logits.repeat(4000, 1)[:, None]
+        out = sample(many, allowed.repeat(4000, 1, 1), sampler, torch.arange(len(many)), torch.tensor(0))
+        return out.view(4000, 3).numpy()
+
+    def kept(row, sampler):  # the set the sampler keeps, by its definition, from the exact softmax
+        p = torch.softmax(row, -1)
+        order = torch.argsort(row, descending=True).tolist()
+        if sampler.top_k:
+            return order[: sampler.top_k]
+        if sampler.top_p:
+            mass = np.cumsum(p[order].numpy())
+            return order[: int(np.searchsorted(mass, sampler.top_p)) + 1]
+        return order
+
+    for sampler in (Sampler(1.0, top_k=2), Sampler(1.0, top_p=0.5), Sampler(1.0, top_p=0.9), Sampler(1.0)):
+        d = draws(sampler)
+        for r in range(3):
+            keep = kept(logits[r], sampler)
+            assert set(np.unique(d[:, r])) == set(keep), (sampler, r, np.unique(d[:, r]), keep)
+            p = torch.softmax(logits[r, keep], -1).numpy()
+            freq = np.array([(d[:, r] == k).mean() for k in keep])
+            np.testing.assert_allclose(freq, p, atol=0.03, err_msg=str((sampler, r)))
+    greedy = sample(logits[:, None], allowed, Sampler(0.0), seeds, torch.tensor(0))[:, 0]
+    assert torch.equal(greedy, logits.argmax(-1))
+    no_first = allowed.clone()
+    no_first[0, 0, 1] = False  # a masked token is never drawn
+    assert 1 not in {int(sample(logits[:, None], no_first, Sampler(5.0), seeds, torch.tensor(t))[0, 0])
+                     for t in range(200)}
 
 
 @pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
@@ -267,7 +290,7 @@ def test_generate_chain_writes_audio_deterministically(trained_lm, dedup_acousti
         outs.append(wav)
     acoustic = AcousticModel.from_dir(trained_acoustic).cfg
     assert sr == 24000
-    n_units = int(r.output.split()[0])
+    n_units = int(r.stdout.split()[0])  # progress lines go to stderr
     assert len(outs[1]) == acoustic.codec_frames(n_units, deduplicated=True) * 320
     assert len(outs[1]) == max(1, round(n_units * acoustic.frames_per_unit)) * 320
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -280,6 +303,25 @@ def test_generate_chain_writes_audio_deterministically(trained_lm, dedup_acousti
     r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-audio", prompt, "-o", "x.wav",
                                  "--units-only"])
     assert r.exit_code != 0 and "--tokenizer" in r.output
+
+
+def test_generate_streams_the_same_audio_with_progress(trained_lm, dedup_acoustic, tmp_path):
+    """`--stream` writes the waveform chunk by chunk as the acoustic stage completes frames: the file equals
+    the one-shot run's (same seed) within one 16-bit step per sample (the streamed decode is within 1e-5
+    of the one-shot's, test_decoding), and the time to first audio is reported; progress goes to stderr."""
+    args = ["generate", "--lm", trained_lm, "--acoustic", dedup_acoustic, "--prompt-text", "the cat",
+            "--max-units", 40, "--temperature", 1.0, "--seed", 3]
+    whole = run(*args, "-o", tmp_path / "whole.wav")
+    streamed = run(*args, "--stream", "-o", tmp_path / "streamed.wav")
+    assert whole.exit_code == 0 and streamed.exit_code == 0, streamed.output
+    a, sr = sf.read(tmp_path / "whole.wav")
+    b, sr_b = sf.read(tmp_path / "streamed.wav")
+    assert sr == sr_b and len(a) == len(b) > 64 * 320  # more than one chunk of 64 frames
+    assert np.abs(a - b).max() <= 1 / 32768 + 1e-9
+    assert "time to first audio" in streamed.stdout and "LM: step" in streamed.stderr
+    assert "acoustic: step" in streamed.stderr and "x real time" in streamed.stderr
+    quiet = run(*args, "-q", "-o", tmp_path / "quiet.wav")
+    assert quiet.stderr == "" and len(quiet.stdout.strip().splitlines()) == 1
 
 
 def _audio_of(sample_id: str, root) -> str:

@@ -589,7 +589,7 @@ def test_a_checkpoint_with_a_malicious_pickle_is_refused(speech_lm, shards, tmp_
     ({"train": {"stpes": 10}}, "train.stpes: unknown key"),
     ({"data": {"text": ["missing.txt"]}}, "data.text: "),
     ({"model": "no_such_model"}, "model: "),
-    ({"train": {"compile": "yes"}}, "compile: true, false or auto"),
+    ({"train": {"compile": "yes"}}, "compile: true, false, auto or model"),
 ])
 def test_config_mistakes_are_one_line_naming_file_and_key(speech_lm, shards, tmp_path, mistake, message):
     cfg = write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "run")

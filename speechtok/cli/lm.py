@@ -199,6 +199,31 @@ def acoustic_train_cmd(config, stop_after, device):
     click.echo(json.dumps(result))
 
 
+class StreamedWav:
+    """`on_audio` for `generate_speech`: each chunk appended to a wav file as it arrives."""
+
+    def __init__(self, path: Path):
+        self.path, self.file = path, None
+
+    def __call__(self, samples, sample_rate: int) -> None:
+        if self.file is None:
+            import soundfile as sf
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = sf.SoundFile(self.path, "w", samplerate=sample_rate, channels=1, subtype="PCM_16")
+        self.file.write(samples)
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def discard(self) -> None:
+        """A failed run leaves no partial file."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
 @click.command("generate")
 @click.option("--lm", "lm_dir", required=True, type=click.Path(exists=True), help="A `tok lm train` final model.")
 @click.option("--acoustic", "acoustic_dir", type=click.Path(exists=True), help="A `tok acoustic train` final model.")
@@ -219,15 +244,22 @@ def acoustic_train_cmd(config, stop_after, device):
 @click.option("--top-k", type=click.IntRange(min=1), default=None)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--compile", "compiled", is_flag=True, help="Static KV cache + torch.compile for the LM (long runs).")
+@click.option("--compile", "compiled", is_flag=True,
+              help="Compile each stage's decoding step whole (CUDA graphs on a GPU): slow start, fast steps.")
+@click.option("--stream", is_flag=True, help="Write the audio while the acoustic stage generates it, chunk by "
+                                             "chunk (causal codecs: EnCodec, Mimi); reports time to first audio.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @device_option
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
-                 temperature, top_k, top_p, seed, compiled, device, vocoder_dir, voice_seconds):
+                 temperature, top_k, top_p, seed, compiled, stream, quiet, device, vocoder_dir, voice_seconds):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
     from speechtok.lm.vocab import SpeechVocab
 
     if not units_only and acoustic_dir is None and vocoder_dir is None:
         raise click.UsageError("give --acoustic DIR, --vocoder DIR (a unit HiFi-GAN), or --units-only")
+    if stream and (units_only or vocoder_dir is not None):
+        raise click.UsageError("--stream streams the acoustic stage's codec: give --acoustic DIR, not "
+                               "--units-only or --vocoder")
     try:  # what can be checked before torch and transformers are imported
         SpeechVocab.load(lm_dir)
     except (ValueError, TypeError, OSError) as e:
@@ -242,18 +274,31 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     from speechtok.pipelines.generate import generate_speech
     opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                            compile=compiled)
+    writer = StreamedWav(out) if stream else None
     try:
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
                               prompt_text, voice, opts, device_or_fail(device), voice_seconds=voice_seconds,
-                              vocoder_dir=None if units_only else vocoder_dir)
+                              vocoder_dir=None if units_only else vocoder_dir,
+                              echo=None if quiet else (lambda line: click.echo(line, err=True)), on_audio=writer)
     except (ValueError, OSError) as e:
+        if writer is not None:
+            writer.discard()
         fail_with(e)
-    if units_only:
+    except BaseException:  # a signal: a streamed file is not left half written
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.close()
+        click.echo(f"{len(gen.units)} units -> {gen.codes.shape[0]} x {gen.codes.shape[1]} codes -> "
+                   f"{len(gen.wav) / gen.sample_rate:.2f} s -> {out} (streamed; time to first audio "
+                   f"{gen.first_audio:.2f} s)")
+    elif units_only:
         write_output_file(out, lambda path: np.save(path, gen.units))
         click.echo(f"{len(gen.units)} units -> {out}")
     else:
         write_output_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
         via = f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None else "unit HiFi-GAN"
         click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
-        if gen.voice_seconds is not None:
-            click.echo(f"voice prompt: at most its first {gen.voice_seconds:g} s (--voice-seconds)")
+    if not units_only and gen.voice_seconds is not None:
+        click.echo(f"voice prompt: at most its first {gen.voice_seconds:g} s (--voice-seconds)")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from speechtok.lm.decoding import Decoder, Plan, Sampler, bucket
 from speechtok.tokenizers.semantic import run_length
 from speechtok.unit_stream import unit_stream
 from speechtok.hub import portable_card, resolve_card
@@ -146,7 +147,7 @@ def read_config(directory: str | Path) -> AcousticConfig:
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block with causal SDPA and an optional KV cache."""
+    """Pre-LN transformer block with causal SDPA, optionally over a static KV cache."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -155,21 +156,18 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`mask` [B, 1, L, keys] (True: may attend) replaces the causal rule, for left-padded batches."""
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                at: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal over `x` alone; or, with a cache `kv` ([B, heads, L, head dim] each), writes this input's
+        keys and values at cache indices `at` [len] and attends to the cache where `mask` [B, 1, len, L]."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
-        if mask is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if kv is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            causal = L > 1  # a single new position attends to everything cached
-            if causal and k.shape[2] != L:
-                raise ValueError("prefill must start from an empty cache")
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            kv[0].index_copy_(2, at, k.to(kv[0].dtype))
+            kv[1].index_copy_(2, at, v.to(kv[1].dtype))
+            y = F.scaled_dot_product_attention(q, kv[0].to(q.dtype), kv[1].to(q.dtype), attn_mask=mask)
         x = x + self.proj(y.transpose(1, 2).reshape(B, L, D))
         return x + self.mlp(self.ln2(x))
 
@@ -200,14 +198,16 @@ class AcousticModel(nn.Module):
         """[B, N, streams] → [B, N, dim]."""
         return sum(emb(steps[..., s]) for s, emb in enumerate(self.code_emb))
 
-    def _run(self, x: torch.Tensor, positions: torch.Tensor, caches: list | None,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-        if int(positions.max()) >= self.cfg.max_len:
-            raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_len {self.cfg.max_len}")
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, caches: list | None = None,
+             at: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.pos_emb(positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i], mask)
+            x = block(x, None if caches is None else caches[i], at, mask)
         return self.ln_f(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, dim] → next-step logits [B, streams, stream_vocab]."""
+        return torch.stack([head(h) for head in self.heads], 1)
 
     def forward(self, semantic: list[torch.Tensor], steps: list[torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy of the codec steps given the units, over non-empty slots. Sequences of a batch
@@ -218,7 +218,9 @@ class AcousticModel(nn.Module):
             seqs.append(x)
             where.append(len(u))
         x = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        h = self._run(x, torch.arange(x.shape[1], device=x.device), None)
+        if x.shape[1] > self.cfg.max_len:
+            raise ValueError(f"sequence of {x.shape[1]} positions exceeds max_len {self.cfg.max_len}")
+        h = self._run(x, torch.arange(x.shape[1], device=x.device))
         loss, count = 0.0, 0
         for i, (p, s) in enumerate(zip(where, steps)):
             hs = h[i, p: p + len(s)]
@@ -231,60 +233,46 @@ class AcousticModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, units: np.ndarray, n_frames: int, prompt_codes: np.ndarray | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> np.ndarray:
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                 top_p: float | None = None, compiled: bool | str = False) -> np.ndarray:
         """Codes [n_q, n_frames] for `units`; `prompt_codes` [n_q, P] (a voice prompt whose units lead
         `units`) are forced into the first P frames. Temperature 0 is greedy."""
-        return self.generate_batch([units], [n_frames], [prompt_codes], temperature, top_k, seed)[0]
+        return self.generate_batch([units], [n_frames], [prompt_codes], temperature, top_k, seed, top_p,
+                                   compiled=compiled)[0]
 
     @torch.no_grad()
     def generate_batch(self, units: list[np.ndarray], n_frames: list[int], prompts: list[np.ndarray | None] | None = None,
-                       temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[np.ndarray]:
-        """`generate` for a batch: prefixes left-padded so every row's [SEP] lines up, then one step of
-        every row at a time; a row's result does not depend on the others (greedy; tested)."""
+                       temperature: float = 1.0, top_k: int | None = None, seed: int = 0, top_p: float | None = None,
+                       seeds: list[int] | None = None, compiled: bool | str = False) -> list[np.ndarray]:
+        """`generate` for a batch: every row gives what it gives alone with its seed (`seeds`, default
+        `seed` for every row), greedy or sampled (tested)."""
+        decoder = self.decoder(units, n_frames, prompts, Sampler(temperature, top_k, top_p),
+                               seeds or [seed] * len(units))
+        out = decoder.run(compiled).numpy()
+        return [from_steps(self.cfg, out[i, : len(layout(self.cfg, n)[0])], n) for i, n in enumerate(n_frames)]
+
+    def decoder(self, units: list[np.ndarray], n_frames: list[int], prompts: list[np.ndarray | None] | None,
+                sampler: Sampler, seeds: list[int]) -> Decoder:
+        """The decoding core set up for a batch: prefixes (units, [SEP]) left-padded so every row's [SEP]
+        lines up, prefilled into a static cache; the pattern's empty slots and the voice prompts' codes as
+        known tokens, each step's codebook as its class of allowed tokens."""
         cfg, device = self.cfg, self.sep.device
-        B, S = len(units), cfg.streams
-        prompts = prompts or [None] * B
-        N = max(len(layout(cfg, n)[0]) for n in n_frames)
-        qs = np.full((B, N, S), -1, dtype=np.int64)
-        known = np.full((B, N, S), -1, dtype=np.int64)
-        for i, (n, pc) in enumerate(zip(n_frames, prompts)):
-            q, t = layout(cfg, n)
-            qs[i, : len(q)] = q
-            if pc is not None:
-                forced = (q >= 0) & (t < pc.shape[1])
-                given = to_steps(cfg, np.pad(pc, ((0, 0), (0, n - pc.shape[1]))))
-                known[i, : len(q)][forced] = given[forced]
+        B = len(units)
+        known, klass = step_tables(cfg, n_frames, prompts or [None] * B)
+        N = known.shape[1]
         lengths = [len(u) + 1 for u in units]
         W = max(lengths)
-        pad = torch.tensor([W - n for n in lengths], device=device)
+        if W + N - 1 > cfg.max_len:
+            raise ValueError(f"sequence of {W + N - 1} positions exceeds max_len {cfg.max_len}")
+        steps = AcousticSteps(self, torch.tensor([W - n for n in lengths], device=device), W, bucket(W + N))
         x = torch.zeros(B, W, cfg.dim, device=device, dtype=self.sep.dtype)
         for i, u in enumerate(units):
             sem = self.sem_emb(torch.as_tensor(np.asarray(u, dtype=np.int64), device=device))
             x[i, W - lengths[i]:] = torch.cat([sem, self.sep[None]])
-        total = torch.arange(W + N, device=device)
-        valid = total[None] >= pad[:, None]  # [B, W + N]
-        positions = (total[None] - pad[:, None]).clamp(min=0)
-        causal = torch.ones(W, W, dtype=torch.bool, device=device).tril()
-        # padded queries see themselves, so no attention row is empty (and none of it reaches real rows)
-        prefill = (valid[:, None, None, :W] & causal) | torch.eye(W, dtype=torch.bool, device=device)
-        caches = [{} for _ in self.blocks]
-        h = self._run(x, positions[:, :W], caches, prefill)[:, -1]
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        out = np.full((B, N, S), cfg.empty, dtype=np.int64)
-        for j in range(N):
-            free = (qs[:, j] >= 0) & (known[:, j] < 0)
-            out[:, j] = np.where(known[:, j] >= 0, known[:, j], out[:, j])
-            rows, streams = np.nonzero(free)
-            if len(rows):  # one device → host copy per step, then every free (row, stream) sampled at once
-                logits = torch.stack([head(h) for head in self.heads], 1).float().cpu()
-                lo = qs[rows, j, streams] * cfg.codebook_size if cfg.pattern == "coarse_fine" else np.zeros_like(rows)
-                cols = torch.as_tensor(lo[:, None] + np.arange(cfg.codebook_size)[None])
-                picked = logits[torch.as_tensor(rows)[:, None], torch.as_tensor(streams)[:, None], cols]
-                out[rows, j, streams] = lo + _sample(picked, temperature, top_k, g)
-            if j + 1 < N:
-                step = self.embed_steps(torch.as_tensor(out[:, j], device=device)[:, None])
-                h = self._run(step, positions[:, W + j: W + j + 1], caches, valid[:, None, None, : W + j + 1])[:, -1]
-        return [from_steps(cfg, out[i, : len(layout(cfg, n)[0])], n) for i, n in enumerate(n_frames)]
+        first = steps.prefill(x)
+        plan = Plan(classes=codebook_classes(cfg), klass=torch.from_numpy(klass),
+                    known=torch.from_numpy(known), seeds=torch.tensor(seeds, dtype=torch.long))
+        return Decoder(steps, plan, first, sampler)
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
@@ -302,12 +290,70 @@ class AcousticModel(nn.Module):
         return model.to(device).eval()
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator) -> np.ndarray:
-    """One draw per row of `logits` [M, V] (argmax at temperature 0), top-k filtered, from generator `g`."""
-    if temperature <= 0:
-        return logits.argmax(-1).numpy()
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=g)[:, 0].numpy()
+def step_tables(cfg: AcousticConfig, n_frames: list[int], prompts: list[np.ndarray | None]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(known, class) [B, N, streams] of a batch: the known token of every slot (EMPTY in the pattern's
+    empty slots and past a row's end, a voice prompt's code in its frames, -1 where one is drawn) and the
+    codebook whose tokens a drawn slot allows."""
+    B, S = len(n_frames), cfg.streams
+    N = max(len(layout(cfg, n)[0]) for n in n_frames)
+    known = np.full((B, N, S), cfg.empty, dtype=np.int64)
+    klass = np.zeros((B, N, S), dtype=np.int64)
+    for i, (n, pc) in enumerate(zip(n_frames, prompts)):
+        q, t = layout(cfg, n)
+        row = np.where(q >= 0, -1, cfg.empty)
+        if pc is not None:
+            forced = (q >= 0) & (t < pc.shape[1])
+            given = to_steps(cfg, np.pad(pc, ((0, 0), (0, n - pc.shape[1]))))
+            row[forced] = given[forced]
+        known[i, : len(q)] = row
+        klass[i, : len(q)] = np.maximum(q, 0) if cfg.pattern == "coarse_fine" else 0
+    return known, klass
+
+
+def codebook_classes(cfg: AcousticConfig) -> torch.Tensor:
+    """[classes, stream_vocab] allowed tokens: a delay stream draws among one codebook's codes (EMPTY is
+    never drawn); the coarse/fine stream among the codes of the slot's codebook (one class per codebook)."""
+    n = cfg.n_q if cfg.pattern == "coarse_fine" else 1
+    tokens = torch.arange(cfg.stream_vocab)
+    lo = torch.arange(n)[:, None] * cfg.codebook_size
+    return (tokens >= lo) & (tokens < lo + cfg.codebook_size)
+
+
+class AcousticSteps(nn.Module):
+    """The acoustic model as a `StepModel`: a static KV cache of `length` positions per block, the first
+    `width` holding the left-padded prefixes (row b's padding: `pad[b]`)."""
+
+    def __init__(self, model: AcousticModel, pad: torch.Tensor, width: int, length: int):
+        super().__init__()
+        cfg, device = model.cfg, pad.device
+        self.model, self.width = model, width  # `width` for the prefill, its tensor for the steps
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else model.sep.dtype
+        shape = (len(pad), cfg.heads, length, cfg.dim // cfg.heads)
+        self.kv = [tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in "kv") for _ in model.blocks]
+        index = torch.arange(length, device=device)
+        self.register_buffer("valid", index[None] >= pad[:, None], persistent=False)  # [B, L]
+        positions = (index[None] - pad[:, None]).clamp(0, cfg.max_len - 1)
+        self.register_buffer("positions", positions, persistent=False)
+        self.register_buffer("index", index, persistent=False)
+        # the cache index of step 0, as a tensor: prefixes of other widths reuse the compiled step
+        self.register_buffer("step_zero", torch.tensor(width, device=device), persistent=False)
+        for t in [*self.buffers(), *(x for pair in self.kv for x in pair)]:
+            torch._dynamo.mark_static_address(t)
+
+    def prefill(self, x: torch.Tensor) -> torch.Tensor:
+        """Prefixes [B, width, dim] into the cache → the logits of the first step."""
+        W = self.width
+        at = self.index[:W]
+        mask = (self.valid[:, None, :] & (self.index[None, :] <= at[:, None]))[:, None]  # [B, 1, W, L]
+        mask = mask | (self.index[None, :] == at[:, None])  # padded queries see themselves: no empty row
+        h = self.model._run(x, self.positions[:, :W], self.kv, at, mask)
+        return self.model.logits(h[:, -1])
+
+    def step(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        at = (t + self.step_zero).view(1)
+        x = self.model.embed_steps(tokens[:, None])  # [B, 1, dim]
+        mask = (self.valid & (self.index[None] <= at))[:, None, None]  # [B, 1, 1, L]
+        h = self.model._run(x, self.positions.index_select(1, at), self.kv, at, mask)
+        return self.model.logits(h[:, -1])

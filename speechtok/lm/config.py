@@ -68,8 +68,9 @@ class TrainConfig:
     clip: float = 1.0
     precision: str = "bf16"  # bf16 | fp32 (bf16 is autocast over fp32 master weights)
     parallel: str = "auto"  # auto (ddp when several ranks) | ddp | fsdp | none
-    compile: bool | str = "auto"  # per-layer torch.compile: auto = on CUDA only
+    compile: bool | str = "auto"  # per-layer torch.compile: auto = on CUDA only; model = the whole model
     attn: str = "sdpa"  # sdpa | flash_attention_2 | eager
+    loss: str = "chunked"  # chunked: head + cross-entropy in row chunks, no full fp32 logits | plain
     gradient_checkpointing: bool = False
     log_every: int = at_least(10, 1)
     eval_every: int = at_least(500, 1)  # needs data.eval_shards
@@ -83,8 +84,10 @@ class TrainConfig:
             raise ValueError(f"precision: bf16 or fp32, not {self.precision!r}")
         if self.parallel not in ("auto", "ddp", "fsdp", "none"):
             raise ValueError(f"parallel: auto, ddp, fsdp or none, not {self.parallel!r}")
-        if self.compile not in (True, False, "auto"):
-            raise ValueError(f"compile: true, false or auto, not {self.compile!r}")
+        if self.compile not in (True, False, "auto", "model"):
+            raise ValueError(f"compile: true, false, auto or model, not {self.compile!r}")
+        if self.loss not in ("chunked", "plain"):
+            raise ValueError(f"loss: chunked or plain, not {self.loss!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be more than 0, not {self.lr}")
         self.betas = tuple(self.betas)

@@ -1,16 +1,20 @@
 """Stage 1 of AudioLM-style generation: sample semantic units from a `tok lm` model.
 
 Prompts are a speech prompt (its units), a text prompt (`[TEXT] text [SPEECH]`), or nothing
-(`[SPEECH]`). Sampling runs through Hugging Face `generate` (KV cache, temperature / top-k / top-p,
-batches left-padded) with every logit outside the semantic range and EOS masked, so the output is units."""
+(`[SPEECH]`). Sampling runs on the decoding core (lm/decoding.py): the Hugging Face model with a static
+cache and fixed shapes (batches left-padded), every logit outside the semantic range and EOS masked (EOS
+also before `min_new_tokens`), so the output is units."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
+from speechtok.lm.decoding import Decoder, Plan, Sampler, bucket
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.prosody.expressive import expressive_mask, split_generated
 
@@ -23,21 +27,67 @@ class SamplingOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int = 0
-    compile: bool = False  # static KV cache + torch.compile'd forward: slow first call, fast decoding after
+    compile: bool = False  # the decoding step compiled whole (CUDA graphs on a GPU): slow start, fast steps
 
 
-class OnlySemantic:
-    """A logits processor that leaves only the semantic units and EOS to choose from."""
+def semantic_classes(vocab: SpeechVocab, eos_id: int, size: int) -> torch.Tensor:
+    """[2, size] allowed tokens: the semantic units (and an expressive LM's pitch and style tokens) before
+    `min_new_tokens`, then those and EOS."""
+    allowed = torch.zeros(2, size, dtype=torch.bool)
+    allowed[:, vocab.semantic_first_id: vocab.semantic_first_id + vocab.semantic_tokens] = True  # BPE: merges too
+    allowed[:, torch.from_numpy(expressive_mask(vocab, size))] = True  # an expressive LM: pitch, style
+    allowed[1, eos_id] = True
+    return allowed
 
-    def __init__(self, vocab: SpeechVocab, eos_id: int, size: int):
-        self.allowed = torch.zeros(size, dtype=torch.bool)
-        self.allowed[vocab.semantic_first_id: vocab.semantic_first_id + vocab.semantic_tokens] = True
-        self.allowed[eos_id] = True
-        self.allowed[torch.from_numpy(expressive_mask(vocab, size))] = True  # an expressive LM: pitch, style
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        allowed = self.allowed[: scores.shape[-1]].to(scores.device)
-        return scores.masked_fill(~allowed, float("-inf"))
+class HFSteps(nn.Module):
+    """A Hugging Face causal LM as a `StepModel`: its own `StaticCache` of `length` positions, the first
+    `width` holding the left-padded prompts (row b's padding: `pad[b]`); a 4-D mask over the whole cache,
+    so every step has the same shapes. Full-attention (Llama-style) models: a sliding window would need
+    its own mask."""
+
+    def __init__(self, model, pad: torch.Tensor, width: int, length: int):
+        super().__init__()
+        from transformers import StaticCache
+
+        self.model, self.width = model, width
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        index = torch.arange(length, device=pad.device)
+        self.register_buffer("valid", index[None] >= pad[:, None], persistent=False)  # [B, L]
+        self.register_buffer("start", width - pad, persistent=False)  # row b's first generated position
+        self.register_buffer("index", index, persistent=False)
+        # the cache index of step 0, as a tensor: prompts of other widths reuse the compiled step
+        self.register_buffer("step_zero", torch.tensor(width, device=pad.device), persistent=False)
+        impl = model.config._attn_implementation
+        if impl not in ("sdpa", "eager"):  # the others take no 4-D mask
+            raise ValueError(f"generation needs sdpa or eager attention, the LM is loaded with {impl}")
+        self.sdpa = impl == "sdpa"
+        for t in self.buffers():
+            torch._dynamo.mark_static_address(t)
+
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Boolean (True: attend) for SDPA, additive for the other attention implementations."""
+        if self.sdpa:
+            return mask
+        dtype = self.model.dtype
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return zeros.masked_fill(~mask, torch.finfo(dtype).min)
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Prompts [B, width] into the cache → the logits [B, 1, V] of the first step."""
+        at = self.index[: self.width]
+        mask = (self.valid[:, None, :] & (self.index[None, :] <= at[:, None]))[:, None]  # [B, 1, W, L]
+        mask = mask | (self.index[None, :] == at[:, None])  # padded queries see themselves: no empty row
+        positions = (at[None] - (self.width - self.start)[:, None]).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=self._mask(mask), position_ids=positions,
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits.float()
+
+    def step(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        mask = (self.valid & (self.index[None] <= self.step_zero + t))[:, None, None]  # [B, 1, 1, L]
+        out = self.model(input_ids=tokens, attention_mask=self._mask(mask),
+                         position_ids=(self.start + t)[:, None], cache=self.cache, use_cache=True)
+        return out.logits.float()
 
 
 def speech_prompt(tokenizer, vocab: SpeechVocab, units: np.ndarray | None = None, text: str | None = None) -> list[int]:
@@ -51,34 +101,47 @@ def speech_prompt(tokenizer, vocab: SpeechVocab, units: np.ndarray | None = None
     return ids
 
 
+def unit_decoder(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]], opts: SamplingOptions,
+                 seeds: list[int] | None = None) -> Decoder:
+    """The decoding core set up for `prompts` (left-padded, prefilled into a static cache)."""
+    device = next(model.parameters()).device
+    B, N, width = len(prompts), opts.max_new_tokens, max(map(len, prompts))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((B, width), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+    pad = torch.tensor([width - len(p) for p in prompts], device=device)
+    steps = HFSteps(model, pad, width, bucket(width + N))
+    first = steps.prefill(ids.to(device))
+    size = first.shape[-1]
+    klass = (torch.arange(N) >= opts.min_new_tokens).long()[None, :, None].expand(B, N, 1)
+    plan = Plan(classes=semantic_classes(vocab, tokenizer.eos_token_id, size), klass=klass.contiguous(),
+                known=torch.full((B, N, 1), -1, dtype=torch.long),
+                seeds=torch.tensor(seeds or [opts.seed] * B, dtype=torch.long),
+                stop_token=tokenizer.eos_token_id)
+    return Decoder(steps, plan, first, Sampler(opts.temperature, opts.top_k, opts.top_p))
+
+
 @torch.no_grad()
 def generate_units(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]],
-                   opts: SamplingOptions | None = None) -> list[np.ndarray]:
-    """Units generated after each prompt (EOS and what follows it dropped), one array per prompt."""
+                   opts: SamplingOptions | None = None, seeds: list[int] | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Units generated after each prompt (EOS and what follows it dropped), one array per prompt. Row i
+    draws with seed `seeds[i]` (default: `opts.seed`), the same units alone as in any batch. Decoding
+    stops early, checked every 64 steps, once every row has ended."""
     opts = opts or SamplingOptions()
-    device = next(model.parameters()).device
-    width = max(map(len, prompts))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    if opts.compile and not getattr(model, "_speechtok_compiled", False):
-        model.forward = torch.compile(model.forward)
-        model._speechtok_compiled = True
-    torch.manual_seed(opts.seed)
-    greedy = opts.temperature <= 0
-    out = model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=opts.max_new_tokens,
-        min_new_tokens=opts.min_new_tokens or None,
-        do_sample=not greedy, temperature=None if greedy else opts.temperature, top_k=None if greedy else opts.top_k,
-        top_p=None if greedy else opts.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
-        logits_processor=[OnlySemantic(vocab, tokenizer.eos_token_id, model.get_output_embeddings().weight.shape[0])],
-        use_cache=True, cache_implementation="static" if opts.compile else None)
+    decoder = unit_decoder(model, tokenizer, vocab, prompts, opts, seeds)
+
+    def on_chunk(done: int) -> bool:
+        if progress is not None:
+            progress(done)
+        return decoder.all_finished()
+
+    out = decoder.run(opts.compile, on_chunk=on_chunk)[..., 0].numpy()
     result = []
-    for row in out[:, width:].cpu().numpy():
+    for row in out:
         end = np.flatnonzero(row == tokenizer.eos_token_id)
         row = row[: end[0]] if len(end) else row
-        result.append(split_generated(vocab, row)["units"])  # an expressive LM's pitch and style are dropped
+        # an expressive LM's pitch and style are dropped (no vocoder uses them yet); BPE merges are undone
+        result.append(split_generated(vocab, row)["units"] if vocab.expressive else vocab.ids_to_units(row))
     return result

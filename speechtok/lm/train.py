@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from speechtok.lm.config import RunConfig
 from speechtok.lm.data import PackedTokens, token_loader
+from speechtok.lm.loss import use_chunked_loss
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SpeechVocab
@@ -133,8 +134,12 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
     model.config.use_cache = False
     raw = model.to(device)
     fpt = flops_per_token(raw, dcfg.seq_len)
-    model = parallelize(raw, cfg.parallel, world, device, cfg.precision, compile_enabled(cfg.compile, device),
-                        cfg.gradient_checkpointing)
+    if cfg.loss == "chunked":
+        use_chunked_loss(raw)
+    if cfg.compile == "model":  # in place: state-dict keys unchanged
+        raw.compile()
+    model = parallelize(raw, cfg.parallel, world, device, cfg.precision,
+                        cfg.compile != "model" and compile_enabled(cfg.compile, device), cfg.gradient_checkpointing)
     optimizer = build_optimizer(model, cfg, device)
     parts = {"lm": (model, optimizer)}
     meta = load_checkpoint(out, parts, rank) or {}

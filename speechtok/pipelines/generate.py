@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from speechtok.checksums import verify_checksums
+from speechtok.lm.decoding import Progress, Sampler
 from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
@@ -26,6 +29,7 @@ class Generated:
     wav: np.ndarray | None = None
     sample_rate: int | None = None
     voice_seconds: float | None = None  # how much of the voice prompt was used (None: all of it, or no voice)
+    first_audio: float | None = None  # streamed: seconds from the start of stage 1 to the first audio out
 
 
 def load_lm(lm_dir: str | Path, device: torch.device):
@@ -65,12 +69,15 @@ def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool,
 def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, tokenizer_dir: str | Path | None = None,
                     prompt_audio: str | None = None, prompt_text: str | None = None, voice: str | None = None,
                     opts: SamplingOptions | None = None, device: str | torch.device = "cpu",
-                    vocoder_dir: str | Path | None = None, voice_seconds: float | None = None) -> Generated:
+                    vocoder_dir: str | Path | None = None, voice_seconds: float | None = None,
+                    echo: Callable[[str], None] | None = None,
+                    on_audio: Callable[[np.ndarray, int], None] | None = None) -> Generated:
     """Stage 1 always; then the acoustic model and codec decoder (`acoustic_dir`) or a unit HiFi-GAN
     (`vocoder_dir`). Every stage's unit stream is checked against the LM's before anything runs. `voice`
     (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's; only
     its first `voice_seconds` are used (default: as much as fits the acoustic model with `max_new_tokens`
-    units), and that is checked before anything is generated."""
+    units), and that is checked before anything is generated. `echo` gets progress lines (steps, × real
+    time); `on_audio(samples, sample_rate)` streams the acoustic stage's waveform chunk by chunk."""
     from speechtok.lm.acoustic import read_config
     from speechtok.pipelines.resynth import units_to_audio, vocoder_stream
     from speechtok.vocoders.hifigan import UnitHiFiGAN
@@ -91,25 +98,40 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     model, tokenizer, vocab = load_lm(lm_dir, device)
     units = prompt_units(tokenizer_dir, prompt_audio, vocab.dedup) if prompt_audio else None
     prompt = speech_prompt(tokenizer, vocab, units=units, text=prompt_text)
-    out = generate_units(model, tokenizer, vocab, [prompt], opts)[0]
+    start = time.perf_counter()
+    progress = Progress("LM", opts.max_new_tokens, unit_seconds(made, acoustic), echo) if echo else None
+    out = generate_units(model, tokenizer, vocab, [prompt], opts, progress=progress)[0]
     if len(out) == 0:
         raise ValueError("the LM ended the speech at once (no units generated); try another seed or temperature")
     result = Generated(units=out, stream=made, source=str(lm_dir))
     del model
     if acoustic_dir is not None:
-        return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds)
+        return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds, echo,
+                          on_audio, start)
     if voc is not None:  # deduplicated units: the vocoder's duration predictor gives their lengths
         result.wav, result.sample_rate = units_to_audio(voc, result.units), voc.cfg.sample_rate
     return result
 
 
+def unit_seconds(stream: dict, acoustic=None) -> float | None:
+    """Seconds of speech per unit: a frame for frame-level units, the acoustic model's mean run length for
+    deduplicated ones (None without it)."""
+    if not stream["dedup"]:
+        return 1.0 / stream["frame_rate"]
+    return acoustic.frames_per_unit / acoustic.codec_rate if acoustic is not None else None
+
+
 def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Path | None, voice: str | None,
-               opts: SamplingOptions, device: torch.device, voice_seconds: float | None = None) -> Generated:
+               opts: SamplingOptions, device: torch.device, voice_seconds: float | None = None,
+               echo: Callable[[str], None] | None = None,
+               on_audio: Callable[[np.ndarray, int], None] | None = None,
+               start: float | None = None) -> Generated:
     """Units → codec tokens (acoustic model) → waveform (codec decoder). Frame-level units last one frame
-    each; deduplicated ones (only into a model trained on them) the mean run length of its training data."""
+    each; deduplicated ones (only into a model trained on them) the mean run length of its training data.
+    With `on_audio`, the frames are decoded (`CodecStream`) and handed over as they complete."""
     from speechtok.audio import load_utterance
     from speechtok.corpus import Utterance
-    from speechtok.lm.acoustic import AcousticModel
+    from speechtok.lm.acoustic import AcousticModel, from_steps
     from speechtok.tokenizers.codec import Codec
 
     acoustic = AcousticModel.from_dir(acoustic_dir, device)
@@ -134,12 +156,54 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     if (need := acoustic_positions(cfg, len(units), n_frames)) > cfg.max_len:
         raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} positions, "
                          f"the acoustic model holds {cfg.max_len}: shorten --voice-seconds or --max-units")
-    codes = acoustic.generate(units, n_frames, prompt_codes, temperature=opts.temperature, top_k=opts.top_k,
-                              seed=opts.seed)[:, P:]
-    wav, samples = codec.decode(torch.from_numpy(codes)[None])
+    decoder = acoustic.decoder([units], [n_frames], [prompt_codes], Sampler(opts.temperature, opts.top_k),
+                               [opts.seed])
+    progress = Progress("acoustic", decoder.steps, pattern_step_seconds(cfg), echo) if echo else None
+    stream, on_chunk = None, progress
+    if on_audio is not None:
+        from speechtok.tokenizers.codec_stream import CodecStream
+
+        stream, ready, pieces = CodecStream(codec, skip_frames=P), frames_ready(cfg, n_frames), []
+        start = time.perf_counter() if start is None else start
+
+        def stream_chunk(done: int) -> None:
+            if progress is not None:
+                progress(done)
+            steps = np.full((decoder.steps, cfg.streams), cfg.empty, dtype=np.int64)
+            steps[:done] = decoder.out[0, :done].cpu().numpy()
+            piece = stream.push(from_steps(cfg, steps, n_frames)[:, stream.codes.shape[1]: ready(done)])
+            if len(piece):
+                gen.first_audio = time.perf_counter() - start if gen.first_audio is None else gen.first_audio
+                on_audio(piece, codec.sample_rate)
+                pieces.append(piece)
+
+        on_chunk = stream_chunk
+    steps = decoder.run(opts.compile, on_chunk=on_chunk)[0].numpy()
+    codes = from_steps(cfg, steps, n_frames)[:, P:]
     gen.codes, gen.sample_rate, gen.voice_seconds = codes, codec.sample_rate, voice_seconds
+    if stream is not None:
+        gen.wav = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        return gen
+    wav, samples = codec.decode(torch.from_numpy(codes)[None])
     gen.wav = wav[0, : int(samples[0])].float().cpu().numpy()
     return gen
+
+
+def pattern_step_seconds(cfg) -> float:
+    """Seconds of audio per acoustic step: a frame (delay pattern) or a codebook of a frame (coarse/fine)."""
+    return 1.0 / cfg.codec_rate / (1 if cfg.pattern == "delay" else cfg.n_q)
+
+
+def frames_ready(cfg, n_frames: int) -> Callable[[int], int]:
+    """steps done → frames of which every code has been drawn (a prefix of the frames, in both patterns)."""
+    from speechtok.lm.acoustic import layout
+
+    qs, ts = layout(cfg, n_frames)
+    last = np.zeros(n_frames, dtype=np.int64)
+    step = np.broadcast_to(np.arange(len(qs))[:, None], qs.shape)
+    np.maximum.at(last, ts[qs >= 0], step[qs >= 0])
+    last = np.maximum.accumulate(last)
+    return lambda done: int(np.searchsorted(last, done))
 
 
 def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
