@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -315,6 +316,10 @@ def test_torchrun_stops_promptly_on_sigterm_and_a_rerun_on_the_same_port_resumes
     assert "stopped by SIGTERM after step" in err, err[-3000:]
     step = int((out / "checkpoints" / "latest").read_text().split("_")[1])
     assert step >= 2
+    # what 2 ranks under DDP train and save (this test stands in for a plain 2-process run)
+    losses = curve(out, "loss")
+    assert sorted(losses) == list(range(1, step + 1)) and all(np.isfinite(list(losses.values())))
+    assert (out / "checkpoints" / f"step_{step:07d}" / "rng_rank1.json").exists()
     r = subprocess.run(cmd + ["--stop-after", "1"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step {step}" in r.stdout
