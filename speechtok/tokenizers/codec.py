@@ -5,7 +5,9 @@ Batch exactness: every row of a padded batch gets the codes transformers gives t
 transformers' EnCodec and Mimi convolutions pad the right end of their input up to a whole stride (EnCodec
 reflects, Mimi pads zeros, Mimi's downsampling repeats the last value), from the batch's length; DAC's pad
 zeros on both sides. `_AlonePadding` writes each row's own padding before every convolution instead.
-Long inputs are encoded in chunks with context, in bounded memory (see `encode_long`), whatever the batch."""
+Long inputs are encoded in chunks with context, in bounded memory (see `encode_long`), whatever the batch.
+Padding never reaches a row, but batched float rounding (EnCodec's LSTM, Mimi's attention) differs from a
+batch of one by ~1e-7 and can flip a near-tie code; `batch_invariant=True` encodes every row alone."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from speechtok.hub import check_model_ref
-from speechtok.tokenizers.features import length_mask
+from speechtok.tokenizers.features import determinism_key, length_mask
 from speechtok.tokenizers.spec import KINDS, parse_codec_spec  # noqa: F401 (parse_codec_spec: re-exported)
 from speechtok.tokenizers.ssl_features import PRECISIONS, weights_checksum
 
@@ -167,7 +169,7 @@ class Codec(nn.Module):
 
     def __init__(self, kind: str, model_ref: str, n_q: int | None = None, bandwidth: float | None = None,
                  name: str | None = None, device: str | torch.device = "cpu", precision: str = "fp32",
-                 chunk_seconds: float = 60.0, context_seconds: float = 5.0):
+                 chunk_seconds: float = 60.0, context_seconds: float = 5.0, batch_invariant: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -220,7 +222,15 @@ class Codec(nn.Module):
                                if self.causal and cfg.trim_right_ratio == 1.0 else None)
         self.chunk_samples = int(chunk_seconds * self.sample_rate) // self.hop * self.hop
         self.context_samples = int(context_seconds * self.sample_rate) // self.hop * self.hop
+        self.batch_invariant = batch_invariant
         self._checksum: str | None = None
+
+    def determinism_key(self) -> dict:
+        """What, besides the weights and the audio, decides the codes bit for bit. Batched kernels (the LSTM's
+        and attention's GEMMs, convolutions) round differently for other batch shapes, thread counts and CPU
+        or GPU kernels, and a near-tie between two codebook entries can flip (BENCHMARKS.md
+        "batch-invariance" measures how often): without `batch_invariant` the batch plan matters too."""
+        return determinism_key(self.device, self.precision, self.batch_invariant)
 
     @property
     def device(self) -> torch.device:
@@ -285,7 +295,8 @@ class Codec(nn.Module):
         sizes = lengths.tolist()
         long = [i for i, size in enumerate(sizes) if size > self.chunk_samples + self.context_samples]
         short = [i for i in range(len(sizes)) if i not in long]
-        groups = [short] if self.batched and short else [[i] for i in short]
+        batched = self.batched and not self.batch_invariant  # batch-invariant: every row alone, unpadded
+        groups = [short] if batched and short else [[i] for i in short]
         for i in long:
             codes[i, :, : int(n[i])] = self.encode_long(wav[i, : sizes[i]])
         for rows in groups:
