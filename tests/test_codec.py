@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from speechtok import read_shards
 from conftest import speech_at
+from numerics import assert_close_to_scale
 from speechtok.cli.main import cli
 from speechtok.pipelines.encode import encode_rows
 from speechtok.tokenizers.codec import Codec, encodec_bandwidths, parse_codec_spec
@@ -105,26 +106,62 @@ class OOMAbove:
         return self.tok.encode_batch(wav, lengths)
 
 
+class QuantizerInputs:
+    """Records the latents [B, D, F] each `encode` hands to the codec's quantizer (what padding would reach)."""
+
+    def __init__(self, codec: Codec):
+        self.seen, q = [], codec.model.quantizer
+        if codec.codec_kind == "dac":
+            q.register_forward_pre_hook(lambda m, args: self.seen.append(args[0].clone()))
+        else:
+            encode = q.encode
+            q.encode = lambda x, *a, **k: (self.seen.append(x.clone()), encode(x, *a, **k))[1]
+
+    def last(self) -> torch.Tensor:
+        return self.seen[-1]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_codes_equal_transformers_alone(diverse_codec, speech_corpus, kind):
-    """Each utterance's codes equal transformers' codes of that utterance alone (exact equality), whatever
-    the batch: order, composition, OOM halving. Codebooks drawn from real latents make codes diverse
-    (checked), so padding that reached a frame would change its code."""
+    """Padding never reaches an utterance: each row's latents in any batch (order, composition) equal its
+    latents alone to float rounding, and with `batch_invariant` its codes equal transformers' codes of the
+    utterance alone exactly, also through OOM halving. Batched codes may differ only where that rounding
+    (the LSTM's and attention's batched GEMMs, ~1e-7) flips a near-tie: measured here 0-2% of frames, and
+    BENCHMARKS.md "batch-invariance". Codebooks drawn from real latents make codes diverse (checked), and
+    nothing of the model is disabled."""
     from transformers import AutoModel
+    from numerics import assert_close_to_scale
 
     codec = Codec(kind, diverse_codec(kind), n_q=2)
+    exact = Codec(kind, diverse_codec(kind), n_q=2, batch_invariant=True)
+    assert exact.determinism_key()["depends_on_batch_plan"] is False
+    assert codec.determinism_key()["depends_on_batch_plan"] is True
     reference_model = AutoModel.from_pretrained(diverse_codec(kind)).eval()
     wavs = mixed_utterances(speech_at(speech_corpus, codec.sample_rate), codec.hop, kind)
     refs = [transformers_alone(reference_model, kind, w, 2, codec.bandwidth) for w in wavs]
     every = torch.cat(refs, -1)
     assert all(len(torch.unique(every[q])) >= 8 for q in range(2)), "codes not diverse: a vacuous test"
+    latents = QuantizerInputs(codec)
+    alone = []
+    for w in wavs:
+        codec.encode(w[None], torch.tensor([len(w)]))
+        alone.append(latents.last()[0])
+    same = total = 0
     for order in (list(range(len(wavs))), list(range(len(wavs)))[::-1], [0, 5, 6], [3, 7, 4]):
-        codes, frames = codec.encode(*batch_of([wavs[i] for i in order]))
+        batch = batch_of([wavs[i] for i in order])
+        codes, frames = codec.encode(*batch)
+        batched = latents.last()
+        exact_codes, _ = exact.encode(*batch)
         for row, i in enumerate(order):
-            assert int(frames[row]) == refs[i].shape[-1]
-            assert torch.equal(codes[row, :, : frames[row]], refs[i]), (kind, i, len(wavs[i]))
+            f = int(frames[row])
+            assert f == refs[i].shape[-1] == alone[i].shape[-1]
+            assert_close_to_scale(batched[row, :, :f], alone[i], what=f"{kind} row {i} latents")
+            assert torch.equal(exact_codes[row, :, :f], refs[i]), (kind, i, len(wavs[i]))
+            same, total = same + int((codes[row, :, :f] == refs[i]).sum()), total + refs[i].numel()
+    print(kind, f"batched codes equal to alone: {same}/{total}")
+    assert same >= 0.97 * total
     splits = []
-    rows = encode_rows(OOMAbove(codec, 2), *batch_of(wavs), splits.append)
+    rows = encode_rows(OOMAbove(exact, 2), *batch_of(wavs), splits.append)
     assert splits  # the batch was halved
     for row, ref in zip(rows, refs):
         assert np.array_equal(row, ref.numpy())
@@ -150,8 +187,8 @@ def test_long_rows_are_chunked_whatever_the_batch(diverse_codec, speech_corpus, 
     agree = (alone[0] == refs[0]).float().mean().item()
     print(kind, "chunked vs transformers alone", agree)
     assert agree >= 0.99
-    for i in (1, 2):
-        assert torch.equal(codes[i, :, : frames[i]], refs[i])
+    for i in (1, 2):  # batched: equal but for near-ties that batched rounding may flip (see the test above)
+        assert (codes[i, :, : frames[i]] == refs[i]).float().mean() >= 0.97
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -176,7 +213,7 @@ def test_decode_gives_frames_times_hop_as_transformers_alone(tiny_codec, kind):
             else:
                 ref = reference_model.decode(codes[i: i + 1, :, :f]).audio_values[0, 0]
         assert len(ref) == f * codec.hop
-        torch.testing.assert_close(wav[i, : f * codec.hop], ref, atol=1e-5, rtol=0)
+        assert_close_to_scale(wav[i, : f * codec.hop], ref, what=kind)  # measured ≤ 3.2 ε·scale (numerics.py)
         assert torch.all(wav[i, f * codec.hop:] == 0)
 
 
@@ -197,7 +234,7 @@ def test_dac_decode_is_padded_to_frames_times_hop(tmp_path):
     assert len(raw) == 20 * 15 - 4  # what transformers returns
     wav, samples = codec.decode(codes, torch.tensor([20, 9]))
     assert samples.tolist() == [300, 135] and wav.shape == (2, 300)
-    torch.testing.assert_close(wav[0, :296], raw, atol=1e-5, rtol=0)
+    assert_close_to_scale(wav[0, :296], raw, what="dac")
     assert torch.all(wav[0, 296:] == 0) and torch.all(wav[1, 131:] == 0)
 
 

@@ -424,3 +424,37 @@ def test_minimal_pair_probes(trained_lm, tmp_path):
     assert z["accuracy"] == a["accuracy"] and z["groups"] == {"audio": a["accuracy"]}
     r = run("eval", "lm", trained_lm, "--probes", tmp_path / "audio.jsonl", "-o", tmp_path / "rep3")
     assert r.exit_code == 1 and "audio probes need the semantic tokenizer" in r.output
+
+
+def test_identical_probe_items_tie_whatever_their_batch_rows():
+    """A batch's float rounding depends on its rows (it differed per CPU kernel: the ties probe scored 1/3
+    instead of 0.5 with ATEN_CPU_CAPABILITY=default). Stand-in LM whose logits scale by 1 + 1e-6 per batch
+    row: identical items still tie, and swapping real and fake gives exactly 1 − each pair's score."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from speechtok.eval.lm import ProbeItem, ProbePair, score_pairs
+
+    class RowDependentLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(16, 16)
+            self.config = SimpleNamespace(max_position_embeddings=64)
+
+        def forward(self, input_ids, attention_mask):
+            rows = torch.arange(len(input_ids), dtype=torch.float32)[:, None, None]
+            return SimpleNamespace(logits=self.emb(input_ids) * (1 + 1e-6 * rows))
+
+    tokenizer = SimpleNamespace(bos_token_id=None)
+    vocab = SimpleNamespace(text_id=0, speech_id=1, dedup=False, units_to_ids=lambda u: np.asarray(u) + 2)
+    torch.manual_seed(0)
+    model = RowDependentLM()
+    same = [ProbePair(str(i), ProbeItem(units=[3, 1, 4, 1, 5]), ProbeItem(units=[3, 1, 4, 1, 5]))
+            for i in range(3)]
+    assert score_pairs(model, tokenizer, vocab, same, batch_size=8)["accuracy"] == 0.5
+    pairs = [ProbePair(str(i), ProbeItem(units=[i, 2, 3]), ProbeItem(units=[3, 2, i])) for i in range(6)]
+    swapped = [ProbePair(p.id, p.fake, p.real) for p in pairs]
+    a = score_pairs(model, tokenizer, vocab, pairs, batch_size=3)["per_pair"]
+    b = score_pairs(model, tokenizer, vocab, swapped, batch_size=3)["per_pair"]
+    assert [x["score"] for x in b] == [1 - x["score"] for x in a] and a[3]["score"] == 0.5

@@ -195,7 +195,12 @@ def score_pairs(model, tokenizer, vocab: SpeechVocab, pairs: list[ProbePair], se
             kept.append(p)
         except Exception as e:
             errors.append(f"probe {p.id}: {' '.join(str(e).split())[:200]}")
-    lps = token_logprobs(model, seqs, batch_size)
+    # each distinct sequence scored once, in an order that depends only on the set of sequences: a batch's
+    # float rounding depends on its rows (per CPU kernel), so identical items always tie exactly and a file
+    # with real and fake swapped scores 1 − accuracy
+    unique = sorted(set(map(tuple, seqs)), key=lambda q: (-len(q), q))
+    by_seq = dict(zip(unique, token_logprobs(model, [list(q) for q in unique], batch_size)))
+    lps = [by_seq[tuple(q)] for q in seqs]
     skip = 1 + (tokenizer.bos_token_id is not None)  # the marker is given, not scored
     scores = [lp[skip - 1:].mean() if normalize else lp[skip - 1:].sum() for lp in lps]
     by_id, by_group = defaultdict(list), defaultdict(lambda: defaultdict(list))

@@ -5,7 +5,9 @@ Batch exactness: every row of a padded batch gets the codes transformers gives t
 transformers' EnCodec and Mimi convolutions pad the right end of their input up to a whole stride (EnCodec
 reflects, Mimi pads zeros, Mimi's downsampling repeats the last value), from the batch's length; DAC's pad
 zeros on both sides. `_AlonePadding` writes each row's own padding before every convolution instead.
-Long inputs are encoded in chunks with context, in bounded memory (see `encode_long`), whatever the batch."""
+Long inputs are encoded in chunks with context, in bounded memory (see `encode_long`), whatever the batch.
+Padding never reaches a row, but batched float rounding (EnCodec's LSTM, Mimi's attention) differs from a
+batch of one by ~1e-7 and can flip a near-tie code; `batch_invariant=True` encodes every row alone."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from speechtok.hub import check_model_ref
-from speechtok.tokenizers.features import length_mask
+from speechtok.tokenizers.features import determinism_key, length_mask
 from speechtok.tokenizers.spec import KINDS, parse_codec_spec  # noqa: F401 (parse_codec_spec: re-exported)
 from speechtok.tokenizers.ssl_features import PRECISIONS, weights_checksum
 
@@ -32,13 +34,18 @@ def conv_output_length(n: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
 PAD_MODES = ("constant", "reflect", "replicate")  # the pads of transformers' conv wrappers emulated per row
 
 
-def _pad_rows(x: torch.Tensor, lengths: torch.Tensor, left: int, right: torch.Tensor, mode: str,
-              width: int) -> torch.Tensor:
-    """x [B, C, T] → [B, C, width]: row i's first L_i values, then the `right[i]` values that transformers'
-    `_pad1d(x_i[:L_i], (left, right[i]), mode)` appends to that row alone, then zeros. `_pad1d` reflects
-    a row no longer than its largest pad after extending it with zeros, hence M below."""
-    q = torch.arange(width, device=x.device)[None]
+def _write_tails(x: torch.Tensor, lengths: torch.Tensor, left: int, right: torch.Tensor, mode: str,
+                 reach: int) -> None:
+    """In place, x [B, C, T]: positions [L_i, L_i + reach) of row i get what transformers'
+    `_pad1d(x_i[:L_i], (left, right[i]), mode)` puts there for that row alone (`reach` ≥ every position a
+    valid output reads past L_i; positions beyond are never read for valid outputs and stay as they are).
+    `_pad1d` reflects a row no longer than its largest pad after extending it with zeros, hence M below.
+    Only B × C × reach values are written, not the whole activation."""
+    if reach <= 0:
+        return
+    width = x.shape[-1]
     n, r = lengths[:, None], right[:, None]
+    q = torch.clamp(n + torch.arange(reach, device=x.device)[None], max=width - 1)  # clamped: same values
     if mode == "reflect":
         m = torch.maximum(n, torch.clamp(r, min=left) + 1)
         src = torch.where(q < m, q, 2 * (m - 1) - q)
@@ -47,9 +54,9 @@ def _pad_rows(x: torch.Tensor, lengths: torch.Tensor, left: int, right: torch.Te
         src, keep = torch.minimum(q, n - 1), q < n + r
     else:
         src, keep = q, q < n
-    src = src.clamp(0, x.shape[-1] - 1)
-    out = torch.gather(x, 2, src[:, None, :].expand(x.shape[0], x.shape[1], width))
-    return torch.where(keep[:, None, :], out, torch.zeros((), dtype=x.dtype, device=x.device))
+    index = q[:, None, :].expand(x.shape[0], x.shape[1], reach)
+    values = torch.gather(x, 2, src.clamp(0, width - 1)[:, None, :].expand_as(index))
+    x.scatter_(2, index, torch.where(keep[:, None, :], values, torch.zeros((), dtype=x.dtype, device=x.device)))
 
 
 class _AlonePadding:
@@ -57,9 +64,12 @@ class _AlonePadding:
     EnCodec's and Mimi's conv wrappers pad the right end up to a whole stride, computed from the *batch's*
     length (reflect / replicate / zeros), and DAC's plain convolutions pad zeros on both sides; so without
     this the last frames of a shorter row, and all frames of a very short one, would see the padding.
-    Before each convolution, past each row's valid length this writes what that row's own padding holds
-    (for a wrapper, its input also grows to a whole stride, so that the batch's own right padding is
-    empty); valid lengths are tracked per padded length, and transposed convolutions map L → L × stride."""
+    Before each convolution, just past each row's valid length (only as far as a valid output reads) this
+    writes in place what that row's own padding holds (for a wrapper, its input also grows to a whole
+    stride, so that the batch's own right padding is empty: never, when the batch width is a multiple of
+    the hop); valid lengths are tracked per padded length, and transposed convolutions map L → L × stride.
+    Everything past that stays junk that no valid output reads (EnCodec's LSTM and Mimi's attention are
+    causal)."""
 
     WRAPPERS = ("EncodecConv1d", "MimiConv1d")
     TRANSPOSED = ("EncodecConvTranspose1d", "MimiConvTranspose1d")
@@ -83,10 +93,14 @@ class _AlonePadding:
         if lengths is None:
             return None
         s, k = int(m.stride), int(m.kernel_size)
-        width = -(-x.shape[-1] // s) * s
+        width = -(-x.shape[-1] // s) * s  # the same as x's when the batch width is aligned to the hop
+        if width != x.shape[-1]:
+            x = nn.functional.pad(x, (0, width - x.shape[-1]))
         out_len = torch.div(lengths + s - 1, s, rounding_mode="floor")
         self.valid.setdefault(width // s, out_len)
-        return (_pad_rows(x, lengths, k - s, out_len * s - lengths, m.pad_mode, width), *args[1:])
+        # a valid output reads up to L + right − 1 and, for a row shorter than its pads, zeros up to M < L + k
+        _write_tails(x, lengths, k - s, out_len * s - lengths, m.pad_mode, k if m.pad_mode == "reflect" else s - 1)
+        return (x, *args[1:])
 
     def transposed(self, m: nn.Module, args, output):
         lengths = self.valid.get(args[0].shape[-1])
@@ -100,8 +114,9 @@ class _AlonePadding:
             return None
         size = int(conv_output_length(torch.tensor(x.shape[-1]), conv))
         self.valid.setdefault(size, conv_output_length(lengths, conv))
-        keep = length_mask(lengths, x.shape[-1])[:, None, :]
-        return (torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)), *args[1:])
+        # a valid output reads at most `padding` positions past L: only those are zeroed
+        _write_tails(x, lengths, 0, torch.zeros_like(lengths), "constant", conv.padding[0])
+        return (x, *args[1:])
 
     def __call__(self, lengths: torch.Tensor, size: int) -> "_AlonePadding":
         self.start = {size: lengths}
@@ -167,7 +182,7 @@ class Codec(nn.Module):
 
     def __init__(self, kind: str, model_ref: str, n_q: int | None = None, bandwidth: float | None = None,
                  name: str | None = None, device: str | torch.device = "cpu", precision: str = "fp32",
-                 chunk_seconds: float = 60.0, context_seconds: float = 5.0):
+                 chunk_seconds: float = 60.0, context_seconds: float = 5.0, batch_invariant: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -220,7 +235,15 @@ class Codec(nn.Module):
                                if self.causal and cfg.trim_right_ratio == 1.0 else None)
         self.chunk_samples = int(chunk_seconds * self.sample_rate) // self.hop * self.hop
         self.context_samples = int(context_seconds * self.sample_rate) // self.hop * self.hop
+        self.batch_invariant = batch_invariant
         self._checksum: str | None = None
+
+    def determinism_key(self) -> dict:
+        """What, besides the weights and the audio, decides the codes bit for bit. Batched kernels (the LSTM's
+        and attention's GEMMs, convolutions) round differently for other batch shapes, thread counts and CPU
+        or GPU kernels, and a near-tie between two codebook entries can flip (BENCHMARKS.md
+        "batch-invariance" measures how often): without `batch_invariant` the batch plan matters too."""
+        return determinism_key(self.device, self.precision, self.batch_invariant)
 
     @property
     def device(self) -> torch.device:
@@ -260,6 +283,8 @@ class Codec(nn.Module):
 
     def _encode_padded(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Codes [B, n_q, F] of a padded batch; with `batched`, each row's as if encoded alone."""
+        if self.causal and self._alone is not None and len(wav) > 1:  # width aligned to the hop: every strided
+            wav = nn.functional.pad(wav, (0, -wav.shape[1] % self.hop))  # conv divides it, nothing regrows
         x = wav[:, None]
         dtype = PRECISIONS[self.precision]
         ragged = self._alone is not None and bool((lengths != wav.shape[1]).any())  # else: already as alone
@@ -285,7 +310,8 @@ class Codec(nn.Module):
         sizes = lengths.tolist()
         long = [i for i, size in enumerate(sizes) if size > self.chunk_samples + self.context_samples]
         short = [i for i in range(len(sizes)) if i not in long]
-        groups = [short] if self.batched and short else [[i] for i in short]
+        batched = self.batched and not self.batch_invariant  # batch-invariant: every row alone, unpadded
+        groups = [short] if batched and short else [[i] for i in short]
         for i in long:
             codes[i, :, : int(n[i])] = self.encode_long(wav[i, : sizes[i]])
         for rows in groups:

@@ -51,6 +51,15 @@ def parse_model_spec(model: str, layer: int | None) -> dict:
     return {"kind": "ssl", "model": model, "layer": int(layer)}
 
 
+def determinism_key(device: torch.device, precision: str, batch_invariant: bool) -> dict:
+    """The settings that decide tokens bit for bit besides weights and audio: the device kind and the CPU's
+    kernel family, precision, torch version, and (unless every utterance is encoded alone) the batch plan."""
+    kernels = (torch.backends.cpu.get_cpu_capability() if device.type == "cpu"
+               else torch.cuda.get_device_name(device) if device.type == "cuda" else device.type)
+    return {"device": device.type, "kernels": kernels, "precision": precision, "torch": torch.__version__,
+            "batch_invariant": batch_invariant, "depends_on_batch_plan": not batch_invariant}
+
+
 def build_features(spec: dict, device: str | torch.device = "cpu", precision: str = "fp32") -> FeatureExtractor:
     """A feature extractor from its card."""
     kind = spec.get("kind")

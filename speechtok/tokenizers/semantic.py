@@ -13,7 +13,7 @@ import torch
 from speechtok.hub import portable_card, resolve_card
 from speechtok.shards import sha256_of
 from speechtok.tokenizers.card import CARD_CHECKSUM, check_card, check_weights, seal_card
-from speechtok.tokenizers.features import FeatureExtractor, build_features
+from speechtok.tokenizers.features import FeatureExtractor, build_features, determinism_key
 from speechtok.tokenizers.kmeans import assign
 from speechtok.tokenizers.spec import CARD_FILE
 
@@ -58,7 +58,8 @@ class SemanticTokenizer:
     name = "semantic"  # the shard field it writes
 
     def __init__(self, features: FeatureExtractor, centroids: np.ndarray, dedup: bool = False,
-                 meta: dict | None = None, chunk_seconds: float = 60.0, context_seconds: float = 5.0):
+                 meta: dict | None = None, chunk_seconds: float = 60.0, context_seconds: float = 5.0,
+                 batch_invariant: bool = False):
         if centroids.ndim != 2 or centroids.shape[1] != features.dim:
             raise ValueError(f"centroids of shape {centroids.shape} do not fit {features.dim}-dim features")
         self.features = features
@@ -70,6 +71,7 @@ class SemanticTokenizer:
         self.hop = round(self.sample_rate / self.frame_rate)
         self.chunk_samples = int(chunk_seconds * self.sample_rate) // self.hop * self.hop
         self.context_samples = int(context_seconds * self.sample_rate) // self.hop * self.hop
+        self.batch_invariant = batch_invariant  # every utterance computed alone: units independent of batching
 
     @property
     def device(self) -> torch.device:
@@ -155,7 +157,14 @@ class SemanticTokenizer:
         if len(lengths) == 1 and int(lengths[0]) > self.chunk_samples + 2 * self.context_samples:
             units = torch.from_numpy(self.encode_long(wav[0, : int(lengths[0])]))
             return units[None], self.num_frames(lengths)
+        if self.batch_invariant and len(lengths) > 1:  # each row alone: its units whatever the batch
+            rows = [self.tokens(wav[i: i + 1, : int(n)], lengths[i: i + 1])[0][0] for i, n in enumerate(lengths)]
+            return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), self.num_frames(lengths)
         return self._labels(wav, lengths), self.num_frames(lengths)
+
+    def determinism_key(self) -> dict:
+        """What, besides the weights and the audio, decides the units bit for bit (see `Codec`'s)."""
+        return determinism_key(self.device, getattr(self.features, "precision", "fp32"), self.batch_invariant)
 
     def encode_long(self, wav: torch.Tensor) -> np.ndarray:
         """Units of one long waveform in bounded memory: chunks of `chunk_samples`, each computed with

@@ -83,8 +83,9 @@ class LogMel(FeatureExtractor):
     def card(self) -> dict:
         return {"kind": "logmel", **{k: getattr(self, k) for k in self.OPTIONS}, "window": WINDOW}
 
-    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """[B, T] → [B, F, n_mels] for every full window (frames past an utterance's end are junk)."""
+    def power_spectrum(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, T] → [B, F, n_fft//2+1] power of every full window (frames past an utterance's end are junk);
+        its sum per frame is the scale of the FFT's rounding error (tests bound the features with it)."""
         wav = wav.to(self.window.device).float()  # callers may hand over CPU batches, as to SSL models
         if wav.shape[-1] < self.win_length:
             wav = torch.nn.functional.pad(wav, (0, self.win_length - wav.shape[-1]))
@@ -92,8 +93,11 @@ class LogMel(FeatureExtractor):
         frames = frames - frames.mean(-1, keepdim=True)  # remove DC per frame
         previous = torch.cat([frames[..., :1], frames[..., :-1]], -1)  # x[-1] := x[0], as Kaldi
         frames = frames - PREEMPHASIS * previous
-        spec = torch.fft.rfft(frames * self.window, n=self.n_fft).abs().pow(2)
-        return torch.log(torch.clamp(spec @ self.fbank, min=LOG_FLOOR))
+        return torch.fft.rfft(frames * self.window, n=self.n_fft).abs().pow(2)
+
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, T] → [B, F, n_mels] for every full window (frames past an utterance's end are junk)."""
+        return torch.log(torch.clamp(self.power_spectrum(wav) @ self.fbank, min=LOG_FLOOR))
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.num_frames(lengths)  # on the lengths' device (usually the CPU: no sync for its max)

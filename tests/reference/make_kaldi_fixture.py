@@ -3,6 +3,10 @@ synthetic speech-like signals (16 kHz and 8 kHz), computed by torchaudio as fair
 `examples/hubert/simple_kmeans/dump_mfcc_feature.py` does: kaldi.mfcc(sample_frequency=sr, use_energy=False)
 then functional.compute_deltas twice, time-major. dither=0.0 (torchaudio's default) for determinism.
 
+The fixture is float32 output of one machine (an AMD EPYC): other CPUs' FFT and GEMM kernels round
+differently, and weak bands amplify that in the log (an Intel AVX-512 Xeon differed by up to 5.6e-4), so
+tests/test_features.py compares within a per-value float32 error bound (`kaldi_error_bound`), not exactly.
+
 Run in the side environment that has torchaudio (CI does not):
     /work/refenv/bin/python tests/reference/make_kaldi_fixture.py
 """
