@@ -24,7 +24,22 @@ class NonFinite(Exception):
 
 
 class StopFlag:
+    """The first SIGTERM / SIGINT's number, once one came. Inside `at_once(detail)` (work whose loss costs
+    only a rerun of it: a long batch's forward, one utterance's alignment) a signal raises Interrupted
+    at once instead of waiting for the work to end."""
+
     signum: int | None = None
+    detail: str | None = None  # set inside at_once
+
+    @contextmanager
+    def at_once(self, detail: str) -> Iterator[None]:
+        if self.signum is not None:
+            raise Interrupted(self.signum, detail)
+        self.detail = detail
+        try:
+            yield
+        finally:
+            self.detail = None
 
 
 @contextmanager
@@ -40,6 +55,9 @@ def stop_on_signals() -> Iterator[StopFlag]:
         if flag.signum is not None:
             raise Interrupted(flag.signum, "(a second signal: stopped at once)")
         flag.signum = signum
+        if flag.detail is not None:
+            detail, flag.detail = flag.detail, None
+            raise Interrupted(signum, detail)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -694,3 +694,32 @@ def test_decode_refuses_other_codec_weights_unless_allowed(units_and_codec_shard
         r = run_cli("decode", folder, "-o", tmp_path / "wav", "--allow-model-mismatch")
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "wav").glob("*.wav"))) == manifest["num_utterances"]
+
+
+def test_a_stop_inside_a_long_batch_is_honoured_at_once(mfcc_km, speech_corpus, tmp_path, monkeypatch):
+    """SIGTERM while a batch computes (here a forward that would take 120 s) stops the job at once, not
+    after the batch: exit 143, the finished shards kept, and the rerun gives the uninterrupted bytes."""
+    import time
+
+    from speechtok.pipelines import encode
+
+    calls, launch = [], encode.launch
+
+    def slow_launch(*args):
+        calls.append(time.perf_counter())
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(120)  # a long batch: the stop must not wait for it
+        return launch(*args)
+
+    monkeypatch.setattr(encode, "launch", slow_launch)
+    out = tmp_path / "out"
+    r = run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2,
+                "--batch-seconds", 3)
+    assert r.exit_code == 143 and "stopped by SIGTERM" in r.output, r.output
+    assert time.perf_counter() - calls[-1] < 60 and not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+    for folder in (out, tmp_path / "uninterrupted"):
+        assert run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", folder, "-q", "--shard-max-count", 2,
+                       "--batch-seconds", 3).exit_code == 0
+    same_output(tmp_path / "uninterrupted", out)

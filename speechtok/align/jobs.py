@@ -107,7 +107,10 @@ def run_jobs(items: list[Any], seconds: list[float], make: Callable[..., Any], m
             pool = mp.get_context("fork").Pool(jobs, _init, (1,))
             results = pool.imap(_call_with(work), items)
         with stop_on_signals() as stop:  # after the fork: workers keep the default handlers
-            for it_seconds, result in zip(seconds, results):
+            for it_seconds in seconds:
+                with stop.at_once("inside an item: what was finished is written; rerun the same command to "
+                                  "resume"):  # a long recording is not waited for
+                    result = next(results)
                 done += it_seconds
                 bar.update(max(0.0, min(it_seconds, bar.total - bar.n)))
                 bar.set_postfix_str(f"{done / max(time.perf_counter() - t0, 1e-9):.1f}×RT", refresh=False)

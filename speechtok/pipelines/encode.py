@@ -294,7 +294,8 @@ class EncodeRun:
                 if self.stop.signum is not None:
                     break  # the writer stops at its next sample
                 # featurize → assign
-                pending = clock("queue device work", launch, self.toks, batch, self.split_logged)
+                with self.stop.at_once("inside a batch: finished shards are kept; rerun to resume"):
+                    pending = clock("queue device work", launch, self.toks, batch, self.split_logged)
                 clock("wait for writer", writer.put, pending)
             clock("wait for writer", writer.finish)
         except BaseException:
