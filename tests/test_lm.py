@@ -623,10 +623,10 @@ def test_torn_metrics_and_changed_model_size_on_resume(tmp_path, capsys):
         load_checkpoint(tmp_path, {"generator": (big, torch.optim.AdamW(big.parameters()))}, 0)
 
 
-def test_environment_errors_exit_3_and_other_trainers_check_configs(speech_lm, shards, tmp_path):
-    (tmp_path / "taken").write_text("a file where the run folder should go")
+def test_an_output_that_is_a_file_exits_2_and_other_trainers_check_configs(speech_lm, shards, tmp_path):
+    (tmp_path / "taken").write_text("a file where the run folder should go")  # README: a usage error, exit 2
     r = run("lm", "train", write_config(tmp_path / "c.yaml", speech_lm, shards, tmp_path / "taken"))
-    assert r.exit_code == 3 and str(tmp_path / "taken") in r.output and r.output.count("\n") == 1, r.output
+    assert r.exit_code == 2 and str(tmp_path / "taken") in r.output and r.output.count("\n") == 1, r.output
     voc = tmp_path / "voc.yaml"
     voc.write_text(yaml.safe_dump({"kind": "vocos", "shards": str(shards), "output": "out", "lr": "3e-4",
                                    "batch_size": 0}))

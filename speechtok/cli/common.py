@@ -99,13 +99,32 @@ def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
     naming the holder's pid and host. Each torchrun rank locks its own file, as `tok encode` does."""
     from speechtok.folder_lock import FolderLock, FolderLocked
 
+    home = Path(output) if folder else Path(output).parent
+    made = [p for p in (home, *home.parents) if not p.exists()]  # the folders the lock itself creates
+    lock = output_lock_file(output, folder)
     try:
-        (Path(output) if folder else Path(output).parent).mkdir(parents=True, exist_ok=True)
-        click.get_current_context().with_resource(FolderLock(output_lock_file(output, folder), what, output))
+        home.mkdir(parents=True, exist_ok=True)
+        ctx = click.get_current_context()
+        ctx.call_on_close(lambda: _leave_no_trace(lock, made))  # runs after the lock below is released
+        ctx.with_resource(FolderLock(lock, what, output))
     except FolderLocked as e:
         fail(str(e), EXIT_ENVIRONMENT)
     except OSError as e:  # no permission, read-only, or a file where the output folder should go
         fail_os(e)  # a file where the output folder should go: exit 2, as every output path that is a file
+
+
+def _leave_no_trace(lock: Path, made: list[Path]) -> None:
+    """A command that wrote nothing leaves no lock file and no folder of its own making (a refused
+    command leaves the disk as it found it)."""
+    if not made:
+        return
+    try:
+        if [p.name for p in lock.parent.iterdir()] == [lock.name]:
+            lock.unlink()
+        for folder in made:  # innermost first
+            folder.rmdir()
+    except OSError:  # something was written there after all (or the folder is busy): keep it
+        pass
 
 
 def exit_interrupted(e: Exception) -> None:
