@@ -209,7 +209,8 @@ def test_hf_dataset_gives_the_jsonl_shards_and_resumes(hf_corpus, tok_dir, tmp_p
                 "--batch-seconds", 8)  # the same batch plan: another one is refused (token settings)
     assert again.exit_code == 0 and f"{N} utterances ({N} from a previous run)" in again.output
     # other labels (no speaker column) make another corpus for the job in `out`: refused, exit 2
-    other = run("encode", hf_corpus / "saved", "-t", tok_dir, "-o", out, "-q", "--id-column", "utt")
+    other = run("encode", hf_corpus / "saved", "-t", tok_dir, "-o", out, "-q", "--id-column", "utt",
+                "--batch-seconds", 8)
     assert other.exit_code == 2 and "error: " in other.output and "changed" in other.output
 
 
