@@ -384,6 +384,10 @@ def test_resume_with_other_token_settings_is_refused_naming_both_values(mfcc_km,
         "depend on it bit for bit: rerun with the job's settings to resume it, or write to a new folder"]
     r = run_cli(*args, "--batch-seconds", 7, "--num-workers", 1)
     assert r.exit_code == 0 and "8 utterances (8 from a previous run)" in r.output, r.output
+    assert header["tokens"]["semantic.batch_invariant"] is False
+    r = run_cli(*args, "--batch-seconds", 7, "--batch-invariant")  # reaches the tokenizer and the journal
+    assert r.exit_code == 2 and "semantic.batch_invariant=False and this run has " \
+        "semantic.batch_invariant=True" in r.output, r.output
 
 
 def test_changed_corpus_is_refused_saying_what_changed(mfcc_km, speech_corpus, tmp_path):

@@ -169,12 +169,16 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
               "encode only the new utterances.")
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Use model weights that differ from the tokenizer card's sha256 (a deliberate swap).")
+@click.option("--batch-invariant", is_flag=True,
+              help="Encode every utterance alone: tokens bit for bit independent of the batch plan (batched "
+                   "kernels round differently and can flip a near-tie token; BENCHMARKS.md batch-invariance), "
+                   "at the cost of batching.")
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 @corpus_options()
 def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
-               shard_max_count, strict, append, allow_model_mismatch, device, precision, quiet):
+               shard_max_count, strict, append, allow_model_mismatch, batch_invariant, device, precision, quiet):
     """Tokenize CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a Hugging Face dataset)
     into webdataset shards under OUTPUT.
 
@@ -201,6 +205,12 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
         prec = defaults["precision"] if precision == "auto" else precision
         toks = [load_tokenizer(t, device=dev, precision=prec, allow_model_mismatch=allow_model_mismatch)
                 for t in tokenizers]
+        for t in toks:
+            if batch_invariant and not hasattr(t, "batch_invariant"):
+                raise ValueError(f"--batch-invariant: {t.name} has no batch-invariant mode (it encodes each "
+                                 "utterance alone already or is not a model)")
+            if batch_invariant:
+                t.batch_invariant = True
     except OSError as e:
         fail_os(e)
     except ValueError as e:

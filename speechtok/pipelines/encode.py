@@ -190,6 +190,7 @@ def token_settings(toks, opts: EncodeOptions) -> dict:
         settings[f"{t.name}.device"] = device_kind(t.device)
         settings[f"{t.name}.chunk_seconds"] = t.chunk_samples / t.sample_rate
         settings[f"{t.name}.context_seconds"] = t.context_samples / t.sample_rate
+        settings[f"{t.name}.batch_invariant"] = getattr(t, "batch_invariant", False)
     return settings
 
 
