@@ -727,3 +727,30 @@ def test_a_stop_inside_a_long_batch_is_honoured_at_once(mfcc_km, speech_corpus, 
         assert run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", folder, "-q", "--shard-max-count", 2,
                        "--batch-seconds", 3).exit_code == 0
     same_output(tmp_path / "uninterrupted", out)
+
+
+def test_decode_stops_at_once_on_a_signal_and_leaves_only_whole_files(units_and_codec_shards, tmp_path,
+                                                                      monkeypatch):
+    """SIGTERM while a wav is being written: one line, exit 143, and every file in the folder is a whole
+    wav (written aside, then renamed); no partial file is left."""
+    import time
+
+    import soundfile as sf
+
+    real, calls = sf.write, []
+
+    def write(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"RIFF")  # half a file on disk when the signal comes
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "write", write)
+    out = tmp_path / "wav"
+    r = run_cli("decode", units_and_codec_shards / "shards", "-o", out, "-q")
+    assert r.exit_code == 143 and r.output.startswith("stopped by SIGTERM: ") and r.output.count("\n") == 1
+    files = [p for p in out.iterdir() if not p.name.startswith(".lock")]
+    assert len(files) == 1 and files[0].suffix == ".wav" and sf.info(files[0]).frames > 0, files

@@ -263,6 +263,8 @@ def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mi
     from speechtok.pipelines.decode import decode_shards
 
     lock_output(output, "tok decode", folder=True)
+    click.get_current_context().with_resource(exit_on_signals(
+        f"the wav files in {output} are whole (each written atomically); rerun the command to decode the rest"))
     try:
         n, seconds = decode_shards(shards, output, codec_name, device_or_fail(device), batch_size,
                                    verify=not no_verify, allow_model_mismatch=allow_model_mismatch,

@@ -4,6 +4,7 @@ folder."""
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -80,7 +81,13 @@ def decode_shards(shards: str | Path, out_dir: str | Path, codec_name: str | Non
         wav, samples = codec.decode(codes, frames)
         for i, s in enumerate(pending):
             path = inside(out_dir, safe_file_name(str(s["__key__"]), taken))
-            sf.write(path, wav[i, : int(samples[i])].cpu().numpy(), codec.sample_rate)
+            part = path.with_name(path.name + ".part")  # a stop or a full disk never leaves half a wav
+            try:
+                sf.write(part, wav[i, : int(samples[i])].cpu().numpy(), codec.sample_rate, format="WAV")
+                os.replace(part, path)
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
             seconds += int(samples[i]) / codec.sample_rate
         count += len(pending)
         bar.update(len(pending))
