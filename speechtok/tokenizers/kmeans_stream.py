@@ -189,7 +189,7 @@ class StreamedKMeans:
     def batch(self, step: int) -> np.ndarray:
         """Mini-batch `step`'s global frame indices, sorted: drawn with replacement (as sklearn), seeded by
         (seed, step) alone, so any rank and a resumed run draw the same."""
-        picked = np.random.default_rng([self.seed, step]).integers(0, self.total, self.batch_frames)
+        picked = np.random.default_rng([self.seed % 2 ** 64, step]).integers(0, self.total, self.batch_frames)
         return np.sort(picked)
 
     def minibatch_step(self, c: torch.Tensor, seen: torch.Tensor,
