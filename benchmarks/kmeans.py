@@ -5,10 +5,14 @@ MiniBatchKMeans with fairseq's simple_kmeans settings, on the same frames; time 
     python benchmarks/kmeans.py --device cpu --frames 100000 --dim 768 -k 100       # CPU run
     python benchmarks/kmeans.py --streamed --frames 500000,2000000 -k 100 --iters 5  # feature cache on disk
     python benchmarks/kmeans.py --streamed --device cuda --frames 1000000,10000000 -k 500 --iters 20
+    python benchmarks/kmeans.py --streamed --frames 200000 -k 100 --iters 5 --minibatch-frames 10000 \
+        --minibatch-passes 1                                           # + mini-batch k-means on the cache
 
 --streamed: frames are written to a feature cache (fp16 chunks) piece by piece, and `StreamedKMeans` runs
 in a fresh process per frame count, so its peak RSS is its own; the in-memory k-means on the same fp16
-frames runs (in its own process) for the smallest count, and its inertia is the reference.
+frames runs (in its own process) for the smallest count, and its inertia is the reference. With
+--minibatch-frames, streamed mini-batch k-means (--minibatch-passes passes) runs on each cache too, and the
+section written is its own ("kmeans-streamed-minibatch-DEVICE").
 Frames are drawn from a mixture of 2,000 Gaussians of random scale in `dim` dimensions (a stand-in for
 HuBERT features, which need pretrained weights). Inertia = mean squared distance to the nearest centroid,
 computed by the same exact function for both."""
@@ -82,8 +86,9 @@ def write_cache(folder: Path, n: int, dim: int, piece: int = 100_000) -> None:
     cache.close()
 
 
-def child(mode: str, folder: str, k: int, iters: int, device: str) -> None:
-    """One measurement in this process: prints seconds, inertia and peak RSS (MiB) as JSON."""
+def child(mode: str, folder: str, k: int, iters: int, device: str, batch: int | None = None) -> None:
+    """One measurement in this process: prints seconds, inertia and peak RSS (MiB) as JSON (mode
+    "minibatch": `iters` passes of `batch`-frame steps)."""
     import json
     import resource
 
@@ -93,6 +98,8 @@ def child(mode: str, folder: str, k: int, iters: int, device: str) -> None:
     t0 = time.perf_counter()
     if mode == "streamed":
         result = StreamedKMeans(FeatureCache(folder), k, seed=0, device=device).fit(iters)
+    elif mode == "minibatch":
+        result = StreamedKMeans(FeatureCache(folder), k, seed=0, device=device, batch_frames=batch).fit(iters)
     else:
         x = torch.cat([torch.from_numpy(np.load(p)).float() for p in FeatureCache(folder).chunks()])
         result = kmeans_torch(x.to(device), k, iters=iters, seed=0)
@@ -111,34 +118,43 @@ def streamed(args) -> None:
         with tempfile.TemporaryDirectory(dir=args.cache_root) as folder:
             write_cache(Path(folder), n, args.dim)
             modes = ["streamed", "memory"] if n == min(counts) else ["streamed"]
+            modes += ["minibatch"] if args.minibatch_frames else []
             for mode in modes:
+                iters = args.minibatch_passes if mode == "minibatch" else args.iters
                 out = subprocess.run([sys.executable, __file__, "--child", mode, folder, "-k", str(args.k),
-                                      "--iters", str(args.iters), "--device", args.device],
+                                      "--iters", str(iters), "--device", args.device,
+                                      "--batch", str(args.minibatch_frames or 0)],
                                      capture_output=True, text=True, check=True)
                 rows.append((n, mode, json.loads(out.stdout.strip().splitlines()[-1])))
                 print(rows[-1], flush=True)
     ref = next(r for n, m, r in rows if m == "memory")
-    table = "\n".join(f"| {n:,} | {'streamed from the fp16 cache' if m == 'streamed' else 'in memory (fp32 copy)'} | "
-                      f"{r['seconds']:.1f} | {r['rss_mib']:,.0f} | {r['inertia']:.4f} | "
-                      f"{(r['inertia'] / ref['inertia'] - 1) * 100:+.4f}% |" if n == min(counts) else
-                      f"| {n:,} | streamed from the fp16 cache | {r['seconds']:.1f} | {r['rss_mib']:,.0f} | "
-                      f"{r['inertia']:.4f} | (other data) |" for n, m, r in rows)
-    body = (f"## k-means streamed from a feature cache (issue #27)\n\n"
+    label = {"streamed": "streamed from the fp16 cache", "memory": "in memory (fp32 copy)",
+             "minibatch": f"streamed mini-batch, {args.minibatch_frames:,} frames a step, "
+                          f"{args.minibatch_passes} pass(es)"}
+    table = "\n".join(f"| {n:,} | {label[m]} | {r['seconds']:.1f} | {r['rss_mib']:,.0f} | {r['inertia']:.4f} | "
+                      + (f"{(r['inertia'] / ref['inertia'] - 1) * 100:+.4f}% |" if n == min(counts) else
+                         "(other data) |") for n, m, r in rows)
+    what = " and mini-batch k-means" if args.minibatch_frames else ""
+    flags = (f" --minibatch-frames {args.minibatch_frames} --minibatch-passes {args.minibatch_passes}"
+             if args.minibatch_frames else "")
+    body = (f"## k-means{what} streamed from a feature cache (issue #27)\n\n"
             f"Hardware: {hardware(torch.device(args.device))}, k-means on {args.device}. {args.dim}-dim mixture frames stored as fp16 chunks of "
             f"65,536 frames; K={args.k}, k-means++ seeds on 64·K frames + {args.iters} Lloyd iterations; each run "
             f"in its own process (peak RSS = its ru_maxrss). `python benchmarks/kmeans.py --streamed --frames "
-            f"{args.frames} -k {args.k} --iters {args.iters}`.\n\n"
+            f"{args.frames} -k {args.k} --iters {args.iters}{flags}`.\n\n"
             f"| frames | k-means | seconds | peak RSS MiB | inertia | vs in-memory |\n|---|---|---|---|---|---|\n"
             f"{table}\n")
     print(body)
     if not args.no_write:
-        write_section(f"kmeans-streamed-{torch.device(args.device).type}", body)
+        key = "kmeans-streamed-minibatch" if args.minibatch_frames else "kmeans-streamed"
+        write_section(f"{key}-{torch.device(args.device).type}", body)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         k, iters = int(sys.argv[sys.argv.index("-k") + 1]), int(sys.argv[sys.argv.index("--iters") + 1])
-        return child(sys.argv[2], sys.argv[3], k, iters, sys.argv[sys.argv.index("--device") + 1])
+        return child(sys.argv[2], sys.argv[3], k, iters, sys.argv[sys.argv.index("--device") + 1],
+                     int(sys.argv[sys.argv.index("--batch") + 1]) or None)
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--frames", default="1000000", help="a count, or counts separated by ',' with --streamed")
@@ -148,6 +164,9 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=500)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--sklearn-n-init", type=int, default=20, help="fairseq's default is 20")
+    ap.add_argument("--minibatch-frames", type=int, default=None,
+                    help="--streamed: also mini-batch k-means with this many frames a step")
+    ap.add_argument("--minibatch-passes", type=int, default=1, help="--streamed: mini-batch passes")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.streamed:

@@ -100,6 +100,21 @@ def test_bpe_train_and_eval_tokens_cli(bpe_shards, tmp_path):
     assert got["nominal_bps"] == pytest.approx(meta["trained_on"]["bitrate_tokens_bps"]) and "shorter" in report.output
 
 
+def test_bpe_train_refuses_a_stream_of_other_values(bpe_shards, tmp_path):
+    """An F0 / pitch / style stream is not BPE material: one error line, exit 2, nothing written."""
+    import shutil
+
+    root, _ = bpe_shards
+    shutil.copytree(root / "shards", tmp_path / "shards")
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    manifest["tokenizers"]["f0"] = {"type": "f0", "rate": 200}
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(manifest))
+    r = CliRunner().invoke(cli, ["bpe", "train", str(tmp_path / "shards"), "-o", str(tmp_path / "bpe"),
+                                 "--vocab-size", "40", "--stream", "f0"])
+    assert r.exit_code == 2 and "holds f0 values" in r.output and not (tmp_path / "bpe").exists()
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
 def test_extend_vocab_with_bpe_merges_round_trips_units(base_llm, bpe_shards, tmp_path):
     """`tok lm extend-vocab --bpe` adds the merged tokens after the k units; units → ids → units is exact,
     and the LM data stream reads the shorter sequence."""

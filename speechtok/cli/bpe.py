@@ -41,6 +41,8 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
         if name not in cards:
             fail(f"{shards}: no stream '{name}' (streams: {', '.join(cards)})")
         card = cards[name]
+        if card.get("type") not in ("semantic", "codec"):
+            fail(f"{shards}: stream '{name}' holds {card.get('type')} values, not units or codec tokens")
         size, n_q = (card["k"], 1) if card["type"] == "semantic" else (card["codebook_size"], card["n_q"])
         streams, seconds = [], 0.0
         for sample in read_shards(shards, verify=not no_verify):

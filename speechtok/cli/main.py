@@ -82,6 +82,12 @@ def _features(model: str, layer: int | None, device: str, precision: str):
               help="Write the frames to this folder (fp16 chunks) and stream k-means over all of them "
                    "from disk (torch, exact Lloyd; resumes from its checkpoint; under torchrun the ranks "
                    "share it).")
+@click.option("--kmeans", "algorithm", type=click.Choice(["lloyd", "mini-batch"]), default="lloyd",
+              show_default=True,
+              help="With --feature-cache: full Lloyd iterations, or mini-batch k-means (--iters passes of "
+                   "--batch-frames random frames a step, sklearn MiniBatchKMeans' update).")
+@click.option("--batch-frames", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Frames a mini-batch step (fairseq's simple_kmeans uses 10,000).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True, help="Default for `tok encode`.")
 @click.option("--batch-seconds", type=POSITIVE, default=None,
               help="Padded audio per batch (default 180 on GPU, 20 on CPU).")
@@ -91,13 +97,15 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 @corpus_options()
-def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, feature_cache, dedup,
-                     batch_seconds, num_workers, overwrite, device, precision, quiet):
+def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, feature_cache,
+                     algorithm, batch_frames, dedup, batch_seconds, num_workers, overwrite, device, precision, quiet):
     """Learn k-means units on features of CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a
     Hugging Face dataset: README "Preparing a corpus")."""
     from speechtok.pipelines.encode import encode_device_defaults
     from speechtok.pipelines.train_kmeans import train_tokenizer
 
+    if algorithm == "mini-batch" and feature_cache is None:
+        raise click.UsageError("--kmeans mini-batch runs on the feature cache: give --feature-cache DIR")
     lock_output(output, "tok train-kmeans", folder=True)
     tokenizer_output(output, overwrite)
     click.get_current_context().with_resource(exit_on_signals("no tokenizer was written; rerun the command"))
@@ -110,13 +118,15 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
         tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed, iters=iters,
                                       backend=backend, device=str(dev), dedup=dedup, max_batch_seconds=batch_seconds,
                                       num_workers=workers, progress=not quiet, errors=errors,
-                                      feature_cache=feature_cache)
+                                      feature_cache=feature_cache,
+                                      batch_frames=batch_frames if algorithm == "mini-batch" else None)
     except (ValueError, RuntimeError, OSError) as e:
         report_errors(errors)
         fail_with(e)
     report_errors(errors)
+    steps = "steps" if algorithm == "mini-batch" else "iterations"
     click.echo(f"k-means: k={k} on {tok.meta['kmeans']['frames']} frames, {result.backend}, {result.iterations} "
-               f"iterations, {result.seconds:.2f} s, inertia {result.inertia:.4f} -> {output}")
+               f"{steps}, {result.seconds:.2f} s, inertia {result.inertia:.4f} -> {output}")
 
 
 @cli.command("import-kmeans")

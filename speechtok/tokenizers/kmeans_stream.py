@@ -5,7 +5,13 @@ Under torchrun each rank reads only its chunks (chunk i belongs to rank i mod wo
 sums and counts are all-reduced. Sums are exact: an fp16 value is an integer multiple of 2^-24, so the sums
 are kept as int64 multiples of 2^-24, whose addition does not depend on order; the result is therefore the
 same for any number of ranks, and a run resumed from its centroid checkpoint (written after every
-iteration) equals an uninterrupted one."""
+iteration) equals an uninterrupted one.
+
+With `batch_frames`, mini-batch k-means (Sculley 2010, the update of sklearn's MiniBatchKMeans) replaces
+Lloyd: step t draws `batch_frames` frame indices (with replacement, seeded by (seed, t), the same on every
+rank), each rank assigns the drawn frames of its chunks, the exact sums and counts are all-reduced, and each
+centroid moves to the mean of everything it has been assigned so far: c ← (c·v + Σx) / (v + n), v ← v + n.
+The checkpoint holds (step, centroids, v), so the same determinism and resume hold."""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from speechtok.tokenizers.kmeans import KMeansResult, assign, kmeans_plus_plus
 
 SCALE = float(2 ** 24)  # fp16 values are integer multiples of 2^-24
 CHECKPOINT = "kmeans-checkpoint.pt"
+CHECKPOINT_STEPS = 100  # mini-batch steps between checkpoints
 
 
 class FeatureCache:
@@ -98,11 +105,13 @@ def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 
 class StreamedKMeans:
-    """Lloyd's algorithm over a FeatureCache; see the module docstring."""
+    """Lloyd's algorithm (or mini-batch k-means, with `batch_frames`) over a FeatureCache; see the module
+    docstring."""
 
     def __init__(self, cache: FeatureCache, k: int, seed: int = 0, device: str | torch.device = "cpu",
-                 init_sample: int = 64):
+                 init_sample: int = 64, batch_frames: int | None = None):
         self.cache, self.k, self.seed, self.device = cache, k, seed, torch.device(device)
+        self.batch_frames = batch_frames
         self.rank, self.world = _dist()
         self.sizes = cache.sizes()
         if not self.sizes:
@@ -114,15 +123,34 @@ class StreamedKMeans:
         self.offsets = np.cumsum([0] + [n for _, n, _ in self.sizes])
         self.mine = [i for i in range(len(self.sizes)) if i % self.world == self.rank]
         self.init_sample = init_sample
+        self._maps: dict[int, np.ndarray] = {}
 
     def fingerprint(self) -> str:
-        """What a checkpoint is valid for: the chunks (names, sizes), k and the seed."""
+        """What a checkpoint is valid for: the chunks (names, sizes), k, the seed (and the batch size)."""
         what = [[p.name, n, d] for p, n, d in self.sizes] + [self.k, self.seed]
+        if self.batch_frames is not None:
+            what.append({"mini-batch": self.batch_frames})
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def _chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         for i in self.mine:
             yield i, torch.from_numpy(np.load(self.sizes[i][0])).to(self.device)
+
+    def _rows(self, i: int, rows: np.ndarray) -> torch.Tensor:
+        """Rows `rows` of chunk i on the device, read through a memory map kept open."""
+        if i not in self._maps:
+            self._maps[i] = np.load(self.sizes[i][0], mmap_mode="r")
+        return torch.from_numpy(np.ascontiguousarray(self._maps[i][rows])).to(self.device)
+
+    def _add_exact(self, sums: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
+                   n: int, chunk: int) -> None:
+        """Add fp16 rows `x` to their clusters' int64 sums (multiples of 2^-24) and counts; `n` bounds the
+        number of rows any sum can gather."""
+        if float(x.abs().max()) * n >= 2.0 ** 62 / SCALE:
+            raise ValueError(f"{self.sizes[chunk][0]}: feature values too large for exact int64 sums")
+        for j in range(0, len(x), 8192):  # int64 copies of 8192 rows at a time
+            sums.index_add_(0, labels[j:j + 8192], (x[j:j + 8192].float() * SCALE).to(torch.int64))
+        counts += torch.bincount(labels, minlength=self.k)
 
     def initial_centroids(self) -> torch.Tensor:
         """k-means++ on the same seeded sample of init_sample·k frames for any number of ranks: each rank
@@ -146,12 +174,8 @@ class StreamedKMeans:
         far = []
         cn = (c * c).sum(1)
         for i, x in self._chunks():
-            if float(x.abs().max()) * self.total >= 2.0 ** 62 / SCALE:
-                raise ValueError(f"{self.sizes[i][0]}: feature values too large for exact int64 sums")
             labels, d = assign(x, c, c_sqnorm=cn)
-            for j in range(0, len(x), 8192):  # int64 copies of 8192 rows at a time
-                sums.index_add_(0, labels[j:j + 8192], (x[j:j + 8192].float() * SCALE).to(torch.int64))
-            counts += torch.bincount(labels, minlength=self.k)
+            self._add_exact(sums, counts, x, labels, self.total, i)
             inertia += d.double().sum()
             top = torch.topk(d, min(self.k, len(d)))
             far.append((top.values.double(), top.indices + int(self.offsets[i])))
@@ -161,6 +185,29 @@ class StreamedKMeans:
         if len(empty):
             new[empty] = self._farthest(far, len(empty)).to(new)
         return new, float(inertia) / self.total
+
+    def batch(self, step: int) -> np.ndarray:
+        """Mini-batch `step`'s global frame indices, sorted: drawn with replacement (as sklearn), seeded by
+        (seed, step) alone, so any rank and a resumed run draw the same."""
+        picked = np.random.default_rng([self.seed % 2 ** 64, step]).integers(0, self.total, self.batch_frames)
+        return np.sort(picked)
+
+    def minibatch_step(self, c: torch.Tensor, seen: torch.Tensor,
+                       step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mini-batch update: (new centroids, new per-cluster counts of frames seen so far)."""
+        sums = torch.zeros(self.k, self.dim, dtype=torch.int64, device=self.device)
+        counts = torch.zeros(self.k, dtype=torch.int64, device=self.device)
+        cn = (c * c).sum(1)
+        picked = self.batch(step)
+        for i in self.mine:  # per chunk, so the matrix shapes (hence the bits) do not depend on the ranks
+            lo, hi = np.searchsorted(picked, self.offsets[i: i + 2])
+            if lo < hi:
+                x = self._rows(i, picked[lo:hi] - self.offsets[i])
+                self._add_exact(sums, counts, x, assign(x, c, c_sqnorm=cn)[0], self.batch_frames, i)
+        _all_reduce(sums), _all_reduce(counts)
+        total = seen + counts
+        moved = (c.double() * seen[:, None] + sums.double() / SCALE) / total.clamp(min=1)[:, None]
+        return torch.where((counts > 0)[:, None], moved.float(), c), total
 
     def _farthest(self, far: list, n: int) -> torch.Tensor:
         """The n frames farthest from their centroid over all ranks (ties: the lower frame index)."""
@@ -181,30 +228,42 @@ class StreamedKMeans:
                 rows[slot] = torch.from_numpy(row.astype(np.float32))
         return _all_reduce(rows)
 
+    def steps(self, iters: int) -> int:
+        """Lloyd iterations, or mini-batch steps: `iters` passes' worth of frames."""
+        return iters if self.batch_frames is None else -(-iters * self.total // self.batch_frames)
+
     def fit(self, iters: int, checkpoint_dir: str | os.PathLike | None = None,
             on_iteration=None) -> KMeansResult:
-        """`iters` Lloyd iterations, resuming from `checkpoint_dir`'s checkpoint when it is for this job;
-        returns the centroids and their exact mean squared distance."""
+        """`iters` Lloyd iterations (or `iters` passes of mini-batches), resuming from `checkpoint_dir`'s
+        checkpoint when it is for this job; returns the centroids and their exact mean squared distance."""
         t0 = time.perf_counter()
         ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-        start, c = 0, None
+        start, c, seen = 0, None, torch.zeros(self.k, dtype=torch.int64, device=self.device)
         if ckpt is not None and ckpt.is_file():
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             if state.get("fingerprint") == self.fingerprint():
                 start, c = int(state["iteration"]), state["centroids"].to(self.device)
+                seen = state.get("seen", seen).to(self.device)
         if c is None:
             c = self.initial_centroids()
-        for it in range(start, iters):
-            c, _ = self.step(c)
-            if ckpt is not None and self.rank == 0:
+        steps = self.steps(iters)
+        for it in range(start, steps):
+            if self.batch_frames is None:
+                c, _ = self.step(c)
+            else:
+                c, seen = self.minibatch_step(c, seen, it)
+            due = self.batch_frames is None or (it + 1) % CHECKPOINT_STEPS == 0 or it + 1 == steps
+            if ckpt is not None and self.rank == 0 and due:
                 tmp = ckpt.with_suffix(".tmp")
-                state = {"fingerprint": self.fingerprint(), "iteration": it + 1, "centroids": c.cpu()}
+                state = {"fingerprint": self.fingerprint(), "iteration": it + 1, "centroids": c.cpu(),
+                         "seen": seen.cpu()}
                 torch.save(state, tmp)
                 os.replace(tmp, ckpt)
             if on_iteration is not None:
                 on_iteration(it + 1)
         inertia = self.inertia(c)
-        return KMeansResult(c.cpu().numpy(), inertia, iters, f"torch-{self.device.type}-streamed",
+        kind = "streamed" if self.batch_frames is None else "streamed-minibatch"
+        return KMeansResult(c.cpu().numpy(), inertia, steps, f"torch-{self.device.type}-{kind}",
                             time.perf_counter() - t0)
 
     def inertia(self, c: torch.Tensor) -> float:
