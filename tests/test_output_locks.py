@@ -3,6 +3,7 @@ start while another job holds its lock, with exit 3 and one line naming the hold
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,7 +99,7 @@ def test_every_writing_command_refuses_a_held_lock(work, tmp_path, command):
 
 def test_two_aligns_into_one_file_the_second_is_refused_and_sigterm_stops_between_items(work, tmp_path):
     """A running `tok align` (one utterance per batch) holds its output: a second one exits 3 naming it;
-    SIGTERM then stops the first after the item at hand (exit 143, one line) and a rerun completes the file
+    SIGTERM then stops the first at once, keeping what was written (exit 143, one line) and a rerun completes the file
     with every utterance once."""
     out = tmp_path / "aligned.jsonl"
     cmd = [sys.executable, "-m", "speechtok.cli.main", "align", str(work["corpus"]), "--no-phones", "-q",
@@ -120,7 +121,9 @@ def test_two_aligns_into_one_file_the_second_is_refused_and_sigterm_stops_betwee
             first.kill()
     assert second.returncode == 3 and f"(pid {first.pid} on host " in second.stderr, second.stderr
     assert first.returncode == 143 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM between items"), err
+    # inside an item (the signal comes while one is aligned: it is not waited for) or between items
+    assert re.match(r"stopped by SIGTERM (inside an item|between items): what was finished is written",
+                    err.strip().splitlines()[-1]), err
     corpus = [json.loads(x)["id"] for x in work["corpus"].read_text().splitlines()]
     assert out.read_text().count("\n") < len(corpus)
     r = run("align", work["corpus"], "--no-phones", "-q", "-o", out)
