@@ -300,9 +300,10 @@ def test_generate_chain_writes_audio_deterministically(trained_lm, dedup_acousti
     assert r.exit_code == 0, r.output
     units = np.load(tmp_path / "u.npy")
     assert 0 < len(units) <= 20 and units.max() < 12
-    r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-audio", prompt, "-o", "x.wav",
-                                 "--units-only"])
+    r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-audio", prompt, "-o",
+                                 str(tmp_path / "x.wav"), "--units-only"])
     assert r.exit_code != 0 and "--tokenizer" in r.output
+    assert not list(tmp_path.glob("*x.wav*"))  # a refused command leaves no file, not even its lock
 
 
 def test_generate_streams_the_same_audio_with_progress(trained_lm, dedup_acoustic, tmp_path):

@@ -105,7 +105,8 @@ def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
     try:
         home.mkdir(parents=True, exist_ok=True)
         ctx = click.get_current_context()
-        ctx.call_on_close(lambda: _leave_no_trace(lock, made))  # runs after the lock below is released
+        # runs after the lock below is released
+        ctx.call_on_close(lambda: _leave_no_trace(lock, made, None if folder else Path(output)))
         ctx.with_resource(FolderLock(lock, what, output))
     except FolderLocked as e:
         fail(str(e), EXIT_ENVIRONMENT)
@@ -113,9 +114,11 @@ def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
         fail_os(e)  # a file where the output folder should go: exit 2, as every output path that is a file
 
 
-def _leave_no_trace(lock: Path, made: list[Path]) -> None:
+def _leave_no_trace(lock: Path, made: list[Path], file: Path | None) -> None:
     """A command that wrote nothing leaves no lock file and no folder of its own making (a refused
     command leaves the disk as it found it)."""
+    if file is not None and not file.exists():
+        lock.unlink(missing_ok=True)
     if not made:
         return
     try:
