@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from speechtok.audio import resample
+from speechtok.vocoders.f0_input import stretch
 
 
 def vocoder_stream(cfg) -> dict:
@@ -23,7 +24,6 @@ def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None,
     """Frame-level units (deduplicated ones are expanded by the vocoder's duration predictor) → waveform;
     `f0`: an F0-conditioned vocoder's input at the units' frames (f0_input.py; None: all unvoiced)."""
     from speechtok.tokenizers.semantic import run_length
-    from speechtok.vocoders.f0_input import stretch
 
     device = next(vocoder.parameters()).device
     x = torch.as_tensor(np.asarray(units, dtype=np.int64), device=device)[None]
@@ -74,12 +74,18 @@ class Resynthesis:
             self.tok.sample_rate if self.kind == "codec" else self.voc.sample_rate)
 
     @torch.inference_mode()
-    def encode(self, wav: np.ndarray, sr: int):
-        """Frame-level units [F] (numpy), (codes [1, n_q, F], frames) or a mel [1, n_mels, F], from audio."""
+    def encode(self, wav: np.ndarray, sr: int, f0_from: tuple[np.ndarray, int] | None = None):
+        """Frame-level units [F] (numpy; with their F0 input for an F0-conditioned vocoder: the input's
+        contour or that of `f0_from` = (audio, rate), F0 transfer), (codes [1, n_q, F], frames) or a mel
+        [1, n_mels, F], from audio."""
         x = torch.from_numpy(np.ascontiguousarray(resample(wav, sr, self.input_rate), dtype=np.float32))[None]
         if self.kind == "units":  # frame-level whatever the card says: a dedup vocoder deduplicates them
             units = self.tok.encode_batch(x, torch.tensor([x.shape[1]]))[0]
-            return (units, self.f0_input(wav, sr, len(units))) if self.needs_f0 else units
+            if not self.needs_f0:
+                return units
+            if f0_from is None:
+                return units, self.f0_input(wav, sr, len(units))
+            return units, stretch(self.f0_input(*f0_from), len(units))
         if self.kind == "mel":
             return self.voc.feature_extractor(x.to(self.device))
         lengths = torch.tensor([x.shape[1]])
@@ -91,7 +97,7 @@ class Resynthesis:
 
     def f0_input(self, wav: np.ndarray, sr: int, n: int | None = None) -> np.ndarray:
         """The vocoder's F0 input from audio: at its `n` unit frames (the same audio's units), or at the
-        audio's own unit frame count (F0 to transfer: `transfer` stretches it)."""
+        audio's own unit frame count (F0 to transfer, stretched by `encode`)."""
         from speechtok.vocoders.f0_input import f0_input
 
         x = resample(wav, sr, self.f0_tracker.sample_rate)
@@ -100,13 +106,6 @@ class Resynthesis:
         rate, unit_rate = self.f0_tracker.frame_rate, self.voc.cfg.frame_rate
         n = int(len(f0_hz) * unit_rate / rate) if n is None else n
         return f0_input(f0_hz, rate, unit_rate, n, self.voc.cfg.f0_norm)
-
-    def transfer(self, tokens, wav: np.ndarray, sr: int):
-        """What `encode` gave, with the F0 contour of other audio (time-stretched onto the units)."""
-        from speechtok.vocoders.f0_input import stretch
-
-        units = tokens[0]
-        return units, stretch(self.f0_input(wav, sr), len(units))
 
     @torch.inference_mode()
     def decode(self, tokens) -> np.ndarray:
@@ -148,7 +147,5 @@ def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: s
     r = Resynthesis(tokenizer, vocoder_dir, device)
     if f0_from is not None and not r.needs_f0:
         raise ValueError("F0 transfer needs an F0-conditioned unit HiFi-GAN (trained with `f0: STREAM`)")
-    tokens = r.encode(wav, sr)
-    if f0_from is not None:
-        tokens = r.transfer(tokens, *f0_from)
+    tokens = r.encode(wav, sr, f0_from)
     return r.decode(tokens), r.sample_rate, r.describe(tokens)
