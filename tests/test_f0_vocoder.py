@@ -115,6 +115,9 @@ def test_f0_vocoder_trains_and_transfers_f0(f0_shards, tmp_path):
            "batch_size": 2, "segment_seconds": 0.2, "steps": 3, "adv_start": 2, "log_every": 1,
            "disc_channels": 4, "model": SIZES}
     (tmp_path / "voc.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml", "--f0", "pitch", "-o", tmp_path / "bad")
+    assert r.exit_code == 2 and "--f0: 'pitch' is not an F0 stream" in r.output, r.output
+    assert not (tmp_path / "bad").exists()
     r = run("vocoder", "train", "--config", tmp_path / "voc.yaml")
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "voc" / "final" / "vocoder.json").read_text())

@@ -27,7 +27,7 @@ from speechtok.vocoders.f0_input import f0_input, pick_frames
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.losses import vocoder_loss
 from speechtok.vocoders.train_config import (VOCOS_CODEC_SIZES, VOCOS_MEL_SIZES, VOCOS_SIZES,
-                                             VocoderTrainConfig, vocoded_stream)
+                                             VocoderTrainConfig, check_f0_stream, vocoded_stream)
 from speechtok.vocoders.vocos import Vocos
 
 
@@ -84,10 +84,7 @@ def f0_settings(cfg: VocoderTrainConfig, cards: dict) -> dict:
     """The F0 fields of an F0-conditioned unit HiFi-GAN's config (none without `f0:`)."""
     if not cfg.f0:
         return {}
-    if cards.get(cfg.f0, {}).get("type") != "f0":
-        f0_streams = sorted(n for n, c in cards.items() if c.get("type") == "f0")
-        raise ValueError(f"f0: {cfg.f0!r} is not an F0 stream of the shards (F0 streams: {f0_streams}; "
-                         "write one with `tok encode -t f0:TRACKER`)")
+    check_f0_stream(cfg, cards)
     return {"f0": cfg.f0, "f0_norm": cfg.f0_norm, "f0_card": cards[cfg.f0]}
 
 

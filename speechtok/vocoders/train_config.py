@@ -100,3 +100,11 @@ def vocoded_stream(cfg: VocoderTrainConfig, cards: dict) -> str | None:
     if cfg.features not in cards or cards[cfg.features]["type"] != "codec":
         raise ValueError(f"features: 'mel' or a codec stream of the shards ({sorted(cards)})")
     return cfg.features
+
+
+def check_f0_stream(cfg: VocoderTrainConfig, cards: dict) -> None:
+    """`f0:` names an F0 stream of the shards (`cards`: the manifest's "tokenizers"), when given."""
+    if cfg.f0 and cards.get(cfg.f0, {}).get("type") != "f0":
+        f0_streams = sorted(n for n, c in cards.items() if c.get("type") == "f0")
+        raise ValueError(f"f0: {cfg.f0!r} is not an F0 stream of the shards (F0 streams: {f0_streams}; "
+                         "write one with `tok encode -t f0:TRACKER`)")
