@@ -144,3 +144,15 @@ def test_f0_vocoder_trains_and_transfers_f0(f0_shards, tmp_path):
     write_checksums(plain)
     r = run("resynth", a, "-t", km, "--vocoder", plain, "--f0-from", b, "-o", tmp_path / "y.wav")
     assert r.exit_code == 2 and r.output.startswith("error: F0 transfer needs an F0-conditioned"), r.output
+
+
+def test_f0_follows_units_expanded_by_predicted_durations():
+    """A dedup F0 vocoder: the F0 input of the frame-level units is stretched onto the expanded runs."""
+    from speechtok.pipelines.resynth import units_to_audio
+
+    torch.manual_seed(0)
+    voc = UnitHiFiGAN(UnitHiFiGANConfig(k=10, sample_rate=16000, frame_rate=100.0, f0="f0", dedup=True, **TINY))
+    units = np.repeat([1, 4, 2, 7], [3, 2, 4, 1])
+    f0 = f0_features(np.full(len(units), 120.0), "none")
+    expanded = voc.expand(torch.tensor([[1, 4, 2, 7]])).shape[1]
+    assert units_to_audio(voc.eval(), units, f0=f0).shape == (expanded * 160,)
