@@ -209,7 +209,7 @@ def is_original_dir(d: Path) -> bool:
 
 def original_config(h: dict, where: str) -> UnitHiFiGANConfig:
     """Our config for an original config.json; what we cannot run is one error naming the field."""
-    for key, why in (("f0", "F0-conditioned"), ("embedder_params", "speaker-embedder"),
+    for key, why in (("f0", "original F0-conditioned"), ("embedder_params", "speaker-embedder"),
                      ("lambda_commit_code", "VQ-code"), ("f0_quantizer_path", "F0-quantizer")):
         if h.get(key):
             raise ValueError(f"{where}: {key!r} is set: {why} unit vocoders are not supported")
