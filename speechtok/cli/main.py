@@ -286,15 +286,30 @@ def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mi
     click.echo(f"decoded {n} utterances, {seconds:.1f} s of audio -> {output}")
 
 
+def read_f0_source(path: str | None):
+    """(audio, rate) of the --f0-from file, or None; an unreadable one is one error line naming it."""
+    from speechtok.audio import AudioError, read_audio
+
+    if path is None:
+        return None
+    try:
+        return read_audio(path)
+    except AudioError as e:
+        fail(f"{path}: {e}")
+
+
 @cli.command("resynth")
 @click.argument("audio", type=click.Path(exists=True, dir_okay=False))
 @click.option("-t", "--tokenizer", default=None,
               help="Codec KIND:MODEL[:nq=N], or a semantic tokenizer directory (with --vocoder).")
 @click.option("--vocoder", "vocoder_dir", default=None,
               help="Unit HiFi-GAN or Vocos directory (or Vocos hub id); a mel Vocos needs no tokenizer.")
+@click.option("--f0-from", "f0_from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="F0 transfer: speak AUDIO's units with this file's F0 contour (time-stretched onto them); "
+                   "needs an F0-conditioned unit HiFi-GAN.")
 @output_option("FILE", "The wav file to write.")
 @device_option
-def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
+def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from):
     """Round-trip one file: AUDIO → tokens (or mel) → OUTPUT wav, through a codec's decoder or a vocoder."""
     import soundfile as sf
 
@@ -308,7 +323,8 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device):
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     try:
         wav, sr = read_audio(audio)
-        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, device_or_fail(device))
+        other = read_f0_source(f0_from)
+        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, device_or_fail(device), other)
     except AudioError as e:
         fail(f"{audio}: {e}")
     except (ValueError, OSError) as e:

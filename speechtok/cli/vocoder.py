@@ -32,10 +32,12 @@ def vocoder() -> None:
 @click.option("--segment-seconds", type=float)
 @click.option("--dedup/--no-dedup", default=None, help="Unit HiFi-GAN: deduplicated units + duration predictor.")
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
+@click.option("--f0", help="Unit HiFi-GAN: F0-conditioned on this F0 stream of the shards "
+                           "(tok encode -t f0:TRACKER).")
 @stop_after_option
 @device_option
 def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, steps, batch_size,
-              segment_seconds, dedup, speakers, stop_after, device):
+              segment_seconds, dedup, speakers, f0, stop_after, device):
     """Train a vocoder; rerunning the same command resumes from the latest checkpoint. The config (YAML
     and options) and the shards' streams are checked before torch is imported."""
     from pathlib import Path
@@ -43,13 +45,15 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, 
     from speechtok.cli.lm import training_errors
     from speechtok.shards import read_manifest
     from speechtok.training.config import ConfigError
-    from speechtok.vocoders.train_config import command_line, load_vocoder_config, vocoded_stream
+    from speechtok.vocoders.train_config import (check_f0_stream, command_line, load_vocoder_config,
+                                                 vocoded_stream)
 
     if codec and features_alias and codec != features_alias:
         raise click.UsageError(f"--codec {codec} and --features {features_alias} (its old name) disagree")
     given = {"kind": kind, "shards": shards, "output": output, "features": codec or features_alias,
              "stream": stream, "steps": steps,
-             "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers}
+             "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers,
+             "f0": f0}
     given = {k: v for k, v in given.items() if v is not None}
     for k in ("shards", "output"):  # command-line paths are relative to the working directory
         if k in given:
@@ -61,7 +65,9 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, 
     with training_errors(config_path):
         cfg = load_vocoder_config(config_path, given)
         try:
-            vocoded_stream(cfg, read_manifest(cfg.shards)[1]["tokenizers"])
+            cards = read_manifest(cfg.shards)[1]["tokenizers"]
+            vocoded_stream(cfg, cards)
+            check_f0_stream(cfg, cards)
         except ValueError as e:  # "key: why", named where the key came from
             key, why = str(e).split(": ", 1)
             if key in given:

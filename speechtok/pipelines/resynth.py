@@ -1,4 +1,6 @@
-"""Audio → tokens (or mel) → audio, through a codec decoder, a unit HiFi-GAN or a Vocos."""
+"""Audio → tokens (or mel) → audio, through a codec decoder, a unit HiFi-GAN or a Vocos. An F0-conditioned
+unit HiFi-GAN also reads the F0 contour, tracked as its F0 stream was: the input's own, or another file's
+(F0 transfer: that contour time-stretched onto the input's units)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import numpy as np
 import torch
 
 from speechtok.audio import resample
+from speechtok.vocoders.f0_input import stretch
 
 
 def vocoder_stream(cfg) -> dict:
@@ -16,8 +19,10 @@ def vocoder_stream(cfg) -> dict:
 
 
 @torch.inference_mode()
-def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None) -> np.ndarray:
-    """Frame-level units (deduplicated ones are expanded by the vocoder's duration predictor) → waveform."""
+def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None,
+                   f0: np.ndarray | None = None) -> np.ndarray:
+    """Frame-level units (deduplicated ones are expanded by the vocoder's duration predictor) → waveform;
+    `f0`: an F0-conditioned vocoder's input at the units' frames (f0_input.py; None: all unvoiced)."""
     from speechtok.tokenizers.semantic import run_length
 
     device = next(vocoder.parameters()).device
@@ -25,7 +30,8 @@ def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None) -> np
     if vocoder.cfg.dedup:
         x = vocoder.expand(torch.as_tensor(run_length(x[0].cpu().numpy())[0], device=device)[None])
     spk = torch.tensor([speaker or 0], device=device) if vocoder.cfg.num_speakers else None
-    return vocoder(x, spk)[0].float().cpu().numpy()
+    f0_in = torch.from_numpy(stretch(f0, x.shape[1]))[None].to(device) if f0 is not None else None
+    return vocoder(x, spk, f0_in)[0].float().cpu().numpy()
 
 
 class Resynthesis:
@@ -33,6 +39,7 @@ class Resynthesis:
     audio. The one route of `tok resynth`, which `tok eval codecs` also times and scores."""
 
     def __init__(self, tokenizer: str | None, vocoder_dir: str | None, device: torch.device):
+        from speechtok.prosody.f0_tokenizer import f0_from_card
         from speechtok.tokenizers.codec import Codec
         from speechtok.tokenizers.load import load_tokenizer
         from speechtok.tokenizers.semantic import SemanticTokenizer
@@ -40,6 +47,7 @@ class Resynthesis:
         from speechtok.vocoders.hifigan import UnitHiFiGAN
         from speechtok.vocoders.train import load_vocoder
 
+        self.f0_tracker = None
         self.tok = load_tokenizer(tokenizer, device=device) if tokenizer else None
         self.voc = load_vocoder(vocoder_dir, device) if vocoder_dir else None
         if isinstance(self.voc, UnitHiFiGAN):
@@ -49,6 +57,7 @@ class Resynthesis:
             check_unit_streams(unit_stream(self.tok.card(), dedup=False), tokenizer,
                                vocoder_stream(self.voc.cfg), vocoder_dir)
             self.kind = "units"
+            self.f0_tracker = f0_from_card(self.voc.cfg.f0_card, device=device) if self.voc.cfg.f0 else None
         elif isinstance(self.tok, SemanticTokenizer):
             raise ValueError("semantic units need a unit vocoder (--vocoder DIR of a unit HiFi-GAN)")
         elif self.voc is None:
@@ -65,21 +74,45 @@ class Resynthesis:
             self.tok.sample_rate if self.kind == "codec" else self.voc.sample_rate)
 
     @torch.inference_mode()
-    def encode(self, wav: np.ndarray, sr: int):
-        """Frame-level units [F] (numpy), (codes [1, n_q, F], frames) or a mel [1, n_mels, F], from audio."""
+    def encode(self, wav: np.ndarray, sr: int, f0_from: tuple[np.ndarray, int] | None = None):
+        """Frame-level units [F] (numpy; with their F0 input for an F0-conditioned vocoder: the input's
+        contour or that of `f0_from` = (audio, rate), F0 transfer), (codes [1, n_q, F], frames) or a mel
+        [1, n_mels, F], from audio."""
         x = torch.from_numpy(np.ascontiguousarray(resample(wav, sr, self.input_rate), dtype=np.float32))[None]
         if self.kind == "units":  # frame-level whatever the card says: a dedup vocoder deduplicates them
-            return self.tok.encode_batch(x, torch.tensor([x.shape[1]]))[0]
+            units = self.tok.encode_batch(x, torch.tensor([x.shape[1]]))[0]
+            if not self.needs_f0:
+                return units
+            if f0_from is None:
+                return units, self.f0_input(wav, sr, len(units))
+            return units, stretch(self.f0_input(*f0_from), len(units))
         if self.kind == "mel":
             return self.voc.feature_extractor(x.to(self.device))
         lengths = torch.tensor([x.shape[1]])
         return self.tok.encode(x.to(self.device) if self.kind == "codec+vocos" else x, lengths)
 
+    @property
+    def needs_f0(self) -> bool:
+        return self.kind == "units" and self.f0_tracker is not None
+
+    def f0_input(self, wav: np.ndarray, sr: int, n: int | None = None) -> np.ndarray:
+        """The vocoder's F0 input from audio: at its `n` unit frames (the same audio's units), or at the
+        audio's own unit frame count (F0 to transfer, stretched by `encode`)."""
+        from speechtok.vocoders.f0_input import f0_input
+
+        x = resample(wav, sr, self.f0_tracker.sample_rate)
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        f0_hz = self.f0_tracker.f0_batch(x[None], torch.tensor([x.shape[0]]))[0]
+        rate, unit_rate = self.f0_tracker.frame_rate, self.voc.cfg.frame_rate
+        n = int(len(f0_hz) * unit_rate / rate) if n is None else n
+        return f0_input(f0_hz, rate, unit_rate, n, self.voc.cfg.f0_norm)
+
     @torch.inference_mode()
     def decode(self, tokens) -> np.ndarray:
         """What `encode` gave → waveform at `sample_rate`."""
         if self.kind == "units":
-            return units_to_audio(self.voc, tokens)
+            units, f0 = tokens if self.needs_f0 else (tokens, None)
+            return units_to_audio(self.voc, units, f0=f0)
         if self.kind == "mel":
             return self.voc.decode(tokens)[0].float().cpu().numpy()
         codes, frames = tokens
@@ -91,7 +124,7 @@ class Resynthesis:
     def codes(self, tokens) -> np.ndarray | None:
         """The discrete codes [n_q, F] of what `encode` gave (None for a mel)."""
         if self.kind == "units":
-            return np.asarray(tokens, dtype=np.int64)[None]
+            return np.asarray(tokens[0] if self.needs_f0 else tokens, dtype=np.int64)[None]
         if self.kind == "mel":
             return None
         codes, frames = tokens
@@ -102,13 +135,17 @@ class Resynthesis:
             return "mel -> Vocos"
         c = self.codes(tokens)
         if self.kind == "units":
-            return f"{c.shape[1]} units -> unit HiFi-GAN"
+            return f"{c.shape[1]} units{' + F0' if self.needs_f0 else ''} -> unit HiFi-GAN"
         return f"{c.shape[0]} x {c.shape[1]} codes" + (" -> Vocos" if self.kind == "codec+vocos" else "")
 
 
 def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: str | None,
-                 device: torch.device) -> tuple[np.ndarray, int, str]:
-    """(waveform, sample rate, what it went through)."""
+                 device: torch.device,
+                 f0_from: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, int, str]:
+    """(waveform, sample rate, what it went through); `f0_from`: (audio, rate) whose F0 contour replaces
+    the input's (F0 transfer through an F0-conditioned unit HiFi-GAN)."""
     r = Resynthesis(tokenizer, vocoder_dir, device)
-    tokens = r.encode(wav, sr)
+    if f0_from is not None and not r.needs_f0:
+        raise ValueError("F0 transfer needs an F0-conditioned unit HiFi-GAN (trained with `f0: STREAM`)")
+    tokens = r.encode(wav, sr, f0_from)
     return r.decode(tokens), r.sample_rate, r.describe(tokens)

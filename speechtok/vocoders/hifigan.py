@@ -1,7 +1,9 @@
 """Unit HiFi-GAN (Polyak et al., 2021, "Speech Resynthesis from Discrete ... Representations"): unit
 embeddings (plus an optional speaker embedding) → HiFi-GAN V1 generator (transposed-conv upsampling, each
 stage followed by multi-receptive-field residual blocks). For run-length (dedup) units a duration
-predictor says how many frames each unit lasts.
+predictor says how many frames each unit lasts. An F0-conditioned one (config `f0`, the name of the F0
+stream it was trained on) also reads F0 per unit frame, concatenated to the unit embedding as
+speech-resynthesis' CodeGenerator does (there F0 is VQ-coded; here it is continuous: f0_input.py).
 
 Checkpoints of the original code (facebookresearch/speech-resynthesis `CodeGenerator`, fairseq's
 `CodeHiFiGANVocoder`: a `g_XXXXXXXX` file holding {'generator': state_dict} next to its `config.json`) load
@@ -22,6 +24,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from speechtok.torch_files import load_weights
+from speechtok.vocoders.f0_input import F0_CHANNELS
 
 CONFIG_FILE = "vocoder.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -45,6 +48,9 @@ class UnitHiFiGANConfig:
     speakers: list[str] = field(default_factory=list)  # speaker names, index = embedding row
     duration_hidden: int = 0  # duration predictor width (0: embed_dim)
     unit_stream: dict = field(default_factory=dict)  # `speechtok.unit_stream` record of the units it reads
+    f0: str = ""  # F0-conditioned: the F0 stream it was trained on ("": none, as before)
+    f0_norm: str = "none"  # log-F0 normalisation of its F0 input (f0_input.F0_NORMS)
+    f0_card: dict = field(default_factory=dict)  # the F0 stream's card: how resynthesis tracks F0
 
     @property
     def hop(self) -> int:
@@ -105,6 +111,8 @@ class UnitHiFiGAN(nn.Module):
         if cfg.num_speakers:
             self.speaker_emb = nn.Embedding(cfg.num_speakers, cfg.speaker_dim)
             cond += cfg.speaker_dim
+        if cfg.f0:
+            cond += F0_CHANNELS
         if cfg.dedup:
             self.duration = DurationPredictor(cfg.embed_dim, cfg.duration_hidden or cfg.embed_dim)
         ch = cfg.upsample_initial_channel
@@ -126,13 +134,22 @@ class UnitHiFiGAN(nn.Module):
             durations = torch.clamp(torch.round(torch.expm1(log_d)), min=1).long()
         return torch.repeat_interleave(units[0], durations[0])[None]
 
-    def forward(self, units: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """Frame-level units [B, T] → waveform [B, T × hop]."""
+    def forward(self, units: torch.Tensor, speaker: torch.Tensor | None = None,
+                f0: torch.Tensor | None = None) -> torch.Tensor:
+        """Frame-level units [B, T] (+ F0 input [B, F0_CHANNELS, T] of an F0-conditioned vocoder: None reads
+        as all unvoiced) → waveform [B, T × hop]."""
         x = self.unit_emb(units).transpose(1, 2)
         if self.cfg.num_speakers:
             if speaker is None:
                 raise ValueError("this vocoder is speaker-conditioned: give a speaker id")
             x = torch.cat([x, self.speaker_emb(speaker)[:, :, None].expand(-1, -1, x.shape[-1])], 1)
+        if self.cfg.f0:
+            if f0 is None:
+                f0 = x.new_zeros(x.shape[0], F0_CHANNELS, x.shape[-1])
+            if f0.shape != (x.shape[0], F0_CHANNELS, x.shape[-1]):
+                raise ValueError(f"F0 input {tuple(f0.shape)}, units {tuple(units.shape)}: "
+                                 f"need [{x.shape[0]}, {F0_CHANNELS}, {x.shape[-1]}]")
+            x = torch.cat([x, f0.to(x.dtype)], 1)
         x = self.conv_pre(x)
         n = len(self.cfg.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
@@ -192,7 +209,7 @@ def is_original_dir(d: Path) -> bool:
 
 def original_config(h: dict, where: str) -> UnitHiFiGANConfig:
     """Our config for an original config.json; what we cannot run is one error naming the field."""
-    for key, why in (("f0", "F0-conditioned"), ("embedder_params", "speaker-embedder"),
+    for key, why in (("f0", "original F0-conditioned"), ("embedder_params", "speaker-embedder"),
                      ("lambda_commit_code", "VQ-code"), ("f0_quantizer_path", "F0-quantizer")):
         if h.get(key):
             raise ValueError(f"{where}: {key!r} is set: {why} unit vocoders are not supported")

@@ -17,15 +17,17 @@ import torch
 from speechtok.audio import load_utterance
 from speechtok.checksums import verify_checksums, write_checksums
 from speechtok.corpus import load_corpus
+from speechtok.prosody.f0_tokenizer import from_decihertz
 from speechtok.shards import read_manifest
 from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
 from speechtok.training.loop import Guard, Metrics, check_schedule, lr_at, schedule_of, set_lr, training_run
 from speechtok.training.stream import Position, Source, part_stream, resume_position, shard_source
 from speechtok.unit_stream import unit_stream
+from speechtok.vocoders.f0_input import f0_input, pick_frames
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig, is_original_dir
 from speechtok.vocoders.losses import vocoder_loss
 from speechtok.vocoders.train_config import (VOCOS_CODEC_SIZES, VOCOS_MEL_SIZES, VOCOS_SIZES,
-                                             VocoderTrainConfig, vocoded_stream)
+                                             VocoderTrainConfig, check_f0_stream, vocoded_stream)
 from speechtok.vocoders.vocos import Vocos
 
 
@@ -52,7 +54,7 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
         args = {"upsample_kernel_sizes": [2 * r for r in rates], **cfg.model, "upsample_rates": rates}
         gcfg = UnitHiFiGANConfig(k=card["k"], sample_rate=card["sample_rate"], frame_rate=card["frame_rate"],
                                  dedup=cfg.dedup, num_speakers=len(speakers), speakers=speakers,
-                                 unit_stream=unit_stream(card, cfg.dedup), **args)
+                                 unit_stream=unit_stream(card, cfg.dedup), **f0_settings(cfg, cards), **args)
         return UnitHiFiGAN(gcfg), gcfg.sample_rate, gcfg.hop, name
     m = {**VOCOS_SIZES, **cfg.model}
     if name is None:  # mel
@@ -78,11 +80,28 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
     return Vocos(config), sr, hop, name
 
 
+def f0_settings(cfg: VocoderTrainConfig, cards: dict) -> dict:
+    """The F0 fields of an F0-conditioned unit HiFi-GAN's config (none without `f0:`)."""
+    if not cfg.f0:
+        return {}
+    check_f0_stream(cfg, cards)
+    return {"f0": cfg.f0, "f0_norm": cfg.f0_norm, "f0_card": cards[cfg.f0]}
+
+
+def segment_f0(cfg: VocoderTrainConfig, s: dict, f0_rate: float, unit_rate: float,
+               total: int) -> np.ndarray | None:
+    """The F0 input [F0_CHANNELS, total] of a whole sample at the unit frames (None without `f0:`)."""
+    if not cfg.f0:
+        return None
+    return f0_input(from_decihertz(s[cfg.f0]), f0_rate, unit_rate, total, cfg.f0_norm)
+
+
 def segments(cfg: VocoderTrainConfig, src: Source, utts: dict, stream: str | None, sr: int, hop: int,
-             speakers: list[str], skip: int, position: Position | None = None, consumed: dict | None = None):
-    """Endless batches (inputs, audio [B, frames × hop], speakers) of random segments of the utterances in
-    `utts` (id → Utterance) listed by the shards of `src`; the first `skip` batches are replayed without
-    loading audio (resume)."""
+             speakers: list[str], skip: int, position: Position | None = None, consumed: dict | None = None,
+             f0_rate: float = 0.0):
+    """Endless batches (inputs, audio [B, frames × hop], speakers, F0 input or None) of random segments of
+    the utterances in `utts` (id → Utterance) listed by the shards of `src`; the first `skip` batches are
+    replayed without loading audio (resume); `f0_rate`: the frame rate of the `f0:` stream."""
     position = position or Position(1, 1)
     consumed = {} if consumed is None else consumed
     consumed.setdefault(src.name, 0)
@@ -99,7 +118,7 @@ def segments(cfg: VocoderTrainConfig, src: Source, utts: dict, stream: str | Non
             frames = np.repeat(frames, s[stream + "_durations"])
         total = frames.shape[-1] if frames is not None else int(s["duration"] * sr) // hop
         a = int(rng.integers(0, max(1, total - n + 1)))
-        batch.append((s, frames, a))
+        batch.append((s, frames, a, segment_f0(cfg, s, f0_rate, sr / hop, total)))
         if len(batch) < cfg.batch_size:
             continue
         count += 1
@@ -109,8 +128,8 @@ def segments(cfg: VocoderTrainConfig, src: Source, utts: dict, stream: str | Non
 
 
 def _load_batch(batch, utts, n: int, sr: int, hop: int, speakers: list[str]):
-    inputs, audio, spk = [], [], []
-    for s, frames, a in batch:
+    inputs, audio, spk, f0 = [], [], [], []
+    for s, frames, a, f0_full in batch:
         wav = load_utterance(utts[s["id"]], sr)
         seg = np.zeros(n * hop, dtype=np.float32)
         part = wav[a * hop: (a + n) * hop]
@@ -122,14 +141,18 @@ def _load_batch(batch, utts, n: int, sr: int, hop: int, speakers: list[str]):
             f = np.pad(f.astype(np.int64), [(0, 0)] * (f.ndim - 1) + [(0, pad)], mode="edge") if pad else f.astype(np.int64)
             inputs.append(f)
         spk.append(speakers.index(s["speaker"]) if speakers and s.get("speaker") in speakers else 0)
+        if f0_full is not None:  # unvoiced past the end, like the audio's zeros
+            f0.append(pick_frames(f0_full, np.arange(a, a + n)))
     x = torch.from_numpy(np.stack(inputs)) if inputs else None
-    return x, torch.from_numpy(np.stack(audio)), torch.tensor(spk)
+    f0_batch = torch.from_numpy(np.stack(f0)) if f0 else None
+    return x, torch.from_numpy(np.stack(audio)), torch.tensor(spk), f0_batch
 
 
-def synthesize(gen, x: torch.Tensor | None, audio: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
+def synthesize(gen, x: torch.Tensor | None, audio: torch.Tensor, speakers: torch.Tensor,
+               f0: torch.Tensor | None = None) -> torch.Tensor:
     """Generator output for one batch, cut to the audio's length."""
     if isinstance(gen, UnitHiFiGAN):
-        y = gen(x, speakers if gen.cfg.num_speakers else None)
+        y = gen(x, speakers if gen.cfg.num_speakers else None, f0)
     elif gen.is_codec:
         y = gen.decode(gen.feature_extractor(x.transpose(0, 1)))
     else:
@@ -158,10 +181,11 @@ def save_samples(out: Path, step: int, gen, batch, sr: int, writer) -> None:
 
     from speechtok.vocoders.mel import MelSpectrogram, log_mel
 
-    x, audio, spk = batch
+    x, audio, spk, f0 = batch
     gen.eval()
     with torch.no_grad():
-        y = synthesize(gen, x[:1] if x is not None else None, audio[:1], spk[:1])[0]
+        y = synthesize(gen, x[:1] if x is not None else None, audio[:1], spk[:1],
+                       f0[:1] if f0 is not None else None)[0]
     gen.train()
     d = out / "samples" / f"step_{step:07d}"
     d.mkdir(parents=True, exist_ok=True)
@@ -207,16 +231,19 @@ def _train(cfg: VocoderTrainConfig, stop_after: int | None, device: torch.device
     metrics = Metrics(out, 0, step, cfg.steps)
     guard = Guard(stop, out, 1, device)
     src = shard_source([cfg.shards])  # every shard verified once, before training reads it
-    fixed = next(segments(cfg, src, utts, stream, sr, hop, speakers, 0))
+    f0_rate = manifest["tokenizers"][cfg.f0]["frame_rate"] if cfg.f0 else 0.0
+    fixed = next(segments(cfg, src, utts, stream, sr, hop, speakers, 0, f0_rate=f0_rate))
     position = resume_position(meta.get("position"), step, 1, 1, f"{out}: ")
     consumed: dict[str, int] = {}
-    data = segments(cfg, src, utts, stream, sr, hop, speakers, step - position.origin_step, position, consumed)
+    data = segments(cfg, src, utts, stream, sr, hop, speakers, step - position.origin_step, position, consumed,
+                    f0_rate)
     first, last, t0, signum = step, {}, time.perf_counter(), guard.stop_signal()
     while step < cfg.steps and (stop_after is None or step - first < stop_after) and not signum:
-        x, audio, spk = next(data)
+        x, audio, spk, f0 = next(data)
         x = x.to(device) if x is not None else None
+        f0 = f0.to(device) if f0 is not None else None
         audio, spk = audio.to(device), spk.to(device)
-        y_hat = synthesize(gen, x, audio, spk)
+        y_hat = synthesize(gen, x, audio, spk, f0)
         adversarial = step >= cfg.adv_start
         lr = set_lr(opt_g, lr_at(step, cfg))
         set_lr(opt_d, lr_at(max(0, step - cfg.adv_start), cfg))  # the discriminators' schedule starts with them

@@ -38,6 +38,8 @@ class VocoderTrainConfig:
     sample_rate: int | None = None  # vocos mel: default 24000
     dedup: bool = False  # unit-hifigan: deduplicated units and a duration predictor
     speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
+    f0: str | None = None  # unit-hifigan: F0-conditioned on this F0 stream (`tok encode -t f0:TRACKER`)
+    f0_norm: str = "none"  # with f0: log-F0 as is (none), minus its mean (mean), also over its std (meanstd)
     batch_size: int = at_least(16, 1)
     segment_seconds: float = more_than(1.0, 0)
     steps: int = at_least(100_000, 1)
@@ -61,6 +63,10 @@ class VocoderTrainConfig:
         if self.kind not in ("unit-hifigan", "vocos"):
             raise ValueError(f"kind: unit-hifigan or vocos, not {self.kind!r}")
         self.betas = tuple(self.betas)
+        if self.f0_norm not in ("none", "mean", "meanstd"):  # vocoders/f0_input.F0_NORMS
+            raise ValueError(f"f0_norm: none, mean or meanstd, not {self.f0_norm!r}")
+        if self.f0 and self.kind != "unit-hifigan":
+            raise ValueError("f0: only a unit-hifigan is F0-conditioned")
 
 
 def load_vocoder_config(path: str | Path | None, overrides: dict | None = None) -> VocoderTrainConfig:
@@ -94,3 +100,11 @@ def vocoded_stream(cfg: VocoderTrainConfig, cards: dict) -> str | None:
     if cfg.features not in cards or cards[cfg.features]["type"] != "codec":
         raise ValueError(f"features: 'mel' or a codec stream of the shards ({sorted(cards)})")
     return cfg.features
+
+
+def check_f0_stream(cfg: VocoderTrainConfig, cards: dict) -> None:
+    """`f0:` names an F0 stream of the shards (`cards`: the manifest's "tokenizers"), when given."""
+    if cfg.f0 and cards.get(cfg.f0, {}).get("type") != "f0":
+        f0_streams = sorted(n for n, c in cards.items() if c.get("type") == "f0")
+        raise ValueError(f"f0: {cfg.f0!r} is not an F0 stream of the shards (F0 streams: {f0_streams}; "
+                         "write one with `tok encode -t f0:TRACKER`)")

@@ -1,0 +1,161 @@
+"""F0-conditioned unit HiFi-GAN (issue 26 item 5): F0 input at the unit frames (hand-built alignment), the
+generator hears it, `tok vocoder train` with `f0:` and `tok resynth --f0-from` (F0 transfer)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from click.testing import CliRunner
+
+from speechtok.checksums import write_checksums
+from speechtok.cli.main import cli
+from speechtok.vocoders.f0_input import F0_CHANNELS, F0_REFERENCE, at_unit_frames, f0_features, stretch
+from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
+
+
+SIZES = dict(embed_dim=16, upsample_initial_channel=16, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])
+TINY = dict(SIZES, upsample_rates=[5, 4, 4, 2], upsample_kernel_sizes=[10, 8, 8, 4])
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_f0_input_lines_up_with_the_unit_frames():
+    """200 Hz F0 onto 50 Hz units: unit j reads F0 frame 4j + 2 (under its centre), unvoiced past the end."""
+    f0 = np.arange(1, 13) * 10.0  # 10 .. 120 Hz, frame 6 unvoiced
+    f0[6] = 0
+    feats = at_unit_frames(f0_features(f0, "none"), 200.0, 50.0, 4)
+    assert feats.shape == (F0_CHANNELS, 4)
+    want = [np.log(30 / F0_REFERENCE), 0, np.log(110 / F0_REFERENCE), 0]
+    np.testing.assert_allclose(feats[0], want, rtol=1e-6)
+    np.testing.assert_array_equal(feats[1], [1, 0, 1, 0])
+    same = f0_features(f0, "meanstd")
+    np.testing.assert_array_equal(at_unit_frames(same, 50.0, 50.0, 12), same)  # same rate: frame for frame
+    voiced = same[0][same[1] > 0]
+    assert abs(voiced.mean()) < 1e-6 and abs(voiced.std() - 1) < 1e-6
+    np.testing.assert_array_equal(stretch(np.arange(3.0)[None], 6), [[0, 0, 1, 1, 2, 2]])
+
+
+def tiny_vocoder(f0: str = "f0") -> UnitHiFiGAN:
+    """A tiny generator whose layers pass signal on: weight-norm gains 1.5 (a fresh one's N(0, 0.01)
+    weights leave only the biases: its output hardly depends on any input)."""
+    torch.manual_seed(0)
+    voc = UnitHiFiGAN(UnitHiFiGANConfig(k=10, sample_rate=16000, frame_rate=100.0, f0=f0, **TINY)).eval()
+    return with_gains(voc)
+
+
+def with_gains(voc: UnitHiFiGAN) -> UnitHiFiGAN:
+    with torch.no_grad():
+        for name, p in voc.named_parameters():
+            if name.endswith("original0"):
+                p.fill_(1.5)
+    return voc
+
+
+def test_generator_output_depends_on_f0():
+    voc = tiny_vocoder()
+    units = torch.randint(0, 10, (1, 20), generator=torch.Generator().manual_seed(0))
+    f0 = torch.from_numpy(f0_features(np.linspace(100, 200, 20), "none"))[None]
+    with torch.no_grad():
+        y = voc(units, None, f0)
+        shifted = voc(units, None, f0 + torch.tensor([[0.5], [0.0]]))  # log-F0 up by 0.5: the pitch × 1.65
+        unvoiced = voc(units, None)
+        zeros = voc(units, None, torch.zeros(1, F0_CHANNELS, 20))
+    assert y.shape == (1, 20 * 160) and torch.isfinite(unvoiced).all()
+    torch.testing.assert_close(unvoiced, zeros, rtol=0, atol=0)  # no F0: all unvoiced
+    heard = 0.01 * y.std()  # rounding moves the output by ~1e-7 of it
+    assert (shifted - y).abs().mean() > heard and (unvoiced - y).abs().mean() > heard
+    with pytest.raises(ValueError, match="F0 input"):
+        voc(units, None, f0[:, :, :10])
+
+
+def test_unconditioned_vocoder_is_unchanged(tmp_path):
+    """No `f0`: the unit embedding alone feeds conv_pre; a vocoder.json written before the F0 fields loads."""
+    voc = tiny_vocoder(f0="")
+    assert voc.conv_pre.weight.shape[1] == 16
+    voc.save(tmp_path)
+    raw = json.loads((tmp_path / "vocoder.json").read_text())
+    for key in ("f0", "f0_norm", "f0_card"):
+        del raw[key]
+    (tmp_path / "vocoder.json").write_text(json.dumps(raw))
+    units = torch.arange(10)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(UnitHiFiGAN.from_dir(tmp_path)(units), voc(units), rtol=0, atol=0)
+
+
+def passing_signal(directory: Path) -> None:
+    """The vocoder in `directory` with tiny_vocoder's gains (its checksums rewritten)."""
+    with_gains(UnitHiFiGAN.from_dir(directory)).save(directory)
+    write_checksums(directory)
+
+
+@pytest.fixture(scope="module")
+def f0_shards(speech_corpus, units_and_codec_shards, tmp_path_factory):
+    """(MFCC units (100 Hz) and WORLD F0 (200 Hz) of two sentences by two voices in one shard folder, the
+    units' k-means folder)."""
+    root = tmp_path_factory.mktemp("f0voc")
+    rows = [json.loads(line) for line in speech_corpus.read_text().splitlines()[::4]]
+    corpus = root / "two.jsonl"
+    corpus.write_text("".join(json.dumps({**r, "path": str(speech_corpus.parent / r["path"])}) + "\n"
+                              for r in rows))
+    km = units_and_codec_shards / "km"
+    r = run("encode", corpus, "-t", km, "-t", "f0:world:rate=200", "-o", root / "shards", "-q")
+    assert r.exit_code == 0, r.output
+    return root / "shards", km
+
+
+def test_f0_vocoder_trains_and_transfers_f0(f0_shards, tmp_path):
+    shards, km = f0_shards
+    cfg = {"kind": "unit-hifigan", "shards": str(shards), "output": str(tmp_path / "voc"), "f0": "f0",
+           "batch_size": 2, "segment_seconds": 0.2, "steps": 2, "adv_start": 2, "log_every": 1,
+           "disc_channels": 4, "model": SIZES}
+    (tmp_path / "voc.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml", "--f0", "pitch", "-o", tmp_path / "bad")
+    assert r.exit_code == 2 and "--f0: 'pitch' is not an F0 stream" in r.output, r.output
+    assert not (tmp_path / "bad").exists()
+    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml")
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "voc" / "final" / "vocoder.json").read_text())
+    assert saved["f0"] == "f0" and saved["f0_card"]["tracker"] == "world"
+    assert saved["f0_card"]["frame_rate"] == 200 and saved["frame_rate"] == 100
+
+    corpus = Path(json.loads((shards / "manifest.json").read_text())["corpus"])
+    a, b = [tmp_path / f"{name}.wav" for name in "ab"]  # the first 1.5 s of each voice's sentence
+    for path, line in zip((a, b), corpus.read_text().splitlines()):
+        wav, sr = sf.read(json.loads(line)["path"])
+        sf.write(path, wav[: int(1.5 * sr)], sr)
+    voc = tmp_path / "voc" / "final"
+    passing_signal(voc)  # 2 steps leave a near-constant output, which no input changes
+    r = run("resynth", a, "-t", km, "--vocoder", voc, "-o", tmp_path / "own.wav")
+    assert r.exit_code == 0 and "F0" in r.output, r.output
+    r = run("resynth", a, "-t", km, "--vocoder", voc, "--f0-from", b, "-o", tmp_path / "moved.wav")
+    assert r.exit_code == 0, r.output
+    own, sr = sf.read(tmp_path / "own.wav")
+    moved, _ = sf.read(tmp_path / "moved.wav")
+    units = (round(sf.info(a).duration * 16000) - 400) // 160 + 1  # MFCC frames: 25 ms windows, 10 ms apart
+    assert sr == 16000 and len(own) == len(moved) == units * 160
+    assert np.abs(own - moved).mean() > 0.01 * own.std()  # B's contour is heard
+    r = run("resynth", a, "-t", km, "--vocoder", voc, "--f0-from", km / "tokenizer.json", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    plain = tmp_path / "plain"
+    UnitHiFiGAN(UnitHiFiGANConfig(k=12, sample_rate=16000, frame_rate=100.0, **TINY)).save(plain)
+    write_checksums(plain)
+    r = run("resynth", a, "-t", km, "--vocoder", plain, "--f0-from", b, "-o", tmp_path / "y.wav")
+    assert r.exit_code == 2 and r.output.startswith("error: F0 transfer needs an F0-conditioned"), r.output
+
+
+def test_f0_follows_units_expanded_by_predicted_durations():
+    """A dedup F0 vocoder: the F0 input of the frame-level units is stretched onto the expanded runs."""
+    from speechtok.pipelines.resynth import units_to_audio
+
+    torch.manual_seed(0)
+    voc = UnitHiFiGAN(UnitHiFiGANConfig(k=10, sample_rate=16000, frame_rate=100.0, f0="f0", dedup=True, **TINY))
+    units = np.repeat([1, 4, 2, 7], [3, 2, 4, 1])
+    f0 = f0_features(np.full(len(units), 120.0), "none")
+    expanded = voc.expand(torch.tensor([[1, 4, 2, 7]])).shape[1]
+    assert units_to_audio(voc.eval(), units, f0=f0).shape == (expanded * 160,)
