@@ -5,18 +5,18 @@ model by hub id or folder and layer, or the weight-free log-mel / MFCC features 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from speechtok.hub import portable_card, resolve_card
+from speechtok.hub import resolve_card
 from speechtok.prosody.base import FrameTokenizer
 from speechtok.shards import sha256_of
 from speechtok.tokenizers.card import seal_card
 from speechtok.tokenizers.features import FeatureExtractor, build_features, parse_model_spec
 from speechtok.tokenizers.kmeans import assign, train_kmeans
+from speechtok.tokenizers.semantic import save_centroid_tokenizer
 
 CENTROIDS_FILE = "style_centroids.npy"
 
@@ -88,13 +88,7 @@ class StyleTokenizer(FrameTokenizer):
                           **{k: v for k, v in self.meta.items() if k != "centroids_sha256"}})
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
-        self.meta["centroids_sha256"] = sha256_of(directory / CENTROIDS_FILE)
-        card = portable_card(self.card(), directory)
-        (directory / "tokenizer.json").write_text(json.dumps(card, indent=2) + "\n")
-        return directory
+        return save_centroid_tokenizer(self, directory, CENTROIDS_FILE)
 
     @classmethod
     def from_dir(cls, directory: str | Path, card: dict, device: str | torch.device = "cpu",

@@ -109,13 +109,7 @@ class SemanticTokenizer:
 
     def save(self, directory: str | Path) -> Path:
         """Write `tokenizer.json` and `centroids.npy` into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
-        self.meta["centroids_sha256"] = sha256_of(directory / CENTROIDS_FILE)
-        card = portable_card(self.card(), directory)  # a local SSL model relative to the tokenizer folder
-        (directory / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        return directory
+        return save_centroid_tokenizer(self, directory)
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", precision: str = "fp32",
@@ -205,3 +199,15 @@ class SemanticTokenizer:
             wav = resample(wav, sample_rate, self.sample_rate)
         units = self.encode_batch(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))[0]
         return run_length(units)[0] if self.dedup else units
+
+
+def save_centroid_tokenizer(tok, directory: str | Path, centroids_file: str = CENTROIDS_FILE) -> Path:
+    """`centroids.npy` (its sha256 into `tok.meta`), then the card `tok.card()` as `tokenizer.json`, a local
+    model path written relative to the folder: the layout of every tokenizer that assigns to centroids."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / centroids_file, tok.centroids, allow_pickle=False)
+    tok.meta["centroids_sha256"] = sha256_of(directory / centroids_file)
+    card = portable_card(tok.card(), directory)
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return directory
