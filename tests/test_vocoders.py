@@ -377,3 +377,24 @@ def test_vocoder_bf16_stays_within_its_rounding_of_fp32():
     with pytest.raises(ValueError, match="tf32 needs a CUDA device"):
         with vocoder_precision("tf32", "cpu"):
             pass
+
+
+def test_resynth_vocoder_precision_option(tmp_path):
+    # the option reaches the vocoder: bf16 changes the written waveform, within the bf16 bound above (and
+    # 16-bit PCM's step); tf32 on a CPU is one usage error before anything is written
+    tiny_vocos("center").save_pretrained(tmp_path / "vocos")
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        r = run("resynth", tmp_path / "in.wav", "--vocoder", tmp_path / "vocos", "--vocoder-precision", precision,
+                "-o", tmp_path / f"{precision}.wav", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        outs[precision] = sf.read(tmp_path / f"{precision}.wav", dtype="float64")[0]
+    diff = outs["bf16"] - outs["fp32"]
+    rms = np.sqrt(np.mean(outs["fp32"] ** 2))
+    assert 0 < np.sqrt(np.mean(diff ** 2)) <= 4 * (22 / 3) ** 0.5 * 2 ** -9 * rms + 2 ** -15
+    r = run("resynth", tmp_path / "in.wav", "--vocoder", tmp_path / "vocos", "--vocoder-precision", "tf32",
+            "-o", tmp_path / "tf32.wav", "--device", "cpu")
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and "tf32 needs a CUDA device" in r.output
+    assert not (tmp_path / "tf32.wav").exists()
