@@ -663,7 +663,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
                                    "bitrate vs quality"):
         sections.append("![bitrate vs quality](bitrate_quality.png)\n")
     sections += extras.sections(results)
-    ids = [c for c in ("weights_sha256", "tokenizer_sha256", "vocoder", "vocoder_sha256")
+    ids = [c for c in ("weights_sha256", "tokenizer_sha256", "vocoder", "vocoder_sha256", "vocoder_precision")
            if any(c in r for r in rows)]
     sections += ["## Models\n", report.table(rows, ["spec", "model", *ids, "sample_rate", "frame_rate",
                                                     "codebook_size", "bandwidth_kbps"])]
