@@ -398,3 +398,15 @@ def test_resynth_vocoder_precision_option(tmp_path):
             "-o", tmp_path / "tf32.wav", "--device", "cpu")
     assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and "tf32 needs a CUDA device" in r.output
     assert not (tmp_path / "tf32.wav").exists()
+
+
+def test_resynthesis_decode_batch_equals_decode_alone(tmp_path):
+    # the `tok resynth` route (mel → Vocos) on several uneven utterances in one batch: each as `decode` alone
+    from speechtok.pipelines.resynth import Resynthesis
+
+    tiny_vocos("same").save_pretrained(tmp_path / "vocos")
+    route = Resynthesis(None, str(tmp_path / "vocos"), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    tokens = [route.encode(rng.standard_normal(n).astype(np.float32) * 0.1, 24000) for n in (4000, 9000, 6400)]
+    for row, t in zip(route.decode_batch(tokens), tokens):
+        assert_close_to_scale(row, route.decode(t), what="batched row")
