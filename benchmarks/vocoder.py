@@ -110,7 +110,8 @@ def measure_uneven(vocos: Vocos, batch: int, repeats: int) -> tuple[float, float
         t_alone = timed(lambda: [vocos.decode(m[None]) for m in mels], repeats, device)
         t_batch = timed(lambda: vocos.decode_batch(mels), repeats, device)
         alone = [vocos.decode(m[None])[0] for m in mels]
-        worst = max(float((r - a).abs().max() / a.abs().max()) for r, a in zip(vocos.decode_batch(mels), alone))
+        rows = vocos.decode_batch(mels)
+        worst = max(float((r - a).abs().max() / a.abs().max()) for r, a in zip(rows, alone))
     return audio / t_alone, audio / t_batch, worst
 
 
@@ -120,15 +121,16 @@ def xrt(v: float) -> str:
 
 def format_precisions(rows: list[tuple[str, float, float, float, float]], uneven: tuple[float, float, float],
                       batch: int, seconds: float = 1.0) -> str:
-    lines = ["", f"Precision (`--vocoder-precision`), batch {batch} × {seconds:g} s; difference = RMS of the waveform "
-             "difference from fp32 over the fp32 waveform's RMS (bf16 keeps 8 significant bits: 2^-8 = 0.39%).", "",
-             "| precision | Vocos × real time | Vocos difference | HiFi-GAN × real time | HiFi-GAN difference |",
-             "|---|---|---|---|---|"]
+    lines = ["", f"Precision (`--vocoder-precision`), batch {batch} × {seconds:g} s; difference = RMS of the "
+             "waveform difference from fp32 over the fp32 waveform's RMS (bf16 keeps 8 significant bits: "
+             "2^-8 = 0.39%).", "",
+             "| precision | Vocos × real time | Vocos difference | HiFi-GAN × real time "
+             "| HiFi-GAN difference |", "|---|---|---|---|---|"]
     lines += [f"| {p} | {xrt(v)} | {dv:.2%} | {xrt(h)} | {dh:.2%} |" for p, v, dv, h, dh in rows]
     alone, batched, worst = uneven
-    lines += ["", f"{batch} uneven utterances (0.5–1.5 s), fp32: one at a time {xrt(alone)}× real time, one padded "
-              f"batch (each row as alone, largest difference {worst:.1e} of the row's peak) {xrt(batched)}× "
-              f"({batched / alone:.1f}×)."]
+    lines += ["", f"{batch} uneven utterances (0.5–1.5 s), fp32: one at a time {xrt(alone)}× real time, "
+              f"one padded batch (each row as alone, largest difference {worst:.1e} of the row's peak) "
+              f"{xrt(batched)}× ({batched / alone:.1f}×)."]
     return "\n".join(lines)
 
 

@@ -328,8 +328,9 @@ def tiny_vocos(padding: str) -> Vocos:
     torch.manual_seed(0)
     return Vocos({"feature_extractor": {"class_path": "MelSpectrogramFeatures",
                                         "init_args": {"n_fft": 256, "hop_length": 64, "n_mels": 32}},
-                  "backbone": {"class_path": "VocosBackbone", "init_args": {"input_channels": 32, "dim": 64,
-                                                                            "intermediate_dim": 128, "num_layers": 3}},
+                  "backbone": {"class_path": "VocosBackbone",
+                               "init_args": {"input_channels": 32, "dim": 64, "intermediate_dim": 128,
+                                             "num_layers": 3}},
                   "head": {"class_path": "ISTFTHead", "init_args": {"dim": 64, "n_fft": 256, "hop_length": 64,
                                                                     "padding": padding}}}).eval()
 
@@ -387,8 +388,8 @@ def test_resynth_vocoder_precision_option(tmp_path):
     sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
     outs = {}
     for precision in ("fp32", "bf16"):
-        r = run("resynth", tmp_path / "in.wav", "--vocoder", tmp_path / "vocos", "--vocoder-precision", precision,
-                "-o", tmp_path / f"{precision}.wav", "--device", "cpu")
+        r = run("resynth", tmp_path / "in.wav", "--vocoder", tmp_path / "vocos", "--vocoder-precision",
+                precision, "-o", tmp_path / f"{precision}.wav", "--device", "cpu")
         assert r.exit_code == 0, r.output
         outs[precision] = sf.read(tmp_path / f"{precision}.wav", dtype="float64")[0]
     diff = outs["bf16"] - outs["fp32"]
@@ -407,6 +408,7 @@ def test_resynthesis_decode_batch_equals_decode_alone(tmp_path):
     tiny_vocos("same").save_pretrained(tmp_path / "vocos")
     route = Resynthesis(None, str(tmp_path / "vocos"), torch.device("cpu"))
     rng = np.random.default_rng(0)
-    tokens = [route.encode(rng.standard_normal(n).astype(np.float32) * 0.1, 24000) for n in (4000, 9000, 6400)]
+    waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (4000, 9000, 6400)]
+    tokens = [route.encode(w, 24000) for w in waves]
     for row, t in zip(route.decode_batch(tokens), tokens):
         assert_close_to_scale(row, route.decode(t), what="batched row")

@@ -63,7 +63,8 @@ vocoder_precision_option = click.option(
 
 
 def vocoder_device_or_fail(device: str, precision: str):
-    """--device's torch.device, checked to run --vocoder-precision (tf32 is CUDA's), or a one-line usage error."""
+    """--device's torch.device, checked to run --vocoder-precision (tf32 needs CUDA), or a one-line usage
+    error."""
     dev = device_or_fail(device)
     if precision == "tf32" and dev.type != "cuda":
         fail(f"--vocoder-precision tf32 needs a CUDA device, not {dev}")

@@ -8,7 +8,8 @@ import sys
 import click
 
 from speechtok.cli.common import (corpus_options, device_option, device_or_fail, fail, fail_with, lock_output,
-                                  output_option, report_errors, vocoder_device_or_fail, vocoder_precision_option)
+                                  output_option, report_errors, vocoder_device_or_fail,
+                                  vocoder_precision_option)
 from speechtok.eval.report import fmt
 
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."

@@ -10,7 +10,8 @@ import click
 
 from speechtok.cli.common import (POSITIVE, FiniteRange, device_option, device_or_fail, exit_interrupted, fail,
                                   fail_with, lock_output, os_error_line, output_file_ready, output_option,
-                                  vocoder_device_or_fail, vocoder_precision_option, writable, write_output_file)
+                                  vocoder_device_or_fail, vocoder_precision_option, writable,
+                                  write_output_file)
 from speechtok.stopping import exit_on_signals
 
 
@@ -281,7 +282,8 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     try:
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
                               prompt_text, voice, opts, dev, voice_seconds=voice_seconds,
-                              vocoder_dir=None if units_only else vocoder_dir, vocoder_precision=vocoder_precision,
+                              vocoder_dir=None if units_only else vocoder_dir,
+                              vocoder_precision=vocoder_precision,
                               echo=None if quiet else (lambda line: click.echo(line, err=True)), on_audio=writer)
     except (ValueError, OSError) as e:
         if writer is not None:

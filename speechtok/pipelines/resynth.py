@@ -16,7 +16,8 @@ def vocoder_stream(cfg) -> dict:
 
 
 @torch.inference_mode()
-def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None, precision: str = "fp32") -> np.ndarray:
+def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None,
+                   precision: str = "fp32") -> np.ndarray:
     """Frame-level units (deduplicated ones are expanded by the vocoder's duration predictor) → waveform,
     synthesized in `precision` (vocoders.precision)."""
     from speechtok.tokenizers.semantic import run_length

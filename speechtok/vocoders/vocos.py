@@ -219,8 +219,9 @@ class Vocos(nn.Module):
         for 'same' padding)."""
         return (frames - int(self.head.istft.padding == "center")) * self.hop_length
 
-    def decode_batch(self, features: list[torch.Tensor], bandwidth_id: int | None = None) -> list[torch.Tensor]:
-        """Several utterances' features [C, T_i] decoded in one padded batch → each one's waveform, as alone."""
+    def decode_batch(self, features: list[torch.Tensor],
+                     bandwidth_id: int | None = None) -> list[torch.Tensor]:
+        """Several utterances' features [C, T_i] in one padded batch → each one's waveform, as alone."""
         frames = torch.tensor([f.shape[-1] for f in features])
         padded = nn.utils.rnn.pad_sequence([f.transpose(0, 1) for f in features], batch_first=True)
         uneven = bool((frames != frames[0]).any())  # equal rows need no mask: the plain (alone) path
