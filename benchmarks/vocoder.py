@@ -10,6 +10,7 @@ time against one padded batch (`Vocos.decode_batch`, each row as alone).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,10 +154,13 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
+    load = os.getloadavg()[0]  # a shared machine: other jobs' load scales every figure, not the ratios
     vocos, hifigan = build_vocoders(device)
     body = format_vocoders(measure_vocoders(vocos, hifigan, (1, args.batch), args.repeats), device)
     body += "\n" + format_precisions(measure_precisions(vocos, hifigan, args.batch, args.repeats),
                                      measure_uneven(vocos, args.batch, args.repeats), args.batch)
+    body += (f"\n\nLoad average {load:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run "
+             "(ratios within one table are what compare).")
     print(body)
     if not args.no_write:
         write_section(f"vocoder-{device.type}", body)
