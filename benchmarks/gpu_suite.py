@@ -144,7 +144,9 @@ TARGETS = {
     "lm-1b": [("best_mfu", ">=", 0.50, "LM training MFU ≥ 50% at 1B", "{:.1%}")],
     "generate": [("best_chain_xrt", ">=", 10.0, "two-stage generation ≥ 10× real time, batch 1", "{:.2f}×")],
     "vocoder": [("vocos_xrt", ">=", 10_000, "Vocos ≥ 10,000× real time (largest batch)", "{:,.0f}×"),
-                ("vocos_over_hifigan", ">=", 10.0, "Vocos ≥ 10× HiFi-GAN V1 (largest batch)", "{:.1f}×")],
+                ("vocos_over_hifigan", ">=", 10.0, "Vocos ≥ 10× HiFi-GAN V1 (largest batch)", "{:.1f}×"),
+                ("vocos_bf16_xrt", ">=", 10_000, "Vocos bf16 ≥ 10,000× real time (largest batch, difference "
+                 "from fp32 reported)", "{:,.0f}×")],
     "pytest": [("failed_or_error", "<=", 0, "every GPU test passes (failed + errors)", "{:d}")],
 }
 
@@ -523,7 +525,14 @@ def part_vocoder(p: Part, sz: Sizes, tmp: Path) -> None:
         p.record(**{f"vocos_b{b}_xrt": v, f"hifigan_b{b}_xrt": h})
     b, v, h = rows[-1]
     p.record(vocos_xrt=v, hifigan_xrt=h, vocos_over_hifigan=v / h, largest_batch=b)
-    p.section("vocoder", vocoder_bench.format_vocoders(rows, p.device, sz.voc_seconds))
+    precisions = vocoder_bench.measure_precisions(vocos, hifigan, b, sz.voc_repeats, sz.voc_seconds)
+    for name, pv, dv, ph, dh in precisions:
+        p.record(**{f"vocos_{name}_xrt": pv, f"vocos_{name}_difference": dv, f"hifigan_{name}_xrt": ph,
+                    f"hifigan_{name}_difference": dh})
+    uneven = vocoder_bench.measure_uneven(vocos, b, sz.voc_repeats)
+    p.record(vocos_uneven_alone_xrt=uneven[0], vocos_uneven_batched_xrt=uneven[1])
+    p.section("vocoder", vocoder_bench.format_vocoders(rows, p.device, sz.voc_seconds) + "\n"
+              + vocoder_bench.format_precisions(precisions, uneven, b, sz.voc_seconds))
     if not p.check_targets():
         frames = int(sz.voc_seconds * 24000) // 256 + 1
         mel = torch.randn(b, 100, frames, device=p.device)

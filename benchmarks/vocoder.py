@@ -1,6 +1,8 @@
 """Vocoder synthesis speed: Vocos (mel, 24 kHz, published size) against a HiFi-GAN V1 generator (unit
 HiFi-GAN, same upsampling stack) in × real time, at batch 1 and batch N × 1 s (the Vocos paper's setting is
-batch 16 × 1 s), random weights.
+batch 16 × 1 s), random weights. Then each vocoder precision (fp32, tf32 on CUDA, bf16) at batch N: ×RT and
+the waveform's relative RMS difference from fp32; and N uneven utterances (0.5–1.5 s) synthesized one at a
+time against one padded batch (`Vocos.decode_batch`, each row as alone).
 
     python benchmarks/vocoder.py --device cuda --batch 16
     python benchmarks/vocoder.py --device cpu --batch 16 --repeats 3"""
@@ -8,6 +10,7 @@ batch 16 × 1 s), random weights.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import hardware, write_section  # noqa: E402
 
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig  # noqa: E402
+from speechtok.vocoders.precision import vocoder_precision  # noqa: E402
 from speechtok.vocoders.vocos import Vocos  # noqa: E402
 
 VOCOS_MEL_24K = {
@@ -69,6 +73,68 @@ def measure_vocoders(vocos: Vocos, hifigan: UnitHiFiGAN, batches: tuple[int, ...
     return rows
 
 
+def relative_rms(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """RMS of the difference over the reference's RMS."""
+    return float((x.float() - reference).square().mean().sqrt() / reference.square().mean().sqrt())
+
+
+def measure_precisions(vocos: Vocos, hifigan: UnitHiFiGAN, batch: int, repeats: int,
+                       seconds: float = 1.0) -> list[tuple[str, float, float, float, float]]:
+    """(precision, Vocos ×RT, its waveform's relative RMS difference from fp32, the same two for HiFi-GAN)."""
+    device = next(vocos.parameters()).device
+    frames = int(seconds * 24000) // 256 + 1
+    torch.manual_seed(1)
+    mel = torch.randn(batch, 100, frames, device=device)
+    units = torch.randint(0, 500, (batch, frames), device=device)
+    audio = batch * (frames - 1) * 256 / 24000
+    rows, reference = [], None
+    for precision in ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16"):
+        with torch.inference_mode(), vocoder_precision(precision, device):
+            t_vocos = timed(lambda: vocos.decode(mel), repeats, device)
+            t_hifi = timed(lambda: hifigan(units), repeats, device)
+            out = vocos.decode(mel).float(), hifigan(units).float()
+        reference = reference or out
+        rows.append((precision, audio / t_vocos, relative_rms(out[0], reference[0]), audio / t_hifi,
+                     relative_rms(out[1], reference[1])))
+    return rows
+
+
+def measure_uneven(vocos: Vocos, batch: int, repeats: int) -> tuple[float, float, float]:
+    """`batch` utterances of 0.5–1.5 s (fp32): (×RT one at a time, ×RT in one padded batch, the batch's
+    largest difference from each row alone relative to that row's peak)."""
+    device = next(vocos.parameters()).device
+    torch.manual_seed(2)
+    lengths = torch.linspace(0.5, 1.5, batch).mul(24000 / 256).long().tolist()
+    mels = [torch.randn(100, n, device=device) for n in lengths]
+    audio = sum(n - 1 for n in lengths) * 256 / 24000
+    with torch.inference_mode():
+        t_alone = timed(lambda: [vocos.decode(m[None]) for m in mels], repeats, device)
+        t_batch = timed(lambda: vocos.decode_batch(mels), repeats, device)
+        alone = [vocos.decode(m[None])[0] for m in mels]
+        rows = vocos.decode_batch(mels)
+        worst = max(float((r - a).abs().max() / a.abs().max()) for r, a in zip(rows, alone))
+    return audio / t_alone, audio / t_batch, worst
+
+
+def xrt(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def format_precisions(rows: list[tuple[str, float, float, float, float]], uneven: tuple[float, float, float],
+                      batch: int, seconds: float = 1.0) -> str:
+    lines = ["", f"Precision (`--vocoder-precision`), batch {batch} × {seconds:g} s; difference = RMS of the "
+             "waveform difference from fp32 over the fp32 waveform's RMS (bf16 keeps 8 significant bits: "
+             "2^-8 = 0.39%).", "",
+             "| precision | Vocos × real time | Vocos difference | HiFi-GAN × real time "
+             "| HiFi-GAN difference |", "|---|---|---|---|---|"]
+    lines += [f"| {p} | {xrt(v)} | {dv:.2%} | {xrt(h)} | {dh:.2%} |" for p, v, dv, h, dh in rows]
+    alone, batched, worst = uneven
+    lines += ["", f"{batch} uneven utterances (0.5–1.5 s), fp32: one at a time {xrt(alone)}× real time, "
+              f"one padded batch (each row as alone, largest difference {worst:.1e} of the row's peak) "
+              f"{xrt(batched)}× ({batched / alone:.1f}×)."]
+    return "\n".join(lines)
+
+
 def format_vocoders(rows: list[tuple[int, float, float]], device: torch.device, seconds: float = 1.0) -> str:
     lines = [f"## Vocoders (issue #7), {device.type}", "",
              f"Hardware: {hardware(device)}. 24 kHz, {seconds:g} s per item, fp32, random weights; Vocos mel (published "
@@ -88,8 +154,13 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
+    load = os.getloadavg()[0]  # a shared machine: other jobs' load scales every figure, not the ratios
     vocos, hifigan = build_vocoders(device)
     body = format_vocoders(measure_vocoders(vocos, hifigan, (1, args.batch), args.repeats), device)
+    body += "\n" + format_precisions(measure_precisions(vocos, hifigan, args.batch, args.repeats),
+                                     measure_uneven(vocos, args.batch, args.repeats), args.batch)
+    body += (f"\n\nLoad average {load:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run "
+             "(ratios within one table are what compare).")
     print(body)
     if not args.no_write:
         write_section(f"vocoder-{device.type}", body)

@@ -321,3 +321,94 @@ def test_resynth_takes_an_original_unit_hifigan_directory(shards, tmp_path):
     r = CliRunner().invoke(cli, ["resynth", str(audio), "-t", str(tmp_path / "km20"), "--vocoder",
                                  str(FIXTURES / "codehifigan_dur"), "-o", str(tmp_path / "p.wav")])
     assert r.exit_code != 0 and "makes 100 Hz units, but" in r.output and "trained on 50 Hz units" in r.output
+
+
+def tiny_vocos(padding: str) -> Vocos:
+    """A random-init mel Vocos, the published layout at a tenth of the width (3 ConvNeXt layers)."""
+    torch.manual_seed(0)
+    return Vocos({"feature_extractor": {"class_path": "MelSpectrogramFeatures",
+                                        "init_args": {"n_fft": 256, "hop_length": 64, "n_mels": 32}},
+                  "backbone": {"class_path": "VocosBackbone",
+                               "init_args": {"input_channels": 32, "dim": 64, "intermediate_dim": 128,
+                                             "num_layers": 3}},
+                  "head": {"class_path": "ISTFTHead", "init_args": {"dim": 64, "n_fft": 256, "hop_length": 64,
+                                                                    "padding": padding}}}).eval()
+
+
+@pytest.mark.parametrize("padding", ["center", "same"])
+def test_vocos_batch_rows_equal_each_row_alone(padding):
+    # uneven rows padded in one batch: the backbone zeroes each row's padding before every convolution and
+    # the ISTFT overlap-adds (and normalises by the window envelope of) each row's own frames, so a row is
+    # what it gives alone up to float32 rounding (measured ≤ 7 ε·scale). Without the mask the last ~9
+    # frames (3 per k=7 conv) and the last n_fft/2 samples (the envelope) differ at the scale of the audio.
+    v = tiny_vocos(padding)
+    torch.manual_seed(1)
+    feats = [torch.randn(32, n) for n in (40, 17, 33)]
+    with torch.inference_mode():
+        rows = v.decode_batch(feats)
+        for f, row in zip(feats, rows):
+            assert_close_to_scale(row, v.decode(f[None])[0], what=f"{padding} row of {f.shape[1]} frames")
+        unmasked = v.decode(nn_pad(feats))[1, : len(rows[1])]
+    assert (unmasked - rows[1]).abs().max() > 1e-3 * rows[1].abs().max()  # the mask is what makes them equal
+
+
+def nn_pad(feats: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence([f.T for f in feats], batch_first=True).transpose(1, 2)
+
+
+def test_vocoder_bf16_stays_within_its_rounding_of_fp32():
+    # bf16 keeps 8 significant bits: each GEMM / conv rounds its input and weight to a relative error ≤ 2^-9
+    # (RMS 2^-9/√3 for uniform rounding); n such ops in series, errors independent, add in quadrature to a
+    # waveform error of RMS √(2n/3)·2^-9 of the waveform's RMS (tiny Vocos: n = 1 + 3·3 + 1 = 11 → 0.0053;
+    # measured 0.0052). Bound: 4× that, for the network's gain on its errors (the head's exp and phase).
+    from speechtok.vocoders.precision import vocoder_precision
+
+    v = tiny_vocos("center")
+    torch.manual_seed(1)
+    mel = torch.randn(2, 32, 50)
+    with torch.inference_mode():
+        fp32 = v.decode(mel)
+        with vocoder_precision("bf16", "cpu"):
+            bf16 = v.decode(mel).float()
+        with vocoder_precision("fp32", "cpu"):
+            assert torch.equal(v.decode(mel), fp32)
+    n = 1 + 3 * 3 + 1
+    rel = float((bf16 - fp32).square().mean().sqrt() / fp32.square().mean().sqrt())
+    assert 0 < rel <= 4 * (2 * n / 3) ** 0.5 * 2 ** -9, rel  # > 0: bf16 did run
+    with pytest.raises(ValueError, match="tf32 needs a CUDA device"):
+        with vocoder_precision("tf32", "cpu"):
+            pass
+
+
+def test_resynth_vocoder_precision_option(tmp_path):
+    # the option reaches the vocoder: bf16 changes the written waveform, within the bf16 bound above (and
+    # 16-bit PCM's step); tf32 on a CPU is one usage error before anything is written
+    tiny_vocos("center").save_pretrained(tmp_path / "vocos")
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        r = run("resynth", tmp_path / "in.wav", "--vocoder", tmp_path / "vocos", "--vocoder-precision",
+                precision, "-o", tmp_path / f"{precision}.wav", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        outs[precision] = sf.read(tmp_path / f"{precision}.wav", dtype="float64")[0]
+    diff = outs["bf16"] - outs["fp32"]
+    rms = np.sqrt(np.mean(outs["fp32"] ** 2))
+    assert 0 < np.sqrt(np.mean(diff ** 2)) <= 4 * (22 / 3) ** 0.5 * 2 ** -9 * rms + 2 ** -15
+    r = run("resynth", tmp_path / "in.wav", "--vocoder", tmp_path / "vocos", "--vocoder-precision", "tf32",
+            "-o", tmp_path / "tf32.wav", "--device", "cpu")
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and "tf32 needs a CUDA device" in r.output
+    assert not (tmp_path / "tf32.wav").exists()
+
+
+def test_resynthesis_decode_batch_equals_decode_alone(tmp_path):
+    # the `tok resynth` route (mel → Vocos) on several uneven utterances in one batch: each as `decode` alone
+    from speechtok.pipelines.resynth import Resynthesis
+
+    tiny_vocos("same").save_pretrained(tmp_path / "vocos")
+    route = Resynthesis(None, str(tmp_path / "vocos"), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (4000, 9000, 6400)]
+    tokens = [route.encode(w, 24000) for w in waves]
+    for row, t in zip(route.decode_batch(tokens), tokens):
+        assert_close_to_scale(row, route.decode(t), what="batched row")

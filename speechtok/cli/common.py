@@ -55,6 +55,22 @@ device_option = click.option("--device", default="auto", show_default=True, meta
                                   "'cpu', 'cuda', 'cuda:1', ...")
 
 
+# the choices are vocoders.precision.VOCODER_PRECISIONS, spelled out so that --help does not import torch
+vocoder_precision_option = click.option(
+    "--vocoder-precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True,
+    help="Vocoder compute: fp32 (exact), tf32 (CUDA tensor cores, float32 storage) or bf16 (autocast); "
+         "BENCHMARKS.md `vocoder-*` reports each one's speed and waveform difference from fp32.")
+
+
+def vocoder_device_or_fail(device: str, precision: str):
+    """--device's torch.device, checked to run --vocoder-precision (tf32 needs CUDA), or a one-line usage
+    error."""
+    dev = device_or_fail(device)
+    if precision == "tf32" and dev.type != "cuda":
+        fail(f"--vocoder-precision tf32 needs a CUDA device, not {dev}")
+    return dev
+
+
 def device_or_fail(device: str):
     """The torch.device for --device (see pipelines.batching.resolve_device), or a one-line usage error."""
     from speechtok.pipelines.batching import resolve_device

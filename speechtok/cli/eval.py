@@ -8,8 +8,8 @@ import sys
 import click
 
 from speechtok.cli.common import (corpus_options, device_option, device_or_fail, fail, fail_with, lock_output,
-                                  output_option,
-                                  report_errors)
+                                  output_option, report_errors, vocoder_device_or_fail,
+                                  vocoder_precision_option)
 from speechtok.eval.report import fmt
 
 REPORT_FOLDER = "Folder for report.json, report.md and the plots."
@@ -153,8 +153,10 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="ASR batch size (transformers).")
 @device_option
+@vocoder_precision_option
 @corpus_options()
-def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device):
+def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mos, utmos, batch_size, device,
+               vocoder_precision):
     """Round-trip CORPUS (folder or JSONL manifest) through each codec or tokenizer + vocoder: one table of
     nominal and entropy bitrate, PESQ, STOI, MCD (optionally WER, speaker similarity, DNSMOS, UTMOS) and
     encode/decode ×RT, plus a bitrate-vs-quality plot."""
@@ -171,10 +173,11 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
         fail(str(e))
     from speechtok.pipelines.evaluate import evaluate_codecs
 
+    dev = vocoder_device_or_fail(device, vocoder_precision)
     lock_output(output, "tok eval codecs", folder=True)
     try:
         r = evaluate_codecs(corpus, list(specs), output, asr, transcripts, speaker, mos,
-                            str(device_or_fail(device)), batch_size, utmos=utmos)
+                            str(dev), batch_size, utmos=utmos, vocoder_precision=vocoder_precision)
     except (ImportError, ValueError, OSError) as e:
         fail_with(e)
     kbps = lambda v: fmt(v and v / 1000, 2)  # noqa: E731

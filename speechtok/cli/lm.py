@@ -10,7 +10,8 @@ import click
 
 from speechtok.cli.common import (POSITIVE, FiniteRange, device_option, device_or_fail, exit_interrupted, fail,
                                   fail_with, lock_output, os_error_line, output_file_ready, output_option,
-                                  writable, write_output_file)
+                                  vocoder_device_or_fail, vocoder_precision_option, writable,
+                                  write_output_file)
 from speechtok.stopping import exit_on_signals
 
 
@@ -250,8 +251,10 @@ class StreamedWav:
                                              "chunk (causal codecs: EnCodec, Mimi); reports time to first audio.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @device_option
+@vocoder_precision_option
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
-                 temperature, top_k, top_p, seed, compiled, stream, quiet, device, vocoder_dir, voice_seconds):
+                 temperature, top_k, top_p, seed, compiled, stream, quiet, device, vocoder_dir, voice_seconds,
+                 vocoder_precision):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
     from speechtok.lm.vocab import SpeechVocab
 
@@ -264,6 +267,7 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         SpeechVocab.load(lm_dir)
     except (ValueError, TypeError, OSError) as e:
         fail_with(e)
+    dev = vocoder_device_or_fail(device, vocoder_precision if vocoder_dir and not units_only else "fp32")
     lock_output(output, "tok generate", folder=False)
     out = output_file_ready(output)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
@@ -277,8 +281,9 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     writer = StreamedWav(out) if stream else None
     try:
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
-                              prompt_text, voice, opts, device_or_fail(device), voice_seconds=voice_seconds,
+                              prompt_text, voice, opts, dev, voice_seconds=voice_seconds,
                               vocoder_dir=None if units_only else vocoder_dir,
+                              vocoder_precision=vocoder_precision,
                               echo=None if quiet else (lambda line: click.echo(line, err=True)), on_audio=writer)
     except (ValueError, OSError) as e:
         if writer is not None:

@@ -11,7 +11,8 @@ import click
 
 from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup, corpus_options,
                                   device_option, device_or_fail, fail, fail_os, fail_with, lock_output,
-                                  output_file_ready, output_option, report_errors, writable, write_output_file)
+                                  output_file_ready, output_option, report_errors, vocoder_device_or_fail,
+                                  vocoder_precision_option, writable, write_output_file)
 from speechtok.stopping import exit_on_signals
 from speechtok.corpus import CorpusError
 
@@ -309,7 +310,8 @@ def read_f0_source(path: str | None):
                    "needs an F0-conditioned unit HiFi-GAN.")
 @output_option("FILE", "The wav file to write.")
 @device_option
-def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from):
+@vocoder_precision_option
+def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, vocoder_precision):
     """Round-trip one file: AUDIO → tokens (or mel) → OUTPUT wav, through a codec's decoder or a vocoder."""
     import soundfile as sf
 
@@ -318,13 +320,14 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from):
 
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
+    dev = vocoder_device_or_fail(device, vocoder_precision)
     lock_output(output, "tok resynth", folder=False)
     output = output_file_ready(output)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     try:
         wav, sr = read_audio(audio)
         other = read_f0_source(f0_from)
-        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, device_or_fail(device), other)
+        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, dev, other, vocoder_precision)
     except AudioError as e:
         fail(f"{audio}: {e}")
     except (ValueError, OSError) as e:

@@ -538,7 +538,8 @@ def _codec_route(spec: str, device: str) -> tuple[dict, object]:
             "nominal_bps": nominal_bps(codec.n_q, codec.codebook_size, codec.frame_rate)}, trip
 
 
-def _vocoder_route(tokenizer: str | None, vocoder: str, device: str) -> tuple[dict, object]:
+def _vocoder_route(tokenizer: str | None, vocoder: str, device: str,
+                   vocoder_precision: str = "fp32") -> tuple[dict, object]:
     """A tokenizer (or none) + vocoder, as `tok resynth -t TOKENIZER --vocoder VOCODER` runs them → (its
     row's model fields, one timed round trip giving what `tok resynth` writes)."""
     import torch
@@ -547,13 +548,13 @@ def _vocoder_route(tokenizer: str | None, vocoder: str, device: str) -> tuple[di
     from speechtok.pipelines.resynth import Resynthesis
     from speechtok.unit_stream import tokenizer_sha256
 
-    route = Resynthesis(tokenizer, vocoder, torch.device(device))
+    route = Resynthesis(tokenizer, vocoder, torch.device(device), vocoder_precision)
     timed_resynthesis(route, np.zeros(route.input_rate // 4, dtype=np.float32), route.input_rate)  # warm-up
     tok, voc = route.tok, route.voc
     kind = {"units": "semantic", "mel": "mel"}.get(route.kind, getattr(tok, "codec_kind", None))
     info: dict = {"codec": kind,
                   "model": tokenizer, "vocoder": vocoder, "vocoder_sha256": vocoder_sha256(vocoder),
-                  "sample_rate": route.sample_rate}
+                  "sample_rate": route.sample_rate, "vocoder_precision": vocoder_precision}
     label = f"{Path(vocoder).name}"
     if route.kind == "units":
         info.update(model_label=f"{Path(tokenizer).name}+{label}",
@@ -577,7 +578,8 @@ def _vocoder_route(tokenizer: str | None, vocoder: str, device: str) -> tuple[di
 
 def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: str | None = None,
                     transcripts: str | Path | None = None, speaker: str | None = None, mos: bool = False,
-                    device: str = "cpu", batch_size: int = 8, utmos: str | Path | None = None) -> dict:
+                    device: str = "cpu", batch_size: int = 8, utmos: str | Path | None = None,
+                    vocoder_precision: str = "fp32") -> dict:
     """Round-trip every utterance of `corpus` (folder or JSONL manifest, held in memory) through each spec
     (`split_vocoder`: a codec, a tokenizer + vocoder, or a mel vocoder; `nq=1,2,4` sweeps expand to one row
     each): one row per spec with nominal and entropy bitrates (units: also deduplicated; mel: none), mean
@@ -610,7 +612,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
     rows, per_file, models = [], {}, {}
     for spec, (tokenizer, vocoder) in zip(specs, parsed):
         try:
-            info, trip = (_vocoder_route(tokenizer, vocoder, device) if vocoder
+            info, trip = (_vocoder_route(tokenizer, vocoder, device, vocoder_precision) if vocoder
                           else _codec_route(tokenizer, device))
         except Exception as e:
             errors.append(f"{spec}: {' '.join(str(e).split())[:300]}")
@@ -661,7 +663,7 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
                                    "bitrate vs quality"):
         sections.append("![bitrate vs quality](bitrate_quality.png)\n")
     sections += extras.sections(results)
-    ids = [c for c in ("weights_sha256", "tokenizer_sha256", "vocoder", "vocoder_sha256")
+    ids = [c for c in ("weights_sha256", "tokenizer_sha256", "vocoder", "vocoder_sha256", "vocoder_precision")
            if any(c in r for r in rows)]
     sections += ["## Models\n", report.table(rows, ["spec", "model", *ids, "sample_rate", "frame_rate",
                                                     "codebook_size", "bandwidth_kbps"])]

@@ -71,7 +71,8 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
                     opts: SamplingOptions | None = None, device: str | torch.device = "cpu",
                     vocoder_dir: str | Path | None = None, voice_seconds: float | None = None,
                     echo: Callable[[str], None] | None = None,
-                    on_audio: Callable[[np.ndarray, int], None] | None = None) -> Generated:
+                    on_audio: Callable[[np.ndarray, int], None] | None = None,
+                    vocoder_precision: str = "fp32") -> Generated:
     """Stage 1 always; then the acoustic model and codec decoder (`acoustic_dir`) or a unit HiFi-GAN
     (`vocoder_dir`). Every stage's unit stream is checked against the LM's before anything runs. `voice`
     (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's; only
@@ -109,7 +110,8 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
         return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds, echo,
                           on_audio, start)
     if voc is not None:  # deduplicated units: the vocoder's duration predictor gives their lengths
-        result.wav, result.sample_rate = units_to_audio(voc, result.units), voc.cfg.sample_rate
+        result.wav = units_to_audio(voc, result.units, precision=vocoder_precision)
+        result.sample_rate = voc.cfg.sample_rate
     return result
 
 

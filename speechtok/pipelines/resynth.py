@@ -20,10 +20,12 @@ def vocoder_stream(cfg) -> dict:
 
 @torch.inference_mode()
 def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None,
-                   f0: np.ndarray | None = None) -> np.ndarray:
-    """Frame-level units (deduplicated ones are expanded by the vocoder's duration predictor) → waveform;
-    `f0`: an F0-conditioned vocoder's input at the units' frames (f0_input.py; None: all unvoiced)."""
+                   f0: np.ndarray | None = None, precision: str = "fp32") -> np.ndarray:
+    """Frame-level units (deduplicated ones are expanded by the vocoder's duration predictor) → waveform,
+    synthesized in `precision` (vocoders.precision); `f0`: an F0-conditioned vocoder's input at the units'
+    frames (f0_input.py; None: all unvoiced)."""
     from speechtok.tokenizers.semantic import run_length
+    from speechtok.vocoders.precision import vocoder_precision
 
     device = next(vocoder.parameters()).device
     x = torch.as_tensor(np.asarray(units, dtype=np.int64), device=device)[None]
@@ -31,22 +33,28 @@ def units_to_audio(vocoder, units: np.ndarray, speaker: int | None = None,
         x = vocoder.expand(torch.as_tensor(run_length(x[0].cpu().numpy())[0], device=device)[None])
     spk = torch.tensor([speaker or 0], device=device) if vocoder.cfg.num_speakers else None
     f0_in = torch.from_numpy(stretch(f0, x.shape[1]))[None].to(device) if f0 is not None else None
-    return vocoder(x, spk, f0_in)[0].float().cpu().numpy()
+    with vocoder_precision(precision, device):
+        return vocoder(x, spk, f0_in)[0].float().cpu().numpy()
 
 
 class Resynthesis:
     """A tokenizer and/or a vocoder, loaded and checked once: audio → tokens (units, codec codes or mel) →
-    audio. The one route of `tok resynth`, which `tok eval codecs` also times and scores."""
+    audio. The one route of `tok resynth`, which `tok eval codecs` also times and scores. The vocoder
+    synthesizes in `vocoder_precision` (fp32, tf32 or bf16: vocoders.precision)."""
 
-    def __init__(self, tokenizer: str | None, vocoder_dir: str | None, device: torch.device):
+    def __init__(self, tokenizer: str | None, vocoder_dir: str | None, device: torch.device,
+                 vocoder_precision: str = "fp32"):
         from speechtok.prosody.f0_tokenizer import f0_from_card
         from speechtok.tokenizers.codec import Codec
         from speechtok.tokenizers.load import load_tokenizer
         from speechtok.tokenizers.semantic import SemanticTokenizer
         from speechtok.unit_stream import check_unit_streams, unit_stream
         from speechtok.vocoders.hifigan import UnitHiFiGAN
+        from speechtok.vocoders.precision import check_vocoder_precision
         from speechtok.vocoders.train import load_vocoder
 
+        check_vocoder_precision(vocoder_precision, device)
+        self.precision = vocoder_precision
         self.f0_tracker = None
         self.tok = load_tokenizer(tokenizer, device=device) if tokenizer else None
         self.voc = load_vocoder(vocoder_dir, device) if vocoder_dir else None
@@ -112,14 +120,29 @@ class Resynthesis:
         """What `encode` gave → waveform at `sample_rate`."""
         if self.kind == "units":
             units, f0 = tokens if self.needs_f0 else (tokens, None)
-            return units_to_audio(self.voc, units, f0=f0)
-        if self.kind == "mel":
-            return self.voc.decode(tokens)[0].float().cpu().numpy()
-        codes, frames = tokens
+            return units_to_audio(self.voc, units, f0=f0, precision=self.precision)
         if self.kind == "codec":
+            codes, frames = tokens
             out, samples = self.tok.decode(codes, frames)
             return out[0, : int(samples[0])].cpu().numpy()
-        return self.voc.codes_to_audio(codes[:, :, : int(frames[0])].transpose(0, 1))[0].float().cpu().numpy()
+        return self.decode_batch([tokens])[0]
+
+    @torch.inference_mode()
+    def decode_batch(self, tokens: list) -> list[np.ndarray]:
+        """What `encode` gave for several utterances → their waveforms; a Vocos synthesizes them in one padded
+        batch, each row as it would be alone (Vocos.decode_batch); units and codecs go one at a time."""
+        from speechtok.vocoders.precision import vocoder_precision
+
+        if self.kind in ("units", "codec"):
+            return [self.decode(t) for t in tokens]
+        with vocoder_precision(self.precision, self.device):
+            if self.kind == "mel":
+                rows = self.voc.decode_batch([t[0] for t in tokens])
+            else:  # codec+vocos: one bandwidth (the route's codec) for all rows
+                feats = [self.voc.feature_extractor(codes[:, :, : int(frames[0])].transpose(0, 1))[0]
+                         for codes, frames in tokens]
+                rows = self.voc.decode_batch(feats, self.voc.bandwidth_id(len(tokens[0][0][0])))
+        return [r.float().cpu().numpy() for r in rows]
 
     def codes(self, tokens) -> np.ndarray | None:
         """The discrete codes [n_q, F] of what `encode` gave (None for a mel)."""
@@ -140,11 +163,11 @@ class Resynthesis:
 
 
 def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: str | None,
-                 device: torch.device,
-                 f0_from: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, int, str]:
+                 device: torch.device, f0_from: tuple[np.ndarray, int] | None = None,
+                 vocoder_precision: str = "fp32") -> tuple[np.ndarray, int, str]:
     """(waveform, sample rate, what it went through); `f0_from`: (audio, rate) whose F0 contour replaces
     the input's (F0 transfer through an F0-conditioned unit HiFi-GAN)."""
-    r = Resynthesis(tokenizer, vocoder_dir, device)
+    r = Resynthesis(tokenizer, vocoder_dir, device, vocoder_precision)
     if f0_from is not None and not r.needs_f0:
         raise ValueError("F0 transfer needs an F0-conditioned unit HiFi-GAN (trained with `f0: STREAM`)")
     tokens = r.encode(wav, sr, f0_from)

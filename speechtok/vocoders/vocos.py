@@ -102,11 +102,14 @@ class VocosBackbone(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(x).transpose(1, 2)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [B, 1, frames] (1 inside a row, 0 in its padding) zeroes the padding before every
+        convolution, so each row sees the zeros it would see alone: a padded batch equals its rows alone."""
+        x = self.embed(x if mask is None else x * mask).transpose(1, 2)
         x = (self.norm(x, cond) if self.adanorm else self.norm(x)).transpose(1, 2)
         for block in self.convnext:
-            x = block(x, cond)
+            x = block(x if mask is None else x * mask, cond)
         return self.final_layer_norm(x.transpose(1, 2))
 
 
@@ -118,7 +121,9 @@ class ISTFT(nn.Module):
         self.n_fft, self.hop_length, self.win_length, self.padding = n_fft, hop_length, win_length, padding
         self.register_buffer("window", torch.hann_window(win_length))
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+    def forward(self, spec: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        if frames is not None:
+            return self.overlap_add_rows(spec, frames)
         if self.padding == "center":
             return torch.istft(spec, self.n_fft, self.hop_length, self.win_length, self.window, center=True)
         pad = (self.win_length - self.hop_length) // 2
@@ -130,6 +135,21 @@ class ISTFT(nn.Module):
         env = nn.functional.fold(self.window.square()[None, :, None].expand(1, -1, T), **fold)[0, 0, 0, pad:-pad]
         return y / env.clamp(min=1e-11)
 
+    def overlap_add_rows(self, spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """A padded batch, row b holding `frames[b]` frames: overlap-add and window envelope of that row's
+        frames only, so its first (frames[b] − 1)·hop ('center') or frames[b]·hop ('same') samples are what
+        the row gives alone; the rest is padding."""
+        T = spec.shape[-1]
+        inside = (torch.arange(T, device=spec.device) < frames.to(spec.device)[:, None]).to(self.window.dtype)
+        frames_t = torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward") * self.window[None, :, None]
+        size = (T - 1) * self.hop_length + self.win_length
+        fold = dict(output_size=(1, size), kernel_size=(1, self.win_length), stride=(1, self.hop_length))
+        y = nn.functional.fold(frames_t * inside[:, None], **fold)[:, 0, 0]
+        env = nn.functional.fold(self.window.square()[None, :, None] * inside[:, None], **fold)[:, 0, 0]
+        start, length = ((self.n_fft // 2, (T - 1) * self.hop_length) if self.padding == "center"
+                         else ((self.win_length - self.hop_length) // 2, T * self.hop_length))
+        return (y / env.clamp(min=1e-11))[:, start:start + length]
+
 
 class ISTFTHead(nn.Module):
     """Frames → magnitude and phase per STFT bin → waveform."""
@@ -139,10 +159,10 @@ class ISTFTHead(nn.Module):
         self.out = nn.Linear(dim, n_fft + 2)
         self.istft = ISTFT(n_fft, hop_length, n_fft, padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         mag, phase = self.out(x).transpose(1, 2).float().chunk(2, dim=1)
         mag = torch.exp(mag).clamp(max=1e2)
-        return self.istft(mag * torch.exp(1j * phase))
+        return self.istft(mag * torch.exp(1j * phase), frames)
 
 
 _CLASSES = {"MelSpectrogramFeatures": MelFeatures, "EncodecFeatures": CodecFeatures, "VocosBackbone": VocosBackbone,
@@ -179,13 +199,34 @@ class Vocos(nn.Module):
     def is_codec(self) -> bool:
         return isinstance(self.feature_extractor, CodecFeatures)
 
-    def decode(self, features: torch.Tensor, bandwidth_id: int | None = None) -> torch.Tensor:
+    def decode(self, features: torch.Tensor, bandwidth_id: int | None = None,
+               frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Features [B, C, T] → waveform [B, samples]. With `frames` [B] (row b's frames, the rest padding)
+        each row is synthesized as it would be alone; `waveform_lengths` says where each row ends."""
         cond = None
         if self.backbone.adanorm:
             if bandwidth_id is None:
                 raise ValueError("this Vocos is conditioned on the EnCodec bandwidth: give bandwidth_id")
             cond = torch.tensor([bandwidth_id], device=features.device)
-        return self.head(self.backbone(features, cond))
+        mask = None
+        if frames is not None:
+            frames = frames.to(features.device)
+            mask = (torch.arange(features.shape[-1], device=features.device) < frames[:, None])[:, None]
+        return self.head(self.backbone(features, cond, mask), frames)
+
+    def waveform_lengths(self, frames: torch.Tensor) -> torch.Tensor:
+        """Samples `decode` gives for rows of `frames` frames ((frames − 1)·hop for 'center', frames·hop
+        for 'same' padding)."""
+        return (frames - int(self.head.istft.padding == "center")) * self.hop_length
+
+    def decode_batch(self, features: list[torch.Tensor],
+                     bandwidth_id: int | None = None) -> list[torch.Tensor]:
+        """Several utterances' features [C, T_i] in one padded batch → each one's waveform, as alone."""
+        frames = torch.tensor([f.shape[-1] for f in features])
+        padded = nn.utils.rnn.pad_sequence([f.transpose(0, 1) for f in features], batch_first=True)
+        uneven = bool((frames != frames[0]).any())  # equal rows need no mask: the plain (alone) path
+        out = self.decode(padded.transpose(1, 2), bandwidth_id, frames if uneven else None)
+        return [row[:n] for row, n in zip(out, self.waveform_lengths(frames).tolist())]
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Copy synthesis from audio (mel variant)."""
@@ -196,12 +237,18 @@ class Vocos(nn.Module):
         one whose codebook count matches."""
         if not self.is_codec:
             raise ValueError("this Vocos takes mel features, not codec tokens")
-        if bandwidth_id is None and self.backbone.adanorm:
-            counts = [_encodec_n_q([b]) for b in self.feature_extractor.bandwidths]
-            if len(codes) not in counts:
-                raise ValueError(f"{len(codes)} codebooks; this Vocos was trained on {counts}")
-            bandwidth_id = counts.index(len(codes))
+        if bandwidth_id is None:
+            bandwidth_id = self.bandwidth_id(len(codes))
         return self.decode(self.feature_extractor(codes), bandwidth_id)
+
+    def bandwidth_id(self, n_q: int) -> int | None:
+        """The EnCodec bandwidth id whose codebook count is `n_q` (None for a Vocos not conditioned on it)."""
+        if not self.backbone.adanorm:
+            return None
+        counts = [_encodec_n_q([b]) for b in self.feature_extractor.bandwidths]
+        if n_q not in counts:
+            raise ValueError(f"{n_q} codebooks; this Vocos was trained on {counts}")
+        return counts.index(n_q)
 
     def save_pretrained(self, directory: str | Path) -> None:
         d = Path(directory)
