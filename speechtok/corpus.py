@@ -236,6 +236,17 @@ def jsonl_objects(path: str | os.PathLike, errors: list[str]) -> Iterator[tuple[
             yield where, row
 
 
+def corpus_library(module: str, what: str):
+    """Import the library that reads a corpus format (extra `corpora`), or a ValueError saying how to get it
+    (one error line, as every unreadable corpus)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"reading {what} needs `{module}` ({e}): pip install 'speechtok[corpora]'") from None
+
+
 @dataclass(frozen=True)
 class CorpusSource:
     """A corpus path plus how to read it where the format leaves a choice: `supervisions` for a lhotse

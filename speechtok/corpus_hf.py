@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from speechtok.corpus import CorpusError, CorpusSource, Utterance
+from speechtok.corpus import CorpusError, CorpusSource, Utterance, corpus_library
 
 TEXT_COLUMNS = ("text", "transcription", "sentence")
 SPEAKER_COLUMNS = ("speaker_id", "speaker", "client_id")
@@ -43,15 +43,6 @@ def is_hf_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or bool(data_files(path))
 
 
-def _datasets():
-    try:
-        import datasets
-    except ImportError as e:
-        raise ValueError(f"reading Hugging Face datasets needs `datasets` ({e}): "
-                         "pip install 'speechtok[corpora]'") from None
-    return datasets
-
-
 def read_dataset(source: CorpusSource, errors: list[CorpusError]) -> Iterator[Utterance]:
     """Utterances of a Hugging Face dataset, one per row, in row order (see the module docstring)."""
     path = Path(source.path)
@@ -72,7 +63,7 @@ def read_dataset(source: CorpusSource, errors: list[CorpusError]) -> Iterator[Ut
 
 def _labels(file: Path) -> tuple[dict, dict[str, list]]:
     """(the file's `datasets` Features, every non-audio column's values); audio bytes are not read."""
-    datasets = _datasets()
+    datasets = corpus_library("datasets", "Hugging Face datasets")
     if file.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -100,7 +91,7 @@ def _num_rows(file: Path) -> int:
 
 def _columns(source: CorpusSource, features: dict, file: Path) -> dict[str, str | None]:
     """Which column holds the audio, id, text, speaker and language; a ValueError names a missing one."""
-    datasets = _datasets()
+    datasets = corpus_library("datasets", "Hugging Face datasets")
     audio = next((c for c, f in features.items() if isinstance(f, datasets.Audio)), None)
     if audio is None:
         raise ValueError(f"{file}: no Audio column (columns: {', '.join(features)})")

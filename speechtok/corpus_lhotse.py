@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from speechtok.corpus import CorpusError, CorpusSource, Utterance, Word
+from speechtok.corpus import CorpusError, CorpusSource, Utterance, Word, corpus_library
 
 CUT_TYPES = {"MonoCut", "MultiCut", "MixedCut", "PaddingCut", "DataCut"}
 SHAR_CUTS = re.compile(r"cuts\.(\d+)\.jsonl(\.gz)?")
@@ -67,18 +67,9 @@ def is_lhotse(path: Path) -> bool:
     return path.is_file() and manifest_kind(first_object(path)) is not None
 
 
-def _lhotse():
-    try:
-        import lhotse
-    except ImportError as e:
-        raise ValueError(f"reading lhotse manifests needs lhotse ({e}): "
-                         "pip install 'speechtok[corpora]'") from None
-    return lhotse
-
-
 def read_lhotse(source: CorpusSource, errors: list[CorpusError]) -> Iterator[Utterance]:
     """Utterances of a lhotse manifest or Shar folder (see the module docstring)."""
-    lhotse = _lhotse()
+    lhotse = corpus_library("lhotse", "lhotse manifests")
     path = Path(source.path)
     if path.is_dir():
         return _read_shar(path, errors)
@@ -97,7 +88,7 @@ def read_lhotse(source: CorpusSource, errors: list[CorpusError]) -> Iterator[Utt
 def _supervisions(source: CorpusSource, recordings: Path):
     """--supervisions, else a sibling file named like the recordings with 'supervisions' for 'recordings'
     (lhotse recipes write them so), else none."""
-    lhotse = _lhotse()
+    lhotse = corpus_library("lhotse", "lhotse manifests")
     given = source.supervisions
     if given is None and "recordings" in recordings.name:
         sibling = recordings.with_name(recordings.name.replace("recordings", "supervisions"))
@@ -120,7 +111,7 @@ def _cut_to_supervisions(cuts) -> Iterator:
 
 def _read_shar(folder: Path, errors: list[CorpusError]) -> Iterator[Utterance]:
     """Each `cuts.N.jsonl.gz` with its `recording.N.tar` (the audio of each cut, named by cut id)."""
-    lhotse = _lhotse()
+    lhotse = corpus_library("lhotse", "lhotse manifests")
     for cuts_file in shar_cut_files(folder):
         number = SHAR_CUTS.fullmatch(cuts_file.name).group(1)
         tar = folder / f"recording.{number}.tar"
