@@ -65,9 +65,13 @@ vocoder_precision_option = click.option(
 def vocoder_device_or_fail(device: str, precision: str):
     """--device's torch.device, checked to run --vocoder-precision (tf32 needs CUDA), or a one-line usage
     error."""
+    from speechtok.vocoders.precision import check_vocoder_precision
+
     dev = device_or_fail(device)
-    if precision == "tf32" and dev.type != "cuda":
-        fail(f"--vocoder-precision tf32 needs a CUDA device, not {dev}")
+    try:
+        check_vocoder_precision(precision, dev)
+    except ValueError as e:
+        fail(f"--vocoder-precision: {e}")
     return dev
 
 
