@@ -19,6 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from speechtok.cli.main import cli
+from speechtok.folder_lock import FolderLock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -118,9 +119,8 @@ def test_refused_pickles_are_one_line_naming_the_file(tmp_path, km, base_llm):
 
 def test_read_only_outputs_exit_3_before_the_work(tmp_path, speech_corpus, monkeypatch):
     from speechtok.align import jobs
-    from speechtok.cli import common
 
-    monkeypatch.setattr(common.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(FolderLock, "__enter__", read_only)  # the lock file is the first thing written
     one_line(run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 4, "-o", tmp_path / "km", "-q"), 3,
              f"{tmp_path / 'km'}: Read-only file system")  # the folder its lock made
     monkeypatch.undo()
@@ -145,7 +145,7 @@ def test_resynth_creates_the_output_folder(tmp_path, speech_corpus, monkeypatch)
     (tmp_path / "afile").write_text("x")
     one_line(run("resynth", audio, "-t", "encodec:any", "-o", tmp_path / "afile" / "x.wav"), 2,
              str(tmp_path / "afile"))
-    monkeypatch.setattr("speechtok.cli.common.tempfile.TemporaryFile", read_only)
+    monkeypatch.setattr(FolderLock, "__enter__", read_only)
     one_line(run("resynth", audio, "-t", "encodec:any", "-o", tmp_path / "ro" / "x.wav"), 3, "Read-only file system")
     assert len(calls) == 1  # both refused before the work
 

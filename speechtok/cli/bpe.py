@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import fail, fail_with, lock_output, output_option, writable
+from speechtok.cli.common import fail, fail_with, lock_output, output_option
 
 
 @click.group("bpe")
@@ -33,7 +33,6 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
     from speechtok.tokenizers.unit_bpe import train_bpe
 
     lock_output(output, "tok bpe train", folder=True)
-    writable(output)
     try:
         _, manifest = read_manifest(shards)
         cards = manifest["tokenizers"]

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -113,10 +112,12 @@ def output_lock_file(output: str | os.PathLike, folder: bool) -> Path:
     return out / f".lock.r{rank:03d}" if folder else out.parent / f".{out.name}.lock.r{rank:03d}"
 
 
-def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
+def lock_output(output: str | os.PathLike, what: str, folder: bool) -> Path:
     """Hold the lock on this command's output until the command ends: a second writer of the same output
     folder (`folder`: OUTPUT/.lock.rRRR) or file (a sibling .NAME.lock.rRRR) is refused, exit 3, in one line
-    naming the holder's pid and host. Each torchrun rank locks its own file, as `tok encode` does."""
+    naming the holder's pid and host. Each torchrun rank locks its own file, as `tok encode` does. Creating
+    the lock file is also the check, before any work, that the output can be written (read-only, no
+    permission: exit 3; a file where a folder should be: exit 2). Returns `output` as a Path."""
     from speechtok.folder_lock import FolderLock, FolderLocked
 
     home = Path(output) if folder else Path(output).parent
@@ -130,8 +131,12 @@ def lock_output(output: str | os.PathLike, what: str, folder: bool) -> None:
         ctx.with_resource(FolderLock(lock, what, output))
     except FolderLocked as e:
         fail(str(e), EXIT_ENVIRONMENT)
-    except OSError as e:  # no permission, read-only, or a file where the output folder should go
-        fail_os(e)  # a file where the output folder should go: exit 2, as every output path that is a file
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder should be: exit 2
+            fail(f"{next(p for p in (home, *home.parents) if p.exists())}: is a file, not a folder")
+        e.filename = str(home)  # name the output's folder, not the lock file in it
+        fail_os(e)  # no permission, read-only file system: exit 3
+    return Path(output)
 
 
 def _leave_no_trace(lock: Path, made: list[Path], file: Path | None) -> None:
@@ -232,32 +237,6 @@ def fail_with(e: Exception) -> None:
     if isinstance(e, OSError):
         fail_os(e)
     fail(str(e))
-
-
-def writable(folder: str | Path) -> None:
-    """Before any work: a file can be written in `folder`, or the folder nearest it that exists (a read-only
-    file system, no permission: `fail_os`, exit 3), so that the work is not lost at the end."""
-    folder = Path(folder).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        fail(f"{folder}: is a file, not a folder")
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        e.filename = str(folder)  # not the random name of the probe
-        fail_os(e)
-
-
-def output_file_ready(path: str | Path) -> Path:
-    """Before any work: the folder of the output file `path` exists (created) and can be written in."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail_os(e)
-    writable(path.parent)
-    return path
 
 
 def write_output_file(path: Path, write) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (POSITIVE, FiniteRange, device_option, device_or_fail, exit_interrupted, fail,
-                                  fail_with, lock_output, os_error_line, output_file_ready, output_option,
-                                  vocoder_device_or_fail, vocoder_precision_option, writable,
-                                  write_output_file)
+from speechtok.cli.common import (POSITIVE, FiniteRange, device_option, device_or_fail, exit_interrupted,
+                                  fail, fail_with, lock_output, os_error_line, output_option,
+                                  vocoder_device_or_fail, vocoder_precision_option, write_output_file)
 from speechtok.stopping import exit_on_signals
 
 
@@ -96,7 +95,6 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, b
     except ValueError as e:
         fail(f"{manifest}: {e}")
     lock_output(output, "tok lm extend-vocab", folder=True)
-    writable(output)
     try:
         model, tokenizer = load_base(base, from_scratch)
         old = len(tokenizer)
@@ -268,8 +266,7 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     except (ValueError, TypeError, OSError) as e:
         fail_with(e)
     dev = vocoder_device_or_fail(device, vocoder_precision if vocoder_dir and not units_only else "fp32")
-    lock_output(output, "tok generate", folder=False)
-    out = output_file_ready(output)
+    out = lock_output(output, "tok generate", folder=False)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     import numpy as np
     import soundfile as sf

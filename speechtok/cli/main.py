@@ -11,8 +11,8 @@ import click
 
 from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup, corpus_options,
                                   device_option, device_or_fail, fail, fail_os, fail_with, lock_output,
-                                  output_file_ready, output_option, report_errors, vocoder_device_or_fail,
-                                  vocoder_precision_option, writable, write_output_file)
+                                  output_option, report_errors, vocoder_device_or_fail,
+                                  vocoder_precision_option, write_output_file)
 from speechtok.stopping import exit_on_signals
 from speechtok.corpus import CorpusError
 
@@ -44,7 +44,7 @@ overwrite_option = click.option("--overwrite", is_flag=True,
 
 
 def tokenizer_output(output: str, overwrite: bool) -> None:
-    """Before any work: OUTPUT holds no tokenizer (unless `overwrite`) and can be written."""
+    """Before any work: OUTPUT holds no tokenizer (unless `overwrite`)."""
     from speechtok.tokenizers.semantic import CENTROIDS_FILE
     from speechtok.tokenizers.spec import CARD_FILE
 
@@ -52,7 +52,6 @@ def tokenizer_output(output: str, overwrite: bool) -> None:
     if held and not overwrite:
         fail(f"{output}: holds a tokenizer ({', '.join(held)}) that shards, LMs and vocoders may depend on; "
              "write to another folder, or pass --overwrite to replace it")
-    writable(output)
 
 
 def _features(model: str, layer: int | None, device: str, precision: str):
@@ -321,8 +320,7 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, vocoder_
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
     dev = vocoder_device_or_fail(device, vocoder_precision)
-    lock_output(output, "tok resynth", folder=False)
-    output = output_file_ready(output)
+    output = lock_output(output, "tok resynth", folder=False)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     try:
         wav, sr = read_audio(audio)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, fail_os, lock_output, output_option, writable
+from speechtok.cli.common import device_option, device_or_fail, fail, fail_os, lock_output, output_option
 
 METHODS = ("bins", "vqvae", "style")
 
@@ -45,7 +45,6 @@ def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_
     the corpus SOURCE (style)."""
     dev = str(device_or_fail(device))
     lock_output(output, "tok prosody train", folder=True)
-    writable(output)
     try:
         if method == "bins":
             from speechtok.prosody.train import train_bins
