@@ -67,6 +67,23 @@ def stop_on_signals() -> Iterator[StopFlag]:
             signal.signal(s, h)
 
 
+def _exit_handler(what: str):
+    def handler(signum, frame):
+        print(f"stopped by {signal.Signals(signum).name}: {what}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    return handler
+
+
+def exit_on_signals_until_replaced() -> None:
+    """From `tok`'s start (its imports take seconds) until a command installs its own handlers: SIGTERM /
+    SIGINT end the process with one line and exit 128 + N, not click's "Aborted!" (exit 1) or a silent 143;
+    SystemExit unwinds, so a lock already taken is released."""
+    if threading.current_thread() is threading.main_thread():
+        handler = _exit_handler("rerun the command")
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, handler)
+
+
 @contextmanager
 def exit_on_signals(what: str) -> Iterator[None]:
     """For a command with nothing to resume (an evaluation, one file): SIGTERM / SIGINT end it at once with
@@ -76,11 +93,7 @@ def exit_on_signals(what: str) -> Iterator[None]:
         yield
         return
 
-    def handler(signum, frame):
-        print(f"stopped by {signal.Signals(signum).name}: {what}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, _exit_handler(what)) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:

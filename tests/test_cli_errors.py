@@ -278,3 +278,20 @@ def test_progress_bar_never_passes_its_total(capsys):
     assert out == seconds
     err = capsys.readouterr().err
     assert "<-" not in err and "101%" not in err and "100%" in err, err
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.8])
+def test_a_signal_while_tok_starts_is_one_line_and_exit_130(tmp_path, speech_corpus, delay):
+    """SIGINT at any moment after `tok` starts (here mostly during its imports, before the command's own
+    handlers): one line and exit 130, never click's "Aborted!" (exit 1) or a KeyboardInterrupt traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    start = ("import os, signal, sys, threading; from speechtok.cli import main; "
+             f"threading.Timer({delay}, os.kill, (os.getpid(), signal.SIGINT)).start(); "
+             "sys.argv = ['tok', *sys.argv[1:]]; main()")
+    r = subprocess.run([sys.executable, "-c", start, "train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "2",
+                        "-o", str(tmp_path / "km")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + signal.SIGINT, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("stopped by SIGINT"), r.stderr

@@ -13,7 +13,7 @@ from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneL
                                   device_option, device_or_fail, fail, fail_os, fail_with, lock_output,
                                   output_option, report_errors, vocoder_device_or_fail,
                                   vocoder_precision_option, write_output_file)
-from speechtok.stopping import exit_on_signals
+from speechtok.stopping import exit_on_signals, exit_on_signals_until_replaced
 from speechtok.corpus import CorpusError
 
 
@@ -392,4 +392,5 @@ cli.add_command(segment_cmd)
 cli.add_command(bpe)
 
 if __name__ == "__main__":
+    exit_on_signals_until_replaced()
     cli()
