@@ -14,8 +14,9 @@ from speechtok import read_shards
 from conftest import speech_at
 from numerics import assert_close_to_scale
 from speechtok.cli.main import cli
-from speechtok.pipelines.encode import encode_rows
-from speechtok.tokenizers.codec import Codec, encodec_bandwidths, parse_codec_spec
+from speechtok.pipelines.encode_device import encode_rows
+from speechtok.tokenizers.codec import Codec, encodec_bandwidths
+from speechtok.tokenizers.spec import parse_codec_spec
 
 KINDS = ["encodec", "dac", "mimi"]
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from speechtok import SemanticTokenizer, read_shards
 from speechtok.cli.main import cli
-from speechtok.pipelines.encode import encode_rows
+from speechtok.pipelines.encode_device import encode_rows
 
 HERE = Path(__file__).parent
 

@@ -13,7 +13,7 @@ from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneL
                                   device_option, device_or_fail, fail, fail_os, fail_with, lock_output,
                                   output_option, report_errors, vocoder_device_or_fail,
                                   vocoder_precision_option, write_output_file)
-from speechtok.stopping import exit_on_signals, exit_on_signals_until_replaced
+from speechtok.stopping import Interrupted, exit_on_signals, exit_on_signals_until_replaced
 from speechtok.corpus import CorpusError
 
 
@@ -205,8 +205,8 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
     except ValueError as e:
         fail(str(e))
     from speechtok.folder_lock import FolderLocked
-    from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, Interrupted, StrictError, dist_info,
-                                            encode_corpus, encode_device_defaults)
+    from speechtok.pipelines.encode import (ERRORS_FILE, EncodeOptions, StrictError, dist_info, encode_corpus,
+                                            encode_device_defaults)
     from speechtok.tokenizers.load import load_tokenizer
 
     dev = device_or_fail(device)

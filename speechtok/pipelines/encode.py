@@ -40,12 +40,12 @@ from speechtok.corpus import CorpusError, load_corpus
 from speechtok.folder_lock import FolderLock
 from speechtok.hub import portable_card
 from speechtok.pipelines.batching import BatchStream, Item, plan_batches, probe_durations
-from speechtok.pipelines.encode_device import encode_rows, is_oom, launch  # noqa: F401 (encode_rows: API)
-from speechtok.pipelines.encode_job import (ERRORS_FILE, LOCK_FILE, Interrupted, Journal, StopFlag, corpus_index,
-                                            index_sha, note, read_journal, remove_temporaries, stop_on_signals)
-from speechtok.pipelines.encode_writer import (CodeUsage, Entry, SampleBuilder, StrictError,  # noqa: F401
-                                               WriterThread, sample_meta, token_files)
+from speechtok.pipelines.encode_device import launch
+from speechtok.pipelines.encode_job import (ERRORS_FILE, LOCK_FILE, Journal, corpus_index, index_sha, note,
+                                            read_journal, remove_temporaries)
+from speechtok.pipelines.encode_writer import Entry, SampleBuilder, StrictError, WriterThread
 from speechtok.shards import MANIFEST, ShardWriter, sample_key, write_manifest, write_text_atomic
+from speechtok.stopping import Interrupted, StopFlag, stop_on_signals
 from speechtok.tokenizers.semantic import SemanticTokenizer
 
 

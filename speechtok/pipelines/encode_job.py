@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from speechtok.corpus import Utterance
 from speechtok.shards import MANIFEST, shard_problem, write_text_atomic
-from speechtok.stopping import Interrupted, StopFlag, stop_on_signals  # noqa: F401 (re-exported)
 
 LOCK_FILE = ".lock"
 CORPUS_INDEX = "corpus-index.jsonl"

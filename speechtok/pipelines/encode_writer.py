@@ -15,8 +15,8 @@ import numpy as np
 from speechtok.corpus import CorpusError
 from speechtok.pipelines.batching import Item, block_stop_signals
 from speechtok.pipelines.encode_device import Pending, Rows
-from speechtok.pipelines.encode_job import Interrupted, StopFlag
 from speechtok.shards import npy_bytes, smallest_int_dtype
+from speechtok.stopping import Interrupted, StopFlag
 from speechtok.tokenizers.semantic import SemanticTokenizer, run_length
 
 Entry = tuple  # (files, seconds, streams) of a sample, or a CorpusError

@@ -519,7 +519,8 @@ def _codec_route(spec: str, device: str) -> tuple[dict, object]:
     """A codec spec → (its row's model fields, one timed round trip cut to the input's length)."""
     from speechtok.audio import resample
     from speechtok.eval.codecs import nominal_bps, round_trip
-    from speechtok.tokenizers.codec import Codec, parse_codec_spec
+    from speechtok.tokenizers.codec import Codec
+    from speechtok.tokenizers.spec import parse_codec_spec
 
     opts = parse_codec_spec(spec)
     codec = Codec(opts["kind"], opts["model"], n_q=opts.get("n_q"), bandwidth=opts.get("bandwidth"),
@@ -652,12 +653,12 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
     total = sum(len(w) / sr for _, w, sr in audio)
     sections = [f"Corpus `{corpus}`: {len(audio)} utterances, {total:.1f} s, round-tripped one at a time on "
                 f"{device}. Nominal bitrate = n_q × log2(codebook size) × frame rate; entropy bitrate = "
-                f"frame rate × Σ per-codebook unigram entropy of the codes"
+                "frame rate × Σ per-codebook unigram entropy of the codes"
                 + ("; deduplicated (semantic units) = run-length-deduplicated units per second × their "
                    "unigram entropy, as `tok eval tokens` reports it" if dedup else "")
                 + ". A mel vocoder has no bitrate (continuous features) and no point on the plot. Rows "
-                f"with a vocoder run as `tok resynth -t TOKENIZER --vocoder DIR` does. ×RT = audio seconds per "
-                f"second of encoding / decoding.\n",
+                "with a vocoder run as `tok resynth -t TOKENIZER --vocoder DIR` does. ×RT = audio seconds per "
+                "second of encoding / decoding.\n",
                 "## Codecs\n", report.table(rows, columns, 2)]
     if report.plot_bitrate_quality(rows, CODEC_PLOT_METRICS, out / "bitrate_quality.png",
                                    "bitrate vs quality"):

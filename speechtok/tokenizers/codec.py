@@ -21,7 +21,7 @@ from torch import nn
 
 from speechtok.hub import check_model_ref
 from speechtok.tokenizers.features import determinism_key, length_mask
-from speechtok.tokenizers.spec import KINDS, parse_codec_spec  # noqa: F401 (parse_codec_spec: re-exported)
+from speechtok.tokenizers.spec import KINDS
 from speechtok.tokenizers.ssl_features import PRECISIONS, weights_checksum
 
 
