@@ -23,7 +23,6 @@ weights the audio is not speech, so they are not reported (on a GPU machine with
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
