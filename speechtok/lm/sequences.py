@@ -44,6 +44,22 @@ class SequenceBuilder:
         self.span_words = span_words
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.eos = [tokenizer.eos_token_id]
+        if vocab.bpe is not None:  # the BPE must be given the units it was trained on
+            vocab.bpe.check_source({"stream": vocab.semantic_stream, "type": "semantic", **vocab.unit_stream(),
+                                    "dedup": self.dedup}, f"the LM's data (dedup: {str(self.dedup).lower()})")
+
+    def check_shards(self, shards: str) -> None:
+        """With Acoustic BPE: refuse shards whose semantic stream is not the one the BPE was trained on."""
+        if self.vocab.bpe is None:
+            return
+        from speechtok.shards import read_manifest
+        from speechtok.tokenizers.unit_bpe import stream_source
+
+        path, manifest = read_manifest(shards)
+        name = self.vocab.semantic_stream
+        card = manifest["tokenizers"].get(name, {"type": None})
+        self.vocab.bpe.check_source(stream_source(name, card, self.dedup) if card["type"] == "semantic" else
+                                    {"stream": name, "type": card["type"]}, f"{path}'s stream '{name}'")
 
     def frames(self, sample: dict) -> np.ndarray:
         """Frame-level units of a sample, expanding run-length shards."""
