@@ -139,3 +139,87 @@ def test_extend_vocab_with_bpe_merges_round_trips_units(base_llm, bpe_shards, tm
     np.testing.assert_array_equal(vocab.ids_to_units(ids), units)
     seq = SequenceBuilder(vocab, tok).speech(sample)
     assert seq[-len(ids) - 1: -1] == ids.tolist()
+
+
+@pytest.fixture(scope="module")
+def other_units(bpe_shards):
+    """Shards the BPE of `bpe_shards` was not trained on: its units deduplicated (`dedup/`), and the units of
+    another k-means (seed 1, same k: `other/`)."""
+    root, _ = bpe_shards
+    run("encode", "examples/audio", "-t", root / "km", "-o", root / "dedup", "-q", "--num-workers", 0, "--dedup")
+    run("train-kmeans", "examples/audio", "--model", "mfcc", "-k", 16, "--seed", 1, "-o", root / "km1", "-q")
+    run("encode", "examples/audio", "-t", root / "km1", "-o", root / "other", "-q", "--num-workers", 0)
+    return {"dedup": ("dedup=False", "dedup=True"), "other": ("tokenizer_sha256=", "tokenizer_sha256=")}
+
+
+def refused(*args) -> str:
+    """The one error line of a command that must exit 2 (no traceback)."""
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 2 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("shards", ["dedup", "other"])
+def test_a_bpe_refuses_units_it_was_not_trained_on(bpe_shards, other_units, base_llm, tmp_path, shards):
+    """A BPE trained on frame-level units of one k-means is refused, naming bpe.json and both values, by
+    every command that would apply it to deduplicated units or another tokenizer's: `tok eval tokens`,
+    `tok lm extend-vocab`, `tok encode --bpe`; nothing is written."""
+    root, _ = bpe_shards
+    want, got = other_units[shards]
+    bpe_json = str(root / "bpe" / "bpe.json")
+    km = root / ("km" if shards == "dedup" else "km1")
+    dedup = ["--dedup"] if shards == "dedup" else []
+    for args in (["eval", "tokens", root / shards, "-o", tmp_path / "rep", "--bpe", root / "bpe"],
+                 ["lm", "extend-vocab", base_llm, "-m", root / shards, "-o", tmp_path / "lm", "--bpe", root / "bpe"],
+                 ["encode", "examples/audio", "-t", km, "-o", tmp_path / "enc", "-q", "--num-workers", 0,
+                  "--bpe", root / "bpe", *dedup]):
+        line = refused(*args)
+        assert line.startswith(f"error: {bpe_json}: trained on {want}") and f"has {got}" in line, line
+        assert line.count("tokenizer_sha256=") in (0, 2)
+    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("rep", "lm", "enc"))
+
+
+def test_lm_data_refuses_units_its_bpe_was_not_trained_on(bpe_shards, other_units, base_llm, tmp_path):
+    """The LM's data stream applies the vocabulary's BPE to units: `data.dedup` other than the BPE's, or
+    shards of another tokenizer, are refused naming the LM's speech_bpe/bpe.json."""
+    from transformers import AutoTokenizer
+
+    from speechtok.lm.config import DataConfig
+    from speechtok.lm.data import PackedTokens
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    root, _ = bpe_shards
+    run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm", "--bpe", root / "bpe")
+    vocab, tok = SpeechVocab.load(tmp_path / "lm"), AutoTokenizer.from_pretrained(tmp_path / "lm")
+    bpe_json = str(tmp_path / "lm" / "speech_bpe" / "bpe.json")
+    with pytest.raises(ValueError, match=f"^{bpe_json}: trained on dedup=False .* dedup=True"):
+        SequenceBuilder(vocab, tok, dedup=True)
+    builder = SequenceBuilder(vocab, tok)
+    cfg = DataConfig(shards=[str(root / "other")], mix={"speech": 1.0}, seq_len=64)
+    with pytest.raises(ValueError, match=f"^{bpe_json}: trained on tokenizer_sha256="):
+        PackedTokens(cfg, builder, cfg.shards)
+    PackedTokens(cfg, builder, [str(root / "shards")])  # the shards it was trained on are accepted
+
+
+def test_bad_bpe_folders_are_one_line_naming_the_file(bpe_shards, tmp_path):
+    """A damaged bpe.json or a missing tokenizer.json: `error: FILE: REASON`, exit 2."""
+    import shutil
+
+    root, _ = bpe_shards
+    shutil.copytree(root / "bpe", tmp_path / "bad")
+    (tmp_path / "bad" / "bpe.json").write_text("{")
+    line = refused("eval", "tokens", root / "shards", "-o", tmp_path / "rep", "--bpe", tmp_path / "bad")
+    assert line.startswith(f"error: {tmp_path / 'bad' / 'bpe.json'}: not a `tok bpe train` bpe.json")
+    shutil.copytree(root / "bpe", tmp_path / "half")
+    (tmp_path / "half" / "tokenizer.json").unlink()
+    line = refused("lm", "extend-vocab", "nowhere", "-m", root / "shards", "-o", tmp_path / "lm",
+                   "--bpe", tmp_path / "half")
+    assert str(tmp_path / "half" / "tokenizer.json") in line
+    meta = json.loads((root / "bpe" / "bpe.json").read_text())
+    shutil.copytree(root / "bpe", tmp_path / "old")
+    (tmp_path / "old" / "bpe.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "source"}))
+    line = refused("encode", "examples/audio", "-t", root / "km", "-o", tmp_path / "enc", "--bpe", tmp_path / "old")
+    assert line.startswith(f"error: {tmp_path / 'old' / 'bpe.json'}: records no source stream")

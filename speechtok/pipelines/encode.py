@@ -126,6 +126,7 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
                          "(DIR:name=NAME, KIND:MODEL:name=NAME)")
     opts = opts or EncodeOptions()
     opts.check()
+    job_streams(toks, opts)  # a BPE of other codes is refused before anything is written
     rank, world = dist_info()
     if opts.append and world > 1:
         raise ValueError("--append runs as a single process (the ranks' blocks would move)")
@@ -203,14 +204,21 @@ def uses_buckets(toks, opts: EncodeOptions) -> bool:
     return opts.buckets if opts.buckets is not None else any(t.device.type == "cuda" for t in toks)
 
 
-def plan_job(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int) -> JobPlan:
-    """Read the corpus, open (or resume) the journal, and keep the utterances that can be encoded."""
-    remove_temporaries(out_dir, rank, world)
+def job_streams(toks, opts: EncodeOptions) -> tuple[dict, dict[str, bool], dict]:
+    """(cards, dedups, BPE streams) of the streams the job writes: each tokenizer's, then each BPE's
+    (a ValueError naming its bpe.json when it was trained on other codes)."""
     dedups = {t.name: (t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer) else False
               for t in toks}
     cards = {t.name: t.card() for t in toks}
     bpes = bpe_streams(opts.bpe, cards, dedups)
     cards.update({name: bpe_card(bpe) for name, bpe in bpes.items()})
+    return cards, dedups, bpes
+
+
+def plan_job(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int) -> JobPlan:
+    """Read the corpus, open (or resume) the journal, and keep the utterances that can be encoded."""
+    remove_temporaries(out_dir, rank, world)
+    cards, dedups, bpes = job_streams(toks, opts)
     # what the output depends on besides the corpus and the token settings (checked on their own)
     job = {"tokenizers": cards, "dedup": dedups, "world_size": world,
            "shard_max_bytes": opts.shard_max_bytes, "shard_max_count": opts.shard_max_count}
