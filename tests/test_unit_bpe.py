@@ -82,6 +82,14 @@ def bpe_shards(tmp_path_factory):
     return root, run("bpe", "train", root / "shards", "-o", root / "bpe", "--vocab-size", 40)
 
 
+@pytest.fixture(scope="module")
+def bpe_lm(base_llm, bpe_shards, tmp_path_factory):
+    """(folder, output) of `tok lm extend-vocab --bpe` with the BPE of `bpe_shards`."""
+    root, _ = bpe_shards
+    lm = tmp_path_factory.mktemp("bpe_lm") / "lm"
+    return lm, run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", lm, "--bpe", root / "bpe")
+
+
 def test_bpe_train_and_eval_tokens_cli(bpe_shards, tmp_path):
     from speechtok import read_shards
 
@@ -115,7 +123,7 @@ def test_bpe_train_refuses_a_stream_of_other_values(bpe_shards, tmp_path):
     assert r.exception is None or isinstance(r.exception, SystemExit)
 
 
-def test_extend_vocab_with_bpe_merges_round_trips_units(base_llm, bpe_shards, tmp_path):
+def test_extend_vocab_with_bpe_merges_round_trips_units(bpe_lm, bpe_shards):
     """`tok lm extend-vocab --bpe` adds the merged tokens after the k units; units → ids → units is exact,
     and the LM data stream reads the shorter sequence."""
     from transformers import AutoTokenizer
@@ -125,10 +133,10 @@ def test_extend_vocab_with_bpe_merges_round_trips_units(base_llm, bpe_shards, tm
     from speechtok.lm.vocab import SpeechVocab
 
     root, _ = bpe_shards
-    out = run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm", "--bpe", root / "bpe")
+    lm, out = bpe_lm
     assert "BPE merges" in out
-    vocab = SpeechVocab.load(tmp_path / "lm")
-    tok = AutoTokenizer.from_pretrained(tmp_path / "lm")
+    vocab = SpeechVocab.load(lm)
+    tok = AutoTokenizer.from_pretrained(lm)
     assert vocab.k == 16 and vocab.semantic_tokens == vocab.bpe_tokens <= 40
     assert tok.convert_ids_to_tokens([vocab.semantic_first_id + vocab.semantic_tokens - 1]) == [
         f"<s_{vocab.semantic_tokens - 1}>"]
@@ -181,7 +189,7 @@ def test_a_bpe_refuses_units_it_was_not_trained_on(bpe_shards, other_units, base
     assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("rep", "lm", "enc"))
 
 
-def test_lm_data_refuses_units_its_bpe_was_not_trained_on(bpe_shards, other_units, base_llm, tmp_path):
+def test_lm_data_refuses_units_its_bpe_was_not_trained_on(bpe_shards, other_units, bpe_lm):
     """The LM's data stream applies the vocabulary's BPE to units: `data.dedup` other than the BPE's, or
     shards of another tokenizer, are refused naming the LM's speech_bpe/bpe.json."""
     from transformers import AutoTokenizer
@@ -192,9 +200,9 @@ def test_lm_data_refuses_units_its_bpe_was_not_trained_on(bpe_shards, other_unit
     from speechtok.lm.vocab import SpeechVocab
 
     root, _ = bpe_shards
-    run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm", "--bpe", root / "bpe")
-    vocab, tok = SpeechVocab.load(tmp_path / "lm"), AutoTokenizer.from_pretrained(tmp_path / "lm")
-    bpe_json = str(tmp_path / "lm" / "speech_bpe" / "bpe.json")
+    lm, _ = bpe_lm
+    vocab, tok = SpeechVocab.load(lm), AutoTokenizer.from_pretrained(lm)
+    bpe_json = str(lm / "speech_bpe" / "bpe.json")
     with pytest.raises(ValueError, match=f"^{bpe_json}: trained on dedup=False .* dedup=True"):
         SequenceBuilder(vocab, tok, dedup=True)
     builder = SequenceBuilder(vocab, tok)
@@ -223,3 +231,113 @@ def test_bad_bpe_folders_are_one_line_naming_the_file(bpe_shards, tmp_path):
     (tmp_path / "old" / "bpe.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "source"}))
     line = refused("encode", "examples/audio", "-t", root / "km", "-o", tmp_path / "enc", "--bpe", tmp_path / "old")
     assert line.startswith(f"error: {tmp_path / 'old' / 'bpe.json'}: records no source stream")
+
+
+def test_encode_writes_bpe_tokens_as_a_resumable_stream(bpe_shards, tmp_path):
+    """`tok encode --bpe` keeps the units and adds `semantic_bpe`: the ids Hugging Face tokenizers gives
+    codec-bpe's characters of the units, a card naming the BPE; a deleted shard is written again byte for
+    byte on a rerun, and a rerun with another BPE is refused."""
+    import hashlib
+
+    codec_bpe = pytest.importorskip("codec_bpe")
+    from speechtok import read_shards
+
+    root, _ = bpe_shards
+    bpe = UnitBPE.load(root / "bpe")
+    args = ["encode", "examples/audio", "-t", root / "km", "-o", tmp_path / "enc", "-q", "--num-workers", 0,
+            "--shard-max-count", 1, "--bpe", root / "bpe"]
+    run(*args)
+    manifest = json.loads((tmp_path / "enc" / "manifest.json").read_text())
+    assert manifest["tokenizers"]["semantic_bpe"] == {**manifest["tokenizers"]["semantic_bpe"], "type": "bpe",
+                                                      "of": "semantic", "bpe_sha256": bpe.sha256(),
+                                                      "vocab_size": bpe.vocab_size}
+    plain = {s["id"]: s["semantic"] for s in read_shards(root / "shards")}
+    tokens = 0
+    for sample in read_shards(tmp_path / "enc"):
+        units, ids = sample["semantic"], sample["semantic_bpe"]
+        np.testing.assert_array_equal(units, plain[sample["id"]])
+        ref = bpe.tokenizer.encode(codec_bpe.codes_to_chars(units[None].astype(np.int64), 16)).ids
+        assert ids.tolist() == ref and len(ids) < len(units)
+        back = codec_bpe.chars_to_codes("".join(bpe.tokenizer.id_to_token(int(i)) for i in ids), 1, 16)
+        assert back == [units.tolist()]
+        tokens += len(ids)
+    assert manifest["frames"]["semantic_bpe"] == tokens
+    digest = {s["name"]: s["sha256"] for s in manifest["shards"]}
+    assert len(digest) == 3
+    (tmp_path / "enc" / "shard-000001.tar").unlink()
+    run(*args)
+    assert {n: hashlib.sha256((tmp_path / "enc" / n).read_bytes()).hexdigest() for n in digest} == digest
+    run("bpe", "train", root / "shards", "-o", tmp_path / "bpe30", "--vocab-size", 30)
+    line = refused(*args[:-1], tmp_path / "bpe30")
+    assert "another job" in line or "other inputs" in line
+
+
+def reference_decode(bpe: UnitBPE, ids, n_q: int, size: int) -> np.ndarray:
+    """codec-bpe's decoding of Hugging Face tokenizers' tokens: the codes a token sequence stands for."""
+    from codec_bpe import chars_to_codes
+
+    chars = "".join(bpe.tokenizer.id_to_token(int(i)) for i in ids)
+    return np.array(chars_to_codes(chars, n_q, size, drop_inconsistent_codes=False, drop_hanging_codes=False))
+
+
+def test_generated_bpe_tokens_decode_to_units_exactly(bpe_lm):
+    """What `tok generate` does with an LM's output (`generate_units`: sampled ids → units) undoes the
+    merges exactly: the units are codec-bpe's decoding of the sampled tokens."""
+    pytest.importorskip("codec_bpe")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
+    from speechtok.lm.vocab import SpeechVocab
+
+    lm, _ = bpe_lm
+    vocab, tok = SpeechVocab.load(lm), AutoTokenizer.from_pretrained(lm)
+    model = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
+    opts = SamplingOptions(max_new_tokens=8, min_new_tokens=8, temperature=1.0, seed=3)
+    prompts = [speech_prompt(tok, vocab, units=np.array([1, 2, 3]))] * 2
+    sampled, decode = [], vocab.ids_to_units
+    vocab.ids_to_units = lambda row: decode(sampled.append(np.array(row)) or row)  # what generation decodes
+    units = generate_units(model, tok, vocab, prompts, opts, seeds=[3, 4])
+    assert len(sampled) == 2 and (np.concatenate(sampled) >= vocab.k + vocab.semantic_first_id).any()  # merges
+    for row, got in zip(sampled, units):
+        assert len(row) == 8
+        np.testing.assert_array_equal(got, reference_decode(vocab.bpe, row - vocab.semantic_first_id, 1, 16)[0])
+
+
+def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_shards, tmp_path):
+    """A BPE of the codec stream (2 codebooks of 16, frames flattened as codec-bpe does) becomes the LM's
+    codec tokens with `extend-vocab --bpe`: `<c{q}_{i}>` then the merges `<c_j>`; codes [n_q, T] → ids →
+    codes is exact on every sample, the ids are Hugging Face tokenizers' on codec-bpe's characters, and a
+    BPE of 2 codebooks is refused for `--n-q 1`."""
+    codec_bpe = pytest.importorskip("codec_bpe")
+    from transformers import AutoTokenizer
+
+    from speechtok import read_shards
+    from speechtok.lm.vocab import SpeechVocab
+
+    shards = units_and_codec_shards / "shards"
+    run("bpe", "train", shards, "--stream", "encodec", "-o", tmp_path / "cbpe", "--vocab-size", 32 + 40)
+    out = run("lm", "extend-vocab", base_llm, "-m", shards, "-o", tmp_path / "lm", "--bpe", tmp_path / "cbpe")
+    assert "encodec tokens" in out and "BPE merges" in out
+    vocab, tok = SpeechVocab.load(tmp_path / "lm"), AutoTokenizer.from_pretrained(tmp_path / "lm")
+    bpe = vocab.codec_bpe
+    assert (vocab.codec_stream, vocab.n_q, vocab.codebook_size, vocab.codec_bpe_tokens) == ("encodec", 2, 16,
+                                                                                           bpe.vocab_size)
+    names = tok.convert_ids_to_tokens(list(range(vocab.codec_first_id, vocab.codec_first_id + bpe.vocab_size)))
+    assert names[:17] == [f"<c0_{i}>" for i in range(16)] + ["<c1_0>"] and names[32:] == [
+        f"<c_{j}>" for j in range(32, bpe.vocab_size)] and bpe.vocab_size > 32
+    codes_total = ids_total = 0
+    for sample in read_shards(shards):
+        codes = sample["encodec"].astype(np.int64)
+        ids = vocab.codes_to_ids(codes)
+        assert ids.ndim == 1 and ids.min() >= vocab.codec_first_id
+        assert (ids - vocab.codec_first_id).tolist() == bpe.tokenizer.encode(codec_bpe.codes_to_chars(codes, 16)).ids
+        np.testing.assert_array_equal(vocab.ids_to_codes(ids), codes)
+        np.testing.assert_array_equal(reference_decode(bpe, ids - vocab.codec_first_id, 2, 16), codes)
+        codes_total, ids_total = codes_total + codes.size, ids_total + len(ids)
+    assert ids_total < codes_total
+    with pytest.raises(ValueError, match="codebook order"):  # a code of codebook 1 where codebook 0's belongs
+        vocab.ids_to_codes(np.array([16, 0]) + vocab.codec_first_id)
+    line = refused("lm", "extend-vocab", base_llm, "-m", shards, "-o", tmp_path / "lm1", "--bpe", tmp_path / "cbpe",
+                   "--n-q", 1)
+    assert line.startswith(f"error: {tmp_path / 'cbpe' / 'bpe.json'}: trained on n_q=2") and "n_q=1" in line
