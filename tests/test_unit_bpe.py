@@ -304,7 +304,17 @@ def test_generated_bpe_tokens_decode_to_units_exactly(bpe_lm):
         np.testing.assert_array_equal(got, reference_decode(vocab.bpe, row - vocab.semantic_first_id, 1, 16)[0])
 
 
-def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_shards, tmp_path):
+@pytest.fixture(scope="module")
+def codec_bpe_lm(base_llm, units_and_codec_shards, tmp_path_factory):
+    """(folder, output) of `tok lm extend-vocab --bpe` with a BPE (`cbpe/` beside it) of the EnCodec stream
+    of `units_and_codec_shards` (2 codebooks of 16)."""
+    root = tmp_path_factory.mktemp("codec_bpe_lm")
+    shards = units_and_codec_shards / "shards"
+    run("bpe", "train", shards, "--stream", "encodec", "-o", root / "cbpe", "--vocab-size", 32 + 40)
+    return root / "lm", run("lm", "extend-vocab", base_llm, "-m", shards, "-o", root / "lm", "--bpe", root / "cbpe")
+
+
+def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_shards, codec_bpe_lm, tmp_path):
     """A BPE of the codec stream (2 codebooks of 16, frames flattened as codec-bpe does) becomes the LM's
     codec tokens with `extend-vocab --bpe`: `<c{q}_{i}>` then the merges `<c_j>`; codes [n_q, T] → ids →
     codes is exact on every sample, the ids are Hugging Face tokenizers' on codec-bpe's characters, and a
@@ -316,10 +326,9 @@ def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_sha
     from speechtok.lm.vocab import SpeechVocab
 
     shards = units_and_codec_shards / "shards"
-    run("bpe", "train", shards, "--stream", "encodec", "-o", tmp_path / "cbpe", "--vocab-size", 32 + 40)
-    out = run("lm", "extend-vocab", base_llm, "-m", shards, "-o", tmp_path / "lm", "--bpe", tmp_path / "cbpe")
+    lm, out = codec_bpe_lm
     assert "encodec tokens" in out and "BPE merges" in out
-    vocab, tok = SpeechVocab.load(tmp_path / "lm"), AutoTokenizer.from_pretrained(tmp_path / "lm")
+    vocab, tok = SpeechVocab.load(lm), AutoTokenizer.from_pretrained(lm)
     bpe = vocab.codec_bpe
     assert (vocab.codec_stream, vocab.n_q, vocab.codebook_size, vocab.codec_bpe_tokens) == ("encodec", 2, 16,
                                                                                            bpe.vocab_size)
@@ -338,6 +347,48 @@ def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_sha
     assert ids_total < codes_total
     with pytest.raises(ValueError, match="codebook order"):  # a code of codebook 1 where codebook 0's belongs
         vocab.ids_to_codes(np.array([16, 0]) + vocab.codec_first_id)
-    line = refused("lm", "extend-vocab", base_llm, "-m", shards, "-o", tmp_path / "lm1", "--bpe", tmp_path / "cbpe",
+    line = refused("lm", "extend-vocab", base_llm, "-m", shards, "-o", tmp_path / "lm1", "--bpe", lm.parent / "cbpe",
                    "--n-q", 1)
-    assert line.startswith(f"error: {tmp_path / 'cbpe' / 'bpe.json'}: trained on n_q=2") and "n_q=1" in line
+    assert line.startswith(f"error: {lm.parent / 'cbpe' / 'bpe.json'}: trained on n_q=2") and "n_q=1" in line
+
+
+def test_codec_frames_flatten_frame_by_frame():
+    """Without a BPE, the LM's codec sequence is each frame's codebooks in order (hand-built), and back."""
+    from speechtok.lm.vocab import SpeechVocab
+
+    v = SpeechVocab(semantic_stream="u", k=4, semantic_first_id=10, text_id=1, speech_id=2, codec_stream="c", n_q=2,
+                    codebook_size=3, codec_first_id=20)
+    codes = np.array([[0, 1, 2], [2, 0, 1]])
+    assert v.codec_sequence(codes).tolist() == [20, 25, 21, 23, 22, 24]
+    np.testing.assert_array_equal(v.sequence_codes(v.codec_sequence(codes)), codes)
+
+
+def test_lm_data_with_codec_bpe_speech(codec_bpe_lm, units_and_codec_shards):
+    """`data.speech: codec`: speech spans are the BPE-merged codec frames, each span merged on its own, so
+    every span decodes exactly to its frames and the spans tile the utterance; the data stream reads it."""
+    from transformers import AutoTokenizer
+
+    from speechtok import read_shards
+    from speechtok.lm.config import DataConfig
+    from speechtok.lm.data import PackedTokens
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    lm, _ = codec_bpe_lm
+    vocab, tok = SpeechVocab.load(lm), AutoTokenizer.from_pretrained(lm)
+    builder = SequenceBuilder(vocab, tok, span_words=(1, 2), speech="codec")
+    rng = np.random.default_rng(0)
+    for sample in read_shards(units_and_codec_shards / "shards"):
+        codes = sample["encodec"].astype(np.int64)
+        seq = builder.speech(sample)
+        np.testing.assert_array_equal(vocab.sequence_codes(seq[len(builder.bos) + 1: -1]), codes)
+        spans = builder.spans(sample, rng)
+        assert spans[0].f0 == 0 and spans[-1].f1 == codes.shape[1]
+        assert all(a.f1 == b.f0 for a, b in zip(spans, spans[1:]))
+        for s in spans:
+            np.testing.assert_array_equal(vocab.sequence_codes(builder.speech_ids(sample, s.f0, s.f1)),
+                                          codes[:, s.f0: s.f1])
+    cfg = DataConfig(shards=[str(units_and_codec_shards / "shards")], mix={"speech": 0.5, "interleaved": 0.5},
+                     seq_len=64, speech="codec", shuffle_buffer=1)
+    block = next(iter(PackedTokens(cfg, builder, cfg.shards)))["ids"]
+    assert vocab.codec_first_id <= int(block.max()) < vocab.codec_first_id + vocab.codec_bpe_tokens

@@ -137,6 +137,21 @@ class SpeechVocab:
             return self.codec_bpe.decode(ids)
         return ids % self.codebook_size
 
+    def codec_sequence(self, codes: np.ndarray) -> np.ndarray:
+        """[n_q, T] codes → the LM's [n] codec token ids, frame by frame (q0 q1 … of each frame), merged by
+        the codec BPE when there is one."""
+        ids = self.codes_to_ids(codes)
+        return ids if self.codec_bpe is not None else ids.T.reshape(-1)
+
+    def sequence_codes(self, ids: np.ndarray) -> np.ndarray:
+        """The inverse of `codec_sequence`: [n_q, T] codes."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.codec_bpe is None:
+            if ids.size % self.n_q:
+                raise ValueError(f"{ids.size} codec tokens do not make whole frames of {self.n_q} codebooks")
+            ids = ids.reshape(-1, self.n_q).T
+        return self.ids_to_codes(ids)
+
     def save(self, directory: str | Path) -> None:
         (Path(directory) / VOCAB_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
         for bpe, folder in ((self.bpe, BPE_DIR), (self.codec_bpe, CODEC_BPE_DIR)):
