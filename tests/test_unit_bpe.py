@@ -154,7 +154,8 @@ def other_units(bpe_shards):
     """Shards the BPE of `bpe_shards` was not trained on: its units deduplicated (`dedup/`), and the units of
     another k-means (seed 1, same k: `other/`)."""
     root, _ = bpe_shards
-    run("encode", "examples/audio", "-t", root / "km", "-o", root / "dedup", "-q", "--num-workers", 0, "--dedup")
+    run("encode", "examples/audio", "-t", root / "km", "-o", root / "dedup", "-q", "--num-workers", 0,
+        "--dedup")
     run("train-kmeans", "examples/audio", "--model", "mfcc", "-k", 16, "--seed", 1, "-o", root / "km1", "-q")
     run("encode", "examples/audio", "-t", root / "km1", "-o", root / "other", "-q", "--num-workers", 0)
     return {"dedup": ("dedup=False", "dedup=True"), "other": ("tokenizer_sha256=", "tokenizer_sha256=")}
@@ -180,7 +181,8 @@ def test_a_bpe_refuses_units_it_was_not_trained_on(bpe_shards, other_units, base
     km = root / ("km" if shards == "dedup" else "km1")
     dedup = ["--dedup"] if shards == "dedup" else []
     for args in (["eval", "tokens", root / shards, "-o", tmp_path / "rep", "--bpe", root / "bpe"],
-                 ["lm", "extend-vocab", base_llm, "-m", root / shards, "-o", tmp_path / "lm", "--bpe", root / "bpe"],
+                 ["lm", "extend-vocab", base_llm, "-m", root / shards, "-o", tmp_path / "lm",
+                  "--bpe", root / "bpe"],
                  ["encode", "examples/audio", "-t", km, "-o", tmp_path / "enc", "-q", "--num-workers", 0,
                   "--bpe", root / "bpe", *dedup]):
         line = refused(*args)
@@ -229,7 +231,8 @@ def test_bad_bpe_folders_are_one_line_naming_the_file(bpe_shards, tmp_path):
     meta = json.loads((root / "bpe" / "bpe.json").read_text())
     shutil.copytree(root / "bpe", tmp_path / "old")
     (tmp_path / "old" / "bpe.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "source"}))
-    line = refused("encode", "examples/audio", "-t", root / "km", "-o", tmp_path / "enc", "--bpe", tmp_path / "old")
+    line = refused("encode", "examples/audio", "-t", root / "km", "-o", tmp_path / "enc",
+                   "--bpe", tmp_path / "old")
     assert line.startswith(f"error: {tmp_path / 'old' / 'bpe.json'}: records no source stream")
 
 
@@ -298,10 +301,12 @@ def test_generated_bpe_tokens_decode_to_units_exactly(bpe_lm):
     sampled, decode = [], vocab.ids_to_units
     vocab.ids_to_units = lambda row: decode(sampled.append(np.array(row)) or row)  # what generation decodes
     units = generate_units(model, tok, vocab, prompts, opts, seeds=[3, 4])
-    assert len(sampled) == 2 and (np.concatenate(sampled) >= vocab.k + vocab.semantic_first_id).any()  # merges
+    merged = np.concatenate(sampled) >= vocab.k + vocab.semantic_first_id
+    assert len(sampled) == 2 and merged.any()
     for row, got in zip(sampled, units):
         assert len(row) == 8
-        np.testing.assert_array_equal(got, reference_decode(vocab.bpe, row - vocab.semantic_first_id, 1, 16)[0])
+        ref = reference_decode(vocab.bpe, row - vocab.semantic_first_id, 1, 16)[0]
+        np.testing.assert_array_equal(got, ref)
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +316,8 @@ def codec_bpe_lm(base_llm, units_and_codec_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("codec_bpe_lm")
     shards = units_and_codec_shards / "shards"
     run("bpe", "train", shards, "--stream", "encodec", "-o", root / "cbpe", "--vocab-size", 32 + 40)
-    return root / "lm", run("lm", "extend-vocab", base_llm, "-m", shards, "-o", root / "lm", "--bpe", root / "cbpe")
+    out = run("lm", "extend-vocab", base_llm, "-m", shards, "-o", root / "lm", "--bpe", root / "cbpe")
+    return root / "lm", out
 
 
 def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_shards, codec_bpe_lm, tmp_path):
@@ -332,7 +338,8 @@ def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_sha
     bpe = vocab.codec_bpe
     assert (vocab.codec_stream, vocab.n_q, vocab.codebook_size, vocab.codec_bpe_tokens) == ("encodec", 2, 16,
                                                                                            bpe.vocab_size)
-    names = tok.convert_ids_to_tokens(list(range(vocab.codec_first_id, vocab.codec_first_id + bpe.vocab_size)))
+    first = vocab.codec_first_id
+    names = tok.convert_ids_to_tokens(list(range(first, first + bpe.vocab_size)))
     assert names[:17] == [f"<c0_{i}>" for i in range(16)] + ["<c1_0>"] and names[32:] == [
         f"<c_{j}>" for j in range(32, bpe.vocab_size)] and bpe.vocab_size > 32
     codes_total = ids_total = 0
@@ -340,15 +347,16 @@ def test_codec_bpe_inside_the_lm_round_trips_codes(base_llm, units_and_codec_sha
         codes = sample["encodec"].astype(np.int64)
         ids = vocab.codes_to_ids(codes)
         assert ids.ndim == 1 and ids.min() >= vocab.codec_first_id
-        assert (ids - vocab.codec_first_id).tolist() == bpe.tokenizer.encode(codec_bpe.codes_to_chars(codes, 16)).ids
+        ref = bpe.tokenizer.encode(codec_bpe.codes_to_chars(codes, 16)).ids
+        assert (ids - vocab.codec_first_id).tolist() == ref
         np.testing.assert_array_equal(vocab.ids_to_codes(ids), codes)
         np.testing.assert_array_equal(reference_decode(bpe, ids - vocab.codec_first_id, 2, 16), codes)
         codes_total, ids_total = codes_total + codes.size, ids_total + len(ids)
     assert ids_total < codes_total
     with pytest.raises(ValueError, match="codebook order"):  # a code of codebook 1 where codebook 0's belongs
         vocab.ids_to_codes(np.array([16, 0]) + vocab.codec_first_id)
-    line = refused("lm", "extend-vocab", base_llm, "-m", shards, "-o", tmp_path / "lm1", "--bpe", lm.parent / "cbpe",
-                   "--n-q", 1)
+    line = refused("lm", "extend-vocab", base_llm, "-m", shards, "-o", tmp_path / "lm1",
+                   "--bpe", lm.parent / "cbpe", "--n-q", 1)
     assert line.startswith(f"error: {lm.parent / 'cbpe' / 'bpe.json'}: trained on n_q=2") and "n_q=1" in line
 
 
@@ -356,8 +364,8 @@ def test_codec_frames_flatten_frame_by_frame():
     """Without a BPE, the LM's codec sequence is each frame's codebooks in order (hand-built), and back."""
     from speechtok.lm.vocab import SpeechVocab
 
-    v = SpeechVocab(semantic_stream="u", k=4, semantic_first_id=10, text_id=1, speech_id=2, codec_stream="c", n_q=2,
-                    codebook_size=3, codec_first_id=20)
+    v = SpeechVocab(semantic_stream="u", k=4, semantic_first_id=10, text_id=1, speech_id=2, codec_stream="c",
+                    n_q=2, codebook_size=3, codec_first_id=20)
     codes = np.array([[0, 1, 2], [2, 0, 1]])
     assert v.codec_sequence(codes).tolist() == [20, 25, 21, 23, 22, 24]
     np.testing.assert_array_equal(v.sequence_codes(v.codec_sequence(codes)), codes)

@@ -167,8 +167,8 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
 @output_option("DIR", "Folder to create or resume: shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
 @click.option("--bpe", type=click.Path(exists=True, file_okay=False), multiple=True,
-              help="A `tok bpe train` folder: also write its token ids of the stream it was trained on as the "
-                   "stream STREAM_bpe (the stream itself is kept). Repeatable.")
+              help="A `tok bpe train` folder: also write its token ids of the stream it was trained on "
+                   "as the stream STREAM_bpe (the stream itself is kept). Repeatable.")
 @click.option("--batch-seconds", type=POSITIVE, default=None,
               help="Padded audio per batch (default 180 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,

@@ -25,7 +25,7 @@ class Stream:
 def streams_of(manifest: dict) -> list[Stream]:
     out = []
     for name, card in manifest["tokenizers"].items():
-        if card["type"] == "bpe":  # a `tok encode --bpe` stream: its figures come with `tok eval tokens --bpe`
+        if card["type"] == "bpe":  # a `tok encode --bpe` stream: `tok eval tokens --bpe` reports it
             continue
         if card["type"] == "semantic":
             out.append(Stream(name, "semantic", int(card["k"]), 1, float(card["frame_rate"])))

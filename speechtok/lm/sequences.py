@@ -37,10 +37,11 @@ class Span:
 
 class SequenceBuilder:
     """Turns samples (as `read_shards` yields them) and text lines into token-id sequences; the speech
-    tokens are units, or with `speech="codec"` the vocabulary's codec frames (`SpeechVocab.codec_sequence`)."""
+    tokens are units, or with `speech="codec"` the vocabulary's codec frames (`SpeechVocab.codec_sequence`).
+    """
 
-    def __init__(self, vocab: SpeechVocab, tokenizer, dedup: bool | None = None, span_words: tuple[int, int] = (1, 10),
-                 speech: str = "units"):
+    def __init__(self, vocab: SpeechVocab, tokenizer, dedup: bool | None = None,
+                 span_words: tuple[int, int] = (1, 10), speech: str = "units"):
         self.vocab, self.tok, self.speech_kind = vocab, tokenizer, speech
         self.dedup = vocab.dedup if dedup is None else dedup
         self.span_words = span_words
@@ -49,12 +50,12 @@ class SequenceBuilder:
         self.rate = vocab.frame_rate
         if speech == "codec":
             if not vocab.codec_stream or vocab.expressive:
-                raise ValueError("data.speech: codec needs an LM vocabulary with codec tokens (extend-vocab --codec) "
-                                 "and no pitch / style tokens")
+                raise ValueError("data.speech: codec needs an LM vocabulary with codec tokens (extend-vocab "
+                                 "--codec) and no pitch / style tokens")
             self.rate = float(vocab.tokenizer_cards[vocab.codec_stream]["frame_rate"])
         elif vocab.bpe is not None:  # the BPE must be given the units it was trained on
-            vocab.bpe.check_source({"stream": vocab.semantic_stream, "type": "semantic", **vocab.unit_stream(),
-                                    "dedup": self.dedup}, f"the LM's data (dedup: {str(self.dedup).lower()})")
+            made = {"stream": vocab.semantic_stream, "type": "semantic", **vocab.unit_stream(), "dedup": self.dedup}
+            vocab.bpe.check_source(made, f"the LM's data (dedup: {str(self.dedup).lower()})")
 
     def check_shards(self, shards: str) -> None:
         """With Acoustic BPE: refuse shards whose stream is not the one the BPE was trained on."""

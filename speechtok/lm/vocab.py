@@ -5,7 +5,8 @@ the ranges are stored in `speech_vocab.json` beside the model. With Acoustic BPE
 for i ≥ k are the merged tokens, units go through the BPE on their way in and out (exactly), and the BPE
 tokenizer is kept in `speech_bpe/` beside the model. A BPE of the codec stream does the same for codec
 frames: the n_q codebooks flattened frame by frame, `<c_j>` for j ≥ n_q·codebook_size the merged tokens,
-kept in `speech_bpe_codec/`. A BPE is only accepted for the codes it was trained on (`UnitBPE.check_source`)."""
+kept in `speech_bpe_codec/`. A BPE is only accepted for the codes it was trained on
+(`UnitBPE.check_source`)."""
 
 from __future__ import annotations
 
@@ -221,8 +222,8 @@ def speech_streams(manifest: dict, codec: str | None,
     return name, cards[name], codec, cards[codec] if codec else None
 
 
-def check_bpes(manifest: dict, codec: str | None, n_q: int | None, stream: str | None, bpe=None, codec_bpe=None,
-               shards: str = "the shards") -> None:
+def check_bpes(manifest: dict, codec: str | None, n_q: int | None, stream: str | None, bpe=None,
+               codec_bpe=None, shards: str = "the shards") -> None:
     """Refuse, naming the BPE's bpe.json, a semantic `bpe` or a `codec_bpe` that was not trained on the
     codes these shards give the LM (tokenizer, k or codebooks, frame rate, dedup; `shards` names them)."""
     from speechtok.tokenizers.unit_bpe import stream_source
@@ -233,7 +234,8 @@ def check_bpes(manifest: dict, codec: str | None, n_q: int | None, stream: str |
         bpe.check_source(made, f"{shards}'s stream '{sem_name}'")
     if codec_bpe is not None:
         if cc is None:
-            raise ValueError(f"{codec_bpe.path}: a codec BPE needs the codec stream (--codec {codec_bpe.stream})")
+            raise ValueError(f"{codec_bpe.path}: a codec BPE needs the codec stream "
+                             f"(--codec {codec_bpe.stream})")
         codec_bpe.check_source(stream_source(codec_name, cc, False, n_q), f"{shards}'s stream '{codec_name}'")
 
 

@@ -81,7 +81,7 @@ class UnitBPE:
         return self.source and self.source["stream"]
 
     def require_source(self) -> str:
-        """The bpe.json's name; a ValueError naming it when it records no source (nothing could be checked)."""
+        """The bpe.json's name; a ValueError naming it when it records no source (nothing to check)."""
         name = self.path or "the BPE"
         if not self.source:
             raise ValueError(f"{name}: records no source stream (made before speechtok recorded it); train "
@@ -136,13 +136,14 @@ class UnitBPE:
             raise ValueError(f"{len(flat)} codes do not make whole frames of {self.num_codebooks} codebooks")
         codes = flat.reshape(-1, self.num_codebooks).T - self.codebook_size * np.arange(self.num_codebooks)[:, None]
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"the tokens' codes are not whole frames in codebook order 0..{self.num_codebooks - 1}")
+            raise ValueError("the tokens' codes are not whole frames in codebook order "
+                             f"0..{self.num_codebooks - 1}")
         return codes[0] if self.num_codebooks == 1 else codes
 
     def sha256(self) -> str:
-        """sha256 of the merges and what they were trained on: two BPEs with the same one give the same ids."""
-        body = {"tokenizer": self.tokenizer.to_str(), "source": self.source, "codebook_size": self.codebook_size,
-                "num_codebooks": self.num_codebooks}
+        """sha256 of the merges and what they were trained on: BPEs with the same one give the same ids."""
+        body = {"tokenizer": self.tokenizer.to_str(), "source": self.source,
+                "codebook_size": self.codebook_size, "num_codebooks": self.num_codebooks}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def save(self, folder: str | Path, trained_on: dict | None = None) -> None:
@@ -151,8 +152,8 @@ class UnitBPE:
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(folder / TOKENIZER))
         meta = {"format": "speechtok.unit_bpe", "codebook_size": self.codebook_size,
-                "num_codebooks": self.num_codebooks, "unicode_offset": self.offset, "vocab_size": self.vocab_size,
-                "source": self.source}
+                "num_codebooks": self.num_codebooks, "unicode_offset": self.offset,
+                "vocab_size": self.vocab_size, "source": self.source}
         if trained_on is not None:
             meta["trained_on"] = trained_on
         (folder / CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
@@ -165,7 +166,8 @@ class UnitBPE:
         path = Path(folder) / CONFIG
         try:
             meta = json.loads(path.read_text())
-            bpe = cls(None, int(meta["codebook_size"]), int(meta["num_codebooks"]), meta.get("source"), str(path))
+            bpe = cls(None, int(meta["codebook_size"]), int(meta["num_codebooks"]), meta.get("source"),
+                      str(path))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a `tok bpe train` bpe.json ({type(e).__name__}: {e})") from None
         tokenizer = Path(folder) / TOKENIZER
@@ -174,7 +176,8 @@ class UnitBPE:
         try:
             bpe.tokenizer = Tokenizer.from_file(str(tokenizer))
         except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
-            raise ValueError(f"{tokenizer}: not a tokenizers file ({' '.join(str(e).split())[:200]})") from None
+            why = " ".join(str(e).split())[:200]
+            raise ValueError(f"{tokenizer}: not a tokenizers file ({why})") from None
         return bpe
 
 
@@ -184,7 +187,8 @@ def bpe_streams(bpes: Iterable[UnitBPE], cards: dict, dedups: dict[str, bool]) -
     out: dict[str, UnitBPE] = {}
     for bpe in bpes:
         if bpe.require_source() and bpe.stream not in cards:
-            raise ValueError(f"{bpe.path}: trained on stream '{bpe.stream}', this job writes {', '.join(cards)}")
+            raise ValueError(f"{bpe.path}: trained on stream '{bpe.stream}', this job writes "
+                             f"{', '.join(cards)}")
         bpe.check_source(stream_source(bpe.stream, cards[bpe.stream], dedups[bpe.stream]),
                          f"this job's stream '{bpe.stream}'")
         name = f"{bpe.stream}_bpe"
@@ -201,7 +205,8 @@ def bpe_card(bpe: UnitBPE) -> dict:
 
 
 def train_bpe(streams: Iterable[np.ndarray], codebook_size: int, vocab_size: int, num_codebooks: int = 1,
-              min_frequency: int = 2, max_token_frames: int | None = None, source: dict | None = None) -> UnitBPE:
+              min_frequency: int = 2, max_token_frames: int | None = None,
+              source: dict | None = None) -> UnitBPE:
     """Learn vocab_size − base merges' worth of tokens over `streams` ([F] or [num_codebooks, F] each);
     `max_token_frames` caps how many frames one token may span; `source` records what the streams are."""
     from tokenizers import Tokenizer, models, trainers
