@@ -400,3 +400,29 @@ def test_lm_data_with_codec_bpe_speech(codec_bpe_lm, units_and_codec_shards):
                      seq_len=64, speech="codec", shuffle_buffer=1)
     block = next(iter(PackedTokens(cfg, builder, cfg.shards)))["ids"]
     assert vocab.codec_first_id <= int(block.max()) < vocab.codec_first_id + vocab.codec_bpe_tokens
+
+
+def test_lm_trained_on_codec_bpe_tokens_records_it(codec_bpe_lm, units_and_codec_shards, tmp_path):
+    """`tok lm train` with `data.speech: codec` trains on the merged codec tokens; the final model records
+    it, so `tok generate` (which makes units) refuses it in one line naming the LM."""
+    import yaml
+
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    lm, _ = codec_bpe_lm
+    cfg = {"model": str(lm), "output": str(tmp_path / "run"),
+           "data": {"shards": [str(units_and_codec_shards / "shards")], "seq_len": 64, "shuffle_buffer": 1,
+                    "num_workers": 0, "speech": "codec"},
+           "train": {"batch_size": 2, "steps": 2, "warmup": 1, "log_every": 1, "save_every": 100,
+                     "precision": "fp32", "compile": False}}
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(cfg))
+    run("lm", "train", tmp_path / "lm.yaml")
+    final = SpeechVocab.load(tmp_path / "run" / "final")
+    assert final.speech == "codec" and final.codec_bpe is not None
+    from types import SimpleNamespace
+
+    assert SequenceBuilder(final, SimpleNamespace(bos_token_id=None, eos_token_id=0)).speech_kind == "codec"
+    line = refused("generate", "--lm", tmp_path / "run" / "final", "--prompt-text", "the cat", "--units-only",
+                   "-o", tmp_path / "x.npy")
+    assert line.startswith(f"error: {tmp_path / 'run' / 'final'}: trained on codec tokens"), line

@@ -37,11 +37,12 @@ class Span:
 
 class SequenceBuilder:
     """Turns samples (as `read_shards` yields them) and text lines into token-id sequences; the speech
-    tokens are units, or with `speech="codec"` the vocabulary's codec frames (`SpeechVocab.codec_sequence`).
-    """
+    tokens are units, or with `speech="codec"` the vocabulary's codec frames (`SpeechVocab.codec_sequence`);
+    by default what the LM was trained on (`SpeechVocab.speech`)."""
 
     def __init__(self, vocab: SpeechVocab, tokenizer, dedup: bool | None = None,
-                 span_words: tuple[int, int] = (1, 10), speech: str = "units"):
+                 span_words: tuple[int, int] = (1, 10), speech: str | None = None):
+        speech = speech or vocab.speech  # default: what the LM was trained on
         self.vocab, self.tok, self.speech_kind = vocab, tokenizer, speech
         self.dedup = vocab.dedup if dedup is None else dedup
         self.span_words = span_words

@@ -127,6 +127,7 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
     vocab = SpeechVocab.load(run.model)
     if dcfg.dedup is not None:  # the final model records the units it was trained on, for generation
         vocab.dedup = dcfg.dedup
+    vocab.speech = dcfg.speech
     if run.from_scratch:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(run.model), attn_implementation=cfg.attn)
     else:

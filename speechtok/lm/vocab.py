@@ -65,6 +65,7 @@ class SpeechVocab:
     tokenizer_cards: dict = field(default_factory=dict)
     bpe_tokens: int = 0  # with Acoustic BPE: the semantic tokens (k units + merges), else 0
     codec_bpe_tokens: int = 0  # with a codec BPE: the codec tokens (n_q × codebook size + merges), else 0
+    speech: str = "units"  # the speech tokens the LM was trained on: units | codec (data.speech)
     bpe = None  # its UnitBPE (not a field: loaded from speech_bpe/)
     codec_bpe = None  # the codec stream's UnitBPE (speech_bpe_codec/)
 
@@ -98,7 +99,10 @@ class SpeechVocab:
         return first + token
 
     def unit_stream(self) -> dict:
-        """The units this LM reads and writes (`speechtok.unit_stream`)."""
+        """The units this LM reads and writes (`speechtok.unit_stream`); a ValueError for an LM trained on
+        codec tokens, which makes none."""
+        if self.speech != "units":
+            raise ValueError(f"trained on {self.speech} tokens (data.speech: {self.speech}), not units")
         card = self.tokenizer_cards.get(self.semantic_stream)
         return unit_stream(card, self.dedup, self.k, self.frame_rate)
 

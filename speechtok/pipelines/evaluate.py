@@ -354,6 +354,9 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
         verify_checksums(model_dir)  # written by `tok lm train`
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = SpeechVocab.load(model_dir)
+    if probes and vocab.speech != "units":
+        raise ValueError(f"{model_dir}: trained on {vocab.speech} tokens (data.speech), but the probes are "
+                         "units or audio; give --shards for its perplexity")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     semantic = None
     if semantic_dir:
