@@ -23,6 +23,7 @@ import numpy as np
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.prosody.expressive import expressive_ids
 from speechtok.tokenizers.semantic import run_length
+from speechtok.unit_stream import unit_stream
 
 @dataclass
 class Span:
@@ -55,7 +56,9 @@ class SequenceBuilder:
                                  "--codec) and no pitch / style tokens")
             self.rate = float(vocab.tokenizer_cards[vocab.codec_stream]["frame_rate"])
         elif vocab.bpe is not None:  # the BPE must be given the units it was trained on
-            made = {"stream": vocab.semantic_stream, "type": "semantic", **vocab.unit_stream(), "dedup": self.dedup}
+            card = vocab.tokenizer_cards.get(vocab.semantic_stream)
+            made = {"stream": vocab.semantic_stream, "type": "semantic",
+                    **unit_stream(card, self.dedup, vocab.k, vocab.frame_rate)}
             vocab.bpe.check_source(made, f"the LM's data (dedup: {str(self.dedup).lower()})")
 
     def check_shards(self, shards: str) -> None:
