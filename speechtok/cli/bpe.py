@@ -43,6 +43,8 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
         size, n_q = (card["k"], 1) if card["type"] == "semantic" else (card["codebook_size"], card["n_q"])
         streams, seconds = [], 0.0
         for sample in read_shards(shards, verify=not no_verify):
+            if name not in sample or "duration" not in sample:
+                fail(f"{shards}: sample {sample.get('id', sample['__key__'])} has no '{name}' tokens or duration")
             streams.append(sample[name])
             seconds += float(sample["duration"])
         model = train_bpe(streams, size, vocab_size, n_q, min_frequency, max_token_frames, source)
