@@ -88,8 +88,9 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     acoustic = read_config(acoustic_dir) if acoustic_dir is not None else None
     if acoustic is not None and voice is not None:
         voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
+    lm_vocab = SpeechVocab.load(lm_dir)
     try:
-        made = SpeechVocab.load(lm_dir).unit_stream()
+        made = lm_vocab.unit_stream()
     except ValueError as e:  # an LM of codec tokens
         raise ValueError(f"{lm_dir}: {e}; tok generate generates units") from None
     if tokenizer_dir is not None:
