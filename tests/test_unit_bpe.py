@@ -423,6 +423,10 @@ def test_lm_trained_on_codec_bpe_tokens_records_it(codec_bpe_lm, units_and_codec
     from types import SimpleNamespace
 
     assert SequenceBuilder(final, SimpleNamespace(bos_token_id=None, eos_token_id=0)).speech_kind == "codec"
+    report = run("eval", "lm", tmp_path / "run" / "final", "--shards", units_and_codec_shards / "shards",
+                 "-o", tmp_path / "ev")
+    speech = json.loads((tmp_path / "ev" / "report.json").read_text())["perplexity"]["speech"]["speech"]
+    assert speech["tokens"] > 0 and np.isfinite(speech["perplexity"]) and "speech –" not in report  # codec targets
     line = refused("generate", "--lm", tmp_path / "run" / "final", "--prompt-text", "the cat", "--units-only",
                    "-o", tmp_path / "x.npy")
     assert line.startswith(f"error: {tmp_path / 'run' / 'final'}: trained on codec tokens"), line

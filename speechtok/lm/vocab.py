@@ -126,6 +126,12 @@ class SpeechVocab:
         ids = np.asarray(ids)
         return (ids >= self.semantic_first_id) & (ids < self.semantic_first_id + self.semantic_tokens)
 
+    def is_codec(self, ids: np.ndarray) -> np.ndarray:
+        """Which ids are codec tokens (the codebooks' codes and a codec BPE's merges)."""
+        ids = np.asarray(ids)
+        count = self.codec_bpe_tokens or self.n_q * self.codebook_size
+        return (ids >= self.codec_first_id) & (ids < self.codec_first_id + count)
+
     def codes_to_ids(self, codes: np.ndarray) -> np.ndarray:
         """[n_q, T] codes → [n_q, T] token ids (codebook q has its own range); with a codec BPE, the frames
         flattened and merged: [n] ids."""
