@@ -25,6 +25,12 @@ def tokenizer_sha256(card: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def manifest_dedup(manifest: dict, name: str) -> bool:
+    """Whether shard stream `name` was written deduplicated: a manifest keeps one flag, or one per stream."""
+    dedup = manifest.get("dedup", False)
+    return bool(dedup.get(name, False) if isinstance(dedup, dict) else dedup)
+
+
 def unit_stream(card: dict | None, dedup: bool, k: int | None = None,
                 frame_rate: float | None = None) -> dict:
     """The record of a unit stream, from its tokenizer card; without a card (artefacts made before records

@@ -504,6 +504,9 @@ def test_mix_weights_are_token_shares_and_text_is_read_through(shards, builder, 
         def build(self, *a):
             return builder.build(*a)
 
+        def check_shards(self, src):
+            builder.check_shards(src)
+
     ds = PackedTokens(cfg, Recording(), cfg.shards, seed=2)
     assert len(ds.sources["text"].units) > 8  # blocks: a shuffled global order of the text too
     tokens, consumed = Counter(), {}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import click
 
@@ -30,7 +28,8 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
     """Learn BPE merges over STREAM of SHARDS (units as written, run-length or not; codec frames flattened
     codebook by codebook) and report the sequence-length reduction and bitrate on them."""
     from speechtok.shards import ShardError, read_manifest, read_shards
-    from speechtok.tokenizers.unit_bpe import train_bpe
+    from speechtok.tokenizers.unit_bpe import stream_source, train_bpe
+    from speechtok.unit_stream import manifest_dedup
 
     lock_output(output, "tok bpe train", folder=True)
     try:
@@ -40,14 +39,15 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
         if name not in cards:
             fail(f"{shards}: no stream '{name}' (streams: {', '.join(cards)})")
         card = cards[name]
-        if card.get("type") not in ("semantic", "codec"):
-            fail(f"{shards}: stream '{name}' holds {card.get('type')} values, not units or codec tokens")
+        source = stream_source(name, card, manifest_dedup(manifest, name))
         size, n_q = (card["k"], 1) if card["type"] == "semantic" else (card["codebook_size"], card["n_q"])
         streams, seconds = [], 0.0
         for sample in read_shards(shards, verify=not no_verify):
+            if name not in sample or "duration" not in sample:
+                fail(f"{shards}: sample {sample.get('id', sample['__key__'])} has no '{name}' tokens or duration")
             streams.append(sample[name])
             seconds += float(sample["duration"])
-        model = train_bpe(streams, size, vocab_size, n_q, min_frequency, max_token_frames)
+        model = train_bpe(streams, size, vocab_size, n_q, min_frequency, max_token_frames, source)
     except ShardError as e:
         fail(str(e))
     except ValueError as e:
@@ -59,9 +59,7 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
               "bitrate_codes_bps": codes * math.log2(size) / max(seconds, 1e-9),
               "bitrate_tokens_bps": tokens * math.log2(model.vocab_size) / max(seconds, 1e-9)}
     try:
-        model.save(output)
-        meta = json.loads((Path(output) / "bpe.json").read_text())
-        (Path(output) / "bpe.json").write_text(json.dumps({**meta, "trained_on": report}, indent=1) + "\n")
+        model.save(output, trained_on=report)
     except OSError as e:
         fail_with(e)
     click.echo(f"{name}: {model.vocab_size} tokens ({model.vocab_size - size * n_q} merged); {codes:,} codes → "

@@ -75,35 +75,54 @@ def lm() -> None:
                                "`-t DIR:name=NAME` of one `tok encode`); the LM reads it in training and "
                                "generation.")
 @click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
-@click.option("--bpe", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A `tok bpe train` folder of the semantic stream: add its merged tokens; units go through it.")
+@click.option("--bpe", type=click.Path(exists=True, file_okay=False), multiple=True,
+              help="A `tok bpe train` folder of the semantic stream (units go through it) or of the codec "
+                   "stream (codec frames do; implies --codec): add its merged tokens. Repeat for both.")
 @click.option("--pitch", default=None, help="Expressive: add <p_i> for this pitch stream (e.g. 'pitch'); "
               "speech spans then merge it with the units by time.")
 @click.option("--style", default=None, help="Expressive: add <st_i> for this style stream (e.g. 'style').")
 def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, bpe, pitch, style):
     """Add <s_i> units, codec tokens, pitch / style tokens and [TEXT]/[SPEECH] to BASE (hub id or local
     directory)."""
-    from speechtok.lm.vocab import extend_vocab, load_base, speech_streams
+    from speechtok.lm.vocab import TokenClash, check_bpes, extend_vocab, load_base, speech_streams
     from speechtok.shards import ShardError, read_manifest
+    from speechtok.tokenizers.unit_bpe import UnitBPE
 
     try:
         _, man = read_manifest(manifest)
+        bpes = {}
+        for folder in bpe:
+            loaded = UnitBPE.load(folder)
+            kind = (loaded.source or {}).get("type", "semantic")
+            if kind in bpes:
+                fail(f"{loaded.path}: a second BPE of {kind} codes (--bpe {bpes[kind].path})")
+            bpes[kind] = loaded
     except (ValueError, OSError) as e:
         fail_with(e)
+    codec = codec or (bpes["codec"].stream if "codec" in bpes else None)
     try:  # before the model loads
         speech_streams(man, codec, stream)
     except ValueError as e:
         fail(f"{manifest}: {e}")
+    try:
+        check_bpes(man, codec, n_q, stream, bpes.get("semantic"), bpes.get("codec"), str(manifest))
+    except ValueError as e:
+        fail(str(e))  # names the bpe.json
     lock_output(output, "tok lm extend-vocab", folder=True)
     try:
         model, tokenizer = load_base(base, from_scratch)
-        old = len(tokenizer)
-        from speechtok.tokenizers.unit_bpe import UnitBPE
-
-        vocab = extend_vocab(model, tokenizer, man, codec, n_q, stream=stream,
-                             bpe=UnitBPE.load(bpe) if bpe else None, pitch=pitch, style=style)
-    except (ValueError, OSError, ShardError) as e:
+    except (ValueError, OSError) as e:
         fail_with(e)
+    old = len(tokenizer)
+    try:
+        vocab = extend_vocab(model, tokenizer, man, codec, n_q, stream=stream, bpe=bpes.get("semantic"),
+                             pitch=pitch, style=style, codec_bpe=bpes.get("codec"))
+    except OSError as e:
+        fail_with(e)
+    except TokenClash as e:
+        fail(f"{base}: {e}")
+    except (ValueError, ShardError) as e:
+        fail(f"{manifest}: {e}")
     out = Path(output)
     try:
         model.save_pretrained(out)
@@ -117,6 +136,8 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, b
                + (f" ({vocab.bpe_tokens - vocab.k} of them BPE merges)" if vocab.bpe_tokens else "")
                + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
                   if vocab.codec_stream else "")
+               + (f" (+ {vocab.codec_bpe_tokens - vocab.n_q * vocab.codebook_size} BPE merges)"
+                  if vocab.codec_bpe_tokens else "")
                + "".join(f", {vocab.range_of(k)[1]} {k} tokens from id {vocab.range_of(k)[0]}"
                          for k in ("pitch", "style") if getattr(vocab, f"{k}_stream")) + f" -> {out}")
 

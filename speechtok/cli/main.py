@@ -166,6 +166,9 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @output_option("DIR", "Folder to create or resume: shards and manifest.json.")
 @click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
+@click.option("--bpe", type=click.Path(exists=True, file_okay=False), multiple=True,
+              help="A `tok bpe train` folder: also write its token ids of the stream it was trained on "
+                   "as the stream STREAM_bpe (the stream itself is kept). Repeatable.")
 @click.option("--batch-seconds", type=POSITIVE, default=None,
               help="Padded audio per batch (default 180 on GPU, 20 on CPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
@@ -187,7 +190,7 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 @corpus_options()
-def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num_workers, shard_max_mb,
+def encode_cmd(corpus, tokenizers, output, dedup, bpe, batch_seconds, batch_size, num_workers, shard_max_mb,
                shard_max_count, strict, append, allow_model_mismatch, batch_invariant, device, precision, quiet):
     """Tokenize CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a Hugging Face dataset)
     into webdataset shards under OUTPUT.
@@ -199,9 +202,14 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
     running job), 143/130 after SIGTERM/SIGINT."""
     from speechtok.tokenizers.spec import check_spec
 
+    from speechtok.tokenizers.unit_bpe import UnitBPE
+
     try:  # before torch is imported: a typo costs a fraction of a second, not the imports
         for t in tokenizers:
             check_spec(t)
+        bpes = tuple(UnitBPE.load(folder) for folder in bpe)
+    except OSError as e:
+        fail_os(e)
     except ValueError as e:
         fail(str(e))
     from speechtok.folder_lock import FolderLocked
@@ -229,7 +237,7 @@ def encode_cmd(corpus, tokenizers, output, dedup, batch_seconds, batch_size, num
                          max_batch_seconds=defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds,
                          num_workers=defaults["num_workers"] if num_workers is None else num_workers,
                          shard_max_bytes=max(1, int(shard_max_mb * (1 << 20))), shard_max_count=shard_max_count,
-                         progress=not quiet, strict=strict, append=append)
+                         progress=not quiet, strict=strict, append=append, bpe=bpes)
     rank, _ = dist_info()
     opts.progress = opts.progress and rank == 0
     try:

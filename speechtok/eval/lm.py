@@ -86,7 +86,7 @@ def perplexity(model, builder: SequenceBuilder, samples, formats: tuple[str, ...
         lps = token_logprobs(model, seqs, batch_size)
         targets = np.concatenate([np.asarray(s[1:]) for s in seqs])
         lp = np.concatenate(lps)
-        speech = vocab.is_semantic(targets)
+        speech = vocab.is_codec(targets) if builder.speech_kind == "codec" else vocab.is_semantic(targets)
         text = ~speech & ~np.isin(targets, list(markers))
         row = {"sequences": len(seqs), "skipped": len(samples) - len(kept)}
         for name, sel in (("all", np.ones_like(speech)), ("speech", speech), ("text", text)):

@@ -25,6 +25,8 @@ class Stream:
 def streams_of(manifest: dict) -> list[Stream]:
     out = []
     for name, card in manifest["tokenizers"].items():
+        if card["type"] == "bpe":  # a `tok encode --bpe` stream: `tok eval tokens --bpe` reports it
+            continue
         if card["type"] == "semantic":
             out.append(Stream(name, "semantic", int(card["k"]), 1, float(card["frame_rate"])))
         else:

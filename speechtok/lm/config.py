@@ -35,6 +35,7 @@ class DataConfig:
     eval_shards: list[str] = path_field("input", default_factory=list)
     mix: dict[str, float] = field(default_factory=lambda: {"speech": 1.0})  # shares of the tokens trained on
     dedup: bool | None = None  # None: as the shards were written
+    speech: str = "units"  # the speech tokens: units | codec (the vocabulary's codec stream, frame by frame)
     seq_len: int = at_least(1024, 2)
     shuffle_buffer: int = at_least(1000, 1)
     span_words: tuple[int, int] = (1, 10)  # [fewest, most] words of a span in interleaved sequences
@@ -49,6 +50,8 @@ class DataConfig:
             raise ValueError("mix: give non-negative weights that sum to more than 0")
         if self.mix.get("text", 0) > 0 and not self.text:
             raise ValueError("mix asks for text but text lists no files")
+        if self.speech not in ("units", "codec"):
+            raise ValueError(f"speech: units or codec, not {self.speech!r}")
         self.span_words = tuple(self.span_words)
         if not 1 <= self.span_words[0] <= self.span_words[1]:
             raise ValueError(f"span_words: [fewest, most] words of an interleaved span, 1 <= fewest <= most; "

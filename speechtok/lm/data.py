@@ -42,6 +42,8 @@ class PackedTokens(IterableDataset):
             if not shards:
                 raise ValueError("data: no shards, but the mix asks for speech formats")
             self.sources["speech"] = shard_source(shards)
+            for src in shards:
+                builder.check_shards(src)
         if "text" in mix:
             self.sources["text"] = text_source(cfg.text, cfg.text_block_bytes)
         self.formats = list(mix)

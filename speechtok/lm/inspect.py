@@ -19,7 +19,7 @@ def _builder(run: RunConfig):
     from speechtok.lm.vocab import SpeechVocab
 
     return SequenceBuilder(SpeechVocab.load(run.model), AutoTokenizer.from_pretrained(run.model), run.data.dedup,
-                           run.data.span_words)
+                           run.data.span_words, run.data.speech)
 
 
 def _item_id(src: Source):

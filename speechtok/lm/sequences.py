@@ -23,6 +23,7 @@ import numpy as np
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.prosody.expressive import expressive_ids
 from speechtok.tokenizers.semantic import run_length
+from speechtok.unit_stream import unit_stream
 
 @dataclass
 class Span:
@@ -36,17 +37,51 @@ class Span:
 
 
 class SequenceBuilder:
-    """Turns samples (as `read_shards` yields them) and text lines into token-id sequences."""
+    """Turns samples (as `read_shards` yields them) and text lines into token-id sequences; the speech
+    tokens are units, or with `speech="codec"` the vocabulary's codec frames (`SpeechVocab.codec_sequence`);
+    by default what the LM was trained on (`SpeechVocab.speech`)."""
 
-    def __init__(self, vocab: SpeechVocab, tokenizer, dedup: bool | None = None, span_words: tuple[int, int] = (1, 10)):
-        self.vocab, self.tok = vocab, tokenizer
+    def __init__(self, vocab: SpeechVocab, tokenizer, dedup: bool | None = None,
+                 span_words: tuple[int, int] = (1, 10), speech: str | None = None):
+        speech = speech or vocab.speech  # default: what the LM was trained on
+        self.vocab, self.tok, self.speech_kind = vocab, tokenizer, speech
         self.dedup = vocab.dedup if dedup is None else dedup
         self.span_words = span_words
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.eos = [tokenizer.eos_token_id]
+        self.rate = vocab.frame_rate
+        if speech == "codec":
+            if not vocab.codec_stream or vocab.expressive:
+                raise ValueError("data.speech: codec needs an LM vocabulary with codec tokens (extend-vocab "
+                                 "--codec) and no pitch / style tokens")
+            self.rate = float(vocab.tokenizer_cards[vocab.codec_stream]["frame_rate"])
+        elif vocab.bpe is not None:  # the BPE must be given the units it was trained on
+            card = vocab.tokenizer_cards.get(vocab.semantic_stream)
+            made = {"stream": vocab.semantic_stream, "type": "semantic",
+                    **unit_stream(card, self.dedup, vocab.k, vocab.frame_rate)}
+            vocab.bpe.check_source(made, f"the LM's data (dedup: {str(self.dedup).lower()})")
+
+    def check_shards(self, shards: str) -> None:
+        """With Acoustic BPE: refuse shards whose stream is not the one the BPE was trained on."""
+        codec = self.speech_kind == "codec"
+        bpe = self.vocab.codec_bpe if codec else self.vocab.bpe
+        if bpe is None:
+            return
+        from speechtok.shards import read_manifest
+        from speechtok.tokenizers.unit_bpe import stream_source
+
+        path, manifest = read_manifest(shards)
+        name = self.vocab.codec_stream if codec else self.vocab.semantic_stream
+        card = manifest["tokenizers"].get(name, {"type": None})
+        made = {"stream": name, "type": card["type"]}
+        if card["type"] == ("codec" if codec else "semantic"):
+            made = stream_source(name, card, self.dedup, self.vocab.n_q if codec else None)
+        bpe.check_source(made, f"{path}'s stream '{name}'")
 
     def frames(self, sample: dict) -> np.ndarray:
-        """Frame-level units of a sample, expanding run-length shards."""
+        """Frame-level units of a sample, expanding run-length shards ([n_q, F] codes for codec speech)."""
+        if self.speech_kind == "codec":
+            return sample[self.vocab.codec_stream][: self.vocab.n_q]
         units = sample[self.vocab.semantic_stream]
         durations = sample.get(self.vocab.semantic_stream + "_durations")
         return np.repeat(units, durations) if durations is not None else units
@@ -56,9 +91,12 @@ class SequenceBuilder:
         return self.vocab.units_to_ids(units).tolist()
 
     def speech_ids(self, sample: dict, f0: int = 0, f1: int | None = None) -> list[int]:
-        """The speech tokens of frames [f0, f1): units, with pitch and style merged by time if expressive."""
+        """The speech tokens of frames [f0, f1): units, with pitch and style merged by time if expressive, or
+        codec frames."""
         frames = self.frames(sample)
-        f1 = len(frames) if f1 is None else f1
+        f1 = frames.shape[-1] if f1 is None else f1
+        if self.speech_kind == "codec":
+            return self.vocab.codec_sequence(frames[:, f0:f1]).tolist()
         if not self.vocab.expressive:
             return self.unit_ids(frames[f0:f1])
         return expressive_ids(self.vocab, sample, frames, f0, f1, self.dedup)
@@ -100,15 +138,15 @@ class SequenceBuilder:
 
     def spans(self, sample: dict, rng: np.random.Generator) -> list[Span]:
         """Random word spans of alternating modality, starting with a random one."""
-        words, frames = sample["words"], self.frames(sample)
-        rate = self.vocab.frame_rate
+        words, n = sample["words"], self.frames(sample).shape[-1]
+        rate = self.rate
         lo, hi = self.span_words
         modality = "text" if rng.random() < 0.5 else "speech"
         out, i = [], 0
         while i < len(words):
             j = min(len(words), i + int(rng.integers(lo, hi + 1)))
-            f0 = 0 if i == 0 else min(len(frames), int(round(words[i]["start"] * rate)))
-            f1 = len(frames) if j == len(words) else min(len(frames), int(round(words[j]["start"] * rate)))
+            f0 = 0 if i == 0 else min(n, int(round(words[i]["start"] * rate)))
+            f1 = n if j == len(words) else min(n, int(round(words[j]["start"] * rate)))
             out.append(Span(modality, i, j, f0, max(f0, f1)))
             modality = "speech" if modality == "text" else "text"
             i = j

@@ -127,6 +127,7 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
     vocab = SpeechVocab.load(run.model)
     if dcfg.dedup is not None:  # the final model records the units it was trained on, for generation
         vocab.dedup = dcfg.dedup
+    vocab.speech = dcfg.speech
     if run.from_scratch:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(run.model), attn_implementation=cfg.attn)
     else:
@@ -148,7 +149,7 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
     metrics = Metrics(out, rank, step, cfg.steps)
     guard = Guard(stop, out, world, device)
 
-    builder = SequenceBuilder(vocab, tokenizer, dcfg.dedup, dcfg.span_words)
+    builder = SequenceBuilder(vocab, tokenizer, dcfg.dedup, dcfg.span_words, dcfg.speech)
     position = resume_position(meta.get("position"), step, world, max(1, dcfg.num_workers), f"{out}: ")
     data = PackedTokens(dcfg, builder, dcfg.shards, rank, world, cfg.seed, cfg.batch_size,
                         skip_batches=(step - position.origin_step) * cfg.grad_accum, position=position)

@@ -47,6 +47,7 @@ from speechtok.pipelines.encode_writer import Entry, SampleBuilder, StrictError,
 from speechtok.shards import MANIFEST, ShardWriter, sample_key, write_manifest, write_text_atomic
 from speechtok.stopping import Interrupted, StopFlag, stop_on_signals
 from speechtok.tokenizers.semantic import SemanticTokenizer
+from speechtok.tokenizers.unit_bpe import bpe_card, bpe_streams
 
 
 @dataclass
@@ -62,6 +63,7 @@ class EncodeOptions:
     strict: bool = False
     append: bool = False  # accept a corpus that grew at its end since the job started
     buckets: bool | None = None  # pad batches to a fixed ladder of lengths (None: on CUDA only)
+    bpe: tuple = ()  # UnitBPEs whose tokens are written as streams of their own (`unit_bpe.bpe_streams`)
 
     def check(self) -> None:
         """Refuse options that cannot make shards (a usage error, before anything is written)."""
@@ -124,6 +126,7 @@ def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOpt
                          "(DIR:name=NAME, KIND:MODEL:name=NAME)")
     opts = opts or EncodeOptions()
     opts.check()
+    job_streams(toks, opts)  # a BPE of other codes is refused before anything is written
     rank, world = dist_info()
     if opts.append and world > 1:
         raise ValueError("--append runs as a single process (the ranks' blocks would move)")
@@ -169,6 +172,7 @@ class JobPlan:
     probe_errors: list[CorpusError]
     damaged: list[tuple[int, str]]  # journaled shards to write again: (index, why)
     pattern: str | None  # shard names under torchrun
+    bpes: dict = field(default_factory=dict)  # BPE streams: {field: UnitBPE}
 
 
 def device_kind(device: torch.device) -> str:
@@ -200,12 +204,21 @@ def uses_buckets(toks, opts: EncodeOptions) -> bool:
     return opts.buckets if opts.buckets is not None else any(t.device.type == "cuda" for t in toks)
 
 
-def plan_job(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int) -> JobPlan:
-    """Read the corpus, open (or resume) the journal, and keep the utterances that can be encoded."""
-    remove_temporaries(out_dir, rank, world)
+def job_streams(toks, opts: EncodeOptions) -> tuple[dict, dict[str, bool], dict]:
+    """(cards, dedups, BPE streams) of the streams the job writes: each tokenizer's, then each BPE's
+    (a ValueError naming its bpe.json when it was trained on other codes)."""
     dedups = {t.name: (t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer) else False
               for t in toks}
     cards = {t.name: t.card() for t in toks}
+    bpes = bpe_streams(opts.bpe, cards, dedups)
+    cards.update({name: bpe_card(bpe) for name, bpe in bpes.items()})
+    return cards, dedups, bpes
+
+
+def plan_job(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world: int) -> JobPlan:
+    """Read the corpus, open (or resume) the journal, and keep the utterances that can be encoded."""
+    remove_temporaries(out_dir, rank, world)
+    cards, dedups, bpes = job_streams(toks, opts)
     # what the output depends on besides the corpus and the token settings (checked on their own)
     job = {"tokenizers": cards, "dedup": dedups, "world_size": world,
            "shard_max_bytes": opts.shard_max_bytes, "shard_max_count": opts.shard_max_count}
@@ -231,7 +244,7 @@ def plan_job(corpus, toks, out_dir: Path, opts: EncodeOptions, rank: int, world:
     if damaged or next_pos < len(items) or journal.done is None:
         (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is not a finished job until this run ends
     return JobPlan(items, journal, cards, dedups, corpus_errors, probe_errors, damaged,
-                   f"shard-r{rank:03d}-{{:06d}}.tar" if world > 1 else None)
+                   f"shard-r{rank:03d}-{{:06d}}.tar" if world > 1 else None, bpes)
 
 
 def usable_items(probed: list[Item], toks, errors: list[CorpusError]) -> list[Item]:
@@ -266,7 +279,7 @@ class EncodeRun:
         self.cuda = any(t.device.type == "cuda" for t in toks)
         if self.cuda and self.buckets:
             torch.backends.cudnn.benchmark = True  # a few shapes, each autotuned once
-        self.builder = SampleBuilder(toks, job.dedups)
+        self.builder = SampleBuilder(toks, job.dedups, job.bpes)
         self.oom_splits = 0
         # where the time goes, to name what bounds a run: main thread, then writer thread
         self.stages = dict.fromkeys(("wait for audio", "queue device work", "wait for writer",

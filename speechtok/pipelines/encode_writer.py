@@ -77,11 +77,18 @@ def sample_meta(item: Item, seconds: float, streams: dict[str, dict]) -> dict:
     return meta
 
 
-class SampleBuilder:
-    """A sample's tar members from its tokens: each tokenizer's npy files and the json."""
+def bpe_files(name: str, bpe, tokens: np.ndarray, dedup: bool) -> tuple[dict[str, bytes], int]:
+    """`<name>.npy`: a BPE's token ids of a stream's tokens (units run-length encoded first with dedup, as
+    the stream is written), and how many there are."""
+    ids = bpe.encode(run_length(tokens)[0] if dedup else tokens)
+    return {f"{name}.npy": npy_bytes(ids.astype(smallest_int_dtype(bpe.vocab_size - 1)))}, len(ids)
 
-    def __init__(self, toks, dedups: dict[str, bool]):
-        self.toks, self.dedups = toks, dedups
+
+class SampleBuilder:
+    """A sample's tar members from its tokens: each tokenizer's npy files, each BPE stream's, and the json."""
+
+    def __init__(self, toks, dedups: dict[str, bool], bpes: dict | None = None):
+        self.toks, self.dedups, self.bpes = toks, dedups, bpes or {}
         self.usage = {t.name: CodeUsage(t.name, t.k if isinstance(t, SemanticTokenizer) else t.codebook_size)
                       for t in toks}  # codes written in this run, for the low-usage warning
 
@@ -93,6 +100,10 @@ class SampleBuilder:
             files.update(token_files(t, tokens[t.name], self.dedups[t.name]))
             streams[t.name] = {"sample_rate": t.sample_rate, "frame_rate": t.frame_rate,
                                "num_frames": int(tokens[t.name].shape[-1])}
+        for name, bpe in self.bpes.items():  # for a BPE stream, "frames" are its tokens
+            made, n = bpe_files(name, bpe, tokens[bpe.stream], self.dedups[bpe.stream])
+            files.update(made)
+            streams[name] = {"num_frames": n}
         meta = sample_meta(item, seconds, streams)
         return {"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), **files}, seconds, streams
 

@@ -34,7 +34,7 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
     _, manifest = read_manifest(shards)
     streams = streams_of(manifest)
     stats = {s.name: TokenStats(s) for s in streams}
-    bpe_stats = _bpe_stats(bpe, [s.name for s in streams]) if bpe else None
+    bpe_stats = _bpe_stats(bpe, manifest, shards) if bpe else None
     errors: list[str] = []
     phones, speakers = read_phone_alignments(alignments, errors) if alignments else ({}, {})
     items = read_item_file(item_file, errors) if item_file else triphone_items(phones, speakers)
@@ -114,13 +114,18 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
     return results
 
 
-def _bpe_stats(folder: str | Path, names: list[str]):
-    """BPEStats for a `tok bpe train` folder; a ValueError when its stream is not in the shards."""
-    from speechtok.tokenizers.unit_bpe import BPEStats, UnitBPE
+def _bpe_stats(folder: str | Path, manifest: dict, shards: str | Path):
+    """BPEStats for a `tok bpe train` folder; a ValueError naming its bpe.json when its stream is not in the
+    shards or gives other codes than it was trained on."""
+    from speechtok.tokenizers.unit_bpe import BPEStats, UnitBPE, stream_source
+    from speechtok.unit_stream import manifest_dedup
 
     bpe = UnitBPE.load(folder)
-    if bpe.stream not in names:
-        raise ValueError(f"{folder}: trained on stream '{bpe.stream}', the shards have {', '.join(names)}")
+    cards = manifest["tokenizers"]
+    if bpe.stream not in cards:
+        raise ValueError(f"{bpe.path}: trained on stream '{bpe.stream}', the shards have {', '.join(cards)}")
+    bpe.check_source(stream_source(bpe.stream, cards[bpe.stream], manifest_dedup(manifest, bpe.stream)),
+                     f"{shards}'s stream '{bpe.stream}'")
     return BPEStats(bpe)
 
 
@@ -349,6 +354,9 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
         verify_checksums(model_dir)  # written by `tok lm train`
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = SpeechVocab.load(model_dir)
+    if probes and vocab.speech != "units":
+        raise ValueError(f"{model_dir}: trained on {vocab.speech} tokens (data.speech), but the probes are "
+                         "units or audio; give --shards for its perplexity")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     semantic = None
     if semantic_dir:

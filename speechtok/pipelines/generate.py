@@ -88,7 +88,11 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     acoustic = read_config(acoustic_dir) if acoustic_dir is not None else None
     if acoustic is not None and voice is not None:
         voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
-    made = SpeechVocab.load(lm_dir).unit_stream()
+    lm_vocab = SpeechVocab.load(lm_dir)
+    try:
+        made = lm_vocab.unit_stream()
+    except ValueError as e:  # an LM of codec tokens
+        raise ValueError(f"{lm_dir}: {e}; tok generate generates units") from None
     if tokenizer_dir is not None:
         check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), made, str(lm_dir))
     if acoustic is not None:
