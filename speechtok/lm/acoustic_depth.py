@@ -211,11 +211,12 @@ class DepthModel(AcousticModel):
 
 
 def text_table(tt: TextTokens, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids [B, L + 1] ending in PAD, word-start flags [B, L + 1], lengths [B]) of each row's text."""
+    """(ids [B, L] padded with PAD, word-start flags [B, L], lengths [B]) of each row's text; L in buckets
+    of 64, so that texts of other lengths reuse a compiled step."""
     rows = [tt.word_ids(t.split()) if t else [] for t in texts]
-    L = max([sum(map(len, r)) for r in rows] + [0])
-    ids = np.full((len(rows), L + 1), tt.pad, dtype=np.int64)
-    first = np.zeros((len(rows), L + 1), dtype=bool)
+    L = bucket(max([sum(map(len, r)) for r in rows] + [0]) + 1, 64)
+    ids = np.full((len(rows), L), tt.pad, dtype=np.int64)
+    first = np.zeros((len(rows), L), dtype=bool)
     lengths = np.zeros(len(rows), dtype=np.int64)
     for i, words in enumerate(rows):
         at = 0
