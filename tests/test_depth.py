@@ -204,7 +204,7 @@ def train(root, name: str, steps: int, **extra):
 @pytest.fixture(scope="module")
 def trained_depth(corpus_shards):
     """A depth model with a text stream overfitted on the corpus (frame-level units)."""
-    return train(corpus_shards, "depth_text", 100, text_stream=True, codebook_weights=[1.0, 1.0])
+    return train(corpus_shards, "depth_text", 50, text_stream=True)
 
 
 def test_depth_model_reproduces_training_codes_from_a_voice_prompt(trained_depth, corpus_shards):
@@ -245,8 +245,47 @@ def test_tok_generate_with_a_depth_model(trained_lm, corpus_shards, tmp_path, te
         assert not words.exists()
         r = CliRunner().invoke(cli, [str(a) for a in args] + ["--say", "hi"])
         assert r.exit_code == 2 and "text_stream: true" in r.output, r.output
+        r = run(*args[:-1], tmp_path / "streamed.wav", "--stream")  # chunks of frames as they complete
+        assert r.exit_code == 0, r.output
+        streamed, _ = sf.read(tmp_path / "streamed.wav")
+        assert len(streamed) == len(wav) and np.abs(streamed - wav).max() <= 1 / 32768 + 1e-9
         return
     said = json.loads(words.read_text())["words"]
     frames = len(wav) / 320
     assert said and "the dog ran".startswith(" ".join(w["word"] for w in said))
     assert all(0 <= w["start"] < w["end"] <= frames / 75 + 1e-9 for w in said)
+
+
+def test_depth_training_resumes_the_same_curve(corpus_shards, tmp_path):
+    """Stopped after 4 of 6 steps and rerun, a depth run with a text stream logs the same losses as one
+    run straight through (checkpoint, data position and crops restored)."""
+    def config(name):
+        cfg = {"output": str(tmp_path / name), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
+               "pattern": "depth", "text_stream": True, "acoustic_delay": 2,
+               "model": {"dim": 32, "layers": 1, "heads": 2, "depth_dim": 16, "depth_layers": 1, "depth_heads": 2},
+               "train": {"batch_size": 4, "steps": 6, "lr": 3e-3, "warmup": 2, "crop_seconds": 1.0, "log_every": 1,
+                         "save_every": 3, "precision": "fp32", "shuffle_buffer": 4}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return tmp_path / f"{name}.yaml"
+
+    def curve(name):
+        return [x["loss"] for x in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]
+
+    assert run("acoustic", "train", config("ref")).exit_code == 0
+    assert run("acoustic", "train", config("cut"), "--stop-after", 4).exit_code == 0
+    assert run("acoustic", "train", config("cut")).exit_code == 0
+    assert len(curve("ref")) == 6 and curve("cut") == curve("ref")
+    saved = json.loads((tmp_path / "ref" / "final" / "acoustic.json").read_text())
+    assert saved["pattern"] == "depth" and saved["acoustic_delay"] == 2 and saved["text_vocab"] == 258
+
+
+def test_depth_config_mistakes_are_one_line_errors(corpus_shards, tmp_path):
+    cfg = {"output": str(tmp_path / "x"), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
+           "text_stream": True}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and "text_stream: needs pattern: depth" in r.output, r.output
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump({**cfg, "pattern": "depth", "codebook_weights": [1.0]}))
+    r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and "codebook_weights: one per codebook (2), not 1" in r.output, r.output
+    assert "Traceback" not in r.output
