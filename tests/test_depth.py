@@ -4,6 +4,7 @@ voice prompt, batched == alone, the compiled frame step (no graph break, recompi
 `tok acoustic train` + `tok generate` end to end with and without the text stream."""
 
 import json
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
@@ -289,3 +290,16 @@ def test_depth_config_mistakes_are_one_line_errors(corpus_shards, tmp_path):
     r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
     assert r.exit_code == 2 and "codebook_weights: one per codebook (2), not 1" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_depth_positions_match_the_model():
+    """`acoustic_positions` (what `tok generate` checks a voice prompt against) is what the model uses."""
+    from speechtok.pipelines.generate import acoustic_positions
+
+    cfg = dataclasses_replace(tiny(), max_len=40)
+    model = acoustic_model(cfg).eval()
+    units = np.arange(5) % 6
+    frames = next(t for t in range(1, 40) if acoustic_positions(cfg, 5, t + 1) > cfg.max_len)
+    assert model.generate(units, frames, temperature=0).shape == (3, frames)
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model.generate(units, frames + 1, temperature=0)
