@@ -303,3 +303,24 @@ def test_depth_positions_match_the_model():
     assert model.generate(units, frames, temperature=0).shape == (3, frames)
     with pytest.raises(ValueError, match="exceeds max_len"):
         model.generate(units, frames + 1, temperature=0)
+
+
+def test_text_stream_with_a_hugging_face_tokenizer(base_llm):
+    """A byte-level BPE tokenizer's ids in the stream (each word's ids as in the running text), the words
+    read back from them, and a text prompt spelled out in order by a random model sampled hot."""
+    tt = text_tokens(str(base_llm))
+    cfg = dataclasses_replace(tiny(), codec_rate=10.0, text_tokenizer=str(base_llm), text_vocab=tt.vocab)
+    ids = tt.word_ids(["the", "dog"])
+    assert tt.decode(ids[0] + ids[1]) == "the dog" and tt.pad == tt.n == len(tt.tok)
+    got = text_frames(cfg, [{"word": "the", "start": 0.0}, {"word": "dog", "start": 0.6}], 10)
+    k = len(ids[0])
+    want = ids[0] + [tt.pad] * (5 - k) + [tt.epad] + ids[1] + [tt.pad] * (4 - len(ids[1]))
+    assert got.tolist() == want
+    assert [w["word"] for w in text_words(cfg, got)] == ["the", "dog"]
+    torch.manual_seed(0)
+    model = acoustic_model(cfg).eval()
+    with torch.no_grad():
+        out = model.decoder([np.array([1, 2])], [40], None, Sampler(2.0), [5], ["the dog ran"]).run().numpy()
+    spoken = [t for t in out[0, :40, 0].tolist() if t < tt.n]
+    assert spoken == [t for w in tt.word_ids(["the", "dog", "ran"]) for t in w]
+    assert [w["word"] for w in text_words(cfg, out[0, :40, 0])] == ["the", "dog", "ran"]
