@@ -40,9 +40,9 @@ def run(*args):
 
 
 def tiny(text_stream: bool = True, delay: int = 2, **kw) -> AcousticConfig:
-    return AcousticConfig(k=6, n_q=3, codebook_size=8, pattern="depth", acoustic_delay=delay, dim=32, layers=1,
-                          heads=4, max_len=256, depth_dim=16, depth_layers=1, depth_heads=2, text_stream=text_stream,
-                          text_vocab=text_tokens("bytes").vocab if text_stream else 0, **kw)
+    return AcousticConfig(k=6, n_q=3, codebook_size=8, pattern="depth", acoustic_delay=delay, dim=32,
+                          layers=1, heads=4, max_len=256, depth_dim=16, depth_layers=1, depth_heads=2,
+                          text_stream=text_stream, text_vocab=text_tokens("bytes").vocab * text_stream, **kw)
 
 
 def test_depth_layout_with_acoustic_delay_against_a_hand_built_grid():
@@ -78,8 +78,10 @@ def test_text_stream_placement_token_by_token():
     assert got.tolist() == want
     assert place_words([[1, 2]], [3], 6, PAD, EPAD).tolist() == [PAD, PAD, EPAD, 1, 2, PAD]
     assert text_frames(cfg, None, 3).tolist() == [TEXT_EMPTY] * 3  # no words: not scored
-    assert text_words(cfg, got) == [{"word": "ab", "start": 0.0, "end": 0.2}, {"word": "c", "start": 0.5, "end": 0.7},
-                                    {"word": "defg", "start": 0.7, "end": 1.2}, {"word": "h", "start": 1.2, "end": 1.4}]
+    assert text_words(cfg, got) == [{"word": "ab", "start": 0.0, "end": 0.2},
+                                    {"word": "c", "start": 0.5, "end": 0.7},
+                                    {"word": "defg", "start": 0.7, "end": 1.2},
+                                    {"word": "h", "start": 1.2, "end": 1.4}]
 
 
 def check_follows(stream: np.ndarray, text: str) -> None:
@@ -107,7 +109,8 @@ def test_text_prompt_holds_the_text_stream_to_the_words():
     rng = np.random.default_rng(0)
     texts = ["hi there you", "a bc", None]
     prompts = [None, rng.integers(0, 8, (3, 4)), None]
-    decoder = model.decoder([rng.integers(0, 6, 5)] * 3, [60, 50, 40], prompts, Sampler(2.0), [1, 2, 3], texts)
+    units = [rng.integers(0, 6, 5)] * 3
+    decoder = model.decoder(units, [60, 50, 40], prompts, Sampler(2.0), [1, 2, 3], texts)
     with torch.no_grad():
         out = decoder.run().numpy()
     check_follows(out[0, :60, 0], texts[0])
@@ -130,9 +133,9 @@ def test_depth_batch_equals_alone(text_stream):
 
     def steps(rows):
         with torch.no_grad():
-            return model.decoder([units[i] for i in rows], [frames[i] for i in rows], [prompts[i] for i in rows],
-                                 Sampler(1.0, top_k=5), [seeds[i] for i in rows],
-                                 texts and [texts[i] for i in rows]).run().numpy()
+            pick = lambda xs: xs and [xs[i] for i in rows]  # noqa: E731
+            return model.decoder(pick(units), pick(frames), pick(prompts), Sampler(1.0, top_k=5), pick(seeds),
+                                 pick(texts)).run().numpy()
 
     together = steps([0, 1, 2])
     for i in range(3):
@@ -150,7 +153,8 @@ def test_depth_cache_matches_full_forward():
     units = np.array([1, 2, 3, 3, 4])
     with torch.no_grad():
         steps = model.decoder([units], [10], None, Sampler(0.0), [0]).run()[0, :12]
-        x = torch.cat([model.sem_emb(torch.as_tensor(units)), model.sep[None], model.embed_steps(steps[:-1][None])[0]])
+        x = torch.cat([model.sem_emb(torch.as_tensor(units)), model.sep[None],
+                       model.embed_steps(steps[:-1][None])[0]])
         h = model._run(x[None], torch.arange(x.shape[0]))[0, len(units):]
         for s, logits in enumerate(model.depth_logits(h, steps)):
             ok = steps[:, s] != (TEXT_EMPTY if s == 0 else E)
@@ -193,7 +197,8 @@ def corpus_shards(units_and_codec_shards, tmp_path_factory):
 
 def train(root, name: str, steps: int, **extra):
     cfg = {"output": name, "shards": ["shards"], "codec": "encodec", "pattern": "depth",
-           "model": {"dim": 64, "layers": 2, "heads": 4, "depth_dim": 32, "depth_layers": 1, "depth_heads": 2},
+           "model": {"dim": 64, "layers": 2, "heads": 4, "depth_dim": 32, "depth_layers": 1,
+                     "depth_heads": 2},
            "train": {"batch_size": 8, "steps": steps, "lr": 3e-3, "warmup": 10, "crop_seconds": 5.0,
                      "log_every": 50, "save_every": 1000, "precision": "fp32"}, **extra}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
@@ -223,9 +228,9 @@ def test_depth_model_reproduces_training_codes_from_a_voice_prompt(trained_depth
     assert np.mean(agree) > 0.8, agree
 
 
-def _unit_stream_args(trained_lm, acoustic, tmp_path, name):
-    return ["generate", "--lm", trained_lm, "--acoustic", acoustic, "--prompt-text", "the cat", "--max-units", 20,
-            "--temperature", 1.0, "--seed", 2, "-q", "-o", tmp_path / f"{name}.wav"]
+def _generate_args(trained_lm, acoustic, tmp_path, name):
+    return ["generate", "--lm", trained_lm, "--acoustic", acoustic, "--prompt-text", "the cat",
+            "--max-units", 20, "--temperature", 1.0, "--seed", 2, "-q", "-o", tmp_path / f"{name}.wav"]
 
 
 @pytest.mark.parametrize("text_stream", [False, True])
@@ -236,7 +241,7 @@ def test_tok_generate_with_a_depth_model(trained_lm, corpus_shards, tmp_path, te
 
     name = f"depth_dedup_{int(text_stream)}"
     acoustic = train(corpus_shards, name, 3, dedup=True, text_stream=text_stream)
-    args = _unit_stream_args(trained_lm, acoustic, tmp_path, name)
+    args = _generate_args(trained_lm, acoustic, tmp_path, name)
     r = run(*args, *(["--say", "the dog ran"] if text_stream else []))
     assert r.exit_code == 0, r.output
     wav, sr = sf.read(tmp_path / f"{name}.wav")
@@ -263,14 +268,16 @@ def test_depth_training_resumes_the_same_curve(corpus_shards, tmp_path):
     def config(name):
         cfg = {"output": str(tmp_path / name), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
                "pattern": "depth", "text_stream": True, "acoustic_delay": 2,
-               "model": {"dim": 32, "layers": 1, "heads": 2, "depth_dim": 16, "depth_layers": 1, "depth_heads": 2},
-               "train": {"batch_size": 4, "steps": 6, "lr": 3e-3, "warmup": 2, "crop_seconds": 1.0, "log_every": 1,
-                         "save_every": 3, "precision": "fp32", "shuffle_buffer": 4}}
+               "model": {"dim": 32, "layers": 1, "heads": 2, "depth_dim": 16, "depth_layers": 1,
+                         "depth_heads": 2},
+               "train": {"batch_size": 4, "steps": 6, "lr": 3e-3, "warmup": 2, "crop_seconds": 1.0,
+                         "log_every": 1, "save_every": 3, "precision": "fp32", "shuffle_buffer": 4}}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         return tmp_path / f"{name}.yaml"
 
     def curve(name):
-        return [x["loss"] for x in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in lines]
 
     assert run("acoustic", "train", config("ref")).exit_code == 0
     assert run("acoustic", "train", config("cut"), "--stop-after", 4).exit_code == 0

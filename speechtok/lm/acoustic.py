@@ -43,7 +43,7 @@ class AcousticConfig:
     pattern: str = "delay"  # delay | coarse_fine | depth
     n_coarse: int = 2
     acoustic_delay: int = 1  # depth: frames by which codebooks ≥ 1 lag codebook 0 (Moshi: 1–2)
-    codebook_weights: list = field(default_factory=list)  # depth: loss weight per codebook ([]: 100, 1, 1, …)
+    codebook_weights: list = field(default_factory=list)  # depth: loss weight per codebook ([]: 100, 1, …)
     text_stream: bool = False  # depth: a time-aligned text stream predicted before each frame's codes
     text_tokenizer: str = "bytes"  # its tokens: UTF-8 bytes, or a Hugging Face tokenizer (dir or hub id)
     text_vocab: int = 0  # its tokens, PAD and EPAD included (set from the tokenizer)
@@ -71,7 +71,8 @@ class AcousticConfig:
         if self.pattern == "depth" and not 0 <= self.acoustic_delay:
             raise ValueError("acoustic_delay must be 0 or more")
         if self.codebook_weights and len(self.codebook_weights) != self.n_q:
-            raise ValueError(f"codebook_weights: one per codebook ({self.n_q}), not {len(self.codebook_weights)}")
+            raise ValueError(f"codebook_weights: one per codebook ({self.n_q}), "
+                             f"not {len(self.codebook_weights)}")
         if self.pattern == "coarse_fine" and not 0 < self.n_coarse <= self.n_q:
             raise ValueError(f"n_coarse must be in 1..{self.n_q}")
 

@@ -111,7 +111,8 @@ def depth_tables(cfg: AcousticConfig, n_frames: list[int], prompts: list[np.ndar
     text = np.full(known.shape[:2], text_tokens(cfg.text_tokenizer).empty, dtype=np.int64)
     for i, n in enumerate(n_frames):
         text[i, :n] = -1
-    return np.concatenate([text[..., None], known], 2), np.concatenate([np.ones_like(text)[..., None], klass], 2)
+    text_class = np.ones_like(text)[..., None]
+    return np.concatenate([text[..., None], known], 2), np.concatenate([text_class, klass], 2)
 
 
 def depth_classes(cfg: AcousticConfig) -> torch.Tensor:
@@ -137,7 +138,7 @@ class DepthModel(AcousticModel):
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
         D = cfg.depth_dim
-        self.depth_in = nn.ModuleList(nn.Linear(cfg.dim, D) for _ in vocabs)  # the temporal state, per position
+        self.depth_in = nn.ModuleList(nn.Linear(cfg.dim, D) for _ in vocabs)  # the temporal state, per slot
         self.depth_emb = nn.ModuleList(nn.Embedding(v, D) for v in vocabs[:-1])  # the token before a position
         self.depth_blocks = nn.ModuleList(Block(D, cfg.depth_heads) for _ in range(cfg.depth_layers))
         self.depth_ln = nn.LayerNorm(D)
@@ -242,10 +243,12 @@ class DepthSteps(AcousticSteps):
             raise ValueError("a text prompt needs an acoustic model with a text stream (text_stream: true)")
         if self.tt is not None:
             ids, first, lengths = text_table(self.tt, texts)
+            B = len(texts)
             tables = {"text_ids": torch.from_numpy(ids), "text_first": torch.from_numpy(first),
-                      "text_len": torch.from_numpy(lengths), "text_on": torch.tensor([bool(t) for t in texts]),
-                      "text_from": torch.tensor(starts), "text_pos": torch.zeros(len(texts), dtype=torch.long),
-                      "after_epad": torch.zeros(len(texts), dtype=torch.bool)}
+                      "text_len": torch.from_numpy(lengths),
+                      "text_on": torch.tensor([bool(x) for x in texts]),
+                      "text_from": torch.tensor(starts), "text_pos": torch.zeros(B, dtype=torch.long),
+                      "after_epad": torch.zeros(B, dtype=torch.bool)}
             for name, value in tables.items():
                 self.register_buffer(name, value.to(device), persistent=False)
                 torch._dynamo.mark_static_address(getattr(self, name))
