@@ -269,11 +269,14 @@ class StreamedWav:
 @click.option("--stream", is_flag=True, help="Write the audio while the acoustic stage generates it, chunk by "
                                              "chunk (causal codecs: EnCodec, Mimi); reports time to first audio.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.option("--say", help="The words the acoustic stage speaks (a depth model with a text stream): its "
+                            "text stream is held to them; OUTPUT's stem + .text.json gets the words and "
+                            "their times.")
 @device_option
 @vocoder_precision_option
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
                  temperature, top_k, top_p, seed, compiled, stream, quiet, device, vocoder_dir, voice_seconds,
-                 vocoder_precision):
+                 vocoder_precision, say):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
     from speechtok.lm.vocab import SpeechVocab
 
@@ -282,6 +285,9 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     if stream and (units_only or vocoder_dir is not None):
         raise click.UsageError("--stream streams the acoustic stage's codec: give --acoustic DIR, not "
                                "--units-only or --vocoder")
+    if say is not None and (units_only or acoustic_dir is None or vocoder_dir is not None):
+        raise click.UsageError("--say is for the acoustic stage: give --acoustic DIR (pattern: depth with a "
+                               "text stream), not --units-only or --vocoder")
     try:  # what can be checked before torch and transformers are imported
         SpeechVocab.load(lm_dir)
     except (ValueError, TypeError, OSError) as e:
@@ -302,7 +308,8 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                               prompt_text, voice, opts, dev, voice_seconds=voice_seconds,
                               vocoder_dir=None if units_only else vocoder_dir,
                               vocoder_precision=vocoder_precision,
-                              echo=None if quiet else (lambda line: click.echo(line, err=True)), on_audio=writer)
+                              echo=None if quiet else (lambda line: click.echo(line, err=True)),
+                              on_audio=writer, text=say)
     except (ValueError, OSError) as e:
         if writer is not None:
             writer.discard()
@@ -323,5 +330,10 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         write_output_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
         via = f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None else "unit HiFi-GAN"
         click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
+    if gen.words is not None:  # a text-stream acoustic model: its words with their times, beside the wav
+        words = out.with_suffix(".text.json")
+        text = json.dumps({"words": gen.words}, indent=1) + "\n"
+        write_output_file(words, lambda path: path.write_text(text))
+        click.echo(f"{len(gen.words)} words -> {words}")
     if not units_only and gen.voice_seconds is not None:
         click.echo(f"voice prompt: at most its first {gen.voice_seconds:g} s (--voice-seconds)")

@@ -7,6 +7,9 @@ predicts the next step:
 - `delay` (MusicGen): n_q streams, codebook q delayed by q steps; N = T + n_q − 1.
 - `coarse_fine` (AudioLM): one stream; the first `n_coarse` codebooks flattened frame by frame, then the
   remaining (fine) codebooks the same way; N = T × n_q.
+- `depth` (Moshi's RQ-Transformer, lm/acoustic_depth.py): one step per frame, codebooks ≥ 1 lagging
+  codebook 0 by `acoustic_delay` frames (N = T + delay), drawn within a step by a small depth transformer;
+  with `text_stream`, a time-aligned text stream before them.
 
 Slots a pattern leaves empty (the delay's corners) hold EMPTY and are neither predicted nor scored. A
 voice prompt is codec tokens forced into the first frames, with its semantic units before the target's."""
@@ -37,8 +40,16 @@ class AcousticConfig:
     k: int  # semantic units
     n_q: int
     codebook_size: int
-    pattern: str = "delay"  # delay | coarse_fine
+    pattern: str = "delay"  # delay | coarse_fine | depth
     n_coarse: int = 2
+    acoustic_delay: int = 1  # depth: frames by which codebooks ≥ 1 lag codebook 0 (Moshi: 1–2)
+    codebook_weights: list = field(default_factory=list)  # depth: loss weight per codebook ([]: 100, 1, …)
+    text_stream: bool = False  # depth: a time-aligned text stream predicted before each frame's codes
+    text_tokenizer: str = "bytes"  # its tokens: UTF-8 bytes, or a Hugging Face tokenizer (dir or hub id)
+    text_vocab: int = 0  # its tokens, PAD and EPAD included (set from the tokenizer)
+    depth_dim: int = 256
+    depth_layers: int = 2
+    depth_heads: int = 4
     dim: int = 512
     layers: int = 8
     heads: int = 8
@@ -53,8 +64,15 @@ class AcousticConfig:
     unit_stream: dict = field(default_factory=dict)  # `speechtok.unit_stream` record of the input units
 
     def __post_init__(self):
-        if self.pattern not in ("delay", "coarse_fine"):
-            raise ValueError(f"pattern: delay or coarse_fine, not {self.pattern!r}")
+        if self.pattern not in ("delay", "coarse_fine", "depth"):
+            raise ValueError(f"pattern: delay, coarse_fine or depth, not {self.pattern!r}")
+        if self.pattern != "depth" and self.text_stream:
+            raise ValueError("text_stream needs pattern: depth")
+        if self.pattern == "depth" and not 0 <= self.acoustic_delay:
+            raise ValueError("acoustic_delay must be 0 or more")
+        if self.codebook_weights and len(self.codebook_weights) != self.n_q:
+            raise ValueError(f"codebook_weights: one per codebook ({self.n_q}), "
+                             f"not {len(self.codebook_weights)}")
         if self.pattern == "coarse_fine" and not 0 < self.n_coarse <= self.n_q:
             raise ValueError(f"n_coarse must be in 1..{self.n_q}")
 
@@ -78,12 +96,28 @@ class AcousticConfig:
 
     @property
     def streams(self) -> int:
-        return self.n_q if self.pattern == "delay" else 1
+        return {"delay": self.n_q, "coarse_fine": 1}.get(self.pattern, self.n_q + self.text_streams)
+
+    @property
+    def text_streams(self) -> int:
+        """Streams before the codebooks: the depth pattern's text stream, or none."""
+        return int(self.text_stream)
+
+    def n_steps(self, T: int) -> int:
+        """Steps of the pattern for T frames."""
+        if self.pattern == "coarse_fine":
+            return T * self.n_q
+        return T + (self.n_q - 1 if self.pattern == "delay" else self.frame_delay)
+
+    @property
+    def frame_delay(self) -> int:
+        """Depth pattern: steps by which the last frame's codes trail its codebook 0."""
+        return self.acoustic_delay if self.n_q > 1 else 0
 
     @property
     def stream_vocab(self) -> int:
         """Tokens per stream, EMPTY (the last) included."""
-        return (self.codebook_size if self.pattern == "delay" else self.n_q * self.codebook_size) + 1
+        return (self.n_q * self.codebook_size if self.pattern == "coarse_fine" else self.codebook_size) + 1
 
     @property
     def empty(self) -> int:
@@ -106,12 +140,13 @@ def frames_per_dedup_unit(samples, semantic_stream: str, codec_stream: str, limi
 
 
 def layout(cfg: AcousticConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook, frame) of every slot of the step grid [N, streams]; -1 where the slot is empty."""
+    """(codebook, frame) of every codec slot of the step grid [N, n_q or 1]; -1 where the slot is empty (the
+    depth pattern's text stream is not in it: see acoustic_depth)."""
     Q = cfg.n_q
-    if cfg.pattern == "delay":
-        j = np.arange(T + Q - 1)[:, None]
+    if cfg.pattern in ("delay", "depth"):
+        j = np.arange(cfg.n_steps(T))[:, None]
         q = np.arange(Q)[None, :]
-        frame = j - q
+        frame = j - (q if cfg.pattern == "delay" else np.minimum(q, 1) * cfg.acoustic_delay)
         ok = (frame >= 0) & (frame < T)
         return np.where(ok, q, -1), np.where(ok, frame, -1)
     order = [(q, t) for t in range(T) for q in range(cfg.n_coarse)]
@@ -130,8 +165,9 @@ def to_steps(cfg: AcousticConfig, codes: np.ndarray) -> np.ndarray:
 
 
 def from_steps(cfg: AcousticConfig, steps: np.ndarray, T: int) -> np.ndarray:
-    """step tokens [N, streams] → codes [n_q, T]."""
+    """step tokens [N, streams] → codes [n_q, T] (a text stream's tokens left out)."""
     qs, ts = layout(cfg, T)
+    steps = steps[:, cfg.text_streams:]
     codes = np.zeros((cfg.n_q, T), dtype=np.int64)
     ok = qs >= 0
     codes[qs[ok], ts[ok]] = steps[ok] % cfg.codebook_size
@@ -256,23 +292,27 @@ class AcousticModel(nn.Module):
         """The decoding core set up for a batch: prefixes (units, [SEP]) left-padded so every row's [SEP]
         lines up, prefilled into a static cache; the pattern's empty slots and the voice prompts' codes as
         known tokens, each step's codebook as its class of allowed tokens."""
+        known, klass = step_tables(self.cfg, n_frames, prompts or [None] * len(units))
+        x, pad = self.prefixes(units, known.shape[1])
+        steps = AcousticSteps(self, pad, x.shape[1], bucket(x.shape[1] + known.shape[1]))
+        first = steps.prefill(x)
+        plan = Plan(classes=codebook_classes(self.cfg), klass=torch.from_numpy(klass),
+                    known=torch.from_numpy(known), seeds=torch.tensor(seeds, dtype=torch.long))
+        return Decoder(steps, plan, first, sampler)
+
+    def prefixes(self, units: list[np.ndarray], n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedded prefixes `units [SEP]` [B, W, dim] left-padded so every row's [SEP] lines up, each row's
+        padding [B]), checked to fit `max_len` with `n_steps` steps after them."""
         cfg, device = self.cfg, self.sep.device
-        B = len(units)
-        known, klass = step_tables(cfg, n_frames, prompts or [None] * B)
-        N = known.shape[1]
         lengths = [len(u) + 1 for u in units]
         W = max(lengths)
-        if W + N - 1 > cfg.max_len:
-            raise ValueError(f"sequence of {W + N - 1} positions exceeds max_len {cfg.max_len}")
-        steps = AcousticSteps(self, torch.tensor([W - n for n in lengths], device=device), W, bucket(W + N))
-        x = torch.zeros(B, W, cfg.dim, device=device, dtype=self.sep.dtype)
+        if W + n_steps - 1 > cfg.max_len:
+            raise ValueError(f"sequence of {W + n_steps - 1} positions exceeds max_len {cfg.max_len}")
+        x = torch.zeros(len(units), W, cfg.dim, device=device, dtype=self.sep.dtype)
         for i, u in enumerate(units):
             sem = self.sem_emb(torch.as_tensor(np.asarray(u, dtype=np.int64), device=device))
             x[i, W - lengths[i]:] = torch.cat([sem, self.sep[None]])
-        first = steps.prefill(x)
-        plan = Plan(classes=codebook_classes(cfg), klass=torch.from_numpy(klass),
-                    known=torch.from_numpy(known), seeds=torch.tensor(seeds, dtype=torch.long))
-        return Decoder(steps, plan, first, sampler)
+        return x, torch.tensor([W - n for n in lengths], device=device)
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
@@ -282,12 +322,22 @@ class AcousticModel(nn.Module):
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
+        """The trained model in `directory` (of its pattern's class), checksums verified."""
         from speechtok.checksums import verify_checksums
 
         verify_checksums(directory)  # written by `tok acoustic train`
-        model = cls(read_config(directory))
+        model = acoustic_model(read_config(directory))
         model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
         return model.to(device).eval()
+
+
+def acoustic_model(cfg: AcousticConfig) -> AcousticModel:
+    """A new model of `cfg`'s pattern: the depth pattern has its own (lm/acoustic_depth.py)."""
+    if cfg.pattern == "depth":
+        from speechtok.lm.acoustic_depth import DepthModel
+
+        return DepthModel(cfg)
+    return AcousticModel(cfg)
 
 
 def step_tables(cfg: AcousticConfig, n_frames: list[int], prompts: list[np.ndarray | None]

@@ -14,7 +14,8 @@ from speechtok.training.config import at_least, build, path_field, read_yaml, si
 # them equal)
 SIZES = {"dim": 512, "layers": 8, "heads": 8}
 SIZE_NOTES = ("max_len: 2 × (units of a crop + 1 + codec steps of a crop): a crop and as much again of "
-              "voice prompt",)
+              "voice prompt",
+              "depth_dim: 256, depth_layers: 2, depth_heads: 4: the depth transformer of pattern: depth",)
 
 
 @dataclass
@@ -51,11 +52,19 @@ class AcousticRun:
     n_q: int | None = None
     pattern: str = "delay"
     n_coarse: int = 2
+    acoustic_delay: int = at_least(1, 0)  # depth: frames by which codebooks ≥ 1 lag codebook 0
+    codebook_weights: list[float] = field(default_factory=list)  # depth: per codebook ([]: 100, 1, 1, …)
+    text_stream: bool = False  # depth: a time-aligned text stream of the shards' word timings
+    text_tokenizer: str = "bytes"  # its tokens: UTF-8 bytes, or a Hugging Face tokenizer (dir or hub id)
     dedup: bool = False
     model: dict = sizes_field(SIZES, SIZE_NOTES)  # AcousticConfig sizes: dim, layers, heads, max_len
     train: AcousticTrainConfig = field(default_factory=AcousticTrainConfig)
 
     def __post_init__(self):
+        if self.text_stream and self.pattern != "depth":
+            raise ValueError("text_stream: needs pattern: depth")
+        if any(not w >= 0 for w in self.codebook_weights):
+            raise ValueError(f"codebook_weights: must be 0 or more, not {self.codebook_weights}")
         self.model = {**SIZES, **self.model}  # the sizes --print-config shows, unless the config sets them
 
 

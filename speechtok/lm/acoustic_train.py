@@ -4,7 +4,8 @@
     shards: [shards/manifest.json]        # written by `tok encode -t KM -t encodec:...`
     codec: encodec                        # the codec stream to model
     n_q: 8
-    pattern: delay                        # or coarse_fine (with n_coarse)
+    pattern: delay                        # or coarse_fine (with n_coarse), or depth (acoustic_delay,
+                                          # codebook_weights, text_stream: lm/acoustic_depth.py)
     model: {dim: 512, layers: 8, heads: 8}
     train: {batch_size: 16, steps: 20000, lr: 3.0e-4, warmup: 500, crop_seconds: 10}
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from speechtok.checksums import write_checksums
-from speechtok.lm.acoustic import AcousticConfig, AcousticModel, frames_per_dedup_unit, to_steps
+from speechtok.lm.acoustic import AcousticConfig, acoustic_model, frames_per_dedup_unit, to_steps
 from speechtok.lm.acoustic_config import AcousticRun, checked_streams
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.vocab import speech_streams
@@ -47,7 +48,12 @@ def pair(sample: dict, cfg: AcousticConfig, crop_frames: int, rng: np.random.Gen
     sem = frames[int(a * ratio): min(len(frames), int(np.ceil(b * ratio)))]
     if cfg.dedup:
         sem = run_length(sem)[0]
-    return sem.astype(np.int64), to_steps(cfg, codes[:, a:b])
+    steps = to_steps(cfg, codes[:, a:b])
+    if cfg.text_stream:
+        from speechtok.lm.acoustic_depth import text_frames, with_text
+
+        steps = with_text(cfg, steps, text_frames(cfg, sample.get("words"), T)[a:b])
+    return sem.astype(np.int64), steps
 
 
 def acoustic_config(run: AcousticRun) -> AcousticConfig:
@@ -58,13 +64,20 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
     model = dict(run.model)
     if "max_len" not in model:  # room for a crop and as much again of voice prompt
         T = int(np.ceil(run.train.crop_seconds * card["frame_rate"]))
-        steps = T + n_q - 1 if run.pattern == "delay" else T * n_q
+        steps = {"delay": T + n_q - 1, "depth": T + run.acoustic_delay}.get(run.pattern, T * n_q)
         model["max_len"] = 2 * (int(np.ceil(run.train.crop_seconds * sem["frame_rate"])) + 1 + steps)
     if run.dedup:  # no duration model: a deduplicated unit lasts the training data's mean run length
         samples = chain.from_iterable(map(read_shards, run.shards))
         per_unit = frames_per_dedup_unit(samples, sem_name, codec_name)
     else:
         per_unit = frames[codec_name] / max(1, frames[sem_name])
+    if run.pattern == "depth":
+        model.update(acoustic_delay=run.acoustic_delay, codebook_weights=run.codebook_weights,
+                     text_stream=run.text_stream, text_tokenizer=run.text_tokenizer)
+        if run.text_stream:
+            from speechtok.lm.acoustic_depth import text_tokens
+
+            model["text_vocab"] = text_tokens(run.text_tokenizer).vocab
     try:
         return AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
                               n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"], codec_rate=card["frame_rate"],
@@ -109,7 +122,7 @@ def _train(run: AcousticRun, stop_after: int | None, rank: int, world: int, devi
     out.mkdir(parents=True, exist_ok=True)
     seed_all(tc.seed)
     cfg = acoustic_config(run)
-    raw = AcousticModel(cfg).to(device)
+    raw = acoustic_model(cfg).to(device)
     model = parallelize(raw, "auto", world, device, tc.precision)
     optimizer = build_optimizer(model, tc, device)
     parts = {"acoustic": (model, optimizer)}

@@ -45,20 +45,24 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, streams: int, vocab: int) -> torch.Tensor:
-    """Uniform (0, 1) noise [B, streams, vocab], a pure function of (seed of the row, step, stream, token)."""
+def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, streams: int, vocab: int,
+                  first_stream: int = 0) -> torch.Tensor:
+    """Uniform (0, 1) noise [B, streams, vocab], a pure function of (seed of the row, step, stream, token);
+    the streams are `first_stream`, `first_stream` + 1, …"""
     device = seeds.device
     key = _mix(_mix(seeds.long() & 0x7FFFFFFF) ^ step.long())  # [B]
-    key = _mix(key[:, None] + torch.arange(streams, device=device) * 0x632BE5AB)  # [B, S]
+    stream = torch.arange(first_stream, first_stream + streams, device=device)
+    key = _mix(key[:, None] + stream * 0x632BE5AB)  # [B, S]
     token = (torch.arange(vocab, device=device) * 0x9E3779B1) & M32
     h = _mix(_mix(key[..., None] ^ token) + key[..., None])
     return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
 def sample(logits: torch.Tensor, allowed: torch.Tensor, sampler: Sampler, seeds: torch.Tensor,
-           step: torch.Tensor) -> torch.Tensor:
+           step: torch.Tensor, first_stream: int = 0) -> torch.Tensor:
     """One token per (row, stream) of `logits` [B, S, V] among `allowed` [B, S, V]; the noise of row b is
-    seeded by `seeds[b]` and `step`, so a row's draw does not depend on the batch."""
+    seeded by `seeds[b]` and `step`, so a row's draw does not depend on the batch. The streams are
+    `first_stream`, … of the step (a model drawing its streams one at a time gets the same noise)."""
     logits = logits.float().masked_fill(~allowed, float("-inf"))
     if sampler.temperature <= 0:
         return logits.argmax(-1)
@@ -71,15 +75,23 @@ def sample(logits: torch.Tensor, allowed: torch.Tensor, sampler: Sampler, seeds:
         probs = torch.softmax(ordered, -1)
         drop = (probs.cumsum(-1) - probs) >= sampler.top_p  # the most likely token always stays
         logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-    u = uniform_noise(seeds, step, logits.shape[1], logits.shape[2])
+    u = uniform_noise(seeds, step, logits.shape[1], logits.shape[2], first_stream)
     return (logits - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: a draw from softmax(logits)
 
 
 class StepModel(Protocol):
     """A model behind the core: `step(tokens [B, S], t)` feeds the tokens of generation step `t` (a 0-d
-    device tensor) through its static cache and returns the logits [B, S, V] of step t + 1."""
+    device tensor) through its static cache and returns the logits [B, S, V] of step t + 1. A model whose
+    streams depend on each other within a step (a depth transformer) returns a state instead and has a
+    `draw` with `draw_step`'s signature that draws the step's tokens from it, stream by stream."""
 
     def step(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+
+def draw_step(logits: torch.Tensor, allowed: torch.Tensor, known: torch.Tensor, sampler: Sampler,
+              seeds: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The tokens [B, S] of step `t`: the known ones, the others drawn from `logits` [B, S, V] at once."""
+    return torch.where(known >= 0, known, sample(logits, allowed, sampler, seeds, t))
 
 
 @dataclass
@@ -98,9 +110,10 @@ def bucket(n: int, size: int = 256) -> int:
 
 
 class Decoder(nn.Module):
-    """Samples `plan`'s N steps from `model`, given the logits of step 0 (the prefill's); `run` returns the
-    tokens [B, N, S]. Every tensor that a step reads or writes is a buffer with a fixed address, shaped by
-    the batch and buckets of N (64) and of the cache length (256), never by the exact lengths."""
+    """Samples `plan`'s N steps from `model`, given the logits (or state) of step 0 (the prefill's); `run`
+    returns the tokens [B, N, S]. Every tensor that a step reads or writes is a buffer with a fixed
+    address, shaped by the batch and buckets of N (64) and of the cache length (256), never by the exact
+    lengths."""
 
     def __init__(self, model: nn.Module, plan: Plan, first_logits: torch.Tensor, sampler: Sampler):
         super().__init__()
@@ -129,8 +142,8 @@ class Decoder(nn.Module):
         at = t.view(1)
         known = self.known.index_select(1, at)[:, 0]  # [B, S]
         allowed = self.classes[self.klass.index_select(1, at)[:, 0]]  # [B, S, V]
-        tokens = sample(self.logits, allowed, self.sampler, self.seeds, t)
-        tokens = torch.where(known >= 0, known, tokens)
+        draw = getattr(self.model, "draw", draw_step)
+        tokens = draw(self.logits, allowed, known, self.sampler, self.seeds, t)
         if self.stop_token is not None:
             tokens = torch.where(self.finished[:, None], self.stop_token, tokens)
             self.finished.logical_or_((tokens == self.stop_token).any(-1))

@@ -30,6 +30,7 @@ class Generated:
     sample_rate: int | None = None
     voice_seconds: float | None = None  # how much of the voice prompt was used (None: all of it, or no voice)
     first_audio: float | None = None  # streamed: seconds from the start of stage 1 to the first audio out
+    words: list[dict] | None = None  # a text-stream acoustic model's words, with times (seconds)
 
 
 def load_lm(lm_dir: str | Path, device: torch.device):
@@ -72,13 +73,14 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
                     vocoder_dir: str | Path | None = None, voice_seconds: float | None = None,
                     echo: Callable[[str], None] | None = None,
                     on_audio: Callable[[np.ndarray, int], None] | None = None,
-                    vocoder_precision: str = "fp32") -> Generated:
+                    vocoder_precision: str = "fp32", text: str | None = None) -> Generated:
     """Stage 1 always; then the acoustic model and codec decoder (`acoustic_dir`) or a unit HiFi-GAN
     (`vocoder_dir`). Every stage's unit stream is checked against the LM's before anything runs. `voice`
     (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's; only
     its first `voice_seconds` are used (default: as much as fits the acoustic model with `max_new_tokens`
     units), and that is checked before anything is generated. `echo` gets progress lines (steps, × real
-    time); `on_audio(samples, sample_rate)` streams the acoustic stage's waveform chunk by chunk."""
+    time); `on_audio(samples, sample_rate)` streams the acoustic stage's waveform chunk by chunk. `text`:
+    the words a depth model with a text stream speaks (its text stream constrained to them)."""
     from speechtok.lm.acoustic import read_config
     from speechtok.pipelines.resynth import units_to_audio, vocoder_stream
     from speechtok.vocoders.hifigan import UnitHiFiGAN
@@ -97,6 +99,9 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
         check_unit_streams(tokenizer_stream(tokenizer_dir), str(tokenizer_dir), made, str(lm_dir))
     if acoustic is not None:
         check_unit_streams(made, str(lm_dir), acoustic.input_stream(), str(acoustic_dir))
+    if text is not None and (acoustic is None or not acoustic.text_stream):
+        raise ValueError(f"{acoustic_dir}: a text for the acoustic stage needs a model trained with "
+                         "pattern: depth and text_stream: true")
     voc = UnitHiFiGAN.from_dir(vocoder_dir, device) if vocoder_dir is not None else None
     if voc is not None:
         check_unit_streams(made, str(lm_dir), vocoder_stream(voc.cfg), str(vocoder_dir))
@@ -112,7 +117,7 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     del model
     if acoustic_dir is not None:
         return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds, echo,
-                          on_audio, start)
+                          on_audio, start, text)
     if voc is not None:  # deduplicated units: the vocoder's duration predictor gives their lengths
         result.wav = units_to_audio(voc, result.units, precision=vocoder_precision)
         result.sample_rate = voc.cfg.sample_rate
@@ -131,7 +136,7 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
                opts: SamplingOptions, device: torch.device, voice_seconds: float | None = None,
                echo: Callable[[str], None] | None = None,
                on_audio: Callable[[np.ndarray, int], None] | None = None,
-               start: float | None = None) -> Generated:
+               start: float | None = None, text: str | None = None) -> Generated:
     """Units → codec tokens (acoustic model) → waveform (codec decoder). Frame-level units last one frame
     each; deduplicated ones (only into a model trained on them) the mean run length of its training data.
     With `on_audio`, the frames are decoded (`CodecStream`) and handed over as they complete."""
@@ -162,8 +167,9 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     if (need := acoustic_positions(cfg, len(units), n_frames)) > cfg.max_len:
         raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} positions, "
                          f"the acoustic model holds {cfg.max_len}: shorten --voice-seconds or --max-units")
+    texts = {"texts": [text]} if text is not None else {}  # a depth model's text prompt
     decoder = acoustic.decoder([units], [n_frames], [prompt_codes], Sampler(opts.temperature, opts.top_k),
-                               [opts.seed])
+                               [opts.seed], **texts)
     progress = Progress("acoustic", decoder.steps, pattern_step_seconds(cfg), echo) if echo else None
     stream, on_chunk = None, progress
     if on_audio is not None:
@@ -186,6 +192,10 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
         on_chunk = stream_chunk
     steps = decoder.run(opts.compile, on_chunk=on_chunk)[0].numpy()
     codes = from_steps(cfg, steps, n_frames)[:, P:]
+    if cfg.text_stream:
+        from speechtok.lm.acoustic_depth import text_words
+
+        gen.words = text_words(cfg, steps[P:n_frames, 0])
     gen.codes, gen.sample_rate, gen.voice_seconds = codes, codec.sample_rate, voice_seconds
     if stream is not None:
         gen.wav = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
@@ -196,8 +206,8 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
 
 
 def pattern_step_seconds(cfg) -> float:
-    """Seconds of audio per acoustic step: a frame (delay pattern) or a codebook of a frame (coarse/fine)."""
-    return 1.0 / cfg.codec_rate / (1 if cfg.pattern == "delay" else cfg.n_q)
+    """Seconds of audio per acoustic step: a frame (delay, depth) or a codebook of a frame (coarse/fine)."""
+    return 1.0 / cfg.codec_rate / (cfg.n_q if cfg.pattern == "coarse_fine" else 1)
 
 
 def frames_ready(cfg, n_frames: int) -> Callable[[int], int]:
@@ -215,8 +225,7 @@ def frames_ready(cfg, n_frames: int) -> Callable[[int], int]:
 def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
     """Positions the acoustic model uses for `n_units` units then `n_frames` codec frames: the units, [SEP],
     and every step of the codebook pattern but the last (which is predicted, never fed back)."""
-    steps = n_frames + cfg.n_q - 1 if cfg.pattern == "delay" else n_frames * cfg.n_q
-    return n_units + steps
+    return n_units + cfg.n_steps(n_frames)
 
 
 def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
@@ -224,7 +233,7 @@ def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
     acoustic model's `max_len` (a prompt second counting as `semantic_rate` units, undeduplicated, and
     `codec_rate` frames); `voice_seconds` when it fits, else a ValueError saying what does."""
     frames = int(round(max_units * cfg.frames_per_unit)) + 1
-    per_second = cfg.semantic_rate + cfg.codec_rate * (1 if cfg.pattern == "delay" else cfg.n_q)
+    per_second = cfg.semantic_rate + cfg.codec_rate * (cfg.n_q if cfg.pattern == "coarse_fine" else 1)
     room = cfg.max_len - acoustic_positions(cfg, max_units + 1, frames)
     fits = math.floor(max(0.0, room / per_second) * 10) / 10
     if fits <= 0:
