@@ -7,6 +7,8 @@ predicts the next step:
 - `delay` (MusicGen): n_q streams, codebook q delayed by q steps; N = T + n_q − 1.
 - `coarse_fine` (AudioLM): one stream; the first `n_coarse` codebooks flattened frame by frame, then the
   remaining (fine) codebooks the same way; N = T × n_q.
+- `valle` (VALL-E, USLM): a step is a frame with its n_q codes; an autoregressive model draws codebook 1,
+  then a non-autoregressive one codebooks 2..n_q, a pass per codebook (`lm/acoustic_valle.py`); N = T.
 
 Slots a pattern leaves empty (the delay's corners) hold EMPTY and are neither predicted nor scored. A
 voice prompt is codec tokens forced into the first frames, with its semantic units before the target's."""
@@ -37,7 +39,7 @@ class AcousticConfig:
     k: int  # semantic units
     n_q: int
     codebook_size: int
-    pattern: str = "delay"  # delay | coarse_fine
+    pattern: str = "delay"  # delay | coarse_fine | valle
     n_coarse: int = 2
     dim: int = 512
     layers: int = 8
@@ -53,8 +55,10 @@ class AcousticConfig:
     unit_stream: dict = field(default_factory=dict)  # `speechtok.unit_stream` record of the input units
 
     def __post_init__(self):
-        if self.pattern not in ("delay", "coarse_fine"):
-            raise ValueError(f"pattern: delay or coarse_fine, not {self.pattern!r}")
+        if self.pattern not in ("delay", "coarse_fine", "valle"):
+            raise ValueError(f"pattern: delay, coarse_fine or valle, not {self.pattern!r}")
+        if self.pattern == "valle" and self.n_q < 2:
+            raise ValueError("pattern valle needs n_q ≥ 2 (codebook 1 autoregressive, the rest by passes)")
         if self.pattern == "coarse_fine" and not 0 < self.n_coarse <= self.n_q:
             raise ValueError(f"n_coarse must be in 1..{self.n_q}")
 
@@ -78,12 +82,12 @@ class AcousticConfig:
 
     @property
     def streams(self) -> int:
-        return self.n_q if self.pattern == "delay" else 1
+        return 1 if self.pattern == "coarse_fine" else self.n_q
 
     @property
     def stream_vocab(self) -> int:
         """Tokens per stream, EMPTY (the last) included."""
-        return (self.codebook_size if self.pattern == "delay" else self.n_q * self.codebook_size) + 1
+        return (self.n_q * self.codebook_size if self.pattern == "coarse_fine" else self.codebook_size) + 1
 
     @property
     def empty(self) -> int:
@@ -114,6 +118,9 @@ def layout(cfg: AcousticConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
         frame = j - q
         ok = (frame >= 0) & (frame < T)
         return np.where(ok, q, -1), np.where(ok, frame, -1)
+    if cfg.pattern == "valle":
+        q, frame = np.broadcast_arrays(np.arange(Q)[None, :], np.arange(T)[:, None])
+        return q, frame
     order = [(q, t) for t in range(T) for q in range(cfg.n_coarse)]
     order += [(q, t) for t in range(T) for q in range(cfg.n_coarse, Q)]
     qt = np.array(order, dtype=np.int64).reshape(-1, 2)
@@ -158,12 +165,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 at: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Causal over `x` alone; or, with a cache `kv` ([B, heads, L, head dim] each), writes this input's
-        keys and values at cache indices `at` [len] and attends to the cache where `mask` [B, 1, len, L]."""
+        """Causal over `x` alone (or, with a `mask` [B, 1, 1 or len, len], attends where it says: a
+        bidirectional pass); or, with a cache `kv` ([B, heads, L, head dim] each), writes this input's keys
+        and values at cache indices `at` [len] and attends to the cache where `mask` [B, 1, len, L]."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if kv is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         else:
             kv[0].index_copy_(2, at, k.to(kv[0].dtype))
             kv[1].index_copy_(2, at, v.to(kv[1].dtype))
@@ -281,13 +289,23 @@ class AcousticModel(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / WEIGHTS_FILE)
 
     @classmethod
-    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
+    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+        """The trained model of the directory's pattern (a `ValleModel` for `valle`)."""
         from speechtok.checksums import verify_checksums
 
         verify_checksums(directory)  # written by `tok acoustic train`
-        model = cls(read_config(directory))
+        model = model_for(read_config(directory))
         model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
         return model.to(device).eval()
+
+
+def model_for(cfg: AcousticConfig) -> nn.Module:
+    """The model of `cfg`'s pattern: one autoregressive `AcousticModel`, or VALL-E's AR + NAR pair."""
+    if cfg.pattern == "valle":
+        from speechtok.lm.acoustic_valle import ValleModel
+
+        return ValleModel(cfg)
+    return AcousticModel(cfg)
 
 
 def step_tables(cfg: AcousticConfig, n_frames: list[int], prompts: list[np.ndarray | None]

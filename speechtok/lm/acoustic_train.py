@@ -4,7 +4,7 @@
     shards: [shards/manifest.json]        # written by `tok encode -t KM -t encodec:...`
     codec: encodec                        # the codec stream to model
     n_q: 8
-    pattern: delay                        # or coarse_fine (with n_coarse)
+    pattern: delay                        # or coarse_fine (with n_coarse), or valle (AR + NAR)
     model: {dim: 512, layers: 8, heads: 8}
     train: {batch_size: 16, steps: 20000, lr: 3.0e-4, warmup: 500, crop_seconds: 10}
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from speechtok.checksums import write_checksums
-from speechtok.lm.acoustic import AcousticConfig, AcousticModel, frames_per_dedup_unit, to_steps
+from speechtok.lm.acoustic import AcousticConfig, frames_per_dedup_unit, model_for, to_steps
 from speechtok.lm.acoustic_config import AcousticRun, checked_streams
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.vocab import speech_streams
@@ -58,7 +58,7 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
     model = dict(run.model)
     if "max_len" not in model:  # room for a crop and as much again of voice prompt
         T = int(np.ceil(run.train.crop_seconds * card["frame_rate"]))
-        steps = T + n_q - 1 if run.pattern == "delay" else T * n_q
+        steps = {"delay": T + n_q - 1, "valle": T + 1}.get(run.pattern, T * n_q)
         model["max_len"] = 2 * (int(np.ceil(run.train.crop_seconds * sem["frame_rate"])) + 1 + steps)
     if run.dedup:  # no duration model: a deduplicated unit lasts the training data's mean run length
         samples = chain.from_iterable(map(read_shards, run.shards))
@@ -109,7 +109,7 @@ def _train(run: AcousticRun, stop_after: int | None, rank: int, world: int, devi
     out.mkdir(parents=True, exist_ok=True)
     seed_all(tc.seed)
     cfg = acoustic_config(run)
-    raw = AcousticModel(cfg).to(device)
+    raw = model_for(cfg).to(device)
     model = parallelize(raw, "auto", world, device, tc.precision)
     optimizer = build_optimizer(model, tc, device)
     parts = {"acoustic": (model, optimizer)}

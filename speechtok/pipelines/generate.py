@@ -86,6 +86,9 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     opts = opts or SamplingOptions()
     device = torch.device(device)
     acoustic = read_config(acoustic_dir) if acoustic_dir is not None else None
+    if acoustic is not None and on_audio is not None and acoustic.pattern == "valle":
+        raise ValueError(f"{acoustic_dir}: pattern valle cannot stream (its NAR passes draw codebooks 2.. of "
+                         "all frames at once); drop --stream")
     if acoustic is not None and voice is not None:
         voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
     made = SpeechVocab.load(lm_dir).unit_stream()
@@ -192,8 +195,9 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
 
 
 def pattern_step_seconds(cfg) -> float:
-    """Seconds of audio per acoustic step: a frame (delay pattern) or a codebook of a frame (coarse/fine)."""
-    return 1.0 / cfg.codec_rate / (1 if cfg.pattern == "delay" else cfg.n_q)
+    """Seconds of audio per acoustic step: a frame (delay; valle's AR steps) or a codebook of a frame
+    (coarse/fine)."""
+    return 1.0 / cfg.codec_rate / (cfg.n_q if cfg.pattern == "coarse_fine" else 1)
 
 
 def frames_ready(cfg, n_frames: int) -> Callable[[int], int]:
@@ -210,8 +214,9 @@ def frames_ready(cfg, n_frames: int) -> Callable[[int], int]:
 
 def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
     """Positions the acoustic model uses for `n_units` units then `n_frames` codec frames: the units, [SEP],
-    and every step of the codebook pattern but the last (which is predicted, never fed back)."""
-    steps = n_frames + cfg.n_q - 1 if cfg.pattern == "delay" else n_frames * cfg.n_q
+    and every step of the codebook pattern but the last (which is predicted, never fed back; valle's NAR
+    passes read every frame)."""
+    steps = {"delay": n_frames + cfg.n_q - 1, "valle": n_frames + 1}.get(cfg.pattern, n_frames * cfg.n_q)
     return n_units + steps
 
 
@@ -220,7 +225,7 @@ def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
     acoustic model's `max_len` (a prompt second counting as `semantic_rate` units, undeduplicated, and
     `codec_rate` frames); `voice_seconds` when it fits, else a ValueError saying what does."""
     frames = int(round(max_units * cfg.frames_per_unit)) + 1
-    per_second = cfg.semantic_rate + cfg.codec_rate * (1 if cfg.pattern == "delay" else cfg.n_q)
+    per_second = cfg.semantic_rate + cfg.codec_rate * (cfg.n_q if cfg.pattern == "coarse_fine" else 1)
     room = cfg.max_len - acoustic_positions(cfg, max_units + 1, frames)
     fits = math.floor(max(0.0, room / per_second) * 10) / 10
     if fits <= 0:
