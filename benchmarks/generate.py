@@ -2,9 +2,11 @@
 
 Stage 1: a Llama-style token LM (random weights, extended vocabulary) sampling 50 Hz semantic units
 through `generate_units` (KV cache). Stage 2: the acoustic model generating 75 Hz EnCodec-style codes
-(8 codebooks, delay pattern) from those units with its KV cache, `generate_batch` for batch N.
+(8 codebooks; the delay pattern, or each of `--patterns`) from those units with its KV cache,
+`generate_batch` for batch N.
 
     python benchmarks/generate.py --size 350m --batch 32          # GPU machine
+    python benchmarks/generate.py --size tiny --device cpu --batch 16 --seconds 2 --patterns delay,valle
     python benchmarks/generate.py --size tiny --device cpu --batch 4 --seconds 2 --no-write
     python benchmarks/generate.py --size tiny --device cpu --per-step      # ms per step: eager vs compiled
 
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lm_train import SIZES, VOCAB  # noqa: E402
 from report import hardware, write_section  # noqa: E402
 
-from speechtok.lm.acoustic import AcousticConfig, AcousticModel  # noqa: E402
+from speechtok.lm.acoustic import AcousticConfig, AcousticModel, model_for  # noqa: E402
 from speechtok.lm.generate import SamplingOptions, generate_units  # noqa: E402
 from speechtok.lm.vocab import SpeechVocab  # noqa: E402
 
@@ -60,13 +62,14 @@ def build_lm(size: str, device: torch.device):
     return lm.to(dtype=dtype).eval()
 
 
-def build_acoustic(size: str, device: torch.device) -> AcousticModel:
-    """A random-init acoustic model as wide and deep as the LM of `size` (8 EnCodec codebooks)."""
+def build_acoustic(size: str, device: torch.device, pattern: str = "delay") -> AcousticModel:
+    """A random-init acoustic model of `pattern` as wide and deep as the LM of `size` (8 EnCodec codebooks;
+    valle: an AR and a NAR transformer of that size)."""
     width = SIZES[size]
-    acfg = AcousticConfig(k=K, n_q=8, codebook_size=1024, dim=width["hidden_size"],
+    acfg = AcousticConfig(k=K, n_q=8, codebook_size=1024, dim=width["hidden_size"], pattern=pattern,
                           layers=width["num_hidden_layers"], heads=width["num_attention_heads"], max_len=4096)
     torch.manual_seed(0)
-    return AcousticModel(acfg).to(device).eval()
+    return model_for(acfg).to(device).eval()
 
 
 def time_stage1(lm, batch: int, seconds: float, compiled: bool, full_warmup: bool = False) -> float:
@@ -92,7 +95,7 @@ def time_stage1(lm, batch: int, seconds: float, compiled: bool, full_warmup: boo
 def time_stage2(acoustic: AcousticModel, batch: int, seconds: float, compiled: bool = False) -> tuple[float, np.ndarray]:
     """Seconds for the acoustic model to turn `seconds` of units into codec frames for `batch` rows; and
     the first row's codes [n_q, frames]."""
-    device = acoustic.sep.device
+    device = next(acoustic.parameters()).device
     units = np.random.default_rng(0).integers(0, K, int(seconds * UNIT_RATE))
     frames = int(seconds * CODEC_RATE)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -197,6 +200,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--per-step", action="store_true", help="ms per step, eager vs compiled (see above).")
     ap.add_argument("--steps", type=int, default=100, help="Steps timed with --per-step.")
+    ap.add_argument("--patterns", default="delay", help="Stage 2's codebook patterns, comma-separated.")
     args = ap.parse_args()
     if args.per_step:
         return main_per_step(args)
@@ -209,10 +213,12 @@ def main() -> None:
             dt = time_stage1(lm, batch, args.seconds, compiled)
             name = "stage 1: LM → units" + (" (static cache, compiled)" if compiled else "")
             rows.append((name, batch, dt, batch * args.seconds / dt))
-    acoustic = build_acoustic(args.size, device)
-    for batch in (1, args.batch):
-        dt, _ = time_stage2(acoustic, batch, args.seconds)
-        rows.append(("stage 2: units → codes", batch, dt, batch * args.seconds / dt))
+    patterns = args.patterns.split(",")
+    for pattern in patterns:
+        acoustic = build_acoustic(args.size, device, pattern)
+        for batch in (1, args.batch):
+            dt, _ = time_stage2(acoustic, batch, args.seconds)
+            rows.append((f"stage 2: units → codes ({pattern})", batch, dt, batch * args.seconds / dt))
 
     lines = [f"## Generation, {args.size} models (issue #6)", "",
              f"Hardware: {hardware(device)}. {args.seconds:g} s of speech per sequence ({n_units} units at 50 Hz; "
@@ -221,9 +227,9 @@ def main() -> None:
              "| stage | batch | seconds | × real time |", "|---|---|---|---|"]
     lines += [f"| {name} | {b} | {dt:.2f} | {x:,.1f} |" for name, b, dt, x in rows]
     s1 = [r for r in rows if r[0] == "stage 1: LM → units"]
-    s2 = [r for r in rows if r[0].startswith("stage 2")]
-    lines += ["", f"Batching gain at batch {args.batch}: stage 1 **{s1[1][3] / s1[0][3]:.1f}×**, "
-              f"stage 2 **{s2[1][3] / s2[0][3]:.1f}×**."]
+    s2 = {p: [r for r in rows if r[0].endswith(f"({p})")] for p in patterns}
+    lines += ["", f"Batching gain at batch {args.batch}: stage 1 **{s1[1][3] / s1[0][3]:.1f}×**, " + ", ".join(
+              f"stage 2 {p} **{r[1][3] / r[0][3]:.1f}×**" for p, r in s2.items()) + "."]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
