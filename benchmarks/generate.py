@@ -228,8 +228,8 @@ def main() -> None:
     lines += [f"| {name} | {b} | {dt:.2f} | {x:,.1f} |" for name, b, dt, x in rows]
     s1 = [r for r in rows if r[0] == "stage 1: LM → units"]
     s2 = {p: [r for r in rows if r[0].endswith(f"({p})")] for p in patterns}
-    lines += ["", f"Batching gain at batch {args.batch}: stage 1 **{s1[1][3] / s1[0][3]:.1f}×**, " + ", ".join(
-              f"stage 2 {p} **{r[1][3] / r[0][3]:.1f}×**" for p, r in s2.items()) + "."]
+    gains = ", ".join(f"stage 2 {p} **{r[1][3] / r[0][3]:.1f}×**" for p, r in s2.items())
+    lines += ["", f"Batching gain at batch {args.batch}: stage 1 **{s1[1][3] / s1[0][3]:.1f}×**, {gains}."]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:

@@ -39,8 +39,9 @@ def test_valle_overfits_and_reproduces_every_codebook_from_a_voice_prompt():
 
     def agreement() -> np.ndarray:  # per codebook, over both utterances' frames after the prompt
         model.eval()
-        got = [model.generate(s["semantic"], T, prompt_codes=s["encodec"][:, :P], temperature=0) for s in samples]
-        assert all((g[:, :P] == s["encodec"][:, :P]).all() for g, s in zip(got, samples))  # the prompt is kept
+        got = [model.generate(s["semantic"], T, prompt_codes=s["encodec"][:, :P], temperature=0)
+               for s in samples]
+        assert all((g[:, :P] == s["encodec"][:, :P]).all() for g, s in zip(got, samples))  # prompt kept
         model.train()
         return np.mean([(g[:, P:] == s["encodec"][:, P:]).mean(1) for g, s in zip(got, samples)], 0)
 
@@ -119,8 +120,8 @@ def valle_acoustic(units_and_codec_shards, tmp_path_factory):
     root = linked_workdir(units_and_codec_shards, tmp_path_factory.mktemp("valle"))
     cfg = {"output": str(root / "acoustic_valle"), "shards": [str(root / "shards")], "codec": "encodec",
            "pattern": "valle", "dedup": True, "model": {"dim": 32, "layers": 1, "heads": 2, "max_len": 2048},
-           "train": {"batch_size": 4, "steps": 3, "lr": 3e-3, "warmup": 1, "crop_seconds": 1.0, "log_every": 1,
-                     "save_every": 1000, "precision": "fp32"}}
+           "train": {"batch_size": 4, "steps": 3, "lr": 3e-3, "warmup": 1, "crop_seconds": 1.0,
+                     "log_every": 1, "save_every": 1000, "precision": "fp32"}}
     (root / "valle.yaml").write_text(yaml.safe_dump(cfg))
     r = CliRunner().invoke(cli, ["acoustic", "train", str(root / "valle.yaml")], catch_exceptions=False)
     assert r.exit_code == 0, r.output

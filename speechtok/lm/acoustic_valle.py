@@ -99,9 +99,8 @@ class ValleNAR(nn.Module):
         return F.cross_entropy(self.logits(h, stage)[scored].float(), target[scored])
 
     @torch.no_grad()
-    def fill(self, units: list[torch.Tensor], codes: torch.Tensor, prompt: torch.Tensor, lengths: torch.Tensor,
-             sampler: Sampler, seeds: torch.Tensor, on_pass: Callable[[int], None] | None = None
-             ) -> torch.Tensor:
+    def fill(self, units: list[torch.Tensor], codes: torch.Tensor, prompt: torch.Tensor,
+             lengths: torch.Tensor, sampler: Sampler, seeds: torch.Tensor) -> torch.Tensor:
         """Codebooks 2..n_q of `codes` [B, T, n_q] (codebook 1 drawn, a voice prompt's first `prompt` [B]
         frames given whole), one pass per codebook; each frame draws with noise of (row seed, pass, frame),
         on the device with no host synchronisation."""
@@ -116,8 +115,6 @@ class ValleNAR(nn.Module):
             logits = self.logits(self.frames(prefix, pad, codes, given, stage, lengths), stage)
             drawn = sample(logits, allowed, sampler, seeds, torch.tensor(NAR_STEP + j, device=codes.device))
             codes[..., j] = torch.where(forced, codes[..., j], drawn)
-            if on_pass is not None:
-                on_pass(j)
         return codes
 
 
