@@ -66,8 +66,9 @@ class ValleNAR(nn.Module):
         and the prefixes' padding are never attended to."""
         cfg, device = self.cfg, codes.device
         B, W, _ = prefix.shape
-        offsets = torch.arange(cfg.n_q, device=device) * cfg.codebook_size
-        frames = (self.code_emb(codes + offsets) * given[..., None].to(prefix.dtype)).sum(2)
+        weight = given.to(prefix.dtype)
+        frames = sum(self.code_emb(codes[..., q] + q * cfg.codebook_size) * weight[..., q, None]
+                     for q in range(cfg.n_q))
         x = torch.cat([prefix, frames], 1) + self.stage_emb(stage)[:, None]
         if x.shape[1] > cfg.max_len:  # the longest prefix and the most frames (as the AR stage checks)
             raise ValueError(f"sequence of {x.shape[1]} positions exceeds max_len {cfg.max_len}")
