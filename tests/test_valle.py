@@ -74,6 +74,21 @@ def test_valle_draws_codebook_1_in_T_steps_then_one_pass_per_other_codebook():
         assert codes.shape == (4, T) and calls == {"ar": 1 + T, "nar": 3}
 
 
+def test_valle_rows_sample_alone_what_they_sample_in_a_batch():
+    """Sampled (top-k), each row with its seed: the AR steps and the NAR passes draw a row's noise from
+    (its seed, step or pass, stream or frame), so a row gives the same codes alone; another seed, others."""
+    model = tiny(n_q=4).eval()
+    rng = np.random.default_rng(1)
+    units = [rng.integers(0, 12, n) for n in (3, 9, 6)]
+    frames, prompts, seeds = [12, 5, 9], [None, rng.integers(0, 16, (4, 2)), None], [1, 2, 3]
+    both = model.generate_batch(units, frames, prompts, temperature=1.0, top_k=5, seeds=seeds)
+    for u, n, p, s, t in zip(units, frames, prompts, seeds, both):
+        np.testing.assert_array_equal(model.generate_batch([u], [n], [p], 1.0, 5, seeds=[s])[0], t)
+    np.testing.assert_array_equal(both[1][:, :2], prompts[1])
+    other = model.generate_batch(units[:1], frames[:1], None, 1.0, 5, seeds=[7])[0]
+    assert (other[1:] != both[0][1:]).mean() > 0.5  # the NAR codebooks too
+
+
 def test_a_nar_pass_reads_the_codebooks_below_it_and_the_whole_prompt():
     """Pass j's logits change with any codebook below j of any frame (bidirectional: also later frames) and
     with every codebook of a prompt frame, and not with codebooks ≥ j of the other frames."""
