@@ -3,9 +3,11 @@
 Stage 1: a Llama-style token LM (random weights, extended vocabulary) sampling 50 Hz semantic units
 through `generate_units` (KV cache). Stage 2: the acoustic model generating 75 Hz EnCodec-style codes
 (8 codebooks) from those units with its KV cache, `generate_batch` for batch N, in each codebook pattern
-of `--patterns` (same width and depth; `depth` adds its depth transformer, a quarter as wide, 2 layers).
+of `--patterns` (same width and depth; `depth` adds its depth transformer, a quarter as wide, 2 layers;
+`valle` is an AR and a NAR transformer of that size).
 
     python benchmarks/generate.py --size 350m --batch 32          # GPU machine
+    python benchmarks/generate.py --size tiny --device cpu --batch 16 --seconds 2 --patterns delay,valle
     python benchmarks/generate.py --size tiny --device cpu --batch 4 --seconds 2 --no-write
     python benchmarks/generate.py --size tiny --device cpu --batch 16 --seconds 1 --patterns delay,depth
     python benchmarks/generate.py --size tiny --device cpu --per-step      # ms per step: eager vs compiled
@@ -64,7 +66,7 @@ def build_lm(size: str, device: torch.device):
 
 def build_acoustic(size: str, device: torch.device, pattern: str = "delay") -> AcousticModel:
     """A random-init acoustic model as wide and deep as the LM of `size` (8 EnCodec codebooks) in `pattern`
-    (depth: a depth transformer a quarter as wide, 2 layers, acoustic delay 1)."""
+    (depth: a depth transformer a quarter as wide, 2 layers, acoustic delay 1; valle: AR + NAR)."""
     width = SIZES[size]
     depth = dict(depth_dim=max(64, width["hidden_size"] // 4), depth_layers=2, depth_heads=4)
     acfg = AcousticConfig(k=K, n_q=8, codebook_size=1024, dim=width["hidden_size"], pattern=pattern,
@@ -97,7 +99,7 @@ def time_stage1(lm, batch: int, seconds: float, compiled: bool, full_warmup: boo
 def time_stage2(acoustic: AcousticModel, batch: int, seconds: float, compiled: bool = False) -> tuple[float, np.ndarray]:
     """Seconds for the acoustic model to turn `seconds` of units into codec frames for `batch` rows; and
     the first row's codes [n_q, frames]."""
-    device = acoustic.sep.device
+    device = next(acoustic.parameters()).device
     units = np.random.default_rng(0).integers(0, K, int(seconds * UNIT_RATE))
     frames = int(seconds * CODEC_RATE)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -203,7 +205,7 @@ def main() -> None:
     ap.add_argument("--per-step", action="store_true", help="ms per step, eager vs compiled (see above).")
     ap.add_argument("--steps", type=int, default=100, help="Steps timed with --per-step.")
     ap.add_argument("--patterns", default="delay", help="Stage 2's codebook patterns, comma-separated "
-                                                        "(delay, coarse_fine, depth).")
+                                                        "(delay, coarse_fine, valle, depth).")
     args = ap.parse_args()
     if args.per_step:
         return main_per_step(args)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechtok.lm.acoustic import AcousticConfig, AcousticModel
+from speechtok.lm.acoustic import AcousticConfig, AcousticModel, acoustic_model
 from speechtok.lm.decoding import Sampler
 from speechtok.lm.generate import SamplingOptions, generate_units, unit_decoder
 from speechtok.lm.vocab import SpeechVocab
@@ -91,8 +91,13 @@ class HostSync(AssertionError):
 
 
 def test_decoding_steps_never_sync_with_the_host(tiny_lm, tiny_acoustic, monkeypatch):
-    """100 eager steps of either stage with every Tensor → host conversion raising."""
+    """100 eager steps of either stage, and the valle pattern's NAR passes, with every Tensor → host
+    conversion raising."""
     decoders = [lm_decoder(tiny_lm, 1.0), acoustic_decoder(tiny_acoustic, Sampler(1.0, top_k=4))]
+    torch.manual_seed(0)
+    valle = acoustic_model(AcousticConfig(k=6, n_q=3, codebook_size=8, pattern="valle", dim=32, layers=1, heads=4,
+                                     max_len=256)).eval()
+    nar = acoustic_decoder(valle, Sampler(1.0, top_k=4))  # its AR stage is an acoustic decoder as above
 
     def refuse(*args, **kwargs):
         raise HostSync("host synchronisation inside the decoding loop")
@@ -103,6 +108,7 @@ def test_decoding_steps_never_sync_with_the_host(tiny_lm, tiny_acoustic, monkeyp
         for decoder in decoders:
             for _ in range(decoder.steps):
                 decoder.step()
+        valle.nar.fill(nar.units, nar.codes.clone(), nar.prompt, nar.lengths, nar.sampler, nar.ar.seeds)
     monkeypatch.undo()
     with pytest.raises(HostSync):  # the patch does catch a sync
         monkeypatch.setattr(torch.Tensor, "item", refuse)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from speechtok import read_shards
 from speechtok.cli.main import cli
-from speechtok.lm.acoustic import AcousticConfig, AcousticModel, from_steps, layout, to_steps
+from speechtok.lm.acoustic import AcousticConfig, AcousticModel, from_steps, layout, acoustic_model, to_steps
 from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
@@ -25,7 +25,7 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
+@pytest.mark.parametrize("pattern", ["delay", "coarse_fine", "valle"])
 def test_patterns_round_trip(pattern):
     cfg = AcousticConfig(k=4, n_q=3, codebook_size=5, pattern=pattern, n_coarse=1, dim=8, layers=1, heads=2)
     codes = np.random.default_rng(0).integers(0, 5, (3, 7))
@@ -35,10 +35,13 @@ def test_patterns_round_trip(pattern):
     if pattern == "delay":
         assert steps.shape == (7 + 2, 3)
         assert steps[0, 1] == cfg.empty and steps[1, 1] == codes[1, 0] and steps[8, 2] == codes[2, 6]
-    else:
+    elif pattern == "coarse_fine":
         assert steps.shape == (21, 1)
         assert list(qs[:7, 0]) == [0] * 7 and list(ts[:7, 0]) == list(range(7))  # coarse codebook first
         assert steps[7, 0] == 5 + codes[1, 0]  # then the fine ones, offset per codebook
+    else:  # valle: a step per frame holding its codebooks (the AR reads column 0, the NAR passes all)
+        np.testing.assert_array_equal(steps, [[codes[q, t] for q in range(3)] for t in range(7)])
+        assert (qs == [[0, 1, 2]] * 7).all() and (ts == [[t] * 3 for t in range(7)]).all()
 
 
 def test_acoustic_model_cache_matches_full_forward():
@@ -99,11 +102,11 @@ def test_sampling_draws_each_row_from_its_own_top_k_and_top_p():
                      for t in range(200)}
 
 
-@pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
+@pytest.mark.parametrize("pattern", ["delay", "coarse_fine", "valle"])
 def test_acoustic_batch_equals_alone(pattern):
     torch.manual_seed(0)
     cfg = AcousticConfig(k=6, n_q=3, codebook_size=8, pattern=pattern, n_coarse=1, dim=32, layers=2, heads=4, max_len=256)
-    m = AcousticModel(cfg).eval()
+    m = acoustic_model(cfg).eval()
     rng = np.random.default_rng(0)
     units = [rng.integers(0, 6, n) for n in (5, 12, 1)]
     frames = [9, 4, 7]
@@ -337,9 +340,11 @@ def _audio_of(sample_id: str, root) -> str:
     raise KeyError(sample_id)
 
 
-def test_acoustic_training_resumes_the_same_curve(corpus_shards, tmp_path):
+@pytest.mark.parametrize("pattern", ["delay", "valle"])  # valle: its NAR draws stages and prompts too
+def test_acoustic_training_resumes_the_same_curve(corpus_shards, tmp_path, pattern):
     def config(name):
         cfg = {"output": str(tmp_path / name), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
+               "pattern": pattern,
                "model": {"dim": 32, "layers": 1, "heads": 2},
                "train": {"batch_size": 4, "steps": 6, "lr": 3e-3, "warmup": 2, "crop_seconds": 1.0, "log_every": 1,
                          "save_every": 3, "precision": "fp32", "shuffle_buffer": 4}}

@@ -194,17 +194,17 @@ def test_portable_card_round_trip(tmp_path):
 
 # ---- 8. tok generate --voice: lengths checked first ---------------------------------------------------------
 
-@pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
+@pytest.mark.parametrize("pattern", ["delay", "coarse_fine", "valle"])
 def test_acoustic_positions_match_the_model(pattern):
     import torch
 
-    from speechtok.lm.acoustic import AcousticConfig, AcousticModel
+    from speechtok.lm.acoustic import AcousticConfig, acoustic_model
     from speechtok.pipelines.generate import acoustic_positions
 
     cfg = AcousticConfig(k=6, n_q=3, codebook_size=8, pattern=pattern, n_coarse=1, dim=16, layers=1, heads=2,
                          max_len=40)
     torch.manual_seed(0)
-    model = AcousticModel(cfg).eval()
+    model = acoustic_model(cfg).eval()
     units = np.arange(5) % 6
     frames = next(t for t in range(1, 40) if acoustic_positions(cfg, 5, t + 1) > cfg.max_len)
     assert acoustic_positions(cfg, 5, frames) <= cfg.max_len

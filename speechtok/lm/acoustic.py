@@ -10,6 +10,8 @@ predicts the next step:
 - `depth` (Moshi's RQ-Transformer, lm/acoustic_depth.py): one step per frame, codebooks ≥ 1 lagging
   codebook 0 by `acoustic_delay` frames (N = T + delay), drawn within a step by a small depth transformer;
   with `text_stream`, a time-aligned text stream before them.
+- `valle` (VALL-E, USLM): a step is a frame with its n_q codes; an autoregressive model draws codebook 1,
+  then a non-autoregressive one codebooks 2..n_q, a pass per codebook (`lm/acoustic_valle.py`); N = T.
 
 Slots a pattern leaves empty (the delay's corners) hold EMPTY and are neither predicted nor scored. A
 voice prompt is codec tokens forced into the first frames, with its semantic units before the target's."""
@@ -40,7 +42,7 @@ class AcousticConfig:
     k: int  # semantic units
     n_q: int
     codebook_size: int
-    pattern: str = "delay"  # delay | coarse_fine | depth
+    pattern: str = "delay"  # delay | coarse_fine | depth | valle
     n_coarse: int = 2
     acoustic_delay: int = 1  # depth: frames by which codebooks ≥ 1 lag codebook 0 (Moshi: 1–2)
     codebook_weights: list = field(default_factory=list)  # depth: loss weight per codebook ([]: 100, 1, …)
@@ -64,8 +66,8 @@ class AcousticConfig:
     unit_stream: dict = field(default_factory=dict)  # `speechtok.unit_stream` record of the input units
 
     def __post_init__(self):
-        if self.pattern not in ("delay", "coarse_fine", "depth"):
-            raise ValueError(f"pattern: delay, coarse_fine or depth, not {self.pattern!r}")
+        if self.pattern not in ("delay", "coarse_fine", "depth", "valle"):
+            raise ValueError(f"pattern: delay, coarse_fine, depth or valle, not {self.pattern!r}")
         if self.pattern != "depth" and self.text_stream:
             raise ValueError("text_stream needs pattern: depth")
         if self.pattern == "depth" and not 0 <= self.acoustic_delay:
@@ -73,6 +75,8 @@ class AcousticConfig:
         if self.codebook_weights and len(self.codebook_weights) != self.n_q:
             raise ValueError(f"codebook_weights: one per codebook ({self.n_q}), "
                              f"not {len(self.codebook_weights)}")
+        if self.pattern == "valle" and self.n_q < 2:
+            raise ValueError("pattern valle needs n_q ≥ 2 (codebook 1 autoregressive, the rest by passes)")
         if self.pattern == "coarse_fine" and not 0 < self.n_coarse <= self.n_q:
             raise ValueError(f"n_coarse must be in 1..{self.n_q}")
 
@@ -107,6 +111,8 @@ class AcousticConfig:
         """Steps of the pattern for T frames."""
         if self.pattern == "coarse_fine":
             return T * self.n_q
+        if self.pattern == "valle":
+            return T
         return T + (self.n_q - 1 if self.pattern == "delay" else self.frame_delay)
 
     @property
@@ -149,6 +155,9 @@ def layout(cfg: AcousticConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
         frame = j - (q if cfg.pattern == "delay" else np.minimum(q, 1) * cfg.acoustic_delay)
         ok = (frame >= 0) & (frame < T)
         return np.where(ok, q, -1), np.where(ok, frame, -1)
+    if cfg.pattern == "valle":
+        q, frame = np.broadcast_arrays(np.arange(Q)[None, :], np.arange(T)[:, None])
+        return q, frame
     order = [(q, t) for t in range(T) for q in range(cfg.n_coarse)]
     order += [(q, t) for t in range(T) for q in range(cfg.n_coarse, Q)]
     qt = np.array(order, dtype=np.int64).reshape(-1, 2)
@@ -194,12 +203,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 at: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Causal over `x` alone; or, with a cache `kv` ([B, heads, L, head dim] each), writes this input's
-        keys and values at cache indices `at` [len] and attends to the cache where `mask` [B, 1, len, L]."""
+        """Causal over `x` alone (or, with a `mask` [B, 1, 1 or len, len], attends where it says: a
+        bidirectional pass); or, with a cache `kv` ([B, heads, L, head dim] each), writes this input's keys
+        and values at cache indices `at` [len] and attends to the cache where `mask` [B, 1, len, L]."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if kv is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         else:
             kv[0].index_copy_(2, at, k.to(kv[0].dtype))
             kv[1].index_copy_(2, at, v.to(kv[1].dtype))
@@ -321,7 +331,7 @@ class AcousticModel(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / WEIGHTS_FILE)
 
     @classmethod
-    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AcousticModel":
+    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
         """The trained model in `directory` (of its pattern's class), checksums verified."""
         from speechtok.checksums import verify_checksums
 
@@ -331,12 +341,17 @@ class AcousticModel(nn.Module):
         return model.to(device).eval()
 
 
-def acoustic_model(cfg: AcousticConfig) -> AcousticModel:
-    """A new model of `cfg`'s pattern: the depth pattern has its own (lm/acoustic_depth.py)."""
+def acoustic_model(cfg: AcousticConfig) -> nn.Module:
+    """A new model of `cfg`'s pattern: the depth pattern and VALL-E's AR + NAR pair have their own
+    (lm/acoustic_depth.py, lm/acoustic_valle.py)."""
     if cfg.pattern == "depth":
         from speechtok.lm.acoustic_depth import DepthModel
 
         return DepthModel(cfg)
+    if cfg.pattern == "valle":
+        from speechtok.lm.acoustic_valle import ValleModel
+
+        return ValleModel(cfg)
     return AcousticModel(cfg)
 
 

@@ -4,8 +4,8 @@
     shards: [shards/manifest.json]        # written by `tok encode -t KM -t encodec:...`
     codec: encodec                        # the codec stream to model
     n_q: 8
-    pattern: delay                        # or coarse_fine (with n_coarse), or depth (acoustic_delay,
-                                          # codebook_weights, text_stream: lm/acoustic_depth.py)
+    pattern: delay                        # or coarse_fine (with n_coarse), valle (AR + NAR), or depth
+                                          # (acoustic_delay, codebook_weights, text_stream: lm/acoustic_depth.py)
     model: {dim: 512, layers: 8, heads: 8}
     train: {batch_size: 16, steps: 20000, lr: 3.0e-4, warmup: 500, crop_seconds: 10}
 
@@ -64,7 +64,7 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
     model = dict(run.model)
     if "max_len" not in model:  # room for a crop and as much again of voice prompt
         T = int(np.ceil(run.train.crop_seconds * card["frame_rate"]))
-        steps = {"delay": T + n_q - 1, "depth": T + run.acoustic_delay}.get(run.pattern, T * n_q)
+        steps = {"delay": T + n_q - 1, "depth": T + run.acoustic_delay, "valle": T + 1}.get(run.pattern, T * n_q)
         model["max_len"] = 2 * (int(np.ceil(run.train.crop_seconds * sem["frame_rate"])) + 1 + steps)
     if run.dedup:  # no duration model: a deduplicated unit lasts the training data's mean run length
         samples = chain.from_iterable(map(read_shards, run.shards))

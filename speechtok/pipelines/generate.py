@@ -88,6 +88,9 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     opts = opts or SamplingOptions()
     device = torch.device(device)
     acoustic = read_config(acoustic_dir) if acoustic_dir is not None else None
+    if acoustic is not None and on_audio is not None and acoustic.pattern == "valle":
+        raise ValueError(f"{acoustic_dir}: pattern valle cannot stream (its NAR passes draw codebooks 2.. of "
+                         "all frames at once); drop --stream")
     if acoustic is not None and voice is not None:
         voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
     lm_vocab = SpeechVocab.load(lm_dir)
@@ -206,7 +209,8 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
 
 
 def pattern_step_seconds(cfg) -> float:
-    """Seconds of audio per acoustic step: a frame (delay, depth) or a codebook of a frame (coarse/fine)."""
+    """Seconds of audio per acoustic step: a frame (delay, depth; valle's AR steps) or a codebook of a frame
+    (coarse/fine)."""
     return 1.0 / cfg.codec_rate / (cfg.n_q if cfg.pattern == "coarse_fine" else 1)
 
 
@@ -224,8 +228,9 @@ def frames_ready(cfg, n_frames: int) -> Callable[[int], int]:
 
 def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
     """Positions the acoustic model uses for `n_units` units then `n_frames` codec frames: the units, [SEP],
-    and every step of the codebook pattern but the last (which is predicted, never fed back)."""
-    return n_units + cfg.n_steps(n_frames)
+    and every step of the codebook pattern but the last (which is predicted, never fed back; valle's NAR
+    passes read every frame, one more)."""
+    return n_units + cfg.n_steps(n_frames) + (1 if cfg.pattern == "valle" else 0)
 
 
 def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
