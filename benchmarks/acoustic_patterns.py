@@ -75,7 +75,8 @@ def train(work: Path, pattern: str, args, log: Path) -> tuple[Path, float]:
     """`tok acoustic train` of `pattern` (same budget for every pattern) → (final model dir, minutes)."""
     cfg = {"output": str(work / f"acoustic_{pattern}"), "shards": [str(work / "shards")], "codec": "encodec",
            "pattern": pattern, "n_coarse": 1,
-           "model": {"dim": args.dim, "layers": args.layers, "heads": 4},
+           "model": {"dim": args.dim, "layers": args.layers, "heads": 4,
+                     **({"depth_dim": args.dim // 2, "depth_layers": 2} if pattern == "depth" else {})},
            "train": {"batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "warmup": args.steps // 20,
                      "crop_seconds": args.crop_seconds, "log_every": 50, "save_every": args.steps,
                      "precision": "bf16" if args.device == "cuda" else "fp32"}}
@@ -121,7 +122,7 @@ def score(model_dir: Path, items, args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         speed[batch] = sum(frames) / model.cfg.codec_rate / (time.perf_counter() - t0)
-    return {"level1": float(np.mean(level1)), "all": float(np.mean(every)), "latent": float(np.mean(latent)),
+    return {"params": sum(p.numel() for p in model.parameters()), "level1": float(np.mean(level1)), "all": float(np.mean(every)), "latent": float(np.mean(latent)),
             "rt1": speed[1], "rt16": speed[16]}
 
 
@@ -155,7 +156,7 @@ def main() -> None:
         model_dir, minutes = train(work, pattern, args, log)
         rows.append((pattern, minutes, score(model_dir, items, args)))
         print(rows[-1], flush=True)
-    table = "\n".join(f"| {p} | {m:.1f} | {r['level1']:.3f} | {r['all']:.3f} | {r['latent']:.3f} | "
+    table = "\n".join(f"| {p} | {r['params'] / 1e6:.2f} M | {m:.1f} | {r['level1']:.3f} | {r['all']:.3f} | {r['latent']:.3f} | "
                       f"{r['rt1']:.2f} | {r['rt16']:.2f} |" for p, m, r in rows)
     body = (f"## Acoustic codebook patterns side by side (issue #25), {args.device}\n\n"
             f"Hardware: {hardware(torch.device(args.device))}. `python benchmarks/acoustic_patterns.py "
@@ -163,15 +164,16 @@ def main() -> None:
             f"{len(items)} held-out template sentences; MFCC k-means units (k={args.k}, 100 Hz) → a small "
             f"EnCodec at 75 Hz, {args.n_q} codebooks of 256 codes drawn from its latents of the corpus (random "
             f"weights otherwise). Every pattern: the same model size (dim {args.dim}, {args.layers} layers), "
-            f"{args.steps} steps of batch {args.batch_size} × {args.crop_seconds} s crops, lr {args.lr}. "
+            f"(depth: its depth transformer half as wide, 2 layers; valle: an AR and a NAR transformer of that "
+            f"size), {args.steps} steps of batch {args.batch_size} × {args.crop_seconds} s crops, lr {args.lr}. "
             "Held-out scores: greedy generation from the utterance's units with its first second as voice "
             "prompt; code accuracy after the prompt (codebook 1; all codebooks); latent error: squared "
             "distance of the generated codes' codec latents (sum of codebook vectors) from the true codes', "
             "relative to the true latents' energy (0 = exact, 1 = as far as silence); × real time of sampled "
             "generation (temperature 1, top-k 50, eager) at batch 1 and 16. WER and speaker similarity are "
             "not reported: this codec's audio is not speech (no pretrained codec offline).\n\n"
-            "| pattern | training min | codebook-1 accuracy | all-codebook accuracy | latent error | "
-            "×RT batch 1 | ×RT batch 16 |\n|---|---|---|---|---|---|---|\n"
+            "| pattern | parameters | training min | codebook-1 accuracy | all-codebook accuracy | latent error | "
+            "×RT batch 1 | ×RT batch 16 |\n|---|---|---|---|---|---|---|---|\n"
             f"{table}\n\nWall time {(time.perf_counter() - t0) / 60:.0f} min.\n")
     print(body)
     if not args.no_write:

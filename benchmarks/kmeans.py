@@ -129,7 +129,7 @@ def streamed(args) -> None:
                 print(rows[-1], flush=True)
     ref = next(r for n, m, r in rows if m == "memory")
     label = {"streamed": "streamed from the fp16 cache", "memory": "in memory (fp32 copy)",
-             "minibatch": f"streamed mini-batch, {args.minibatch_frames:,} frames a step, "
+             "minibatch": f"streamed mini-batch, {args.minibatch_frames or 0:,} frames a step, "
                           f"{args.minibatch_passes} pass(es)"}
     table = "\n".join(f"| {n:,} | {label[m]} | {r['seconds']:.1f} | {r['rss_mib']:,.0f} | {r['inertia']:.4f} | "
                       + (f"{(r['inertia'] / ref['inertia'] - 1) * 100:+.4f}% |" if n == min(counts) else
