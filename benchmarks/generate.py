@@ -37,6 +37,7 @@ from speechtok.lm.generate import SamplingOptions, generate_units  # noqa: E402
 from speechtok.lm.vocab import SpeechVocab  # noqa: E402
 
 UNIT_RATE, CODEC_RATE, K = 50.0, 75.0, 500
+PATTERNS = ("delay", "coarse_fine", "valle", "depth")  # stage 2's codebook patterns
 
 
 class Tok:

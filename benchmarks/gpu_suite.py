@@ -55,7 +55,8 @@ import lm_train as lm_bench  # noqa: E402
 import vocoder as vocoder_bench  # noqa: E402
 from report import hardware, write_section  # noqa: E402
 
-PARTS = ("env", "encode", "kmeans", "codec", "lm-350m", "lm-1b", "generate", "vocoder", "pytest")
+PARTS = ("env", "encode", "kmeans", "codec", "lm-350m", "lm-1b", "generate", "vocoder", "pytest",
+         "generate-patterns")
 HEAVY_OPTIONAL = ("matplotlib", "tensorboard", "pesq", "pyworld", "pystoi")  # not carried to the device
 
 
@@ -99,6 +100,8 @@ class Sizes:
     compile: bool = True
     gen_size: str = "350m"
     gen_seconds: float = 5.0
+    pattern_seconds: float = 1.0  # speech per row when the acoustic patterns are timed side by side
+    pattern_batch: int = 16
     voc_batches: tuple[int, ...] = (1, 16)
     voc_repeats: int = 10
     voc_seconds: float = 1.0
@@ -107,7 +110,7 @@ class Sizes:
     min_part_s: float = 20.0  # a part is skipped when less than this is left
     budgets: dict = dataclasses.field(default_factory=lambda: {
         "env": 30, "encode": 90, "kmeans": 75, "codec": 70, "lm-350m": 90, "lm-1b": 100, "generate": 110,
-        "vocoder": 30, "pytest": 90})
+        "vocoder": 30, "pytest": 90, "generate-patterns": 60})
 
 
 TINY_CODECS = {
@@ -129,7 +132,7 @@ SMOKE = Sizes(
     kmeans_frames=4000, kmeans_dim=32, kmeans_k=16, kmeans_iters=3,
     codec_utts=4, codec_seconds=0.5, codec_batch=2, codec_single=2, codec_configs=TINY_CODECS,
     lm_models={"lm-350m": "tiny", "lm-1b": "tiny"}, lm_batch={"tiny": 2}, lm_seq=32, lm_steps=1, lm_warmup=1,
-    compile=False, gen_size="tiny", gen_seconds=0.2, voc_batches=(1, 2), voc_repeats=1, voc_seconds=0.05,
+    compile=False, gen_size="tiny", gen_seconds=0.2, pattern_seconds=0.1, pattern_batch=2, voc_batches=(1, 2), voc_repeats=1, voc_seconds=0.05,
     pytest_paths=("tests/test_gpu.py",), min_part_s=0.0, profiled=("vocoder",),
     budgets={p: 60 for p in PARTS})
 
@@ -518,6 +521,28 @@ def part_generate(p: Part, sz: Sizes, tmp: Path) -> None:
     p.check_targets()
 
 
+def part_generate_patterns(p: Part, sz: Sizes, tmp: Path) -> None:
+    """Stage 2 in each codebook pattern (issue #25), the same width and depth, at batch 1 and
+    `pattern_batch`, eager: what the choice of pattern costs in speed. Last part: skipped when time runs out."""
+    seconds, rows = sz.pattern_seconds, []
+    for pattern in generate_bench.PATTERNS:
+        acoustic = generate_bench.build_acoustic(sz.gen_size, p.device, pattern)
+        for batch in (1, sz.pattern_batch):
+            if p.left() < 10:
+                p.note(f"{pattern} at batch {batch} and after skipped: {p.left():.0f} s left")
+                break
+            dt, _ = generate_bench.time_stage2(acoustic, batch, seconds)
+            rows.append((pattern, batch, batch * seconds / dt))
+            p.record(**{f"{pattern}_b{batch}_xrt": rows[-1][2]})
+    p.section("generate-patterns", "\n".join([
+        f"## Acoustic codebook patterns, generation speed, {sz.gen_size} models (issue #25)", "",
+        f"Hardware: {hardware(p.device)}. Stage 2 (units → 8 codebooks at 75 Hz) for {seconds:g} s of speech "
+        "per row, eager, random weights, every pattern as wide and deep as the LM (depth: its depth "
+        "transformer a quarter as wide, 2 layers; valle: an AR and a NAR transformer).", "",
+        "| pattern | batch | × real time |", "|---|---|---|",
+        *[f"| {name} | {b} | {x:,.1f} |" for name, b, x in rows]]))
+
+
 def part_vocoder(p: Part, sz: Sizes, tmp: Path) -> None:
     vocos, hifigan = vocoder_bench.build_vocoders(p.device)
     rows = vocoder_bench.measure_vocoders(vocos, hifigan, sz.voc_batches, sz.voc_repeats, sz.voc_seconds)
@@ -574,7 +599,7 @@ def part_pytest(p: Part, sz: Sizes, tmp: Path) -> None:
 
 PART_FUNCS = {"env": part_env, "encode": part_encode, "kmeans": part_kmeans, "codec": part_codec,
               "lm-350m": part_lm, "lm-1b": part_lm, "generate": part_generate, "vocoder": part_vocoder,
-              "pytest": part_pytest}
+              "pytest": part_pytest, "generate-patterns": part_generate_patterns}
 
 
 def child_main(name: str, sz: Sizes, device_name: str, result_path: str, deadline: float, tmp: str) -> None:

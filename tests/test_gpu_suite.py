@@ -56,6 +56,8 @@ def test_smoke_runs_every_part_into_the_given_paths(tmp_path):
         "encodec_encode_batched_xrt", "dac_encode_batched_xrt", "mimi_encode_batched_xrt"}
     assert f["lm-350m"]["eager_tokens_s"] > 0 and f["lm-1b"]["plain_tokens_s"] > 0
     assert f["generate"]["chain_eager_xrt"] > 0 and f["vocoder"]["vocos_over_hifigan"] > 0
+    assert {k for k in f["generate-patterns"] if k.endswith("_b1_xrt")} == {
+        "delay_b1_xrt", "coarse_fine_b1_xrt", "valle_b1_xrt", "depth_b1_xrt"}
     assert f["pytest"]["skipped"] >= 1 and f["pytest"]["failed_or_error"] == 0  # GPU tests skip on CPU
     assert records["vocoder"]["profile"]["top"], "a missed target is profiled"
     text = md.read_text()
