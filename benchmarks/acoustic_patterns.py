@@ -77,7 +77,8 @@ def train(work: Path, pattern: str, args, log: Path) -> tuple[Path, float]:
            "pattern": pattern, "n_coarse": 1,
            "model": {"dim": args.dim, "layers": args.layers, "heads": 4,
                      **({"depth_dim": args.dim // 2, "depth_layers": 2} if pattern == "depth" else {})},
-           "train": {"batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "warmup": args.steps // 20,
+           "train": {"batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
+                     "warmup": args.steps // 20,
                      "crop_seconds": args.crop_seconds, "log_every": 50, "save_every": args.steps,
                      "precision": "bf16" if args.device == "cuda" else "fp32"}}
     path = work / f"acoustic_{pattern}.yaml"
@@ -116,13 +117,16 @@ def score(model_dir: Path, items, args) -> dict:
     for batch in (1, 16):
         rows = (items * batch)[:batch]
         frames = [c.shape[1] for _, c in rows]
-        model.generate_batch([u for u, _ in rows], frames, temperature=1.0, top_k=50, seeds=list(range(batch)))
+        model.generate_batch([u for u, _ in rows], frames, temperature=1.0, top_k=50,
+                             seeds=list(range(batch)))
         t0 = time.perf_counter()
-        model.generate_batch([u for u, _ in rows], frames, temperature=1.0, top_k=50, seeds=list(range(batch)))
+        model.generate_batch([u for u, _ in rows], frames, temperature=1.0, top_k=50,
+                             seeds=list(range(batch)))
         if device.type == "cuda":
             torch.cuda.synchronize()
         speed[batch] = sum(frames) / model.cfg.codec_rate / (time.perf_counter() - t0)
-    return {"params": sum(p.numel() for p in model.parameters()), "level1": float(np.mean(level1)), "all": float(np.mean(every)), "latent": float(np.mean(latent)),
+    return {"params": sum(p.numel() for p in model.parameters()), "level1": float(np.mean(level1)),
+            "all": float(np.mean(every)), "latent": float(np.mean(latent)),
             "rt1": speed[1], "rt16": speed[16]}
 
 
@@ -156,24 +160,27 @@ def main() -> None:
         model_dir, minutes = train(work, pattern, args, log)
         rows.append((pattern, minutes, score(model_dir, items, args)))
         print(rows[-1], flush=True)
-    table = "\n".join(f"| {p} | {r['params'] / 1e6:.2f} M | {m:.1f} | {r['level1']:.3f} | {r['all']:.3f} | {r['latent']:.3f} | "
+    table = "\n".join(f"| {p} | {r['params'] / 1e6:.2f} M | {m:.1f} | {r['level1']:.3f} | {r['all']:.3f} | "
+                      f"{r['latent']:.3f} | "
                       f"{r['rt1']:.2f} | {r['rt16']:.2f} |" for p, m, r in rows)
     body = (f"## Acoustic codebook patterns side by side (issue #25), {args.device}\n\n"
             f"Hardware: {hardware(torch.device(args.device))}. `python benchmarks/acoustic_patterns.py "
             f"--patterns {args.patterns} --steps {args.steps}`: flite slt, {args.train} training and "
             f"{len(items)} held-out template sentences; MFCC k-means units (k={args.k}, 100 Hz) → a small "
-            f"EnCodec at 75 Hz, {args.n_q} codebooks of 256 codes drawn from its latents of the corpus (random "
-            f"weights otherwise). Every pattern: the same model size (dim {args.dim}, {args.layers} layers), "
-            f"(depth: its depth transformer half as wide, 2 layers; valle: an AR and a NAR transformer of that "
-            f"size), {args.steps} steps of batch {args.batch_size} × {args.crop_seconds} s crops, lr {args.lr}. "
+            f"EnCodec at 75 Hz, {args.n_q} codebooks of 256 codes drawn from its latents of the corpus "
+            f"(random weights otherwise). Every pattern: the same transformer (dim {args.dim}, "
+            f"{args.layers} layers; depth adds its depth transformer half as wide, 2 layers; valle is an AR "
+            f"and a NAR transformer of that size), {args.steps} steps of batch {args.batch_size} × "
+            f"{args.crop_seconds} s crops, lr {args.lr}. "
             "Held-out scores: greedy generation from the utterance's units with its first second as voice "
             "prompt; code accuracy after the prompt (codebook 1; all codebooks); latent error: squared "
             "distance of the generated codes' codec latents (sum of codebook vectors) from the true codes', "
-            "relative to the true latents' energy (0 = exact, 1 = as far as silence); × real time of sampled "
-            "generation (temperature 1, top-k 50, eager) at batch 1 and 16. WER and speaker similarity are "
-            "not reported: this codec's audio is not speech (no pretrained codec offline).\n\n"
-            "| pattern | parameters | training min | codebook-1 accuracy | all-codebook accuracy | latent error | "
-            "×RT batch 1 | ×RT batch 16 |\n|---|---|---|---|---|---|---|---|\n"
+            "relative to the true latents' energy (0 = exact, 1 = as far as silence, 2 = unrelated codes); "
+            "× real time of sampled generation (temperature 1, top-k 50, eager) at batch 1 and 16. WER and "
+            "speaker similarity are not reported: this codec's audio is not speech (no pretrained codec "
+            "offline).\n\n"
+            "| pattern | parameters | training min | codebook-1 accuracy | all-codebook accuracy | "
+            "latent error | ×RT batch 1 | ×RT batch 16 |\n|---|---|---|---|---|---|---|---|\n"
             f"{table}\n\nWall time {(time.perf_counter() - t0) / 60:.0f} min.\n")
     print(body)
     if not args.no_write:
