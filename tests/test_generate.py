@@ -18,6 +18,7 @@ from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
 from speechtok.unit_stream import check_unit_streams, unit_stream
 
+from overfit import overfit, random_utterances, reproduction
 from speech import linked_workdir
 
 
@@ -125,11 +126,13 @@ def corpus_shards(units_and_codec_shards, tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["delay", "coarse_fine"])
 def trained_acoustic(corpus_shards, request):
+    """A frame-level acoustic model of each pattern by `tok acoustic train`, a few steps: its unit stream and
+    lengths are under test, not its quality (that is test_acoustic_stage_reproduces_training_codes_...)."""
     root = corpus_shards
-    cfg = {"output": f"acoustic_{request.param}", "shards": ["shards"], "codec": "encodec", "pattern": request.param,
-           "n_coarse": 1, "model": {"dim": 64, "layers": 2, "heads": 4},
-           "train": {"batch_size": 8, "steps": 100, "lr": 3e-3, "warmup": 10, "crop_seconds": 5.0, "log_every": 50,
-                     "save_every": 1000, "precision": "fp32"}}
+    cfg = {"output": f"acoustic_{request.param}", "shards": ["shards"], "codec": "encodec",
+           "pattern": request.param, "n_coarse": 1, "model": {"dim": 32, "layers": 1, "heads": 2, "max_len": 2048},
+           "train": {"batch_size": 4, "steps": 3, "lr": 3e-3, "warmup": 1, "crop_seconds": 1.0,
+                     "log_every": 1, "save_every": 1000, "precision": "fp32"}}
     path = root / f"acoustic_{request.param}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     r = run("acoustic", "train", path)
@@ -173,16 +176,19 @@ def test_sampling_is_seeded_and_batched(trained_lm, corpus_shards):
         np.testing.assert_array_equal(generate_units(model, tok, vocab, [p], greedy)[0], t)
 
 
-def test_acoustic_stage_reproduces_training_codes_from_a_voice_prompt(trained_acoustic, corpus_shards):
-    model = AcousticModel.from_dir(trained_acoustic)
-    agree = []
-    for s in list(read_shards(corpus_shards / "shards"))[:3]:
-        codes, units = s["encodec"].astype(np.int64), s["semantic"]
-        P = 30
-        out = model.generate(units, codes.shape[1], prompt_codes=codes[:, :P], temperature=0)
-        np.testing.assert_array_equal(out[:, :P], codes[:, :P])  # the voice prompt is kept
-        agree.append(np.mean(out[:, P:] == codes[:, P:]))
-    assert np.mean(agree) > 0.8, agree
+@pytest.mark.parametrize("pattern", ["delay", "coarse_fine"])
+def test_acoustic_stage_reproduces_training_codes_from_a_voice_prompt(pattern):
+    """Random codes (chance: 1/16 a code): a tiny model trained on two utterances as `tok acoustic train`
+    feeds it (`pair`) reproduces ≥ 80% of each codebook after a 20-frame voice prompt, greedy (measured:
+    100% after 40 steps); untrained, it is at chance."""
+    torch.manual_seed(0)
+    cfg = AcousticConfig(k=12, n_q=3, codebook_size=16, pattern=pattern, n_coarse=1, dim=64, layers=2,
+                         heads=4, max_len=256, semantic_rate=75.0, codec_rate=75.0)
+    model, samples = acoustic_model(cfg), random_utterances(cfg, n=2, frames=60)
+    assert reproduction(model, samples, prompt=20).max() < 0.3
+    overfit(model, samples, steps=60)
+    reproduced = reproduction(model, samples, prompt=20)
+    assert (reproduced >= 0.8).all(), reproduced
 
 
 @pytest.fixture(scope="module")
