@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from speechtok.checksums import write_checksums
 from speechtok.cli.main import cli
 from speechtok.lm.acoustic import AcousticConfig, AcousticModel, acoustic_model
-from speechtok.lm.acoustic_train import pair
 from speechtok.lm.acoustic_valle import ValleModel, prompt_or_below
 
+from overfit import overfit, random_utterances, reproduction
 from speech import linked_workdir
 
 
@@ -32,33 +32,12 @@ def test_valle_overfits_and_reproduces_every_codebook_from_a_voice_prompt():
     """Random codes (chance: 1/16 a code): a tiny valle model trained on two utterances as `tok acoustic
     train` feeds it (`pair`), AR and NAR together, reproduces ≥ 80% of each codebook after a 20-frame voice
     prompt, greedy (measured: 100% after 80 steps); untrained, it is at chance."""
-    T, P = 60, 20
     model = tiny(dim=64, layers=2)
-    rng = np.random.default_rng(0)
-    samples = [{"semantic": rng.integers(0, 12, T), "encodec": rng.integers(0, 16, (3, T))} for _ in range(2)]
-
-    def agreement() -> np.ndarray:  # per codebook, over both utterances' frames after the prompt
-        model.eval()
-        got = [model.generate(s["semantic"], T, prompt_codes=s["encodec"][:, :P], temperature=0)
-               for s in samples]
-        assert all((g[:, :P] == s["encodec"][:, :P]).all() for g, s in zip(got, samples))  # prompt kept
-        model.train()
-        return np.mean([(g[:, P:] == s["encodec"][:, P:]).mean(1) for g, s in zip(got, samples)], 0)
-
-    assert agreement().max() < 0.3
-    items = [pair(s, model.cfg, T, rng) for s in samples]
-    units, steps = [torch.as_tensor(u) for u, _ in items], [torch.as_tensor(s) for _, s in items]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second thread only waits (10× slower on a busy CPU)
-    try:
-        for _ in range(80):
-            model(units, steps).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    finally:
-        torch.set_num_threads(threads)
-    assert (agreement() >= 0.8).all(), agreement()
+    samples = random_utterances(model.cfg, n=2, frames=60)
+    assert reproduction(model, samples, prompt=20).max() < 0.3
+    overfit(model, samples, steps=80)
+    reproduced = reproduction(model, samples, prompt=20)
+    assert (reproduced >= 0.8).all(), reproduced
 
 
 def test_valle_draws_codebook_1_in_T_steps_then_one_pass_per_other_codebook():
