@@ -100,8 +100,9 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     voc = UnitHiFiGAN.from_dir(vocoder_dir, device) if vocoder_dir is not None else None
     if voc is not None:
         check_unit_streams(made, str(lm_dir), vocoder_stream(voc.cfg), str(vocoder_dir))
-        voice = voc.speaker_index(speaker)
         pitch = pitch_decoder(SpeechVocab.load(lm_dir), voc, pitch_dir, speaker)
+        # a speaker names the vocoder's voice; with no voices to pick, only the pitch level (checked there)
+        voice = voc.speaker_index(speaker) if voc.cfg.num_speakers or pitch is None else None
     model, tokenizer, vocab = load_lm(lm_dir, device)
     units = prompt_units(tokenizer_dir, prompt_audio, vocab.dedup) if prompt_audio else None
     prompt = speech_prompt(tokenizer, vocab, units=units, text=prompt_text)
@@ -138,7 +139,8 @@ def pitch_decoder(vocab: SpeechVocab, voc, pitch_dir: str | Path | None, speaker
         return None
     card = vocab.tokenizer_cards[vocab.pitch_stream]
     tok = load_pitch_tokenizer(card, None if pitch_dir is None else str(pitch_dir))
-    level = speaker_level(card, speaker if speaker in (card.get("speakers") or {}) else None)
+    known = speaker is None or speaker in (card.get("speakers") or {}) or not voc.cfg.num_speakers
+    level = speaker_level(card, speaker if known else None)  # a voice of the vocoder with no level: the mean
     return lambda tokens: f0_features(pitch_contour(tok, tokens, level)[0], voc.cfg.f0_norm)
 
 
