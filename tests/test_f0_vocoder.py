@@ -185,6 +185,29 @@ def test_pitch_tokens_decode_to_the_expected_contour():
     np.testing.assert_allclose(pitch_contour(absolute, np.array([2, 1]), (0.0, 1.0))[0], np.exp([5.3, 4.6]))
 
 
+def test_vqvae_pitch_tokens_decode_on_the_5ms_grid():
+    """F0 VQ-VAE codes (12.5 Hz) decode through its decoder to 16 frames each at 200 Hz, the utterance-std
+    units scaled by the level's std and shifted by its mean (`meanstd`); an LM's VQ-VAE card needs the
+    tokenizer's folder."""
+    from speechtok.prosody.f0_tokenizer import F0Tokenizer
+    from speechtok.prosody.f0_vqvae import F0VQVAE, PitchVQVAE, VQVAEConfig
+    from speechtok.prosody.pitch_decode import load_pitch_tokenizer, pitch_contour
+
+    torch.manual_seed(0)
+    tok = PitchVQVAE(F0Tokenizer("world", rate=200), F0VQVAE(VQVAEConfig(codes=4)))
+    with torch.no_grad():
+        tok.model.codebook.normal_()
+    codes = np.array([0, 3, 1])
+    f0, rate = pitch_contour(tok, codes, (np.log(120.0), 0.25))
+    x = tok.decode(codes)
+    assert rate == 200.0 and len(f0) == len(x) == 48
+    voiced = ~np.isnan(x)
+    np.testing.assert_allclose(f0[voiced], 120.0 * np.exp(0.25 * x[voiced].astype(np.float64)), rtol=1e-12)
+    assert (f0[~voiced] == 0).all()
+    with pytest.raises(ValueError, match="--pitch-tokenizer DIR"):
+        load_pitch_tokenizer(tok.card())
+
+
 def speaker_vocoder(directory: Path, f0_card: dict | None = None) -> Path:
     """A tiny unit HiFi-GAN (k=12, 100 Hz) with speakers alice and carol (F0-conditioned with `f0_card`)."""
     torch.manual_seed(0)
