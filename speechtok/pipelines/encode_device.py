@@ -121,7 +121,8 @@ def encode_rows(tok, wav: torch.Tensor, lengths: torch.Tensor, on_split,
     out = []
     for part in (slice(0, half), slice(half, None)):
         n = lengths[part]
-        out += encode_rows(tok, wav[part, : int(n.max())], n, on_split, None if items is None else items[part])
+        mine = None if items is None else items[part]
+        out += encode_rows(tok, wav[part, : int(n.max())], n, on_split, mine)
     return out
 
 
@@ -131,7 +132,8 @@ def encode_alone(toks, batch: Batch, on_split, halve: bool) -> tuple[Rows, list[
     a failure with its reason)."""
     if halve:
         try:
-            outputs = {t.name: encode_rows(t, *batch.audio[t.sample_rate], on_split, batch.items) for t in toks}
+            outputs = {t.name: encode_rows(t, *batch.audio[t.sample_rate], on_split, batch.items)
+                       for t in toks}
             return {j: {name: out[j] for name, out in outputs.items()} for j in range(len(batch.items))}, []
         except RuntimeError:
             pass

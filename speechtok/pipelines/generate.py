@@ -81,7 +81,7 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     units), and that is checked before anything is generated. `echo` gets progress lines (steps, × real
     time); `on_audio(samples, sample_rate)` streams the acoustic stage's waveform chunk by chunk. With a unit
     HiFi-GAN: `speaker` picks its voice (a speaker-conditioned one) and the level of decoded pitch; an
-    expressive LM's pitch tokens are decoded to the F0 an F0-conditioned one hears (`generated_f0`; an F0
+    expressive LM's pitch tokens are decoded to the F0 an F0-conditioned one hears (`pitch_decoder`; an F0
     VQ-VAE's weights from `pitch_dir`)."""
     from speechtok.lm.acoustic import read_config
     from speechtok.pipelines.resynth import units_to_audio, vocoder_stream

@@ -25,14 +25,10 @@ class FrameTokenizer:
     def encode(self, wav: torch.Tensor, lengths: torch.Tensor,
                speakers: list[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [B, F] int64, zero past each row's frames; frame counts [B])."""
-        rows = self.rows(wav, lengths, speakers)
+        rows = (self.encode_batch(wav, lengths, speakers) if self.uses_speakers
+                else self.encode_batch(wav, lengths))
         counts = torch.tensor([len(r) for r in rows], dtype=torch.long)
         out = torch.zeros(len(rows), int(counts.max()) if len(rows) else 0, dtype=torch.long)
         for i, r in enumerate(rows):
             out[i, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
         return out, counts
-
-    def rows(self, wav: torch.Tensor, lengths: torch.Tensor,
-             speakers: list[str | None] | None = None) -> list[np.ndarray]:
-        """`encode_batch`, given the rows' speakers when the tokenizer uses them."""
-        return self.encode_batch(wav, lengths, speakers) if self.uses_speakers else self.encode_batch(wav, lengths)

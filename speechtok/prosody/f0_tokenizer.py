@@ -95,5 +95,6 @@ class F0Tokenizer(FrameTokenizer):
 
 def f0_from_card(card: dict, name: str = "f0", device: str | torch.device = "cpu") -> F0Tokenizer:
     """The F0 tokenizer a card (of an F0 stream, or inside a pitch tokenizer's card) describes."""
+    speakers = card.get("speakers") if card.get("norm") == "speaker" else None
     return F0Tokenizer(card["tracker"], card["frame_rate"], card["fmin"], card["fmax"], name=name,
-                       device=device, speakers=card.get("speakers") if card.get("norm") == "speaker" else None)
+                       device=device, speakers=speakers)

@@ -137,8 +137,8 @@ class UnitHiFiGAN(nn.Module):
                              "--speakers)")
         if name not in self.cfg.speakers:
             names = ", ".join(self.cfg.speakers[:20]) + (", ..." if len(self.cfg.speakers) > 20 else "")
-            raise ValueError(f"speaker {name!r} is not one of the vocoder's {len(self.cfg.speakers)} speakers "
-                             f"({names})")
+            raise ValueError(f"speaker {name!r} is not one of the vocoder's {len(self.cfg.speakers)} "
+                             f"speakers ({names})")
         return self.cfg.speakers.index(name)
 
     def expand(self, units: torch.Tensor, durations: torch.Tensor | None = None) -> torch.Tensor:
