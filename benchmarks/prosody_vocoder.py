@@ -8,7 +8,7 @@ voiced in both, DTW-aligned) and voicing error from the metric code of `tok eval
 (`spectral_metrics`). The unconditioned vocoder hears only the -p 50 units; "reference at -p 50" scores the
 -p 50 recording itself against each target (what keeping the units' own pitch would score).
 
-    nice -n 10 python benchmarks/prosody_vocoder.py                 # CPU: small models, 500 steps
+    nice -n 10 python benchmarks/prosody_vocoder.py                 # CPU: small models, 4000 steps
     python benchmarks/prosody_vocoder.py --steps 50 --no-write      # smoke run"""
 
 from __future__ import annotations
@@ -177,12 +177,12 @@ def report(args, trained: dict, scores: dict, prep: float, scoring: float) -> st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "speechtok_prosody_vocoder")
-    ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--adv-start", type=int, default=None, help="default: the last 50 steps adversarial")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--adv-start", type=int, default=None, help="default: the last 100 steps adversarial")
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = ap.parse_args()
-    args.adv_start = args.adv_start if args.adv_start is not None else max(0, args.steps - 50)
+    args.adv_start = args.adv_start if args.adv_start is not None else max(0, args.steps - 100)
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # the tok subprocesses: one thread each
     args.work.mkdir(parents=True, exist_ok=True)
