@@ -58,6 +58,12 @@ def espeak(text: str, pitch: int) -> np.ndarray:
     return resample(wav, sr, SAMPLE_RATE).astype(np.float32)
 
 
+def heldout_paths(work: Path) -> dict:
+    """{(sentence, pitch): wav path} of the held-out recordings."""
+    return {(i, p): work / "wav" / f"heldout_{i:02d}_p{p}.wav"
+            for i in range(len(HELDOUT)) for p in TARGET_PITCHES}
+
+
 def write_corpus(work: Path) -> tuple[Path, dict]:
     """The training corpus (every sentence at every pitch, JSONL) and the held-out wavs {(i, pitch): path}."""
     folder = work / "wav"
@@ -70,11 +76,9 @@ def write_corpus(work: Path) -> tuple[Path, dict]:
             sf.write(path, espeak(text, p), SAMPLE_RATE)
             lines.append(json.dumps({"id": path.stem, "path": str(path), "text": text, "speaker": VOICE}))
     (work / "train.jsonl").write_text("\n".join(lines) + "\n")
-    held = {}
-    for i, text in enumerate(HELDOUT):
-        for p in TARGET_PITCHES:
-            held[i, p] = folder / f"heldout_{i:02d}_p{p}.wav"
-            sf.write(held[i, p], espeak(text, p), SAMPLE_RATE)
+    held = heldout_paths(work)
+    for (i, p), path in held.items():
+        sf.write(path, espeak(HELDOUT[i], p), SAMPLE_RATE)
     return work / "train.jsonl", held
 
 
@@ -96,9 +100,9 @@ def train(work: Path, corpus: Path, args) -> tuple[Path, dict]:
     def train_one(name: str, extra: dict) -> dict:
         (work / f"{name}.yaml").write_text(yaml.safe_dump({**common, **extra, "output": str(work / name)}))
         t = time.perf_counter()
-        out = tok("vocoder", "train", "--config", work / f"{name}.yaml", "--device", "cpu", log=log)
+        out = tok("vocoder", "train", "--config", work / f"{name}.yaml", "--device", args.device, log=log)
         done = {**json.loads(out.strip().splitlines()[-1]), "seconds": time.perf_counter() - t,
-                "dir": work / name / "final"}
+                "dir": str(work / name / "final")}
         print(name, done, flush=True)
         return done
 
@@ -114,12 +118,23 @@ def median_f0(wav: np.ndarray) -> float:
     return float(np.median(f0[f0 > 0])) if (f0 > 0).any() else float("nan")
 
 
-def score(km: Path, trained: dict, held: dict) -> dict:
-    """Per system and target pitch: F0 RMSE (cents, Hz), voicing error and median F0, means over held-out."""
+def buzz_share(wav: np.ndarray, rate: float) -> float:
+    """Share of the voiced frames whose F0 is within 3% of `rate` (the unit rate: an undertrained HiFi-GAN's
+    output repeats with its hop, which a tracker reads as that pitch)."""
+    f0 = world_features(wav.astype(np.float64), SAMPLE_RATE)[0]
+    f0 = f0[f0 > 0]
+    return float(np.mean(np.abs(f0 / rate - 1) < 0.03)) if len(f0) else float("nan")
+
+
+def score(km: Path, trained: dict, held: dict, device: str) -> tuple[dict, float]:
+    """Per system and target pitch: F0 RMSE (cents, Hz), voicing error, median F0 and the frame-rate buzz
+    share, means over held-out; and how far the F0 input moves the F0 vocoder's waveform (mean |y(-p 80's
+    F0) − y(-p 20's F0)| over the RMS of y, mean over held-out)."""
     from speechtok.pipelines.resynth import Resynthesis
 
-    routes = {name: Resynthesis(str(km), str(t["dir"]), torch.device("cpu")) for name, t in trained.items()}
+    routes = {name: Resynthesis(str(km), str(t["dir"]), torch.device(device)) for name, t in trained.items()}
     rows: dict = {}
+    f0_outputs: dict = {}
     for (i, p), ref_path in sorted(held.items()):
         ref = sf.read(ref_path, dtype="float32")[0]
         src = sf.read(held[i, UNITS_PITCH], dtype="float32")[0]
@@ -127,13 +142,18 @@ def score(km: Path, trained: dict, held: dict) -> dict:
         for name, r in routes.items():
             tokens = r.encode(src, SAMPLE_RATE, (ref, SAMPLE_RATE) if r.needs_f0 else None)
             outputs[name] = r.decode(tokens)
+        f0_outputs[i, p] = outputs["voc_f0"]
+        rate = routes["voc_f0"].voc.cfg.frame_rate
         for name, hyp in outputs.items():
             m = spectral_metrics(ref, hyp, SAMPLE_RATE)
             rows.setdefault((name, p), []).append({"cents": m["f0_rmse_cents"], "hz": m["f0_rmse_hz"],
                                                    "vde": m["voicing_error"], "median": median_f0(hyp),
-                                                   "target": median_f0(ref)})
+                                                   "target": median_f0(ref), "buzz": buzz_share(hyp, rate)})
+    lo, hi = min(TARGET_PITCHES), max(TARGET_PITCHES)
+    moved = float(np.mean([np.abs(f0_outputs[i, hi] - f0_outputs[i, lo]).mean()
+                           / np.sqrt((f0_outputs[i, UNITS_PITCH] ** 2).mean()) for i in range(len(HELDOUT))]))
     return {key: {k: float(np.nanmean([r[k] for r in rs if r[k] is not None])) for k in rs[0]}
-            for key, rs in rows.items()}
+            for key, rs in rows.items()}, moved
 
 
 LABELS = {"voc_f0": "F0-conditioned unit HiFi-GAN (F0 of the target)",
@@ -141,20 +161,21 @@ LABELS = {"voc_f0": "F0-conditioned unit HiFi-GAN (F0 of the target)",
           "reference at -p 50": "reference at -p 50 (the units' own pitch)"}
 
 
-def report(args, trained: dict, scores: dict, prep: float, scoring: float) -> str:
+def report(args, trained: dict, scores: dict, moved: float, prep: float, scoring: float) -> str:
     rows = ["| system | target -p | target median F0 (Hz) | output median F0 (Hz) | F0 RMSE (cents) | "
-            "F0 RMSE (Hz) | voicing error |", "|---|---|---|---|---|---|---|"]
+            "F0 RMSE (Hz) | voicing error | voiced frames at the unit rate ±3% |",
+            "|---|---|---|---|---|---|---|---|"]
     for name in ("voc_f0", "voc_plain", "reference at -p 50"):
         for p in TARGET_PITCHES:
             s = scores[name, p]
             rows.append(f"| {LABELS[name]} | {p} | {s['target']:.0f} | {s['median']:.0f} | "
-                        f"{s['cents']:.0f} | {s['hz']:.1f} | {s['vde']:.1%} |")
+                        f"{s['cents']:.0f} | {s['hz']:.1f} | {s['vde']:.1%} | {s['buzz']:.0%} |")
     train_rows = [f"| {LABELS[n]} | {t['step']} | {t['seconds'] / 60:.1f} | {t['mel_loss']:.3f} |"
                   for n, t in trained.items()]
     return "\n".join([
-        "## F0-conditioned unit HiFi-GAN follows a shifted F0 contour (issue #26), cpu", "",
-        f"`nice -n 10 python benchmarks/prosody_vocoder.py` on {hardware(torch.device('cpu'))}, machine "
-        "shared with other jobs. espeak-ng voice en-us at -s 160: "
+        f"## F0-conditioned unit HiFi-GAN follows a shifted F0 contour (issue #26), {args.device}", "",
+        f"`nice -n 10 python benchmarks/prosody_vocoder.py` on {hardware(torch.device(args.device))}, "
+        "machine shared with other jobs. espeak-ng voice en-us at -s 160: "
         f"{len(TRAIN)} training sentences × -p {', '.join(map(str, TRAIN_PITCHES))} "
         f"({len(TRAIN) * len(TRAIN_PITCHES)} utterances); {len(HELDOUT)} held-out sentences. Through the "
         f"CLI: `tok train-kmeans -m mfcc -k {args.k}` (100 Hz units), `tok encode -t KM -t "
@@ -169,9 +190,13 @@ def report(args, trained: dict, scores: dict, prep: float, scoring: float) -> st
         f"{scoring / 60:.1f} min.", "",
         *rows, "", "| vocoder | steps | training min | final mel loss |", "|---|---|---|---|", *train_rows,
         "",
-        f"{args.steps} CPU steps leave both vocoders far from trained (speech-resynthesis trains ~400k "
-        "steps): the absolute numbers are not the vocoders' quality; the table shows the difference the F0 "
-        "input makes on the same budget — whether the output's pitch moves with the target's contour.", ""])
+        f"Between the -p {min(TARGET_PITCHES)} and -p {max(TARGET_PITCHES)} contours the F0 input moves the "
+        f"F0-conditioned vocoder's waveform by {moved:.1%} of its RMS (mean |difference| over RMS). "
+        f"{args.steps} steps leave both vocoders far from trained (speech-resynthesis trains ~400k steps): "
+        "the absolute numbers are not the vocoders' quality; the question is whether the output's pitch "
+        "moves with the target's contour on the same budget (output median F0 and RMSE against the "
+        "target), and the last column says how much of the output is still the buzz of the vocoder's hop "
+        "(voiced frames tracked at the unit rate).", ""])
 
 
 def main() -> None:
@@ -180,19 +205,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--adv-start", type=int, default=None, help="default: the last 100 steps adversarial")
     ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--device", default="cpu", help="training and synthesis (cuda: a larger step budget)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="score the vocoders of a finished run in --work again (no synthesis or training)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = ap.parse_args()
     args.adv_start = args.adv_start if args.adv_start is not None else max(0, args.steps - 100)
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # the tok subprocesses: one thread each
     args.work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    corpus, held = write_corpus(args.work)
-    km, trained = train(args.work, corpus, args)
-    prep = time.perf_counter() - t0 - max(t["seconds"] for t in trained.values())
+    record = args.work / "trained.json"
+    if args.reuse:
+        saved = json.loads(record.read_text())
+        km, trained, prep, held = args.work / "km", saved["trained"], saved["prep"], heldout_paths(args.work)
+        args.steps, args.adv_start, args.k = saved["steps"], saved["adv_start"], saved["k"]
+    else:
+        t0 = time.perf_counter()
+        corpus, held = write_corpus(args.work)
+        km, trained = train(args.work, corpus, args)
+        prep = time.perf_counter() - t0 - max(t["seconds"] for t in trained.values())
+        record.write_text(json.dumps({"trained": trained, "prep": prep, "steps": args.steps,
+                                      "adv_start": args.adv_start, "k": args.k}))
     t1 = time.perf_counter()
-    scores = score(km, trained, held)
-    body = report(args, trained, scores, prep, time.perf_counter() - t1)
+    scores, moved = score(km, trained, held, args.device)
+    body = report(args, trained, scores, moved, prep, time.perf_counter() - t1)
     print(body)
     if not args.no_write:
         write_section("prosody-vocoder", body)
