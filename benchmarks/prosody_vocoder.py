@@ -196,7 +196,8 @@ def report(args, trained: dict, scores: dict, moved: float, prep: float, scoring
         "the absolute numbers are not the vocoders' quality; the question is whether the output's pitch "
         "moves with the target's contour on the same budget (output median F0 and RMSE against the "
         "target), and the last column says how much of the output is still the buzz of the vocoder's hop "
-        "(voiced frames tracked at the unit rate).", ""])
+        "(voiced frames tracked at the unit rate; the -p 50 voice itself sits near 100 Hz, hence its "
+        "share).", ""])
 
 
 def main() -> None:
