@@ -159,3 +159,140 @@ def test_f0_follows_units_expanded_by_predicted_durations():
     f0 = f0_features(np.full(len(units), 120.0), "none")
     expanded = voc.expand(torch.tensor([[1, 4, 2, 7]])).shape[1]
     assert units_to_audio(voc.eval(), units, f0=f0).shape == (expanded * 160,)
+
+
+def test_pitch_tokens_decode_to_the_expected_contour():
+    """Known bins tokens → F0: token 0 unvoiced, token b the exp of bin b's median plus the level put back
+    (`mean`: the speaker's log-F0 mean); the vocoder's input stretches the 50 Hz contour onto 100 Hz units
+    (each pitch frame twice). The level: the named speaker's, else the mean over the card's speakers."""
+    from speechtok.prosody.f0_tokenizer import F0Tokenizer
+    from speechtok.prosody.pitch_bins import PitchBins
+    from speechtok.prosody.pitch_decode import pitch_contour, speaker_level
+
+    bins = PitchBins(F0Tokenizer("world", rate=50), "mean", np.array([-0.1, 0.1]), np.array([-0.2, 0.0, 0.2]))
+    f0, rate = pitch_contour(bins, np.array([0, 1, 2, 3, 3, 0]), (np.log(100.0), 0.3))
+    assert rate == 50.0
+    np.testing.assert_allclose(f0, [0, 100 * np.exp(-0.2), 100, 100 * np.exp(0.2), 100 * np.exp(0.2), 0],
+                               rtol=1e-12)
+    feats = stretch(f0_features(f0, "none"), 12)
+    np.testing.assert_allclose(feats, np.repeat(f0_features(f0, "none"), 2, axis=1))
+    card = {"speakers": {"a": {"logf0_mean": 4.0, "logf0_std": 0.1},
+                         "b": {"logf0_mean": 5.0, "logf0_std": 0.3}}}
+    assert speaker_level(card, "b") == (5.0, 0.3) and speaker_level(card) == (4.5, 0.2)
+    with pytest.raises(ValueError, match="speaker 'c' has no F0 statistics"):
+        speaker_level(card, "c")
+    absolute = PitchBins(F0Tokenizer("world", rate=50), "none", np.array([5.0]), np.array([4.6, 5.3]))
+    np.testing.assert_allclose(pitch_contour(absolute, np.array([2, 1]), (0.0, 1.0))[0], np.exp([5.3, 4.6]))
+
+
+def test_vqvae_pitch_tokens_decode_on_the_5ms_grid():
+    """F0 VQ-VAE codes (12.5 Hz) decode through its decoder to 16 frames each at 200 Hz, the utterance-std
+    units scaled by the level's std and shifted by its mean (`meanstd`); an LM's VQ-VAE card needs the
+    tokenizer's folder."""
+    from speechtok.prosody.f0_tokenizer import F0Tokenizer
+    from speechtok.prosody.f0_vqvae import F0VQVAE, PitchVQVAE, VQVAEConfig
+    from speechtok.prosody.pitch_decode import load_pitch_tokenizer, pitch_contour
+
+    torch.manual_seed(0)
+    tok = PitchVQVAE(F0Tokenizer("world", rate=200), F0VQVAE(VQVAEConfig(codes=4)))
+    with torch.no_grad():
+        tok.model.codebook.normal_()
+    codes = np.array([0, 3, 1])
+    f0, rate = pitch_contour(tok, codes, (np.log(120.0), 0.25))
+    x = tok.decode(codes)
+    assert rate == 200.0 and len(f0) == len(x) == 48
+    voiced = ~np.isnan(x)
+    np.testing.assert_allclose(f0[voiced], 120.0 * np.exp(0.25 * x[voiced].astype(np.float64)), rtol=1e-12)
+    assert (f0[~voiced] == 0).all()
+    with pytest.raises(ValueError, match="--pitch-tokenizer DIR"):
+        load_pitch_tokenizer(tok.card())
+
+
+def speaker_vocoder(directory: Path, f0_card: dict | None = None) -> Path:
+    """A tiny unit HiFi-GAN (k=12, 100 Hz) with speakers alice and carol (F0-conditioned with `f0_card`)."""
+    torch.manual_seed(0)
+    f0 = dict(f0="f0", f0_card=f0_card) if f0_card else {}
+    voc = UnitHiFiGAN(UnitHiFiGANConfig(k=12, sample_rate=16000, frame_rate=100.0, num_speakers=2,
+                                        speaker_dim=8, speakers=["alice", "carol"], **f0, **TINY))
+    with torch.no_grad():
+        voc.speaker_emb.weight.normal_(0, 3.0)  # voices far apart
+    with_gains(voc).save(directory)
+    write_checksums(directory)
+    return directory
+
+
+def test_resynth_speaker_transfer(f0_shards, tmp_path):
+    """`tok resynth A --speaker carol` speaks A's units with carol's embedding row (with --f0-from B too: A's
+    units, B's voice and B's F0), unlike alice's; an unknown speaker or a vocoder without speakers is one
+    error line."""
+    from speechtok.pipelines.resynth import Resynthesis, units_to_audio
+
+    shards, km = f0_shards
+    card = json.loads((shards / "manifest.json").read_text())["tokenizers"]["f0"]
+    voc = speaker_vocoder(tmp_path / "voc", card)
+    corpus = Path(json.loads((shards / "manifest.json").read_text())["corpus"])
+    a, b = [tmp_path / f"{n}.wav" for n in "ab"]
+    for path, line in zip((a, b), corpus.read_text().splitlines()):
+        wav, sr = sf.read(json.loads(line)["path"])
+        sf.write(path, wav[: int(sr)], sr, subtype="FLOAT")
+    for who in ("alice", "carol"):
+        r = run("resynth", a, "-t", km, "--vocoder", voc, "--f0-from", b, "--speaker", who,
+                "-o", tmp_path / f"{who}.wav")
+        assert r.exit_code == 0 and f"(speaker {who})" in r.output, r.output
+    wav, sr = sf.read(a, dtype="float32")
+    resynthesis = Resynthesis(str(km), str(voc), torch.device("cpu"))
+    units, f0 = resynthesis.encode(wav, sr, sf.read(b, dtype="float32"))
+    model = UnitHiFiGAN.from_dir(voc)
+    carol, alice = [sf.read(tmp_path / f"{who}.wav", dtype="float32")[0] for who in ("carol", "alice")]
+    np.testing.assert_allclose(carol, units_to_audio(model, units, 1, f0), atol=2 / 32768)  # 16-bit wav
+    assert np.abs(carol - alice).mean() > 0.01 * carol.std()
+    r = run("resynth", a, "-t", km, "--vocoder", voc, "--speaker", "bob", "-o", tmp_path / "x.wav")
+    assert r.exit_code == 2 and "'bob' is not one of the vocoder's 2 speakers (alice, carol)" in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    plain = tmp_path / "plain"
+    UnitHiFiGAN(UnitHiFiGANConfig(k=12, sample_rate=16000, frame_rate=100.0, **TINY)).save(plain)
+    write_checksums(plain)
+    r = run("resynth", a, "-t", km, "--vocoder", plain, "--speaker", "bob", "-o", tmp_path / "y.wav")
+    assert r.exit_code == 2 and "has no speaker embedding" in r.output, r.output
+
+
+def test_generate_decodes_pitch_tokens_to_the_f0_the_vocoder_hears(f0_shards, base_llm, tmp_path):
+    """An expressive LM (units + pitch bins, untrained: it draws both) → `tok generate --vocoder` with an
+    F0-conditioned unit HiFi-GAN: the audio is the vocoder's output for the generated units with the pitch
+    tokens decoded to F0 (bin medians + the speaker's level, stretched onto the units), redone here from
+    the same seed; not the all-unvoiced output."""
+    from speechtok.lm.generate import SamplingOptions, generate_ids, generated_streams, speech_prompt
+    from speechtok.pipelines.generate import load_lm
+    from speechtok.pipelines.resynth import units_to_audio
+    from speechtok.prosody.pitch_decode import pitch_contour, speaker_level
+    from speechtok.prosody.pitch_bins import PitchBins
+
+    shards, km = f0_shards
+    r = run("prosody", "train", shards, "-o", tmp_path / "bins", "--method", "bins", "--bins", "8")
+    assert r.exit_code == 0, r.output
+    # extend-vocab reads only the manifest: that of these shards with the pitch stream `tok encode -t
+    # tmp_path/bins` would add (beside the original, so the units' card resolves as there)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["tokenizers"]["pitch"] = json.loads((tmp_path / "bins" / "tokenizer.json").read_text())
+    (shards / "manifest_pitch.json").write_text(json.dumps(manifest))
+    r = run("lm", "extend-vocab", base_llm, "-m", shards / "manifest_pitch.json", "--pitch", "pitch",
+            "-o", tmp_path / "lm")
+    assert r.exit_code == 0, r.output
+    card = json.loads((shards / "manifest.json").read_text())["tokenizers"]["f0"]
+    voc = speaker_vocoder(tmp_path / "voc", card)
+    r = run("generate", "--lm", tmp_path / "lm", "--vocoder", voc, "--speaker", "carol", "--max-units", "60",
+            "--temperature", "1.0", "--seed", "3", "-o", tmp_path / "out.wav")
+    assert r.exit_code == 0 and "pitch tokens -> F0" in r.output, r.output
+    model, tokenizer, vocab = load_lm(tmp_path / "lm", torch.device("cpu"))
+    ids = generate_ids(model, tokenizer, vocab, [speech_prompt(tokenizer, vocab)],
+                       SamplingOptions(max_new_tokens=60, temperature=1.0, seed=3))[0]
+    streams = generated_streams(vocab, ids)
+    assert len(streams["pitch"]) and len(streams["units"])
+    bins = PitchBins.from_card(json.loads((tmp_path / "bins" / "tokenizer.json").read_text()))
+    hz, _ = pitch_contour(bins, streams["pitch"], speaker_level(bins.card(), "carol"))
+    vocoder = UnitHiFiGAN.from_dir(voc)
+    want = units_to_audio(vocoder, streams["units"], 1, f0_features(hz, "none"))
+    got, sr = sf.read(tmp_path / "out.wav", dtype="float32")
+    np.testing.assert_allclose(got, want, atol=2 / 32768)  # written as 16-bit wav
+    unvoiced = units_to_audio(vocoder, streams["units"], 1)
+    assert np.abs(got - unvoiced).mean() > 0.01 * np.abs(got).mean()

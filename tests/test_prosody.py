@@ -244,3 +244,65 @@ def test_style_tokens_from_a_transformers_encoder(f0_200hz, tiny_ssl, tmp_path):
 
     for s in read_shards(tmp_path / "out"):
         assert len(s["ssl_style"]) == int(np.ceil(round(s["duration"] * 16000) / 16000))
+
+
+def test_f0_normalised_per_speaker_matches_hand_computation(f0_200hz, tmp_path):
+    """`-t f0:world:stats=SHARDS` (the first pass: the same tracker's F0 stream in Hz, here at 200 Hz) stores
+    each frame's (log F0 − speaker mean) / speaker std, mean and std over every voiced frame of the
+    speaker in the first pass, computed here by hand with numpy; the card holds the table, and the voiced
+    frames are the first pass's. Tolerance: the stored step (1/1000 std, rounded) plus the first pass's
+    0.1 Hz rounding (the statistics read it, the second pass normalises unrounded F0)."""
+    from speechtok.prosody.speaker_norm import Z_SCALE, from_stored
+    from speechtok.shards import read_shards
+
+    corpus, hz_shards = f0_200hz
+    invoke("encode", corpus, "-t", f"f0:world:rate=200:stats={hz_shards}", "-o", tmp_path / "z", "-q")
+    hz = {s["id"]: (s["speaker"], from_decihertz(s["f0"])) for s in read_shards(hz_shards)}
+    logs: dict = {}
+    for spk, f0 in hz.values():
+        logs.setdefault(spk, []).extend(np.log(f0[f0 > 0]).tolist())
+    hand = {spk: (np.mean(x), np.std(x)) for spk, x in logs.items()}
+    card = json.loads((tmp_path / "z" / "manifest.json").read_text())["tokenizers"]["f0"]
+    assert card["norm"] == "speaker"
+    assert set(card["speakers"]) == set(hand) == {"alice", "bob", "carol", "dave"}
+    for spk, (m, sd) in hand.items():
+        got = card["speakers"][spk]
+        assert np.isclose(got["logf0_mean"], m, rtol=1e-12) and np.isclose(got["logf0_std"], sd, rtol=1e-12)
+        assert got["frames"] == len(logs[spk])
+    for s in read_shards(tmp_path / "z"):
+        spk, f0 = hz[s["id"]]
+        z = from_stored(s["f0"])
+        voiced = f0 > 0
+        assert (voiced == ~np.isnan(z)).all()
+        m, sd = hand[spk]
+        want = (np.log(f0[voiced]) - m) / sd
+        tol = 0.5 / Z_SCALE + np.log1p(0.05 / f0[voiced]) / sd + 1e-9
+        assert (np.abs(z[voiced] - want) <= tol).all()
+
+
+def test_f0_speaker_stats_table_missing_a_speaker_skips_its_utterances(f0_200hz, tmp_path):
+    """A JSON table without one voice: that voice's utterance is skipped with a reason naming the speaker
+    (exit 1, errors.jsonl), the others are written normalised by the table's values (one mean for all
+    here, so the voices keep their order)."""
+    from speechtok.prosody.speaker_norm import from_stored
+    from speechtok.shards import read_shards
+
+    corpus, _ = f0_200hz
+    table = {s: {"logf0_mean": float(np.log(150.0)), "logf0_std": 0.1} for s in ("alice", "bob", "carol")}
+    (tmp_path / "stats.json").write_text(json.dumps(table))
+    stats = f"f0:world:rate=50:stats={tmp_path / 'stats.json'}"
+    r = CliRunner().invoke(cli, ["encode", str(corpus), "-t", stats, "-o", str(tmp_path / "out"), "-q",
+                                 "--batch-size", "1"])
+    assert r.exit_code == 1, r.output
+    errors = (tmp_path / "out" / "errors.jsonl").read_text()
+    assert "'dave' has no F0 statistics" in errors and errors.count("\n") == 1
+    samples = list(read_shards(tmp_path / "out"))
+    assert sorted(s["speaker"] for s in samples) == ["alice", "bob", "carol"]
+    carol = next(s for s in samples if s["speaker"] == "carol")
+    bob = next(s for s in samples if s["speaker"] == "bob")
+    assert np.nanmedian(from_stored(carol["f0"])) > np.nanmedian(from_stored(bob["f0"]))  # -p 70 vs 35
+    table["bob"]["logf0_std"] = 0.2  # other statistics are another job: refused in that folder
+    (tmp_path / "stats.json").write_text(json.dumps(table))
+    r = CliRunner().invoke(cli, ["encode", str(corpus), "-t", stats, "-o", str(tmp_path / "out"), "-q",
+                                 "--batch-size", "1"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output

@@ -257,6 +257,11 @@ class StreamedWav:
                    "with --max-units].")
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
 @click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
+@click.option("--speaker", default=None,
+              help="--vocoder: the voice of this speaker of a speaker-conditioned unit HiFi-GAN, and the F0 "
+                   "level that an expressive LM's pitch tokens decode to.")
+@click.option("--pitch-tokenizer", "pitch_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="--vocoder: the F0 VQ-VAE folder whose pitch tokens the LM makes (pitch bins need none).")
 @output_option("FILE", "The wav file to write, or the units' .npy file with --units-only.")
 @click.option("--max-units", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--temperature", type=FiniteRange(min=0), default=0.8, show_default=True,
@@ -276,7 +281,7 @@ class StreamedWav:
 @vocoder_precision_option
 def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
                  temperature, top_k, top_p, seed, compiled, stream, quiet, device, vocoder_dir, voice_seconds,
-                 vocoder_precision, say):
+                 vocoder_precision, say, speaker, pitch_dir):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
     from speechtok.lm.vocab import SpeechVocab
 
@@ -307,7 +312,7 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
                               prompt_text, voice, opts, dev, voice_seconds=voice_seconds,
                               vocoder_dir=None if units_only else vocoder_dir,
-                              vocoder_precision=vocoder_precision,
+                              vocoder_precision=vocoder_precision, speaker=speaker, pitch_dir=pitch_dir,
                               echo=None if quiet else (lambda line: click.echo(line, err=True)),
                               on_audio=writer, text=say)
     except (ValueError, OSError) as e:

@@ -315,10 +315,13 @@ def read_f0_source(path: str | None):
 @click.option("--f0-from", "f0_from", type=click.Path(exists=True, dir_okay=False), default=None,
               help="F0 transfer: speak AUDIO's units with this file's F0 contour (time-stretched onto them); "
                    "needs an F0-conditioned unit HiFi-GAN.")
+@click.option("--speaker", default=None,
+              help="Speaker transfer: speak AUDIO's units with this speaker's voice (a speaker the unit "
+                   "HiFi-GAN was trained with --speakers on; default its first).")
 @output_option("FILE", "The wav file to write.")
 @device_option
 @vocoder_precision_option
-def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, vocoder_precision):
+def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, speaker, vocoder_precision):
     """Round-trip one file: AUDIO → tokens (or mel) → OUTPUT wav, through a codec's decoder or a vocoder."""
     import soundfile as sf
 
@@ -333,7 +336,8 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, vocoder_
     try:
         wav, sr = read_audio(audio)
         other = read_f0_source(f0_from)
-        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, dev, other, vocoder_precision)
+        out, out_sr, what = resynthesize(wav, sr, tokenizer, vocoder_dir, dev, other, vocoder_precision,
+                                         speaker)
     except AudioError as e:
         fail(f"{audio}: {e}")
     except (ValueError, OSError) as e:

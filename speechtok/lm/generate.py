@@ -123,11 +123,11 @@ def unit_decoder(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]],
 
 
 @torch.no_grad()
-def generate_units(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]],
-                   opts: SamplingOptions | None = None, seeds: list[int] | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """Units generated after each prompt (EOS and what follows it dropped), one array per prompt. Row i
-    draws with seed `seeds[i]` (default: `opts.seed`), the same units alone as in any batch. Decoding
+def generate_ids(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]],
+                 opts: SamplingOptions | None = None, seeds: list[int] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """LM ids generated after each prompt (EOS and what follows it dropped), one array per prompt. Row i
+    draws with seed `seeds[i]` (default: `opts.seed`), the same ids alone as in any batch. Decoding
     stops early, checked every 64 steps, once every row has ended."""
     opts = opts or SamplingOptions()
     decoder = unit_decoder(model, tokenizer, vocab, prompts, opts, seeds)
@@ -141,7 +141,18 @@ def generate_units(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]
     result = []
     for row in out:
         end = np.flatnonzero(row == tokenizer.eos_token_id)
-        row = row[: end[0]] if len(end) else row
-        # an expressive LM's pitch and style are dropped (no vocoder uses them yet); BPE merges are undone
-        result.append(split_generated(vocab, row)["units"] if vocab.expressive else vocab.ids_to_units(row))
+        result.append(row[: end[0]] if len(end) else row)
     return result
+
+
+def generated_streams(vocab: SpeechVocab, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Generated ids → {"units"} (BPE merges undone), with an expressive LM's "pitch" and "style" too."""
+    return split_generated(vocab, ids) if vocab.expressive else {"units": vocab.ids_to_units(ids)}
+
+
+def generate_units(model, tokenizer, vocab: SpeechVocab, prompts: list[list[int]],
+                   opts: SamplingOptions | None = None, seeds: list[int] | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """The units of `generate_ids` (an expressive LM's pitch and style split off)."""
+    return [generated_streams(vocab, row)["units"]
+            for row in generate_ids(model, tokenizer, vocab, prompts, opts, seeds, progress)]

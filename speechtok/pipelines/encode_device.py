@@ -44,11 +44,20 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def device_tokens(tok, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def speakers_of(items: list[Item] | None) -> list[str | None] | None:
+    return None if items is None else [it.utt.speaker for it in items]
+
+
+def device_tokens(tok, wav: torch.Tensor, lengths: torch.Tensor,
+                  items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [B, (n_q,) F] on the tokenizer's device, frame counts [B] on the host) of a padded batch
-    whose `lengths` are on the host."""
+    whose `lengths` are on the host (`items`: its utterances, whose speakers an F0 stream normalised per
+    speaker reads)."""
     if isinstance(tok, SemanticTokenizer):
         return tok.tokens(wav, lengths)
+    if getattr(tok, "uses_speakers", False):
+        codes, _ = tok.encode(wav, lengths, speakers_of(items))
+        return codes, tok.num_frames(lengths)
     codes, _ = tok.encode(wav, lengths)
     return codes, tok.num_frames(lengths)
 
@@ -79,7 +88,7 @@ def launch(toks, batch: Batch, on_split) -> Pending:
     if not batch.items:
         return Pending(batch, ready={})
     try:
-        out = {t.name: device_tokens(t, *batch.audio[t.sample_rate]) for t in toks}
+        out = {t.name: device_tokens(t, *batch.audio[t.sample_rate], batch.items) for t in toks}
     except RuntimeError as e:
         if is_oom(e) and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -89,10 +98,19 @@ def launch(toks, batch: Batch, on_split) -> Pending:
     return Pending(batch, tokens, {name: n.numpy() for name, (_, n) in out.items()}, copied)
 
 
-def encode_rows(tok, wav: torch.Tensor, lengths: torch.Tensor, on_split) -> list[np.ndarray]:
+def row_tokens(tok, wav: torch.Tensor, lengths: torch.Tensor,
+               items: list[Item] | None = None) -> list[np.ndarray]:
+    """tok.encode_batch, given the rows' speakers when the tokenizer uses them."""
+    if getattr(tok, "uses_speakers", False):
+        return tok.encode_batch(wav, lengths, speakers_of(items))
+    return tok.encode_batch(wav, lengths)
+
+
+def encode_rows(tok, wav: torch.Tensor, lengths: torch.Tensor, on_split,
+                items: list[Item] | None = None) -> list[np.ndarray]:
     """tok.encode_batch, halving the batch on CUDA out-of-memory until it fits."""
     try:
-        return tok.encode_batch(wav, lengths)
+        return row_tokens(tok, wav, lengths, items)
     except RuntimeError as e:
         if not is_oom(e) or len(lengths) == 1:
             raise
@@ -103,7 +121,8 @@ def encode_rows(tok, wav: torch.Tensor, lengths: torch.Tensor, on_split) -> list
     out = []
     for part in (slice(0, half), slice(half, None)):
         n = lengths[part]
-        out += encode_rows(tok, wav[part, : int(n.max())], n, on_split)
+        mine = None if items is None else items[part]
+        out += encode_rows(tok, wav[part, : int(n.max())], n, on_split, mine)
     return out
 
 
@@ -113,7 +132,8 @@ def encode_alone(toks, batch: Batch, on_split, halve: bool) -> tuple[Rows, list[
     a failure with its reason)."""
     if halve:
         try:
-            outputs = {t.name: encode_rows(t, *batch.audio[t.sample_rate], on_split) for t in toks}
+            outputs = {t.name: encode_rows(t, *batch.audio[t.sample_rate], on_split, batch.items)
+                       for t in toks}
             return {j: {name: out[j] for name, out in outputs.items()} for j in range(len(batch.items))}, []
         except RuntimeError:
             pass
@@ -124,7 +144,7 @@ def encode_alone(toks, batch: Batch, on_split, halve: bool) -> tuple[Rows, list[
             for t in toks:
                 wav, lengths = batch.audio[t.sample_rate]
                 n = lengths[j: j + 1]
-                row[t.name] = t.encode_batch(wav[j: j + 1, : int(n)], n)[0]
+                row[t.name] = row_tokens(t, wav[j: j + 1, : int(n)], n, [it])[0]
             rows[j] = row
         except RuntimeError as e:
             failed.append((it, f"tokenizer failed: {' '.join(str(e).split())[:200]}"))

@@ -14,7 +14,7 @@ import torch
 
 from speechtok.checksums import verify_checksums
 from speechtok.lm.decoding import Progress, Sampler
-from speechtok.lm.generate import SamplingOptions, generate_units, speech_prompt
+from speechtok.lm.generate import SamplingOptions, generate_ids, generated_streams, speech_prompt
 from speechtok.lm.vocab import SpeechVocab
 from speechtok.tokenizers.semantic import run_length
 from speechtok.unit_stream import check_unit_streams, unit_stream
@@ -73,14 +73,18 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
                     vocoder_dir: str | Path | None = None, voice_seconds: float | None = None,
                     echo: Callable[[str], None] | None = None,
                     on_audio: Callable[[np.ndarray, int], None] | None = None,
-                    vocoder_precision: str = "fp32", text: str | None = None) -> Generated:
+                    vocoder_precision: str = "fp32", text: str | None = None, speaker: str | None = None,
+                    pitch_dir: str | Path | None = None) -> Generated:
     """Stage 1 always; then the acoustic model and codec decoder (`acoustic_dir`) or a unit HiFi-GAN
     (`vocoder_dir`). Every stage's unit stream is checked against the LM's before anything runs. `voice`
     (an audio file) sets the speaker: its codec tokens lead the acoustic stage, its units the target's; only
     its first `voice_seconds` are used (default: as much as fits the acoustic model with `max_new_tokens`
     units), and that is checked before anything is generated. `echo` gets progress lines (steps, × real
     time); `on_audio(samples, sample_rate)` streams the acoustic stage's waveform chunk by chunk. `text`:
-    the words a depth model with a text stream speaks (its text stream constrained to them)."""
+    the words a depth model with a text stream speaks (its text stream constrained to them). With a unit
+    HiFi-GAN: `speaker` picks its voice (a speaker-conditioned one) and the level of decoded pitch; an
+    expressive LM's pitch tokens are decoded to the F0 an F0-conditioned one hears (`pitch_decoder`; an F0
+    VQ-VAE's weights from `pitch_dir`)."""
     from speechtok.lm.acoustic import read_config
     from speechtok.pipelines.resynth import units_to_audio, vocoder_stream
     from speechtok.vocoders.hifigan import UnitHiFiGAN
@@ -108,12 +112,17 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     voc = UnitHiFiGAN.from_dir(vocoder_dir, device) if vocoder_dir is not None else None
     if voc is not None:
         check_unit_streams(made, str(lm_dir), vocoder_stream(voc.cfg), str(vocoder_dir))
+        pitch = pitch_decoder(SpeechVocab.load(lm_dir), voc, pitch_dir, speaker)
+        # a speaker names the vocoder's voice; with no voices to pick, only the pitch level (checked there)
+        speaker_row = voc.speaker_index(speaker) if voc.cfg.num_speakers or pitch is None else None
     model, tokenizer, vocab = load_lm(lm_dir, device)
     units = prompt_units(tokenizer_dir, prompt_audio, vocab.dedup) if prompt_audio else None
     prompt = speech_prompt(tokenizer, vocab, units=units, text=prompt_text)
     start = time.perf_counter()
     progress = Progress("LM", opts.max_new_tokens, unit_seconds(made, acoustic), echo) if echo else None
-    out = generate_units(model, tokenizer, vocab, [prompt], opts, progress=progress)[0]
+    ids = generate_ids(model, tokenizer, vocab, [prompt], opts, progress=progress)[0]
+    streams = generated_streams(vocab, ids)
+    out = streams["units"]
     if len(out) == 0:
         raise ValueError("the LM ended the speech at once (no units generated); try another seed or temperature")
     result = Generated(units=out, stream=made, source=str(lm_dir))
@@ -122,9 +131,29 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
         return synthesize(result, acoustic_dir, tokenizer_dir, voice, opts, device, voice_seconds, echo,
                           on_audio, start, text)
     if voc is not None:  # deduplicated units: the vocoder's duration predictor gives their lengths
-        result.wav = units_to_audio(voc, result.units, precision=vocoder_precision)
+        f0 = pitch(streams["pitch"]) if pitch is not None else None
+        if f0 is not None and echo is not None:
+            voiced = f"{int(f0[1].sum())} of {f0.shape[1]} frames voiced"
+            echo(f"{len(streams['pitch'])} pitch tokens -> F0 ({voiced})")
+        result.wav = units_to_audio(voc, result.units, speaker_row, f0=f0, precision=vocoder_precision)
         result.sample_rate = voc.cfg.sample_rate
     return result
+
+
+def pitch_decoder(vocab: SpeechVocab, voc, pitch_dir: str | Path | None, speaker: str | None):
+    """pitch tokens → the F0 input of `voc` (at the pitch contour's frames; `units_to_audio` stretches it onto
+    the units), or None when the vocoder is not F0-conditioned or the LM makes no pitch tokens (the
+    vocoder then hears all frames unvoiced)."""
+    from speechtok.prosody.pitch_decode import load_pitch_tokenizer, pitch_contour, speaker_level
+    from speechtok.vocoders.f0_input import f0_features
+
+    if not voc.cfg.f0 or not vocab.pitch_stream:
+        return None
+    card = vocab.tokenizer_cards[vocab.pitch_stream]
+    tok = load_pitch_tokenizer(card, None if pitch_dir is None else str(pitch_dir))
+    known = speaker is None or speaker in (card.get("speakers") or {}) or not voc.cfg.num_speakers
+    level = speaker_level(card, speaker if known else None)  # a voice of the vocoder with no level: the mean
+    return lambda tokens: f0_features(pitch_contour(tok, tokens, level)[0], voc.cfg.f0_norm)
 
 
 def unit_seconds(stream: dict, acoustic=None) -> float | None:

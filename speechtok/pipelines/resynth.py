@@ -1,6 +1,7 @@
 """Audio → tokens (or mel) → audio, through a codec decoder, a unit HiFi-GAN or a Vocos. An F0-conditioned
 unit HiFi-GAN also reads the F0 contour, tracked as its F0 stream was: the input's own, or another file's
-(F0 transfer: that contour time-stretched onto the input's units)."""
+(F0 transfer: that contour time-stretched onto the input's units). A speaker-conditioned one speaks with
+the voice of a speaker it was trained on (`speaker`: speaker transfer; default its first)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class Resynthesis:
     synthesizes in `vocoder_precision` (fp32, tf32 or bf16: vocoders.precision)."""
 
     def __init__(self, tokenizer: str | None, vocoder_dir: str | None, device: torch.device,
-                 vocoder_precision: str = "fp32"):
+                 vocoder_precision: str = "fp32", speaker: str | None = None):
         from speechtok.prosody.f0_tokenizer import f0_from_card
         from speechtok.tokenizers.codec import Codec
         from speechtok.tokenizers.load import load_tokenizer
@@ -55,7 +56,7 @@ class Resynthesis:
 
         check_vocoder_precision(vocoder_precision, device)
         self.precision = vocoder_precision
-        self.f0_tracker = None
+        self.f0_tracker, self.speaker = None, None
         self.tok = load_tokenizer(tokenizer, device=device) if tokenizer else None
         self.voc = load_vocoder(vocoder_dir, device) if vocoder_dir else None
         if isinstance(self.voc, UnitHiFiGAN):
@@ -65,9 +66,12 @@ class Resynthesis:
             check_unit_streams(unit_stream(self.tok.card(), dedup=False), tokenizer,
                                vocoder_stream(self.voc.cfg), vocoder_dir)
             self.kind = "units"
+            self.speaker = self.voc.speaker_index(speaker)
             self.f0_tracker = f0_from_card(self.voc.cfg.f0_card, device=device) if self.voc.cfg.f0 else None
         elif isinstance(self.tok, SemanticTokenizer):
             raise ValueError("semantic units need a unit vocoder (--vocoder DIR of a unit HiFi-GAN)")
+        elif speaker is not None:
+            raise ValueError("a speaker (speaker transfer) needs a speaker-conditioned unit HiFi-GAN")
         elif self.voc is None:
             self.kind = "codec"
         elif self.voc.is_codec:
@@ -120,7 +124,7 @@ class Resynthesis:
         """What `encode` gave → waveform at `sample_rate`."""
         if self.kind == "units":
             units, f0 = tokens if self.needs_f0 else (tokens, None)
-            return units_to_audio(self.voc, units, f0=f0, precision=self.precision)
+            return units_to_audio(self.voc, units, self.speaker, f0=f0, precision=self.precision)
         if self.kind == "codec":
             codes, frames = tokens
             out, samples = self.tok.decode(codes, frames)
@@ -158,16 +162,18 @@ class Resynthesis:
             return "mel -> Vocos"
         c = self.codes(tokens)
         if self.kind == "units":
-            return f"{c.shape[1]} units{' + F0' if self.needs_f0 else ''} -> unit HiFi-GAN"
+            voice = f" (speaker {self.voc.cfg.speakers[self.speaker]})" if self.speaker is not None else ""
+            return f"{c.shape[1]} units{' + F0' if self.needs_f0 else ''} -> unit HiFi-GAN{voice}"
         return f"{c.shape[0]} x {c.shape[1]} codes" + (" -> Vocos" if self.kind == "codec+vocos" else "")
 
 
 def resynthesize(wav: np.ndarray, sr: int, tokenizer: str | None, vocoder_dir: str | None,
                  device: torch.device, f0_from: tuple[np.ndarray, int] | None = None,
-                 vocoder_precision: str = "fp32") -> tuple[np.ndarray, int, str]:
+                 vocoder_precision: str = "fp32", speaker: str | None = None) -> tuple[np.ndarray, int, str]:
     """(waveform, sample rate, what it went through); `f0_from`: (audio, rate) whose F0 contour replaces
-    the input's (F0 transfer through an F0-conditioned unit HiFi-GAN)."""
-    r = Resynthesis(tokenizer, vocoder_dir, device, vocoder_precision)
+    the input's (F0 transfer through an F0-conditioned unit HiFi-GAN); `speaker`: the voice of this speaker
+    of a speaker-conditioned unit HiFi-GAN (speaker transfer)."""
+    r = Resynthesis(tokenizer, vocoder_dir, device, vocoder_precision, speaker)
     if f0_from is not None and not r.needs_f0:
         raise ValueError("F0 transfer needs an F0-conditioned unit HiFi-GAN (trained with `f0: STREAM`)")
     tokens = r.encode(wav, sr, f0_from)

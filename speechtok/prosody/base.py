@@ -20,9 +20,13 @@ class FrameTokenizer:
     def encode_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    uses_speakers = False  # True: `encode_batch` needs each row's speaker label (`speakers=`)
+
+    def encode(self, wav: torch.Tensor, lengths: torch.Tensor,
+               speakers: list[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [B, F] int64, zero past each row's frames; frame counts [B])."""
-        rows = self.encode_batch(wav, lengths)
+        rows = (self.encode_batch(wav, lengths, speakers) if self.uses_speakers
+                else self.encode_batch(wav, lengths))
         counts = torch.tensor([len(r) for r in rows], dtype=torch.long)
         out = torch.zeros(len(rows), int(counts.max()) if len(rows) else 0, dtype=torch.long)
         for i, r in enumerate(rows):

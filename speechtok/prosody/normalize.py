@@ -46,3 +46,13 @@ def normalize(f0: np.ndarray, norm: str, mean_std: tuple[float, float] | None = 
     mean, std = stats(f0) if mean_std is None else mean_std
     x = x - mean
     return x / max(std, 1e-6) if norm == "meanstd" else x
+
+
+def denormalize(x: np.ndarray, norm: str, mean_std: tuple[float, float]) -> np.ndarray:
+    """`normalize`'s inverse: normalised log-F0 (NaN where unvoiced) → log-F0, given the level (mean, std)
+    to put back (`none`: x is log-F0 already)."""
+    x = np.asarray(x, dtype=np.float64)
+    if norm == "none":
+        return x
+    mean, std = mean_std
+    return (x * std if norm == "meanstd" else x) + mean

@@ -22,6 +22,9 @@ def read_f0_stream(shards: str | Path, stream: str) -> tuple[dict, list[np.ndarr
         f0_streams = [k for k, c in manifest["tokenizers"].items() if c.get("type") == "f0"]
         raise ValueError(f"{shards}: no F0 stream {stream!r} (F0 streams: {f0_streams or 'none'}; "
                          "write one with tok encode -t f0:TRACKER)")
+    if card.get("norm") == "speaker":
+        raise ValueError(f"{shards}: F0 stream {stream!r} is normalised per speaker; this reads F0 in Hz "
+                         "(tok encode -t f0:TRACKER without stats=)")
     contours, speakers = [], []
     for sample in read_shards(shards):
         contours.append(from_decihertz(sample[stream]))

@@ -1,7 +1,7 @@
 """What `tok encode -t` accepts, parsed without torch (so a bad spec fails before the heavy imports): a
 tokenizer directory `DIR[:name=NAME]` (semantic, pitch or style), a codec
 `KIND:MODEL[:nq=N][:bandwidth=B][:name=NAME]`, or an F0 tracker `f0:TRACKER[:rate=HZ][:fmin=HZ][:fmax=HZ]
-[:name=NAME]`."""
+[:name=NAME][:stats=PATH]` (stats: per-speaker log-F0 statistics, the stream then normalised per speaker)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ CARD_FILE = "tokenizer.json"  # a semantic tokenizer directory's card
 KINDS = {"encodec": "EncodecModel", "dac": "DacModel", "mimi": "MimiModel"}
 OPTION = re.compile(r"[A-Za-z_]\w*=")  # a `key=value` part of a spec
 F0_TRACKERS = ("yaapt", "world", "pesto")
-F0_OPTIONS = {"rate": float, "fmin": float, "fmax": float, "name": str}
+F0_OPTIONS = {"rate": float, "fmin": float, "fmax": float, "name": str, "stats": str}
 
 
 def parse_codec_spec(spec: str) -> dict:
@@ -51,8 +51,8 @@ def parse_f0_spec(spec: str) -> dict:
     """'f0:yaapt:rate=50' → {'tracker': 'yaapt', 'rate': 50.0, ...}: the tracker, then key=value options."""
     kind, tracker, *parts = spec.split(":")
     if kind != "f0" or tracker not in F0_TRACKERS:
-        raise ValueError(f"{spec!r}: expected f0:TRACKER[:rate=HZ][:fmin=HZ][:fmax=HZ][:name=NAME] with "
-                         f"TRACKER one of {', '.join(F0_TRACKERS)}")
+        raise ValueError(f"{spec!r}: expected f0:TRACKER[:rate=HZ][:fmin=HZ][:fmax=HZ][:name=NAME]"
+                         f"[:stats=PATH] with TRACKER one of {', '.join(F0_TRACKERS)}")
     out: dict = {"tracker": tracker}
     for part in parts:
         key, sep, value = part.partition("=")

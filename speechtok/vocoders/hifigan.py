@@ -127,6 +127,20 @@ class UnitHiFiGAN(nn.Module):
                                                                               cfg.resblock_dilation_sizes))
         self.conv_post = weight_norm(normal_init(nn.Conv1d(ch // 2 ** len(cfg.upsample_rates), 1, 7, padding=3)))
 
+    def speaker_index(self, name: str | None) -> int | None:
+        """The embedding row of speaker `name` (None: none given, row 0 of a speaker-conditioned vocoder);
+        a ValueError naming the known speakers otherwise."""
+        if name is None:
+            return None
+        if not self.cfg.num_speakers:
+            raise ValueError(f"speaker {name!r}: this vocoder has no speaker embedding (train it with "
+                             "--speakers)")
+        if name not in self.cfg.speakers:
+            names = ", ".join(self.cfg.speakers[:20]) + (", ..." if len(self.cfg.speakers) > 20 else "")
+            raise ValueError(f"speaker {name!r} is not one of the vocoder's {len(self.cfg.speakers)} "
+                             f"speakers ({names})")
+        return self.cfg.speakers.index(name)
+
     def expand(self, units: torch.Tensor, durations: torch.Tensor | None = None) -> torch.Tensor:
         """Deduplicated units [1, T] → frame-level units, with given or predicted durations."""
         if durations is None:

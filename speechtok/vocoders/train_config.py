@@ -108,3 +108,6 @@ def check_f0_stream(cfg: VocoderTrainConfig, cards: dict) -> None:
         f0_streams = sorted(n for n, c in cards.items() if c.get("type") == "f0")
         raise ValueError(f"f0: {cfg.f0!r} is not an F0 stream of the shards (F0 streams: {f0_streams}; "
                          "write one with `tok encode -t f0:TRACKER`)")
+    if cfg.f0 and cards[cfg.f0].get("norm") == "speaker":
+        raise ValueError(f"f0: {cfg.f0!r} is normalised per speaker; the vocoder reads F0 in Hz and "
+                         "normalises it itself (f0_norm)")
