@@ -160,6 +160,7 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, speech_corpus, km, base
     (tmp_path / "dup.yaml").write_text(yaml.safe_dump(lm) + "train:\n  lr: 1.0e-3\n  steps: 5\n  lr: 2.0e-3\n")
     dup_line = len((tmp_path / "dup.yaml").read_text().splitlines())  # the second 'lr', the last line
     out = tmp_path / "o"
+    wav = speech_corpus.parent / json.loads(speech_corpus.read_text().splitlines()[0])["path"]
     cases = {  # argv: what the one line says
         ("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 0, "-o", out): "'-k' / '--clusters': 0 is not in the range",
         ("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 4, "--batch-seconds", "nan", "-o", out):
@@ -179,6 +180,9 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, speech_corpus, km, base
         ("lm", "train", tmp_path / "dup.yaml"): f"{tmp_path / 'dup.yaml'}: line {dup_line}: not valid YAML "
                                                 "(duplicate key 'lr', first on line",
         ("generate", "--lm", tmp_path, "--units-only", "-o", out / "u.npy"): "not a speechtok LM directory",
+        ("resynth", wav, "-t", km, "--vocoder", tmp_path, "-o", out / "x"): f"{out / 'x'}: no audio format for "
+                                                                          "the extension ''",
+        ("resynth", wav, "-t", km, "--vocoder", tmp_path, "-o", out / "x.mp9"): "extension '.mp9' (use .wav",
     }
     failed = []
     for argv, says in cases.items():

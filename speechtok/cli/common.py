@@ -239,6 +239,14 @@ def fail_with(e: Exception) -> None:
     fail(str(e))
 
 
+def check_audio_suffix(path: str) -> None:
+    """Before any work: the extension of an audio OUTPUT names a format soundfile writes (else exit 2)."""
+    import soundfile as sf
+
+    if Path(path).suffix[1:].upper() not in sf.available_formats():
+        fail(f"{path}: no audio format for the extension '{Path(path).suffix}' (use .wav or .flac)")
+
+
 def write_output_file(path: Path, write) -> None:
     """`write(path)` (np.save, soundfile.write, ...), its failure one line, exit 3 (soundfile says only
     'System error' for a full disk or a folder that went away)."""

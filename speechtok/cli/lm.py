@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (POSITIVE, FiniteRange, device_option, device_or_fail, exit_interrupted,
-                                  fail, fail_with, lock_output, os_error_line, output_option,
-                                  vocoder_device_or_fail, vocoder_precision_option, write_output_file)
+from speechtok.cli.common import (POSITIVE, FiniteRange, check_audio_suffix, device_option, device_or_fail,
+                                  exit_interrupted, fail, fail_with, lock_output, os_error_line,
+                                  output_option, vocoder_device_or_fail, vocoder_precision_option,
+                                  write_output_file)
 from speechtok.stopping import exit_on_signals
 
 
@@ -298,6 +299,8 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     except (ValueError, TypeError, OSError) as e:
         fail_with(e)
     dev = vocoder_device_or_fail(device, vocoder_precision if vocoder_dir and not units_only else "fp32")
+    if not units_only:
+        check_audio_suffix(output)
     out = lock_output(output, "tok generate", folder=False)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     import numpy as np

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup, corpus_options,
-                                  device_option, device_or_fail, fail, fail_os, fail_with, lock_output,
-                                  output_option, report_errors, vocoder_device_or_fail,
-                                  vocoder_precision_option, write_output_file)
+from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup,
+                                  check_audio_suffix, corpus_options, device_option, device_or_fail, fail,
+                                  fail_os, fail_with, lock_output, output_option, report_errors,
+                                  vocoder_device_or_fail, vocoder_precision_option, write_output_file)
 from speechtok.stopping import Interrupted, exit_on_signals, exit_on_signals_until_replaced
 from speechtok.corpus import CorpusError
 
@@ -331,6 +331,7 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, speaker,
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
     dev = vocoder_device_or_fail(device, vocoder_precision)
+    check_audio_suffix(output)
     output = lock_output(output, "tok resynth", folder=False)
     click.get_current_context().with_resource(exit_on_signals(f"{output} was not written; rerun the command"))
     try:
