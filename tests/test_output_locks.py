@@ -85,7 +85,7 @@ WRITERS = {
 @pytest.mark.parametrize("command", sorted(WRITERS))
 def test_every_writing_command_refuses_a_held_lock(work, tmp_path, command):
     args, folder = WRITERS[command]
-    out = tmp_path / ("out" if folder else "out.file")
+    out = tmp_path / ("out" if folder else "out.wav" if command == "resynth" else "out.file")
     lock = output_lock_file(out, folder)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with FolderLock(lock, "test"):  # held as another job would hold it
