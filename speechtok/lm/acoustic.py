@@ -115,6 +115,12 @@ class AcousticConfig:
             return T
         return T + (self.n_q - 1 if self.pattern == "delay" else self.frame_delay)
 
+    def positions(self, n_units: int, n_frames: int) -> int:
+        """Positions the model uses for `n_units` units then `n_frames` codec frames: the units, [SEP], and
+        every step of the pattern but the last (predicted, never fed back); valle's NAR passes read every
+        frame, one more."""
+        return n_units + self.n_steps(n_frames) + (1 if self.pattern == "valle" else 0)
+
     @property
     def frame_delay(self) -> int:
         """Depth pattern: steps by which the last frame's codes trail its codebook 0."""

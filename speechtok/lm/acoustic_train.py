@@ -62,10 +62,6 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
     sem_name, sem, codec_name, card = speech_streams(manifest, run.codec, run.stream)
     frames = manifest["frames"]
     model = dict(run.model)
-    if "max_len" not in model:  # room for a crop and as much again of voice prompt
-        T = int(np.ceil(run.train.crop_seconds * card["frame_rate"]))
-        steps = {"delay": T + n_q - 1, "depth": T + run.acoustic_delay, "valle": T + 1}.get(run.pattern, T * n_q)
-        model["max_len"] = 2 * (int(np.ceil(run.train.crop_seconds * sem["frame_rate"])) + 1 + steps)
     if run.dedup:  # no duration model: a deduplicated unit lasts the training data's mean run length
         samples = chain.from_iterable(map(read_shards, run.shards))
         per_unit = frames_per_dedup_unit(samples, sem_name, codec_name)
@@ -79,12 +75,16 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
 
             model["text_vocab"] = text_tokens(run.text_tokenizer).vocab
     try:
-        return AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
-                              n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"], codec_rate=card["frame_rate"],
-                              frames_per_unit=per_unit, dedup=run.dedup, unit_stream=unit_stream(sem, run.dedup),
-                              semantic_stream=sem_name, codec_stream=codec_name, codec_card=card, **model)
+        cfg = AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
+                             n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"], codec_rate=card["frame_rate"],
+                             frames_per_unit=per_unit, dedup=run.dedup, unit_stream=unit_stream(sem, run.dedup),
+                             semantic_stream=sem_name, codec_stream=codec_name, codec_card=card, **model)
     except TypeError as e:
         raise ConfigError(f"model: {e}") from None
+    if "max_len" not in model:  # room for a crop and as much again of voice prompt
+        crop = [int(np.ceil(run.train.crop_seconds * s["frame_rate"])) for s in (sem, card)]
+        cfg.max_len = 2 * (cfg.positions(*crop) + 1)
+    return cfg
 
 
 def batches(run: AcousticRun, cfg: AcousticConfig, rank: int, world: int, position: Position, skip: int,

@@ -256,10 +256,8 @@ def frames_ready(cfg, n_frames: int) -> Callable[[int], int]:
 
 
 def acoustic_positions(cfg, n_units: int, n_frames: int) -> int:
-    """Positions the acoustic model uses for `n_units` units then `n_frames` codec frames: the units, [SEP],
-    and every step of the codebook pattern but the last (which is predicted, never fed back; valle's NAR
-    passes read every frame, one more)."""
-    return n_units + cfg.n_steps(n_frames) + (1 if cfg.pattern == "valle" else 0)
+    """Positions the acoustic model uses for `n_units` units then `n_frames` codec frames."""
+    return cfg.positions(n_units, n_frames)
 
 
 def fit_voice_prompt(cfg, max_units: int, voice_seconds: float | None) -> float:
