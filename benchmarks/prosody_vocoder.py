@@ -1,5 +1,6 @@
-"""Does an F0-conditioned unit HiFi-GAN follow a shifted F0 contour (issue 26)? Two unit HiFi-GANs, the same
-small model and step budget, one with `f0: f0` (continuous log-F0, `f0_norm: none`) and one without, are
+"""Does an F0-conditioned unit HiFi-GAN follow a shifted F0 contour (issue 26)? Three unit HiFi-GANs, the same
+small model and step budget: one with `f0: f0` (continuous log-F0, `f0_norm: none`, speech-resynthesis'
+input), one that also has the harmonic excitation (`f0_source: harmonic`, NSF-HiFiGAN) and one without F0, are
 trained through the CLI on espeak-ng speech of one voice at five pitches (-p 20..80): `tok train-kmeans -m
 mfcc`, `tok encode -t KM -t f0:yaapt:rate=200`, `tok vocoder train`. Held-out sentences spoken at -p 50 give
 the units; the F0 comes from the same sentence spoken at -p 20, 50 or 80 (`tok resynth --f0-from`, the
@@ -83,12 +84,12 @@ def write_corpus(work: Path) -> tuple[Path, dict]:
 
 
 def train(work: Path, corpus: Path, args) -> tuple[Path, dict]:
-    """k-means units and F0 shards, then both vocoders; returns the k-means folder and per vocoder its
-    final losses, seconds and folder."""
+    """k-means units and F0 shards, then every vocoder of SYSTEMS; returns the k-means folder and per
+    vocoder its final losses, seconds and folder."""
     import yaml
 
     log, km, shards = work / "tok.log", work / "km", work / "shards"
-    for old in (km, shards, work / "voc_f0", work / "voc_plain"):
+    for old in (km, shards, *(work / name for name in SYSTEMS)):
         shutil.rmtree(old, ignore_errors=True)
     tok("train-kmeans", corpus, "-m", "mfcc", "-k", args.k, "-o", km, "--device", "cpu", "-q", log=log)
     tok("encode", corpus, "-t", km, "-t", "f0:yaapt:rate=200", "-o", shards, "--device", "cpu", "-q", log=log)
@@ -106,10 +107,9 @@ def train(work: Path, corpus: Path, args) -> tuple[Path, dict]:
         print(name, done, flush=True)
         return done
 
-    # both at once, one thread each (OMP_NUM_THREADS=1 in main): the same budget, half the wall time
-    with ThreadPoolExecutor(2) as pool:
-        jobs = {name: pool.submit(train_one, name, extra)
-                for name, extra in (("voc_f0", {"f0": "f0", "f0_norm": "none"}), ("voc_plain", {}))}
+    # all at once, one thread each (OMP_NUM_THREADS=1 in main): the same budget, less wall time
+    with ThreadPoolExecutor(len(SYSTEMS)) as pool:
+        jobs = {name: pool.submit(train_one, name, extra) for name, extra in SYSTEMS.items()}
     return km, {name: job.result() for name, job in jobs.items()}
 
 
@@ -134,7 +134,7 @@ def score(km: Path, trained: dict, held: dict, device: str) -> tuple[dict, float
 
     routes = {name: Resynthesis(str(km), str(t["dir"]), torch.device(device)) for name, t in trained.items()}
     rows: dict = {}
-    f0_outputs: dict = {}
+    f0_outputs: dict = {name: {} for name in routes if routes[name].needs_f0}
     for (i, p), ref_path in sorted(held.items()):
         ref = sf.read(ref_path, dtype="float32")[0]
         src = sf.read(held[i, UNITS_PITCH], dtype="float32")[0]
@@ -142,7 +142,8 @@ def score(km: Path, trained: dict, held: dict, device: str) -> tuple[dict, float
         for name, r in routes.items():
             tokens = r.encode(src, SAMPLE_RATE, (ref, SAMPLE_RATE) if r.needs_f0 else None)
             outputs[name] = r.decode(tokens)
-        f0_outputs[i, p] = outputs["voc_f0"]
+        for name in f0_outputs:
+            f0_outputs[name][i, p] = outputs[name]
         rate = routes["voc_f0"].voc.cfg.frame_rate
         for name, hyp in outputs.items():
             m = spectral_metrics(ref, hyp, SAMPLE_RATE)
@@ -150,22 +151,26 @@ def score(km: Path, trained: dict, held: dict, device: str) -> tuple[dict, float
                                                    "vde": m["voicing_error"], "median": median_f0(hyp),
                                                    "target": median_f0(ref), "buzz": buzz_share(hyp, rate)})
     lo, hi = min(TARGET_PITCHES), max(TARGET_PITCHES)
-    moved = float(np.mean([np.abs(f0_outputs[i, hi] - f0_outputs[i, lo]).mean()
-                           / np.sqrt((f0_outputs[i, UNITS_PITCH] ** 2).mean()) for i in range(len(HELDOUT))]))
+    moved = {name: float(np.mean([np.abs(out[i, hi] - out[i, lo]).mean()
+                                  / np.sqrt((out[i, UNITS_PITCH] ** 2).mean()) for i in range(len(HELDOUT))]))
+             for name, out in f0_outputs.items()}
     return {key: {k: float(np.nanmean([r[k] for r in rs if r[k] is not None])) for k in rs[0]}
             for key, rs in rows.items()}, moved
 
 
+SYSTEMS = {"voc_f0": {"f0": "f0", "f0_norm": "none"},
+           "voc_harmonic": {"f0": "f0", "f0_norm": "none", "f0_source": "harmonic"}, "voc_plain": {}}
 LABELS = {"voc_f0": "F0-conditioned unit HiFi-GAN (F0 of the target)",
+          "voc_harmonic": "F0-conditioned + harmonic excitation (F0 of the target)",
           "voc_plain": "unit HiFi-GAN (units only)",
           "reference at -p 50": "reference at -p 50 (the units' own pitch)"}
 
 
-def report(args, trained: dict, scores: dict, moved: float, prep: float, scoring: float) -> str:
+def report(args, trained: dict, scores: dict, moved: dict, prep: float, scoring: float) -> str:
     rows = ["| system | target -p | target median F0 (Hz) | output median F0 (Hz) | F0 RMSE (cents) | "
             "F0 RMSE (Hz) | voicing error | voiced frames at the unit rate ±3% |",
             "|---|---|---|---|---|---|---|---|"]
-    for name in ("voc_f0", "voc_plain", "reference at -p 50"):
+    for name in (*SYSTEMS, "reference at -p 50"):
         for p in TARGET_PITCHES:
             s = scores[name, p]
             rows.append(f"| {LABELS[name]} | {p} | {s['target']:.0f} | {s['median']:.0f} | "
@@ -179,10 +184,11 @@ def report(args, trained: dict, scores: dict, moved: float, prep: float, scoring
         f"{len(TRAIN)} training sentences × -p {', '.join(map(str, TRAIN_PITCHES))} "
         f"({len(TRAIN) * len(TRAIN_PITCHES)} utterances); {len(HELDOUT)} held-out sentences. Through the "
         f"CLI: `tok train-kmeans -m mfcc -k {args.k}` (100 Hz units), `tok encode -t KM -t "
-        "f0:yaapt:rate=200`, `tok vocoder train` twice at once (one thread each) with the same small model "
+        f"f0:yaapt:rate=200`, `tok vocoder train` {len(SYSTEMS)} times at once (one thread each) with the "
+        "same small model "
         f"(64 initial channels, resblocks 3/7, dilations 1,3), batch 4 × 0.5 s, lr 5e-4, {args.steps} "
         f"steps, adversarial losses from step {args.adv_start} (mel loss only before), seed 0 — one with "
-        "`f0: f0` (`f0_norm: none`), one without. Held-out: "
+        "`f0: f0` (`f0_norm: none`), one with `f0: f0` and `f0_source: harmonic`, one without F0. Held-out: "
         f"units of the sentence at -p {UNITS_PITCH}, F0 of the same sentence at the target -p "
         "(`--f0-from`), scored against the target recording by `spectral_metrics` (`tok eval resynth`: "
         "WORLD DIO F0, frames voiced in both, DTW on mel-cepstra); medians of WORLD F0 over voiced frames; "
@@ -191,8 +197,9 @@ def report(args, trained: dict, scores: dict, moved: float, prep: float, scoring
         *rows, "", "| vocoder | steps | training min | final mel loss |", "|---|---|---|---|", *train_rows,
         "",
         f"Between the -p {min(TARGET_PITCHES)} and -p {max(TARGET_PITCHES)} contours the F0 input moves the "
-        f"F0-conditioned vocoder's waveform by {moved:.1%} of its RMS (mean |difference| over RMS). "
-        f"{args.steps} steps leave both vocoders far from trained (speech-resynthesis trains ~400k steps): "
+        "waveform (mean |difference| over RMS) of the F0-conditioned vocoder by "
+        f"{moved['voc_f0']:.1%}, with the harmonic excitation by {moved['voc_harmonic']:.1%}. "
+        f"{args.steps} steps leave all vocoders far from trained (speech-resynthesis trains ~400k steps): "
         "the absolute numbers are not the vocoders' quality; the question is whether the output's pitch "
         "moves with the target's contour on the same budget (output median F0 and RMSE against the "
         "target), and the last column says how much of the output is still the buzz of the vocoder's hop "

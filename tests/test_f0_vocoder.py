@@ -80,7 +80,7 @@ def test_unconditioned_vocoder_is_unchanged(tmp_path):
     assert voc.conv_pre.weight.shape[1] == 16
     voc.save(tmp_path)
     raw = json.loads((tmp_path / "vocoder.json").read_text())
-    for key in ("f0", "f0_norm", "f0_card"):
+    for key in ("f0", "f0_norm", "f0_card", "f0_source"):
         del raw[key]
     (tmp_path / "vocoder.json").write_text(json.dumps(raw))
     units = torch.arange(10)[None]
@@ -296,3 +296,99 @@ def test_generate_decodes_pitch_tokens_to_the_f0_the_vocoder_hears(f0_shards, ba
     np.testing.assert_allclose(got, want, atol=2 / 32768)  # written as 16-bit wav
     unvoiced = units_to_audio(vocoder, streams["units"], 1)
     assert np.abs(got - unvoiced).mean() > 0.01 * np.abs(got).mean()
+
+
+def world_median_f0(wav: np.ndarray, sr: int = 16000) -> float:
+    """Median F0 over the voiced frames, as pyworld's DIO + StoneMask track it (0 if none is voiced)."""
+    import pyworld
+
+    x = wav.astype(np.float64) / (np.abs(wav).max() + 1e-12)
+    f0, t = pyworld.dio(x, sr, f0_floor=60, f0_ceil=400)
+    f0 = pyworld.stonemask(x, f0, t, sr)
+    return float(np.median(f0[f0 > 0])) if (f0 > 0).any() else 0.0
+
+
+def test_harmonic_source_is_the_phase_integral_of_f0():
+    """The sines equal sin(2π k Σ F0 / sr), the phase summed sample by sample in float64 as NSF's SineGen
+    does, over a contour with jumps and unvoiced frames; F0 survives f0_features ∘ f0_hz; a harmonic at or
+    above Nyquist is silent; a constant F0's spectrum peaks at F0."""
+    from speechtok.vocoders.harmonic_source import HARMONICS, SINE_AMPLITUDE, f0_hz, sines
+
+    hop, sr = 160, 16000
+    rng = np.random.default_rng(0)
+    f0 = rng.uniform(70, 400, 2000) * (rng.random(2000) > 0.2)  # 20 s, a new F0 every 10 ms, 20% unvoiced
+    feats = torch.from_numpy(f0_features(f0, "none"))[None]
+    hz = f0_hz(feats)[0].numpy()
+    np.testing.assert_allclose(hz, f0, rtol=1e-6)
+    got = sines(torch.from_numpy(hz)[None], hop, sr)[0].numpy()
+    per_sample = np.repeat(f0, hop)
+    cycles = np.concatenate([[0.0], np.cumsum(per_sample)[:-1]]) / sr
+    k = np.arange(1, HARMONICS + 2)[:, None]
+    want = SINE_AMPLITUDE * np.sin(2 * np.pi * k * cycles) * ((per_sample > 0) & (k * per_sample < sr / 2))
+    assert got.shape == (HARMONICS + 1, 2000 * hop)
+    np.testing.assert_allclose(got, want, atol=SINE_AMPLITUDE * 1e-3)  # float32 sin of a wrapped phase
+    assert (got[:, per_sample == 0] == 0).all()
+    high = sines(torch.full((1, 10), 1000.0), hop, sr)[0]
+    assert high[:7].abs().max() > 0.09 and high[7:].abs().max() == 0  # 8 kHz and up: none
+    steady = sines(torch.full((1, 100), 200.0), hop, sr)[0, 0].numpy()
+    assert np.argmax(np.abs(np.fft.rfft(steady))) * sr / len(steady) == 200
+
+
+def test_harmonic_vocoder_speaks_at_its_f0():
+    """`f0_source: harmonic`: even untrained, the output's pitch (pyworld, not ours) is the F0 it is given —
+    the concatenated log-F0 alone does not do that; rows batched equal each alone; the config refuses it
+    without F0 in Hz."""
+    torch.manual_seed(0)
+    cfg = dict(k=10, sample_rate=16000, frame_rate=100.0, f0="f0", **TINY)
+    voc = UnitHiFiGAN(UnitHiFiGANConfig(**cfg, f0_source="harmonic")).eval()
+    plain = UnitHiFiGAN(UnitHiFiGANConfig(**cfg)).eval()
+    units = torch.randint(0, 10, (1, 100), generator=torch.Generator().manual_seed(0))
+    f0s = [torch.from_numpy(f0_features(np.full(100, hz), "none"))[None] for hz in (90.0, 140.0, 220.0)]
+    with torch.no_grad():
+        alone = [voc(units, None, f0)[0] for f0 in f0s]
+        batched = voc(units.expand(3, -1), None, torch.cat(f0s))
+        others = [plain(units, None, f0)[0] for f0 in f0s]
+    for hz, y, other in zip((90, 140, 220), alone, others):
+        assert abs(world_median_f0(y.numpy()) / hz - 1) < 0.03
+        assert abs(world_median_f0(other.numpy()) / hz - 1) > 0.1
+    torch.testing.assert_close(batched, torch.stack(alone), rtol=0, atol=1e-6)
+    for bad, why in (({"f0": ""}, "needs F0 in Hz"), ({"f0_norm": "meanstd"}, "needs F0 in Hz"),
+                     ({"f0_source": "sine"}, "'' or 'harmonic'")):
+        with pytest.raises(ValueError, match=why):
+            UnitHiFiGANConfig(**{**cfg, "f0_source": "harmonic", **bad})
+
+
+def test_harmonic_vocoder_trains_and_speaks_with_the_transferred_f0(f0_shards, tmp_path):
+    """`tok vocoder train --f0 f0 --f0-source harmonic` (mistakes: one line, exit 2), then `tok resynth A
+    --f0-from B`: the output's median F0 is B's (pyworld on both), not A's."""
+    shards, km = f0_shards
+    cfg = {"kind": "unit-hifigan", "shards": str(shards), "output": str(tmp_path / "voc"), "f0": "f0",
+           "batch_size": 2, "segment_seconds": 0.2, "steps": 2, "adv_start": 2, "log_every": 1,
+           "disc_channels": 4, "model": SIZES}
+    (tmp_path / "voc.yaml").write_text(yaml.safe_dump({**cfg, "f0_norm": "mean"}))
+    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml", "--f0-source", "harmonic")
+    assert r.exit_code == 2 and "f0_source: harmonic reads F0 in Hz" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "voc").exists()
+    (tmp_path / "voc.yaml").write_text(yaml.safe_dump({**cfg, "steps": 30, "adv_start": 30, "lr": 5e-4}))
+    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml", "--f0-source", "harmonic")
+    assert r.exit_code == 0, r.output
+    voc = tmp_path / "voc" / "final"
+    assert json.loads((voc / "vocoder.json").read_text())["f0_source"] == "harmonic"
+    corpus = Path(json.loads((shards / "manifest.json").read_text())["corpus"])
+    a, b = [tmp_path / f"{name}.wav" for name in "ab"]
+    for path, line in zip((a, b), corpus.read_text().splitlines()):
+        wav, sr = sf.read(json.loads(line)["path"])
+        sf.write(path, wav[: int(1.5 * sr)], sr)
+    r = run("resynth", a, "-t", km, "--vocoder", voc, "--f0-from", b, "-o", tmp_path / "a_b.wav")
+    assert r.exit_code == 0, r.output
+    from speechtok.pipelines.resynth import Resynthesis
+    from speechtok.vocoders.harmonic_source import f0_hz
+
+    wav, sr = sf.read(a, dtype="float32")
+    resynthesis = Resynthesis(str(km), str(voc), torch.device("cpu"))
+    _, given = resynthesis.encode(wav, sr, sf.read(b, dtype="float32"))
+    hz = f0_hz(torch.from_numpy(given)[None])[0].numpy()
+    b_f0, a_f0 = float(np.median(hz[hz > 0])), world_median_f0(wav, sr)
+    assert b_f0 / a_f0 > 1.8  # B speaks about an octave above A, and far from the 100 Hz hop
+    out_f0 = world_median_f0(*sf.read(tmp_path / "a_b.wav"))
+    assert abs(np.log(out_f0 / b_f0)) < 0.1, (out_f0, a_f0, b_f0)  # measured: 0.3% off after 30 steps

@@ -34,10 +34,13 @@ def vocoder() -> None:
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
 @click.option("--f0", help="Unit HiFi-GAN: F0-conditioned on this F0 stream of the shards "
                            "(tok encode -t f0:TRACKER).")
+@click.option("--f0-source", type=click.Choice(["harmonic"]),
+              help="Unit HiFi-GAN with --f0: also a harmonic (sine) excitation at F0, NSF-HiFiGAN style, so "
+                   "that the output follows the F0 it is given (needs f0_norm none, the default).")
 @stop_after_option
 @device_option
 def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, steps, batch_size,
-              segment_seconds, dedup, speakers, f0, stop_after, device):
+              segment_seconds, dedup, speakers, f0, f0_source, stop_after, device):
     """Train a vocoder; rerunning the same command resumes from the latest checkpoint. The config (YAML
     and options) and the shards' streams are checked before torch is imported."""
     from pathlib import Path
@@ -53,7 +56,7 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, 
     given = {"kind": kind, "shards": shards, "output": output, "features": codec or features_alias,
              "stream": stream, "steps": steps,
              "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers,
-             "f0": f0}
+             "f0": f0, "f0_source": f0_source}
     given = {k: v for k, v in given.items() if v is not None}
     for k in ("shards", "output"):  # command-line paths are relative to the working directory
         if k in given:

@@ -3,7 +3,9 @@ embeddings (plus an optional speaker embedding) → HiFi-GAN V1 generator (trans
 stage followed by multi-receptive-field residual blocks). For run-length (dedup) units a duration
 predictor says how many frames each unit lasts. An F0-conditioned one (config `f0`, the name of the F0
 stream it was trained on) also reads F0 per unit frame, concatenated to the unit embedding as
-speech-resynthesis' CodeGenerator does (there F0 is VQ-coded; here it is continuous: f0_input.py).
+speech-resynthesis' CodeGenerator does (there F0 is VQ-coded; here it is continuous: f0_input.py); with
+`f0_source: harmonic` F0 also drives a sine excitation added to every upsampling stage (NSF-HiFiGAN:
+harmonic_source.py).
 
 Checkpoints of the original code (facebookresearch/speech-resynthesis `CodeGenerator`, fairseq's
 `CodeHiFiGANVocoder`: a `g_XXXXXXXX` file holding {'generator': state_dict} next to its `config.json`) load
@@ -25,6 +27,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from speechtok.torch_files import load_weights
 from speechtok.vocoders.f0_input import F0_CHANNELS
+from speechtok.vocoders.harmonic_source import HarmonicSource
 
 CONFIG_FILE = "vocoder.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -51,12 +54,18 @@ class UnitHiFiGANConfig:
     f0: str = ""  # F0-conditioned: the F0 stream it was trained on ("": none, as before)
     f0_norm: str = "none"  # log-F0 normalisation of its F0 input (f0_input.F0_NORMS)
     f0_card: dict = field(default_factory=dict)  # the F0 stream's card: how resynthesis tracks F0
+    f0_source: str = ""  # "harmonic": F0 also drives a sine excitation (harmonic_source.py; f0_norm none)
 
     @property
     def hop(self) -> int:
         return int(np.prod(self.upsample_rates))
 
     def __post_init__(self):
+        if self.f0_source not in ("", "harmonic"):
+            raise ValueError(f"f0_source: '' or 'harmonic', not {self.f0_source!r}")
+        if self.f0_source and (not self.f0 or self.f0_norm != "none"):
+            raise ValueError("f0_source: harmonic needs F0 in Hz: an F0-conditioned vocoder (f0) with "
+                             "f0_norm none")
         if abs(self.sample_rate / self.frame_rate - self.hop) > 1e-6:
             raise ValueError(f"upsample_rates multiply to {self.hop}, but {self.sample_rate} Hz / "
                              f"{self.frame_rate:g} Hz units need {self.sample_rate / self.frame_rate:g}")
@@ -125,6 +134,9 @@ class UnitHiFiGAN(nn.Module):
                 c_in, c_out, k, r, padding=(k - r) // 2 + (k - r) % 2, output_padding=(k - r) % 2))))
             self.resblocks.extend(ResBlock(c_out, rk, rd) for rk, rd in zip(cfg.resblock_kernel_sizes,
                                                                               cfg.resblock_dilation_sizes))
+        if cfg.f0_source:
+            self.source = HarmonicSource(cfg.sample_rate, cfg.upsample_rates,
+                                         [ch // 2 ** (i + 1) for i in range(len(cfg.upsample_rates))])
         self.conv_post = weight_norm(normal_init(nn.Conv1d(ch // 2 ** len(cfg.upsample_rates), 1, 7, padding=3)))
 
     def speaker_index(self, name: str | None) -> int | None:
@@ -164,10 +176,13 @@ class UnitHiFiGAN(nn.Module):
                 raise ValueError(f"F0 input {tuple(f0.shape)}, units {tuple(units.shape)}: "
                                  f"need [{x.shape[0]}, {F0_CHANNELS}, {x.shape[-1]}]")
             x = torch.cat([x, f0.to(x.dtype)], 1)
+        excitation = self.source(f0) if self.cfg.f0_source else None
         x = self.conv_pre(x)
         n = len(self.cfg.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, LRELU))
+            if excitation is not None:
+                x = x + self.source.at_stage(excitation, i)
             x = sum(self.resblocks[i * n + j](x) for j in range(n)) / n
         return torch.tanh(self.conv_post(F.leaky_relu(x))).squeeze(1)
 
