@@ -320,7 +320,10 @@ def test_harmonic_source_is_the_phase_integral_of_f0():
     feats = torch.from_numpy(f0_features(f0, "none"))[None]
     hz = f0_hz(feats)[0].numpy()
     np.testing.assert_allclose(hz, f0, rtol=1e-6)
-    got = sines(torch.from_numpy(hz)[None], hop, sr)[0].numpy()
+    spoilt = hz.copy()
+    spoilt[[5, 50, 500]] = np.inf, np.nan, 9000.0  # unvoiced where they are: the later phase is unharmed
+    f0[[5, 50, 500]] = 0
+    got = sines(torch.from_numpy(spoilt)[None], hop, sr)[0].numpy()
     per_sample = np.repeat(f0, hop)
     cycles = np.concatenate([[0.0], np.cumsum(per_sample)[:-1]]) / sr
     k = np.arange(1, HARMONICS + 2)[:, None]
@@ -360,8 +363,9 @@ def test_harmonic_vocoder_speaks_at_its_f0():
 
 
 def test_harmonic_vocoder_trains_and_speaks_with_the_transferred_f0(f0_shards, tmp_path):
-    """`tok vocoder train --f0 f0 --f0-source harmonic` (mistakes: one line, exit 2), then `tok resynth A
-    --f0-from B`: the output's median F0 is B's (pyworld on both), not A's."""
+    """`tok vocoder train --f0 f0 --f0-source harmonic` (mistakes: one line, exit 2; resuming it without the
+    source is refused, not a silent drop), then `tok resynth A --f0-from B`: the output's median F0 is B's
+    (pyworld on both), not A's."""
     shards, km = f0_shards
     cfg = {"kind": "unit-hifigan", "shards": str(shards), "output": str(tmp_path / "voc"), "f0": "f0",
            "batch_size": 2, "segment_seconds": 0.2, "steps": 2, "adv_start": 2, "log_every": 1,
@@ -375,6 +379,9 @@ def test_harmonic_vocoder_trains_and_speaks_with_the_transferred_f0(f0_shards, t
     assert r.exit_code == 0, r.output
     voc = tmp_path / "voc" / "final"
     assert json.loads((voc / "vocoder.json").read_text())["f0_source"] == "harmonic"
+    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml", "--steps", 40)  # resumed without the source
+    assert r.exit_code == 2 and "has generator.model.source." in r.output and "lacks" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
     corpus = Path(json.loads((shards / "manifest.json").read_text())["corpus"])
     a, b = [tmp_path / f"{name}.wav" for name in "ab"]
     for path, line in zip((a, b), corpus.read_text().splitlines()):

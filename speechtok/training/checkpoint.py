@@ -227,6 +227,12 @@ def _check_shapes(ckpt: Path, state: dict, reader: SafeReader) -> None:
 
     saved = reader.read_metadata().state_dict_metadata
     flat, _ = flatten_state_dict(state)
+    models = tuple(f"{name}.model." for name in state)
+    extra = sorted(k for k in saved if k.startswith(models) and k not in flat)
+    if extra:  # a module the configured model lacks (an F0 source, a duration predictor) would be dropped
+        raise CheckpointError(f"{ckpt}: has {extra[0]}, which the configured model lacks; the model changed "
+                              "since this checkpoint (use the settings it was trained with, or a new output "
+                              "folder)")
     for key, value in flat.items():
         if not isinstance(value, torch.Tensor):
             continue

@@ -8,7 +8,8 @@ Unlike the reference SourceModuleHnNSF there is no random noise or random initia
 at 0 and the excitation is 0 where unvoiced, so resynthesis is deterministic and batch-invariant (the
 generator makes its own aperiodic part, as a plain HiFi-GAN does). The phase is accumulated per frame in
 float64 and wrapped to [0, 1) at each frame, so it stays exact over hours of audio; harmonics at or above
-Nyquist are left out (no aliasing)."""
+the output's Nyquist frequency are left out (the strided convolutions that bring the excitation to the
+lower rates of the early stages filter it as they learn to, as in the reference)."""
 
 from __future__ import annotations
 
@@ -30,21 +31,33 @@ def f0_hz(f0_input: torch.Tensor) -> torch.Tensor:
     return torch.where(voiced, F0_REFERENCE * torch.exp(f0_input[:, 0].double()), 0.0)
 
 
-def sines(f0: torch.Tensor, hop: int, sample_rate: int, harmonics: int = HARMONICS) -> torch.Tensor:
-    """F0 in Hz per frame [B, T] (0: unvoiced) → sines at F0 × 1 .. harmonics + 1, [B, harmonics + 1,
-    T × hop], of amplitude SINE_AMPLITUDE; F0 constant within a frame, the phase continuous across frames."""
-    per_frame = f0.double() * hop / sample_rate  # cycles of F0 in one frame
+def f0_cycles(f0: torch.Tensor, hop: int, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """F0 in Hz per frame [B, T] → (F0's cycles so far, wrapped per frame, and F0, both per sample
+    [B, T × hop]); F0 constant within a frame. A frame whose F0 is not finite, not positive or not below
+    Nyquist is unvoiced (it would make no sound, and a NaN or inf would spoil every later frame's phase)."""
+    f0 = torch.where(torch.isfinite(f0) & (f0 > 0) & (f0 < sample_rate / 2), f0.double(), 0.0)
+    per_frame = f0 * hop / sample_rate  # cycles of F0 in one frame
     start = torch.cumsum(per_frame, 1) - per_frame  # cycles before each frame
     start = (start - torch.floor(start)).float()  # wrapped: small numbers, float32 from here on
     f0 = f0.float()
     n = torch.arange(hop, device=f0.device, dtype=torch.float32) / sample_rate
-    cycles = (start[..., None] + f0[..., None] * n).flatten(1)  # [B, T × hop], F0's cycles
-    k = torch.arange(1, harmonics + 2, device=f0.device, dtype=torch.float32)[:, None]
-    phase = cycles[:, None] * k
+    cycles = (start[..., None] + f0[..., None] * n).flatten(1)
+    return cycles, f0.repeat_interleave(hop, 1)
+
+
+def harmonic(cycles: torch.Tensor, f0: torch.Tensor, k: int, sample_rate: int) -> torch.Tensor:
+    """The k-th multiple of F0 (k = 1: F0 itself) of amplitude SINE_AMPLITUDE from `f0_cycles`' output;
+    0 where unvoiced or at or above Nyquist."""
+    phase = cycles * k
     phase = 2 * math.pi * (phase - torch.floor(phase))
-    f0 = f0.repeat_interleave(hop, 1)[:, None]
-    heard = (f0 > 0) & (f0 * k < sample_rate / 2)  # voiced, below Nyquist
-    return SINE_AMPLITUDE * torch.sin(phase) * heard
+    return SINE_AMPLITUDE * torch.sin(phase) * ((f0 > 0) & (f0 * k < sample_rate / 2))
+
+
+def sines(f0: torch.Tensor, hop: int, sample_rate: int, harmonics: int = HARMONICS) -> torch.Tensor:
+    """F0 in Hz per frame [B, T] (0: unvoiced) → sines at F0 × 1 .. harmonics + 1, [B, harmonics + 1,
+    T × hop], the phase continuous across frames."""
+    cycles, f0 = f0_cycles(f0, hop, sample_rate)
+    return torch.stack([harmonic(cycles, f0, k, sample_rate) for k in range(1, harmonics + 2)], 1)
 
 
 class HarmonicSource(nn.Module):
@@ -63,9 +76,12 @@ class HarmonicSource(nn.Module):
                               else nn.Conv1d(1, ch, 1))
 
     def forward(self, f0_input: torch.Tensor) -> torch.Tensor:
-        """[B, F0_CHANNELS, T] → the excitation [B, 1, T × hop]."""
-        x = sines(f0_hz(f0_input), self.hop, self.sample_rate).transpose(1, 2)
-        return torch.tanh(self.merge(x.to(self.merge.weight.dtype))).transpose(1, 2)
+        """[B, F0_CHANNELS, T] → the excitation [B, 1, T × hop]: `merge` applied to `sines`, one harmonic at
+        a time (not all at the sample rate at once: ten minutes of 16 kHz audio would hold 1.5 GB)."""
+        cycles, f0 = f0_cycles(f0_hz(f0_input), self.hop, self.sample_rate)
+        w, b = self.merge.weight[0].float(), self.merge.bias[0].float()
+        x = b + sum(w[k - 1] * harmonic(cycles, f0, k, self.sample_rate) for k in range(1, HARMONICS + 2))
+        return torch.tanh(x)[:, None].to(self.convs[0].weight.dtype)
 
     def at_stage(self, excitation: torch.Tensor, i: int) -> torch.Tensor:
         """The excitation at upsampling stage i's rate and width [B, channels[i], T × hop / later rates]."""
