@@ -85,7 +85,7 @@ def f0_settings(cfg: VocoderTrainConfig, cards: dict) -> dict:
     if not cfg.f0:
         return {}
     check_f0_stream(cfg, cards)
-    return {"f0": cfg.f0, "f0_norm": cfg.f0_norm, "f0_card": cards[cfg.f0], "f0_source": cfg.f0_source}
+    return {"f0": cfg.f0, "f0_norm": cfg.f0_norm, "f0_card": cards[cfg.f0], "f0_source": cfg.f0_source or ""}
 
 
 def segment_f0(cfg: VocoderTrainConfig, s: dict, f0_rate: float, unit_rate: float,

@@ -40,7 +40,7 @@ class VocoderTrainConfig:
     speakers: bool = False  # unit-hifigan: a speaker embedding from the samples' `speaker`
     f0: str | None = None  # unit-hifigan: F0-conditioned on this F0 stream (`tok encode -t f0:TRACKER`)
     f0_norm: str = "none"  # with f0: log-F0 as is (none), minus its mean (mean), also over its std (meanstd)
-    f0_source: str = ""  # with f0 and f0_norm none: "harmonic" adds a sine excitation at F0 (NSF-HiFiGAN)
+    f0_source: str | None = None  # with f0 and f0_norm none: "harmonic" adds a sine excitation (NSF-HiFiGAN)
     batch_size: int = at_least(16, 1)
     segment_seconds: float = more_than(1.0, 0)
     steps: int = at_least(100_000, 1)
@@ -68,7 +68,7 @@ class VocoderTrainConfig:
             raise ValueError(f"f0_norm: none, mean or meanstd, not {self.f0_norm!r}")
         if self.f0 and self.kind != "unit-hifigan":
             raise ValueError("f0: only a unit-hifigan is F0-conditioned")
-        if self.f0_source not in ("", "harmonic"):  # vocoders/hifigan.UnitHiFiGANConfig
+        if self.f0_source not in (None, "", "harmonic"):  # vocoders/hifigan.UnitHiFiGANConfig
             raise ValueError(f"f0_source: '' or 'harmonic', not {self.f0_source!r}")
         if self.f0_source and (not self.f0 or self.f0_norm != "none"):
             raise ValueError("f0_source: harmonic reads F0 in Hz: it needs f0 (an F0 stream) and "
