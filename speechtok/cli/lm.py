@@ -281,9 +281,8 @@ class StreamedWav:
 @click.option("--compile", "compiled", is_flag=True,
               help="Compile each stage's decoding step whole (CUDA graphs on a GPU): slow start, fast steps.")
 @click.option("--stream", is_flag=True,
-              help="Write the audio while the acoustic stage generates it, chunk by "
-                   "chunk (causal codecs: EnCodec, Mimi); reports time to first "
-                   "audio.")
+              help="Write the audio while the acoustic stage generates it, chunk by chunk (causal codecs: "
+                   "EnCodec, Mimi); reports time to first audio.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--say", help="The words the acoustic stage speaks (a depth model with a text stream): its "
                             "text stream is held to them; OUTPUT's stem + .text.json gets the words and "

@@ -193,8 +193,8 @@ def score_pairs(model, tokenizer, vocab: SpeechVocab, pairs: list[ProbePair], se
     seqs, kept = [], []
     for p in pairs:
         try:
-            seqs += [item_ids(p.real, tokenizer, vocab, semantic), item_ids(p.fake, tokenizer, vocab,
-                                                                            semantic)]
+            seqs += [item_ids(p.real, tokenizer, vocab, semantic),
+                     item_ids(p.fake, tokenizer, vocab, semantic)]
             kept.append(p)
         except Exception as e:
             errors.append(f"probe {p.id}: {' '.join(str(e).split())[:200]}")

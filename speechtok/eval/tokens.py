@@ -71,9 +71,8 @@ class TokenStats:
         for q in range(s.n_q):
             h = entropy_bits(self.counts[q])
             codebooks.append({"used": int((self.counts[q] > 0).sum()),
-                              "usage": float((self.counts[q] > 0).mean()),
-                              "entropy_bits": h, "normalized_entropy": h / math.log2(s.vocab) if s.vocab > 1
-                              else 0.0,
+                              "usage": float((self.counts[q] > 0).mean()), "entropy_bits": h,
+                              "normalized_entropy": h / math.log2(s.vocab) if s.vocab > 1 else 0.0,
                               "perplexity": 2 ** h, "entropy_bits_dedup": entropy_bits(self.dedup_counts[q])})
         bits = math.log2(s.vocab)
         tokens_dedup = int(self.dedup_counts.sum())
