@@ -105,7 +105,8 @@ def main() -> None:
     body = "\n".join([
         "## Tokens batched vs alone (issue 23), cpu fp32",
         "",
-        f"{hardware(torch.device('cpu'))}, {torch.get_num_threads()} threads; `benchmarks/batch_invariance.py`."
+        f"{hardware(torch.device('cpu'))}, {torch.get_num_threads()} threads; "
+        f"`benchmarks/batch_invariance.py`."
         " Frames whose tokens (any codebook) differ from the utterance encoded alone, 48 utterances of the"
         " synthetic corpus (sentences, halves, thirds) in padded batches; tiny random-init models with"
         " diverse codebooks. A real EnCodec 24 kHz: 29 / 3,900 (issue 23).",

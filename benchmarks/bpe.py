@@ -48,7 +48,8 @@ def compare(name: str, streams: list[np.ndarray], k: int, n_q: int, merges: int)
         for i, s in enumerate(streams):
             np.save(Path(d) / f"codes_{i:05d}.npy", s if n_q > 1 else s[None])
         t0 = time.perf_counter()
-        ref = Trainer(num_codebooks=n_q, codebook_size=k, vocab_size=k * n_q + 1 + merges, eos_token="</s>").train(d)
+        ref = Trainer(num_codebooks=n_q, codebook_size=k, vocab_size=k * n_q + 1 + merges,
+                      eos_token="</s>").train(d)
         ref_s = time.perf_counter() - t0
     codes = sum(s.size for s in streams)
     a = sum(len(ours.encode(s)) for s in streams)
@@ -67,7 +68,8 @@ def main() -> None:
             "(sparse transitions), the same codes and number of merges for both; codec-bpe 1.4.1 `Trainer` "
             "(one extra special token in its vocabulary).\n\n"
             "| codes | codes in | merges | speechtok tokens (reduction), train time | codec-bpe tokens "
-            "(reduction), train time | token count vs codec-bpe | exact round trip |\n|---|---|---|---|---|---|---|\n"
+            "(reduction), train time | token count vs codec-bpe | exact round trip "
+            "|\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
     print(body)
     write_section("bpe", body)

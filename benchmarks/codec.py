@@ -77,7 +77,8 @@ def measure_codec(codec: Codec, num_utts: int, seconds: float, batch_size: int,
     dec_seconds = float(frames.float().mean()) / codec.frame_rate
     dec_b = timed(lambda: [codec.decode(codes, frames) for _ in range(reps)], device) / (reps * len(codes))
     m = min(len(codes), num_single)
-    dec_1 = timed(lambda: [codec.decode(codes[i:i + 1, :, : int(frames[i])], frames[i:i + 1]) for i in range(m)],
+    dec_1 = timed(lambda: [codec.decode(codes[i:i + 1, :, : int(frames[i])], frames[i:i + 1])
+                           for i in range(m)],
                   device) / m
     return {"kind": codec.codec_kind, "n_q": codec.n_q, "sample_rate": codec.sample_rate,
             "precision": codec.precision, "encode_single_xrt": seconds / enc_1,
@@ -103,14 +104,16 @@ def code_agreement(fp32: Codec, other: Codec, batch_size: int, seconds: float = 
 def format_codecs(rows: list[dict], device: torch.device, num_utts: int, seconds: float,
                   batch_size: int) -> str:
     table = "\n".join(
-        f"| {r['kind']} | {r['n_q']} | {r['sample_rate']} | {r['precision']} | {r['encode_single_xrt']:,.1f} | "
-        f"{r['encode_batched_xrt']:,.1f} ({r['encode_batched_xrt'] / r['encode_single_xrt']:.1f}×) | "
+        f"| {r['kind']} | {r['n_q']} | {r['sample_rate']} | {r['precision']} | {r['encode_single_xrt']:,.1f} "
+        f"| {r['encode_batched_xrt']:,.1f} ({r['encode_batched_xrt'] / r['encode_single_xrt']:.1f}×) | "
         f"{r['encode_plain_xrt']:,.1f} ({r['encode_batched_xrt'] / r['encode_plain_xrt']:.2f}×) | "
         f"{r['decode_single_xrt']:,.1f} | {r['decode_batched_xrt']:,.1f} "
-        f"({r['decode_batched_xrt'] / r['decode_single_xrt']:.1f}×) | {r.get('agreement', '')} |" for r in rows)
+        f"({r['decode_batched_xrt'] / r['decode_single_xrt']:.1f}×) | {r.get('agreement', '')} |"
+        for r in rows)
     precision = ", ".join(sorted({r["precision"] for r in rows}))
     return (f"## Codecs (issues #3, #28)\n\nHardware: {hardware(device)}. {num_utts} utterances of "
-            f"0.4-1 × {seconds:g} s (uneven: the exact per-row padding runs), {precision}, batch {batch_size}; "
+            f"0.4-1 × {seconds:g} s (uneven: the exact per-row padding runs), {precision}, batch "
+            f"{batch_size}; "
             f"published architectures, random weights. 'plain padding': the same batches without the "
             f"per-row padding (not exact), ratio = exact / plain speed. 'codes = fp32': share of codes equal "
             f"to the fp32 path's.\n\n"

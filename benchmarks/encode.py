@@ -148,7 +148,8 @@ def measure_encode(tmp: Path, paths: list[Path], device: torch.device, layer: in
     agree = np.mean(np.concatenate([s["semantic"] == base_units[s["id"]] for s in shards]))
     forward_s = bare_forward(paths, tok, opts.max_batch_seconds, opts.max_batch_size)
     return {"utterances": len(paths), "audio_seconds": audio_seconds, "layer": layer, "k": k,
-            "precision": precision, "baseline_s": base_s, "ours_s": summary.wall_seconds, "forward_s": forward_s,
+            "precision": precision, "baseline_s": base_s, "ours_s": summary.wall_seconds,
+            "forward_s": forward_s,
             "baseline_xrt": audio_seconds / base_s, "ours_xrt": audio_seconds / summary.wall_seconds,
             "forward_xrt": audio_seconds / forward_s, "token_agreement": float(agree),
             **{f"stage_{name.replace(' ', '_')}_s": v for name, v in getattr(summary, "stages", {}).items()},
@@ -199,8 +200,8 @@ def format_null(rows: list[dict], before: list[dict] | None, n: int, hours: floa
     out = (f"## `tok encode` pipeline alone, null model (issue #28)\n\n"
            f"Hardware: {hardware(torch.device('cpu'))}. `benchmarks/encode.py --null-model`: a tokenizer "
            f"that returns at once; {n} 16 kHz wav files of {lo:g}–{hi:g} s, {hours:.2f} h. µs per "
-           f"audio-second, best of 3 (the machine is shared). Main thread: its CPU time (`time.thread_time`), "
-           f"the time a GPU would wait for Python; target ≤ 100 µs.\n\n")
+           f"audio-second, best of 3 (the machine is shared). Main thread: its CPU time "
+           f"(`time.thread_time`), the time a GPU would wait for Python; target ≤ 100 µs.\n\n")
     if before:
         out += ("| setting | main thread before | main thread after | wall before | wall after |\n"
                 "|---|---|---|---|---|\n")
@@ -232,12 +233,16 @@ def null_main(args) -> None:
 
 def format_encode(r: dict, device: torch.device, lo: float, hi: float) -> str:
     return (f"## Semantic encode (issue #2)\n\n"
-            f"Hardware: {hardware(device)}. HuBERT-base architecture (random weights), layer {r['layer']}, k={r['k']}; "
+            f"Hardware: {hardware(device)}. HuBERT-base architecture (random weights), "
+            f"layer {r['layer']}, k={r['k']}; "
             f"{r['utterances']} utterances of {lo:.0f}–{hi:.0f} s, {r['audio_seconds'] / 3600:.2f} h.\n\n"
             f"| path | precision | wall s | × real time |\n|---|---|---|---|\n"
-            f"| fairseq-style loop: one utterance at a time (read, forward, assign) | fp32 | {r['baseline_s']:.2f} | {r['baseline_xrt']:,.0f} |\n"
-            f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {r['precision']} | {r['ours_s']:.2f} | {r['ours_xrt']:,.0f} |\n"
-            f"| bare feature forward on device-resident bucketed batches (no I/O, no assignment) | {r['precision']} | {r['forward_s']:.2f} | {r['forward_xrt']:,.0f} |\n\n"
+            f"| fairseq-style loop: one utterance at a time (read, forward, assign) | fp32 | "
+            f"{r['baseline_s']:.2f} | {r['baseline_xrt']:,.0f} |\n"
+            f"| `tok encode` end to end (read, bucketed batches, assign, write shards) | {r['precision']} | "
+            f"{r['ours_s']:.2f} | {r['ours_xrt']:,.0f} |\n"
+            f"| bare feature forward on device-resident bucketed batches (no I/O, no assignment) | "
+            f"{r['precision']} | {r['forward_s']:.2f} | {r['forward_xrt']:,.0f} |\n\n"
             f"Speed-up: **{r['ours_xrt'] / r['baseline_xrt']:.1f}×**. Token agreement with the fp32 loop: "
             f"{r['token_agreement'] * 100:.2f}% of frames.\n\n{format_stages(r)}")
 
@@ -248,10 +253,13 @@ def format_stages(r: dict) -> str:
     if not stage:
         return ""  # a version before the stages were timed
     main = ["wait for audio", "queue device work", "wait for writer"]
-    bound = {"wait for audio": "reading audio (loader workers)", "queue device work": "the device or the main "
+    bound = {"wait for audio": "reading audio (loader workers)",
+             "queue device work": "the device or the main "
              "thread's Python", "wait for writer": "writing shards (writer thread)"}[max(main, key=stage.get)]
-    return (f"Where the {r['ours_s']:.2f} s went — main thread: " + ", ".join(f"{k} {stage[k]:.2f} s" for k in main)
-            + "; writer thread: " + ", ".join(f"{k} {stage[k]:.2f} s" for k in ("wait for device", "build and write"))
+    return (f"Where the {r['ours_s']:.2f} s went — main thread: "
+            + ", ".join(f"{k} {stage[k]:.2f} s" for k in main)
+            + "; writer thread: "
+            + ", ".join(f"{k} {stage[k]:.2f} s" for k in ("wait for device", "build and write"))
             + f". Bound by {bound}.\n")
 
 

@@ -38,11 +38,12 @@ def main() -> None:
     batched = item_distances(codes, pairs)
     t_batch = time.perf_counter() - t
     np.testing.assert_allclose([batched[p] for p in pairs], loop)
-    body = (f"## ABX distances (issue #8)\n\nHardware: {hardware(torch.device('cpu'))}. {args.pairs:,} pairs of "
-            f"10–40-frame sequences, {args.n_q} codebook(s).\n\n"
+    body = (f"## ABX distances (issue #8)\n\nHardware: {hardware(torch.device('cpu'))}. {args.pairs:,} pairs "
+            f"of 10–40-frame sequences, {args.n_q} codebook(s).\n\n"
             "| one `dtw` per pair | batched (`item_distances`) | speed-up |\n|---|---|---|\n"
-            f"| {args.pairs / t_loop:,.0f} pairs/s | {args.pairs / t_batch:,.0f} pairs/s | {t_loop / t_batch:.1f}× |\n\n"
-            f"Same distances (checked). At this rate 10⁶ distances take {1e6 * t_batch / args.pairs / 60:.1f} min.")
+            f"| {args.pairs / t_loop:,.0f} pairs/s | {args.pairs / t_batch:,.0f} pairs/s | "
+            f"{t_loop / t_batch:.1f}× |\n\nSame distances (checked). At this rate 10⁶ distances take "
+            f"{1e6 * t_batch / args.pairs / 60:.1f} min.")
     print(body)
     if not args.no_write:
         write_section("eval-abx-cpu", body)

@@ -97,17 +97,20 @@ def time_stage1(lm, batch: int, seconds: float, compiled: bool, full_warmup: boo
     return dt
 
 
-def time_stage2(acoustic: AcousticModel, batch: int, seconds: float, compiled: bool = False) -> tuple[float, np.ndarray]:
+def time_stage2(acoustic: AcousticModel, batch: int, seconds: float,
+                compiled: bool = False) -> tuple[float, np.ndarray]:
     """Seconds for the acoustic model to turn `seconds` of units into codec frames for `batch` rows; and
     the first row's codes [n_q, frames]."""
     device = next(acoustic.parameters()).device
     units = np.random.default_rng(0).integers(0, K, int(seconds * UNIT_RATE))
     frames = int(seconds * CODEC_RATE)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50, compiled=compiled)
+        acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50,
+                                compiled=compiled)
         sync(device)
         t0 = time.perf_counter()
-        codes = acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50, compiled=compiled)
+        codes = acoustic.generate_batch([units] * batch, [frames] * batch, temperature=1.0, top_k=50,
+                                        compiled=compiled)
     sync(device)
     return time.perf_counter() - t0, codes[0]
 
@@ -127,7 +130,8 @@ def ms_per_step(run_steps, steps: int, device: torch.device) -> float:
     return 1000 * best / (steps - steps // 4)
 
 
-def core_ms_per_step(make_decoder, steps: int, compiled: bool, device: torch.device) -> tuple[float, torch.Tensor]:
+def core_ms_per_step(make_decoder, steps: int, compiled: bool,
+                     device: torch.device) -> tuple[float, torch.Tensor]:
     """Milliseconds per step of a decoder's step (compiled or eager), the better of two timings of
     `steps // 2` steps after 8 warm-up steps (which compile); and the tokens of one full run."""
     decoder = make_decoder()
@@ -184,11 +188,12 @@ def main_per_step(args) -> None:
     lines = [f"## Generation: ms per decoding step, {args.size} models, batch 1 (issue #24)", "",
              f"Hardware: {hardware(device)}, {torch.get_num_threads()} threads. {args.steps} steps "
              "(set-up and prefill cancelled by timing n and n/4 steps); sampling with top-k 50; "
-             f"{'bf16' if device.type == 'cuda' else 'fp32'}; random weights. Speed-up: against the first row of "
-             "its stage.", "",
+             f"{'bf16' if device.type == 'cuda' else 'fp32'}; random weights. Speed-up: against the first "
+             f"row of its stage.", "",
              "| stage, path | ms / step | speed-up |", "|---|---|---|"]
     lines += [f"| {name} | {ms:.2f} | {base[name.split(',')[0]] / ms:.2f}× |" for name, ms in rows]
-    lines += ["", f"Compiled and eager core drew the same tokens (sampled, same seed): **{'yes' if same else 'NO'}**."]
+    lines += ["", f"Compiled and eager core drew the same tokens (sampled, same seed): "
+                  f"**{'yes' if same else 'NO'}**."]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
@@ -201,7 +206,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0, help="Speech generated per sequence.")
-    ap.add_argument("--compile", action="store_true", help="Also time stage 1 with a static cache + torch.compile.")
+    ap.add_argument("--compile", action="store_true",
+                    help="Also time stage 1 with a static cache + torch.compile.")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--per-step", action="store_true", help="ms per step, eager vs compiled (see above).")
     ap.add_argument("--steps", type=int, default=100, help="Steps timed with --per-step.")
@@ -226,8 +232,9 @@ def main() -> None:
             rows.append((f"stage 2: units → codes, {pattern}", batch, dt, batch * args.seconds / dt))
 
     lines = [f"## Generation, {args.size} models (issue #6)", "",
-             f"Hardware: {hardware(device)}. {args.seconds:g} s of speech per sequence ({n_units} units at 50 Hz; "
-             f"{frames} frames × 8 codebooks at 75 Hz); {'bf16' if device.type == 'cuda' else 'fp32'}; "
+             f"Hardware: {hardware(device)}. {args.seconds:g} s of speech per sequence "
+             f"({n_units} units at 50 Hz; {frames} frames × 8 codebooks at 75 Hz); "
+             f"{'bf16' if device.type == 'cuda' else 'fp32'}; "
              "random weights, sampling with top-k 50.", "",
              "| stage | batch | seconds | × real time |", "|---|---|---|---|"]
     lines += [f"| {name} | {b} | {dt:.2f} | {x:,.1f} |" for name, b, dt, x in rows]

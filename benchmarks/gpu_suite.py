@@ -132,7 +132,8 @@ SMOKE = Sizes(
     kmeans_frames=4000, kmeans_dim=32, kmeans_k=16, kmeans_iters=3,
     codec_utts=4, codec_seconds=0.5, codec_batch=2, codec_single=2, codec_configs=TINY_CODECS,
     lm_models={"lm-350m": "tiny", "lm-1b": "tiny"}, lm_batch={"tiny": 2}, lm_seq=32, lm_steps=1, lm_warmup=1,
-    compile=False, gen_size="tiny", gen_seconds=0.2, pattern_seconds=0.1, pattern_batch=2, voc_batches=(1, 2), voc_repeats=1, voc_seconds=0.05,
+    compile=False, gen_size="tiny", gen_seconds=0.2, pattern_seconds=0.1, pattern_batch=2, voc_batches=(1, 2),
+    voc_repeats=1, voc_seconds=0.05,
     pytest_paths=("tests/test_gpu.py",), min_part_s=0.0, profiled=("vocoder",),
     budgets={p: 60 for p in PARTS})
 
@@ -509,7 +510,8 @@ def part_generate(p: Part, sz: Sizes, tmp: Path) -> None:
         s1_comp = generate_bench.time_stage1(lm, 1, seconds, compiled=True, full_warmup=True)
         s2_comp, _ = generate_bench.time_stage2(acoustic, 1, seconds, compiled=True)
         chain_comp = seconds / (s1_comp + s2_comp + dec)
-        rows.insert(1, ("stage 1: LM → units, `--compile` (decoding step compiled whole, CUDA graphs)", s1_comp))
+        rows.insert(1, ("stage 1: LM → units, `--compile` (decoding step compiled whole, CUDA graphs)",
+                        s1_comp))
         rows.insert(3, ("stage 2: units → codes, `--compile`", s2_comp))
         chains.append(("`--compile`", chain_comp))
         p.record(stage1_compiled_s=s1_comp, stage2_compiled_s=s2_comp, chain_compiled_xrt=chain_comp)
@@ -523,7 +525,8 @@ def part_generate(p: Part, sz: Sizes, tmp: Path) -> None:
 
 def part_generate_patterns(p: Part, sz: Sizes, tmp: Path) -> None:
     """Stage 2 in each codebook pattern (issue #25), the same width and depth, at batch 1 and
-    `pattern_batch`, eager: what the choice of pattern costs in speed. Last part: skipped when time runs out."""
+    `pattern_batch`, eager: what the choice of pattern costs in speed. Last part: skipped when time runs
+    out."""
     seconds, rows = sz.pattern_seconds, []
     for pattern in generate_bench.PATTERNS:
         acoustic = generate_bench.build_acoustic(sz.gen_size, p.device, pattern)
@@ -792,7 +795,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[gpu_suite] {name}: {rec['status']} in {rec['seconds']:.0f} s", flush=True)
             if name == "env" and rec["status"] != "ok" and start_method == "fork":
                 # a forked child that cannot start CUDA (the parent touched the driver) still can when spawned
-                print(f"[gpu_suite] env failed when forked ({rec.get('error', '').strip().splitlines()[-1:]}); "
+                print(f"[gpu_suite] env failed when forked "
+                      f"({rec.get('error', '').strip().splitlines()[-1:]}); "
                       "trying spawned processes", flush=True)
                 retry = run_part(name, sz, device, sz.budgets[name], Path(tmp), "spawn")
                 if retry["status"] == "ok":

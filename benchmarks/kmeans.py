@@ -131,19 +131,21 @@ def streamed(args) -> None:
     label = {"streamed": "streamed from the fp16 cache", "memory": "in memory (fp32 copy)",
              "minibatch": f"streamed mini-batch, {args.minibatch_frames or 0:,} frames a step, "
                           f"{args.minibatch_passes} pass(es)"}
-    table = "\n".join(f"| {n:,} | {label[m]} | {r['seconds']:.1f} | {r['rss_mib']:,.0f} | {r['inertia']:.4f} | "
+    table = "\n".join(f"| {n:,} | {label[m]} | {r['seconds']:.1f} | {r['rss_mib']:,.0f} | "
+                      f"{r['inertia']:.4f} | "
                       + (f"{(r['inertia'] / ref['inertia'] - 1) * 100:+.4f}% |" if n == min(counts) else
                          "(other data) |") for n, m, r in rows)
     what = " and mini-batch k-means" if args.minibatch_frames else ""
     flags = (f" --minibatch-frames {args.minibatch_frames} --minibatch-passes {args.minibatch_passes}"
              if args.minibatch_frames else "")
     body = (f"## k-means{what} streamed from a feature cache (issue #27)\n\n"
-            f"Hardware: {hardware(torch.device(args.device))}, k-means on {args.device}. {args.dim}-dim mixture frames stored as fp16 chunks of "
-            f"65,536 frames; K={args.k}, k-means++ seeds on 64·K frames + {args.iters} Lloyd iterations; each run "
-            f"in its own process (peak RSS = its ru_maxrss). `python benchmarks/kmeans.py --streamed --frames "
-            f"{args.frames} -k {args.k} --iters {args.iters}{flags}`.\n\n"
-            f"| frames | k-means | seconds | peak RSS MiB | inertia | vs in-memory |\n|---|---|---|---|---|---|\n"
-            f"{table}\n")
+            f"Hardware: {hardware(torch.device(args.device))}, k-means on {args.device}. {args.dim}-dim "
+            f"mixture frames stored as fp16 chunks of 65,536 frames; K={args.k}, k-means++ seeds on 64·K "
+            f"frames + {args.iters} Lloyd iterations; each run in its own process (peak RSS = its "
+            f"ru_maxrss). `python benchmarks/kmeans.py --streamed --frames {args.frames} -k {args.k} "
+            f"--iters {args.iters}{flags}`.\n\n"
+            f"| frames | k-means | seconds | peak RSS MiB | inertia | vs in-memory "
+            f"|\n|---|---|---|---|---|---|\n{table}\n")
     print(body)
     if not args.no_write:
         key = "kmeans-streamed-minibatch" if args.minibatch_frames else "kmeans-streamed"
@@ -182,9 +184,12 @@ def main() -> None:
             f"Hardware: {hardware(device)}. {args.frames:,} frames × {args.dim} dims, K={args.k} "
             f"(mixture of 2,000 Gaussians).\n\n"
             f"| method | seconds | inertia (mean sq. distance) |\n|---|---|---|\n"
-            f"| sklearn MiniBatchKMeans, fairseq simple_kmeans settings (batch 10k, max_iter 100, n_init {args.sklearn_n_init}, max_no_improvement 100) | {mb_s:.2f} | {mb_inertia:.4f} |\n"
-            f"| speechtok `{backend}`, k-means++ seeds + {args.iters} Lloyd iterations | {ours_s:.2f} | {ours_inertia:.4f} |\n\n"
-            f"Speed-up: **{mb_s / ours_s:.1f}×**; inertia ratio ours / MiniBatchKMeans: **{ours_inertia / mb_inertia:.4f}** "
+            f"| sklearn MiniBatchKMeans, fairseq simple_kmeans settings (batch 10k, max_iter 100, n_init "
+            f"{args.sklearn_n_init}, max_no_improvement 100) | {mb_s:.2f} | {mb_inertia:.4f} |\n"
+            f"| speechtok `{backend}`, k-means++ seeds + {args.iters} Lloyd iterations | {ours_s:.2f} | "
+            f"{ours_inertia:.4f} |\n\n"
+            f"Speed-up: **{mb_s / ours_s:.1f}×**; inertia ratio ours / MiniBatchKMeans: "
+            f"**{ours_inertia / mb_inertia:.4f}** "
             f"({'no worse' if ours_inertia <= mb_inertia else 'worse'}).\n")
     print(body)
     if not args.no_write:

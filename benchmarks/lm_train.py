@@ -28,9 +28,12 @@ from speechtok.lm.train import build_optimizer, flops_per_token, lr_at, peak_flo
 TOKENS = 32000 + 2 + 500  # a Llama-2 vocabulary with [TEXT], [SPEECH] and 500 units
 VOCAB = -(-TOKENS // 64) * 64  # the embedding rows users get: `tok lm extend-vocab` pads to a multiple of 64
 SIZES = {  # Llama-style; parameter counts include the untied embeddings and head
-    "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
-    "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8),
+    "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4),
+    "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=16),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8),
 }
 
 
@@ -103,7 +106,8 @@ def ours_step(size: str, data: list[torch.Tensor], device: torch.device, compile
     step = iter(range(1 << 62))
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        return (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
 
     return lambda: train_step(model, opt, lr_at(next(step), cfg), it, 1, device, autocast, cfg.clip)
 
@@ -135,8 +139,8 @@ def format_lm(size: str, device: torch.device, plain: dict, ours: dict[str, floa
     best = min(ours.values())
     return "\n".join([
         f"## Token-LM training, {size} (issue #5, #24)", "",
-        f"Hardware: {hardware(device)}. Llama-style {plain['params'] / 1e6:,.0f}M parameters (vocabulary {TOKENS:,} "
-        f"padded to {VOCAB:,}, a multiple of 64, as `tok lm extend-vocab` makes it), "
+        f"Hardware: {hardware(device)}. Llama-style {plain['params'] / 1e6:,.0f}M parameters (vocabulary "
+        f"{TOKENS:,} padded to {VOCAB:,}, a multiple of 64, as `tok lm extend-vocab` makes it), "
         f"batch {batch_size} × {seq_len} tokens, {steps} timed steps after {warmup} warm-up; "
         f"{fpt / 1e9:.2f} GFLOP per token.", "",
         "| loop | ms / step | tokens/s | MFU |", "|---|---|---|---|", *rows, "",
@@ -165,7 +169,8 @@ def main() -> None:
     data = random_batches(args.batch_size, args.seq_len)
     plain = time_plain(args.size, data, args.steps, args.warmup, device)
     compiled = not args.no_compile
-    ours = {ours_name(device, compiled, loss): time_ours(args.size, data, args.steps, args.warmup, device, compiled, loss)
+    ours = {ours_name(device, compiled, loss): time_ours(args.size, data, args.steps, args.warmup, device,
+                                                         compiled, loss)
             for loss in ("plain", "chunked")}
     body = format_lm(args.size, device, plain, ours, args.batch_size, args.seq_len, args.steps, args.warmup)
     print(body)

@@ -64,7 +64,8 @@ def main() -> None:
         for p in src:
             wav, sr = sf.read(p, dtype="float32")
             sf.write(flac44 / (p.stem + ".flac"), resample(wav, sr, 44100), 44100)
-        for name, folder in (("16 kHz wav → 16 kHz", Path(tmp) / "wav16k"), ("44.1 kHz flac → 16 kHz", flac44)):
+        for name, folder in (("16 kHz wav → 16 kHz", Path(tmp) / "wav16k"),
+                             ("44.1 kHz flac → 16 kHz", flac44)):
             paths = sorted(folder.iterdir())
             base = plain_loop(paths, 16000)
             for w in sorted({0, 1, 2, args.max_workers}):
@@ -75,14 +76,17 @@ def main() -> None:
                 print(name, w, f"{hours * 3600 / base:.0f}x", f"{hours * 3600 / s:.0f}x", flush=True)
     lines = [f"Hardware: {hardware(torch.device('cpu'))}. {args.num_utts} utterances of 10–20 s "
              f"({hours:.2f} h); × real time of audio loaded.", "",
-             "| input | loader processes (0 = in the main process) | plain `sf.read` loop ×RT | tok loader ×RT | ratio |",
+             "| input | loader processes (0 = in the main process) | plain `sf.read` loop ×RT | tok loader "
+             "×RT | ratio |",
              "|---|---|---|---|---|"]
     for name, w, base, s in rows:
-        lines.append(f"| {name} | {w} | {hours * 3600 / base:,.0f} | {hours * 3600 / s:,.0f} | {base / s:.2f}× |")
+        lines.append(f"| {name} | {w} | {hours * 3600 / base:,.0f} | {hours * 3600 / s:,.0f} | "
+                     f"{base / s:.2f}× |")
     per_core = max(hours * 3600 / s / max(w, 1) for name, w, _, s in rows if "flac" in name)
-    lines += ["", f"Per loader process, 44.1 kHz flac with resampling: **{per_core:,.0f}× real time**; keeping up "
-              f"with 2 × {GPU_TARGET_XRT:,}× per GPU needs **{np.ceil(2 * GPU_TARGET_XRT / per_core):.0f}** "
-              "loader processes per GPU (16 kHz wav needs fewer)."]
+    lines += ["", f"Per loader process, 44.1 kHz flac with resampling: **{per_core:,.0f}× real time**; "
+              f"keeping up with 2 × {GPU_TARGET_XRT:,}× per GPU needs "
+              f"**{np.ceil(2 * GPU_TARGET_XRT / per_core):.0f}** loader processes per GPU "
+              "(16 kHz wav needs fewer)."]
     body = "## Audio loading (issue #4)\n\n" + "\n".join(lines)
     print(body)
     if not args.no_write:

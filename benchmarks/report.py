@@ -30,9 +30,12 @@ def hardware(device: torch.device) -> str:
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace (or append) the section between `<!-- name -->` markers in BENCHMARKS.md."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each compares against a baseline in the same run.\n"
+    text = (path.read_text() if path.exists()
+            else "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each compares against a baseline "
+                 "in the same run.\n")
     stamp = datetime.date.today().isoformat()
     block = f"<!-- {name} -->\n{body.rstrip()}\n\n_run {stamp}_\n<!-- /{name} -->"
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (pattern.sub(lambda _: block, text) if pattern.search(text)
+            else text.rstrip() + "\n\n" + block + "\n")
     path.write_text(text)

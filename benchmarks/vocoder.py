@@ -26,11 +26,12 @@ from speechtok.vocoders.vocos import Vocos  # noqa: E402
 
 VOCOS_MEL_24K = {
     "feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-                          "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100}},
+                          "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256,
+                                        "n_mels": 100}},
     "backbone": {"class_path": "vocos.models.VocosBackbone",
                  "init_args": {"input_channels": 100, "dim": 512, "intermediate_dim": 1536, "num_layers": 8}},
-    "head": {"class_path": "vocos.heads.ISTFTHead", "init_args": {"dim": 512, "n_fft": 1024, "hop_length": 256,
-                                                                  "padding": "center"}}}
+    "head": {"class_path": "vocos.heads.ISTFTHead", "init_args": {"dim": 512, "n_fft": 1024,
+                                                                  "hop_length": 256, "padding": "center"}}}
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -137,12 +138,13 @@ def format_precisions(rows: list[tuple[str, float, float, float, float]], uneven
 
 def format_vocoders(rows: list[tuple[int, float, float]], device: torch.device, seconds: float = 1.0) -> str:
     lines = [f"## Vocoders (issue #7), {device.type}", "",
-             f"Hardware: {hardware(device)}. 24 kHz, {seconds:g} s per item, fp32, random weights; Vocos mel (published "
-             "size: 8 ConvNeXt layers, dim 512, ISTFT 1024/256) against a HiFi-GAN V1 generator "
+             f"Hardware: {hardware(device)}. 24 kHz, {seconds:g} s per item, fp32, random weights; Vocos mel "
+             f"(published size: 8 ConvNeXt layers, dim 512, ISTFT 1024/256) against a HiFi-GAN V1 generator "
              "(upsampling 8·8·2·2, 512 channels) fed 500 units.", "",
              "| batch | Vocos × real time | HiFi-GAN × real time | Vocos / HiFi-GAN |", "|---|---|---|---|"]
     lines += [f"| {b} | {v:,.0f} | {h:,.0f} | {v / h:.1f}× |" for b, v, h in rows]
-    lines += ["", "The Vocos paper: 6,697× vs 496× on an A100 (13.5×), 170× vs 5.8× on a server CPU (29×), batch 16 × 1 s."]
+    lines += ["", "The Vocos paper: 6,697× vs 496× on an A100 (13.5×), 170× vs 5.8× on a server CPU (29×), "
+                  "batch 16 × 1 s."]
     return "\n".join(lines)
 
 
@@ -159,8 +161,8 @@ def main() -> None:
     body = format_vocoders(measure_vocoders(vocos, hifigan, (1, args.batch), args.repeats), device)
     body += "\n" + format_precisions(measure_precisions(vocos, hifigan, args.batch, args.repeats),
                                      measure_uneven(vocos, args.batch, args.repeats), args.batch)
-    body += (f"\n\nLoad average {load:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run "
-             "(ratios within one table are what compare).")
+    body += (f"\n\nLoad average {load:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the "
+             f"run (ratios within one table are what compare).")
     print(body)
     if not args.no_write:
         write_section(f"vocoder-{device.type}", body)

@@ -72,7 +72,8 @@ class CorpusError:
     id: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({k: printable(v) for k, v in asdict(self).items() if v is not None}, ensure_ascii=False)
+        return json.dumps({k: printable(v) for k, v in asdict(self).items() if v is not None},
+                          ensure_ascii=False)
 
 
 def scan_folder(root: str | os.PathLike) -> Iterator[Utterance]:
@@ -131,12 +132,14 @@ def _parse_words(raw) -> list[Word]:
         if end < start:
             raise ValueError(f"word {i} ({w['word']!r}): end {end} is before start {start}")
         if words and start < words[-1].start:
-            raise ValueError(f"word {i} ({w['word']!r}) starts at {start}, before word {i - 1} ({words[-1].start})")
+            raise ValueError(f"word {i} ({w['word']!r}) starts at {start}, before word {i - 1} "
+                             f"({words[-1].start})")
         words.append(Word(w["word"], start, end))
     return words
 
 
-def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[CorpusError] | None = None) -> Utterance:
+def parse_manifest_line(line: str, where: str, base_dir: Path,
+                        notes: list[CorpusError] | None = None) -> Utterance:
     """One JSONL line → Utterance; raises ValueError with a one-line reason naming the field. Bad word
     timings drop the words only (with a note in `notes`), keeping the utterance."""
     try:
@@ -173,7 +176,8 @@ def parse_manifest_line(line: str, where: str, base_dir: Path, notes: list[Corpu
         raise ValueError(f"{where}: 'channel' must be an integer >= 0, got {json.dumps(channel)[:80]}")
     member = row.get("member")
     if member is not None and (not isinstance(member, str) or not member):
-        raise ValueError(f"{where}: 'member' must name the audio inside 'path', got {json.dumps(member)[:80]}")
+        raise ValueError(f"{where}: 'member' must name the audio inside 'path', got "
+                         f"{json.dumps(member)[:80]}")
     words = None
     if row.get("words") is not None:
         try:

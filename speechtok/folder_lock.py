@@ -37,7 +37,8 @@ class FolderLock:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise FolderLocked(f"{self.target}: another {self.what} is writing here "
-                                   f"({self.holder()}); wait for it to finish, or write to another folder") from None
+                                   f"({self.holder()}); wait for it to finish, or write to another "
+                                   f"folder") from None
             raise FolderLocked(f"{self.path}: cannot lock the output folder ({e.strerror}); "
                                "use a local file system") from None
         self._fd = fd

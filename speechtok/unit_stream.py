@@ -57,5 +57,5 @@ def check_unit_streams(made: dict, maker: str, used: dict, user: str) -> None:
                          f"{used['frame_rate']:g} Hz units")
     if made["dedup"] and not used["dedup"]:
         raise ValueError(f"{maker} makes deduplicated units (dedup: true), but {user} was trained on "
-                         "frame-level units (dedup: false) and nothing in the chain knows their durations; use a "
-                         "stage trained with dedup: true, or an LM trained with dedup: false")
+                         "frame-level units (dedup: false) and nothing in the chain knows their durations; "
+                         "use a stage trained with dedup: true, or an LM trained with dedup: false")

@@ -40,7 +40,8 @@ def tiny_ssl_config(kind: str):
 
 @pytest.fixture(scope="session")
 def tiny_ssl(tmp_path_factory):
-    """Factory: a tiny random-init SSL model of the given kind, saved with save_pretrained; returns its dir."""
+    """Factory: a tiny random-init SSL model of the given kind, saved with save_pretrained; returns its
+    dir."""
     cache = {}
 
     def make(kind: str = "hubert") -> str:
@@ -61,8 +62,10 @@ def tiny_codec_config(kind: str):
     from transformers import DacConfig, EncodecConfig, MimiConfig
 
     if kind == "encodec":  # 24 kHz, hop 64 → 375 Hz; 1024 codes = 10 bits → 3.75 kbps per codebook
-        return EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[4, 4, 4], codebook_size=1024,
-                             codebook_dim=16, hidden_size=16, target_bandwidths=[3.75, 7.5], num_lstm_layers=1)
+        return EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[4, 4, 4],
+                             codebook_size=1024,
+                             codebook_dim=16, hidden_size=16, target_bandwidths=[3.75, 7.5],
+                             num_lstm_layers=1)
     if kind == "dac":  # 16 kHz, hop 32
         return DacConfig(sampling_rate=16000, encoder_hidden_size=8, downsampling_ratios=[2, 4, 4],
                          upsampling_ratios=[4, 4, 2], decoder_hidden_size=32, n_codebooks=4, codebook_size=64,
@@ -214,7 +217,8 @@ def units_and_codec_shards(speech_corpus, tmp_path_factory):
     cfg = EncodecConfig(sampling_rate=24000, num_filters=4, upsampling_ratios=[8, 5, 4, 2], codebook_size=16,
                         codebook_dim=16, hidden_size=16, target_bandwidths=[0.6], num_lstm_layers=1)
     AutoModel.from_config(cfg).save_pretrained(root / "codec")
-    r = CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "12", "-o", str(root / "km"), "-q"])
+    r = CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "12", "-o",
+                                 str(root / "km"), "-q"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["encode", str(speech_corpus), "-t", str(root / "km"), "-t",
                                  f"encodec:{root / 'codec'}:nq=2", "-o", str(root / "shards"), "-q"])
@@ -233,13 +237,14 @@ def trained_lm(base_llm, units_and_codec_shards, tmp_path_factory):
     from speechtok.cli.main import cli
 
     root = linked_workdir(units_and_codec_shards, tmp_path_factory.mktemp("trained_lm"))
-    r = CliRunner().invoke(cli, ["lm", "extend-vocab", str(base_llm), "-m", str(root / "shards"), "-o", str(root / "lm_base")])
+    r = CliRunner().invoke(cli, ["lm", "extend-vocab", str(base_llm), "-m", str(root / "shards"), "-o",
+                                 str(root / "lm_base")])
     assert r.exit_code == 0, r.output
     cfg = {"model": str(root / "lm_base"), "output": str(root / "lm"),
            "data": {"shards": [str(root / "shards")], "seq_len": 128, "shuffle_buffer": 1, "num_workers": 0,
                     "dedup": True},
-           "train": {"batch_size": 8, "steps": 600, "lr": 5e-3, "warmup": 10, "min_lr_ratio": 0.05, "log_every": 50,
-                     "save_every": 1000, "precision": "fp32"}}
+           "train": {"batch_size": 8, "steps": 600, "lr": 5e-3, "warmup": 10, "min_lr_ratio": 0.05,
+                     "log_every": 50, "save_every": 1000, "precision": "fp32"}}
     (root / "lm.yaml").write_text(yaml.safe_dump(cfg))
     r = CliRunner().invoke(cli, ["lm", "train", str(root / "lm.yaml")])
     assert r.exit_code == 0, r.output

@@ -23,7 +23,8 @@ SENTENCES = [
     ("dave", "seven green apples fell from the tree"),
     ("dave", "we count one two three four five"),
 ]
-TEXT_LINES = ["the dog ran over the hill", "units are small words of sound", "a model reads and writes speech",
+TEXT_LINES = ["the dog ran over the hill", "units are small words of sound",
+              "a model reads and writes speech",
               "seven apples on the tree", "we speak and it listens"] * 4  # text-only LM data
 VOICES = {"alice": ("en-us", 150, 50), "bob": ("en-gb", 135, 35), "carol": ("en-us+f3", 165, 70),
           "dave": ("en-sc", 145, 45)}
@@ -43,7 +44,8 @@ def trim(wav: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
     return wav[loud[0]: loud[-1] + 1] if len(loud) else wav
 
 
-def synthesize_sentence(text: str, voice: tuple[str, int, int], gap: float = 0.06) -> tuple[np.ndarray, int, list]:
+def synthesize_sentence(text: str, voice: tuple[str, int, int],
+                        gap: float = 0.06) -> tuple[np.ndarray, int, list]:
     """Concatenate word recordings with `gap` seconds of silence; returns audio, rate, word timings."""
     parts, words, t = [], [], gap
     sr = None
@@ -82,8 +84,10 @@ def build_corpus(root: Path) -> Path:
 
 
 # Minimal triphone contrasts (k_t, b_t, s_t with different vowels), each said twice by every voice, for ABX.
-PHONE_SENTENCES = ["the cat and the cut and the kit", "a bat and a bit and a but", "sit on the set and sat on it",
-                   "the kit and the bat sat on the cut", "a bit of a cat sat on a set", "but the cut and the bit sit"]
+PHONE_SENTENCES = ["the cat and the cut and the kit", "a bat and a bit and a but",
+                   "sit on the set and sat on it",
+                   "the kit and the bat sat on the cut", "a bit of a cat sat on a set",
+                   "but the cut and the bit sit"]
 FLITE_VOICES = ("awb", "rms", "slt")  # 16 kHz voices whose segment times match their audio
 
 
@@ -118,7 +122,8 @@ def build_phone_corpus(root: Path) -> Path:
 
 
 def linked_workdir(source: Path, root: Path) -> Path:
-    """`root` with `shards`, `km` and `codec` linked from `source`, for a test module to write its runs beside."""
+    """`root` with `shards`, `km` and `codec` linked from `source`, for a test module to write its runs
+    beside."""
     for name in ("shards", "km", "codec"):
         (root / name).symlink_to(source / name)
     return root

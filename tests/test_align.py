@@ -123,7 +123,8 @@ def tiny_ctc(tmp_path_factory):
 def test_char_vocab_follows_the_model_vocabulary():
     from speechtok.align.ctc import CharVocab
 
-    upper = CharVocab({"<pad>": 0, "|": 1, **{c: i + 2 for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")}}, 0, "|")
+    upper = CharVocab({"<pad>": 0, "|": 1, **{c: i + 2 for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")}},
+                      0, "|")
     labels, owner, unplaced = upper.encode(["Café,", "42", "—", "x-ray"])
     inv = {i: c for c, i in upper.ids.items()}
     assert "".join(inv[i] for i in labels) == "CAFE|FORTY|TWO|X|RAY" and unplaced == ["—"]
@@ -274,10 +275,11 @@ def test_align_under_torchrun_two_gloo_ranks_merge_one_output(speech_corpus, tmp
     manifest.write_text("".join(json.dumps(dict(r, path=str(Path(speech_corpus).parent / r["path"]))) + "\n"
                                 for r in src))
     assert run("align", manifest, "-o", tmp_path / "one.jsonl", "-q", "--no-phones").exit_code == 0
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29500 + os.getpid() % 1000 + 7), "-m", "speechtok.cli.main", "align", str(manifest),
-                        "-o", str(tmp_path / "two.jsonl"), "-q", "--no-phones"],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(29500 + os.getpid() % 1000 + 7), "-m", "speechtok.cli.main",
+                        "align", str(manifest), "-o", str(tmp_path / "two.jsonl"), "-q", "--no-phones"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank 0/2: aligned 3 utterances" in r.stdout and "rank 1/2: aligned 2 utterances" in r.stdout
     two = rows(tmp_path / "two.jsonl")
@@ -361,8 +363,9 @@ def test_segment_without_transcript_cuts_in_pauses(speech_corpus, tmp_path, vad)
 
 
 def test_segment_with_a_ctc_aligner_keeps_every_word(speech_corpus, tiny_ctc, tmp_path):
-    """Long-form CTC alignment (~40 s: two 30 s chunks) feeding the cut planner: with random weights the timings
-    mean nothing, but every word must land in exactly one segment, in order, within the length range."""
+    """Long-form CTC alignment (~40 s: two 30 s chunks) feeding the cut planner: with random weights the
+    timings mean nothing, but every word must land in exactly one segment, in order, within the length
+    range."""
     manifest, spans, _ = long_recording(speech_corpus, tmp_path, repeats=1)
     r = run("segment", manifest, "-o", tmp_path / "seg.jsonl", "-a", tiny_ctc, "--min-seconds", 2,
             "--max-seconds", 8, "-q")

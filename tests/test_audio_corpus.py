@@ -76,8 +76,10 @@ def test_manifest_bad_lines_are_reported_and_skipped(tmp_path):
     assert [u.id for u in utts] == ["u1", "u4"]
     assert utts[1].words is None  # bad word timings drop the words, not the utterance
     assert utts[0].path == str(tmp_path / "a.wav")
-    assert utts[0].labels() == {"text": "hi", "words": [{"word": "hi", "start": 0.0, "end": 0.3}], "speaker": "s"}
-    reasons = [(e.file.rsplit(":", 1)[-1] if e.file.startswith(str(manifest)) else e.file, e.reason) for e in errors]
+    assert utts[0].labels() == {"text": "hi", "words": [{"word": "hi", "start": 0.0, "end": 0.3}],
+                                "speaker": "s"}
+    reasons = [(e.file.rsplit(":", 1)[-1] if e.file.startswith(str(manifest)) else e.file, e.reason)
+               for e in errors]
     assert ("2", "bad JSON (Expecting property name enclosed in double quotes)") in reasons
     assert ("3", "missing 'path'") in reasons
     assert ("4", "end 1.0 is not after start 2.0") in reasons

@@ -1,6 +1,6 @@
-"""Every command as honest as `tok encode` (issue 23, sections 3 and 4): one line `error: ...` and the README's
-exit code for refused pickles, read-only or missing output folders, bad numbers, duplicate YAML keys and
-click's own usage errors; `--overwrite` to replace a tokenizer; `--stream` among several semantic streams;
+"""Every command as honest as `tok encode` (issue 23, sections 3 and 4): one line `error: ...` and the
+README's exit code for refused pickles, read-only or missing output folders, bad numbers, duplicate YAML keys
+and click's own usage errors; `--overwrite` to replace a tokenizer; `--stream` among several semantic streams;
 every model size in `--print-config`; progress bars that never pass 100 %."""
 
 import argparse
@@ -79,13 +79,16 @@ def test_refused_pickles_are_one_line_naming_the_file(tmp_path, km, base_llm):
     voc.mkdir()
     shutil.copy(FIXTURES / "codehifigan_dur" / "config.json", voc / "config.json")
     evil_torch_file(voc / "g_00000000", {"generator": {}})
-    with pytest.raises(ValueError, match=rf"^{voc / 'g_00000000'}: refused: holds a pickled argparse.Namespace"):
+    with pytest.raises(ValueError,
+                       match=rf"^{voc / 'g_00000000'}: refused: holds a pickled argparse.Namespace"):
         UnitHiFiGAN.from_dir(voc)
 
     mel = {"sample_rate": 16000, "n_fft": 64, "hop_length": 16, "n_mels": 8, "padding": "center"}
-    config = {"feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures", "init_args": mel},
+    config = {"feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+                                    "init_args": mel},
               "backbone": {"class_path": "vocos.models.VocosBackbone",
-                           "init_args": {"input_channels": 8, "dim": 8, "intermediate_dim": 16, "num_layers": 1}},
+                           "init_args": {"input_channels": 8, "dim": 8, "intermediate_dim": 16,
+                                         "num_layers": 1}},
               "head": {"class_path": "vocos.heads.ISTFTHead",
                        "init_args": {"dim": 8, "n_fft": 64, "hop_length": 16, "padding": "center"}}}
     Vocos(config).save_pretrained(tmp_path / "vocos")
@@ -109,8 +112,8 @@ def test_refused_pickles_are_one_line_naming_the_file(tmp_path, km, base_llm):
     evil_torch_file(base / "pytorch_model.bin", weights)
     manifest = {"tokenizers": json.loads((km / "tokenizer.json").read_text()) | {}}
     (tmp_path / "shards").mkdir()
-    (tmp_path / "shards" / "manifest.json").write_text(json.dumps({"tokenizers": {"semantic": manifest["tokenizers"]},
-                                                                   "shards": []}))
+    (tmp_path / "shards" / "manifest.json").write_text(
+        json.dumps({"tokenizers": {"semantic": manifest["tokenizers"]}, "shards": []}))
     one_line(run("lm", "extend-vocab", base, "-m", tmp_path / "shards", "-o", tmp_path / "lm"), 2,
              f"{base / 'pytorch_model.bin'}: refused: holds a pickled argparse.Namespace")
 
@@ -146,42 +149,49 @@ def test_resynth_creates_the_output_folder(tmp_path, speech_corpus, monkeypatch)
     one_line(run("resynth", audio, "-t", "encodec:any", "-o", tmp_path / "afile" / "x.wav"), 2,
              str(tmp_path / "afile"))
     monkeypatch.setattr(FolderLock, "__enter__", read_only)
-    one_line(run("resynth", audio, "-t", "encodec:any", "-o", tmp_path / "ro" / "x.wav"), 3, "Read-only file system")
+    one_line(run("resynth", audio, "-t", "encodec:any", "-o", tmp_path / "ro" / "x.wav"), 3,
+             "Read-only file system")
     assert len(calls) == 1  # both refused before the work
 
 
-# --- section 3: one format, one exit-code table; validation --------------------------------------------------
+# --- section 3: one format, one exit-code table; validation -------------------------------------------------
 
 def test_usage_errors_are_one_line_with_exit_2(tmp_path, speech_corpus, km, base_llm):
     (tmp_path / "shards").mkdir()
-    lm = {"model": str(base_llm), "output": str(tmp_path / "run"), "data": {"shards": [str(tmp_path / "shards")]}}
+    lm = {"model": str(base_llm), "output": str(tmp_path / "run"),
+          "data": {"shards": [str(tmp_path / "shards")]}}
     (tmp_path / "long.yaml").write_text(yaml.safe_dump({**lm, "data": {**lm["data"], "seq_len": 4096}}))
     (tmp_path / "span.yaml").write_text(yaml.safe_dump({**lm, "data": {**lm["data"], "span_words": [5, 1]}}))
-    (tmp_path / "dup.yaml").write_text(yaml.safe_dump(lm) + "train:\n  lr: 1.0e-3\n  steps: 5\n  lr: 2.0e-3\n")
+    (tmp_path / "dup.yaml").write_text(yaml.safe_dump(lm)
+                                       + "train:\n  lr: 1.0e-3\n  steps: 5\n  lr: 2.0e-3\n")
     dup_line = len((tmp_path / "dup.yaml").read_text().splitlines())  # the second 'lr', the last line
     out = tmp_path / "o"
     wav = speech_corpus.parent / json.loads(speech_corpus.read_text().splitlines()[0])["path"]
     cases = {  # argv: what the one line says
-        ("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 0, "-o", out): "'-k' / '--clusters': 0 is not in the range",
+        ("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 0, "-o", out):
+            "'-k' / '--clusters': 0 is not in the range",
         ("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 4, "--batch-seconds", "nan", "-o", out):
             "--batch-seconds': 'nan' is not a finite number",
         ("encode", speech_corpus, "-t", km, "--batch-seconds", "nan", "-o", out):
             "--batch-seconds': 'nan' is not a finite number",
-        ("align", speech_corpus, "-o", out / "a.jsonl", "--jobs", 0): "'--jobs' / '-j': 0 is not in the range",
-        ("align", speech_corpus, "-o", out / "a.jsonl", "--batch-seconds", "inf"): "'inf' is not a finite number",
+        ("align", speech_corpus, "-o", out / "a.jsonl", "--jobs", 0):
+            "'--jobs' / '-j': 0 is not in the range",
+        ("align", speech_corpus, "-o", out / "a.jsonl", "--batch-seconds", "inf"):
+            "'inf' is not a finite number",
         ("show", tmp_path, "-n", -5): "'-n' / '--num': -5 is not in the range",
         ("encode",): "Missing argument 'CORPUS'",
-        ("encode", speech_corpus, "-t", km, "-o", out, "--no-such-option"): "No such option '--no-such-option'",
+        ("encode", speech_corpus, "-t", km, "-o", out, "--no-such-option"):
+            "No such option '--no-such-option'",
         ("no-such-command",): "No such command 'no-such-command'",
-        ("lm", "train", tmp_path / "long.yaml"): f"{tmp_path / 'long.yaml'}: data.seq_len: 4096 is more than the "
-                                                 f"512 positions of the model (max_position_embeddings in "
-                                                 f"{base_llm / 'config.json'})",
+        ("lm", "train", tmp_path / "long.yaml"): f"{tmp_path / 'long.yaml'}: data.seq_len: 4096 is more than "
+                                                 f"the 512 positions of the model (max_position_embeddings "
+                                                 f"in {base_llm / 'config.json'})",
         ("lm", "train", tmp_path / "span.yaml"): f"{tmp_path / 'span.yaml'}: data.span_words: ",
         ("lm", "train", tmp_path / "dup.yaml"): f"{tmp_path / 'dup.yaml'}: line {dup_line}: not valid YAML "
                                                 "(duplicate key 'lr', first on line",
         ("generate", "--lm", tmp_path, "--units-only", "-o", out / "u.npy"): "not a speechtok LM directory",
-        ("resynth", wav, "-t", km, "--vocoder", tmp_path, "-o", out / "x"): f"{out / 'x'}: no audio format for "
-                                                                          "the extension ''",
+        ("resynth", wav, "-t", km, "--vocoder", tmp_path, "-o", out / "x"):
+            f"{out / 'x'}: no audio format for the extension ''",
         ("resynth", wav, "-t", km, "--vocoder", tmp_path, "-o", out / "x.mp9"): "extension '.mp9' (use .wav",
     }
     failed = []
@@ -204,8 +214,8 @@ def test_train_kmeans_refuses_to_replace_a_tokenizer(tmp_path, speech_corpus, km
              f"{out}: holds a tokenizer", "--overwrite")
     assert (out / "centroids.npy").read_bytes() == before
     one_line(run("import-kmeans", km / "centroids.npy", "-m", "mfcc", "-o", out), 2, "--overwrite")
-    r = run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 4, "-o", out, "-q", "--overwrite", "--iters", 2,
-            "--max-frames", 500, "--backend", "torch")
+    r = run("train-kmeans", speech_corpus, "-m", "mfcc", "-k", 4, "-o", out, "-q", "--overwrite", "--iters",
+            2, "--max-frames", 500, "--backend", "torch")
     assert r.exit_code == 0, r.output
     assert json.loads((out / "tokenizer.json").read_text())["k"] == 4
 
@@ -220,12 +230,13 @@ def test_stream_chooses_among_several_semantic_streams(two_streams, base_llm, tm
 
     one_line(run("lm", "extend-vocab", base_llm, "-m", two_streams, "-o", tmp_path / "lm"), 2,
              "the shards hold 2 semantic streams ['a', 'b']", "--stream NAME")
-    one_line(run("lm", "extend-vocab", base_llm, "-m", two_streams, "-o", tmp_path / "lm", "--stream", "c"), 2,
-             "stream: no semantic stream 'c' in the shards (they hold ['a', 'b'])")
+    one_line(run("lm", "extend-vocab", base_llm, "-m", two_streams, "-o", tmp_path / "lm", "--stream", "c"),
+             2, "stream: no semantic stream 'c' in the shards (they hold ['a', 'b'])")
     assert not (tmp_path / "lm").exists()
     r = run("lm", "extend-vocab", base_llm, "-m", two_streams, "-o", tmp_path / "lm", "--stream", "b")
     assert r.exit_code == 0, r.output
-    assert SpeechVocab.load(tmp_path / "lm").semantic_stream == "b"  # what lm train, generate and eval lm read
+    # what lm train, generate and eval lm read
+    assert SpeechVocab.load(tmp_path / "lm").semantic_stream == "b"
 
     acoustic = {"output": str(tmp_path / "ac"), "shards": [str(two_streams)], "codec": "encodec"}
     (tmp_path / "ac.yaml").write_text(yaml.safe_dump(acoustic))
@@ -236,13 +247,14 @@ def test_stream_chooses_among_several_semantic_streams(two_streams, base_llm, tm
 
     assert acoustic_config(load_acoustic_config(tmp_path / "ac_b.yaml")).semantic_stream == "b"
 
-    one_line(run("vocoder", "train", "--kind", "unit-hifigan", "--shards", two_streams, "-o", tmp_path / "v"), 2,
-             "stream: the shards hold 2 semantic streams ['a', 'b']; choose one with --stream NAME")
-    cfg = load_vocoder_config(None, {"kind": "unit-hifigan", "shards": str(two_streams), "output": "v", "stream": "a"})
+    one_line(run("vocoder", "train", "--kind", "unit-hifigan", "--shards", two_streams, "-o", tmp_path / "v"),
+             2, "stream: the shards hold 2 semantic streams ['a', 'b']; choose one with --stream NAME")
+    cfg = load_vocoder_config(None, {"kind": "unit-hifigan", "shards": str(two_streams), "output": "v",
+                                     "stream": "a"})
     assert vocoded_stream(cfg, read_manifest(two_streams)[1]["tokenizers"]) == "a"
 
 
-# --- section 4: --print-config shows the model sizes; progress bars stay within 100 % ------------------------
+# --- section 4: --print-config shows the model sizes; progress bars stay within 100 % -----------------------
 
 def test_print_config_shows_every_model_size_with_its_default():
     from dataclasses import fields
@@ -295,7 +307,7 @@ def test_a_signal_while_tok_starts_is_one_line_and_exit_130(tmp_path, speech_cor
     start = ("import os, signal, sys, threading; from speechtok.cli import main; "
              f"threading.Timer({delay}, os.kill, (os.getpid(), signal.SIGINT)).start(); "
              "sys.argv = ['tok', *sys.argv[1:]]; main()")
-    r = subprocess.run([sys.executable, "-c", start, "train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "2",
-                        "-o", str(tmp_path / "km")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", start, "train-kmeans", str(speech_corpus), "-m", "mfcc", "-k",
+                        "2", "-o", str(tmp_path / "km")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 128 + signal.SIGINT, r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("stopped by SIGINT"), r.stderr

@@ -85,9 +85,11 @@ def test_trainer_config_mistakes_fail_in_one_line_before_torch(tmp_path):
                             f"{tmp_path / 'v3.yaml'}: kind: missing (required)"),
         "vocoder codec": (["vocoder", "train", "--kind", "vocos", "--shards", str(shards), "-o", "run",
                            "--codec", "nope"],
-                          "command line: --codec: 'mel' or a codec stream of the shards (['encodec', 'semantic'])"),
+                          "command line: --codec: 'mel' or a codec stream of the shards (['encodec', "
+                          "'semantic'])"),
         "vocoder segment": (["vocoder", "train", "--config", str(tmp_path / "v3.yaml"), "--kind", "vocos",
-                             "--segment-seconds", "0"], "command line: --segment-seconds: must be more than 0, not 0.0"),
+                             "--segment-seconds", "0"],
+                            "command line: --segment-seconds: must be more than 0, not 0.0"),
         "vocoder lr": (["vocoder", "train", "--config", write(tmp_path / "v4.yaml", {**vocoder, "lr": 0})],
                        f"{tmp_path / 'v4.yaml'}: lr: must be more than 0, not 0"),
         "vocoder override": (["vocoder", "train", "--config", str(tmp_path / "v3.yaml"), "--kind", "vocos",

@@ -108,7 +108,8 @@ class OOMAbove:
 
 
 class QuantizerInputs:
-    """Records the latents [B, D, F] each `encode` hands to the codec's quantizer (what padding would reach)."""
+    """Records the latents [B, D, F] each `encode` hands to the codec's quantizer (what padding would
+    reach)."""
 
     def __init__(self, codec: Codec):
         self.seen, q = [], codec.model.quantizer
@@ -310,10 +311,12 @@ def test_long_inputs_are_chunked(tiny_codec, kind, min_agree):
 def multi_encode(tiny_codec, tiny_ssl, speech_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("multi")
     runner = CliRunner()
-    r = runner.invoke(cli, ["train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "12", "-o", str(root / "km"), "-q"])
+    r = runner.invoke(cli, ["train-kmeans", str(speech_corpus), "-m", "mfcc", "-k", "12", "-o",
+                            str(root / "km"), "-q"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli, ["encode", str(speech_corpus), "-t", str(root / "km"),
-                            "-t", f"encodec:{tiny_codec('encodec')}:nq=2", "-t", f"dac:{tiny_codec('dac')}:nq=3",
+                            "-t", f"encodec:{tiny_codec('encodec')}:nq=2", "-t",
+                            f"dac:{tiny_codec('dac')}:nq=3",
                             "-t", f"mimi:{tiny_codec('mimi')}:nq=4", "-o", str(root / "shards"), "-q"])
     assert r.exit_code == 0, r.output
     return root / "shards", r
@@ -344,7 +347,8 @@ def test_one_pass_writes_every_tokenizer(multi_shards, speech_corpus):
     manifest = json.loads((multi_shards / "manifest.json").read_text())
     assert list(manifest["tokenizers"]) == ["semantic", "encodec", "dac", "mimi"]
     enc = manifest["tokenizers"]["encodec"]
-    assert enc["type"] == "codec" and enc["n_q"] == 2 and enc["sample_rate"] == 24000 and enc["frame_rate"] == 375
+    assert (enc["type"] == "codec" and enc["n_q"] == 2 and enc["sample_rate"] == 24000
+            and enc["frame_rate"] == 375)
     assert len(enc["weights_sha256"]) == 64
     assert manifest["tokenizers"]["dac"]["n_q"] == 3 and manifest["tokenizers"]["mimi"]["n_q"] == 4
     lines = {x["id"]: x for x in map(json.loads, speech_corpus.read_text().splitlines())}
@@ -352,7 +356,8 @@ def test_one_pass_writes_every_tokenizer(multi_shards, speech_corpus):
     for s in read_shards(multi_shards):
         dur = sf.info(speech_corpus.parent / lines[s["id"]]["path"]).duration
         assert s["duration"] == pytest.approx(dur, abs=1e-4)
-        assert s["encodec"].shape == (2, math.ceil(round(dur * 24000) / 64)) and s["encodec"].dtype == np.uint16
+        assert (s["encodec"].shape == (2, math.ceil(round(dur * 24000) / 64))
+                and s["encodec"].dtype == np.uint16)
         assert s["dac"].shape[0] == 3 and s["dac"].dtype == np.uint8
         assert s["mimi"].shape == (4, math.ceil(round(dur * 16000) / 128)) and s["mimi"].dtype == np.uint8
         assert s["semantic"].ndim == 1

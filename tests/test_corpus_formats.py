@@ -17,7 +17,8 @@ lhotse = pytest.importorskip("lhotse")
 datasets = pytest.importorskip("datasets")
 
 N = 5  # utterances of the speech corpus used here (encoding stays fast)
-SPAN = (0.5, 2.0)  # the span cut from odd utterances (whole samples at 16 and 22.05 kHz: lhotse snaps to samples)
+# the span cut from odd utterances (whole samples at 16 and 22.05 kHz: lhotse snaps to samples)
+SPAN = (0.5, 2.0)
 
 
 def run(*args):
@@ -65,12 +66,15 @@ def lhotse_corpus(speech_corpus, tmp_path_factory):
         start, end = SPAN if i % 2 else (0.0, rec.duration)
         words = [w for w in row["words"] if w["start"] >= start and w["end"] <= end]
         sups.append(SupervisionSegment(
-            id=row["id"], recording_id=rec.id, start=start, duration=round(end - start, 6), channel=channel or 0,
-            text=row["text"], speaker=row["speaker"], language="en",
-            alignment={"word": [AlignmentItem(w["word"], w["start"], round(w["end"] - w["start"], 6)) for w in words]}))
+            id=row["id"], recording_id=rec.id, start=start, duration=round(end - start, 6),
+            channel=channel or 0, text=row["text"], speaker=row["speaker"], language="en",
+            alignment={"word": [AlignmentItem(w["word"], w["start"], round(w["end"] - w["start"], 6))
+                                for w in words]}))
         recs.append(rec)
-        line = {"id": row["id"], "path": path, "text": row["text"], "speaker": row["speaker"], "language": "en",
-                "words": [{"word": w["word"], "start": round(w["start"] - start, 6), "end": round(w["end"] - start, 6)}
+        line = {"id": row["id"], "path": path, "text": row["text"], "speaker": row["speaker"],
+                "language": "en",
+                "words": [{"word": w["word"], "start": round(w["start"] - start, 6),
+                           "end": round(w["end"] - start, 6)}
                           for w in words]}
         if i % 2:
             line.update(start=start, end=end)
@@ -99,7 +103,8 @@ def samples(folder: Path) -> dict[str, tuple]:
 
 
 def encode(corpus, tok_dir, out, *options):
-    r = run("encode", corpus, "-t", tok_dir, "-o", out, "-q", "--num-workers", 0, "--batch-seconds", 8, *options)
+    r = run("encode", corpus, "-t", tok_dir, "-o", out, "-q", "--num-workers", 0, "--batch-seconds", 8,
+            *options)
     assert r.exit_code == 0, r.output
     return shards(out)
 
@@ -216,7 +221,8 @@ def test_hf_dataset_gives_the_jsonl_shards_and_resumes(hf_corpus, tok_dir, tmp_p
 
 def test_corpus_options_fail_in_one_line(hf_corpus, lhotse_corpus, tok_dir, tmp_path):
     r = run("encode", hf_corpus / "saved", "-t", tok_dir, "-o", tmp_path / "x", "-q", "--id-column", "nope")
-    assert r.exit_code == 2 and "--id-column 'nope' is not a column" in r.output and "Traceback" not in r.output
+    assert (r.exit_code == 2 and "--id-column 'nope' is not a column" in r.output
+            and "Traceback" not in r.output)
     r = run("encode", lhotse_corpus / "corpus_supervisions_dev.jsonl.gz", "-t", tok_dir, "-o", tmp_path / "x")
     assert r.exit_code == 2 and "SupervisionSet has no audio" in r.output
 
@@ -230,7 +236,8 @@ def test_bad_lhotse_audio_is_one_error_line(lhotse_corpus, tok_dir, tmp_path):
     gone = lhotse.fastcopy(cuts[0], recording=lhotse.Recording.from_file(moved, recording_id="gone"))
     moved.unlink()
     lhotse.CutSet.from_cuts([gone] + cuts[1:]).to_file(tmp_path / "cuts.jsonl.gz")
-    r = run("encode", tmp_path / "cuts.jsonl.gz", "-t", tok_dir, "-o", tmp_path / "out", "-q", "--num-workers", 0)
+    r = run("encode", tmp_path / "cuts.jsonl.gz", "-t", tok_dir, "-o", tmp_path / "out", "-q",
+            "--num-workers", 0)
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert f"error: {moved}: file not found" in r.output
     assert len(samples(tmp_path / "out")) == N - 1
@@ -246,7 +253,8 @@ def test_100k_cut_manifest_starts_without_reading_audio_headers(lhotse_corpus, m
     cut = lhotse.load_manifest(lhotse_corpus / "cuts.jsonl.gz")[0]
     one = lhotse.fastcopy(cut.truncate(duration=1.0), supervisions=[]).to_dict()  # lhotse's own serialization
     with gzip.open(tmp_path / "big.jsonl.gz", "wt", compresslevel=1) as f:
-        f.writelines(json.dumps({**one, "id": f"c{i:06d}", "start": (i % 4) * 0.125}) + "\n" for i in range(100_000))
+        f.writelines(json.dumps({**one, "id": f"c{i:06d}", "start": (i % 4) * 0.125}) + "\n"
+                     for i in range(100_000))
     opened = []
     real_open = speechtok.audio._sound_file
     monkeypatch.setattr(speechtok.audio, "_sound_file", lambda *a: opened.append(a) or real_open(*a))

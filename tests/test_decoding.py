@@ -1,6 +1,7 @@
 """The decoding core (lm/decoding.py) on both stages: compiled whole with no graph break and no recompile
 over 100 steps (nor for other lengths in the same buckets), no host synchronisation inside the loop,
-compiled equal to eager token for token (greedy and sampled), the LM stage equal to Hugging Face `generate` (greedy), rows of a batch equal to rows alone."""
+compiled equal to eager token for token (greedy and sampled), the LM stage equal to Hugging Face `generate`
+(greedy), rows of a batch equal to rows alone."""
 
 import numpy as np
 import pytest
@@ -95,8 +96,8 @@ def test_decoding_steps_never_sync_with_the_host(tiny_lm, tiny_acoustic, monkeyp
     conversion raising."""
     decoders = [lm_decoder(tiny_lm, 1.0), acoustic_decoder(tiny_acoustic, Sampler(1.0, top_k=4))]
     torch.manual_seed(0)
-    valle = acoustic_model(AcousticConfig(k=6, n_q=3, codebook_size=8, pattern="valle", dim=32, layers=1, heads=4,
-                                     max_len=256)).eval()
+    valle = acoustic_model(AcousticConfig(k=6, n_q=3, codebook_size=8, pattern="valle", dim=32, layers=1,
+                                          heads=4, max_len=256)).eval()
     nar = acoustic_decoder(valle, Sampler(1.0, top_k=4))  # its AR stage is an acoustic decoder as above
 
     def refuse(*args, **kwargs):

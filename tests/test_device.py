@@ -44,7 +44,8 @@ def acoustic_config(tmp_path) -> str:
     cards = {"semantic": {"type": "semantic", "k": 12}, "encodec": {"type": "codec", "n_q": 2}}
     (shards / "manifest.json").write_text(json.dumps({"tokenizers": cards}))
     path = tmp_path / "acoustic.yaml"
-    path.write_text(yaml.safe_dump({"output": str(tmp_path / "run"), "shards": [str(shards)], "codec": "encodec"}))
+    path.write_text(yaml.safe_dump({"output": str(tmp_path / "run"), "shards": [str(shards)],
+                                    "codec": "encodec"}))
     return str(path)
 
 
@@ -52,7 +53,8 @@ def test_the_device_reaches_the_trainer(tmp_path, monkeypatch):
     import speechtok.lm.acoustic_train as acoustic_train
 
     seen = []
-    monkeypatch.setattr(acoustic_train, "train_acoustic", lambda run, stop_after, device: seen.append(device) or {})
+    monkeypatch.setattr(acoustic_train, "train_acoustic",
+                        lambda run, stop_after, device: seen.append(device) or {})
     r = CliRunner().invoke(cli, ["acoustic", "train", acoustic_config(tmp_path), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert seen == ["cpu"]
@@ -65,5 +67,5 @@ def test_a_missing_gpu_is_one_line_naming_device(tmp_path, monkeypatch):
     monkeypatch.setattr(acoustic_train, "train_acoustic", lambda *a, **k: pytest.fail("trainer started"))
     r = CliRunner().invoke(cli, ["acoustic", "train", acoustic_config(tmp_path), "--device", "cuda"])
     assert r.exit_code == 2
-    assert r.output.strip().splitlines() == ["error: --device cuda: no CUDA device is visible here (use --device "
-                                             "cpu or auto)"]
+    assert r.output.strip().splitlines() == ["error: --device cuda: no CUDA device is visible here (use "
+                                             "--device cpu or auto)"]

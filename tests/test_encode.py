@@ -43,7 +43,8 @@ def encoded(hubert_tok, speech_corpus, tmp_path_factory):
 def test_tokenizer_dir_is_self_describing(hubert_tok, tiny_ssl):
     card = json.loads((hubert_tok / "tokenizer.json").read_text())
     assert card["k"] == K and card["dim"] == 48 and card["sample_rate"] == 16000 and card["frame_rate"] == 50
-    assert card["features"] == {**card["features"], "kind": "ssl", "layer": 2,  # the model relative to the card
+    # the model relative to the card
+    assert card["features"] == {**card["features"], "kind": "ssl", "layer": 2,
                                 "model_path": str(Path(tiny_ssl("hubert")).resolve())}
     assert (hubert_tok / card["features"]["model"]).resolve() == Path(tiny_ssl("hubert")).resolve()
     assert card["centroids"]["sha256"] == sha256_of(hubert_tok / "centroids.npy")
@@ -91,7 +92,8 @@ def test_batched_tokens_equal_tokens_alone(encoded, hubert_tok, speech_corpus):
         from speechtok.audio import load_utterance
         from speechtok.corpus import Utterance
 
-        wav = torch.from_numpy(load_utterance(Utterance(line["id"], str(speech_corpus.parent / line["path"])), 16000))
+        wav = torch.from_numpy(load_utterance(Utterance(line["id"], str(speech_corpus.parent / line["path"])),
+                                              16000))
         feats, _ = tok.features(wav[None], torch.tensor([len(wav)]))
         d = torch.cdist(feats[0].double(), c.double()) ** 2
         alone = d.argmin(1).numpy()
@@ -104,7 +106,8 @@ def test_batched_tokens_equal_tokens_alone(encoded, hubert_tok, speech_corpus):
 
 def test_two_runs_give_byte_identical_shards(encoded, hubert_tok, speech_corpus, tmp_path):
     again = tmp_path / "run2"
-    r = run("encode", speech_corpus, "-t", hubert_tok, "-o", again, "-q", "--batch-seconds", 5, "--num-workers", 0)
+    r = run("encode", speech_corpus, "-t", hubert_tok, "-o", again, "-q", "--batch-seconds", 5,
+            "--num-workers", 0)
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in encoded.glob("shard-*.tar"))
     assert names == sorted(p.name for p in again.glob("shard-*.tar")) and names
@@ -203,13 +206,15 @@ def test_readme_quickstart(tmp_path):
 
 
 @pytest.mark.parametrize("batch_seconds,workers,buckets", [(3, 0, False), (40, 2, False), (8, 1, True)])
-def test_shards_are_byte_identical_whatever_the_batches_and_workers(encoded, hubert_tok, speech_corpus, tmp_path,
+def test_shards_are_byte_identical_whatever_the_batches_and_workers(encoded, hubert_tok, speech_corpus,
+                                                                    tmp_path,
                                                                    batch_seconds, workers, buckets):
     """Batch sizes (one utterance a batch up to all of them), loader workers and bucketed widths (the GPU
     default, padding each batch past its longest row) change neither a token nor a byte of the shards."""
     from speechtok.pipelines.encode import EncodeOptions, encode_corpus
 
-    opts = EncodeOptions(max_batch_seconds=batch_seconds, num_workers=workers, buckets=buckets, progress=False)
+    opts = EncodeOptions(max_batch_seconds=batch_seconds, num_workers=workers, buckets=buckets,
+                         progress=False)
     encode_corpus(speech_corpus, SemanticTokenizer.from_dir(hubert_tok), tmp_path / "out", opts)
     names = sorted(p.name for p in encoded.glob("shard-*.tar"))
     for name in names + ["manifest.json"]:
@@ -219,7 +224,8 @@ def test_shards_are_byte_identical_whatever_the_batches_and_workers(encoded, hub
 SYNCS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__index__", "__float__")
 
 
-def test_encode_loop_syncs_with_the_device_at_most_once_a_batch(tiny_ssl, speech_corpus, tmp_path, monkeypatch):
+def test_encode_loop_syncs_with_the_device_at_most_once_a_batch(tiny_ssl, speech_corpus, tmp_path,
+                                                                monkeypatch):
     """The HuBERT tokenizer on the `meta` device stands in for a GPU: every value read back on the host
     (item, tolist, numpy, cpu, bool, int, ...) is counted, and so is each device→host copy. Per batch: one
     copy (the tokens) and at most one sync (today the one inside transformers' SDPA mask:
@@ -270,7 +276,8 @@ def test_progress_counts_audio_seconds_with_an_honest_eta(capsys):
     from speechtok.pipelines.batching import Item
     from speechtok.pipelines.encode import Progress
 
-    items = [Item(i, Utterance(str(i), "x.wav"), s) for i, s in enumerate([0.0305, 0.1, 0.0107, 600.0, 0.3] * 3)]
+    items = [Item(i, Utterance(str(i), "x.wav"), s)
+             for i, s in enumerate([0.0305, 0.1, 0.0107, 600.0, 0.3] * 3)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         progress = Progress(items, 2, enabled=True)

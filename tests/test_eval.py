@@ -32,10 +32,13 @@ def run(*args):
 def test_phone_unit_metrics_known_answers():
     perfect = np.diag([30, 10, 40, 20])[:, [2, 0, 3, 1]]  # a bijection phone ↔ unit, in any order
     m = phone_unit_metrics(perfect)
-    assert m["pnmi"] == pytest.approx(1.0) and m["phone_purity"] == pytest.approx(1) and m["cluster_purity"] == pytest.approx(1)
-    merged = np.array([[25, 0], [25, 0], [0, 25], [0, 25]])  # 4 equiprobable phones in 2 units: I = 1 bit, H = 2 bits
+    assert (m["pnmi"] == pytest.approx(1.0) and m["phone_purity"] == pytest.approx(1)
+            and m["cluster_purity"] == pytest.approx(1))
+    # 4 equiprobable phones in 2 units: I = 1 bit, H = 2 bits
+    merged = np.array([[25, 0], [25, 0], [0, 25], [0, 25]])
     m = phone_unit_metrics(merged)
-    assert m["pnmi"] == pytest.approx(0.5) and m["phone_purity"] == pytest.approx(0.5) and m["cluster_purity"] == pytest.approx(1)
+    assert (m["pnmi"] == pytest.approx(0.5) and m["phone_purity"] == pytest.approx(0.5)
+            and m["cluster_purity"] == pytest.approx(1))
     rng = np.random.default_rng(0)
     phones, units = rng.choice(5, 200_000, p=[0.4, 0.3, 0.1, 0.1, 0.1]), rng.integers(0, 50, 200_000)
     joint = np.zeros((5, 50))
@@ -53,12 +56,14 @@ def test_bitrate_and_usage_known_answers():
     assert b["nominal_bps"] == pytest.approx(50 * 3)  # 50 tokens/s × log2(8)
     assert b["entropy_bps"] == pytest.approx(50 * 2)  # 4 codes used evenly: 2 bits each
     assert b["dedup_tokens_per_second"] == pytest.approx(25) and b["dedup_entropy_bps"] == pytest.approx(50)
-    assert c["usage"] == 0.5 and c["perplexity"] == pytest.approx(4) and c["normalized_entropy"] == pytest.approx(2 / 3)
+    assert (c["usage"] == 0.5 and c["perplexity"] == pytest.approx(4)
+            and c["normalized_entropy"] == pytest.approx(2 / 3))
     codec = TokenStats(Stream("encodec", "codec", vocab=4, n_q=2, frame_rate=75.0))
     codec.add(np.stack([np.zeros(148, int), np.arange(148) % 4]), 148 / 75)
     r = codec.result()
     assert [x["entropy_bits"] for x in r["codebooks"]] == pytest.approx([0, 2])
-    assert r["bitrate"]["nominal_bps"] == pytest.approx(75 * 2 * 2) and r["bitrate"]["entropy_bps"] == pytest.approx(150)
+    assert (r["bitrate"]["nominal_bps"] == pytest.approx(75 * 2 * 2)
+            and r["bitrate"]["entropy_bps"] == pytest.approx(150))
 
 
 def test_frame_labels_follow_frame_centres():
@@ -100,7 +105,8 @@ def test_abx_known_answers():
     ids = {p: i for i, p in enumerate(["k", "t", "b", "s", "n", "ae", "ih", "ah"])}
 
     def perfect(it, r):  # one token per phone, each phone held for a random-ish duration
-        return np.concatenate([np.full(3 + (r + k) % 3, ids[p]) for k, p in enumerate((it.prev, it.phone, it.next))])[None]
+        return np.concatenate([np.full(3 + (r + k) % 3, ids[p])
+                               for k, p in enumerate((it.prev, it.phone, it.next))])[None]
 
     items, codes = _abx_design(perfect)
     r = abx_error(items, codes)
@@ -129,7 +135,8 @@ def test_abx_equals_libri_light_reference():
     assert len(items) == 102 and len({it.speaker for it in items}) == 3 and len(np.unique(ref["codes"])) == 12
     r = abx_error(items, item_codes, max_per_group=10)  # the reference's cap; no group reaches it
     assert 0.1 < ref["within_error"] < ref["across_error"] < 0.4  # informative, not all-ties
-    assert r["within_speaker_error"] == pytest.approx(float(ref["within_error"]), abs=1e-6)  # float32 sums there
+    # float32 sums there
+    assert r["within_speaker_error"] == pytest.approx(float(ref["within_error"]), abs=1e-6)
     assert r["across_speaker_error"] == pytest.approx(float(ref["across_error"]), abs=1e-6)
     assert r["items"] == sum(s is not None for s in item_codes)
 
@@ -159,7 +166,8 @@ def test_resynth_metrics_known_answers(phone_corpus):
     delayed = np.concatenate([np.zeros(int(0.05 * sr), np.float32), x])[: len(x)]  # 50 ms later
     d = resynth_metrics(x, sr, delayed, sr)
     assert d["si_sdr_db"] < 0 and d["stoi"] < 0.5  # sample-aligned metrics see the delay ...
-    assert d["pesq_wb"] > 4.0 and d["mcd_db"] < 1.0 and d["f0_rmse_hz"] < 1 and d["voicing_error"] < 0.02  # ... aligned ones do not
+    # ... aligned ones do not
+    assert d["pesq_wb"] > 4.0 and d["mcd_db"] < 1.0 and d["f0_rmse_hz"] < 1 and d["voicing_error"] < 0.02
     rng = np.random.default_rng(0)
     xc = x - x.mean()
     noise = rng.standard_normal(len(x))
@@ -191,19 +199,22 @@ def test_eval_tokens_end_to_end(phone_corpus, tmp_path):
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())["streams"]["semantic"]
     samples = list(read_shards(root / "shards"))
     frames, seconds = sum(len(s["semantic"]) for s in samples), sum(s["duration"] for s in samples)
-    assert rep["frames"] == frames and rep["bitrate"]["nominal_bps"] == pytest.approx(frames * math.log2(50) / seconds)
+    assert (rep["frames"] == frames
+            and rep["bitrate"]["nominal_bps"] == pytest.approx(frames * math.log2(50) / seconds))
     assert rep["bitrate"]["dedup_tokens_per_second"] < frames / seconds
     p = rep["phones"][0]
     assert 0.3 < p["pnmi"] < 1 and p["phones"] == 15  # MFCC units carry phone information, imperfectly
     abx = rep["abx"]
-    assert abx["within_speaker_error"] < 0.3 and abx["within_speaker_error"] < abx["across_speaker_error"] < 0.5
+    assert (abx["within_speaker_error"] < 0.3
+            and abx["within_speaker_error"] < abx["across_speaker_error"] < 0.5)
     for png in ("usage_semantic.png", "phone_unit_semantic.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 1000
     assert "PNMI" in r.output and "| pnmi |" in (tmp_path / "rep" / "report.md").read_text()
 
     # the same triphones as a ZeroSpeech .item file give the same ABX
     rows = [json.loads(x) for x in (root / "corpus.jsonl").read_text().splitlines()]
-    items = triphone_items({x["id"]: [Phone(**p) for p in x["phones"]] for x in rows}, {x["id"]: x["speaker"] for x in rows})
+    items = triphone_items({x["id"]: [Phone(**p) for p in x["phones"]] for x in rows},
+                           {x["id"]: x["speaker"] for x in rows})
     item_file = tmp_path / "triphones.item"
     item_file.write_text("#file onset offset #phone prev-phone next-phone speaker\n" + "".join(
         f"{i.file} {i.onset} {i.offset} {i.phone} {i.prev} {i.next} {i.speaker}\n" for i in items))
@@ -217,10 +228,12 @@ def test_eval_tokens_end_to_end(phone_corpus, tmp_path):
     bad["phones"][2]["end"] = "soon"
     lines[3] = json.dumps(bad)
     (tmp_path / "bad.jsonl").write_text("\n".join(lines + ["{not json"]) + "\n")
-    r = run("eval", "tokens", root / "shards", "--alignments", tmp_path / "bad.jsonl", "-o", tmp_path / "rep3")
+    r = run("eval", "tokens", root / "shards", "--alignments", tmp_path / "bad.jsonl", "-o",
+            tmp_path / "rep3")
     assert r.exit_code == 1
     assert "bad.jsonl:4: bad phone entry" in r.output and "bad.jsonl:19: bad JSON" in r.output
-    assert json.loads((tmp_path / "rep3" / "report.json").read_text())["streams"]["semantic"]["phones"][0]["frames"] < frames
+    assert (json.loads((tmp_path / "rep3" / "report.json").read_text())["streams"]["semantic"]["phones"][0]
+            ["frames"] < frames)
 
 
 def test_eval_tokens_codec_and_deduplicated_shards(phone_corpus, units_and_codec_shards, tmp_path):
@@ -234,10 +247,12 @@ def test_eval_tokens_codec_and_deduplicated_shards(phone_corpus, units_and_codec
     assert (tmp_path / "codec" / "usage_encodec.png").exists()
 
     root = phone_corpus
-    assert run("encode", root / "corpus.jsonl", "-t", root / "km", "--dedup", "-o", tmp_path / "dedup", "-q").exit_code == 0
+    assert run("encode", root / "corpus.jsonl", "-t", root / "km", "--dedup", "-o", tmp_path / "dedup",
+               "-q").exit_code == 0
     reps = []
     for name, shards in (("frames", root / "shards"), ("runs", tmp_path / "dedup")):
-        assert run("eval", "tokens", shards, "--alignments", root / "corpus.jsonl", "-o", tmp_path / name).exit_code == 0
+        assert run("eval", "tokens", shards, "--alignments", root / "corpus.jsonl", "-o",
+                   tmp_path / name).exit_code == 0
         rep = json.loads((tmp_path / name / "report.json").read_text())
         reps.append(rep["streams"]["semantic"])
     assert reps[0] == reps[1]
@@ -259,7 +274,8 @@ def test_eval_resynth_end_to_end(phone_corpus, tmp_path):
     (hyp / wavs[2].name).write_bytes(b"RIFF....not audio")  # corrupt; wavs[3] has no hypothesis
     r = run("eval", "resynth", ref, hyp, "-o", tmp_path / "rep", "--plots", 2)
     assert r.exit_code == 1
-    assert f"{hyp / wavs[2].name}: cannot decode audio" in r.output and f"{ref / wavs[3].name}: no resynthesis" in r.output
+    assert (f"{hyp / wavs[2].name}: cannot decode audio" in r.output
+            and f"{ref / wavs[3].name}: no resynthesis" in r.output)
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     rows = {x["id"]: x for x in rep["per_file"]}
     assert set(rows) == {wavs[0].stem, wavs[1].stem}
@@ -267,7 +283,8 @@ def test_eval_resynth_end_to_end(phone_corpus, tmp_path):
     resampled = rows[wavs[1].stem]  # 16 → 24 → 16 kHz: only the band edge near 8 kHz is lost
     assert resampled["pesq_wb"] > 4.5 and resampled["stoi"] > 0.99 and resampled["si_sdr_db"] > 20
     assert rep["mean"]["stoi"] == pytest.approx(np.mean([x["stoi"] for x in rows.values()]))
-    assert (tmp_path / "rep" / "spectrogram_02.png").exists() and not (tmp_path / "rep" / "spectrogram_03.png").exists()
+    assert ((tmp_path / "rep" / "spectrogram_02.png").exists()
+            and not (tmp_path / "rep" / "spectrogram_03.png").exists())
 
 
 # ---- tok eval lm ------------------------------------------------------------------------------------------
@@ -288,9 +305,11 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(trained_lm, tmp_pa
     assert r.exit_code == 0, r.output
     ppl = json.loads((tmp_path / "u" / "report.json").read_text())["perplexity"]["speech"]
     v = model.get_output_embeddings().weight.shape[0]
-    assert ppl["all"]["perplexity"] == pytest.approx(v, rel=1e-4) and ppl["speech"]["perplexity"] == pytest.approx(v, rel=1e-4)
+    assert (ppl["all"]["perplexity"] == pytest.approx(v, rel=1e-4)
+            and ppl["speech"]["perplexity"] == pytest.approx(v, rel=1e-4))
     r = run("eval", "lm", trained_lm, "--shards", shards, "-o", tmp_path / "t")
-    trained = json.loads((tmp_path / "t" / "report.json").read_text())["perplexity"]["speech"]["speech"]["perplexity"]
+    trained = (json.loads((tmp_path / "t" / "report.json").read_text())
+               ["perplexity"]["speech"]["speech"]["perplexity"])
     assert trained < 3  # overfitted on these very utterances (12 units: chance would be 12)
     assert (tmp_path / "t" / "training.png").exists()
 
@@ -298,7 +317,8 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(trained_lm, tmp_pa
 def test_perplexity_windows_stride_and_score_each_target_once():
     from speechtok.eval.lm import windows
 
-    for length, max_len, stride in [(50, 16, 4), (50, 16, 8), (50, 16, 15), (16, 16, 5), (17, 16, 1), (2, 4, 3)]:
+    for length, max_len, stride in [(50, 16, 4), (50, 16, 8), (50, 16, 15), (16, 16, 5), (17, 16, 1),
+                                    (2, 4, 3)]:
         plan = windows(length, max_len, stride)
         scored = [t for _, first, end in plan for t in range(first, end)]
         assert scored == list(range(1, length))  # every target exactly once, in order
@@ -321,8 +341,9 @@ def test_strided_log_probs_match_direct_computation():
     from speechtok.eval.lm import token_logprobs, windows
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64)).eval()
     seqs = [torch.randint(0, 40, (n,)).tolist() for n in (50, 33, 7)]
 
     def direct(ids: list[int]) -> np.ndarray:
@@ -356,7 +377,8 @@ def test_eval_lm_text_format_scores_the_transcripts(trained_lm, tmp_path):
     shards = trained_lm.parent.parent / "shards"
     samples = list(read_shards(shards))
     tok = AutoTokenizer.from_pretrained(trained_lm)
-    r = run("eval", "lm", trained_lm, "--shards", shards, "--format", "text", "--format", "speech", "-o", tmp_path / "r")
+    r = run("eval", "lm", trained_lm, "--shards", shards, "--format", "text", "--format", "speech", "-o",
+            tmp_path / "r")
     assert r.exit_code == 0, r.output
     ppl = json.loads((tmp_path / "r" / "report.json").read_text())["perplexity"]
     text_tokens = sum(len(tok(s["text"], add_special_tokens=False)["input_ids"]) for s in samples)
@@ -381,15 +403,19 @@ def _reversed_wav(src: Path, dst: Path) -> Path:
 def test_minimal_pair_probes(trained_lm, tmp_path):
     root = trained_lm.parent.parent
     samples = list(read_shards(root / "shards"))
-    units = [np.repeat(s["semantic"], s["semantic_durations"]) if "semantic_durations" in s else s["semantic"] for s in samples]
-    pairs = [{"id": s["id"], "real": {"units": u.tolist()}, "fake": {"units": u[::-1].tolist()}, "group": s["speaker"]}
+    units = [np.repeat(s["semantic"], s["semantic_durations"]) if "semantic_durations" in s else s["semantic"]
+             for s in samples]
+    pairs = [{"id": s["id"], "real": {"units": u.tolist()}, "fake": {"units": u[::-1].tolist()},
+              "group": s["speaker"]}
              for s, u in zip(samples, units)]
     (tmp_path / "units.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    (tmp_path / "swapped.jsonl").write_text("".join(json.dumps({**p, "real": p["fake"], "fake": p["real"]}) + "\n" for p in pairs))
-    (tmp_path / "ties.jsonl").write_text("".join(json.dumps({"id": i, "real": {"text": "the cat"}, "fake": {"text": "the cat"}}) + "\n"
+    (tmp_path / "swapped.jsonl").write_text("".join(json.dumps({**p, "real": p["fake"], "fake": p["real"]})
+                                                    + "\n" for p in pairs))
+    (tmp_path / "ties.jsonl").write_text("".join(json.dumps({"id": i, "real": {"text": "the cat"},
+                                                             "fake": {"text": "the cat"}}) + "\n"
                                                  for i in range(3)))
-    r = run("eval", "lm", trained_lm, "--probes", tmp_path / "units.jsonl", "--probes", tmp_path / "swapped.jsonl",
-            "--probes", tmp_path / "ties.jsonl", "-o", tmp_path / "rep")
+    r = run("eval", "lm", trained_lm, "--probes", tmp_path / "units.jsonl", "--probes",
+            tmp_path / "swapped.jsonl", "--probes", tmp_path / "ties.jsonl", "-o", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     probes = json.loads((tmp_path / "rep" / "report.json").read_text())["probes"]
     acc = probes[str(tmp_path / "units.jsonl")]
@@ -410,7 +436,8 @@ def test_minimal_pair_probes(trained_lm, tmp_path):
         shutil.copy(audio[s["id"]], real)
         _reversed_wav(real, zr / f"{s['id']}_f.wav")
         lines.append({"id": s["id"], "real": str(real), "fake": f"zr/{s['id']}_f.wav"})
-        gold += [[f"{s['id']}_r", "reverse", "audio", s["id"], s["speaker"], 1], [f"{s['id']}_f", "reverse", "audio", s["id"], s["speaker"], 0]]
+        gold += [[f"{s['id']}_r", "reverse", "audio", s["id"], s["speaker"], 1],
+                 [f"{s['id']}_f", "reverse", "audio", s["id"], s["speaker"], 0]]
     lines.append({"id": "missing", "real": "zr/nope.wav", "fake": f"zr/{samples[0]['id']}_f.wav"})
     (tmp_path / "audio.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     with open(zr / "gold.csv", "w", newline="") as f:

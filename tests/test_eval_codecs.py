@@ -226,7 +226,8 @@ def vocoder_specs(diverse_codec, tmp_path_factory):
                                   resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
                                   unit_stream=unit_stream(card, dedup=False))).save(root / "hifigan")
     mel = {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-           "init_args": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "n_mels": 16, "padding": "center"}}
+           "init_args": {"sample_rate": 16000, "n_fft": 256, "hop_length": 64, "n_mels": 16,
+                         "padding": "center"}}
     tiny_vocos(mel, "center").save_pretrained(root / "vocos_mel")
     codes = {"class_path": "vocos.feature_extractors.EncodecFeatures",
              "init_args": {"codebook_size": 1024, "n_q": 2, "dim": 16, "sample_rate": 24000}}
@@ -371,7 +372,8 @@ def test_eval_codecs_refuses_a_malformed_spec_before_loading(two_utterances, tmp
     model loaded."""
     import speechtok.pipelines.evaluate as evaluate_mod
 
-    monkeypatch.setattr(evaluate_mod, "evaluate_codecs", lambda *a, **k: pytest.fail("went on to load models"))
+    monkeypatch.setattr(evaluate_mod, "evaluate_codecs",
+                        lambda *a, **k: pytest.fail("went on to load models"))
     km = tmp_path / "km"
     km.mkdir()
     (km / "tokenizer.json").write_text("{}")

@@ -30,7 +30,8 @@ def flite_clips(tmp_path_factory):
     """{name: (wav, sr)}: two sentences by the flite voice slt, the first also by rms, at 16 kHz."""
     root = tmp_path_factory.mktemp("flite")
     out = {}
-    for name, voice, text in (("slt_fox", "slt", FOX), ("slt_apples", "slt", APPLES), ("rms_fox", "rms", FOX)):
+    for name, voice, text in (("slt_fox", "slt", FOX), ("slt_apples", "slt", APPLES),
+                              ("rms_fox", "rms", FOX)):
         flite_sentence(text, voice, root / f"{name}.wav")
         out[name] = sf.read(root / f"{name}.wav", dtype="float32")
     assert {sr for _, sr in out.values()} == {16000}
@@ -85,7 +86,8 @@ def test_resynth_report_wer_dwer_plumbing(flite_clips, tmp_path, monkeypatch):
     sf.write(hyp / "fox.wav", fox, sr)
     sf.write(ref / "apples.wav", apples, sr)
     sf.write(hyp / "apples.wav", np.concatenate([noisy, np.zeros(7, np.float32)]), sr)
-    given = GivenTranscripts({len(fox): FOX, len(apples): APPLES, len(apples) + 7: APPLES.replace("green ", "")})
+    given = GivenTranscripts({len(fox): FOX, len(apples): APPLES,
+                              len(apples) + 7: APPLES.replace("green ", "")})
     monkeypatch.setattr(asr_mod, "load_asr", lambda spec, device, batch_size: given)
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"id": i, "text": t.upper() + "."}) + "\n"
                                               for i, t in (("fox", FOX), ("apples", APPLES))))
@@ -95,10 +97,12 @@ def test_resynth_report_wer_dwer_plumbing(flite_clips, tmp_path, monkeypatch):
                          speaker="resemblyzer")
     assert r["errors"] == [] and r["files"] == 2
     a = r["asr"]
-    assert a["resynthesis_vs_text"]["wer"] == pytest.approx(1 / 16) and a["dwer"]["wer"] == pytest.approx(1 / 16)
+    assert (a["resynthesis_vs_text"]["wer"] == pytest.approx(1 / 16)
+            and a["dwer"]["wer"] == pytest.approx(1 / 16))
     assert a["reference_vs_text"]["wer"] == 0 and r["mean"]["wer"] == pytest.approx(1 / 16)
     rows = {row["id"]: row for row in r["per_file"]}
-    assert rows["apples"]["wer"] == pytest.approx(1 / 7) and rows["fox"]["wer"] == 0 and rows["fox"]["dwer"] == 0
+    assert (rows["apples"]["wer"] == pytest.approx(1 / 7) and rows["fox"]["wer"] == 0
+            and rows["fox"]["dwer"] == 0)
     assert rows["fox"]["speaker_similarity"] == pytest.approx(1, abs=1e-6)
     assert rows["apples"]["speaker_similarity"] < 1 - 1e-4
     weights = Path(importlib.import_module("resemblyzer").__file__).parent / "pretrained.pt"
@@ -111,7 +115,7 @@ def test_resynth_report_wer_dwer_plumbing(flite_clips, tmp_path, monkeypatch):
     assert len(r["errors"]) == 1 and "no transcript matches" in r["errors"][0]
 
 
-# ---- offline models on synthetic speech ---------------------------------------------------------------------
+# ---- offline models on synthetic speech --------------------------------------------------------------------
 
 def test_pocketsphinx_transcribes_clean_flite_speech(flite_clips):
     pytest.importorskip("pocketsphinx")
@@ -142,7 +146,8 @@ def test_dnsmos_drops_with_noise(flite_clips):
     mos = DNSMOS()
     clean = mos.score(fox, sr)
     noisy = mos.score(fox + 0.05 * np.random.default_rng(0).standard_normal(len(fox)).astype(np.float32), sr)
-    assert 1 <= noisy["dnsmos_ovrl"] < clean["dnsmos_ovrl"] - 0.3 and noisy["dnsmos_bak"] < clean["dnsmos_bak"]
+    assert (1 <= noisy["dnsmos_ovrl"] < clean["dnsmos_ovrl"] - 0.3
+            and noisy["dnsmos_bak"] < clean["dnsmos_bak"])
     assert np.isfinite(mos.score(fox[:200], sr)["dnsmos_ovrl"])  # repeated up to 9 s
     with pytest.raises(ValueError, match="no samples"):  # was: speechmos repeating nothing, forever
         mos.score(fox[:0], sr)
@@ -160,7 +165,7 @@ def test_numpy_mel_matches_librosa_filters():
     assert m.shape == (40, 101) and _filters(16000, 400, 40)[:, 25].argmax() == m[:, 50].argmax()  # 1 kHz bin
 
 
-# ---- transformers backends, tiny random-init ------------------------------------------------------------------
+# ---- transformers backends, tiny random-init ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_ctc(tmp_path_factory):
@@ -169,7 +174,8 @@ def tiny_ctc(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("ctc") / "tiny-ctc"
     path.mkdir()
-    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2,
+             **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
     (path / "vocab.json").write_text(json.dumps(vocab))
     tok = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), pad_token="<pad>", unk_token="<unk>",
                                word_delimiter_token="|")
@@ -179,8 +185,8 @@ def tiny_ctc(tmp_path_factory):
     torch.manual_seed(0)
     cfg = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8),
-                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-                         do_stable_layer_norm=True, pad_token_id=0)
+                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                         feat_extract_norm="layer", do_stable_layer_norm=True, pad_token_id=0)
     Wav2Vec2ForCTC(cfg).save_pretrained(path)
     return path
 
@@ -241,8 +247,8 @@ def test_transformers_xvector_similarity_mechanics(tmp_path, flite_clips):
     torch.manual_seed(0)
     cfg = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                       conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                      num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1),
-                      xvector_output_dim=24, num_buckets=32)
+                      num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16), tdnn_kernel=(3, 1),
+                      tdnn_dilation=(1, 1), xvector_output_dim=24, num_buckets=32)
     WavLMForXVector(cfg).save_pretrained(tmp_path / "sv")
     Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(tmp_path / "sv")
     enc = load_speaker_encoder(str(tmp_path / "sv"))
@@ -283,7 +289,8 @@ def test_genppl_matches_transformers_loss(base_llm):
 
     texts = ["the dog ran over the hill", "a model reads"]
     got = TextLM(str(base_llm), batch_size=2).perplexity(texts)
-    tok, model = AutoTokenizer.from_pretrained(base_llm), AutoModelForCausalLM.from_pretrained(base_llm).eval()
+    tok, model = (AutoTokenizer.from_pretrained(base_llm),
+                  AutoModelForCausalLM.from_pretrained(base_llm).eval())
     nll = n = 0
     for t in texts:
         ids = torch.tensor([[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"]])

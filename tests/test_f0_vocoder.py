@@ -17,7 +17,8 @@ from speechtok.vocoders.f0_input import F0_CHANNELS, F0_REFERENCE, at_unit_frame
 from speechtok.vocoders.hifigan import UnitHiFiGAN, UnitHiFiGANConfig
 
 
-SIZES = dict(embed_dim=16, upsample_initial_channel=16, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])
+SIZES = dict(embed_dim=16, upsample_initial_channel=16, resblock_kernel_sizes=[3],
+             resblock_dilation_sizes=[[1]])
 TINY = dict(SIZES, upsample_rates=[5, 4, 4, 2], upsample_kernel_sizes=[10, 8, 8, 4])
 
 
@@ -140,7 +141,8 @@ def test_f0_vocoder_trains_and_transfers_f0(f0_shards, tmp_path):
     units = (round(sf.info(a).duration * 16000) - 400) // 160 + 1  # MFCC frames: 25 ms windows, 10 ms apart
     assert sr == 16000 and len(own) == len(moved) == units * 160
     assert np.abs(own - moved).mean() > 0.01 * own.std()  # B's contour is heard
-    r = run("resynth", a, "-t", km, "--vocoder", voc, "--f0-from", km / "tokenizer.json", "-o", tmp_path / "x")
+    r = run("resynth", a, "-t", km, "--vocoder", voc, "--f0-from", km / "tokenizer.json", "-o",
+            tmp_path / "x")
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     plain = tmp_path / "plain"
     UnitHiFiGAN(UnitHiFiGANConfig(k=12, sample_rate=16000, frame_rate=100.0, **TINY)).save(plain)
@@ -154,7 +156,8 @@ def test_f0_follows_units_expanded_by_predicted_durations():
     from speechtok.pipelines.resynth import units_to_audio
 
     torch.manual_seed(0)
-    voc = UnitHiFiGAN(UnitHiFiGANConfig(k=10, sample_rate=16000, frame_rate=100.0, f0="f0", dedup=True, **TINY))
+    voc = UnitHiFiGAN(UnitHiFiGANConfig(k=10, sample_rate=16000, frame_rate=100.0, f0="f0", dedup=True,
+                                        **TINY))
     units = np.repeat([1, 4, 2, 7], [3, 2, 4, 1])
     f0 = f0_features(np.full(len(units), 120.0), "none")
     expanded = voc.expand(torch.tensor([[1, 4, 2, 7]])).shape[1]

@@ -54,7 +54,8 @@ def test_acoustic_model_cache_matches_full_forward():
     codes = m.generate(units, 10, temperature=0)
     steps = torch.as_tensor(to_steps(cfg, codes))
     with torch.no_grad():
-        x = torch.cat([m.sem_emb(torch.as_tensor(units)), m.sep[None], m.embed_steps(steps[:-1][None])[0]])[None]
+        x = torch.cat([m.sem_emb(torch.as_tensor(units)), m.sep[None],
+                       m.embed_steps(steps[:-1][None])[0]])[None]
         h = m._run(x, torch.arange(x.shape[1]), None)[0, len(units):]
         for s, head in enumerate(m.heads):
             logits = head(h)[:, : cfg.codebook_size]
@@ -106,7 +107,8 @@ def test_sampling_draws_each_row_from_its_own_top_k_and_top_p():
 @pytest.mark.parametrize("pattern", ["delay", "coarse_fine", "valle"])
 def test_acoustic_batch_equals_alone(pattern):
     torch.manual_seed(0)
-    cfg = AcousticConfig(k=6, n_q=3, codebook_size=8, pattern=pattern, n_coarse=1, dim=32, layers=2, heads=4, max_len=256)
+    cfg = AcousticConfig(k=6, n_q=3, codebook_size=8, pattern=pattern, n_coarse=1, dim=32, layers=2, heads=4,
+                         max_len=256)
     m = acoustic_model(cfg).eval()
     rng = np.random.default_rng(0)
     units = [rng.integers(0, 6, n) for n in (5, 12, 1)]
@@ -167,7 +169,8 @@ def test_lm_continues_a_training_utterance_from_its_prompt(trained_lm, corpus_sh
 
     model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
     tok, vocab = AutoTokenizer.from_pretrained(trained_lm), SpeechVocab.load(trained_lm)
-    units = [run_length(s["semantic"])[0] for s in list(read_shards(corpus_shards / "shards"))[:4]]  # trained deduped
+    # trained deduped
+    units = [run_length(s["semantic"])[0] for s in list(read_shards(corpus_shards / "shards"))[:4]]
     prompts = [speech_prompt(tok, vocab, units=u[:20]) for u in units]
     outs = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=30, temperature=0))
     agree = np.mean([np.mean(o[:30] == u[20:50]) for o, u in zip(outs, units)])
@@ -184,14 +187,16 @@ def test_sampling_is_seeded_and_batched(trained_lm, corpus_shards):
     model = AutoModelForCausalLM.from_pretrained(base).eval()
     tok, vocab = AutoTokenizer.from_pretrained(base), SpeechVocab.load(base)
     p = [speech_prompt(tok, vocab, units=np.array([1, 2, 3]))]
-    draw = [generate_units(model, tok, vocab, p, SamplingOptions(max_new_tokens=20, temperature=1.0, seed=s))[0]
+    draw = [generate_units(model, tok, vocab, p, SamplingOptions(max_new_tokens=20, temperature=1.0,
+                                                                 seed=s))[0]
             for s in (7, 7, 8)]
     np.testing.assert_array_equal(draw[0], draw[1])
     assert not np.array_equal(draw[0], draw[2])
 
     model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
     tok, vocab = AutoTokenizer.from_pretrained(trained_lm), SpeechVocab.load(trained_lm)
-    prompts = [speech_prompt(tok, vocab, units=np.array(u)) for u in ([8, 1, 5, 3], [6, 11, 8, 1, 5, 3, 4, 0, 4], [])]
+    prompts = [speech_prompt(tok, vocab, units=np.array(u))
+               for u in ([8, 1, 5, 3], [6, 11, 8, 1, 5, 3, 4, 0, 4], [])]
     greedy = SamplingOptions(max_new_tokens=15, temperature=0)
     together = generate_units(model, tok, vocab, prompts, greedy)
     for p, t in zip(prompts, together):
@@ -217,8 +222,8 @@ def dedup_acoustic(corpus_shards):
     quality."""
     cfg = {"output": "acoustic_dedup", "shards": ["shards"], "codec": "encodec", "dedup": True,
            "model": {"dim": 32, "layers": 1, "heads": 2, "max_len": 2048},
-           "train": {"batch_size": 4, "steps": 3, "lr": 3e-3, "warmup": 1, "crop_seconds": 1.0, "log_every": 1,
-                     "save_every": 1000, "precision": "fp32"}}
+           "train": {"batch_size": 4, "steps": 3, "lr": 3e-3, "warmup": 1, "crop_seconds": 1.0,
+                     "log_every": 1, "save_every": 1000, "precision": "fp32"}}
     (corpus_shards / "acoustic_dedup.yaml").write_text(yaml.safe_dump(cfg))
     r = run("acoustic", "train", corpus_shards / "acoustic_dedup.yaml")
     assert r.exit_code == 0, r.output
@@ -243,8 +248,8 @@ def test_unit_stream_records_and_the_chaining_rule(trained_lm, corpus_shards):
         check_unit_streams(runs, "A", frames, "B")
     other = unit_stream({**card, "centroids": {**card["centroids"], "sha256": "0" * 64}}, False)
     with pytest.raises(ValueError, match=rf"A makes units of another tokenizer \(k=12, 100 Hz, sha256 "
-                                         rf"{frames['tokenizer_sha256'][:12]}\.\.\.\) than B was trained on \(k=12, "
-                                         rf"100 Hz, sha256 {other['tokenizer_sha256'][:12]}\.\.\.\)"):
+                                         rf"{frames['tokenizer_sha256'][:12]}\.\.\.\) than B was trained on "
+                                         rf"\(k=12, 100 Hz, sha256 {other['tokenizer_sha256'][:12]}\.\.\.\)"):
         check_unit_streams(frames, "A", other, "B")
     with pytest.raises(ValueError, match="A makes units of k=12, but B was trained on k=13"):
         check_unit_streams(frames, "A", {**frames, "tokenizer_sha256": None, "k": 13}, "B")
@@ -252,7 +257,8 @@ def test_unit_stream_records_and_the_chaining_rule(trained_lm, corpus_shards):
         check_unit_streams(frames, "A", {**frames, "tokenizer_sha256": None, "frame_rate": 50.0}, "B")
 
 
-def test_generate_refuses_a_dedup_lm_into_a_frame_level_acoustic_model(trained_lm, trained_acoustic, tmp_path):
+def test_generate_refuses_a_dedup_lm_into_a_frame_level_acoustic_model(trained_lm, trained_acoustic,
+                                                                       tmp_path):
     r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--acoustic", str(trained_acoustic),
                                  "--prompt-text", "the cat", "--max-units", 5, "-o", str(tmp_path / "x.wav")])
     assert r.exit_code != 0 and not (tmp_path / "x.wav").exists()
@@ -269,7 +275,8 @@ def test_generated_duration_matches_the_units_without_dedup(trained_acoustic, co
     assert AcousticConfig.from_dir(trained_acoustic).unit_stream == unit_stream(card, dedup=False)
     for s in list(read_shards(corpus_shards / "shards"))[:3]:
         gen = Generated(units=s["semantic"], stream=unit_stream(card, dedup=False), source="frames")
-        gen = synthesize(gen, trained_acoustic, None, None, SamplingOptions(temperature=0), torch.device("cpu"))
+        gen = synthesize(gen, trained_acoustic, None, None, SamplingOptions(temperature=0),
+                         torch.device("cpu"))
         seconds = len(gen.wav) / gen.sample_rate
         assert seconds == pytest.approx(len(s["semantic"]) / 100, rel=0.01)
         assert seconds == pytest.approx(s["duration"], rel=0.05)
@@ -289,8 +296,8 @@ def test_generated_duration_matches_the_units_with_dedup(dedup_acoustic, corpus_
     assert cfg.frames_per_unit == pytest.approx(per_unit) and per_unit > 3  # per unit, not per frame (0.75)
     seconds = 0.0
     for u in runs:
-        gen = synthesize(Generated(units=u, stream=unit_stream(card, dedup=True), source="lm"), dedup_acoustic,
-                         None, None, greedy, cpu)
+        gen = synthesize(Generated(units=u, stream=unit_stream(card, dedup=True), source="lm"),
+                         dedup_acoustic, None, None, greedy, cpu)
         assert gen.codes.shape == (2, round(len(u) * per_unit)) and len(gen.wav) == gen.codes.shape[1] * 320
         seconds += len(gen.wav) / gen.sample_rate
     assert seconds == pytest.approx(sum(s["duration"] for s in samples), rel=0.05)
@@ -312,8 +319,8 @@ def test_generate_chain_writes_audio_deterministically(trained_lm, dedup_acousti
     outs = []
     for name, seed in (("a", 1), ("b", 1)):
         r = run("generate", "--lm", trained_lm, "--acoustic", trained_acoustic, "--tokenizer", root / "km",
-                "--prompt-audio", prompt, "--voice", voice, "--max-units", 30, "--temperature", 1.0, "--seed", seed,
-                "-o", tmp_path / f"{name}.wav")
+                "--prompt-audio", prompt, "--voice", voice, "--max-units", 30, "--temperature", 1.0, "--seed",
+                seed, "-o", tmp_path / f"{name}.wav")
         assert r.exit_code == 0, r.output
         wav, sr = sf.read(tmp_path / f"{name}.wav")
         outs.append(wav)
@@ -372,13 +379,14 @@ def test_acoustic_training_resumes_the_same_curve(corpus_shards, tmp_path, patte
         cfg = {"output": str(tmp_path / name), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
                "pattern": pattern,
                "model": {"dim": 32, "layers": 1, "heads": 2},
-               "train": {"batch_size": 4, "steps": 6, "lr": 3e-3, "warmup": 2, "crop_seconds": 1.0, "log_every": 1,
-                         "save_every": 3, "precision": "fp32", "shuffle_buffer": 4}}
+               "train": {"batch_size": 4, "steps": 6, "lr": 3e-3, "warmup": 2, "crop_seconds": 1.0,
+                         "log_every": 1, "save_every": 3, "precision": "fp32", "shuffle_buffer": 4}}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         return tmp_path / f"{name}.yaml"
 
     def curve(name):
-        return [x["loss"] for x in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]
+        return [x["loss"]
+                for x in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]
 
     assert run("acoustic", "train", config("ref")).exit_code == 0
     assert run("acoustic", "train", config("cut"), "--stop-after", 4).exit_code == 0
@@ -395,7 +403,8 @@ def test_compiled_static_cache_generation_matches_eager_on_gpu(trained_lm):
     tok, vocab = AutoTokenizer.from_pretrained(trained_lm), SpeechVocab.load(trained_lm)
     prompts = [speech_prompt(tok, vocab, units=np.array([8, 1, 5, 3]))]
     eager = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=20, temperature=0))
-    compiled = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=20, temperature=0, compile=True))
+    compiled = generate_units(model, tok, vocab, prompts, SamplingOptions(max_new_tokens=20, temperature=0,
+                                                                          compile=True))
     np.testing.assert_array_equal(eager[0], compiled[0])
 
 
@@ -418,7 +427,8 @@ def test_generate_units_through_a_unit_vocoder(trained_lm, corpus_shards, tmp_pa
     r = CliRunner().invoke(cli, ["generate", "--lm", str(trained_lm), "--prompt-text", "the cat", "--vocoder",
                                  str(tmp_path / "frames"), "-o", str(tmp_path / "f.wav")])
     assert r.exit_code != 0 and "dedup: false" in r.output and str(tmp_path / "frames") in r.output
-    assert r.exit_code == 2 and r.stderr.splitlines()[-1].startswith("error: "), r.stderr  # as resynth says it
+    # as resynth says it
+    assert r.exit_code == 2 and r.stderr.splitlines()[-1].startswith("error: "), r.stderr
     assert "Traceback" not in r.output and "Error:" not in r.output
 
     voc = _unit_vocoder(tmp_path / "voc", dedup=True, stream=unit_stream(_card(corpus_shards), dedup=True))
@@ -432,7 +442,8 @@ def test_generate_units_through_a_unit_vocoder(trained_lm, corpus_shards, tmp_pa
     with torch.no_grad():
         frames = voc.eval().expand(units).shape[1]
     wav, sr = sf.read(tmp_path / "v.wav")
-    assert sr == 16000 and len(wav) == frames * 160 and frames > units.shape[1] and "unit HiFi-GAN" in r.output
+    assert (sr == 16000 and len(wav) == frames * 160 and frames > units.shape[1]
+            and "unit HiFi-GAN" in r.output)
 
 
 def test_resynth_refuses_a_vocoder_of_another_tokenizer(corpus_shards, tmp_path):
@@ -440,12 +451,14 @@ def test_resynth_refuses_a_vocoder_of_another_tokenizer(corpus_shards, tmp_path)
     other = unit_stream({**card, "centroids": {**card["centroids"], "sha256": "0" * 64}}, dedup=False)
     _unit_vocoder(tmp_path / "voc", dedup=False, stream=other)
     sample = next(read_shards(corpus_shards / "shards"))
-    r = CliRunner().invoke(cli, ["resynth", _audio_of(sample["id"], corpus_shards), "-t", str(corpus_shards / "km"),
+    r = CliRunner().invoke(cli, ["resynth", _audio_of(sample["id"], corpus_shards), "-t",
+                                 str(corpus_shards / "km"),
                                  "--vocoder", str(tmp_path / "voc"), "-o", str(tmp_path / "r.wav")])
     assert r.exit_code == 2 and not (tmp_path / "r.wav").exists()
     assert f"error: {corpus_shards / 'km'} makes units of another tokenizer (k=12, " in r.stderr
-    assert f"than {tmp_path / 'voc'} was trained on (k=12" in r.output and other["tokenizer_sha256"][:12] in r.output
+    assert (f"than {tmp_path / 'voc'} was trained on (k=12" in r.output
+            and other["tokenizer_sha256"][:12] in r.output)
     _unit_vocoder(tmp_path / "same", dedup=False, stream=unit_stream(card, dedup=False))
-    r = run("resynth", _audio_of(sample["id"], corpus_shards), "-t", corpus_shards / "km", "--vocoder", tmp_path / "same",
-            "-o", tmp_path / "r.wav")
+    r = run("resynth", _audio_of(sample["id"], corpus_shards), "-t", corpus_shards / "km", "--vocoder",
+            tmp_path / "same", "-o", tmp_path / "r.wav")
     assert r.exit_code == 0, r.output

@@ -8,7 +8,8 @@ from speechtok.tokenizers.kmeans import assign, train_kmeans
 from speechtok.tokenizers.semantic import SemanticTokenizer
 from speechtok.tokenizers.ssl_features import SSLFeatures
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA device")]
 
 
 def test_torch_kmeans_on_gpu_matches_cpu_quality():

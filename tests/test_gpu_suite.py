@@ -140,7 +140,8 @@ def test_full_sizes_fit_together():
     assert set(full.lm_models) == {"lm-350m", "lm-1b"} and full.gen_size in suite.lm_bench.SIZES
     assert all(size in suite.lm_bench.SIZES and size in full.lm_batch for size in full.lm_models.values())
     assert full.encode_hours >= 0.5 and full.encode_sec == (10.0, 20.0) and full.compile
-    assert (full.kmeans_frames, full.kmeans_dim, full.kmeans_k, full.kmeans_iters) == (1_000_000, 768, 500, 20)
+    assert ((full.kmeans_frames, full.kmeans_dim, full.kmeans_k, full.kmeans_iters)
+            == (1_000_000, 768, 500, 20))
     assert full.voc_batches == (1, 16) and set(suite.TARGETS) <= set(suite.PARTS)
 
 

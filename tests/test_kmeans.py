@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from sklearn.cluster import MiniBatchKMeans
 
 from speechtok.cli.main import cli
-from speechtok.tokenizers.kmeans import assign, kmeans_faiss, kmeans_torch, load_kmeans_checkpoint, train_kmeans
+from speechtok.tokenizers.kmeans import (assign, kmeans_faiss, kmeans_torch, load_kmeans_checkpoint,
+                                         train_kmeans)
 
 
 def blobs(n_per=400, k=12, dim=16, seed=0):
@@ -38,14 +39,16 @@ def test_kmeans_recovers_blobs_and_beats_minibatch(backend):
     result = train_kmeans(x, 12, iters=20, seed=0, backend=backend, device="cpu")
     pred, _ = assign(torch.from_numpy(x), torch.from_numpy(result.centroids))
     assert purity(pred.numpy(), truth) > 0.99
-    mb = MiniBatchKMeans(12, batch_size=1000, n_init=3, random_state=0, max_iter=100, compute_labels=False).fit(x)
+    mb = MiniBatchKMeans(12, batch_size=1000, n_init=3, random_state=0, max_iter=100,
+                         compute_labels=False).fit(x)
     mb_inertia = -mb.score(x) / len(x)
     assert result.inertia <= mb_inertia * 1.001
     assert result.centroids.shape == (12, 16) and result.centroids.dtype == np.float32
 
 
 def test_kmeans_torch_is_seeded_and_handles_empty_clusters():
-    x = np.repeat(np.eye(4, dtype=np.float32), 50, axis=0)  # 4 distinct points, k=6: clusters must be reseeded
+    # 4 distinct points, k=6: clusters must be reseeded
+    x = np.repeat(np.eye(4, dtype=np.float32), 50, axis=0)
     a = kmeans_torch(torch.from_numpy(x), 6, iters=5, seed=3)
     b = kmeans_torch(torch.from_numpy(x), 6, iters=5, seed=3)
     np.testing.assert_array_equal(a.centroids, b.centroids)
@@ -72,7 +75,8 @@ def test_import_sklearn_pickle_needs_trust(tmp_path, tiny_ssl):
 
     runner = CliRunner()
     model = tiny_ssl("hubert")
-    refused = runner.invoke(cli, ["import-kmeans", str(pkl), "-m", model, "-l", "2", "-o", str(tmp_path / "t")])
+    refused = runner.invoke(cli, ["import-kmeans", str(pkl), "-m", model, "-l", "2", "-o",
+                                  str(tmp_path / "t")])
     assert refused.exit_code == 2 and "--trust-pickle" in refused.output
     assert not (tmp_path / "t").exists()
     ok = runner.invoke(cli, ["import-kmeans", str(pkl), "-m", model, "-l", "2", "-o", str(tmp_path / "t"),
@@ -100,7 +104,8 @@ def test_import_npy_needs_no_trust(tmp_path):
     np.testing.assert_array_equal(load_kmeans_checkpoint(str(tmp_path / "d.pt")), c)
 
 
-@pytest.mark.parametrize("content", [{"weights": torch.zeros(2, 3)}, [torch.zeros(2, 3)]], ids=["no-key", "list"])
+@pytest.mark.parametrize("content", [{"weights": torch.zeros(2, 3)}, [torch.zeros(2, 3)]],
+                         ids=["no-key", "list"])
 def test_import_pt_without_centroids_is_one_clear_error(tmp_path, content):
     torch.save(content, tmp_path / "c.pt")
     with pytest.raises(ValueError, match=r"c\.pt: .*centroids"):

@@ -79,9 +79,11 @@ def test_two_gloo_ranks_give_the_single_process_centroids(cache, lloyd, tmp_path
     out = tmp_path / "two.npy"
     script = Path(__file__).parent / "kmeans_ranks.py"
     port = str(29500 + os.getpid() % 1000 + 11)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        port, str(script), str(cache), str(K), str(ITERS), str(out), str(BATCH)],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", port, str(script), str(cache), str(K), str(ITERS), str(out),
+                        str(BATCH)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert np.array_equal(np.load(out), one.centroids)
     assert np.load(str(out) + ".inertia.npy")[0] == pytest.approx(one.inertia, rel=1e-12)
@@ -112,7 +114,8 @@ def test_minibatch_inertia_near_lloyd_and_sklearn(cache, lloyd, frames):
 
 def test_minibatch_steps_equal_sklearn_partial_fit(cache, frames):
     """The update itself: sklearn's MiniBatchKMeans.partial_fit, fed our drawn batches in float64 from our
-    seeds, ends at our centroids up to fp32 rounding (ours rounds them to fp32 every step; measured 1e-7·scale)."""
+    seeds, ends at our centroids up to fp32 rounding (ours rounds them to fp32 every step; measured
+    1e-7·scale)."""
     from sklearn.cluster import MiniBatchKMeans
 
     ours = StreamedKMeans(FeatureCache(cache), K, seed=0, batch_frames=BATCH)
@@ -156,9 +159,9 @@ def test_train_kmeans_cli_streams_from_the_feature_cache(tiny_ssl, speech_corpus
     from speechtok.cli.main import cli
 
     def train(out, *more, cache=("--feature-cache", str(tmp_path / "cache"))):
-        return CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", tiny_ssl("hubert"), "-l", "2",
-                                        "-k", "8", "-o", str(out), "-q", "--max-frames", "600", "--iters", "3",
-                                        *cache, "--num-workers", "0", *more])
+        return CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", tiny_ssl("hubert"), "-l",
+                                        "2", "-k", "8", "-o", str(out), "-q", "--max-frames", "600",
+                                        "--iters", "3", *cache, "--num-workers", "0", *more])
 
     r = train(tmp_path / "a")
     assert r.exit_code == 0, r.output

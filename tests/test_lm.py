@@ -121,8 +121,8 @@ def test_interleaved_sequences_follow_the_word_timings(speech_lm, shards, dedup)
     for sample in read_shards(shards):
         words, units = sample["words"], sample["semantic"]
         for seed in range(5):
-            parts = parse(builder.interleaved(sample, np.random.default_rng(seed))[0], vocab, tok.bos_token_id,
-                          tok.eos_token_id)
+            parts = parse(builder.interleaved(sample, np.random.default_rng(seed))[0], vocab,
+                          tok.bos_token_id, tok.eos_token_id)
             assert all(a[0] != b[0] for a, b in zip(parts, parts[1:]))  # modalities alternate
             w, covered = 0, []
             for modality, ids in parts:
@@ -132,7 +132,8 @@ def test_interleaved_sequences_follow_the_word_timings(speech_lm, shards, dedup)
                     w += len(text)
                 else:
                     # the span runs from its first word's start to the next span's first word's start
-                    n = next(n for n in range(1, len(words) - w + 1) if _speech_matches(ids, units, words, w, n, vocab, dedup))
+                    n = next(n for n in range(1, len(words) - w + 1)
+                             if _speech_matches(ids, units, words, w, n, vocab, dedup))
                     covered.append((w, n))
                     w += n
             assert w == len(words)
@@ -186,7 +187,8 @@ def test_stream_packs_splits_and_resumes(speech_lm, shards, tmp_path):
     assert all(x.shape == (32,) for x in full)
     flat = torch.cat(full).tolist()
     assert vocab.text_id in flat and vocab.speech_id in flat and tok.eos_token_id in flat
-    np.testing.assert_array_equal(torch.stack(blocks(skip=2, n=8)), torch.stack(full[4:]))  # resume = same stream
+    # resume = same stream
+    np.testing.assert_array_equal(torch.stack(blocks(skip=2, n=8)), torch.stack(full[4:]))
 
     def batches(skip, n, workers=2):  # loader workers split the data and each skips its own batches
         ds = PackedTokens(cfg, b, cfg.shards, seed=3, batch_size=2, skip_batches=skip)
@@ -200,8 +202,9 @@ def test_stream_packs_splits_and_resumes(speech_lm, shards, tmp_path):
 def write_config(path: Path, model: Path, shards: Path, out: Path, **train) -> Path:
     (path.parent / "text.txt").write_text("\n".join(TEXT_LINES))
     cfg = {"model": str(model), "output": str(out),
-           "data": {"shards": [str(shards)], "text": ["text.txt"], "eval_shards": [str(shards)], "seq_len": 64,
-                    "shuffle_buffer": 4, "mix": {"speech": 1, "text": 1, "interleaved": 2, "asr": 1, "tts": 1},
+           "data": {"shards": [str(shards)], "text": ["text.txt"], "eval_shards": [str(shards)],
+                    "seq_len": 64, "shuffle_buffer": 4,
+                    "mix": {"speech": 1, "text": 1, "interleaved": 2, "asr": 1, "tts": 1},
                     "num_workers": 0},
            "train": {"batch_size": 4, "steps": 40, "lr": 3e-3, "warmup": 5, "log_every": 1, "eval_every": 20,
                      "eval_batches": 2, "save_every": 1000, "precision": "fp32", **train}}
@@ -210,7 +213,8 @@ def write_config(path: Path, model: Path, shards: Path, out: Path, **train) -> P
 
 
 def losses(out: Path) -> dict[int, float]:
-    return {x["step"]: x["loss"] for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in x}
+    return {x["step"]: x["loss"] for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "loss" in x}
 
 
 def test_train_loss_falls_and_final_model_loads(speech_lm, shards, tmp_path):
@@ -225,13 +229,15 @@ def test_train_loss_falls_and_final_model_loads(speech_lm, shards, tmp_path):
     from speechtok.training.loop import lr_at
 
     train_cfg = load_config(cfg).train
-    records = [x for x in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "lr" in x]
+    records = [x for x in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+               if "lr" in x]
     assert records[0]["lr"] == pytest.approx(3e-3 / 5)  # step 1 ran at the first warmup rate
     for x in records:  # the rate the step ran with, not the next step's
         assert x["lr"] == pytest.approx(lr_at(x["step"] - 1, train_cfg), rel=1e-9)
     first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (38, 39, 40)])
     assert last < 0.7 * first, (first, last)
-    evals = [x["eval_loss"] for x in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    evals = [x["eval_loss"]
+             for x in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
              if "eval_loss" in x]
     assert len(evals) == 2 and evals[1] < evals[0]
     assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
@@ -263,15 +269,18 @@ def test_resume_continues_the_same_loss_curve(speech_lm, shards, tmp_path):
     assert losses(killed) == losses(ref)
     from transformers import AutoModelForCausalLM
 
-    a, b = AutoModelForCausalLM.from_pretrained(ref / "final"), AutoModelForCausalLM.from_pretrained(killed / "final")
+    a, b = (AutoModelForCausalLM.from_pretrained(ref / "final"),
+            AutoModelForCausalLM.from_pretrained(killed / "final"))
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
 
 
 def torchrun(cfg: Path, port: int, *args) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(port + os.getpid() % 200), "-m", "speechtok.cli.main", "lm", "train", str(cfg), *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+           str(port + os.getpid() % 200), "-m", "speechtok.cli.main", "lm", "train", str(cfg),
+           *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]
     return r
 
@@ -308,7 +317,8 @@ def test_fsdp_checkpoint_resumes_on_another_world_size(speech_lm, shards, tmp_pa
     assert "resuming from step 4" in r.output and "saved with 2 ranks" in r.output
     curve = losses(tmp_path / "run")
     assert sorted(curve) == list(range(1, 7)) and curve[6] < curve[1]
-    position = json.loads((tmp_path / "run" / "checkpoints" / "step_0000006" / "meta.json").read_text())["position"]
+    position = (json.loads((tmp_path / "run" / "checkpoints" / "step_0000006" / "meta.json").read_text())
+                ["position"])
     assert position["origin"] == meta["position"]["consumed"] and position["world_size"] == 1
     assert position["consumed"]["speech"] > position["origin"]["speech"]
 
@@ -343,7 +353,8 @@ def test_extend_vocab_ids_are_contiguous_and_unchanged(base_llm):
     from speechtok.lm.vocab import codec_token, load_base, semantic_token
 
     manifest = {"tokenizers": {"semantic": {"type": "semantic", "k": 12, "frame_rate": 100.0},
-                               "encodec": {"type": "codec", "n_q": 2, "codebook_size": 16, "frame_rate": 75.0}},
+                               "encodec": {"type": "codec", "n_q": 2, "codebook_size": 16,
+                                           "frame_rate": 75.0}},
                 "dedup": True}
     model, tok = load_base(str(base_llm))
     old = len(tok)
@@ -351,7 +362,8 @@ def test_extend_vocab_ids_are_contiguous_and_unchanged(base_llm):
     assert (old, vocab.text_id, vocab.speech_id, vocab.semantic_first_id, vocab.codec_first_id, len(tok)) == \
         (400, 400, 401, 402, 414, 446)
     tokens = [semantic_token(i) for i in range(12)] + [codec_token(q, i) for q in range(2) for i in range(16)]
-    assert tok.convert_tokens_to_ids(tokens) == list(range(vocab.semantic_first_id, vocab.semantic_first_id + 44))
+    assert tok.convert_tokens_to_ids(tokens) == list(range(vocab.semantic_first_id,
+                                                           vocab.semantic_first_id + 44))
     assert tok("".join(tokens), add_special_tokens=False)["input_ids"] == tok.convert_tokens_to_ids(tokens)
     with pytest.raises(ValueError, match="already has"):
         extend_vocab(model, tok, manifest)
@@ -374,15 +386,17 @@ def sentencepiece_tokenizers(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("spm")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter([s for _, s in SENTENCES] + TEXT_LINES), model_writer=model,
-                                   vocab_size=400, model_type="bpe", byte_fallback=True, add_dummy_prefix=True,
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([s for _, s in SENTENCES] + TEXT_LINES),
+                                   model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+                                   add_dummy_prefix=True,
                                    remove_extra_whitespaces=False, normalization_rule_name="identity",
                                    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
     (root / "tokenizer.model").write_bytes(model.getvalue())
     (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
     sp = spm.SentencePieceProcessor(model_file=str(root / "tokenizer.model"))
     bpe = SentencePieceExtractor(str(root / "tokenizer.model")).extract(None)
-    tk = Tokenizer(models.BPE(bpe["vocab"], bpe["merges"], unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tk = Tokenizer(models.BPE(bpe["vocab"], bpe["merges"], unk_token="<unk>", fuse_unk=True,
+                              byte_fallback=True))
     tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                     decoders.Strip(" ", 1, 0)])
@@ -403,7 +417,8 @@ def test_text_spans_tokenize_as_in_running_text(kind, sentencepiece_tokenizers, 
         tok = AutoTokenizer.from_pretrained(base_llm)
 
         def reference(words):
-            return [tok(w if i == 0 else " " + w, add_special_tokens=False)["input_ids"] for i, w in enumerate(words)]
+            return [tok(w if i == 0 else " " + w, add_special_tokens=False)["input_ids"]
+                    for i, w in enumerate(words)]
         normal = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     else:
         tok = tokenizers[kind]
@@ -426,7 +441,8 @@ def test_text_spans_tokenize_as_in_running_text(kind, sentencepiece_tokenizers, 
                     expected += [V] + sum(ref[s.first: s.last], [])
                     if s.first > 0:
                         later_spans += 1
-                        old = tok(" " + " ".join(words[s.first: s.last]), add_special_tokens=False)["input_ids"]
+                        old = tok(" " + " ".join(words[s.first: s.last]),
+                                  add_special_tokens=False)["input_ids"]
                         old_way_differs += old != sum(ref[s.first: s.last], [])
                 else:
                     expected += [V + 1] + vocab.units_to_ids(sample["semantic"][s.f0: s.f1]).tolist()
@@ -517,9 +533,11 @@ def test_mix_weights_are_token_shares_and_text_is_read_through(shards, builder, 
     total = sum(tokens.values())
     for fmt, w in mix.items():
         assert abs(tokens[fmt] / total - w / 6) < 0.02, (fmt, tokens[fmt] / total, w / 6)
-    assert len(read) == consumed["text"] > 300 and len(set(read)) == len(read)  # distinct lines, not line 0 again
+    # distinct lines, not line 0 again
+    assert len(read) == consumed["text"] > 300 and len(set(read)) == len(read)
     lines = list(itertools.islice(part_stream(ds.sources["text"], 2, 0, 1, buffer=50), 3000))
-    assert len(set(lines)) == 3000 and lines[:50] != sorted(lines[:50])  # one text epoch: every line, shuffled
+    # one text epoch: every line, shuffled
+    assert len(set(lines)) == 3000 and lines[:50] != sorted(lines[:50])
 
 
 def test_inspect_reports_sources_shares_and_epochs(speech_lm, shards, tmp_path):
@@ -607,14 +625,16 @@ def test_config_reading_accepts_what_users_mean(speech_lm, shards, tmp_path):
     assert r.exit_code == 2 and "broken.yaml: line" in r.output and "not valid YAML" in r.output, r.output
     from speechtok.training.loop import compile_enabled
 
-    assert compile_enabled("auto", torch.device("cpu")) is False and compile_enabled("auto", torch.device("cuda"))
+    assert (compile_enabled("auto", torch.device("cpu")) is False
+            and compile_enabled("auto", torch.device("cuda")))
 
 
 def test_torn_metrics_and_changed_model_size_on_resume(tmp_path, capsys):
     from speechtok.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from speechtok.training.loop import Metrics
 
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, '
+                                            '"lo')
     Metrics(tmp_path, 0, resume_step=2)
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == ['{"step": 1, "loss": 2.0}',
                                                                      '{"step": 2, "loss": 1.5}']
@@ -622,7 +642,8 @@ def test_torn_metrics_and_changed_model_size_on_resume(tmp_path, capsys):
     small = torch.nn.Linear(4, 3)
     save_checkpoint(tmp_path, 2, {"generator": (small, torch.optim.AdamW(small.parameters()))}, {}, 0, 1, 2)
     big = torch.nn.Linear(4, 5)
-    with pytest.raises(CheckpointError, match=r"generator.model.weight is \(3, 4\) in the checkpoint but \(5, 4\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"generator.model.weight is \(3, 4\) in the checkpoint but \(5, 4\)"):
         load_checkpoint(tmp_path, {"generator": (big, torch.optim.AdamW(big.parameters()))}, 0)
 
 
@@ -653,7 +674,8 @@ def test_a_global_position_resumes_near_the_same_items_on_another_layout(units):
     read = [x for p in old_parts for x in itertools.islice(p, 25)]  # each part read 25 items of epoch 0
     origin = Position(4, 1, origin={"speech": len(read)})
     assert origin.start(src) == (0, 100)
-    new_parts = [part_stream(src, 7, r, 3, 0, 1, buffer=1, start=origin.start(src), epochs=1) for r in range(3)]
+    new_parts = [part_stream(src, 7, r, 3, 0, 1, buffer=1, start=origin.start(src), epochs=1)
+                 for r in range(3)]
     rest = [x for p in new_parts for x in p]
     assert len(rest) == 20  # the rest of epoch 0: N - G items
     both = Counter(read + rest)

@@ -99,8 +99,8 @@ def test_every_writing_command_refuses_a_held_lock(work, tmp_path, command):
 
 def test_two_aligns_into_one_file_the_second_is_refused_and_sigterm_stops_between_items(work, tmp_path):
     """A running `tok align` (one utterance per batch) holds its output: a second one exits 3 naming it;
-    SIGTERM then stops the first at once, keeping what was written (exit 143, one line) and a rerun completes the file
-    with every utterance once."""
+    SIGTERM then stops the first at once, keeping what was written (exit 143, one line) and a rerun completes
+    the file with every utterance once."""
     out = tmp_path / "aligned.jsonl"
     cmd = [sys.executable, "-m", "speechtok.cli.main", "align", str(work["corpus"]), "--no-phones", "-q",
            "--batch-seconds", "1", "-o", str(out)]

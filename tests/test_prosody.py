@@ -235,8 +235,8 @@ def test_style_tokens_from_a_transformers_encoder(f0_200hz, tiny_ssl, tmp_path):
     """The style encoder can be any transformers audio model (here a tiny random HuBERT, layer 2): the card
     records it, and `tok encode -t DIR` gives one token per started second."""
     corpus, _ = f0_200hz
-    invoke("prosody", "train", corpus, "-o", tmp_path / "style", "--method", "style", "--codes", "2", "--model",
-           tiny_ssl("hubert"), "--layer", "2")
+    invoke("prosody", "train", corpus, "-o", tmp_path / "style", "--method", "style", "--codes", "2",
+           "--model", tiny_ssl("hubert"), "--layer", "2")
     card = json.loads((tmp_path / "style" / "tokenizer.json").read_text())
     assert card["features"]["kind"] == "ssl" and card["features"]["layer"] == 2 and card["codebook_size"] == 2
     invoke("encode", corpus, "-t", f"{tmp_path / 'style'}:name=ssl_style", "-o", tmp_path / "out", "-q")

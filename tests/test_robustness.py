@@ -33,8 +33,8 @@ def tok_cmd(*args, env=None, timeout=300):
 @pytest.fixture(scope="module")
 def hubert_km(tiny_ssl, speech_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("km") / "km"
-    r = CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", tiny_ssl("hubert"), "-l", "2", "-k", "16",
-                                 "-o", str(out), "-q", "--backend", "torch"])
+    r = CliRunner().invoke(cli, ["train-kmeans", str(speech_corpus), "-m", tiny_ssl("hubert"), "-l", "2",
+                                 "-k", "16", "-o", str(out), "-q", "--backend", "torch"])
     assert r.exit_code == 0, r.output
     return out
 
@@ -50,17 +50,20 @@ def reference(hubert_km, speech_corpus, tmp_path_factory):
 
 def same_output(a: Path, b: Path):
     names = sorted(p.name for p in a.iterdir() if p.name.startswith("shard-") or p.name == "manifest.json")
-    assert names == sorted(p.name for p in b.iterdir() if p.name.startswith("shard-") or p.name == "manifest.json")
+    assert names == sorted(p.name for p in b.iterdir() if p.name.startswith("shard-")
+                           or p.name == "manifest.json")
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert not list(b.glob("*.tmp"))
 
 
 @pytest.mark.parametrize("where,n", [("write", 3), ("rename", 2), ("journal", 3), ("manifest", 1)])
-def test_sigkill_then_rerun_gives_the_uninterrupted_result(hubert_km, speech_corpus, reference, tmp_path, where, n):
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(hubert_km, speech_corpus, reference, tmp_path,
+                                                           where, n):
     out = tmp_path / "out"
     args = ["encode", speech_corpus, "-t", hubert_km, "-o", out, "-q", "--shard-max-count", 2]
-    crashed = subprocess.run([sys.executable, str(HERE / "crash_encode.py"), where, str(n), "--", *map(str, args[1:])],
+    crashed = subprocess.run([sys.executable, str(HERE / "crash_encode.py"), where, str(n), "--",
+                              *map(str, args[1:])],
                              capture_output=True, text=True, timeout=300)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert not (out / "manifest.json").exists()
@@ -84,10 +87,12 @@ def test_other_job_in_the_same_folder_is_refused(hubert_km, speech_corpus, refer
 
 def test_torchrun_two_gloo_ranks_merge_one_manifest(hubert_km, speech_corpus, reference, tmp_path):
     out = tmp_path / "dist"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29500 + os.getpid() % 1000), "-m", "speechtok.cli.main", "encode", str(speech_corpus),
-                        "-t", str(hubert_km), "-o", str(out), "-q", "--shard-max-count", "2", "--num-workers", "0"],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(29500 + os.getpid() % 1000), "-m", "speechtok.cli.main",
+                        "encode", str(speech_corpus), "-t", str(hubert_km), "-o", str(out), "-q",
+                        "--shard-max-count", "2", "--num-workers", "0"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["name"] for s in manifest["shards"]] == ["shard-r000-000000.tar", "shard-r000-000001.tar",
@@ -149,7 +154,8 @@ def test_bad_inputs_each_get_a_reason_and_the_job_goes_on(hubert_km, speech_corp
     out = tmp_path / "folder_out"
     r = tok_cmd("encode", audio, "-t", hubert_km, "-o", out, "-q")
     assert r.returncode == 1
-    errors = {Path(e["file"]).name: e["reason"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    errors = {Path(e["file"]).name: e["reason"]
+              for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert set(errors) == {"corrupt.wav", "notaudio.flac", "empty.wav", "tiny.wav", "nan.wav", "inf.wav"}
     assert "NaN or Inf" in errors["nan.wav"] and "NaN or Inf" in errors["inf.wav"]
     assert "shorter than one token frame" in errors["tiny.wav"] and "zero-length" in errors["empty.wav"]
@@ -158,8 +164,8 @@ def test_bad_inputs_each_get_a_reason_and_the_job_goes_on(hubert_km, speech_corp
         assert f"error: {audio / name}: {reason}" in r.stderr
     assert "6 errors" in r.stdout
     samples = {s["id"]: s for s in read_shards(out)}
-    assert set(samples) == {p.stem for p in good} | {"silence", "clipped", "rate8000", "rate44100", "rate48000",
-                                                     "stereo", "six_channels", "caf\\xe9_latin1"}
+    assert set(samples) == {p.stem for p in good} | {"silence", "clipped", "rate8000", "rate44100",
+                                                     "rate48000", "stereo", "six_channels", "caf\\xe9_latin1"}
     for sid, s in samples.items():
         expected = (round(s["duration"] * 16000) - 400) // 320 + 1
         assert abs(len(s["semantic"]) - expected) <= 1, sid
@@ -191,8 +197,8 @@ def test_long_inputs_in_bounded_memory(tmp_path):
     with sf.SoundFile(hour, "w", sr, 1, format="FLAC") as f:
         for _ in range(60):
             f.write((0.1 * rng.standard_normal(sr * 60)).astype(np.float32))
-    CliRunner().invoke(cli, ["train-kmeans", str(Path(__file__).parents[1] / "examples" / "audio"), "-m", "mfcc",
-                             "-k", "8", "-o", str(tmp_path / "km"), "-q"])
+    CliRunner().invoke(cli, ["train-kmeans", str(Path(__file__).parents[1] / "examples" / "audio"), "-m",
+                             "mfcc", "-k", "8", "-o", str(tmp_path / "km"), "-q"])
     probe = ("import resource, sys, numpy as np, soundfile as sf, torch\n"
              "from speechtok import SemanticTokenizer\n"
              "tok = SemanticTokenizer.from_dir(sys.argv[1])\n"
@@ -201,7 +207,8 @@ def test_long_inputs_in_bounded_memory(tmp_path):
              "units = tok.encode_batch(wav[None], torch.tensor([len(wav)]))[0]\n"
              "np.save(sys.argv[3], units)\n"
              "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
-    r = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "km"), str(hour), str(tmp_path / "u.npy")],
+    r = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "km"), str(hour),
+                        str(tmp_path / "u.npy")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     extra_mb = int(r.stdout.strip())
@@ -224,7 +231,8 @@ def test_ssl_chunking_agreement(tiny_ssl):
     wav = 0.1 * torch.randn(16000 * 6, generator=g)
     f, n = feats(wav[None], torch.tensor([len(wav)]))
     centroids = f[0, torch.randperm(int(n), generator=g)[:16]].numpy()
-    whole = SemanticTokenizer(feats, centroids, chunk_seconds=100).encode_batch(wav[None], torch.tensor([len(wav)]))[0]
+    whole = SemanticTokenizer(feats, centroids, chunk_seconds=100).encode_batch(wav[None],
+                                                                                torch.tensor([len(wav)]))[0]
     chunked = SemanticTokenizer(feats, centroids, chunk_seconds=1.0, context_seconds=0.5)
     units = chunked.encode_batch(wav[None], torch.tensor([len(wav)]))[0]
     assert len(units) == len(whole)
@@ -303,11 +311,13 @@ def forked_encode(where: str, n: int, *args, wait: bool = True):
 
 
 KILL_POINTS = [("atomic", 1), ("atomic-after", 1), ("atomic", 2), ("atomic-after", 2), ("rename", 1),
-               ("torn", 2), ("atomic", 3), ("atomic-after", 3), ("atomic", 4), ("atomic-after", 4), ("atomic", 5)]
+               ("torn", 2), ("atomic", 3), ("atomic-after", 3), ("atomic", 4), ("atomic-after", 4),
+               ("atomic", 5)]
 
 
 @pytest.mark.parametrize("where,n", KILL_POINTS)
-def test_every_write_rename_and_journal_point_resumes(mfcc_km, speech_corpus, mfcc_reference, tmp_path, where, n):
+def test_every_write_rename_and_journal_point_resumes(mfcc_km, speech_corpus, mfcc_reference, tmp_path, where,
+                                                      n):
     """SIGKILL after/before each whole-file write (journal header, corpus index, journal rewrite, errors,
     manifest), between the first shard's rename and its journal line, and in a torn journal line: the
     rerun gives the uninterrupted result (the old code refused 'rename 1' as another job's folder)."""
@@ -337,7 +347,8 @@ def test_second_encode_into_a_busy_folder_is_refused_naming_the_holder(mfcc_km, 
         __import__("time").sleep(0.05)
     assert (tmp_path / "paused").exists()
     second = tok_cmd("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
-    other = run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 3)  # other job
+    # other job
+    other = run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 3)
     (tmp_path / "release").touch()
     first.join(300)
     assert second.returncode == 3, second.stderr
@@ -363,7 +374,8 @@ def test_corpus_path_spelling_does_not_matter(mfcc_km, speech_corpus, mfcc_refer
     out = tmp_path / "out"
     first = run_cli("encode", speech_corpus.name, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
     assert first.exit_code == 0, first.output
-    again = run_cli("encode", f"./{speech_corpus.name}", "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
+    again = run_cli("encode", f"./{speech_corpus.name}", "-t", mfcc_km, "-o", out, "-q", "--shard-max-count",
+                    2)
     assert again.exit_code == 0 and "8 utterances (8 from a previous run)" in again.output, again.output
     same_output(mfcc_reference, out)
 
@@ -380,8 +392,9 @@ def test_resume_with_other_token_settings_is_refused_naming_both_values(mfcc_km,
                                 "semantic.device": "cpu"}
     r = run_cli(*args, "--batch-seconds", 8)
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
-        f"error: {out}: its tokens were made with batch_seconds=7.0 and this run has batch_seconds=8.0; tokens "
-        "depend on it bit for bit: rerun with the job's settings to resume it, or write to a new folder"]
+        f"error: {out}: its tokens were made with batch_seconds=7.0 and this run has batch_seconds=8.0; "
+        "tokens depend on it bit for bit: rerun with the job's settings to resume it, "
+        "or write to a new folder"]
     r = run_cli(*args, "--batch-seconds", 7, "--num-workers", 1)
     assert r.exit_code == 0 and "8 utterances (8 from a previous run)" in r.output, r.output
     assert header["tokens"]["semantic.batch_invariant"] is False
@@ -398,7 +411,8 @@ def test_changed_corpus_is_refused_saying_what_changed(mfcc_km, speech_corpus, t
     ids = [json.loads(x)["id"] for x in speech_corpus.read_text().splitlines()]
     abs_manifest(speech_corpus, corpus, order=[1, 0, 2, 3, 4, 5])
     r = run_cli(*args)
-    assert r.exit_code == 2 and f"utterance 1 was '{ids[0]}', now '{ids[1]}'" in r.output and "reordered" in r.output
+    assert (r.exit_code == 2 and f"utterance 1 was '{ids[0]}', now '{ids[1]}'" in r.output
+            and "reordered" in r.output)
     abs_manifest(speech_corpus, corpus, order=[0, 1, 2, 3, 5])
     r = run_cli(*args)
     assert r.exit_code == 2 and "1 removed" in r.output, r.output
@@ -426,7 +440,8 @@ def test_torn_journal_line_from_a_full_disk(mfcc_km, speech_corpus, mfcc_referen
     """ENOSPC while journaling: one line naming the file, exit 3; the rerun drops the torn line (a note
     names the journal) and ends identical to an uninterrupted run."""
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, str(HERE / "crash_encode.py"), "torn-enospc", "2", "--", str(speech_corpus),
+    r = subprocess.run([sys.executable, str(HERE / "crash_encode.py"), "torn-enospc", "2", "--",
+                        str(speech_corpus),
                         "-t", str(mfcc_km), "-o", str(out), "-q", "--shard-max-count", "2"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, r.stderr
@@ -442,7 +457,8 @@ def test_disk_full_inside_a_shard(mfcc_km, speech_corpus, mfcc_reference, tmp_pa
     out = tmp_path / "out"
     proc = forked_encode("enospc", 3, speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
     assert proc.exitcode == 3 and not list(out.glob("*.tmp"))
-    assert run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2).exit_code == 0
+    assert run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count",
+                   2).exit_code == 0
     same_output(mfcc_reference, out)
 
 
@@ -451,7 +467,8 @@ def test_sigterm_stops_cleanly_and_resumes_identically(mfcc_km, speech_corpus, m
     gives the uninterrupted bytes. SIGINT: exit 130."""
     out = tmp_path / "out"
     env = {**os.environ, "PAUSE_MARKER": str(tmp_path / "paused"), "PAUSE_RELEASE": str(tmp_path / "release")}
-    proc = subprocess.Popen([sys.executable, str(HERE / "crash_encode.py"), "pause", "3", "--", str(speech_corpus),
+    proc = subprocess.Popen([sys.executable, str(HERE / "crash_encode.py"), "pause", "3", "--",
+                             str(speech_corpus),
                              "-t", str(mfcc_km), "-o", str(out), "-q", "--shard-max-count", "2"],
                             stderr=subprocess.PIPE, text=True, env=env)
     for _ in range(6000):
@@ -465,7 +482,8 @@ def test_sigterm_stops_cleanly_and_resumes_identically(mfcc_km, speech_corpus, m
     assert "stopped by SIGTERM" in stderr and "rerun the same command to resume" in stderr
     assert "Traceback" not in stderr and not list(out.glob("*.tmp")) and not (out / "manifest.json").exists()
     assert [p.name for p in out.glob("shard-*.tar")] == ["shard-000000.tar"]  # the open shard was dropped
-    assert run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2).exit_code == 0
+    assert run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count",
+                   2).exit_code == 0
     same_output(mfcc_reference, out)
     proc = forked_encode("sigint", 5, speech_corpus, "-t", mfcc_km, "-o", tmp_path / "o2", "-q",
                          "--shard-max-count", 2)
@@ -498,7 +516,8 @@ def test_every_reader_verifies_and_a_rerun_repairs(mfcc_km, speech_corpus, mfcc_
     (out / "shard-000001.tar").unlink()
     r = run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", out, "-q", "--shard-max-count", 2)
     assert r.exit_code == 0, r.output
-    assert "shard-000001.tar: shard listed in the manifest is missing; encoding its utterances again" in r.output
+    assert ("shard-000001.tar: shard listed in the manifest is missing; encoding its utterances again"
+            in r.output)
     assert "shard-000003.tar: sha256 does not match" in r.output
     same_output(mfcc_reference, out)
 
@@ -531,14 +550,18 @@ def test_replaced_model_weights_are_refused_unless_allowed(tiny_ssl, tmp_path):
     model = tmp_path / "hubert"
     shutil.copytree(tiny_ssl("hubert"), model)
     feats = SSLFeatures(str(model), 2)
-    SemanticTokenizer(feats, np.random.default_rng(0).normal(size=(4, 48)).astype(np.float32)).save(tmp_path / "tok")
+    SemanticTokenizer(feats,
+                      np.random.default_rng(0).normal(size=(4, 48)).astype(np.float32)).save(tmp_path / "tok")
     weights = load_file(model / "model.safetensors")
-    save_file({k: v + 0.01 for k, v in weights.items()}, model / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ModelMismatch, match="model weights of .* do not match the card .*--allow-model-mismatch"):
+    save_file({k: v + 0.01 for k, v in weights.items()}, model / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ModelMismatch,
+                       match="model weights of .* do not match the card .*--allow-model-mismatch"):
         SemanticTokenizer.from_dir(tmp_path / "tok")
     with pytest.warns(UserWarning, match="model weights differ"):
         tok = SemanticTokenizer.from_dir(tmp_path / "tok", allow_model_mismatch=True)
-    assert tok.card()["features"]["weights_sha256"] != feats.card()["weights_sha256"]  # the card tells the truth
+    # the card tells the truth
+    assert tok.card()["features"]["weights_sha256"] != feats.card()["weights_sha256"]
 
 
 def rewrite_shard(folder: Path, name: str, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> None:
@@ -575,7 +598,8 @@ def test_crafted_shards_cannot_write_outside_the_output_folder(units_and_codec_s
         rewrite_shard(folder, first.name, [(bad, b"{}")])
         with pytest.raises(ShardError, match=rf"shard-000000.tar: member '{re.escape(bad)}' is {what}"):
             list(read_shards(folder))
-    for kind, what in [(tarfile.SYMTYPE, "a link"), (tarfile.LNKTYPE, "a link"), (tarfile.CHRTYPE, "a device")]:
+    for kind, what in [(tarfile.SYMTYPE, "a link"), (tarfile.LNKTYPE, "a link"),
+                       (tarfile.CHRTYPE, "a device")]:
         info = tarfile.TarInfo("x.json")
         info.type, info.linkname = kind, "/etc/passwd"
         rewrite_shard(folder, first.name, [info])
@@ -606,7 +630,8 @@ BAD_LINES = {
     "order": ({"start": 1.0, "end": 0.5}, "end 0.5 is not after start 1.0"),
 }
 BAD_WORDS = {
-    "w_order": ([{"word": "a", "start": 0.5, "end": 0.6}, {"word": "b", "start": 0.1, "end": 0.2}], "before word 1"),
+    "w_order": ([{"word": "a", "start": 0.5, "end": 0.6}, {"word": "b", "start": 0.1, "end": 0.2}],
+                "before word 1"),
     "w_negative": ([{"word": "a", "start": -0.1, "end": 0.2}], "word 1: 'start' must be a finite"),
     "w_reversed": ([{"word": "a", "start": 0.3, "end": 0.2}], "end 0.2 is before start 0.3"),
     "w_nan": ([{"word": "a", "start": 0.1, "end": float("nan")}], "word 1: 'end' must be a finite"),
@@ -628,7 +653,8 @@ def test_every_corpus_field_is_validated_at_read_time(mfcc_km, speech_corpus, tm
     for i, (name, (_, reason)) in enumerate(BAD_LINES.items(), 2):
         assert f"error: {corpus}:{i}: " in r.output and reason in r.output, (name, r.output)
     for i, (name, (_, reason)) in enumerate(BAD_WORDS.items(), 2 + len(BAD_LINES)):
-        assert f"error: {corpus}:{i}: words dropped, utterance kept: " in r.output and reason in r.output, name
+        assert (f"error: {corpus}:{i}: words dropped, utterance kept: " in r.output
+                and reason in r.output), name
     samples = {s["id"]: s for s in read_shards(out)}
     assert set(samples) == {good[0]["id"], *BAD_WORDS}
     assert all("words" not in samples[k] for k in BAD_WORDS) and samples[good[0]["id"]]["words"]
@@ -648,12 +674,14 @@ def test_operator_errors_end_in_one_line_with_their_exit_code(mfcc_km, speech_co
     empty.write_text("\n")
     (tmp_path / "empty_dir").mkdir()
     assert "empty corpus" in usage("encode", empty, "-t", mfcc_km, "-o", tmp_path / "o1", "-q")
-    assert "empty corpus" in usage("encode", tmp_path / "empty_dir", "-t", mfcc_km, "-o", tmp_path / "o1", "-q")
+    assert "empty corpus" in usage("encode", tmp_path / "empty_dir", "-t", mfcc_km, "-o", tmp_path / "o1",
+                                   "-q")
     for opt, value in [("--shard-max-count", 0), ("--shard-max-count", -3), ("--shard-max-mb", -1)]:
         assert opt in usage("encode", speech_corpus, "-t", mfcc_km, "-o", tmp_path / "o2", opt, value)
     (tmp_path / "afile").write_text("x")
     assert "is a file" in usage("encode", speech_corpus, "-t", mfcc_km, "-o", tmp_path / "afile")
-    assert "does not exist" in usage("encode", tmp_path / "missing.jsonl", "-t", mfcc_km, "-o", tmp_path / "o3")
+    assert "does not exist" in usage("encode", tmp_path / "missing.jsonl", "-t", mfcc_km, "-o",
+                                     tmp_path / "o3")
     assert "neither a tokenizer directory" in usage("encode", speech_corpus, "-t", tmp_path / "nokm", "-o",
                                                     tmp_path / "o3")
 
@@ -662,8 +690,9 @@ def test_operator_errors_end_in_one_line_with_their_exit_code(mfcc_km, speech_co
 
     monkeypatch.setattr(folder_lock.os, "open", read_only)  # the first file a job writes
     r = run_cli("encode", speech_corpus, "-t", mfcc_km, "-o", tmp_path / "ro", "-q")
-    assert r.exit_code == 3 and r.output.strip() == (f"error: {tmp_path / 'ro' / '.lock.r000'}: Read-only file "
-                                                     "system (read-only file system: choose another output folder)")
+    assert r.exit_code == 3 and r.output.strip() == (f"error: {tmp_path / 'ro' / '.lock.r000'}: Read-only "
+                                                     "file system (read-only file system: choose another "
+                                                     "output folder)")
 
 
 def test_describe_change_names_what_changed():
@@ -671,7 +700,8 @@ def test_describe_change_names_what_changed():
 
     old = [["a", "1"], ["b", "2"], ["c", "3"]]
     assert describe_change(old, old + [["d", "4"]]) == ("1 new utterances appended (the first is 'd')", True)
-    assert describe_change(old, [["b", "2"], ["a", "1"], ["c", "3"]])[0] == "utterance 1 was 'a', now 'b', reordered"
+    assert (describe_change(old, [["b", "2"], ["a", "1"], ["c", "3"]])[0]
+            == "utterance 1 was 'a', now 'b', reordered")
     assert describe_change(old, [["a", "1"], ["c", "3"], ["x", "9"]])[0] == \
         "utterance 2 was 'b', now 'c', 1 added, 1 removed"
     assert describe_change(old, [["a", "1"], ["b", "5"], ["c", "3"]]) == \
@@ -684,8 +714,8 @@ def test_decode_refuses_other_codec_weights_unless_allowed(units_and_codec_shard
     codec = tmp_path / "codec"
     shutil.copytree(units_and_codec_shards / "codec", codec)
     weights = load_file(codec / "model.safetensors")
-    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, codec / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              codec / "model.safetensors", metadata={"format": "pt"})
     folder = tmp_path / "shards"
     shutil.copytree(units_and_codec_shards / "shards", folder)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -62,7 +62,8 @@ def test_length_reduction_matches_codec_bpe(tmp_path):
         str(tmp_path))
     codes = sum(s.size for s in streams)
     ours_tokens = sum(len(ours.encode(s)) for s in streams)
-    ref_tokens = sum(len(ref.encode(codec_bpe.codes_to_chars(s, 32), add_special_tokens=False)) for s in streams)
+    ref_tokens = sum(len(ref.encode(codec_bpe.codes_to_chars(s, 32), add_special_tokens=False))
+                     for s in streams)
     assert codes / ours_tokens > 1.3  # merges were learned
     assert abs(ours_tokens / ref_tokens - 1) < 0.02
 
@@ -105,7 +106,8 @@ def test_bpe_train_and_eval_tokens_cli(bpe_shards, tmp_path):
     assert report.exit_code == 0, report.output
     got = json.loads((tmp_path / "rep" / "report.json").read_text())["streams"]["semantic"]["bpe"]
     assert got["length_reduction"] == pytest.approx(meta["trained_on"]["length_reduction"])
-    assert got["nominal_bps"] == pytest.approx(meta["trained_on"]["bitrate_tokens_bps"]) and "shorter" in report.output
+    assert (got["nominal_bps"] == pytest.approx(meta["trained_on"]["bitrate_tokens_bps"])
+            and "shorter" in report.output)
 
 
 def test_bpe_train_refuses_a_stream_of_other_values(bpe_shards, tmp_path):
@@ -426,7 +428,8 @@ def test_lm_trained_on_codec_bpe_tokens_records_it(codec_bpe_lm, units_and_codec
     report = run("eval", "lm", tmp_path / "run" / "final", "--shards", units_and_codec_shards / "shards",
                  "-o", tmp_path / "ev")
     speech = json.loads((tmp_path / "ev" / "report.json").read_text())["perplexity"]["speech"]["speech"]
-    assert speech["tokens"] > 0 and np.isfinite(speech["perplexity"]) and "speech –" not in report  # codec targets
+    # codec targets
+    assert speech["tokens"] > 0 and np.isfinite(speech["perplexity"]) and "speech –" not in report
     line = refused("generate", "--lm", tmp_path / "run" / "final", "--prompt-text", "the cat", "--units-only",
                    "-o", tmp_path / "x.npy")
     assert line.startswith(f"error: {tmp_path / 'run' / 'final'}: trained on codec tokens"), line

@@ -48,7 +48,7 @@ def test_mcd_of_a_lower_rate_copy_is_small():
     assert same["voicing_error"] < 0.05 and same["stoi"] > 0.99
 
 
-# ---- 2. short hypotheses, negative zero, plot warnings, labelled heat maps ----------------------------------
+# ---- 2. short hypotheses, negative zero, plot warnings, labelled heat maps ---------------------------------
 
 def test_a_2_5_ms_hypothesis_gets_defined_metrics(tmp_path):
     ref, hyp = tmp_path / "ref", tmp_path / "hyp"
@@ -86,7 +86,7 @@ def test_plots_of_silence_warn_nothing(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
 
 
-# ---- 7. missing / empty audio, hub ids without network -------------------------------------------------------
+# ---- 7. missing / empty audio, hub ids without network -----------------------------------------------------
 
 def test_missing_and_empty_audio_say_so(tmp_path):
     from speechtok.audio import AudioError, audio_info, read_audio
@@ -185,14 +185,16 @@ def test_portable_card_round_trip(tmp_path):
     from speechtok.hub import portable_card, resolve_card
 
     (tmp_path / "models" / "codec").mkdir(parents=True)
-    card = {"codec_card": {"kind": "dac", "model": str(tmp_path / "models" / "codec")}, "hub": {"model": "org/x"}}
+    card = {"codec_card": {"kind": "dac", "model": str(tmp_path / "models" / "codec")},
+            "hub": {"model": "org/x"}}
     stored = portable_card(card, tmp_path / "run" / "acoustic")
     assert stored["codec_card"]["model"] == "../../models/codec" and stored["hub"] == {"model": "org/x"}
     assert resolve_card(stored, tmp_path / "run" / "acoustic") == card
-    assert resolve_card(portable_card(card, tmp_path), tmp_path)["codec_card"]["model"] == card["codec_card"]["model"]
+    assert resolve_card(portable_card(card, tmp_path),
+                        tmp_path)["codec_card"]["model"] == card["codec_card"]["model"]
 
 
-# ---- 8. tok generate --voice: lengths checked first ---------------------------------------------------------
+# ---- 8. tok generate --voice: lengths checked first --------------------------------------------------------
 
 @pytest.mark.parametrize("pattern", ["delay", "coarse_fine", "valle"])
 def test_acoustic_positions_match_the_model(pattern):

@@ -112,8 +112,8 @@ def test_eval_resynth_reports_utmos(reference, checkpoint, tmp_path):
     for d, i in (("ref", 0), ("hyp", 1)):
         (tmp_path / d).mkdir()
         sf.write(tmp_path / d / "a.wav", z[f"input_{i}"], 16000, subtype="FLOAT")
-    r = CliRunner().invoke(cli, ["eval", "resynth", str(tmp_path / "ref"), str(tmp_path / "hyp"), "--plots", "0",
-                                 "--utmos", str(checkpoint), "-o", str(tmp_path / "out")])
+    r = CliRunner().invoke(cli, ["eval", "resynth", str(tmp_path / "ref"), str(tmp_path / "hyp"), "--plots",
+                                 "0", "--utmos", str(checkpoint), "-o", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     (row,) = rep["per_file"]
@@ -184,8 +184,8 @@ def test_eval_generated_reports_utmos(tmp_path, monkeypatch):
     for name, seconds in (("a", 0.5), ("b", 0.25)):
         sf.write(tmp_path / "gen" / f"{name}.wav", np.zeros(int(16000 * seconds), np.float32), 16000)
     (tmp_path / "ckpt.pt").write_bytes(b"")
-    r = CliRunner().invoke(cli, ["eval", "generated", str(tmp_path / "gen"), "--utmos", str(tmp_path / "ckpt.pt"),
-                                 "-o", str(tmp_path / "out")])
+    r = CliRunner().invoke(cli, ["eval", "generated", str(tmp_path / "gen"), "--utmos",
+                                 str(tmp_path / "ckpt.pt"), "-o", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [x["utmos"] for x in rep["per_file"]] == [0.5, 0.25] and rep["mean"]["utmos"] == 0.375

@@ -38,7 +38,8 @@ def shards(units_and_codec_shards, tmp_path_factory):
 
 
 def config(root, name, **kw) -> str:
-    cfg = {"shards": str(root / "shards"), "output": str(root / name), "batch_size": 4, "segment_seconds": 0.3,
+    cfg = {"shards": str(root / "shards"), "output": str(root / name), "batch_size": 4,
+           "segment_seconds": 0.3,
            "lr": 2e-3, "log_every": 1, "save_every": 1000, "sample_every": 1000, "disc_channels": 4, **kw}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -59,9 +60,10 @@ def hifigan(shards):
 
 @pytest.fixture(scope="module")
 def vocos_mel(shards):
-    r = run("vocoder", "train", "--config", config(shards, "vocos_mel", kind="vocos", sample_rate=16000, steps=100,
-                                                   adv_start=90, model={**TINY_VOCOS, "n_fft": 256, "hop_length": 64,
-                                                                        "n_mels": 32}))
+    r = run("vocoder", "train", "--config", config(shards, "vocos_mel", kind="vocos", sample_rate=16000,
+                                                   steps=100,
+                                                   adv_start=90, model={**TINY_VOCOS, "n_fft": 256,
+                                                                        "hop_length": 64, "n_mels": 32}))
     assert r.exit_code == 0, r.output
     return shards / "vocos_mel"
 
@@ -111,14 +113,16 @@ def test_resynth_through_each_vocoder(hifigan, vocos_mel, shards, tmp_path):
     assert r.exit_code == 0, r.output
     wav, sr = sf.read(tmp_path / "b.wav")
     assert sr == 16000 and len(wav) == round(seconds * 16000) // 64 * 64
-    r = CliRunner().invoke(cli, ["resynth", str(audio), "--vocoder", str(hifigan / "final"), "-o", str(tmp_path / "c.wav")])
+    r = CliRunner().invoke(cli, ["resynth", str(audio), "--vocoder", str(hifigan / "final"), "-o",
+                                 str(tmp_path / "c.wav")])
     assert r.exit_code != 0 and "semantic tokenizer" in r.output
 
-    r = run("vocoder", "train", "--config", config(shards, "vocos_codec", kind="vocos"),  # tiny discriminators
+    # tiny discriminators
+    r = run("vocoder", "train", "--config", config(shards, "vocos_codec", kind="vocos"),
             "--features", "encodec", "--steps", 3, "--batch-size", 2, "--segment-seconds", 0.3)
     assert r.exit_code == 0, r.output
-    r = run("resynth", audio, "-t", f"encodec:{shards / 'codec'}:nq=2", "--vocoder", shards / "vocos_codec" / "final",
-            "-o", tmp_path / "d.wav")
+    r = run("resynth", audio, "-t", f"encodec:{shards / 'codec'}:nq=2", "--vocoder",
+            shards / "vocos_codec" / "final", "-o", tmp_path / "d.wav")
     assert r.exit_code == 0, r.output
     wav, sr = sf.read(tmp_path / "d.wav")
     assert sr == 24000 and len(wav) == int(np.ceil(seconds * 24000 / 320)) * 320
@@ -180,7 +184,8 @@ def test_mel_filterbank_matches_the_htk_and_slaney_definitions():
     centres = 700 * (10 ** (torch.linspace(0, 2595 * np.log10(1 + 12000 / 700), 102)[1:-1] / 2595) - 1)
     assert torch.allclose(peaks, centres, atol=24000 / 1024)
     slaney = mel_filterbank(513, 0, 8000, 80, 22050, norm="slaney", scale="slaney")
-    assert torch.allclose(slaney.sum(0)[40:], slaney.sum(0)[40:].mean(), rtol=0.2)  # area-normalised above 1 kHz
+    # area-normalised above 1 kHz
+    assert torch.allclose(slaney.sum(0)[40:], slaney.sum(0)[40:].mean(), rtol=0.2)
 
 
 @pytest.mark.parametrize("name", ["spk", "dur"])
@@ -218,8 +223,8 @@ def test_original_unit_hifigan_config_we_cannot_run_is_one_error():
 
 
 def test_duration_loss_counts_only_whole_runs_inside_the_segment():
-    model = UnitHiFiGAN(UnitHiFiGANConfig(k=10, embed_dim=8, dedup=True, **{k: v for k, v in TINY_HIFIGAN.items()
-                                                                             if k != "embed_dim"}))
+    model = UnitHiFiGAN(UnitHiFiGANConfig(k=10, embed_dim=8, dedup=True,
+                                          **{k: v for k, v in TINY_HIFIGAN.items() if k != "embed_dim"}))
     with torch.no_grad():  # the predictor says log(1 + d) = 1 for every unit
         model.duration.out.weight.zero_()
         model.duration.out.bias.fill_(1.0)
@@ -244,8 +249,9 @@ def test_gan_losses_and_mels_match_the_original_code():
     """tests/fixtures/gan_losses.npz: jik876/hifi-gan's and vocos' own loss functions, mels and an MRD
     sub-discriminator on fixed inputs (tests/reference/make_gan_loss_fixture.py)."""
     from speechtok.vocoders.discriminators import ResolutionDiscriminator
-    from speechtok.vocoders.losses import (HiFiGANLoss, VocosLoss, feature_matching_loss, hinge_discriminator_loss,
-                                           hinge_generator_loss, lsgan_discriminator_loss, lsgan_generator_loss)
+    from speechtok.vocoders.losses import (HiFiGANLoss, VocosLoss, feature_matching_loss,
+                                           hinge_discriminator_loss, hinge_generator_loss,
+                                           lsgan_discriminator_loss, lsgan_generator_loss)
 
     z = np.load(FIXTURES / "gan_losses.npz")
     t = {k: torch.from_numpy(z[k]) for k in z.files}
@@ -283,7 +289,8 @@ def test_discriminators_are_laid_out_as_the_papers():
                                                    PeriodDiscriminator, ScaleDiscriminator)
     from speechtok.vocoders.losses import HiFiGANLoss, VocosLoss, vocoder_loss
 
-    layout = [(1, 128, 15, 1, 1, 7), (128, 128, 41, 2, 4, 20), (128, 256, 41, 2, 16, 20), (256, 512, 41, 4, 16, 20),
+    layout = [(1, 128, 15, 1, 1, 7), (128, 128, 41, 2, 4, 20), (128, 256, 41, 2, 16, 20),
+              (256, 512, 41, 4, 16, 20),
               (512, 1024, 41, 4, 16, 20), (1024, 1024, 41, 1, 16, 20), (1024, 1024, 5, 1, 1, 2)]
     assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.groups, c.padding[0])
             for c in ScaleDiscriminator(128).convs] == layout
@@ -301,7 +308,8 @@ def test_discriminators_are_laid_out_as_the_papers():
     assert sorted(n for n, _ in vocos.named_children()) == ["mel", "mpd", "mrd"]
     assert [d.window_length for d in vocos.mrd.discriminators] == [2048, 1024, 512]
     assert (hifigan.mel_weight, hifigan.fm_weight, vocos.mel_weight, vocos.fm_weight) == (45, 2, 45, 1)
-    assert vocos.mrd_weight == 0.1 and vocoder_loss("vocos", 24000, codec_features=True, ch=4).mrd_weight == 1.0
+    assert (vocos.mrd_weight == 0.1 and vocoder_loss("vocos", 24000, codec_features=True,
+                                                     ch=4).mrd_weight == 1.0)
 
 
 def test_resynth_takes_an_original_unit_hifigan_directory(shards, tmp_path):

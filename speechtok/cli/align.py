@@ -51,7 +51,8 @@ def align_cmd(corpus, output, aligner, phones, jobs, device, batch_seconds, quie
     rank, world = dist_info()
     lock_output(output, "tok align", folder=False)
     try:
-        s = align_corpus(corpus, output, aligner, phones, jobs, device, batch_seconds, not quiet and rank == 0)
+        s = align_corpus(corpus, output, aligner, phones, jobs, device, batch_seconds,
+                         not quiet and rank == 0)
     except Interrupted as e:
         exit_interrupted(e)
     except (OSError, ValueError, ImportError) as e:

@@ -44,7 +44,8 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
         streams, seconds = [], 0.0
         for sample in read_shards(shards, verify=not no_verify):
             if name not in sample or "duration" not in sample:
-                fail(f"{shards}: sample {sample.get('id', sample['__key__'])} has no '{name}' tokens or duration")
+                fail(f"{shards}: sample {sample.get('id', sample['__key__'])} has no '{name}' tokens or "
+                     f"duration")
             streams.append(sample[name])
             seconds += float(sample["duration"])
         model = train_bpe(streams, size, vocab_size, n_q, min_frequency, max_token_frames, source)
@@ -62,6 +63,6 @@ def train_cmd(shards, output, vocab_size, stream, min_frequency, max_token_frame
         model.save(output, trained_on=report)
     except OSError as e:
         fail_with(e)
-    click.echo(f"{name}: {model.vocab_size} tokens ({model.vocab_size - size * n_q} merged); {codes:,} codes → "
-               f"{tokens:,} tokens = {report['length_reduction']:.2f}x shorter; "
+    click.echo(f"{name}: {model.vocab_size} tokens ({model.vocab_size - size * n_q} merged); {codes:,} codes "
+               f"→ {tokens:,} tokens = {report['length_reduction']:.2f}x shorter; "
                f"{report['bitrate_codes_bps']:.0f} → {report['bitrate_tokens_bps']:.0f} bit/s -> {output}")

@@ -34,12 +34,13 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, err
 
 
 # the device types torch.device accepts, so that a typo fails before torch is imported
-TORCH_DEVICE = re.compile(r"(cpu|cuda|ipu|xpu|mkldnn|opengl|opencl|ideep|hip|ve|fpga|maia|xla|lazy|vulkan|mps|"
-                          r"meta|hpu|mtia|privateuseone)(:\d+)?")
+TORCH_DEVICE = re.compile(r"(cpu|cuda|ipu|xpu|mkldnn|opengl|opencl|ideep|hip|ve|fpga|maia|xla|lazy|vulkan|"
+                          r"mps|meta|hpu|mtia|privateuseone)(:\d+)?")
 
 
 def checked_device(auto: bool = True):
-    """A click callback refusing a --device value that torch.device would refuse (and 'auto' unless `auto`)."""
+    """A click callback refusing a --device value that torch.device would refuse (and 'auto' unless
+    `auto`)."""
     def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
         if value is None or (auto and value == "auto") or TORCH_DEVICE.fullmatch(value):
             return value

@@ -44,7 +44,8 @@ def eval_group() -> None:
               help="JSONL with per-utterance 'phones': [{phone, start, end}] → PNMI, purities, triphone ABX.")
 @click.option("--items", "item_file", type=click.Path(exists=True, dir_okay=False),
               help="ZeroSpeech/Libri-light .item file for ABX (instead of triphones from --alignments).")
-@click.option("--ignore-phones", default="", help="Comma-separated phones left out of PNMI/purity (e.g. pau,sil).")
+@click.option("--ignore-phones", default="",
+              help="Comma-separated phones left out of PNMI/purity (e.g. pau,sil).")
 @click.option("--max-per-group", type=click.IntRange(min=1), default=5, show_default=True,
               help="ABX: items per (context, phone, speaker), to bound the number of triples.")
 @output_option("DIR", REPORT_FOLDER)
@@ -67,20 +68,21 @@ def tokens_cmd(shards, alignments, item_file, ignore_phones, max_per_group, outp
     lines = []
     for name, s in r["streams"].items():
         b = s["bitrate"]
-        lines.append(f"{name}: {fmt(b['nominal_bps'], 0)} bps nominal, {fmt(b['entropy_bps'], 0)} bps entropy, "
-                     f"{fmt(b['dedup_entropy_bps'], 0)} bps deduplicated; usage "
+        lines.append(f"{name}: {fmt(b['nominal_bps'], 0)} bps nominal, {fmt(b['entropy_bps'], 0)} bps "
+                     f"entropy, {fmt(b['dedup_entropy_bps'], 0)} bps deduplicated; usage "
                      + ", ".join(f"{c['usage']:.0%}" for c in s["codebooks"]))
         if "bpe" in s:
-            lines.append(f"  BPE ({s['bpe']['vocab_size']} tokens): {s['bpe']['length_reduction']:.2f}x shorter, "
-                         f"{fmt(s['bpe']['nominal_bps'], 0)} bps nominal, {fmt(s['bpe']['entropy_bps'], 0)} bps entropy")
+            lines.append(f"  BPE ({s['bpe']['vocab_size']} tokens): {s['bpe']['length_reduction']:.2f}x "
+                         f"shorter, {fmt(s['bpe']['nominal_bps'], 0)} bps nominal, "
+                         f"{fmt(s['bpe']['entropy_bps'], 0)} bps entropy")
         if "phones" in s:
             p = s["phones"][0]
             lines.append(f"  PNMI {fmt(p['pnmi'])}, phone purity {fmt(p['phone_purity'])}, "
                          f"cluster purity {fmt(p['cluster_purity'])}")
         if "abx" in s:
             a = s["abx"]
-            lines.append(f"  ABX within {fmt(a['within_speaker_error'])}, across {fmt(a['across_speaker_error'])} "
-                         f"({a['items']} items)")
+            lines.append(f"  ABX within {fmt(a['within_speaker_error'])}, across "
+                         f"{fmt(a['across_speaker_error'])} ({a['items']} items)")
     _finish(r, output, lines)
 
 
@@ -137,9 +139,9 @@ def resynth_cmd(ref_dir, hyp_dir, output, plots, asr, transcripts, speaker, mos,
 @click.argument("corpus", type=click.Path(exists=True))
 @click.option("-t", "--tokenizer", "specs", multiple=True,
               help="A codec KIND:MODEL[:nq=N][:bandwidth=KBPS] as for `tok encode -t` (nq=1,2,4 sweeps, one "
-                   "row each); SPEC:vocoder=DIR for what `tok resynth -t SPEC --vocoder DIR` does (a semantic "
-                   "tokenizer directory + unit HiFi-GAN, a codec + codec-token Vocos); vocoder=DIR for a mel "
-                   "Vocos alone; vocoder= comes last and takes the rest of the spec, ':' included. "
+                   "row each); SPEC:vocoder=DIR for what `tok resynth -t SPEC --vocoder DIR` does (a "
+                   "semantic tokenizer directory + unit HiFi-GAN, a codec + codec-token Vocos); vocoder=DIR "
+                   "for a mel Vocos alone; vocoder= comes last and takes the rest of the spec, ':' included. "
                    "Repeatable; at least one.")
 @click.option("--codec", "codec_alias", multiple=True, hidden=True, help="The old name of --tokenizer.")
 @output_option("DIR", REPORT_FOLDER)
@@ -198,7 +200,8 @@ def codecs_cmd(corpus, specs, codec_alias, output, asr, transcripts, speaker, mo
 @click.option("--asr", help="ASR for transcripts: 'pocketsphinx' or a transformers checkpoint.")
 @click.option("--text-lm", help="Causal text LM (hub id or local dir) for GenPPL of the transcripts.")
 @click.option("--prompts", type=click.Path(exists=True, file_okay=False),
-              help="Voice prompts with the continuations' ids, for prompt-vs-continuation speaker similarity.")
+              help="Voice prompts with the continuations' ids, for prompt-vs-continuation speaker "
+                   "similarity.")
 @click.option("--speaker", default="resemblyzer", show_default=True,
               help="Speaker encoder for --prompts: 'resemblyzer' or a transformers x-vector checkpoint.")
 @click.option("-n", "--ngram", type=click.IntRange(min=1), default=2, show_default=True,
@@ -213,8 +216,8 @@ def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos,
 
     lock_output(output, "tok eval generated", folder=True)
     try:
-        r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram, str(device_or_fail(device)),
-                               batch_size, utmos=utmos)
+        r = evaluate_generated(gen_dir, output, asr, text_lm, prompts, speaker, ngram,
+                               str(device_or_fail(device)), batch_size, utmos=utmos)
     except (ImportError, ValueError, OSError) as e:
         fail_with(e)
     m = r["mean"]
@@ -226,11 +229,14 @@ def generated_cmd(gen_dir, output, asr, text_lm, prompts, speaker, ngram, utmos,
 
 @eval_group.command("lm")
 @click.argument("model", type=click.Path(exists=True, file_okay=False))
-@click.option("--shards", multiple=True, type=click.Path(exists=True), help="Held-out shards for perplexity (repeatable).")
+@click.option("--shards", multiple=True, type=click.Path(exists=True),
+              help="Held-out shards for perplexity (repeatable).")
 @click.option("--format", "formats", multiple=True, default=("speech",), show_default=True,
-              type=click.Choice(["speech", "text", "interleaved", "asr", "tts"]), help="Sequence formats (repeatable).")
+              type=click.Choice(["speech", "text", "interleaved", "asr", "tts"]),
+              help="Sequence formats (repeatable).")
 @click.option("--probes", multiple=True, type=click.Path(exists=True),
-              help="Minimal pairs: JSONL ({id, real, fake, group}) or a ZeroSpeech folder with gold.csv (repeatable).")
+              help="Minimal pairs: JSONL ({id, real, fake, group}) or a ZeroSpeech folder with gold.csv "
+                   "(repeatable).")
 @click.option("-t", "--tokenizer", "semantic_dir", type=click.Path(exists=True, file_okay=False),
               help="Semantic tokenizer the LM was trained on (for audio probes).")
 @click.option("--normalize", is_flag=True, help="Score items by mean instead of summed log-probability.")
@@ -250,7 +256,9 @@ def lm_cmd(model, shards, formats, probes, semantic_dir, normalize, batch_size, 
                         batch_size, device)
     except (ValueError, OSError) as e:
         fail_with(e)
-    lines = [f"{name}: perplexity {fmt(p['all']['perplexity'], 2)} (speech {fmt(p['speech']['perplexity'], 2)}, "
-             f"text {fmt(p['text']['perplexity'], 2)})" for name, p in r["perplexity"].items()]
-    lines += [f"{name}: accuracy {fmt(p['accuracy'])} over {p['pairs']} pairs" for name, p in r["probes"].items()]
+    lines = [f"{name}: perplexity {fmt(p['all']['perplexity'], 2)} (speech "
+             f"{fmt(p['speech']['perplexity'], 2)}, text {fmt(p['text']['perplexity'], 2)})"
+             for name, p in r["perplexity"].items()]
+    lines += [f"{name}: accuracy {fmt(p['accuracy'])} over {p['pairs']} pairs"
+              for name, p in r["probes"].items()]
     _finish(r, output, lines)

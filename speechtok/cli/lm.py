@@ -75,7 +75,8 @@ def lm() -> None:
 @click.option("--stream", help="The semantic stream of the shards (needed when they hold several, e.g. two "
                                "`-t DIR:name=NAME` of one `tok encode`); the LM reads it in training and "
                                "generation.")
-@click.option("--from-scratch", is_flag=True, help="Take BASE's config and tokenizer; initialise new weights.")
+@click.option("--from-scratch", is_flag=True,
+              help="Take BASE's config and tokenizer; initialise new weights.")
 @click.option("--bpe", type=click.Path(exists=True, file_okay=False), multiple=True,
               help="A `tok bpe train` folder of the semantic stream (units go through it) or of the codec "
                    "stream (codec frames do; implies --codec): add its merged tokens. Repeat for both.")
@@ -131,11 +132,13 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, b
         vocab.save(out)
     except OSError as e:
         fail_with(e)
-    click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings {model.get_input_embeddings().weight.shape[0]}); "
+    click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings "
+               f"{model.get_input_embeddings().weight.shape[0]}); "
                f"units <s_0>..<s_{vocab.semantic_tokens - 1}> at ids {vocab.semantic_first_id}.."
                f"{vocab.semantic_first_id + vocab.semantic_tokens - 1}"
                + (f" ({vocab.bpe_tokens - vocab.k} of them BPE merges)" if vocab.bpe_tokens else "")
-               + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id {vocab.codec_first_id}"
+               + (f", {vocab.n_q}x{vocab.codebook_size} {vocab.codec_stream} tokens from id "
+                  f"{vocab.codec_first_id}"
                   if vocab.codec_stream else "")
                + (f" (+ {vocab.codec_bpe_tokens - vocab.n_q * vocab.codebook_size} BPE merges)"
                   if vocab.codec_bpe_tokens else "")
@@ -175,10 +178,12 @@ def train_cmd(config, stop_after, device):
 
 @lm.command("inspect")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="Ranks of the run.")
+@click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ranks of the run.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Loader workers per rank (default: data.num_workers, at least 1).")
-@click.option("--epoch", type=click.IntRange(min=0), default=0, show_default=True, help="The epoch --ids lists.")
+@click.option("--epoch", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The epoch --ids lists.")
 @click.option("--ids", is_flag=True, help="List the ids each rank/worker reads in --epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect_cmd(config, world_size, workers, epoch, ids, as_json):
@@ -246,8 +251,10 @@ class StreamedWav:
 
 
 @click.command("generate")
-@click.option("--lm", "lm_dir", required=True, type=click.Path(exists=True), help="A `tok lm train` final model.")
-@click.option("--acoustic", "acoustic_dir", type=click.Path(exists=True), help="A `tok acoustic train` final model.")
+@click.option("--lm", "lm_dir", required=True, type=click.Path(exists=True),
+              help="A `tok lm train` final model.")
+@click.option("--acoustic", "acoustic_dir", type=click.Path(exists=True),
+              help="A `tok acoustic train` final model.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True),
               help="Semantic tokenizer directory, to encode --prompt-audio / --voice.")
 @click.option("--prompt-audio", type=click.Path(exists=True), help="Continue this speech.")
@@ -257,7 +264,8 @@ class StreamedWav:
               help="Use the voice prompt's first seconds [default: as much as fits the acoustic model "
                    "with --max-units].")
 @click.option("--units-only", is_flag=True, help="Stop after the LM; write the units (.npy).")
-@click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True), help="Units → audio with a unit HiFi-GAN instead.")
+@click.option("--vocoder", "vocoder_dir", type=click.Path(exists=True),
+              help="Units → audio with a unit HiFi-GAN instead.")
 @click.option("--speaker", default=None,
               help="--vocoder: the voice of this speaker of a speaker-conditioned unit HiFi-GAN, and the F0 "
                    "level that an expressive LM's pitch tokens decode to.")
@@ -272,15 +280,17 @@ class StreamedWav:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--compile", "compiled", is_flag=True,
               help="Compile each stage's decoding step whole (CUDA graphs on a GPU): slow start, fast steps.")
-@click.option("--stream", is_flag=True, help="Write the audio while the acoustic stage generates it, chunk by "
-                                             "chunk (causal codecs: EnCodec, Mimi); reports time to first audio.")
+@click.option("--stream", is_flag=True,
+              help="Write the audio while the acoustic stage generates it, chunk by chunk (causal codecs: "
+                   "EnCodec, Mimi); reports time to first audio.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--say", help="The words the acoustic stage speaks (a depth model with a text stream): its "
                             "text stream is held to them; OUTPUT's stem + .text.json gets the words and "
                             "their times.")
 @device_option
 @vocoder_precision_option
-def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output, max_units,
+def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text, voice, units_only, output,
+                 max_units,
                  temperature, top_k, top_p, seed, compiled, stream, quiet, device, vocoder_dir, voice_seconds,
                  vocoder_precision, say, speaker, pitch_dir):
     """Generate speech: LM → semantic units → acoustic model → codec → OUTPUT."""
@@ -308,12 +318,12 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
 
     from speechtok.lm.generate import SamplingOptions
     from speechtok.pipelines.generate import generate_speech
-    opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                           compile=compiled)
+    opts = SamplingOptions(max_new_tokens=max_units, temperature=temperature, top_k=top_k, top_p=top_p,
+                           seed=seed, compile=compiled)
     writer = StreamedWav(out) if stream else None
     try:
-        gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir, prompt_audio,
-                              prompt_text, voice, opts, dev, voice_seconds=voice_seconds,
+        gen = generate_speech(lm_dir, None if units_only or vocoder_dir else acoustic_dir, tokenizer_dir,
+                              prompt_audio, prompt_text, voice, opts, dev, voice_seconds=voice_seconds,
                               vocoder_dir=None if units_only else vocoder_dir,
                               vocoder_precision=vocoder_precision, speaker=speaker, pitch_dir=pitch_dir,
                               echo=None if quiet else (lambda line: click.echo(line, err=True)),
@@ -336,7 +346,8 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         click.echo(f"{len(gen.units)} units -> {out}")
     else:
         write_output_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
-        via = f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None else "unit HiFi-GAN"
+        via = (f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None
+               else "unit HiFi-GAN")
         click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
     if gen.words is not None:  # a text-stream acoustic model: its words with their times, beside the wav
         words = out.with_suffix(".text.json")

@@ -31,11 +31,13 @@ def cli() -> None:
 
 
 model_option = click.option("--model", "-m", required=True,
-                            help="'mfcc', 'logmel', or a HuBERT/WavLM/wav2vec2 checkpoint (hub id or local directory).")
+                            help="'mfcc', 'logmel', or a HuBERT/WavLM/wav2vec2 checkpoint (hub id or local "
+                                 "directory).")
 layer_option = click.option("--layer", "-l", type=int, default=None,
                             help="Transformer layer whose output is clustered (1 = first), for checkpoints.")
-precision_option = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                                show_default=True, help="Model compute precision (auto: bf16 on GPU, fp32 on CPU).")
+precision_option = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                                default="auto", show_default=True,
+                                help="Model compute precision (auto: bf16 on GPU, fp32 on CPU).")
 
 
 overwrite_option = click.option("--overwrite", is_flag=True,
@@ -98,7 +100,8 @@ def _features(model: str, layer: int | None, device: str, precision: str):
 @click.option("--quiet", "-q", is_flag=True)
 @corpus_options()
 def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, backend, feature_cache,
-                     algorithm, batch_frames, dedup, batch_seconds, num_workers, overwrite, device, precision, quiet):
+                     algorithm, batch_frames, dedup, batch_seconds, num_workers, overwrite, device, precision,
+                     quiet):
     """Learn k-means units on features of CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a
     Hugging Face dataset: README "Preparing a corpus")."""
     from speechtok.pipelines.encode import encode_device_defaults
@@ -115,8 +118,9 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
     batch_seconds = defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds
     errors: list[CorpusError] = []
     try:
-        tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed, iters=iters,
-                                      backend=backend, device=str(dev), dedup=dedup, max_batch_seconds=batch_seconds,
+        tok, result = train_tokenizer(corpus, features, k, output, max_frames=max_frames, seed=seed,
+                                      iters=iters, backend=backend, device=str(dev), dedup=dedup,
+                                      max_batch_seconds=batch_seconds,
                                       num_workers=workers, progress=not quiet, errors=errors,
                                       feature_cache=feature_cache,
                                       batch_frames=batch_frames if algorithm == "mini-batch" else None)
@@ -125,8 +129,9 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
         fail_with(e)
     report_errors(errors)
     steps = "steps" if algorithm == "mini-batch" else "iterations"
-    click.echo(f"k-means: k={k} on {tok.meta['kmeans']['frames']} frames, {result.backend}, {result.iterations} "
-               f"{steps}, {result.seconds:.2f} s, inertia {result.inertia:.4f} -> {output}")
+    click.echo(f"k-means: k={k} on {tok.meta['kmeans']['frames']} frames, {result.backend}, "
+               f"{result.iterations} {steps}, {result.seconds:.2f} s, inertia {result.inertia:.4f} "
+               f"-> {output}")
 
 
 @cli.command("import-kmeans")
@@ -134,11 +139,13 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
 @model_option
 @layer_option
 @output_option("DIR", "Tokenizer folder to write (tokenizer.json, centroids.npy).")
-@click.option("--trust-pickle", is_flag=True, help="Allow unpickling (sklearn/joblib checkpoints can run code).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow unpickling (sklearn/joblib checkpoints can run code).")
 @click.option("--dedup/--no-dedup", default=False, show_default=True)
 @overwrite_option
 def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, overwrite):
-    """Convert a fairseq/textlesslib k-means CHECKPOINT (joblib pickle, .npy, .pt) into a tokenizer directory."""
+    """Convert a fairseq/textlesslib k-means CHECKPOINT (joblib pickle, .npy, .pt) into a tokenizer
+    directory."""
     from speechtok.tokenizers.kmeans import load_kmeans_checkpoint
     from speechtok.shards import sha256_of
     from speechtok.tokenizers.semantic import SemanticTokenizer
@@ -165,7 +172,8 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
               help="A semantic tokenizer DIR[:name=NAME], or a codec KIND:MODEL[:nq=N][:name=NAME] "
                    "(KIND: encodec, dac, mimi). Repeat for several tokenizers in one pass.")
 @output_option("DIR", "Folder to create or resume: shards and manifest.json.")
-@click.option("--dedup/--no-dedup", default=None, help="Run-length units plus durations (default: the tokenizer's).")
+@click.option("--dedup/--no-dedup", default=None,
+              help="Run-length units plus durations (default: the tokenizer's).")
 @click.option("--bpe", type=click.Path(exists=True, file_okay=False), multiple=True,
               help="A `tok bpe train` folder: also write its token ids of the stream it was trained on "
                    "as the stream STREAM_bpe (the stream itself is kept). Repeatable.")
@@ -174,7 +182,8 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Utterances per batch at most.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
-              help="Audio loading processes (default: one per core on GPU; on CPU 2, or 0 with 4 cores or fewer).")
+              help="Audio loading processes (default: one per core on GPU; on CPU 2, or 0 with 4 cores or "
+                   "fewer).")
 @click.option("--shard-max-mb", type=POSITIVE, default=256.0, show_default=True)
 @click.option("--shard-max-count", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (a rerun resumes).")
@@ -184,14 +193,15 @@ def import_kmeans_cmd(checkpoint, model, layer, output, trust_pickle, dedup, ove
               help="Use model weights that differ from the tokenizer card's sha256 (a deliberate swap).")
 @click.option("--batch-invariant", is_flag=True,
               help="Encode every utterance alone: tokens bit for bit independent of the batch plan (batched "
-                   "kernels round differently and can flip a near-tie token; BENCHMARKS.md batch-invariance), "
-                   "at the cost of batching.")
+                   "kernels round differently and can flip a near-tie token; BENCHMARKS.md "
+                   "batch-invariance), at the cost of batching.")
 @device_option
 @precision_option
 @click.option("--quiet", "-q", is_flag=True)
 @corpus_options()
 def encode_cmd(corpus, tokenizers, output, dedup, bpe, batch_seconds, batch_size, num_workers, shard_max_mb,
-               shard_max_count, strict, append, allow_model_mismatch, batch_invariant, device, precision, quiet):
+               shard_max_count, strict, append, allow_model_mismatch, batch_invariant, device, precision,
+               quiet):
     """Tokenize CORPUS (a folder, a JSONL manifest, lhotse manifests or Shar, or a Hugging Face dataset)
     into webdataset shards under OUTPUT.
 
@@ -234,9 +244,11 @@ def encode_cmd(corpus, tokenizers, output, dedup, bpe, batch_seconds, batch_size
     except ValueError as e:
         fail(str(e))
     opts = EncodeOptions(dedup=dedup, max_batch_size=batch_size,
-                         max_batch_seconds=defaults["max_batch_seconds"] if batch_seconds is None else batch_seconds,
+                         max_batch_seconds=defaults["max_batch_seconds"] if batch_seconds is None
+                         else batch_seconds,
                          num_workers=defaults["num_workers"] if num_workers is None else num_workers,
-                         shard_max_bytes=max(1, int(shard_max_mb * (1 << 20))), shard_max_count=shard_max_count,
+                         shard_max_bytes=max(1, int(shard_max_mb * (1 << 20))),
+                         shard_max_count=shard_max_count,
                          progress=not quiet, strict=strict, append=append, bpe=bpes)
     rank, _ = dist_info()
     opts.progress = opts.progress and rank == 0
@@ -244,14 +256,15 @@ def encode_cmd(corpus, tokenizers, output, dedup, bpe, batch_seconds, batch_size
         summary = encode_corpus(corpus, toks, output, opts)
     except StrictError as e:
         click.echo(f"error: {e}", err=True)
-        click.echo("stopped (--strict); rerun without --strict to skip bad inputs, or fix them and rerun", err=True)
+        click.echo("stopped (--strict); rerun without --strict to skip bad inputs, or fix them and rerun",
+                   err=True)
         sys.exit(EXIT_SKIPPED)
     except (Interrupted, KeyboardInterrupt) as e:
         import signal
 
         signum = getattr(e, "signum", signal.SIGINT)
-        click.echo(f"stopped by {signal.Signals(signum).name}: finished shards are kept in {output} (no .tmp left); "
-                   "rerun the same command to resume", err=True)
+        click.echo(f"stopped by {signal.Signals(signum).name}: finished shards are kept in {output} (no .tmp "
+                   f"left); rerun the same command to resume", err=True)
         sys.exit(128 + signum)
     except FolderLocked as e:
         fail(str(e), EXIT_ENVIRONMENT)
@@ -268,9 +281,11 @@ def encode_cmd(corpus, tokenizers, output, dedup, bpe, batch_seconds, batch_size
 @cli.command("decode")
 @click.argument("shards", type=click.Path(exists=True))
 @output_option("DIR", "Folder for the wav files.")
-@click.option("--codec", "codec_name", default=None, help="Which codec field to decode (default: the only one).")
+@click.option("--codec", "codec_name", default=None,
+              help="Which codec field to decode (default: the only one).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--no-verify", is_flag=True, help="Skip checking the shards' sizes and sha256 against the manifest.")
+@click.option("--no-verify", is_flag=True,
+              help="Skip checking the shards' sizes and sha256 against the manifest.")
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Decode with codec weights that differ from the sha256 the manifest recorded.")
 @device_option
@@ -282,7 +297,8 @@ def decode_cmd(shards, output, codec_name, batch_size, no_verify, allow_model_mi
 
     lock_output(output, "tok decode", folder=True)
     click.get_current_context().with_resource(exit_on_signals(
-        f"the wav files in {output} are whole (each written atomically); rerun the command to decode the rest"))
+        f"the wav files in {output} are whole (each written atomically); rerun the command to decode the "
+        f"rest"))
     try:
         n, seconds = decode_shards(shards, output, codec_name, device_or_fail(device), batch_size,
                                    verify=not no_verify, allow_model_mismatch=allow_model_mismatch,

@@ -20,7 +20,8 @@ def vocoder() -> None:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="YAML with any VocoderTrainConfig fields; the options below override it.")
 @click.option("--kind", type=click.Choice(["unit-hifigan", "vocos"]))
-@click.option("--shards", type=click.Path(exists=True), help="Shard folder or manifest.json (its corpus gives the audio).")
+@click.option("--shards", type=click.Path(exists=True),
+              help="Shard folder or manifest.json (its corpus gives the audio).")
 @output_option("DIR", "Run folder to create or resume (checkpoints, samples, final/).", required=False)
 @click.option("--codec", help="Vocos: the codec stream of the shards it vocodes (e.g. encodec); 'mel' or "
                                 "none: mel features.")
@@ -30,7 +31,8 @@ def vocoder() -> None:
 @click.option("--steps", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--segment-seconds", type=float)
-@click.option("--dedup/--no-dedup", default=None, help="Unit HiFi-GAN: deduplicated units + duration predictor.")
+@click.option("--dedup/--no-dedup", default=None,
+              help="Unit HiFi-GAN: deduplicated units + duration predictor.")
 @click.option("--speakers/--no-speakers", default=None, help="Unit HiFi-GAN: speaker embedding.")
 @click.option("--f0", help="Unit HiFi-GAN: F0-conditioned on this F0 stream of the shards "
                            "(tok encode -t f0:TRACKER).")
@@ -55,8 +57,8 @@ def train_cmd(config_path, kind, shards, output, codec, features_alias, stream, 
         raise click.UsageError(f"--codec {codec} and --features {features_alias} (its old name) disagree")
     given = {"kind": kind, "shards": shards, "output": output, "features": codec or features_alias,
              "stream": stream, "steps": steps,
-             "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup, "speakers": speakers,
-             "f0": f0, "f0_source": f0_source}
+             "batch_size": batch_size, "segment_seconds": segment_seconds, "dedup": dedup,
+             "speakers": speakers, "f0": f0, "f0_source": f0_source}
     given = {k: v for k, v in given.items() if v is not None}
     for k in ("shards", "output"):  # command-line paths are relative to the working directory
         if k in given:

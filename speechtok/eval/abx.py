@@ -51,7 +51,8 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def abx_error(items: list[AbxItem], codes: list[np.ndarray | None], max_per_group: int = 5, seed: int = 0) -> dict:
+def abx_error(items: list[AbxItem], codes: list[np.ndarray | None], max_per_group: int = 5,
+              seed: int = 0) -> dict:
     """Within- and across-speaker ABX error of items with their [n_q, F] codes (None: item not covered).
     `max_per_group` items per (context, phone, speaker) keep the number of triples bounded."""
     rng = np.random.default_rng(seed)

@@ -44,7 +44,8 @@ def _phone(raw, where: str) -> Phone:
         raise ValueError(f"{where}: bad phone entry {raw!r} ({e})") from None
 
 
-def read_phone_alignments(path: str | Path, errors: list[str]) -> tuple[dict[str, list[Phone]], dict[str, str]]:
+def read_phone_alignments(path: str | Path,
+                          errors: list[str]) -> tuple[dict[str, list[Phone]], dict[str, str]]:
     """(phones by utterance id, speaker by id) from a JSONL manifest; lines without `phones` are skipped and
     bad lines are reported in `errors` as 'file:line: reason'."""
     phones, speakers = {}, {}
@@ -65,7 +66,8 @@ def read_phone_alignments(path: str | Path, errors: list[str]) -> tuple[dict[str
     return phones, speakers
 
 
-def frame_labels(phones: list[Phone], num_frames: int, frame_rate: float, names: dict[str, int]) -> np.ndarray:
+def frame_labels(phones: list[Phone], num_frames: int, frame_rate: float,
+                 names: dict[str, int]) -> np.ndarray:
     """The phone index of each frame (by its centre time), -1 where no phone covers it; `names` maps a
     phone to its index and grows with new phones."""
     labels = np.full(num_frames, -1, dtype=np.int64)

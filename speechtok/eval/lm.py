@@ -57,7 +57,8 @@ def token_logprobs(model, seqs: list[list[int]], batch_size: int = 8, max_len: i
             ids[r, : len(w)] = torch.tensor(w)
             mask[r, : len(w)] = 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu().numpy()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1,
+                                                          ids[:, 1:, None].to(device))[..., 0].cpu().numpy()
         for r, (s, first, begin, w) in enumerate(batch):  # lp[r, j] scores token begin + j + 1
             out[s][first - 1: begin + len(w) - 1] = lp[r, first - begin - 1: len(w) - 1]
     return out
@@ -118,7 +119,8 @@ def _item(raw, base: Path, where: str) -> ProbeItem:
     if isinstance(raw, str):
         raw = {"audio": raw} if raw.lower().endswith(AUDIO_EXTENSIONS) else {"text": raw}
     if not isinstance(raw, dict) or len(set(raw) & {"audio", "units", "text"}) != 1:
-        raise ValueError(f"{where}: an item is an audio path, {{'audio'}}, {{'units'}} or {{'text'}}, got {raw!r}")
+        raise ValueError(f"{where}: an item is an audio path, {{'audio'}}, {{'units'}} or {{'text'}}, got "
+                         f"{raw!r}")
     if "audio" in raw:
         p = Path(raw["audio"])
         return ProbeItem(audio=str(p if p.is_absolute() else base / p))
@@ -191,7 +193,8 @@ def score_pairs(model, tokenizer, vocab: SpeechVocab, pairs: list[ProbePair], se
     seqs, kept = [], []
     for p in pairs:
         try:
-            seqs += [item_ids(p.real, tokenizer, vocab, semantic), item_ids(p.fake, tokenizer, vocab, semantic)]
+            seqs += [item_ids(p.real, tokenizer, vocab, semantic),
+                     item_ids(p.fake, tokenizer, vocab, semantic)]
             kept.append(p)
         except Exception as e:
             errors.append(f"probe {p.id}: {' '.join(str(e).split())[:200]}")

@@ -47,4 +47,5 @@ def model_entry(m) -> dict:
 
 def model_note(title: str, entry: dict) -> str:
     """One Markdown line naming a metric's backend, model and checksum."""
-    return f"{title}: backend `{entry['backend']}` ({entry['model']}, sha256 `{str(entry['model_sha256'])[:16]}`).\n"
+    return (f"{title}: backend `{entry['backend']}` ({entry['model']}, "
+            f"sha256 `{str(entry['model_sha256'])[:16]}`).\n")

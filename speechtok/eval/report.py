@@ -37,7 +37,8 @@ def table(rows: list[dict], columns: list[str], digits: int = 3) -> str:
 def write_report(out: Path, title: str, results: dict, sections: list[str]) -> Path:
     """`out/report.json` (the results) and `out/report.md` (title, then the Markdown sections)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    (out / "report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False)
+                                     + "\n")
     md = out / "report.md"
     md.write_text(f"# {title}\n\n" + "\n".join(sections))
     return md
@@ -49,7 +50,8 @@ def plot_usage(counts: np.ndarray, path: Path, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for q, c in enumerate(counts):
-        ax.plot(np.arange(1, len(c) + 1), np.maximum(np.sort(c)[::-1], 0.5), label=f"codebook {q}" if len(counts) > 1 else None)
+        ax.plot(np.arange(1, len(c) + 1), np.maximum(np.sort(c)[::-1], 0.5),
+                label=f"codebook {q}" if len(counts) > 1 else None)
     ax.set(yscale="log", xlabel="code rank", ylabel="frames", title=title)
     if len(counts) > 1:
         ax.legend(fontsize=7)
@@ -98,7 +100,8 @@ def plot_spectrograms(ref: np.ndarray, hyp: np.ndarray, sr: int, path: Path, tit
 
 
 def plot_curves(metrics: Path, path: Path, title: str) -> bool:
-    """Training (and eval) loss against step from a run's metrics.jsonl; False when there is nothing to plot."""
+    """Training (and eval) loss against step from a run's metrics.jsonl; False when there is nothing to
+    plot."""
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     keys = [k for k in ("loss", "eval_loss") if any(r.get(k) is not None for r in rows)]
     if not keys:

@@ -109,8 +109,8 @@ def spectral_metrics(ref: np.ndarray, hyp: np.ndarray, sr: int) -> dict:
     mcd = float(np.mean(10 / np.log(10) * np.sqrt(2 * ((a[i] - b[j]) ** 2).sum(1))))
     vr, vh = f0_r[i] > 0, f0_h[j] > 0
     both = vr & vh
-    out = {"mcd_db": mcd, "voicing_error": float(np.mean(vr != vh)), "f0_rmse_hz": None, "f0_rmse_cents": None,
-           "voiced_frames": int(both.sum())}
+    out = {"mcd_db": mcd, "voicing_error": float(np.mean(vr != vh)), "f0_rmse_hz": None,
+           "f0_rmse_cents": None, "voiced_frames": int(both.sum())}
     if both.any():
         fr, fh = f0_r[i][both], f0_h[j][both]
         out["f0_rmse_hz"] = float(np.sqrt(np.mean((fr - fh) ** 2)))

@@ -26,7 +26,8 @@ class ResemblyzerEncoder:
         self.model_sha256 = files_sha256([Path(rz.__file__).parent / "pretrained.pt"])
 
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        """VoiceEncoder.embed_utterance after preprocess_wav, with the mel front end in numpy (librosa_mel)."""
+        """VoiceEncoder.embed_utterance after preprocess_wav, with the mel front end in numpy
+        (librosa_mel)."""
         import torch
 
         audio = self._rz.audio
@@ -56,7 +57,8 @@ class TransformersSpeakerEncoder:
 
         self.model = str(name_or_path)
         self.extractor = AutoFeatureExtractor.from_pretrained(name_or_path)
-        self.net = AutoModelForAudioXVector.from_pretrained(name_or_path, dtype=torch.float32).to(device).eval()
+        self.net = AutoModelForAudioXVector.from_pretrained(name_or_path,
+                                                            dtype=torch.float32).to(device).eval()
         self.device = device
         self.model_sha256 = hf_weights_sha256(name_or_path)
         self.min_samples = receptive_field(self.net.config)

@@ -30,7 +30,8 @@ def streams_of(manifest: dict) -> list[Stream]:
         if card["type"] == "semantic":
             out.append(Stream(name, "semantic", int(card["k"]), 1, float(card["frame_rate"])))
         else:
-            out.append(Stream(name, "codec", int(card["codebook_size"]), int(card["n_q"]), float(card["frame_rate"])))
+            out.append(Stream(name, "codec", int(card["codebook_size"]), int(card["n_q"]),
+                              float(card["frame_rate"])))
     return out
 
 
@@ -69,8 +70,9 @@ class TokenStats:
         codebooks = []
         for q in range(s.n_q):
             h = entropy_bits(self.counts[q])
-            codebooks.append({"used": int((self.counts[q] > 0).sum()), "usage": float((self.counts[q] > 0).mean()),
-                              "entropy_bits": h, "normalized_entropy": h / math.log2(s.vocab) if s.vocab > 1 else 0.0,
+            codebooks.append({"used": int((self.counts[q] > 0).sum()),
+                              "usage": float((self.counts[q] > 0).mean()), "entropy_bits": h,
+                              "normalized_entropy": h / math.log2(s.vocab) if s.vocab > 1 else 0.0,
                               "perplexity": 2 ** h, "entropy_bits_dedup": entropy_bits(self.dedup_counts[q])})
         bits = math.log2(s.vocab)
         tokens_dedup = int(self.dedup_counts.sum())
@@ -98,4 +100,5 @@ def phone_unit_metrics(joint: np.ndarray) -> dict:
     h_phone = float(-(p_phone[p_phone > 0] * np.log(p_phone[p_phone > 0])).sum())
     return {"pnmi": mi / h_phone if h_phone > 0 else 0.0,
             "phone_purity": float(p.max(0).sum()), "cluster_purity": float(p.max(1).sum()),
-            "frames": int(joint.sum()), "phones": int((joint.sum(1) > 0).sum()), "units": int((joint.sum(0) > 0).sum())}
+            "frames": int(joint.sum()), "phones": int((joint.sum(1) > 0).sum()),
+            "units": int((joint.sum(0) > 0).sum())}

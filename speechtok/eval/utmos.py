@@ -130,7 +130,8 @@ class UTMOS22Strong(nn.Module):
         return self.forward_frames(wav)[1].mean(1) * 2 + 3
 
 
-def sinc_resample(x: torch.Tensor, orig: int, new: int, zeros: int = 6, rolloff: float = 0.99) -> torch.Tensor:
+def sinc_resample(x: torch.Tensor, orig: int, new: int, zeros: int = 6,
+                  rolloff: float = 0.99) -> torch.Tensor:
     """torchaudio.functional.resample's default (which SpeechMOS' model calls on its input): a Hann-windowed
     sinc low-pass at `rolloff` × the lower Nyquist, `zeros` zero crossings each side, one polyphase filter
     per output phase, computed in x's dtype; [..., T] → [..., ceil(T · new / orig)]."""

@@ -236,7 +236,8 @@ class AcousticModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
-        self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.stream_vocab, bias=False) for _ in range(cfg.streams))
+        self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.stream_vocab, bias=False)
+                                   for _ in range(cfg.streams))
         self.apply(self._init)
 
     @staticmethod
@@ -293,15 +294,18 @@ class AcousticModel(nn.Module):
                                    compiled=compiled)[0]
 
     @torch.no_grad()
-    def generate_batch(self, units: list[np.ndarray], n_frames: list[int], prompts: list[np.ndarray | None] | None = None,
-                       temperature: float = 1.0, top_k: int | None = None, seed: int = 0, top_p: float | None = None,
+    def generate_batch(self, units: list[np.ndarray], n_frames: list[int],
+                       prompts: list[np.ndarray | None] | None = None,
+                       temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                       top_p: float | None = None,
                        seeds: list[int] | None = None, compiled: bool | str = False) -> list[np.ndarray]:
         """`generate` for a batch: every row gives what it gives alone with its seed (`seeds`, default
         `seed` for every row), greedy or sampled (tested)."""
         decoder = self.decoder(units, n_frames, prompts, Sampler(temperature, top_k, top_p),
                                seeds or [seed] * len(units))
         out = decoder.run(compiled).numpy()
-        return [from_steps(self.cfg, out[i, : len(layout(self.cfg, n)[0])], n) for i, n in enumerate(n_frames)]
+        return [from_steps(self.cfg, out[i, : len(layout(self.cfg, n)[0])], n)
+                for i, n in enumerate(n_frames)]
 
     def decoder(self, units: list[np.ndarray], n_frames: list[int], prompts: list[np.ndarray | None] | None,
                 sampler: Sampler, seeds: list[int]) -> Decoder:

@@ -5,7 +5,8 @@
     codec: encodec                        # the codec stream to model
     n_q: 8
     pattern: delay                        # or coarse_fine (with n_coarse), valle (AR + NAR), or depth
-                                          # (acoustic_delay, codebook_weights, text_stream: lm/acoustic_depth.py)
+                                          # (acoustic_delay, codebook_weights, text_stream:
+                                          # lm/acoustic_depth.py)
     model: {dim: 512, layers: 8, heads: 8}
     train: {batch_size: 16, steps: 20000, lr: 3.0e-4, warmup: 500, crop_seconds: 10}
 
@@ -35,7 +36,8 @@ from speechtok.training.stream import Position, part_stream, resume_position, sh
 from speechtok.unit_stream import unit_stream
 
 
-def pair(sample: dict, cfg: AcousticConfig, crop_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def pair(sample: dict, cfg: AcousticConfig, crop_frames: int,
+         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(units, step tokens) of a random crop of at most `crop_frames` codec frames."""
     units = sample[cfg.semantic_stream]
     durations = sample.get(cfg.semantic_stream + "_durations")
@@ -76,8 +78,9 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
             model["text_vocab"] = text_tokens(run.text_tokenizer).vocab
     try:
         cfg = AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
-                             n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"], codec_rate=card["frame_rate"],
-                             frames_per_unit=per_unit, dedup=run.dedup, unit_stream=unit_stream(sem, run.dedup),
+                             n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"],
+                             codec_rate=card["frame_rate"], frames_per_unit=per_unit, dedup=run.dedup,
+                             unit_stream=unit_stream(sem, run.dedup),
                              semantic_stream=sem_name, codec_stream=codec_name, codec_card=card, **model)
     except TypeError as e:
         raise ConfigError(f"model: {e}") from None

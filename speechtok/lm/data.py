@@ -28,7 +28,8 @@ class PackedTokens(IterableDataset):
     (`source_names` order), "part": the loader worker's role}. `skip_batches` resumes a position;
     `epochs` ends the stream after that many epochs of speech (evaluation); `text=False` leaves text out."""
 
-    def __init__(self, cfg: DataConfig, builder: SequenceBuilder, shards: list[str], rank: int = 0, world: int = 1,
+    def __init__(self, cfg: DataConfig, builder: SequenceBuilder, shards: list[str], rank: int = 0,
+                 world: int = 1,
                  seed: int = 0, batch_size: int = 1, skip_batches: int = 0, epochs: int | None = None,
                  position: Position | None = None, text: bool = True):
         self.cfg, self.builder, self.rank, self.world, self.seed = cfg, builder, rank, world, seed
@@ -58,7 +59,8 @@ class PackedTokens(IterableDataset):
         position = self.position or Position(self.world, workers)
         streams = {}
         for name, src in self.sources.items():
-            streams[name] = part_stream(src, self.seed, rank, self.world, worker, workers, self.cfg.shuffle_buffer,
+            streams[name] = part_stream(src, self.seed, rank, self.world, worker, workers,
+                                        self.cfg.shuffle_buffer,
                                         position.start(src), self.epochs if name == "speech" else None)
             consumed.setdefault(name, 0)
         rng = np.random.default_rng([self.seed, position.origin_step, rank, worker, 3])  # spans and crops
@@ -93,7 +95,8 @@ class PackedTokens(IterableDataset):
                 emitted += 1
                 if emitted > skip_blocks:
                     yield {"ids": torch.tensor(block, dtype=torch.long), "part": role,
-                           "consumed": torch.tensor([consumed[n] for n in self.source_names], dtype=torch.long)}
+                           "consumed": torch.tensor([consumed[n] for n in self.source_names],
+                                                    dtype=torch.long)}
 
 
 def token_loader(dataset: PackedTokens, num_workers: int) -> DataLoader:

@@ -34,7 +34,8 @@ def semantic_classes(vocab: SpeechVocab, eos_id: int, size: int) -> torch.Tensor
     """[2, size] allowed tokens: the semantic units (and an expressive LM's pitch and style tokens) before
     `min_new_tokens`, then those and EOS."""
     allowed = torch.zeros(2, size, dtype=torch.bool)
-    allowed[:, vocab.semantic_first_id: vocab.semantic_first_id + vocab.semantic_tokens] = True  # BPE: merges too
+    # BPE: merges too
+    allowed[:, vocab.semantic_first_id: vocab.semantic_first_id + vocab.semantic_tokens] = True
     allowed[:, torch.from_numpy(expressive_mask(vocab, size))] = True  # an expressive LM: pitch, style
     allowed[1, eos_id] = True
     return allowed
@@ -90,7 +91,8 @@ class HFSteps(nn.Module):
         return out.logits.float()
 
 
-def speech_prompt(tokenizer, vocab: SpeechVocab, units: np.ndarray | None = None, text: str | None = None) -> list[int]:
+def speech_prompt(tokenizer, vocab: SpeechVocab, units: np.ndarray | None = None,
+                  text: str | None = None) -> list[int]:
     """Token ids that ask the LM to go on in speech: after `units`, after `text`, or from nothing."""
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     if text is not None:

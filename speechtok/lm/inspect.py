@@ -18,8 +18,8 @@ def _builder(run: RunConfig):
     from speechtok.lm.sequences import SequenceBuilder
     from speechtok.lm.vocab import SpeechVocab
 
-    return SequenceBuilder(SpeechVocab.load(run.model), AutoTokenizer.from_pretrained(run.model), run.data.dedup,
-                           run.data.span_words, run.data.speech)
+    return SequenceBuilder(SpeechVocab.load(run.model), AutoTokenizer.from_pretrained(run.model),
+                           run.data.dedup, run.data.span_words, run.data.speech)
 
 
 def _item_id(src: Source):
@@ -28,7 +28,8 @@ def _item_id(src: Source):
     return lambda kv: src.decode(kv)["id"]
 
 
-def epoch_ids(data: PackedTokens, world: int, workers: int, epoch: int) -> dict[str, dict[tuple[int, int], list]]:
+def epoch_ids(data: PackedTokens, world: int, workers: int,
+              epoch: int) -> dict[str, dict[tuple[int, int], list]]:
     """{source: {(rank, worker): ids in reading order}} for one epoch of each source: the very stream the
     trainer reads (global order, split, shuffle buffer)."""
     out = {}
@@ -57,7 +58,8 @@ def inspect_run(run: RunConfig, world: int = 1, workers: int | None = None, epoc
         for fmt, share in zip(data.formats, data.weights):
             if ("text" if fmt == "text" else "speech") != name:
                 continue
-            build = (lambda x: data.builder.text(x)) if fmt == "text" else (lambda x: data.builder.build(fmt, x, rng))
+            build = ((lambda x: data.builder.text(x)) if fmt == "text"
+                     else (lambda x: data.builder.build(fmt, x, rng)))
             per_item = float(np.mean([len(build(x)) for x in sample])) if sample else 0.0
             formats[fmt] = {"share": float(share), "tokens_per_item": per_item,
                             "items_over_run": run_tokens * share / per_item if per_item else 0.0}
@@ -79,10 +81,11 @@ def format_report(report: dict) -> str:
              f"{report['run_tokens']:,} tokens over the run"]
     for name, s in report["sources"].items():
         lines.append(f"{name}: {s['items']:,} {'lines' if name == 'text' else 'samples'} in {s['units']} "
-                     f"{'blocks' if name == 'text' else 'shards'}, ~{s['tokens_per_epoch']:,.0f} tokens per epoch, "
-                     f"{s['share']:.1%} of the tokens, {s['epochs_over_run']:.2f} epochs over the run")
+                     f"{'blocks' if name == 'text' else 'shards'}, ~{s['tokens_per_epoch']:,.0f} tokens per "
+                     f"epoch, {s['share']:.1%} of the tokens, {s['epochs_over_run']:.2f} epochs over the run")
         for fmt, f in s["formats"].items():
-            lines.append(f"  {fmt}: {f['share']:.1%} of the tokens, ~{f['tokens_per_item']:.0f} tokens per item")
+            lines.append(f"  {fmt}: {f['share']:.1%} of the tokens, ~{f['tokens_per_item']:.0f} tokens per "
+                         f"item")
     for name, parts in report.get("ids", {}).items():
         lines.append(f"{name}, epoch {report['epoch']}, ids per rank/worker:")
         for part, ids in parts.items():

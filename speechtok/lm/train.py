@@ -31,7 +31,8 @@ from speechtok.training.stream import resume_position
 
 __all__ = ["train", "train_step", "evaluate", "build_optimizer", "lr_at", "flops_per_token", "peak_flops"]
 
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "A10G": 125e12}
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -54,7 +55,8 @@ def flops_per_token(model, seq_len: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[torch.Tensor], device, autocast, world: int, shape: tuple[int, int]) -> float:
+def evaluate(model, batches: list[torch.Tensor], device, autocast, world: int,
+             shape: tuple[int, int]) -> float:
     """Mean loss over every rank's batches. Ranks may hold different numbers of batches: all run as many
     forward passes as the rank with most (padding with a zero-weight batch of `shape`), so FSDP's
     collectives line up and no rank waits forever; the sums are then reduced."""
@@ -129,9 +131,11 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
         vocab.dedup = dcfg.dedup
     vocab.speech = dcfg.speech
     if run.from_scratch:
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(run.model), attn_implementation=cfg.attn)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(run.model),
+                                                 attn_implementation=cfg.attn)
     else:
-        model = AutoModelForCausalLM.from_pretrained(run.model, dtype=torch.float32, attn_implementation=cfg.attn)
+        model = AutoModelForCausalLM.from_pretrained(run.model, dtype=torch.float32,
+                                                     attn_implementation=cfg.attn)
     model.config.use_cache = False
     raw = model.to(device)
     fpt = flops_per_token(raw, dcfg.seq_len)
@@ -140,7 +144,8 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
     if cfg.compile == "model":  # in place: state-dict keys unchanged
         raw.compile()
     model = parallelize(raw, cfg.parallel, world, device, cfg.precision,
-                        cfg.compile != "model" and compile_enabled(cfg.compile, device), cfg.gradient_checkpointing)
+                        cfg.compile != "model" and compile_enabled(cfg.compile, device),
+                        cfg.gradient_checkpointing)
     optimizer = build_optimizer(model, cfg, device)
     parts = {"lm": (model, optimizer)}
     meta = load_checkpoint(out, parts, rank) or {}
@@ -173,7 +178,8 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
     first_step, signum = step, guard.stop_signal()
     while step < cfg.steps and (stop_after is None or step - first_step < stop_after) and not signum:
         lr = lr_at(step, cfg)
-        loss_sum, grad_norm = train_step(model, optimizer, lr, batches, cfg.grad_accum, device, autocast, cfg.clip)
+        loss_sum, grad_norm = train_step(model, optimizer, lr, batches, cfg.grad_accum, device, autocast,
+                                         cfg.clip)
         guard.watch(loss=loss_sum, grad_norm=grad_norm)
         step += 1
         steps_since += 1
@@ -187,7 +193,8 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
             if world > 1:
                 dist.all_reduce(loss)
             last = {"loss": loss.item() / world, "lr": lr,
-                    "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+                    "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
+                                       else grad_norm),
                     "tokens_per_s": tps, "mfu": (tps * fpt / (peak * world)) if peak else None}
             metrics.log(step, last)
             t_last, steps_since = time.perf_counter(), 0

@@ -261,8 +261,8 @@ def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q
     sem_name, sem, codec_name, cc = speech_streams(manifest, codec, stream)
     check_bpes(manifest, codec, n_q, stream, bpe, codec_bpe)
     if bpe is not None and (pitch or style):
-        raise ValueError("Acoustic BPE and expressive (pitch / style) tokens cannot be combined yet: a merged "
-                         "token spans several unit frames, which have no single start time")
+        raise ValueError("Acoustic BPE and expressive (pitch / style) tokens cannot be combined yet: a "
+                         "merged token spans several unit frames, which have no single start time")
     tokenizer.add_special_tokens({"additional_special_tokens": [TEXT, SPEECH]})
     text_id, speech_id = tokenizer.convert_tokens_to_ids([TEXT, SPEECH])
     count = sem["k"] if bpe is None else bpe.vocab_size
@@ -291,7 +291,8 @@ def extend_vocab(model, tokenizer, manifest: dict, codec: str | None = None, n_q
 
     with torch.random.fork_rng(devices=[]):  # the new rows are drawn at random: make them reproducible
         torch.manual_seed(seed)
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=True)
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of,
+                                      mean_resizing=True)
     return vocab
 
 

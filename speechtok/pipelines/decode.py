@@ -40,7 +40,8 @@ def inside(folder: Path, name: str) -> Path:
 def pick_codec(manifest: dict, name: str | None) -> tuple[str, dict]:
     codecs = {k: v for k, v in manifest["tokenizers"].items() if v.get("type") == "codec"}
     if not codecs:
-        raise ValueError("these shards hold no codec tokens (encode with -t encodec:..., dac:... or mimi:...)")
+        raise ValueError("these shards hold no codec tokens (encode with -t encodec:..., dac:... or "
+                         "mimi:...)")
     if name is None:
         if len(codecs) > 1:
             raise ValueError(f"several codecs in these shards ({', '.join(codecs)}): choose one with --codec")

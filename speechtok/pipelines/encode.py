@@ -67,8 +67,8 @@ class EncodeOptions:
 
     def check(self) -> None:
         """Refuse options that cannot make shards (a usage error, before anything is written)."""
-        for name, low in (("shard_max_count", 1), ("shard_max_bytes", 1), ("max_batch_size", 1), ("window", 1),
-                          ("num_workers", 0)):
+        for name, low in (("shard_max_count", 1), ("shard_max_bytes", 1), ("max_batch_size", 1),
+                          ("window", 1), ("num_workers", 0)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
         if not self.max_batch_seconds > 0:
@@ -95,8 +95,8 @@ class EncodeSummary:
         frames = ", ".join(f"{n} {name} frames" for name, n in self.frames.items())
         resumed = f" ({self.resumed_utterances} from a previous run)" if self.resumed_utterances else ""
         return (f"{self.num_utterances} utterances{resumed}, {self.seconds / 3600:.3f} h, {frames} in "
-                f"{len(self.shards)} shards; {self.wall_seconds:.1f} s wall = {self.realtime_factor:,.0f}x real time; "
-                f"{len(self.errors)} errors")
+                f"{len(self.shards)} shards; {self.wall_seconds:.1f} s wall = {self.realtime_factor:,.0f}x "
+                f"real time; {len(self.errors)} errors")
 
 
 def dist_info() -> tuple[int, int]:
@@ -113,7 +113,8 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def encode_corpus(corpus: str | Path, toks, out_dir: str | Path, opts: EncodeOptions | None = None) -> EncodeSummary:
+def encode_corpus(corpus: str | Path, toks, out_dir: str | Path,
+                  opts: EncodeOptions | None = None) -> EncodeSummary:
     """Tokenize every utterance of `corpus` (folder or JSONL manifest) with `toks` (one tokenizer or a
     list) into shards under `out_dir`, resuming a previous run of the same job and repairing shards that
     no longer match their checksum. Bad inputs go to `out_dir/errors.jsonl` and are skipped; the manifest is
@@ -190,7 +191,8 @@ def token_settings(toks, opts: EncodeOptions) -> dict:
                 "window": opts.window, "buckets": uses_buckets(toks, opts)}
     for t in toks:
         semantic = isinstance(t, SemanticTokenizer)
-        settings[f"{t.name}.precision"] = getattr(t.features, "precision", "fp32") if semantic else t.precision
+        settings[f"{t.name}.precision"] = (getattr(t.features, "precision", "fp32") if semantic
+                                           else t.precision)
         settings[f"{t.name}.device"] = device_kind(t.device)
         settings[f"{t.name}.chunk_seconds"] = t.chunk_samples / t.sample_rate
         settings[f"{t.name}.context_seconds"] = t.context_samples / t.sample_rate
@@ -207,7 +209,8 @@ def uses_buckets(toks, opts: EncodeOptions) -> bool:
 def job_streams(toks, opts: EncodeOptions) -> tuple[dict, dict[str, bool], dict]:
     """(cards, dedups, BPE streams) of the streams the job writes: each tokenizer's, then each BPE's
     (a ValueError naming its bpe.json when it was trained on other codes)."""
-    dedups = {t.name: (t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer) else False
+    dedups = {t.name: ((t.dedup if opts.dedup is None else opts.dedup) if isinstance(t, SemanticTokenizer)
+                       else False)
               for t in toks}
     cards = {t.name: t.card() for t in toks}
     bpes = bpe_streams(opts.bpe, cards, dedups)
@@ -418,7 +421,8 @@ class Progress:
 
 
 def repair_shard(run: EncodeRun, job: JobPlan, i: int, why: str, out_dir: Path) -> None:
-    """Write journaled shard `i` again from its utterances (it went missing or no longer matches its sha256)."""
+    """Write journaled shard `i` again from its utterances (it went missing or no longer matches its
+    sha256)."""
     line = job.journal.shards[i]
     name = line["shard"]["name"]
     note(f"{out_dir / name}: {why}; encoding its utterances again")
@@ -436,12 +440,13 @@ def repair_shard(run: EncodeRun, job: JobPlan, i: int, why: str, out_dir: Path) 
         writer.abort()
         raise
     if [r["name"] for r in records] != [name] or records[0]["num_samples"] != line["shard"]["num_samples"]:
-        raise RuntimeError(f"{out_dir / name}: could not be repaired (the corpus no longer gives its samples); "
-                           "write to a new folder")
+        raise RuntimeError(f"{out_dir / name}: could not be repaired (the corpus no longer gives its "
+                           f"samples); write to a new folder")
     job.journal.replace(i, records[0])
 
 
-def finish_job(corpus, toks, out_dir: Path, job: JobPlan, sink: ShardSink, rank: int, world: int) -> EncodeSummary:
+def finish_job(corpus, toks, out_dir: Path, job: JobPlan, sink: ShardSink, rank: int,
+               world: int) -> EncodeSummary:
     """Close the journal; on rank 0 (once every rank is done) write errors.jsonl and the manifest, last."""
     summary = EncodeSummary(num_utterances=sink.utts, seconds=sink.seconds, frames=sink.frames,
                             shards=sink.writer.shards, resumed_utterances=sink.resumed)
@@ -475,7 +480,8 @@ def finish_job(corpus, toks, out_dir: Path, job: JobPlan, sink: ShardSink, rank:
     return summary
 
 
-def _merge_ranks(out_dir: Path, world: int, corpus_errors: list[CorpusError], mine: EncodeSummary) -> EncodeSummary:
+def _merge_ranks(out_dir: Path, world: int, corpus_errors: list[CorpusError],
+                 mine: EncodeSummary) -> EncodeSummary:
     """Rank 0: one summary from every rank's finished journal, shards in rank order."""
     merged = EncodeSummary(frames={k: 0 for k in mine.frames}, errors=list(corpus_errors))
     for r in range(world):
@@ -502,4 +508,5 @@ def encode_device_defaults(device: torch.device) -> dict:
     audio per batch (1-3 minutes: several batches in flight keep it busy) and a loader worker per core."""
     if device.type == "cuda":
         return {"precision": "bf16", "num_workers": len(os.sched_getaffinity(0)), "max_batch_seconds": 180.0}
-    return {"precision": "fp32", "num_workers": 0 if (os.cpu_count() or 1) <= 4 else 2, "max_batch_seconds": 20.0}
+    return {"precision": "fp32", "num_workers": 0 if (os.cpu_count() or 1) <= 4 else 2,
+            "max_batch_seconds": 20.0}

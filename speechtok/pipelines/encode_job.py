@@ -1,9 +1,9 @@
 """The state of a `tok encode` job on disk, and what keeps it safe to stop, rerun and share a machine:
 
 - `progress[.rRRR].jsonl`, the journal: a header (the job's fingerprint: tokenizers and options; the
-  corpus fingerprint; the settings tokens depend on bit for bit), then one line per finished shard, then `done`. It is created before the first shard
-  is written; a torn last line (a full disk, a kill) is dropped with a note, and the shard it recorded is
-  written again.
+  corpus fingerprint; the settings tokens depend on bit for bit), then one line per finished shard, then
+  `done`. It is created before the first shard is written; a torn last line (a full disk, a kill) is dropped
+  with a note, and the shard it recorded is written again.
 - `corpus-index.jsonl`: one `[id, digest]` per utterance (the digest covers the resolved path, the file's
   size and mtime, the span and the labels); its sha256 is the corpus fingerprint, and a changed corpus is
   refused with a line saying what changed (an appended one is accepted with `--append`).
@@ -143,8 +143,8 @@ class Journal:
         else:
             header, self.shards, self.done = read_journal(self.path)
             if header.get("job") != self.fingerprint:
-                raise JobMismatch(f"{out_dir}: holds an encode job with other inputs or options; rerun the same "
-                                  "command to resume it, or write to a new folder")
+                raise JobMismatch(f"{out_dir}: holds an encode job with other inputs or options; rerun the "
+                                  f"same command to resume it, or write to a new folder")
             settings_differ(out_dir, header.get("tokens"), self.settings)
             if header.get("corpus") != self.corpus:
                 old = read_index(out_dir / CORPUS_INDEX)
@@ -153,7 +153,8 @@ class Journal:
                 if not (appended and append):
                     hint = ("rerun with --append to encode them" if appended else
                             "restore it, or write to a new folder")
-                    raise JobMismatch(f"the corpus changed since the job in {out_dir} started: {change}; {hint}")
+                    raise JobMismatch(f"the corpus changed since the job in {out_dir} started: {change}; "
+                                      f"{hint}")
                 note(f"--append: {change}; encoding them into new shards")
                 self.done = None
                 self._rewrite()

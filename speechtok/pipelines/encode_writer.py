@@ -33,7 +33,8 @@ def token_files(tok, tokens: np.ndarray, dedup: bool) -> dict[str, bytes]:
     if dedup and isinstance(tok, SemanticTokenizer):
         units, durations = run_length(tokens)
         return {f"{tok.name}.npy": npy_bytes(units.astype(smallest_int_dtype(top))),
-                f"{tok.name}_durations.npy": npy_bytes(durations.astype(smallest_int_dtype(int(durations.max()))))}
+                f"{tok.name}_durations.npy":
+                    npy_bytes(durations.astype(smallest_int_dtype(int(durations.max()))))}
     return {f"{tok.name}.npy": npy_bytes(tokens.astype(smallest_int_dtype(top)))}
 
 
@@ -105,7 +106,8 @@ class SampleBuilder:
             files.update(made)
             streams[name] = {"num_frames": n}
         meta = sample_meta(item, seconds, streams)
-        return {"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), **files}, seconds, streams
+        return ({"json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), **files}, seconds,
+                streams)
 
 
 class WriterThread(threading.Thread):

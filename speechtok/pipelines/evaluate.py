@@ -40,7 +40,8 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
     items = read_item_file(item_file, errors) if item_file else triphone_items(phones, speakers)
     keep_codes = bool(items)
     names: dict[str, int] = {}
-    joints = {s.name: defaultdict(lambda: defaultdict(int)) for s in streams}  # stream → q → (phone, code) counts
+    # stream → q → (phone, code) counts
+    joints = {s.name: defaultdict(lambda: defaultdict(int)) for s in streams}
     codes: dict[str, dict[str, np.ndarray]] = {s.name: {} for s in streams}
     aligned = 0
     try:
@@ -62,7 +63,8 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
                     if ignore_phones:
                         ok &= ~np.isin(labels, [names[p] for p in ignore_phones if p in names])
                     for q in range(s.n_q):
-                        pairs, counts = np.unique(np.stack([labels[ok], c[q][ok]]), axis=1, return_counts=True)
+                        pairs, counts = np.unique(np.stack([labels[ok], c[q][ok]]), axis=1,
+                                                  return_counts=True)
                         for (ph, code), n in zip(pairs.T, counts):
                             joints[s.name][q][(int(ph), int(code))] += int(n)
             aligned += uid in phones
@@ -78,9 +80,11 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
     for s in streams:
         r = stats[s.name].result()
         sec = [f"## {s.name} ({s.kind}, {s.n_q} × {s.vocab} codes at {s.frame_rate:g} Hz)\n",
-               f"{r['seconds']:.1f} s, {r['frames']:,} frames.\n", report.table([r["bitrate"]], list(r["bitrate"]), 1),
+               f"{r['seconds']:.1f} s, {r['frames']:,} frames.\n",
+               report.table([r["bitrate"]], list(r["bitrate"]), 1),
                report.table([{"codebook": q, **c} for q, c in enumerate(r["codebooks"])],
-                            ["codebook", "used", "usage", "entropy_bits", "normalized_entropy", "perplexity"])]
+                            ["codebook", "used", "usage", "entropy_bits", "normalized_entropy",
+                             "perplexity"])]
         report.plot_usage(stats[s.name].counts, out / f"usage_{s.name}.png", f"{s.name}: code usage")
         sec.append(f"![code usage](usage_{s.name}.png)\n")
         if joints[s.name]:
@@ -91,9 +95,11 @@ def evaluate_tokens(shards: str | Path, out: str | Path, alignments: str | Path 
                     joint[ph, code] = n
                 r["phones"].append({"codebook": q, **phone_unit_metrics(joint)})
                 if q == 0:
-                    report.plot_phone_unit(joint, phone_list, out / f"phone_unit_{s.name}.png", f"{s.name}: p(phone | unit)")
-            sec += ["### Phones\n", report.table(r["phones"], ["codebook", "pnmi", "phone_purity", "cluster_purity",
-                                                                "frames", "phones", "units"]),
+                    report.plot_phone_unit(joint, phone_list, out / f"phone_unit_{s.name}.png",
+                                           f"{s.name}: p(phone | unit)")
+            sec += ["### Phones\n", report.table(r["phones"], ["codebook", "pnmi", "phone_purity",
+                                                               "cluster_purity", "frames", "phones",
+                                                               "units"]),
                     f"![p(phone | unit)](phone_unit_{s.name}.png)\n"]
         if items:
             item_codes = []
@@ -130,8 +136,8 @@ def _bpe_stats(folder: str | Path, manifest: dict, shards: str | Path):
 
 
 def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, plots: int = 3,
-                     asr: str | None = None, transcripts: str | Path | None = None, speaker: str | None = None,
-                     mos: bool = False, device: str = "cpu", batch_size: int = 8,
+                     asr: str | None = None, transcripts: str | Path | None = None,
+                     speaker: str | None = None, mos: bool = False, device: str = "cpu", batch_size: int = 8,
                      progress: bool = False, utmos: str | Path | None = None) -> dict:
     """Metrics of every hypothesis against the reference with the same id (relative path without extension),
     per file and averaged, plus spectrogram plots of the first `plots` pairs. Optional: `asr` (WER/CER vs
@@ -179,7 +185,8 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
                *extras.columns]
     models = extras.finish(rows)
     mean = _means(rows, metrics)
-    for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):  # error rates: corpus-level, not file means
+    # error rates: corpus-level, not file means
+    for prefix, key in (("", "resynthesis_vs_text"), ("d", "dwer")):
         if key in models.get("asr", {}):
             mean.update({prefix + m: models["asr"][key][m] for m in ("wer", "cer")})
     results = {"reference": str(ref_dir), "hypothesis": str(hyp_dir), "files": len(rows), "mean": mean,
@@ -195,7 +202,8 @@ def evaluate_resynth(ref_dir: str | Path, hyp_dir: str | Path, out: str | Path, 
 
 def _means(rows: list[dict], columns: list[str]) -> dict:
     """Per column, the mean over the rows that have a value (None when none has)."""
-    return {c: (float(np.mean(v)) if (v := [r[c] for r in rows if r.get(c) is not None]) else None) for c in columns}
+    return {c: (float(np.mean(v)) if (v := [r[c] for r in rows if r.get(c) is not None]) else None)
+            for c in columns}
 
 
 class _Evaluators:
@@ -332,7 +340,8 @@ class _Evaluators:
         return secs
 
 
-def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), formats: tuple[str, ...] = ("speech",),
+def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (),
+                formats: tuple[str, ...] = ("speech",),
                 probes: list[str] = (), semantic_dir: str | None = None, normalize: bool = False,
                 batch_size: int = 8, device: str = "cpu") -> dict:
     """Perplexity on held-out shards, minimal-pair probe accuracies, and the training curve when the model
@@ -377,8 +386,9 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
             except ShardError as e:
                 errors.append(str(e))
         results["perplexity"] = perplexity(model, builder, samples, tuple(formats), batch_size)
-        rows = [{"format": f, "sequences": r["sequences"], **{f"{k}_{m}": r[k][m] for k in ("all", "speech", "text")
-                                                               for m in ("tokens", "perplexity")}}
+        rows = [{"format": f, "sequences": r["sequences"],
+                 **{f"{k}_{m}": r[k][m] for k in ("all", "speech", "text")
+                    for m in ("tokens", "perplexity")}}
                 for f, r in results["perplexity"].items()]
         sections += [f"## Perplexity ({len(samples)} held-out utterances)\n",
                      report.table(rows, list(rows[0]) if rows else ["format"], 2)]
@@ -386,10 +396,12 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
         pairs = read_probes(p, errors)
         r = score_pairs(model, tokenizer, vocab, pairs, semantic, normalize, batch_size, errors)
         results["probes"][str(p)] = r
-        sections += [f"## Probes `{p}`\n", f"Accuracy **{report.fmt(r['accuracy'])}** over {r['pairs']} pairs "
+        sections += [f"## Probes `{p}`\n",
+                     f"Accuracy **{report.fmt(r['accuracy'])}** over {r['pairs']} pairs "
                      f"({r['ids']} ids; {'mean' if normalize else 'summed'} log-probability; chance 0.5).\n"]
         if r["groups"]:
-            sections.append(report.table([{"group": g, "accuracy": a} for g, a in sorted(r["groups"].items())],
+            sections.append(report.table([{"group": g, "accuracy": a}
+                                          for g, a in sorted(r["groups"].items())],
                                          ["group", "accuracy"]))
     for cand in (model_dir / "metrics.jsonl", model_dir.parent / "metrics.jsonl"):
         if cand.exists() and report.plot_curves(cand, out / "training.png", "training curve"):
@@ -402,7 +414,8 @@ def evaluate_lm(model_dir: str | Path, out: str | Path, shards: list[str] = (), 
     return results
 
 
-def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = None, text_lm: str | None = None,
+def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = None,
+                       text_lm: str | None = None,
                        prompts: str | Path | None = None, speaker: str | None = None, n: int = 2,
                        device: str = "cpu", batch_size: int = 8, utmos: str | Path | None = None) -> dict:
     """Continuations in `gen_dir` (audio files and/or `<id>.npy` units, as `tok generate` writes them):
@@ -444,8 +457,9 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
         if uid in units:
             try:
                 u = np.load(units[uid]).reshape(-1)
-                row.update(units=len(u), unit_auto_bleu=auto_bleu(u.tolist(), n), unit_distinct_1=distinct(u, 1),
-                           unit_distinct_n=distinct(u.tolist(), n), unit_entropy_bits=entropy_bits(u.tolist()))
+                row.update(units=len(u), unit_auto_bleu=auto_bleu(u.tolist(), n),
+                           unit_distinct_1=distinct(u, 1), unit_distinct_n=distinct(u.tolist(), n),
+                           unit_entropy_bits=entropy_bits(u.tolist()))
             except (OSError, ValueError) as e:
                 errors.append(f"{units[uid]}: not a units array ({' '.join(str(e).split())[:120]})")
         if uid in audio:
@@ -486,18 +500,20 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
             row.update(transcript=text, words=len(words), word_auto_bleu=auto_bleu(words, n))
         results["asr"] = asr_info(asr_model)
         if text_lm:
-            results["genppl"] = TextLM(text_lm, device, batch_size).perplexity([normalize_text(t) for t in texts])
+            results["genppl"] = TextLM(text_lm, device, batch_size).perplexity([normalize_text(t)
+                                                                                for t in texts])
     if speaker_model:
         results["speaker"] = {**model_entry(speaker_model), "metric": "cosine, prompt vs continuation"}
     if utmos_model:
         results["utmos"] = model_entry(utmos_model)
-    columns = ["seconds", "units", "unit_auto_bleu", "unit_distinct_1", "unit_distinct_n", "unit_entropy_bits",
-               "words", "word_auto_bleu", "speaker_similarity", "utmos"]
+    columns = ["seconds", "units", "unit_auto_bleu", "unit_distinct_1", "unit_distinct_n",
+               "unit_entropy_bits", "words", "word_auto_bleu", "speaker_similarity", "utmos"]
     columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
     mean = _means(rows, columns)
     secs = [r["seconds"] for r in rows if "seconds" in r]
     results["duration"] = ({"total_s": float(np.sum(secs)), "mean_s": float(np.mean(secs)),
-                            "std_s": float(np.std(secs)), "min_s": float(np.min(secs)), "max_s": float(np.max(secs))}
+                            "std_s": float(np.std(secs)), "min_s": float(np.min(secs)),
+                            "max_s": float(np.max(secs))}
                            if secs else None)
     results.update(mean=mean, per_file=rows, errors=errors)
     sections = [f"Continuations `{gen_dir}`: {len(rows)} sequences; n-gram order {n} "
@@ -511,7 +527,8 @@ def evaluate_generated(gen_dir: str | Path, out: str | Path, asr: str | None = N
                      f"{g['texts']} transcripts.\n", model_note("Text LM", g)]
     sections += [model_note(title, results[key]) for key, title in
                  (("asr", "ASR"), ("speaker", "Speaker similarity"), ("utmos", "UTMOS")) if key in results]
-    sections += ["## Per file\n", report.table(rows, ["id", *columns, *(["transcript"] if asr_model else [])])]
+    sections += ["## Per file\n",
+                 report.table(rows, ["id", *columns, *(["transcript"] if asr_model else [])])]
     if errors:
         sections.append("## Errors\n\n" + "".join(f"- {e}\n" for e in errors[:50]))
     report.write_report(out, "Generated continuations", results, sections)
@@ -567,8 +584,8 @@ def _vocoder_route(tokenizer: str | None, vocoder: str, device: str,
     label = f"{Path(vocoder).name}"
     if route.kind == "units":
         info.update(model_label=f"{Path(tokenizer).name}+{label}",
-                    tokenizer_sha256=tokenizer_sha256(tok.card()), n_q=1, codebook_size=tok.k, frame_rate=tok.frame_rate,
-                    nominal_bps=nominal_bps(1, tok.k, tok.frame_rate))
+                    tokenizer_sha256=tokenizer_sha256(tok.card()), n_q=1, codebook_size=tok.k,
+                    frame_rate=tok.frame_rate, nominal_bps=nominal_bps(1, tok.k, tok.frame_rate))
     elif route.kind == "codec+vocos":
         info.update(model=tok.model_ref, model_label=f"{tok.codec_kind}:{Path(tok.model_ref).name}+{label}",
                     weights_sha256=tok.card()["weights_sha256"], n_q=tok.n_q, codebook_size=tok.codebook_size,
@@ -665,8 +682,8 @@ def evaluate_codecs(corpus: str | Path, specs: list[str], out: str | Path, asr: 
                 + ("; deduplicated (semantic units) = run-length-deduplicated units per second × their "
                    "unigram entropy, as `tok eval tokens` reports it" if dedup else "")
                 + ". A mel vocoder has no bitrate (continuous features) and no point on the plot. Rows "
-                "with a vocoder run as `tok resynth -t TOKENIZER --vocoder DIR` does. ×RT = audio seconds per "
-                "second of encoding / decoding.\n",
+                "with a vocoder run as `tok resynth -t TOKENIZER --vocoder DIR` does. ×RT = audio seconds "
+                "per second of encoding / decoding.\n",
                 "## Codecs\n", report.table(rows, columns, 2)]
     if report.plot_bitrate_quality(rows, CODEC_PLOT_METRICS, out / "bitrate_quality.png",
                                    "bitrate vs quality"):

@@ -67,7 +67,8 @@ def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool,
     return run_length(units)[0] if dedup else units
 
 
-def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, tokenizer_dir: str | Path | None = None,
+def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None,
+                    tokenizer_dir: str | Path | None = None,
                     prompt_audio: str | None = None, prompt_text: str | None = None, voice: str | None = None,
                     opts: SamplingOptions | None = None, device: str | torch.device = "cpu",
                     vocoder_dir: str | Path | None = None, voice_seconds: float | None = None,
@@ -124,7 +125,8 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None, 
     streams = generated_streams(vocab, ids)
     out = streams["units"]
     if len(out) == 0:
-        raise ValueError("the LM ended the speech at once (no units generated); try another seed or temperature")
+        raise ValueError("the LM ended the speech at once (no units generated); try another seed or "
+                         "temperature")
     result = Generated(units=out, stream=made, source=str(lm_dir))
     del model
     if acoustic_dir is not None:
@@ -197,8 +199,9 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     P = 0 if prompt_codes is None else prompt_codes.shape[1]
     n_frames = P + n_new
     if (need := acoustic_positions(cfg, len(units), n_frames)) > cfg.max_len:
-        raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} positions, "
-                         f"the acoustic model holds {cfg.max_len}: shorten --voice-seconds or --max-units")
+        raise ValueError(f"{acoustic_dir}: the voice prompt and {len(gen.units)} units need {need} "
+                         f"positions, the acoustic model holds {cfg.max_len}: "
+                         f"shorten --voice-seconds or --max-units")
     texts = {"texts": [text]} if text is not None else {}  # a depth model's text prompt
     decoder = acoustic.decoder([units], [n_frames], [prompt_codes], Sampler(opts.temperature, opts.top_k),
                                [opts.seed], **texts)

@@ -36,11 +36,11 @@ def seal_card(card: dict) -> dict:
 def check_card(card: dict, where: str) -> None:
     """Refuse a card whose checksum is missing or does not match its content (an edited card)."""
     if not isinstance(card.get(CARD_CHECKSUM), str):
-        raise ValueError(f"{where}: no '{CARD_CHECKSUM}' (the card was edited, or written by an older speechtok); "
-                         "its settings cannot be trusted: make the tokenizer again")
+        raise ValueError(f"{where}: no '{CARD_CHECKSUM}' (the card was edited, or written by an older "
+                         f"speechtok); its settings cannot be trusted: make the tokenizer again")
     if card_checksum(card) != card[CARD_CHECKSUM]:
-        raise ValueError(f"{where}: content does not match its '{CARD_CHECKSUM}'; the card was edited or corrupted "
-                         "(feature settings, checksums or k must stay as written)")
+        raise ValueError(f"{where}: content does not match its '{CARD_CHECKSUM}'; the card was edited or "
+                         f"corrupted (feature settings, checksums or k must stay as written)")
 
 
 def check_weights(expected: str | None, actual: str | None, model: str, where: str, allow: bool) -> bool:

@@ -56,7 +56,8 @@ def _write_tails(x: torch.Tensor, lengths: torch.Tensor, left: int, right: torch
         src, keep = q, q < n
     index = q[:, None, :].expand(x.shape[0], x.shape[1], reach)
     values = torch.gather(x, 2, src.clamp(0, width - 1)[:, None, :].expand_as(index))
-    x.scatter_(2, index, torch.where(keep[:, None, :], values, torch.zeros((), dtype=x.dtype, device=x.device)))
+    x.scatter_(2, index, torch.where(keep[:, None, :], values, torch.zeros((), dtype=x.dtype,
+                                                                           device=x.device)))
 
 
 class _AlonePadding:
@@ -99,7 +100,8 @@ class _AlonePadding:
         out_len = torch.div(lengths + s - 1, s, rounding_mode="floor")
         self.valid.setdefault(width // s, out_len)
         # a valid output reads up to L + right − 1 and, for a row shorter than its pads, zeros up to M < L + k
-        _write_tails(x, lengths, k - s, out_len * s - lengths, m.pad_mode, k if m.pad_mode == "reflect" else s - 1)
+        _write_tails(x, lengths, k - s, out_len * s - lengths, m.pad_mode,
+                     k if m.pad_mode == "reflect" else s - 1)
         return (x, *args[1:])
 
     def transposed(self, m: nn.Module, args, output):
@@ -268,7 +270,8 @@ class Codec(nn.Module):
         if self._checksum is None:
             self._checksum = weights_checksum(self.model_ref) or ""
         card = {"type": "codec", "kind": self.codec_kind, "model": self.model_ref, "n_q": self.n_q,
-                "codebook_size": self.codebook_size, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
+                "codebook_size": self.codebook_size, "sample_rate": self.sample_rate,
+                "frame_rate": self.frame_rate,
                 "hop_length": self.hop, "weights_sha256": self._checksum or None}
         if self.bandwidth is not None:
             card["bandwidth"] = self.bandwidth
@@ -283,7 +286,8 @@ class Codec(nn.Module):
 
     def _encode_padded(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Codes [B, n_q, F] of a padded batch; with `batched`, each row's as if encoded alone."""
-        if self.causal and self._alone is not None and len(wav) > 1:  # width aligned to the hop: every strided
+        # width aligned to the hop: every strided
+        if self.causal and self._alone is not None and len(wav) > 1:
             wav = nn.functional.pad(wav, (0, -wav.shape[1] % self.hop))  # conv divides it, nothing regrows
         x = wav[:, None]
         dtype = PRECISIONS[self.precision]
@@ -345,7 +349,8 @@ class Codec(nn.Module):
         return [codes[i, :, : int(n[i])] for i in range(len(codes))]
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor, frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, codes: torch.Tensor,
+               frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes [B, n_q, F] (with valid frame counts) → waveforms [B, T] and sample counts, exactly
         frames × hop for every codec (DAC's decoder gives a few samples less for odd strides: zeros are
         appended). Each row is decoded as if alone (causal decoders: batched with each row's own pads)."""

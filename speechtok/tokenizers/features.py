@@ -60,7 +60,8 @@ def determinism_key(device: torch.device, precision: str, batch_invariant: bool)
             "batch_invariant": batch_invariant, "depends_on_batch_plan": not batch_invariant}
 
 
-def build_features(spec: dict, device: str | torch.device = "cpu", precision: str = "fp32") -> FeatureExtractor:
+def build_features(spec: dict, device: str | torch.device = "cpu",
+                   precision: str = "fp32") -> FeatureExtractor:
     """A feature extractor from its card."""
     kind = spec.get("kind")
     if kind in ("mfcc", "logmel") and "win_length" in spec and spec.get("window") != "povey":

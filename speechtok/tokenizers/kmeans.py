@@ -133,7 +133,8 @@ def train_kmeans(x: np.ndarray | torch.Tensor, k: int, iters: int = 20, seed: in
     if backend != "torch":
         raise ValueError(f"unknown k-means backend {backend!r} (auto, faiss, torch)")
     t = torch.as_tensor(x)
-    return kmeans_torch(t.to("cuda" if cuda and device == "auto" else (device if device != "auto" else "cpu")),
+    return kmeans_torch(t.to("cuda" if cuda and device == "auto"
+                             else (device if device != "auto" else "cpu")),
                         k, iters, seed)
 
 
@@ -154,16 +155,18 @@ def load_kmeans_checkpoint(path: str, trust_pickle: bool = False) -> np.ndarray:
         obj = load_weights(path)
         if isinstance(obj, dict):
             if not isinstance(obj.get("centroids"), torch.Tensor):
-                raise ValueError(f"{path}: a dict without a 'centroids' tensor (keys: {sorted(map(str, obj))[:8]})")
+                raise ValueError(f"{path}: a dict without a 'centroids' tensor (keys: "
+                                 f"{sorted(map(str, obj))[:8]})")
             obj = obj["centroids"]
         if not isinstance(obj, torch.Tensor):
-            raise ValueError(f"{path}: holds a {type(obj).__name__}, not a centroids tensor or a dict with one")
+            raise ValueError(f"{path}: holds a {type(obj).__name__}, not a centroids tensor or a dict with "
+                             f"one")
         arr = obj.numpy()
     else:
         if not trust_pickle:
             raise PermissionError(
-                f"{path}: is a pickle (fairseq/textlesslib k-means are sklearn joblib pickles); loading one can "
-                "run arbitrary code. Pass --trust-pickle if you trust its source.")
+                f"{path}: is a pickle (fairseq/textlesslib k-means are sklearn joblib pickles); loading one "
+                f"can run arbitrary code. Pass --trust-pickle if you trust its source.")
         import joblib
 
         model = joblib.load(path)

@@ -71,11 +71,13 @@ class SemanticTokenizer:
         self.hop = round(self.sample_rate / self.frame_rate)
         self.chunk_samples = int(chunk_seconds * self.sample_rate) // self.hop * self.hop
         self.context_samples = int(context_seconds * self.sample_rate) // self.hop * self.hop
-        self.batch_invariant = batch_invariant  # every utterance computed alone: units independent of batching
+        # every utterance computed alone: units independent of batching
+        self.batch_invariant = batch_invariant
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.features.buffers()), next(iter(self.features.parameters()), torch.zeros(0))).device
+        return next(iter(self.features.buffers()), next(iter(self.features.parameters()),
+                                                        torch.zeros(0))).device
 
     @property
     def sample_rate(self) -> int:
@@ -152,7 +154,8 @@ class SemanticTokenizer:
             units = torch.from_numpy(self.encode_long(wav[0, : int(lengths[0])]))
             return units[None], self.num_frames(lengths)
         if self.batch_invariant and len(lengths) > 1:  # each row alone: its units whatever the batch
-            rows = [self.tokens(wav[i: i + 1, : int(n)], lengths[i: i + 1])[0][0] for i, n in enumerate(lengths)]
+            rows = [self.tokens(wav[i: i + 1, : int(n)], lengths[i: i + 1])[0][0]
+                    for i, n in enumerate(lengths)]
             return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), self.num_frames(lengths)
         return self._labels(wav, lengths), self.num_frames(lengths)
 

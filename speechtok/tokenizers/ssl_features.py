@@ -138,14 +138,16 @@ class SSLFeatures(FeatureExtractor):
         try:
             config = AutoConfig.from_pretrained(model_ref, revision=revision)
         except Exception as e:
-            raise ValueError(f"{model_ref}: cannot load a transformers config ({' '.join(str(e).split())[:300]})") from None
+            raise ValueError(f"{model_ref}: cannot load a transformers config "
+                             f"({' '.join(str(e).split())[:300]})") from None
         n_layers = config.num_hidden_layers
         if not 1 <= layer <= n_layers:
             raise ValueError(f"{model_ref}: layer must be in 1..{n_layers}, got {layer}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         try:
-            model = AutoModel.from_pretrained(model_ref, config=config, revision=revision, attn_implementation="sdpa")
+            model = AutoModel.from_pretrained(model_ref, config=config, revision=revision,
+                                              attn_implementation="sdpa")
         except (ValueError, ImportError):
             model = AutoModel.from_pretrained(model_ref, config=config, revision=revision)
         if not (hasattr(model, "feature_extractor") and hasattr(model, "encoder")):
@@ -219,7 +221,8 @@ class SSLFeatures(FeatureExtractor):
         with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
             # no padding (known on the host): no mask, so transformers skips its mask and the device sync
             # in checking it (`padding_mask.all()`); the result is the same
-            hidden = self.model(wav, attention_mask=None if padded is False else mask.long()).last_hidden_state
+            hidden = self.model(wav,
+                                attention_mask=None if padded is False else mask.long()).last_hidden_state
         n = self.num_frames(lengths)
         hidden = hidden.float()
         return hidden * length_mask(n, hidden.shape[1])[..., None], n

@@ -134,7 +134,8 @@ class UnitBPE:
         flat = np.fromiter((ord(ch) for ch in chars), dtype=np.int64, count=len(chars)) - self.offset
         if len(flat) % self.num_codebooks:
             raise ValueError(f"{len(flat)} codes do not make whole frames of {self.num_codebooks} codebooks")
-        codes = flat.reshape(-1, self.num_codebooks).T - self.codebook_size * np.arange(self.num_codebooks)[:, None]
+        codes = (flat.reshape(-1, self.num_codebooks).T
+                 - self.codebook_size * np.arange(self.num_codebooks)[:, None])
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError("the tokens' codes are not whole frames in codebook order "
                              f"0..{self.num_codebooks - 1}")

@@ -32,8 +32,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 
 from speechtok.checksums import ChecksumError, verify_checksums, write_checksums
 from speechtok.training.config import ConfigError
@@ -78,7 +78,8 @@ def rng_state() -> dict:
 
 
 def _np_state_to_json(s: dict) -> dict:
-    return {**s, "state": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s["state"].items()}}
+    return {**s, "state": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                           for k, v in s["state"].items()}}
 
 
 def set_rng_state(state: dict) -> None:
@@ -109,7 +110,8 @@ class _MetadataUnpickler(pickle.Unpickler):
         if name in _DCP_CLASSES.get(module, ()):
             return super().find_class(module, name)
         if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None),
-                                                               (torch.dtype, torch.layout, torch.memory_format))):
+                                                               (torch.dtype, torch.layout,
+                                                                torch.memory_format))):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
 
@@ -248,7 +250,8 @@ def _check_shapes(ckpt: Path, state: dict, reader: SafeReader) -> None:
 
 
 def load_checkpoint(out: Path, parts: dict, rank: int) -> dict | None:
-    """Restore the latest checkpoint into `parts` (any world size); its meta.json, or None when there is none."""
+    """Restore the latest checkpoint into `parts` (any world size); its meta.json, or None when there is
+    none."""
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         return None
@@ -272,7 +275,8 @@ def load_checkpoint(out: Path, parts: dict, rank: int) -> dict | None:
         if opt is None:
             set_model_state_dict(model, state[name]["model"])
         else:
-            set_state_dict(model, opt, model_state_dict=state[name]["model"], optim_state_dict=state[name]["optim"])
+            set_state_dict(model, opt, model_state_dict=state[name]["model"],
+                           optim_state_dict=state[name]["optim"])
     rng = ckpt / f"rng_rank{rank}.json"
     if rng.exists():  # a rank that did not exist when saving keeps the seeded state
         set_rng_state(json.loads(rng.read_text()))

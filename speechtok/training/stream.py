@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from speechtok.shards import ShardError, decode_sample, iter_tar, manifest_shards, read_manifest, shard_problem
+from speechtok.shards import (ShardError, decode_sample, iter_tar, manifest_shards, read_manifest,
+                              shard_problem)
 
 
 def _identity(x):

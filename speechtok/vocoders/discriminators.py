@@ -26,7 +26,8 @@ def _run(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> tuple[torch.
 
 
 class PeriodDiscriminator(nn.Module):
-    """The waveform folded into [T / p, p] and read by 2-D convolutions along time (HiFi-GAN DiscriminatorP)."""
+    """The waveform folded into [T / p, p] and read by 2-D convolutions along time (HiFi-GAN
+    DiscriminatorP)."""
 
     def __init__(self, period: int, ch: int = 32):
         super().__init__()
@@ -60,8 +61,8 @@ class ScaleDiscriminator(nn.Module):
         super().__init__()
         norm = spectral_norm if spectral else weight_norm
         c = [1, ch, ch, ch * 2, ch * 4, ch * 8, ch * 8, ch * 8]
-        spec = [(15, 1, 1, 7), (41, 2, 4, 20), (41, 2, 16, 20), (41, 4, 16, 20), (41, 4, 16, 20), (41, 1, 16, 20),
-                (5, 1, 1, 2)]  # kernel, stride, groups, padding
+        spec = [(15, 1, 1, 7), (41, 2, 4, 20), (41, 2, 16, 20), (41, 4, 16, 20), (41, 4, 16, 20),
+                (41, 1, 16, 20), (5, 1, 1, 2)]  # kernel, stride, groups, padding
         self.convs = nn.ModuleList(norm(nn.Conv1d(c[i], c[i + 1], k, s, groups=g, padding=p))
                                    for i, (k, s, g, p) in enumerate(spec))
         self.conv_post = norm(nn.Conv1d(c[-1], 1, 3, padding=1))
@@ -104,7 +105,8 @@ class ResolutionDiscriminator(nn.Module):
 
         def stack() -> nn.ModuleList:
             return nn.ModuleList([weight_norm(nn.Conv2d(2, ch, (3, 9), padding=(1, 4)))] +
-                                 [weight_norm(nn.Conv2d(ch, ch, (3, 9), (1, 2), padding=(1, 4))) for _ in range(3)] +
+                                 [weight_norm(nn.Conv2d(ch, ch, (3, 9), (1, 2), padding=(1, 4)))
+                                  for _ in range(3)] +
                                  [weight_norm(nn.Conv2d(ch, ch, (3, 3), padding=(1, 1)))])
 
         self.band_convs = nn.ModuleList(stack() for _ in self.bands)
@@ -113,8 +115,8 @@ class ResolutionDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = x - x.mean(-1, keepdim=True)
         x = 0.8 * x / (x.abs().amax(-1, keepdim=True) + 1e-9)
-        spec = torch.stft(x, self.window_length, self.hop, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
+        spec = torch.stft(x, self.window_length, self.hop, window=self.window, center=True,
+                          pad_mode="reflect", return_complex=True)
         spec = torch.view_as_real(spec).permute(0, 3, 2, 1)  # [B, 2 (re, im), frames, bins]
         feats, outs = [], []
         for (lo, hi), stack in zip(self.bands, self.band_convs):

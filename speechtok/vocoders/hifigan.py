@@ -87,7 +87,8 @@ class ResBlock(nn.Module):
         self.convs1 = nn.ModuleList(
             weight_norm(normal_init(nn.Conv1d(ch, ch, kernel, dilation=d, padding=(kernel * d - d) // 2)))
             for d in dilations)
-        self.convs2 = nn.ModuleList(weight_norm(normal_init(nn.Conv1d(ch, ch, kernel, padding=(kernel - 1) // 2)))
+        self.convs2 = nn.ModuleList(weight_norm(normal_init(nn.Conv1d(ch, ch, kernel,
+                                                                      padding=(kernel - 1) // 2)))
                                     for _ in dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +138,8 @@ class UnitHiFiGAN(nn.Module):
         if cfg.f0_source:
             self.source = HarmonicSource(cfg.sample_rate, cfg.upsample_rates,
                                          [ch // 2 ** (i + 1) for i in range(len(cfg.upsample_rates))])
-        self.conv_post = weight_norm(normal_init(nn.Conv1d(ch // 2 ** len(cfg.upsample_rates), 1, 7, padding=3)))
+        self.conv_post = weight_norm(normal_init(nn.Conv1d(ch // 2 ** len(cfg.upsample_rates), 1, 7,
+                                                           padding=3)))
 
     def speaker_index(self, name: str | None) -> int | None:
         """The embedding row of speaker `name` (None: none given, row 0 of a speaker-conditioned vocoder);
@@ -203,7 +205,8 @@ class UnitHiFiGAN(nn.Module):
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(json.dumps({"kind": "unit-hifigan", **asdict(self.cfg)}, indent=2) + "\n")
+        (d / CONFIG_FILE).write_text(json.dumps({"kind": "unit-hifigan", **asdict(self.cfg)}, indent=2)
+                                     + "\n")
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / WEIGHTS_FILE)
 
     @classmethod
@@ -221,7 +224,8 @@ class UnitHiFiGAN(nn.Module):
 
 # original (speech-resynthesis / fairseq CodeGenerator) parameter names → ours; weight_g / weight_v of the
 # old torch weight_norm are read by the parametrization's own compatibility hook
-ORIGINAL_NAMES = [("dict.", "unit_emb."), ("spkr.", "speaker_emb."), ("dur_predictor.conv1.0.", "duration.conv1."),
+ORIGINAL_NAMES = [("dict.", "unit_emb."), ("spkr.", "speaker_emb."),
+                  ("dur_predictor.conv1.0.", "duration.conv1."),
                   ("dur_predictor.conv2.0.", "duration.conv2."), ("dur_predictor.proj.", "duration.out."),
                   ("dur_predictor.", "duration.")]
 
@@ -247,25 +251,29 @@ def original_config(h: dict, where: str) -> UnitHiFiGANConfig:
     if any((k - r) % 2 for k, r in zip(h["upsample_kernel_sizes"], h["upsample_rates"])):
         raise ValueError(f"{where}: upsample kernel − rate must be even (the original's padding)")
     dur = h.get("dur_predictor_params") or {}
-    if dur and (dur.get("var_pred_kernel_size", 3) != 3 or dur.get("encoder_embed_dim") != h["embedding_dim"]):
+    if dur and (dur.get("var_pred_kernel_size", 3) != 3
+                or dur.get("encoder_embed_dim") != h["embedding_dim"]):
         raise ValueError(f"{where}: dur_predictor_params: only kernel 3 on the unit embeddings is supported")
     speakers = int(h.get("num_speakers", 200)) if h.get("multispkr") else 0
     in_dim = h["embedding_dim"] * (2 if speakers else 1)
     if h.get("model_in_dim", 128) != in_dim:
-        raise ValueError(f"{where}: model_in_dim {h.get('model_in_dim', 128)}, but units (+ speaker) give {in_dim}")
+        raise ValueError(f"{where}: model_in_dim {h.get('model_in_dim', 128)}, but units (+ speaker) give "
+                         f"{in_dim}")
     hop = int(np.prod(h["upsample_rates"]))
     return UnitHiFiGANConfig(
         k=h["num_embeddings"], sample_rate=h["sampling_rate"],
         frame_rate=h["sampling_rate"] / h.get("code_hop_size", hop),
         embed_dim=h["embedding_dim"], num_speakers=speakers, speaker_dim=h["embedding_dim"], dedup=bool(dur),
         upsample_rates=list(h["upsample_rates"]), upsample_kernel_sizes=list(h["upsample_kernel_sizes"]),
-        upsample_initial_channel=h["upsample_initial_channel"], resblock_kernel_sizes=list(h["resblock_kernel_sizes"]),
+        upsample_initial_channel=h["upsample_initial_channel"],
+        resblock_kernel_sizes=list(h["resblock_kernel_sizes"]),
         resblock_dilation_sizes=[list(x) for x in h["resblock_dilation_sizes"]],
         duration_hidden=dur.get("var_pred_hidden_dim", 0))
 
 
 def load_original(d: Path) -> UnitHiFiGAN:
-    """A speech-resynthesis / fairseq unit HiFi-GAN directory (config.json + g_XXXXXXXX), weights as they are."""
+    """A speech-resynthesis / fairseq unit HiFi-GAN directory (config.json + g_XXXXXXXX), weights as they
+    are."""
     path = original_checkpoint(d)
     model = UnitHiFiGAN(original_config(json.loads((d / "config.json").read_text()), str(d / "config.json")))
     state = load_weights(path)

@@ -14,7 +14,8 @@ def hz_to_mel(f: torch.Tensor, scale: str) -> torch.Tensor:
         return 2595.0 * torch.log10(1.0 + f / 700.0)
     f_sp, min_log_hz = 200.0 / 3, 1000.0  # slaney: linear below 1 kHz, logarithmic above
     min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return torch.where(f >= min_log_hz, min_log_mel + torch.log(f.clamp(min=1e-10) / min_log_hz) / logstep, f / f_sp)
+    return torch.where(f >= min_log_hz, min_log_mel + torch.log(f.clamp(min=1e-10) / min_log_hz) / logstep,
+                       f / f_sp)
 
 
 def mel_to_hz(m: torch.Tensor, scale: str) -> torch.Tensor:
@@ -29,7 +30,8 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
                    norm: str | None = None, scale: str = "htk") -> torch.Tensor:
     """Triangular filters [n_freqs, n_mels] (torchaudio's `melscale_fbanks` convention)."""
     freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m_min, m_max = (float(hz_to_mel(torch.tensor(float(f), dtype=torch.float64), scale)) for f in (f_min, f_max))
+    m_min, m_max = (float(hz_to_mel(torch.tensor(float(f), dtype=torch.float64), scale))
+                    for f in (f_min, f_max))
     m = torch.linspace(m_min, m_max, n_mels + 2)  # ends in float64, as torchaudio's Python-float ends
     f_pts = mel_to_hz(m, scale)
     diff = f_pts[1:] - f_pts[:-1]
@@ -64,12 +66,12 @@ class MelSpectrogram(nn.Module):
         super().__init__()
         self.n_fft, self.hop_length, self.center, self.eps = n_fft, hop_length, center, eps
         self.spectrogram = _Window(n_fft)
-        self.mel_scale = _MelScale(mel_filterbank(n_fft // 2 + 1, f_min, f_max or sample_rate / 2, n_mels, sample_rate,
-                                                  norm, mel_scale))
+        self.mel_scale = _MelScale(mel_filterbank(n_fft // 2 + 1, f_min, f_max or sample_rate / 2, n_mels,
+                                                  sample_rate, norm, mel_scale))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(audio, self.n_fft, self.hop_length, window=self.spectrogram.window, center=self.center,
-                          pad_mode="reflect", return_complex=True)
+        spec = torch.stft(audio, self.n_fft, self.hop_length, window=self.spectrogram.window,
+                          center=self.center, pad_mode="reflect", return_complex=True)
         spec = torch.sqrt(torch.view_as_real(spec).square().sum(-1) + self.eps) if self.eps else spec.abs()
         return torch.matmul(spec.transpose(-1, -2), self.mel_scale.fb).transpose(-1, -2)
 

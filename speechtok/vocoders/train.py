@@ -66,17 +66,21 @@ def build_generator(cfg: VocoderTrainConfig, manifest: dict, speakers: list[str]
                   "backbone": {"class_path": "vocos.models.VocosBackbone",
                                "init_args": {"input_channels": n_mels, **m}},
                   "head": {"class_path": "vocos.heads.ISTFTHead",
-                           "init_args": {"dim": m["dim"], "n_fft": n_fft, "hop_length": hop, "padding": "center"}}}
+                           "init_args": {"dim": m["dim"], "n_fft": n_fft, "hop_length": hop,
+                                         "padding": "center"}}}
         return Vocos(config), sr, hop, None
     card = cards[name]
     sr, hop = card["sample_rate"], card["hop_length"]
     feat_dim = m.pop("feature_dim", VOCOS_CODEC_SIZES["feature_dim"])
     config = {"feature_extractor": {"class_path": "vocos.feature_extractors.EncodecFeatures",
                                     "init_args": {"codebook_size": card["codebook_size"], "n_q": card["n_q"],
-                                                  "dim": feat_dim, "train_codebooks": True, "sample_rate": sr}},
-              "backbone": {"class_path": "vocos.models.VocosBackbone", "init_args": {"input_channels": feat_dim, **m}},
+                                                  "dim": feat_dim, "train_codebooks": True,
+                                                  "sample_rate": sr}},
+              "backbone": {"class_path": "vocos.models.VocosBackbone",
+                           "init_args": {"input_channels": feat_dim, **m}},
               "head": {"class_path": "vocos.heads.ISTFTHead",
-                       "init_args": {"dim": m["dim"], "n_fft": 4 * hop, "hop_length": hop, "padding": "same"}}}
+                       "init_args": {"dim": m["dim"], "n_fft": 4 * hop, "hop_length": hop,
+                                     "padding": "same"}}}
     return Vocos(config), sr, hop, name
 
 
@@ -138,7 +142,8 @@ def _load_batch(batch, utts, n: int, sr: int, hop: int, speakers: list[str]):
         if frames is not None:
             f = frames[..., a: a + n]
             pad = n - f.shape[-1]
-            f = np.pad(f.astype(np.int64), [(0, 0)] * (f.ndim - 1) + [(0, pad)], mode="edge") if pad else f.astype(np.int64)
+            f = (np.pad(f.astype(np.int64), [(0, 0)] * (f.ndim - 1) + [(0, pad)], mode="edge") if pad
+                 else f.astype(np.int64))
             inputs.append(f)
         spk.append(speakers.index(s["speaker"]) if speakers and s.get("speaker") in speakers else 0)
         if f0_full is not None:  # unvoiced past the end, like the audio's zeros
@@ -219,7 +224,8 @@ def _train(cfg: VocoderTrainConfig, stop_after: int | None, device: torch.device
     utts = {u.id: u for u in load_corpus(manifest["corpus"])}
     speakers = sorted({u.speaker for u in utts.values() if u.speaker}) if cfg.speakers else []
     gen, sr, hop, stream = build_generator(cfg, manifest, speakers)
-    disc = vocoder_loss(cfg.kind, sr, stream is not None and cfg.kind == "vocos", cfg.disc_channels, cfg.mel_weight,
+    disc = vocoder_loss(cfg.kind, sr, stream is not None and cfg.kind == "vocos", cfg.disc_channels,
+                        cfg.mel_weight,
                         cfg.fm_weight, cfg.mrd_weight)  # the paper's discriminators and losses
     gen, disc = gen.to(device), disc.to(device)
     opt_g = torch.optim.AdamW(gen.parameters(), cfg.lr, betas=cfg.betas)
@@ -235,8 +241,8 @@ def _train(cfg: VocoderTrainConfig, stop_after: int | None, device: torch.device
     fixed = next(segments(cfg, src, utts, stream, sr, hop, speakers, 0, f0_rate=f0_rate))
     position = resume_position(meta.get("position"), step, 1, 1, f"{out}: ")
     consumed: dict[str, int] = {}
-    data = segments(cfg, src, utts, stream, sr, hop, speakers, step - position.origin_step, position, consumed,
-                    f0_rate)
+    data = segments(cfg, src, utts, stream, sr, hop, speakers, step - position.origin_step, position,
+                    consumed, f0_rate)
     first, last, t0, signum = step, {}, time.perf_counter(), guard.stop_signal()
     while step < cfg.steps and (stop_after is None or step - first < stop_after) and not signum:
         x, audio, spk, f0 = next(data)
@@ -246,7 +252,8 @@ def _train(cfg: VocoderTrainConfig, stop_after: int | None, device: torch.device
         y_hat = synthesize(gen, x, audio, spk, f0)
         adversarial = step >= cfg.adv_start
         lr = set_lr(opt_g, lr_at(step, cfg))
-        set_lr(opt_d, lr_at(max(0, step - cfg.adv_start), cfg))  # the discriminators' schedule starts with them
+        # the discriminators' schedule starts with them
+        set_lr(opt_d, lr_at(max(0, step - cfg.adv_start), cfg))
         loss_d = torch.zeros((), device=device)
         if adversarial:
             loss_d = disc.discriminator_loss(audio, y_hat.detach())
@@ -286,11 +293,13 @@ def _train(cfg: VocoderTrainConfig, stop_after: int | None, device: torch.device
 
 
 def load_vocoder(directory: str | Path, device: str | torch.device = "cpu"):
-    """A unit HiFi-GAN (ours: vocoder.json; the original's: config.json + g_XXXXXXXX) or a Vocos (config.yaml)."""
+    """A unit HiFi-GAN (ours: vocoder.json; the original's: config.json + g_XXXXXXXX) or a Vocos
+    (config.yaml)."""
     d = Path(directory)
     if d.is_dir():
         verify_checksums(d)
-    ours = (d / "vocoder.json").exists() and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan"
+    ours = ((d / "vocoder.json").exists()
+            and json.loads((d / "vocoder.json").read_text()).get("kind") == "unit-hifigan")
     if ours or is_original_dir(d):
         return UnitHiFiGAN.from_dir(d, device)
     if (d / "config.yaml").exists() or not d.exists():

@@ -21,14 +21,14 @@ class MelFeatures(nn.Module):
     """Log-mel features of audio: [B, T] → [B, n_mels, frames]."""
 
     def __init__(self, sample_rate: int = 24000, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 100,
-                 padding: str = "center", f_min: float = 0.0, f_max: float | None = None, norm: str | None = None,
-                 mel_scale: str = "htk"):
+                 padding: str = "center", f_min: float = 0.0, f_max: float | None = None,
+                 norm: str | None = None, mel_scale: str = "htk"):
         super().__init__()
         if padding not in ("center", "same"):
             raise ValueError("padding must be 'center' or 'same'")
         self.padding, self.hop_length = padding, hop_length
-        self.mel_spec = MelSpectrogram(sample_rate, n_fft, hop_length, n_mels, padding == "center", f_min, f_max,
-                                       norm, mel_scale)
+        self.mel_spec = MelSpectrogram(sample_rate, n_fft, hop_length, n_mels, padding == "center", f_min,
+                                       f_max, norm, mel_scale)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":
@@ -41,15 +41,19 @@ class CodecFeatures(nn.Module):
     """EnCodec tokens → summed codebook embeddings: codes [n_q, B, frames] → [B, dim, frames]. The
     embeddings of all codebooks sit in one table, codebook q at rows q·bins … (q+1)·bins − 1."""
 
-    def __init__(self, codebook_size: int = 1024, n_q: int = 32, dim: int = 128, bandwidths=(1.5, 3.0, 6.0, 12.0),
-                 encodec_model: str = "encodec_24khz", train_codebooks: bool = False, sample_rate: int = 24000):
+    def __init__(self, codebook_size: int = 1024, n_q: int = 32, dim: int = 128,
+                 bandwidths=(1.5, 3.0, 6.0, 12.0),
+                 encodec_model: str = "encodec_24khz", train_codebooks: bool = False,
+                 sample_rate: int = 24000):
         super().__init__()
         self.bins, self.bandwidths, self.encodec_model = codebook_size, list(bandwidths), encodec_model
-        self.codebook_weights = nn.Parameter(torch.randn(n_q * codebook_size, dim) * 0.1, requires_grad=train_codebooks)
+        self.codebook_weights = nn.Parameter(torch.randn(n_q * codebook_size, dim) * 0.1,
+                                             requires_grad=train_codebooks)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         offsets = torch.arange(len(codes), device=codes.device) * self.bins
-        return nn.functional.embedding(codes + offsets[:, None, None], self.codebook_weights).sum(0).transpose(1, 2)
+        return nn.functional.embedding(codes + offsets[:, None, None],
+                                       self.codebook_weights).sum(0).transpose(1, 2)
 
 
 class AdaLayerNorm(nn.Module):
@@ -67,12 +71,14 @@ class AdaLayerNorm(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int, intermediate_dim: int, layer_scale: float, adanorm_num_embeddings: int | None):
+    def __init__(self, dim: int, intermediate_dim: int, layer_scale: float,
+                 adanorm_num_embeddings: int | None):
         super().__init__()
         self.dwconv = nn.Conv1d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.adanorm = adanorm_num_embeddings is not None
         self.norm = AdaLayerNorm(adanorm_num_embeddings, dim) if self.adanorm else nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1, self.act, self.pwconv2 = nn.Linear(dim, intermediate_dim), nn.GELU(), nn.Linear(intermediate_dim, dim)
+        self.pwconv1, self.act, self.pwconv2 = (nn.Linear(dim, intermediate_dim), nn.GELU(),
+                                                nn.Linear(intermediate_dim, dim))
         self.gamma = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale > 0 else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,7 +138,8 @@ class ISTFT(nn.Module):
         size = (T - 1) * self.hop_length + self.win_length
         fold = dict(output_size=(1, size), kernel_size=(1, self.win_length), stride=(1, self.hop_length))
         y = nn.functional.fold(frames, **fold)[:, 0, 0, pad:-pad]
-        env = nn.functional.fold(self.window.square()[None, :, None].expand(1, -1, T), **fold)[0, 0, 0, pad:-pad]
+        env = nn.functional.fold(self.window.square()[None, :, None].expand(1, -1, T),
+                                 **fold)[0, 0, 0, pad:-pad]
         return y / env.clamp(min=1e-11)
 
     def overlap_add_rows(self, spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -165,8 +172,8 @@ class ISTFTHead(nn.Module):
         return self.istft(mag * torch.exp(1j * phase), frames)
 
 
-_CLASSES = {"MelSpectrogramFeatures": MelFeatures, "EncodecFeatures": CodecFeatures, "VocosBackbone": VocosBackbone,
-            "ISTFTHead": ISTFTHead}
+_CLASSES = {"MelSpectrogramFeatures": MelFeatures, "EncodecFeatures": CodecFeatures,
+            "VocosBackbone": VocosBackbone, "ISTFTHead": ISTFTHead}
 
 
 class Vocos(nn.Module):
@@ -179,12 +186,14 @@ class Vocos(nn.Module):
         for part in ("feature_extractor", "backbone", "head"):
             name = config[part]["class_path"].rsplit(".", 1)[-1]
             if name not in _CLASSES:
-                raise ValueError(f"unsupported Vocos {part} {config[part]['class_path']!r} (have {sorted(_CLASSES)})")
+                raise ValueError(f"unsupported Vocos {part} {config[part]['class_path']!r} (have "
+                                 f"{sorted(_CLASSES)})")
             args = dict(config[part].get("init_args", {}))
             if name == "EncodecFeatures":
                 args.setdefault("n_q", _encodec_n_q(args.get("bandwidths", [1.5, 3.0, 6.0, 12.0])))
             parts[part] = _CLASSES[name](**args)
-        self.feature_extractor, self.backbone, self.head = parts["feature_extractor"], parts["backbone"], parts["head"]
+        self.feature_extractor, self.backbone, self.head = (parts["feature_extractor"], parts["backbone"],
+                                                            parts["head"])
 
     @property
     def sample_rate(self) -> int:
@@ -271,7 +280,8 @@ class Vocos(nn.Module):
             weights_path = hf_hub_download(str(ref), "pytorch_model.bin")
         model = cls(yaml.safe_load(Path(config_path).read_text()))
         state = load_weights(weights_path)
-        # the original EncodecFeatures also holds the whole encodec encoder; tokens come from our Codec instead
+        # the original EncodecFeatures also holds the whole encodec encoder; tokens come from our Codec
+        # instead
         state = {k: v for k, v in state.items() if not k.startswith("feature_extractor.encodec.")}
         model.load_state_dict(state)
         return model.to(device).eval()

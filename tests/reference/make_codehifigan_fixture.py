@@ -18,15 +18,17 @@ import torch
 
 OUT = Path(__file__).resolve().parents[1] / "fixtures"
 TINY = {"resblock": "1", "upsample_rates": [5, 4, 4, 2, 2], "upsample_kernel_sizes": [11, 8, 8, 4, 4],
-        "upsample_initial_channel": 32, "resblock_kernel_sizes": [3, 5], "resblock_dilation_sizes": [[1, 3, 5]] * 2,
+        "upsample_initial_channel": 32, "resblock_kernel_sizes": [3, 5],
+        "resblock_dilation_sizes": [[1, 3, 5]] * 2,
         "num_embeddings": 20, "embedding_dim": 16, "segment_size": 8960, "code_hop_size": 320, "f0": False,
         "sampling_rate": 16000}
 CONFIGS = {
-    "spk": {**TINY, "upsample_rates": [5, 4, 4, 2], "upsample_kernel_sizes": [11, 8, 8, 4], "code_hop_size": 160,
-            "upsample_initial_channel": 16, "model_in_dim": 32, "multispkr": "from_input_file"},  # 100 Hz units
+    "spk": {**TINY, "upsample_rates": [5, 4, 4, 2], "upsample_kernel_sizes": [11, 8, 8, 4],
+            "code_hop_size": 160, "upsample_initial_channel": 16, "model_in_dim": 32,
+            "multispkr": "from_input_file"},  # 100 Hz units
     "dur": {**TINY, "model_in_dim": 16, "dur_prediction_weight": 1.0,
-            "dur_predictor_params": {"encoder_embed_dim": 16, "var_pred_hidden_dim": 24, "var_pred_kernel_size": 3,
-                                     "var_pred_dropout": 0.5}},
+            "dur_predictor_params": {"encoder_embed_dim": 16, "var_pred_hidden_dim": 24,
+                                     "var_pred_kernel_size": 3, "var_pred_dropout": 0.5}},
 }
 
 
@@ -37,7 +39,8 @@ def original_classes(repo: Path):
     except ImportError:
         stub = types.ModuleType("matplotlib")
         stub.use = lambda *a, **k: None
-        sys.modules["matplotlib"], sys.modules["matplotlib.pylab"] = stub, types.ModuleType("matplotlib.pylab")
+        sys.modules["matplotlib"], sys.modules["matplotlib.pylab"] = (stub,
+                                                                      types.ModuleType("matplotlib.pylab"))
     from examples.speech_to_speech_translation.models import DurationCodeGenerator
     from models import CodeGenerator
     from utils import AttrDict
@@ -71,7 +74,8 @@ def main(repo: str) -> None:
                 code = torch.unique_consecutive(code)[None]  # deduplicated units
                 log_dur = gen.dur_predictor(gen.dict(code))
                 frac = (torch.exp(log_dur) - 1) % 1
-                assert ((frac - 0.5).abs() > 1e-3).all(), "a duration sits on a rounding edge: change the seed"
+                assert ((frac - 0.5).abs() > 1e-3).all(), ("a duration sits on a rounding edge: "
+                                                           "change the seed")
                 wav, _ = gen(code=code, dur_prediction=True)
                 io["log_duration"] = log_dur.numpy()
             else:
@@ -81,7 +85,8 @@ def main(repo: str) -> None:
                 io["speaker"] = spkr.numpy()
         io["code"], io["audio"] = code.numpy(), wav[0, 0].numpy()
         np.savez(d / "io.npz", **io)
-        print(f"{d}: {len(code[0])} units -> {wav.shape[-1]} samples, rms {float(wav.pow(2).mean().sqrt()):.3f}")
+        print(f"{d}: {len(code[0])} units -> {wav.shape[-1]} samples, rms "
+              f"{float(wav.pow(2).mean().sqrt()):.3f}")
 
 
 if __name__ == "__main__":

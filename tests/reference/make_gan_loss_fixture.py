@@ -29,7 +29,8 @@ def hifigan_modules(repo: str):
     except ImportError:
         stub = types.ModuleType("matplotlib")
         stub.use = lambda *a, **k: None
-        sys.modules["matplotlib"], sys.modules["matplotlib.pylab"] = stub, types.ModuleType("matplotlib.pylab")
+        sys.modules["matplotlib"], sys.modules["matplotlib.pylab"] = (stub,
+                                                                      types.ModuleType("matplotlib.pylab"))
     import meldataset
     import models
 
@@ -41,7 +42,8 @@ def hifigan_modules(repo: str):
         out = real_stft(*args, return_complex=True, **kw)
         return out if return_complex else torch.view_as_real(out)
 
-    meldataset.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    meldataset.torch = types.SimpleNamespace(**{k: getattr(torch, k)
+                                                for k in dir(torch) if not k.startswith("__")})
     meldataset.torch.stft = stft
     return models, meldataset
 
@@ -61,7 +63,8 @@ def main(repo: str) -> None:
     for i in range(len(shapes)):
         arrays[f"score_real_{i}"], arrays[f"score_fake_{i}"] = real[i].numpy(), fake[i].numpy()
         for j in range(2):
-            arrays[f"fmap_real_{i}_{j}"], arrays[f"fmap_fake_{i}_{j}"] = fmap_r[i][j].numpy(), fmap_g[i][j].numpy()
+            arrays[f"fmap_real_{i}_{j}"], arrays[f"fmap_fake_{i}_{j}"] = (fmap_r[i][j].numpy(),
+                                                                          fmap_g[i][j].numpy())
     arrays["hifigan_d_loss"] = np.float32(models.discriminator_loss(real, fake)[0])
     arrays["hifigan_g_loss"] = np.float32(models.generator_loss(fake)[0])
     arrays["hifigan_fm_loss"] = np.float32(models.feature_loss(fmap_r, fmap_g))  # includes its ×2
@@ -74,8 +77,10 @@ def main(repo: str) -> None:
     audio_real = audio_real + 0.02 * torch.randn_like(audio_real)
     audio_fake = audio_real + 0.05 * torch.randn_like(audio_real)
     arrays["audio_real"], arrays["audio_fake"] = audio_real.numpy(), audio_fake.numpy()
-    # jik876 train.py: mel_spectrogram(y, n_fft, num_mels, sampling_rate, hop_size, win_size, fmin, fmax_for_loss)
-    arrays["hifigan_log_mel"] = meldataset.mel_spectrogram(audio_real, 1024, 80, SR, 256, 1024, 0, None).numpy()
+    # jik876 train.py: mel_spectrogram(y, n_fft, num_mels, sampling_rate, hop_size, win_size, fmin,
+    # fmax_for_loss)
+    arrays["hifigan_log_mel"] = meldataset.mel_spectrogram(audio_real, 1024, 80, SR, 256, 1024, 0,
+                                                           None).numpy()
     arrays["vocos_mel_loss"] = MelSpecReconstructionLoss(sample_rate=SR)(audio_fake, audio_real).numpy()
 
     disc = DiscriminatorR(window_length=512, channels=4)

@@ -20,7 +20,8 @@ MEL = {  # vocos-mel-24khz's config.yaml with a smaller backbone
     "feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
                           "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100,
                                         "padding": "center"}},
-    "backbone": {"class_path": "vocos.models.VocosBackbone", "init_args": {"input_channels": 100, **BACKBONE}},
+    "backbone": {"class_path": "vocos.models.VocosBackbone", "init_args": {"input_channels": 100,
+                                                                           **BACKBONE}},
     "head": {"class_path": "vocos.heads.ISTFTHead",
              "init_args": {"dim": 16, "n_fft": 1024, "hop_length": 256, "padding": "center"}}}
 ENCODEC = {  # vocos-encodec-24khz's config.yaml with a smaller backbone
@@ -32,7 +33,8 @@ ENCODEC = {  # vocos-encodec-24khz's config.yaml with a smaller backbone
                                "adanorm_num_embeddings": 4}},
     "head": {"class_path": "vocos.heads.ISTFTHead",
              "init_args": {"dim": 8, "n_fft": 1280, "hop_length": 320, "padding": "same"}}}
-USED_ROWS = 16  # codes come from the first rows of the first 8 codebooks; the other rows stay zero (small file)
+# codes come from the first rows of the first 8 codebooks; the other rows stay zero (small file)
+USED_ROWS = 16
 
 
 def build(config: dict, path: Path):
@@ -41,7 +43,8 @@ def build(config: dict, path: Path):
     from vocos import Vocos
 
     original = encodec.EncodecModel.encodec_model_24khz
-    encodec.EncodecModel.encodec_model_24khz = staticmethod(lambda pretrained=True, **kw: original(pretrained=False))
+    encodec.EncodecModel.encodec_model_24khz = staticmethod(lambda pretrained=True, **kw:
+                                                            original(pretrained=False))
     path.write_text(yaml.safe_dump(config))
     try:
         model = Vocos.from_hparams(str(path))
@@ -83,7 +86,8 @@ def main() -> None:
     with torch.no_grad():
         fe.codebook_weights.zero_()
         for q in range(8):
-            fe.codebook_weights[q * bins: q * bins + USED_ROWS] = torch.randn(USED_ROWS, fe.codebook_weights.shape[1])
+            fe.codebook_weights[q * bins: q * bins + USED_ROWS] = torch.randn(USED_ROWS,
+                                                                              fe.codebook_weights.shape[1])
     codes = torch.randint(0, USED_ROWS, (8, 1, 24))  # 8 codebooks = 6 kbps = bandwidth id 2
     arrays = {"codes": codes.numpy()}
     for n_q, bandwidth_id in ((8, 2), (2, 0)):
