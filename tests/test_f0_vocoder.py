@@ -382,7 +382,7 @@ def test_harmonic_vocoder_trains_and_speaks_with_the_transferred_f0(f0_shards, t
     assert r.exit_code == 0, r.output
     voc = tmp_path / "voc" / "final"
     assert json.loads((voc / "vocoder.json").read_text())["f0_source"] == "harmonic"
-    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml", "--steps", 40)  # resumed without the source
+    r = run("vocoder", "train", "--config", tmp_path / "voc.yaml", "--steps", 40)  # resumed, no source
     assert r.exit_code == 2 and "has generator.model.source." in r.output and "lacks" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
     corpus = Path(json.loads((shards / "manifest.json").read_text())["corpus"])
