@@ -306,3 +306,16 @@ def test_f0_speaker_stats_table_missing_a_speaker_skips_its_utterances(f0_200hz,
     r = CliRunner().invoke(cli, ["encode", str(corpus), "-t", stats, "-o", str(tmp_path / "out"), "-q",
                                  "--batch-size", "1"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("manifest, why", [(b"[]", "not a JSON object"), (b"\x93\x00\xff", "not text"),
+                                           (b'{"tokenizers": {"f0": {"type": "f0"}}}', "no list of shards")])
+def test_prosody_train_on_a_damaged_manifest_is_one_line(tmp_path, manifest, why):
+    """A manifest that is not an object, not text (a shard given for the folder) or lists no shards: one
+    line naming it, exit 2 (was an AttributeError traceback, a bare 'shards' or a message without file)."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_bytes(manifest)
+    r = CliRunner().invoke(cli, ["prosody", "train", str(tmp_path / "shards"), "-o", str(tmp_path / "t"),
+                                 "--method", "bins"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "manifest.json" in r.output and why in r.output, r.output
