@@ -392,3 +392,26 @@ def test_harmonic_vocoder_trains_and_speaks_with_the_transferred_f0(f0_shards, t
     assert b_f0 / a_f0 > 1.8  # B speaks about an octave above A, and far from the 100 Hz hop
     out_f0 = world_median_f0(*sf.read(tmp_path / "a_b.wav"))
     assert abs(np.log(out_f0 / b_f0)) < 0.1, (out_f0, a_f0, b_f0)  # measured: 0.3% off after 30 steps
+
+
+def test_resynth_refuses_an_f0_source_without_pitch_and_an_input_without_a_unit(f0_shards, tmp_path):
+    """`--f0-from` audio with no voiced frame (silence, noise, 10 samples) would be heard as an all-unvoiced
+    contour: one line naming that file, exit 2, nothing written; an input too short for one unit frame
+    was a conv1d traceback, now one line naming it."""
+    shards, km = f0_shards
+    card = json.loads((shards / "manifest.json").read_text())["tokenizers"]["f0"]
+    voc = speaker_vocoder(tmp_path / "voc", card)
+    corpus = Path(json.loads((shards / "manifest.json").read_text())["corpus"])
+    speech = json.loads(corpus.read_text().splitlines()[0])["path"]
+    noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    for name, wav in (("silence", np.zeros(16000, np.float32)), ("noise", noise),
+                      ("ten", np.zeros(10, np.float32))):
+        sf.write(tmp_path / f"{name}.wav", wav, 16000)
+        r = run("resynth", speech, "-t", km, "--vocoder", voc, "--f0-from", tmp_path / f"{name}.wav",
+                "-o", tmp_path / "out.wav")
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"error: {tmp_path / name}.wav: no voiced frame"), r.output
+        assert not (tmp_path / "out.wav").exists()
+    r = run("resynth", tmp_path / "ten.wav", "-t", km, "--vocoder", voc, "-o", tmp_path / "out.wav")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"error: {tmp_path / 'ten.wav'}: too short"), r.output

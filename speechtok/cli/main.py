@@ -326,7 +326,7 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, speaker,
     import soundfile as sf
 
     from speechtok.audio import AudioError, read_audio
-    from speechtok.pipelines.resynth import resynthesize
+    from speechtok.pipelines.resynth import F0SourceError, resynthesize
 
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
@@ -341,6 +341,8 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, speaker,
                                          speaker)
     except AudioError as e:
         fail(f"{audio}: {e}")
+    except F0SourceError as e:
+        fail(f"{f0_from}: {e}")
     except (ValueError, OSError) as e:
         fail_with(e)
     write_output_file(output, lambda path: sf.write(path, out, out_sr))
