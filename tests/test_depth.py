@@ -260,6 +260,11 @@ def test_tok_generate_with_a_depth_model(trained_lm, corpus_shards, tmp_path, te
     frames = len(wav) / 320
     assert said and "the dog ran".startswith(" ".join(w["word"] for w in said))
     assert all(0 <= w["start"] < w["end"] <= frames / 75 + 1e-9 for w in said)
+    long = "the dog ran " * 40  # more words than 20 units' audio holds: said in part, and told so
+    r = CliRunner().invoke(cli, [str(a) for a in args] + ["--say", long])
+    assert r.exit_code == 0, r.output
+    said = json.loads(words.read_text())["words"]
+    assert f"warning: --say: {len(said)} of its 120 words fit in" in r.output, r.output
 
 
 def test_depth_training_resumes_the_same_curve(corpus_shards, tmp_path):

@@ -449,3 +449,23 @@ def test_resynth_refuses_a_vocoder_of_another_tokenizer(corpus_shards, tmp_path)
     r = run("resynth", _audio_of(sample["id"], corpus_shards), "-t", corpus_shards / "km", "--vocoder", tmp_path / "same",
             "-o", tmp_path / "r.wav")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--acoustic", "A", "--speaker", "bob"], "--speaker is for the vocoder stage"),
+    (["--acoustic", "A", "--pitch-tokenizer", "P"], "--pitch-tokenizer is for the vocoder stage"),
+    (["--vocoder", "V", "--voice", "W"], "--voice is for the acoustic stage"),
+    (["--acoustic", "A", "--vocoder", "V"], "--acoustic is not used with --vocoder"),
+    (["--units-only", "--vocoder", "V"], "--vocoder is not used with --units-only"),
+    (["--acoustic", "A", "--voice-seconds", "2"], "--voice-seconds is how much of --voice"),
+    (["--acoustic", "A", "--say", "  "], "--say: no words to say")])
+def test_generate_refuses_options_it_would_ignore(tmp_path, args, why):
+    """An option of a stage that does not run (--speaker without --vocoder, --voice with it, ...) or an
+    empty --say (which leaves a text stream free: random words in OUTPUT.text.json) was silently accepted;
+    now one usage line, exit 2, before anything is loaded."""
+    for name in "AVPW":
+        (tmp_path / name).mkdir()
+    args = [str(tmp_path / a) if a in "AVPW" else a for a in args]
+    r = CliRunner().invoke(cli, ["generate", "--lm", str(tmp_path), *args, "-o", str(tmp_path / "o.wav")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and why in r.output, r.output
+    assert not (tmp_path / "o.wav").exists()

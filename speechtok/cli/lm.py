@@ -245,6 +245,34 @@ class StreamedWav:
         self.path.unlink(missing_ok=True)
 
 
+def check_stage_options(units_only: bool, acoustic_dir, vocoder_dir, **given) -> None:
+    """Refuse, before any work, an option of a stage that will not run (it would be silently ignored): the
+    acoustic stage's --voice / --voice-seconds, the unit HiFi-GAN's --speaker / --pitch-tokenizer, and
+    --acoustic or --vocoder beside a stage that replaces it."""
+    stage = "units-only" if units_only else "vocoder" if vocoder_dir is not None else "acoustic"
+    if stage != "acoustic" and acoustic_dir is not None:
+        raise click.UsageError(f"--acoustic is not used with --{stage}: give one of them")
+    if units_only and vocoder_dir is not None:
+        raise click.UsageError("--vocoder is not used with --units-only: give one of them")
+    needs = {"voice": "acoustic", "voice_seconds": "acoustic", "speaker": "vocoder", "pitch_tokenizer": "vocoder"}
+    for name, value in given.items():
+        if value is not None and needs[name] != stage:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} is for the {needs[name]} stage (--{needs[name]} DIR), "
+                                   f"not --{stage}; it would be ignored")
+
+
+def warn_unsaid(say: str | None, words: list[dict], seconds: float) -> None:
+    """A warning line when the audio ended before --say's words did (the LM's units set its length), so a
+    cut text is not taken for the whole."""
+    asked = (say or "").split()
+    spoken = [w["word"] for w in words]
+    if spoken != asked:
+        click.echo(f"warning: --say: {len(spoken)} of its {len(asked)} words fit in {seconds:.2f} s of audio "
+                   f"(the last one said: {spoken[-1] if spoken else 'none'!r}); raise --max-units or say less",
+                   err=True)
+
+
 @click.command("generate")
 @click.option("--lm", "lm_dir", required=True, type=click.Path(exists=True), help="A `tok lm train` final model.")
 @click.option("--acoustic", "acoustic_dir", type=click.Path(exists=True), help="A `tok acoustic train` final model.")
@@ -294,6 +322,12 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     if say is not None and (units_only or acoustic_dir is None or vocoder_dir is not None):
         raise click.UsageError("--say is for the acoustic stage: give --acoustic DIR (pattern: depth with a "
                                "text stream), not --units-only or --vocoder")
+    check_stage_options(units_only, acoustic_dir, vocoder_dir, voice=voice, voice_seconds=voice_seconds,
+                        speaker=speaker, pitch_tokenizer=pitch_dir)
+    if voice_seconds is not None and voice is None:
+        raise click.UsageError("--voice-seconds is how much of --voice to use: give --voice FILE")
+    if say is not None and not say.split():
+        raise click.UsageError("--say: no words to say (an empty text would leave the text stream free)")
     try:  # what can be checked before torch and transformers are imported
         SpeechVocab.load(lm_dir)
     except (ValueError, TypeError, OSError) as e:
@@ -343,5 +377,6 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         text = json.dumps({"words": gen.words}, indent=1) + "\n"
         write_output_file(words, lambda path: path.write_text(text))
         click.echo(f"{len(gen.words)} words -> {words}")
+        warn_unsaid(say, gen.words, len(gen.wav) / gen.sample_rate)
     if not units_only and gen.voice_seconds is not None:
         click.echo(f"voice prompt: at most its first {gen.voice_seconds:g} s (--voice-seconds)")
