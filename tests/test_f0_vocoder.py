@@ -296,6 +296,12 @@ def test_generate_decodes_pitch_tokens_to_the_f0_the_vocoder_hears(f0_shards, ba
     np.testing.assert_allclose(got, want, atol=2 / 32768)  # written as 16-bit wav
     unvoiced = units_to_audio(vocoder, streams["units"], 1)
     assert np.abs(got - unvoiced).mean() > 0.01 * np.abs(got).mean()
+    # --pitch-tokenizer where it would be ignored (bins decode from the LM's card; a vocoder without F0)
+    plain = speaker_vocoder(tmp_path / "plain")
+    for vocoder_dir, why in ((voc, "are pitch bins"), (plain, "the vocoder is not F0-conditioned")):
+        r = run("generate", "--lm", tmp_path / "lm", "--vocoder", vocoder_dir, "--pitch-tokenizer",
+                tmp_path / "bins", "--max-units", "6", "-o", tmp_path / "x.wav")
+        assert r.exit_code == 2 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def world_median_f0(wav: np.ndarray, sr: int = 16000) -> float:
