@@ -231,9 +231,17 @@ def test_bad_bpe_folders_are_one_line_naming_the_file(bpe_shards, tmp_path):
     meta = json.loads((root / "bpe" / "bpe.json").read_text())
     shutil.copytree(root / "bpe", tmp_path / "old")
     (tmp_path / "old" / "bpe.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "source"}))
+    (tmp_path / "old" / "sha256.json").unlink()  # an older version's folder: no checksums either
     line = refused("encode", "examples/audio", "-t", root / "km", "-o", tmp_path / "enc",
                    "--bpe", tmp_path / "old")
     assert line.startswith(f"error: {tmp_path / 'old' / 'bpe.json'}: records no source stream")
+    shutil.copytree(root / "bpe", tmp_path / "flipped")  # a merge edited (or a bit flipped) after training
+    tokenizer = json.loads((tmp_path / "flipped" / "tokenizer.json").read_text())
+    tokenizer["model"]["merges"] = tokenizer["model"]["merges"][::-1]
+    (tmp_path / "flipped" / "tokenizer.json").write_text(json.dumps(tokenizer))
+    line = refused("lm", "extend-vocab", "nowhere", "-m", root / "shards", "-o", tmp_path / "lm",
+                   "--bpe", tmp_path / "flipped")
+    assert line.startswith(f"error: {tmp_path / 'flipped' / 'tokenizer.json'}: checksum mismatch"), line
 
 
 def test_encode_writes_bpe_tokens_as_a_resumable_stream(bpe_shards, tmp_path):
