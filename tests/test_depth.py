@@ -336,3 +336,28 @@ def test_text_stream_with_a_hugging_face_tokenizer(base_llm):
     spoken = [t for t in out[0, :40, 0].tolist() if t < tt.n]
     assert spoken == [t for w in tt.word_ids(["the", "dog", "ran"]) for t in w]
     assert [w["word"] for w in text_words(cfg, out[0, :40, 0])] == ["the", "dog", "ran"]
+
+
+@pytest.mark.parametrize("extra, why", [
+    ({"codec": "semantic"}, "'semantic' is a semantic stream, not a codec's (codec streams: ['encodec'])"),
+    ({"model": {"dim": 30, "heads": 4}}, "model.dim: 30 is not a multiple of model.heads (4)"),
+    ({"model": {"dim": 32, "heads": 2, "depth_dim": 7, "depth_heads": 2}},
+     "model.depth_dim: 7 is not a multiple of model.depth_heads (2)"),
+    ({"model": {"dim": 0}}, "model.dim: must be a whole number of at least 1, not 0"),
+    ({"model": {"depth_layers": 0}}, "model.depth_layers: must be a whole number of at least 1, not 0"),
+    ({"text_stream": True, "text_tokenizer": "km"}, "text_tokenizer: 'km' is not a Hugging Face tokenizer"),
+    ({"text_stream": True, "text_tokenizer": "/no/such/tokenizer"}, "is not a Hugging Face tokenizer")])
+def test_acoustic_model_and_stream_mistakes_are_one_line(corpus_shards, tmp_path, extra, why):
+    """Mistakes found only when the model is built (a codec that is a semantic stream, widths not a
+    multiple of their heads, a size 0, a text tokenizer that is not one) were KeyError / reshape
+    tracebacks, a config error of exit 3 naming no key, or a width-0 model trained at a constant loss."""
+    cfg = {"output": str(tmp_path / "x"), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
+           "pattern": "depth", "train": {"steps": 1, "batch_size": 2, "precision": "fp32"}}
+    cfg.update({k: v if k != "text_tokenizer" or v.startswith("/") else str(corpus_shards / v)
+                for k, v in extra.items()})
+    why = why.replace("'km'", repr(str(corpus_shards / "km")))
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"error: {tmp_path / 'x.yaml'}: ") and why in r.output, r.output
+    assert not (tmp_path / "x").exists()
