@@ -469,3 +469,34 @@ def test_generate_refuses_options_it_would_ignore(tmp_path, args, why):
     r = CliRunner().invoke(cli, ["generate", "--lm", str(tmp_path), *args, "-o", str(tmp_path / "o.wav")])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and why in r.output, r.output
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_generate_and_resynth_write_their_output_whole_and_where_named(base_llm, units_and_codec_shards,
+                                                                       tmp_path, monkeypatch):
+    """--units-only -o u.bin writes u.bin (np.save(path) wrote u.bin.npy while naming u.bin); a wav cut
+    short by a signal mid-write (SystemExit from the handler) leaves no file (it was left half-written
+    under its final name while the message said 'not written')."""
+    from pathlib import Path
+
+    import soundfile
+
+    root = units_and_codec_shards
+    r = run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm")
+    assert r.exit_code == 0, r.output
+    r = run("generate", "--lm", tmp_path / "lm", "--units-only", "--max-units", 5, "-o", tmp_path / "u.bin")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("u.")) == ["u.bin"]
+    assert 0 < len(np.load(tmp_path / "u.bin")) <= 5
+
+    def torn_write(path, data, rate, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"RIFF\0\0")
+        raise SystemExit(130)  # what the SIGINT handler raises, mid-write
+
+    monkeypatch.setattr(soundfile, "write", torn_write)
+    corpus = json.loads((root / "shards" / "manifest.json").read_text())["corpus"]
+    wav = Path(corpus).parent / json.loads(Path(corpus).read_text().splitlines()[0])["path"]
+    codec = f"encodec:{root / 'codec'}:nq=2"
+    r = CliRunner().invoke(cli, ["resynth", str(wav), "-t", codec, "-o", str(tmp_path / "r.wav")])
+    assert r.exit_code == 130
+    assert not [p.name for p in tmp_path.iterdir() if "r.wav" in p.name], list(tmp_path.iterdir())

@@ -11,7 +11,7 @@ import click
 from speechtok.cli.common import (POSITIVE, FiniteRange, check_audio_suffix, device_option, device_or_fail,
                                   exit_interrupted, fail, fail_with, lock_output, os_error_line,
                                   output_option, vocoder_device_or_fail, vocoder_precision_option,
-                                  write_output_file)
+                                  write_whole_file)
 from speechtok.stopping import exit_on_signals
 
 
@@ -366,16 +366,20 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                    f"{len(gen.wav) / gen.sample_rate:.2f} s -> {out} (streamed; time to first audio "
                    f"{gen.first_audio:.2f} s)")
     elif units_only:
-        write_output_file(out, lambda path: np.save(path, gen.units))
+        def save_units(path: Path) -> None:  # np.save(path) would add .npy to another extension
+            with open(path, "wb") as f:
+                np.save(f, gen.units)
+
+        write_whole_file(out, save_units)
         click.echo(f"{len(gen.units)} units -> {out}")
     else:
-        write_output_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
+        write_whole_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
         via = f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None else "unit HiFi-GAN"
         click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
     if gen.words is not None:  # a text-stream acoustic model: its words with their times, beside the wav
         words = out.with_suffix(".text.json")
         text = json.dumps({"words": gen.words}, indent=1) + "\n"
-        write_output_file(words, lambda path: path.write_text(text))
+        write_whole_file(words, lambda path: path.write_text(text))
         click.echo(f"{len(gen.words)} words -> {words}")
         warn_unsaid(say, gen.words, len(gen.wav) / gen.sample_rate)
     if not units_only and gen.voice_seconds is not None:
