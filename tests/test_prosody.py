@@ -319,3 +319,20 @@ def test_prosody_train_on_a_damaged_manifest_is_one_line(tmp_path, manifest, why
                                  "--method", "bins"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert "manifest.json" in r.output and why in r.output, r.output
+
+
+def test_style_train_reports_skipped_inputs_and_exits_1(f0_200hz, tmp_path):
+    """Unreadable audio and a bad manifest line were skipped in silence (exit 0): each is now one error
+    line naming it, and the tokenizer trained on the rest is written with exit 1 (README: done, some inputs
+    skipped)."""
+    corpus, _ = f0_200hz
+    (tmp_path / "text.wav").write_text("not audio")
+    bad = json.dumps({"id": "bad", "path": str(tmp_path / "text.wav")})
+    (tmp_path / "c.jsonl").write_text(corpus.read_text() + bad + "\n{oops\n")
+    r = CliRunner().invoke(cli, ["prosody", "train", str(tmp_path / "c.jsonl"), "-o", str(tmp_path / "style"),
+                                 "--method", "style", "--codes", "2"])
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and any(str(tmp_path / "text.wav") in e for e in errors), r.output
+    assert any(f"{tmp_path / 'c.jsonl'}:6: bad JSON" in e for e in errors), r.output
+    assert (tmp_path / "style" / "tokenizer.json").is_file()
