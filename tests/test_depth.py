@@ -5,6 +5,7 @@ voice prompt, batched == alone, the compiled frame step (no graph break, recompi
 
 import json
 from dataclasses import replace as dataclasses_replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,7 +347,9 @@ def test_text_stream_with_a_hugging_face_tokenizer(base_llm):
     ({"model": {"dim": 0}}, "model.dim: must be a whole number of at least 1, not 0"),
     ({"model": {"depth_layers": 0}}, "model.depth_layers: must be a whole number of at least 1, not 0"),
     ({"text_stream": True, "text_tokenizer": "km"}, "text_tokenizer: 'km' is not a Hugging Face tokenizer"),
-    ({"text_stream": True, "text_tokenizer": "/no/such/tokenizer"}, "is not a Hugging Face tokenizer")])
+    ({"text_stream": True, "text_tokenizer": "/no/such/tokenizer"}, "is not a Hugging Face tokenizer"),
+    ({"n_q": 0}, "n_q: at least 1 codebook"),  # was taken for all the shards' codebooks
+    ({"codebook_weights": [0, 0]}, "codebook_weights: all 0 ([0.0, 0.0]) train nothing")])  # trained at loss 0
 def test_acoustic_model_and_stream_mistakes_are_one_line(corpus_shards, tmp_path, extra, why):
     """Mistakes found only when the model is built (a codec that is a semantic stream, widths not a
     multiple of their heads, a size 0, a text tokenizer that is not one) were KeyError / reshape
@@ -360,4 +363,24 @@ def test_acoustic_model_and_stream_mistakes_are_one_line(corpus_shards, tmp_path
     r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert r.output.startswith(f"error: {tmp_path / 'x.yaml'}: ") and why in r.output, r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_text_stream_without_word_timings_is_refused(corpus_shards, tmp_path):
+    """Shards whose corpus has no word timings gave a text stream of EMPTY only, trained in silence (and a
+    `--say` model that never learnt text): one line naming the key, exit 2, no run folder."""
+    corpus = json.loads((corpus_shards / "shards" / "manifest.json").read_text())["corpus"]
+    rows = [json.loads(line) for line in Path(corpus).read_text().splitlines()[:2]]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({**{k: v for k, v in r.items() if k != "words"},
+                                                          "path": str(Path(corpus).parent / r["path"])}) + "\n"
+                                              for r in rows))
+    r = run("encode", tmp_path / "c.jsonl", "-t", corpus_shards / "km", "-t",
+            f"encodec:{corpus_shards / 'codec'}:nq=2", "-o", tmp_path / "shards", "-q")
+    assert r.exit_code == 0, r.output
+    cfg = {"output": str(tmp_path / "x"), "shards": [str(tmp_path / "shards")], "codec": "encodec",
+           "pattern": "depth", "text_stream": True, "train": {"steps": 1, "batch_size": 2}}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "text_stream: no utterance of the shards has word timings" in r.output, r.output
     assert not (tmp_path / "x").exists()
