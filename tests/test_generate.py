@@ -500,3 +500,31 @@ def test_generate_and_resynth_write_their_output_whole_and_where_named(base_llm,
     r = CliRunner().invoke(cli, ["resynth", str(wav), "-t", codec, "-o", str(tmp_path / "r.wav")])
     assert r.exit_code == 130
     assert not [p.name for p in tmp_path.iterdir() if "r.wav" in p.name], list(tmp_path.iterdir())
+
+
+def test_generate_refuses_unreadable_prompt_audio_before_the_lm(base_llm, units_and_codec_shards, tmp_path):
+    """A --voice or --prompt-audio that is not audio, empty or NaN was an AudioError traceback after the LM
+    stage: one line naming the file, exit 2. A text-stream model run without --say warns of nothing."""
+    root = units_and_codec_shards
+    r = run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm")
+    assert r.exit_code == 0, r.output
+    cfg = {"output": str(tmp_path / "ac"), "shards": [str(root / "shards")], "codec": "encodec",
+           "pattern": "depth", "text_stream": True,
+           "model": {"dim": 32, "layers": 1, "heads": 2, "depth_dim": 16, "depth_layers": 1, "depth_heads": 2},
+           "train": {"steps": 1, "batch_size": 2, "crop_seconds": 1.0, "precision": "fp32"}}
+    (tmp_path / "ac.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("acoustic", "train", tmp_path / "ac.yaml")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "text.wav").write_text("not audio")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    nan = np.full(1600, np.nan, np.float32)
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    common = ["generate", "--lm", tmp_path / "lm", "--acoustic", tmp_path / "ac" / "final", "--tokenizer",
+              root / "km", "--max-units", 4, "-o", tmp_path / "o.wav"]
+    for option, name, why in (("--voice", "text.wav", "cannot decode audio"), ("--voice", "empty.wav", "no samples"),
+                              ("--prompt-audio", "nan.wav", "NaN")):
+        r = CliRunner().invoke(cli, [str(a) for a in common + [option, tmp_path / name]])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"error: {tmp_path / name}: ") and why in r.output, r.output
+    r = run(*common, "--prompt-text", "the cat", "-q")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output

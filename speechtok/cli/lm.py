@@ -262,10 +262,10 @@ def check_stage_options(units_only: bool, acoustic_dir, vocoder_dir, **given) ->
                                    f"not --{stage}; it would be ignored")
 
 
-def warn_unsaid(say: str | None, words: list[dict], seconds: float) -> None:
+def warn_unsaid(say: str, words: list[dict], seconds: float) -> None:
     """A warning line when the audio ended before --say's words did (the LM's units set its length), so a
     cut text is not taken for the whole."""
-    asked = (say or "").split()
+    asked = say.split()
     spoken = [w["word"] for w in words]
     if spoken != asked:
         click.echo(f"warning: --say: {len(spoken)} of its {len(asked)} words fit in {seconds:.2f} s of audio "
@@ -381,6 +381,7 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
         text = json.dumps({"words": gen.words}, indent=1) + "\n"
         write_whole_file(words, lambda path: path.write_text(text))
         click.echo(f"{len(gen.words)} words -> {words}")
-        warn_unsaid(say, gen.words, len(gen.wav) / gen.sample_rate)
+        if say is not None:
+            warn_unsaid(say, gen.words, len(gen.wav) / gen.sample_rate)
     if not units_only and gen.voice_seconds is not None:
         click.echo(f"voice prompt: at most its first {gen.voice_seconds:g} s (--voice-seconds)")
