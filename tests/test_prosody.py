@@ -225,7 +225,16 @@ def test_padded_encode_matches_rows_and_frame_counts():
 
 @pytest.mark.parametrize("spec, why", [("f0:crepe", "TRACKER one of yaapt, world, pesto"),
                                        ("f0:yaapt:rate=fast", "rate='fast' is not a number"),
-                                       ("f0:yaapt:hop=3", "'hop=3' is not one of")])
+                                       ("f0:yaapt:hop=3", "'hop=3' is not one of"),
+                                       # were a ZeroDivisionError / OverflowError traceback, a line naming
+                                       # nothing, a stream named '' written, the last of two rates taken
+                                       ("f0:world:rate=0", "rate='0' is not a number of hertz above 0"),
+                                       ("f0:world:fmax=inf", "fmax='inf' is not a number of hertz above 0"),
+                                       ("f0:world:rate=nan", "rate='nan' is not a number of hertz above 0"),
+                                       ("f0:world:name=", "name='' is not a stream name"),
+                                       ("f0:world:rate=50:rate=100", "rate= given twice"),
+                                       ("f0:world:stats=", "stats= names no file or folder"),
+                                       ("encodec:some/model:nq=2:nq=4", "nq= given twice")])
 def test_bad_f0_spec_is_one_line_usage_error(speech_corpus, tmp_path, spec, why):
     r = CliRunner().invoke(cli, ["encode", str(speech_corpus), "-t", spec, "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
