@@ -85,6 +85,7 @@ def lm() -> None:
 def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, bpe, pitch, style):
     """Add <s_i> units, codec tokens, pitch / style tokens and [TEXT]/[SPEECH] to BASE (hub id or local
     directory)."""
+    from speechtok.checksums import CHECKSUMS, write_checksums
     from speechtok.lm.vocab import TokenClash, check_bpes, extend_vocab, load_base, speech_streams
     from speechtok.shards import ShardError, read_manifest
     from speechtok.tokenizers.unit_bpe import UnitBPE
@@ -125,10 +126,12 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, b
     except (ValueError, ShardError) as e:
         fail(f"{manifest}: {e}")
     out = Path(output)
-    try:
+    try:  # sha256.json last: a save cut short is refused by its readers, not taken for a model
+        (out / CHECKSUMS).unlink(missing_ok=True)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         vocab.save(out)
+        write_checksums(out)
     except OSError as e:
         fail_with(e)
     click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings {model.get_input_embeddings().weight.shape[0]}); "
