@@ -179,8 +179,8 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, speech_corpus, km, base
                                                  f"512 positions of the model (max_position_embeddings in "
                                                  f"{base_llm / 'config.json'})",
         ("lm", "train", tmp_path / "span.yaml"): f"{tmp_path / 'span.yaml'}: data.span_words: ",
-        ("lm", "train", tmp_path / "codec_dedup.yaml"): f"{tmp_path / 'codec_dedup.yaml'}: data.dedup: true "
-                                                        "deduplicates units, and speech: codec",  # was ignored
+        ("lm", "train", tmp_path / "codec_dedup.yaml"):  # dedup was ignored
+            f"{tmp_path / 'codec_dedup.yaml'}: data.dedup: true deduplicates units, and speech: codec",
         ("lm", "train", tmp_path / "dup.yaml"): f"{tmp_path / 'dup.yaml'}: line {dup_line}: not valid YAML "
                                                 "(duplicate key 'lr', first on line",
         ("generate", "--lm", tmp_path, "--units-only", "-o", out / "u.npy"): "not a speechtok LM directory",

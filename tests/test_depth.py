@@ -349,7 +349,7 @@ def test_text_stream_with_a_hugging_face_tokenizer(base_llm):
     ({"text_stream": True, "text_tokenizer": "km"}, "text_tokenizer: 'km' is not a Hugging Face tokenizer"),
     ({"text_stream": True, "text_tokenizer": "/no/such/tokenizer"}, "is not a Hugging Face tokenizer"),
     ({"n_q": 0}, "n_q: at least 1 codebook"),  # was taken for all the shards' codebooks
-    ({"codebook_weights": [0, 0]}, "codebook_weights: all 0 ([0.0, 0.0]) train nothing")])  # trained at loss 0
+    ({"codebook_weights": [0, 0]}, "codebook_weights: all 0 ([0.0, 0.0]) train nothing")])  # was loss 0
 def test_acoustic_model_and_stream_mistakes_are_one_line(corpus_shards, tmp_path, extra, why):
     """Mistakes found only when the model is built (a codec that is a semantic stream, widths not a
     multiple of their heads, a size 0, a text tokenizer that is not one) were KeyError / reshape
@@ -371,9 +371,9 @@ def test_text_stream_without_word_timings_is_refused(corpus_shards, tmp_path):
     `--say` model that never learnt text): one line naming the key, exit 2, no run folder."""
     corpus = json.loads((corpus_shards / "shards" / "manifest.json").read_text())["corpus"]
     rows = [json.loads(line) for line in Path(corpus).read_text().splitlines()[:2]]
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({**{k: v for k, v in r.items() if k != "words"},
-                                                          "path": str(Path(corpus).parent / r["path"])}) + "\n"
-                                              for r in rows))
+    rows = [{**{k: v for k, v in r.items() if k != "words"}, "path": str(Path(corpus).parent / r["path"])}
+            for r in rows]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = run("encode", tmp_path / "c.jsonl", "-t", corpus_shards / "km", "-t",
             f"encodec:{corpus_shards / 'codec'}:nq=2", "-o", tmp_path / "shards", "-q")
     assert r.exit_code == 0, r.output

@@ -510,7 +510,8 @@ def test_generate_refuses_unreadable_prompt_audio_before_the_lm(base_llm, units_
     assert r.exit_code == 0, r.output
     cfg = {"output": str(tmp_path / "ac"), "shards": [str(root / "shards")], "codec": "encodec",
            "pattern": "depth", "text_stream": True,
-           "model": {"dim": 32, "layers": 1, "heads": 2, "depth_dim": 16, "depth_layers": 1, "depth_heads": 2},
+           "model": {"dim": 32, "layers": 1, "heads": 2,
+                     "depth_dim": 16, "depth_layers": 1, "depth_heads": 2},
            "train": {"steps": 1, "batch_size": 2, "crop_seconds": 1.0, "precision": "fp32"}}
     (tmp_path / "ac.yaml").write_text(yaml.safe_dump(cfg))
     r = run("acoustic", "train", tmp_path / "ac.yaml")
@@ -521,8 +522,8 @@ def test_generate_refuses_unreadable_prompt_audio_before_the_lm(base_llm, units_
     sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
     common = ["generate", "--lm", tmp_path / "lm", "--acoustic", tmp_path / "ac" / "final", "--tokenizer",
               root / "km", "--max-units", 4, "-o", tmp_path / "o.wav"]
-    for option, name, why in (("--voice", "text.wav", "cannot decode audio"), ("--voice", "empty.wav", "no samples"),
-                              ("--prompt-audio", "nan.wav", "NaN")):
+    for option, name, why in (("--voice", "text.wav", "cannot decode audio"),
+                              ("--voice", "empty.wav", "no samples"), ("--prompt-audio", "nan.wav", "NaN")):
         r = CliRunner().invoke(cli, [str(a) for a in common + [option, tmp_path / name]])
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
         assert r.output.startswith(f"error: {tmp_path / name}: ") and why in r.output, r.output

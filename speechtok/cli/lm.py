@@ -257,7 +257,8 @@ def check_stage_options(units_only: bool, acoustic_dir, vocoder_dir, **given) ->
         raise click.UsageError(f"--acoustic is not used with --{stage}: give one of them")
     if units_only and vocoder_dir is not None:
         raise click.UsageError("--vocoder is not used with --units-only: give one of them")
-    needs = {"voice": "acoustic", "voice_seconds": "acoustic", "speaker": "vocoder", "pitch_tokenizer": "vocoder"}
+    needs = {"voice": "acoustic", "voice_seconds": "acoustic",
+             "speaker": "vocoder", "pitch_tokenizer": "vocoder"}
     for name, value in given.items():
         if value is not None and needs[name] != stage:
             flag = "--" + name.replace("_", "-")
@@ -271,9 +272,9 @@ def warn_unsaid(say: str, words: list[dict], seconds: float) -> None:
     asked = say.split()
     spoken = [w["word"] for w in words]
     if spoken != asked:
+        last = repr(spoken[-1]) if spoken else "none"
         click.echo(f"warning: --say: {len(spoken)} of its {len(asked)} words fit in {seconds:.2f} s of audio "
-                   f"(the last one said: {spoken[-1] if spoken else 'none'!r}); raise --max-units or say less",
-                   err=True)
+                   f"(the last one said: {last}); raise --max-units or say less", err=True)
 
 
 @click.command("generate")

@@ -86,7 +86,8 @@ class AcousticConfig:
         or a width 0 model that trains at a constant loss)."""
         sizes = {"dim": self.dim, "layers": self.layers, "heads": self.heads}
         if self.pattern == "depth":
-            sizes.update(depth_dim=self.depth_dim, depth_layers=self.depth_layers, depth_heads=self.depth_heads)
+            sizes.update(depth_dim=self.depth_dim, depth_layers=self.depth_layers,
+                         depth_heads=self.depth_heads)
         for name, size in sizes.items():
             if not (isinstance(size, int) and size >= 1):
                 raise ValueError(f"model.{name}: must be a whole number of at least 1, not {size!r}")

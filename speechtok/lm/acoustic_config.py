@@ -68,7 +68,8 @@ class AcousticRun:
         if self.codebook_weights and not sum(self.codebook_weights) > 0:
             raise ValueError(f"codebook_weights: all 0 ({self.codebook_weights}) train nothing")
         if self.n_q is not None and not self.n_q >= 1:
-            raise ValueError(f"n_q: at least 1 codebook (or leave it out: all of the shards'), not {self.n_q}")
+            raise ValueError(f"n_q: at least 1 codebook (or leave it out: all of the shards'), "
+                             f"not {self.n_q}")
         self.model = {**SIZES, **self.model}  # the sizes --print-config shows, unless the config sets them
 
 

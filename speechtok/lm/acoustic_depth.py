@@ -43,7 +43,7 @@ class TextTokens:
 
             try:
                 self.tok = AutoTokenizer.from_pretrained(name)
-            except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for what it cannot read
+            except Exception as e:  # transformers: OSError, ValueError, KeyError, ... for what it cannot read
                 why = " ".join(str(e).split())[:200] or type(e).__name__
                 raise ValueError(f"text_tokenizer: {name!r} is not a Hugging Face tokenizer (a folder or hub "
                                  f"id) nor 'bytes' ({type(e).__name__}: {why})") from None

@@ -163,8 +163,8 @@ def pitch_decoder(vocab: SpeechVocab, voc, pitch_dir: str | Path | None, speaker
     if not voc.cfg.f0 or not vocab.pitch_stream:
         if pitch_dir is not None:  # it would be ignored
             why = "the vocoder is not F0-conditioned" if not voc.cfg.f0 else "the LM makes no pitch tokens"
-            raise ValueError(f"{pitch_dir}: --pitch-tokenizer decodes an expressive LM's pitch tokens to the F0 "
-                             f"of an F0-conditioned vocoder, but {why}; drop it")
+            raise ValueError(f"{pitch_dir}: --pitch-tokenizer decodes an expressive LM's pitch tokens to the "
+                             f"F0 of an F0-conditioned vocoder, but {why}; drop it")
         return None
     card = vocab.tokenizer_cards[vocab.pitch_stream]
     tok = load_pitch_tokenizer(card, None if pitch_dir is None else str(pitch_dir))

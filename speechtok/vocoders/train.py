@@ -213,8 +213,9 @@ def check_segment(seconds: float, sr: int, hop: int) -> None:
     samples = max(1, int(seconds * sr / hop)) * hop
     if samples < MIN_SEGMENT_SAMPLES:
         least = -(-MIN_SEGMENT_SAMPLES // hop) * hop / sr
-        raise ValueError(f"segment_seconds: {seconds:g} s is {samples} samples at {sr} Hz; the mel loss and "
-                         f"discriminators need at least {MIN_SEGMENT_SAMPLES} (segment_seconds {least:.3f} or more)")
+        raise ValueError(f"segment_seconds: {seconds:g} s is {samples} samples at {sr} Hz; the mel loss "
+                         f"and discriminators need at least {MIN_SEGMENT_SAMPLES} (segment_seconds "
+                         f"{least:.3f} or more)")
 
 
 def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device: str = "cpu") -> dict:
