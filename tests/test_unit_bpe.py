@@ -438,3 +438,21 @@ def test_lm_trained_on_codec_bpe_tokens_records_it(codec_bpe_lm, units_and_codec
     line = refused("generate", "--lm", tmp_path / "run" / "final", "--prompt-text", "the cat", "--units-only",
                    "-o", tmp_path / "x.npy")
     assert line.startswith(f"error: {tmp_path / 'run' / 'final'}: trained on codec tokens"), line
+
+
+def test_codec_bpe_lm_data_refuses_shards_without_its_codec_stream(codec_bpe_lm, tmp_path):
+    """Shards without the codec stream the LM's codec BPE reads were refused as 'has type=None'; the line
+    now names the shards, the missing stream and the BPE."""
+    from transformers import AutoTokenizer
+
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    lm, _ = codec_bpe_lm
+    (tmp_path / "units").mkdir()
+    cards = {"semantic": {"type": "semantic", "k": 12, "frame_rate": 100.0}}
+    (tmp_path / "units" / "manifest.json").write_text(json.dumps({"tokenizers": cards, "shards": []}))
+    builder = SequenceBuilder(SpeechVocab.load(lm), AutoTokenizer.from_pretrained(lm), speech="codec")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'units'}: no stream 'encodec', which the LM's codec BPE "
+                                         rf"\({lm / 'speech_bpe_codec' / 'bpe.json'}\) reads"):
+        builder.check_shards(str(tmp_path / "units"))
