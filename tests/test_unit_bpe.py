@@ -453,6 +453,7 @@ def test_codec_bpe_lm_data_refuses_shards_without_its_codec_stream(codec_bpe_lm,
     cards = {"semantic": {"type": "semantic", "k": 12, "frame_rate": 100.0}}
     (tmp_path / "units" / "manifest.json").write_text(json.dumps({"tokenizers": cards, "shards": []}))
     builder = SequenceBuilder(SpeechVocab.load(lm), AutoTokenizer.from_pretrained(lm), speech="codec")
-    with pytest.raises(ValueError, match=f"^{tmp_path / 'units'}: no stream 'encodec', which the LM's codec BPE "
-                                         rf"\({lm / 'speech_bpe_codec' / 'bpe.json'}\) reads"):
+    bpe_json = lm / "speech_bpe_codec" / "bpe.json"
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'units'}: no stream 'encodec', which the LM's "
+                                         rf"codec BPE \({bpe_json}\) reads"):
         builder.check_shards(str(tmp_path / "units"))
