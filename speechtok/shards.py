@@ -173,6 +173,10 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise ShardError(f"{mpath}: manifest is not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise ShardError(f"{mpath}: manifest is not text (not a tok encode manifest.json)") from None
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{mpath}: manifest is not a JSON object (not a tok encode manifest.json)")
     from speechtok.hub import resolve_card  # model paths are stored relative to the shard folder
 
     if isinstance(manifest.get("tokenizers"), dict):
@@ -251,12 +255,20 @@ def shard_problem(path: Path, record: dict) -> str | None:
     return None
 
 
+def listed_shards(folder: Path, manifest: dict) -> list[dict]:
+    """The manifest's shard entries, each with a name, or a ShardError naming the manifest."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and "name" in s for s in shards):
+        raise ShardError(f"{folder / MANIFEST}: no list of shards (a damaged or unfinished manifest)")
+    return shards
+
+
 def manifest_shards(path: str | Path, verify: bool = True) -> list[Path]:
     """The shard files a manifest (or its folder) lists, in order; with `verify`, every one is checked
     against the manifest first (size and sha256), and the first bad one raises a ShardError naming it."""
     folder, manifest = read_manifest(path)
     out = []
-    for shard in manifest["shards"]:
+    for shard in listed_shards(folder, manifest):
         spath = folder / shard["name"]
         if verify and (why := shard_problem(spath, shard)) is not None:
             raise ShardError(f"{spath}: {why}")
@@ -268,7 +280,7 @@ def read_shards(path: str | Path, verify: bool = True) -> Iterator[dict]:
     """Decoded samples of every shard a manifest lists, in order; with `verify`, each shard's size and
     sha256 are checked against the manifest before it is read."""
     folder, manifest = read_manifest(path)
-    for shard in manifest["shards"]:
+    for shard in listed_shards(folder, manifest):
         spath = folder / shard["name"]
         why = shard_problem(spath, shard) if verify else None
         if why is None and not spath.exists():

@@ -162,6 +162,8 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, speech_corpus, km, base
           "data": {"shards": [str(tmp_path / "shards")]}}
     (tmp_path / "long.yaml").write_text(yaml.safe_dump({**lm, "data": {**lm["data"], "seq_len": 4096}}))
     (tmp_path / "span.yaml").write_text(yaml.safe_dump({**lm, "data": {**lm["data"], "span_words": [5, 1]}}))
+    (tmp_path / "codec_dedup.yaml").write_text(
+        yaml.safe_dump({**lm, "data": {**lm["data"], "speech": "codec", "dedup": True}}))
     (tmp_path / "dup.yaml").write_text(yaml.safe_dump(lm)
                                        + "train:\n  lr: 1.0e-3\n  steps: 5\n  lr: 2.0e-3\n")
     dup_line = len((tmp_path / "dup.yaml").read_text().splitlines())  # the second 'lr', the last line
@@ -187,6 +189,8 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, speech_corpus, km, base
                                                  f"the 512 positions of the model (max_position_embeddings "
                                                  f"in {base_llm / 'config.json'})",
         ("lm", "train", tmp_path / "span.yaml"): f"{tmp_path / 'span.yaml'}: data.span_words: ",
+        ("lm", "train", tmp_path / "codec_dedup.yaml"):  # dedup was ignored
+            f"{tmp_path / 'codec_dedup.yaml'}: data.dedup: true deduplicates units, and speech: codec",
         ("lm", "train", tmp_path / "dup.yaml"): f"{tmp_path / 'dup.yaml'}: line {dup_line}: not valid YAML "
                                                 "(duplicate key 'lr', first on line",
         ("generate", "--lm", tmp_path, "--units-only", "-o", out / "u.npy"): "not a speechtok LM directory",

@@ -5,6 +5,7 @@ voice prompt, batched == alone, the compiled frame step (no graph break, recompi
 
 import json
 from dataclasses import replace as dataclasses_replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,6 +261,11 @@ def test_tok_generate_with_a_depth_model(trained_lm, corpus_shards, tmp_path, te
     frames = len(wav) / 320
     assert said and "the dog ran".startswith(" ".join(w["word"] for w in said))
     assert all(0 <= w["start"] < w["end"] <= frames / 75 + 1e-9 for w in said)
+    long = "the dog ran " * 40  # more words than 20 units' audio holds: said in part, and told so
+    r = CliRunner().invoke(cli, [str(a) for a in args] + ["--say", long])
+    assert r.exit_code == 0, r.output
+    said = json.loads(words.read_text())["words"]
+    assert f"warning: --say: {len(said)} of its 120 words fit in" in r.output, r.output
 
 
 def test_depth_training_resumes_the_same_curve(corpus_shards, tmp_path):
@@ -331,3 +337,50 @@ def test_text_stream_with_a_hugging_face_tokenizer(base_llm):
     spoken = [t for t in out[0, :40, 0].tolist() if t < tt.n]
     assert spoken == [t for w in tt.word_ids(["the", "dog", "ran"]) for t in w]
     assert [w["word"] for w in text_words(cfg, out[0, :40, 0])] == ["the", "dog", "ran"]
+
+
+@pytest.mark.parametrize("extra, why", [
+    ({"codec": "semantic"}, "'semantic' is a semantic stream, not a codec's (codec streams: ['encodec'])"),
+    ({"model": {"dim": 30, "heads": 4}}, "model.dim: 30 is not a multiple of model.heads (4)"),
+    ({"model": {"dim": 32, "heads": 2, "depth_dim": 7, "depth_heads": 2}},
+     "model.depth_dim: 7 is not a multiple of model.depth_heads (2)"),
+    ({"model": {"dim": 0}}, "model.dim: must be a whole number of at least 1, not 0"),
+    ({"model": {"depth_layers": 0}}, "model.depth_layers: must be a whole number of at least 1, not 0"),
+    ({"text_stream": True, "text_tokenizer": "km"}, "text_tokenizer: 'km' is not a Hugging Face tokenizer"),
+    ({"text_stream": True, "text_tokenizer": "/no/such/tokenizer"}, "is not a Hugging Face tokenizer"),
+    ({"n_q": 0}, "n_q: at least 1 codebook"),  # was taken for all the shards' codebooks
+    ({"codebook_weights": [0, 0]}, "codebook_weights: all 0 ([0.0, 0.0]) train nothing")])  # was loss 0
+def test_acoustic_model_and_stream_mistakes_are_one_line(corpus_shards, tmp_path, extra, why):
+    """Mistakes found only when the model is built (a codec that is a semantic stream, widths not a
+    multiple of their heads, a size 0, a text tokenizer that is not one) were KeyError / reshape
+    tracebacks, a config error of exit 3 naming no key, or a width-0 model trained at a constant loss."""
+    cfg = {"output": str(tmp_path / "x"), "shards": [str(corpus_shards / "shards")], "codec": "encodec",
+           "pattern": "depth", "train": {"steps": 1, "batch_size": 2, "precision": "fp32"}}
+    cfg.update({k: v if k != "text_tokenizer" or v.startswith("/") else str(corpus_shards / v)
+                for k, v in extra.items()})
+    why = why.replace("'km'", repr(str(corpus_shards / "km")))
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"error: {tmp_path / 'x.yaml'}: ") and why in r.output, r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_text_stream_without_word_timings_is_refused(corpus_shards, tmp_path):
+    """Shards whose corpus has no word timings gave a text stream of EMPTY only, trained in silence (and a
+    `--say` model that never learnt text): one line naming the key, exit 2, no run folder."""
+    corpus = json.loads((corpus_shards / "shards" / "manifest.json").read_text())["corpus"]
+    rows = [json.loads(line) for line in Path(corpus).read_text().splitlines()[:2]]
+    rows = [{**{k: v for k, v in r.items() if k != "words"}, "path": str(Path(corpus).parent / r["path"])}
+            for r in rows]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run("encode", tmp_path / "c.jsonl", "-t", corpus_shards / "km", "-t",
+            f"encodec:{corpus_shards / 'codec'}:nq=2", "-o", tmp_path / "shards", "-q")
+    assert r.exit_code == 0, r.output
+    cfg = {"output": str(tmp_path / "x"), "shards": [str(tmp_path / "shards")], "codec": "encodec",
+           "pattern": "depth", "text_stream": True, "train": {"steps": 1, "batch_size": 2}}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["acoustic", "train", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "text_stream: no utterance of the shards has word timings" in r.output, r.output
+    assert not (tmp_path / "x").exists()

@@ -299,6 +299,12 @@ def test_generate_decodes_pitch_tokens_to_the_f0_the_vocoder_hears(f0_shards, ba
     np.testing.assert_allclose(got, want, atol=2 / 32768)  # written as 16-bit wav
     unvoiced = units_to_audio(vocoder, streams["units"], 1)
     assert np.abs(got - unvoiced).mean() > 0.01 * np.abs(got).mean()
+    # --pitch-tokenizer where it would be ignored (bins decode from the LM's card; a vocoder without F0)
+    plain = speaker_vocoder(tmp_path / "plain")
+    for vocoder_dir, why in ((voc, "are pitch bins"), (plain, "the vocoder is not F0-conditioned")):
+        r = run("generate", "--lm", tmp_path / "lm", "--vocoder", vocoder_dir, "--pitch-tokenizer",
+                tmp_path / "bins", "--max-units", "6", "-o", tmp_path / "x.wav")
+        assert r.exit_code == 2 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def world_median_f0(wav: np.ndarray, sr: int = 16000) -> float:
@@ -403,3 +409,26 @@ def test_harmonic_vocoder_trains_and_speaks_with_the_transferred_f0(f0_shards, t
     assert b_f0 / a_f0 > 1.8  # B speaks about an octave above A, and far from the 100 Hz hop
     out_f0 = world_median_f0(*sf.read(tmp_path / "a_b.wav"))
     assert abs(np.log(out_f0 / b_f0)) < 0.1, (out_f0, a_f0, b_f0)  # measured: 0.3% off after 30 steps
+
+
+def test_resynth_refuses_an_f0_source_without_pitch_and_an_input_without_a_unit(f0_shards, tmp_path):
+    """`--f0-from` audio with no voiced frame (silence, noise, 10 samples) would be heard as an all-unvoiced
+    contour: one line naming that file, exit 2, nothing written; an input too short for one unit frame
+    was a conv1d traceback, now one line naming it."""
+    shards, km = f0_shards
+    card = json.loads((shards / "manifest.json").read_text())["tokenizers"]["f0"]
+    voc = speaker_vocoder(tmp_path / "voc", card)
+    corpus = Path(json.loads((shards / "manifest.json").read_text())["corpus"])
+    speech = json.loads(corpus.read_text().splitlines()[0])["path"]
+    noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    for name, wav in (("silence", np.zeros(16000, np.float32)), ("noise", noise),
+                      ("ten", np.zeros(10, np.float32))):
+        sf.write(tmp_path / f"{name}.wav", wav, 16000)
+        r = run("resynth", speech, "-t", km, "--vocoder", voc, "--f0-from", tmp_path / f"{name}.wav",
+                "-o", tmp_path / "out.wav")
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"error: {tmp_path / name}.wav: no voiced frame"), r.output
+        assert not (tmp_path / "out.wav").exists()
+    r = run("resynth", tmp_path / "ten.wav", "-t", km, "--vocoder", voc, "-o", tmp_path / "out.wav")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"error: {tmp_path / 'ten.wav'}: too short"), r.output

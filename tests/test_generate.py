@@ -462,3 +462,83 @@ def test_resynth_refuses_a_vocoder_of_another_tokenizer(corpus_shards, tmp_path)
     r = run("resynth", _audio_of(sample["id"], corpus_shards), "-t", corpus_shards / "km", "--vocoder",
             tmp_path / "same", "-o", tmp_path / "r.wav")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--acoustic", "A", "--speaker", "bob"], "--speaker is for the vocoder stage"),
+    (["--acoustic", "A", "--pitch-tokenizer", "P"], "--pitch-tokenizer is for the vocoder stage"),
+    (["--vocoder", "V", "--voice", "W"], "--voice is for the acoustic stage"),
+    (["--acoustic", "A", "--vocoder", "V"], "--acoustic is not used with --vocoder"),
+    (["--units-only", "--vocoder", "V"], "--vocoder is not used with --units-only"),
+    (["--acoustic", "A", "--voice-seconds", "2"], "--voice-seconds is how much of --voice"),
+    (["--acoustic", "A", "--say", "  "], "--say: no words to say")])
+def test_generate_refuses_options_it_would_ignore(tmp_path, args, why):
+    """An option of a stage that does not run (--speaker without --vocoder, --voice with it, ...) or an
+    empty --say (which leaves a text stream free: random words in OUTPUT.text.json) was silently accepted;
+    now one usage line, exit 2, before anything is loaded."""
+    for name in "AVPW":
+        (tmp_path / name).mkdir()
+    args = [str(tmp_path / a) if a in "AVPW" else a for a in args]
+    r = CliRunner().invoke(cli, ["generate", "--lm", str(tmp_path), *args, "-o", str(tmp_path / "o.wav")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and why in r.output, r.output
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_generate_and_resynth_write_their_output_whole_and_where_named(base_llm, units_and_codec_shards,
+                                                                       tmp_path, monkeypatch):
+    """--units-only -o u.bin writes u.bin (np.save(path) wrote u.bin.npy while naming u.bin); a wav cut
+    short by a signal mid-write (SystemExit from the handler) leaves no file (it was left half-written
+    under its final name while the message said 'not written')."""
+    from pathlib import Path
+
+    import soundfile
+
+    root = units_and_codec_shards
+    r = run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm")
+    assert r.exit_code == 0, r.output
+    r = run("generate", "--lm", tmp_path / "lm", "--units-only", "--max-units", 5, "-o", tmp_path / "u.bin")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("u.")) == ["u.bin"]
+    assert 0 < len(np.load(tmp_path / "u.bin")) <= 5
+
+    def torn_write(path, data, rate, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"RIFF\0\0")
+        raise SystemExit(130)  # what the SIGINT handler raises, mid-write
+
+    monkeypatch.setattr(soundfile, "write", torn_write)
+    corpus = json.loads((root / "shards" / "manifest.json").read_text())["corpus"]
+    wav = Path(corpus).parent / json.loads(Path(corpus).read_text().splitlines()[0])["path"]
+    codec = f"encodec:{root / 'codec'}:nq=2"
+    r = CliRunner().invoke(cli, ["resynth", str(wav), "-t", codec, "-o", str(tmp_path / "r.wav")])
+    assert r.exit_code == 130
+    assert not [p.name for p in tmp_path.iterdir() if "r.wav" in p.name], list(tmp_path.iterdir())
+
+
+def test_generate_refuses_unreadable_prompt_audio_before_the_lm(base_llm, units_and_codec_shards, tmp_path):
+    """A --voice or --prompt-audio that is not audio, empty or NaN was an AudioError traceback after the LM
+    stage: one line naming the file, exit 2. A text-stream model run without --say warns of nothing."""
+    root = units_and_codec_shards
+    r = run("lm", "extend-vocab", base_llm, "-m", root / "shards", "-o", tmp_path / "lm")
+    assert r.exit_code == 0, r.output
+    cfg = {"output": str(tmp_path / "ac"), "shards": [str(root / "shards")], "codec": "encodec",
+           "pattern": "depth", "text_stream": True,
+           "model": {"dim": 32, "layers": 1, "heads": 2,
+                     "depth_dim": 16, "depth_layers": 1, "depth_heads": 2},
+           "train": {"steps": 1, "batch_size": 2, "crop_seconds": 1.0, "precision": "fp32"}}
+    (tmp_path / "ac.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("acoustic", "train", tmp_path / "ac.yaml")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "text.wav").write_text("not audio")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    nan = np.full(1600, np.nan, np.float32)
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    common = ["generate", "--lm", tmp_path / "lm", "--acoustic", tmp_path / "ac" / "final", "--tokenizer",
+              root / "km", "--max-units", 4, "-o", tmp_path / "o.wav"]
+    for option, name, why in (("--voice", "text.wav", "cannot decode audio"),
+                              ("--voice", "empty.wav", "no samples"), ("--prompt-audio", "nan.wav", "NaN")):
+        r = CliRunner().invoke(cli, [str(a) for a in common + [option, tmp_path / name]])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"error: {tmp_path / name}: ") and why in r.output, r.output
+    r = run(*common, "--prompt-text", "the cat", "-q")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output

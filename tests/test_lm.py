@@ -682,3 +682,29 @@ def test_a_global_position_resumes_near_the_same_items_on_another_layout(units):
     missed, twice = 120 - len(both), sum(c > 1 for c in both.values())
     assert missed == twice <= 4 * per_unit // 2, (missed, twice)  # parts kept an even pace: small boundary
     assert missed == twice == 0 or units == 30
+
+
+def test_extend_vocab_output_is_checksummed_and_verified(base_llm, units_and_codec_shards, tmp_path):
+    """`tok lm extend-vocab` records sha256.json; a flipped bit in its weights is refused in one line by
+    `tok lm train` (model: it) and `tok generate`, exit 2, instead of training or generating from it."""
+    from click.testing import CliRunner
+
+    from speechtok.cli.main import cli
+
+    def tok(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    r = tok("lm", "extend-vocab", base_llm, "-m", units_and_codec_shards / "shards", "-o", tmp_path / "lm")
+    assert r.exit_code == 0 and (tmp_path / "lm" / "sha256.json").is_file(), r.output
+    weights = tmp_path / "lm" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 1
+    weights.write_bytes(bytes(data))
+    cfg = {"model": str(tmp_path / "lm"), "output": str(tmp_path / "run"),
+           "data": {"shards": [str(units_and_codec_shards / "shards")], "seq_len": 64, "num_workers": 0},
+           "train": {"steps": 1, "batch_size": 1, "precision": "fp32"}}
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(cfg))
+    for r in (tok("lm", "train", tmp_path / "lm.yaml"),
+              tok("generate", "--lm", tmp_path / "lm", "--units-only", "-o", tmp_path / "u.npy")):
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"error: {weights}: checksum mismatch"), r.output

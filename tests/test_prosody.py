@@ -225,7 +225,16 @@ def test_padded_encode_matches_rows_and_frame_counts():
 
 @pytest.mark.parametrize("spec, why", [("f0:crepe", "TRACKER one of yaapt, world, pesto"),
                                        ("f0:yaapt:rate=fast", "rate='fast' is not a number"),
-                                       ("f0:yaapt:hop=3", "'hop=3' is not one of")])
+                                       ("f0:yaapt:hop=3", "'hop=3' is not one of"),
+                                       # were a ZeroDivisionError / OverflowError traceback, a line naming
+                                       # nothing, a stream named '' written, the last of two rates taken
+                                       ("f0:world:rate=0", "rate='0' is not a number of hertz above 0"),
+                                       ("f0:world:fmax=inf", "fmax='inf' is not a number of hertz above 0"),
+                                       ("f0:world:rate=nan", "rate='nan' is not a number of hertz above 0"),
+                                       ("f0:world:name=", "name='' is not a stream name"),
+                                       ("f0:world:rate=50:rate=100", "rate= given twice"),
+                                       ("f0:world:stats=", "stats= names no file or folder"),
+                                       ("encodec:some/model:nq=2:nq=4", "nq= given twice")])
 def test_bad_f0_spec_is_one_line_usage_error(speech_corpus, tmp_path, spec, why):
     r = CliRunner().invoke(cli, ["encode", str(speech_corpus), "-t", spec, "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
@@ -306,3 +315,33 @@ def test_f0_speaker_stats_table_missing_a_speaker_skips_its_utterances(f0_200hz,
     r = CliRunner().invoke(cli, ["encode", str(corpus), "-t", stats, "-o", str(tmp_path / "out"), "-q",
                                  "--batch-size", "1"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("manifest, why", [(b"[]", "not a JSON object"), (b"\x93\x00\xff", "not text"),
+                                           (b'{"tokenizers": {"f0": {"type": "f0"}}}', "no list of shards")])
+def test_prosody_train_on_a_damaged_manifest_is_one_line(tmp_path, manifest, why):
+    """A manifest that is not an object, not text (a shard given for the folder) or lists no shards: one
+    line naming it, exit 2 (was an AttributeError traceback, a bare 'shards' or a message without file)."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_bytes(manifest)
+    r = CliRunner().invoke(cli, ["prosody", "train", str(tmp_path / "shards"), "-o", str(tmp_path / "t"),
+                                 "--method", "bins"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "manifest.json" in r.output and why in r.output, r.output
+
+
+def test_style_train_reports_skipped_inputs_and_exits_1(f0_200hz, tmp_path):
+    """Unreadable audio and a bad manifest line were skipped in silence (exit 0): each is now one error
+    line naming it, and the tokenizer trained on the rest is written with exit 1 (README: done, some inputs
+    skipped)."""
+    corpus, _ = f0_200hz
+    (tmp_path / "text.wav").write_text("not audio")
+    bad = json.dumps({"id": "bad", "path": str(tmp_path / "text.wav")})
+    (tmp_path / "c.jsonl").write_text(corpus.read_text() + bad + "\n{oops\n")
+    r = CliRunner().invoke(cli, ["prosody", "train", str(tmp_path / "c.jsonl"), "-o", str(tmp_path / "style"),
+                                 "--method", "style", "--codes", "2"])
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and any(str(tmp_path / "text.wav") in e for e in errors), r.output
+    assert any(f"{tmp_path / 'c.jsonl'}:6: bad JSON" in e for e in errors), r.output
+    assert (tmp_path / "style" / "tokenizer.json").is_file()

@@ -233,9 +233,17 @@ def test_bad_bpe_folders_are_one_line_naming_the_file(bpe_shards, tmp_path):
     meta = json.loads((root / "bpe" / "bpe.json").read_text())
     shutil.copytree(root / "bpe", tmp_path / "old")
     (tmp_path / "old" / "bpe.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "source"}))
+    (tmp_path / "old" / "sha256.json").unlink()  # an older version's folder: no checksums either
     line = refused("encode", "examples/audio", "-t", root / "km", "-o", tmp_path / "enc",
                    "--bpe", tmp_path / "old")
     assert line.startswith(f"error: {tmp_path / 'old' / 'bpe.json'}: records no source stream")
+    shutil.copytree(root / "bpe", tmp_path / "flipped")  # a merge edited (or a bit flipped) after training
+    tokenizer = json.loads((tmp_path / "flipped" / "tokenizer.json").read_text())
+    tokenizer["model"]["merges"] = tokenizer["model"]["merges"][::-1]
+    (tmp_path / "flipped" / "tokenizer.json").write_text(json.dumps(tokenizer))
+    line = refused("lm", "extend-vocab", "nowhere", "-m", root / "shards", "-o", tmp_path / "lm",
+                   "--bpe", tmp_path / "flipped")
+    assert line.startswith(f"error: {tmp_path / 'flipped' / 'tokenizer.json'}: checksum mismatch"), line
 
 
 def test_encode_writes_bpe_tokens_as_a_resumable_stream(bpe_shards, tmp_path):
@@ -433,3 +441,22 @@ def test_lm_trained_on_codec_bpe_tokens_records_it(codec_bpe_lm, units_and_codec
     line = refused("generate", "--lm", tmp_path / "run" / "final", "--prompt-text", "the cat", "--units-only",
                    "-o", tmp_path / "x.npy")
     assert line.startswith(f"error: {tmp_path / 'run' / 'final'}: trained on codec tokens"), line
+
+
+def test_codec_bpe_lm_data_refuses_shards_without_its_codec_stream(codec_bpe_lm, tmp_path):
+    """Shards without the codec stream the LM's codec BPE reads were refused as 'has type=None'; the line
+    now names the shards, the missing stream and the BPE."""
+    from transformers import AutoTokenizer
+
+    from speechtok.lm.sequences import SequenceBuilder
+    from speechtok.lm.vocab import SpeechVocab
+
+    lm, _ = codec_bpe_lm
+    (tmp_path / "units").mkdir()
+    cards = {"semantic": {"type": "semantic", "k": 12, "frame_rate": 100.0}}
+    (tmp_path / "units" / "manifest.json").write_text(json.dumps({"tokenizers": cards, "shards": []}))
+    builder = SequenceBuilder(SpeechVocab.load(lm), AutoTokenizer.from_pretrained(lm), speech="codec")
+    bpe_json = lm / "speech_bpe_codec" / "bpe.json"
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'units'}: no stream 'encodec', which the LM's "
+                                         rf"codec BPE \({bpe_json}\) reads"):
+        builder.check_shards(str(tmp_path / "units"))

@@ -420,3 +420,15 @@ def test_resynthesis_decode_batch_equals_decode_alone(tmp_path):
     tokens = [route.encode(w, 24000) for w in waves]
     for row, t in zip(route.decode_batch(tokens), tokens):
         assert_close_to_scale(row, route.decode(t), what="batched row")
+
+
+@pytest.mark.parametrize("kind, seconds, samples", [("unit-hifigan", 0.001, 160), ("vocos", 0.03, 512)])
+def test_too_short_segments_are_one_config_line(shards, kind, seconds, samples):
+    """A segment shorter than the mel loss' and discriminators' padding was a padding RuntimeError
+    traceback at the first step: one line naming segment_seconds, exit 2, no run folder left."""
+    extra = {"model": {"embed_dim": 16, "upsample_initial_channel": 16}} if kind == "unit-hifigan" else {}
+    path = config(shards, f"short_{kind}", kind=kind, segment_seconds=seconds, steps=1, **extra)
+    r = CliRunner().invoke(cli, ["vocoder", "train", "--config", path])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"segment_seconds: {seconds:g} s is {samples} samples" in r.output, r.output
+    assert not (shards / f"short_{kind}").exists()

@@ -248,15 +248,28 @@ def check_audio_suffix(path: str) -> None:
         fail(f"{path}: no audio format for the extension '{Path(path).suffix}' (use .wav or .flac)")
 
 
-def write_output_file(path: Path, write) -> None:
-    """`write(path)` (np.save, soundfile.write, ...), its failure one line, exit 3 (soundfile says only
-    'System error' for a full disk or a folder that went away)."""
+def write_output_file(path: Path, write, shown: Path | None = None) -> None:
+    """`write(path)` (np.save, soundfile.write, ...), its failure one line naming `shown` (default `path`),
+    exit 3 (soundfile says only 'System error' for a full disk or a folder that went away)."""
     try:
         write(path)
     except OSError as e:
+        e.filename = str(shown or e.filename or path)
         fail_os(e)
     except RuntimeError as e:  # soundfile's LibsndfileError
-        fail(f"{path}: cannot write ({' '.join(str(e).split())})", EXIT_ENVIRONMENT)
+        fail(f"{shown or path}: cannot write ({' '.join(str(e).split())})", EXIT_ENVIRONMENT)
+
+
+def write_whole_file(path: Path, write) -> None:
+    """`write_output_file`, but `write` fills a hidden sibling (.NAME.partial.EXT: soundfile reads the
+    format from the extension) that is renamed onto `path` once whole, so a signal or a full disk never
+    leaves a half-written OUTPUT that a rerun or a reader would take for done."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")
+    try:
+        write_output_file(partial, lambda tmp: (write(tmp), os.replace(tmp, path)), shown=path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def corpus_options(argument: str = "corpus"):

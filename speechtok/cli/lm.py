@@ -11,7 +11,7 @@ import click
 from speechtok.cli.common import (POSITIVE, FiniteRange, check_audio_suffix, device_option, device_or_fail,
                                   exit_interrupted, fail, fail_with, lock_output, os_error_line,
                                   output_option, vocoder_device_or_fail, vocoder_precision_option,
-                                  write_output_file)
+                                  write_whole_file)
 from speechtok.stopping import exit_on_signals
 
 
@@ -86,6 +86,7 @@ def lm() -> None:
 def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, bpe, pitch, style):
     """Add <s_i> units, codec tokens, pitch / style tokens and [TEXT]/[SPEECH] to BASE (hub id or local
     directory)."""
+    from speechtok.checksums import CHECKSUMS, write_checksums
     from speechtok.lm.vocab import TokenClash, check_bpes, extend_vocab, load_base, speech_streams
     from speechtok.shards import ShardError, read_manifest
     from speechtok.tokenizers.unit_bpe import UnitBPE
@@ -126,10 +127,12 @@ def extend_vocab_cmd(base, manifest, output, codec, n_q, stream, from_scratch, b
     except (ValueError, ShardError) as e:
         fail(f"{manifest}: {e}")
     out = Path(output)
-    try:
+    try:  # sha256.json last: a save cut short is refused by its readers, not taken for a model
+        (out / CHECKSUMS).unlink(missing_ok=True)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         vocab.save(out)
+        write_checksums(out)
     except OSError as e:
         fail_with(e)
     click.echo(f"{base}: vocabulary {old} -> {len(tokenizer)} (embeddings "
@@ -250,6 +253,35 @@ class StreamedWav:
         self.path.unlink(missing_ok=True)
 
 
+def check_stage_options(units_only: bool, acoustic_dir, vocoder_dir, **given) -> None:
+    """Refuse, before any work, an option of a stage that will not run (it would be silently ignored): the
+    acoustic stage's --voice / --voice-seconds, the unit HiFi-GAN's --speaker / --pitch-tokenizer, and
+    --acoustic or --vocoder beside a stage that replaces it."""
+    stage = "units-only" if units_only else "vocoder" if vocoder_dir is not None else "acoustic"
+    if stage != "acoustic" and acoustic_dir is not None:
+        raise click.UsageError(f"--acoustic is not used with --{stage}: give one of them")
+    if units_only and vocoder_dir is not None:
+        raise click.UsageError("--vocoder is not used with --units-only: give one of them")
+    needs = {"voice": "acoustic", "voice_seconds": "acoustic",
+             "speaker": "vocoder", "pitch_tokenizer": "vocoder"}
+    for name, value in given.items():
+        if value is not None and needs[name] != stage:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} is for the {needs[name]} stage (--{needs[name]} DIR), "
+                                   f"not --{stage}; it would be ignored")
+
+
+def warn_unsaid(say: str, words: list[dict], seconds: float) -> None:
+    """A warning line when the audio ended before --say's words did (the LM's units set its length), so a
+    cut text is not taken for the whole."""
+    asked = say.split()
+    spoken = [w["word"] for w in words]
+    if spoken != asked:
+        last = repr(spoken[-1]) if spoken else "none"
+        click.echo(f"warning: --say: {len(spoken)} of its {len(asked)} words fit in {seconds:.2f} s of audio "
+                   f"(the last one said: {last}); raise --max-units or say less", err=True)
+
+
 @click.command("generate")
 @click.option("--lm", "lm_dir", required=True, type=click.Path(exists=True),
               help="A `tok lm train` final model.")
@@ -304,6 +336,12 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
     if say is not None and (units_only or acoustic_dir is None or vocoder_dir is not None):
         raise click.UsageError("--say is for the acoustic stage: give --acoustic DIR (pattern: depth with a "
                                "text stream), not --units-only or --vocoder")
+    check_stage_options(units_only, acoustic_dir, vocoder_dir, voice=voice, voice_seconds=voice_seconds,
+                        speaker=speaker, pitch_tokenizer=pitch_dir)
+    if voice_seconds is not None and voice is None:
+        raise click.UsageError("--voice-seconds is how much of --voice to use: give --voice FILE")
+    if say is not None and not say.split():
+        raise click.UsageError("--say: no words to say (an empty text would leave the text stream free)")
     try:  # what can be checked before torch and transformers are imported
         SpeechVocab.load(lm_dir)
     except (ValueError, TypeError, OSError) as e:
@@ -342,17 +380,23 @@ def generate_cmd(lm_dir, acoustic_dir, tokenizer_dir, prompt_audio, prompt_text,
                    f"{len(gen.wav) / gen.sample_rate:.2f} s -> {out} (streamed; time to first audio "
                    f"{gen.first_audio:.2f} s)")
     elif units_only:
-        write_output_file(out, lambda path: np.save(path, gen.units))
+        def save_units(path: Path) -> None:  # np.save(path) would add .npy to another extension
+            with open(path, "wb") as f:
+                np.save(f, gen.units)
+
+        write_whole_file(out, save_units)
         click.echo(f"{len(gen.units)} units -> {out}")
     else:
-        write_output_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
+        write_whole_file(out, lambda path: sf.write(path, gen.wav, gen.sample_rate))
         via = (f"{gen.codes.shape[0]} x {gen.codes.shape[1]} codes" if gen.codes is not None
                else "unit HiFi-GAN")
         click.echo(f"{len(gen.units)} units -> {via} -> {len(gen.wav) / gen.sample_rate:.2f} s -> {out}")
     if gen.words is not None:  # a text-stream acoustic model: its words with their times, beside the wav
         words = out.with_suffix(".text.json")
         text = json.dumps({"words": gen.words}, indent=1) + "\n"
-        write_output_file(words, lambda path: path.write_text(text))
+        write_whole_file(words, lambda path: path.write_text(text))
         click.echo(f"{len(gen.words)} words -> {words}")
+        if say is not None:
+            warn_unsaid(say, gen.words, len(gen.wav) / gen.sample_rate)
     if not units_only and gen.voice_seconds is not None:
         click.echo(f"voice prompt: at most its first {gen.voice_seconds:g} s (--voice-seconds)")

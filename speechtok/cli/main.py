@@ -12,7 +12,8 @@ import click
 from speechtok.cli.common import (EXIT_ENVIRONMENT, EXIT_SKIPPED, POSITIVE, OneLineErrorGroup,
                                   check_audio_suffix, corpus_options, device_option, device_or_fail, fail,
                                   fail_os, fail_with, lock_output, output_option, report_errors,
-                                  vocoder_device_or_fail, vocoder_precision_option, write_output_file)
+                                  vocoder_device_or_fail, vocoder_precision_option, write_output_file,
+                                  write_whole_file)
 from speechtok.stopping import Interrupted, exit_on_signals, exit_on_signals_until_replaced
 from speechtok.corpus import CorpusError
 
@@ -342,7 +343,7 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, speaker,
     import soundfile as sf
 
     from speechtok.audio import AudioError, read_audio
-    from speechtok.pipelines.resynth import resynthesize
+    from speechtok.pipelines.resynth import F0SourceError, resynthesize
 
     if tokenizer is None and vocoder_dir is None:
         raise click.UsageError("give -t CODEC, or --vocoder DIR (with -t for units or codec tokens)")
@@ -357,9 +358,11 @@ def resynth_cmd(audio, tokenizer, vocoder_dir, output, device, f0_from, speaker,
                                          speaker)
     except AudioError as e:
         fail(f"{audio}: {e}")
+    except F0SourceError as e:
+        fail(f"{f0_from}: {e}")
     except (ValueError, OSError) as e:
         fail_with(e)
-    write_output_file(output, lambda path: sf.write(path, out, out_sr))
+    write_whole_file(output, lambda path: sf.write(path, out, out_sr))
     click.echo(f"{audio}: {len(wav) / sr:.2f} s -> {what} -> {len(out) / out_sr:.2f} s -> {output}")
 
 

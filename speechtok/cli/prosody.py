@@ -3,9 +3,12 @@ tokenizers (k-means over pooled encoder features) from a corpus."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from speechtok.cli.common import device_option, device_or_fail, fail, fail_os, lock_output, output_option
+from speechtok.cli.common import (EXIT_SKIPPED, device_option, device_or_fail, fail, fail_os, lock_output,
+                                  output_option, report_errors)
 
 METHODS = ("bins", "vqvae", "style")
 
@@ -45,6 +48,7 @@ def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_
     the corpus SOURCE (style)."""
     dev = str(device_or_fail(device))
     lock_output(output, "tok prosody train", folder=True)
+    skipped: list = []
     try:
         if method == "bins":
             from speechtok.prosody.train import train_bins
@@ -60,9 +64,15 @@ def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_
             from speechtok.prosody.style import train_style
 
             tok = train_style(source, output, features, layer, k=codes, segment_seconds=segment_seconds,
-                              seed=seed, device=dev)
+                              seed=seed, device=dev, errors=skipped)
     except OSError as e:  # environment: exit 3
+        report_errors(skipped)
         fail_os(e)
     except (ValueError, KeyError) as e:  # usage or bad input (ShardError included): exit 2, as the trainers
+        report_errors(skipped)
         fail(str(e))
-    click.echo(f"{method}: {tok.codebook_size} tokens at {tok.frame_rate:g} Hz -> {output}")
+    report_errors(skipped)  # style: utterances left out of the clusters (exit 1)
+    click.echo(f"{method}: {tok.codebook_size} tokens at {tok.frame_rate:g} Hz -> {output}"
+               + (f" ({len(skipped)} inputs skipped)" if skipped else ""))
+    if skipped:
+        sys.exit(EXIT_SKIPPED)

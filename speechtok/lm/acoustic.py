@@ -79,6 +79,22 @@ class AcousticConfig:
             raise ValueError("pattern valle needs n_q ≥ 2 (codebook 1 autoregressive, the rest by passes)")
         if self.pattern == "coarse_fine" and not 0 < self.n_coarse <= self.n_q:
             raise ValueError(f"n_coarse must be in 1..{self.n_q}")
+        self.check_sizes()
+
+    def check_sizes(self) -> None:
+        """Every size at least 1 and each width a multiple of its heads (else a reshape traceback mid-step,
+        or a width 0 model that trains at a constant loss)."""
+        sizes = {"dim": self.dim, "layers": self.layers, "heads": self.heads}
+        if self.pattern == "depth":
+            sizes.update(depth_dim=self.depth_dim, depth_layers=self.depth_layers,
+                         depth_heads=self.depth_heads)
+        for name, size in sizes.items():
+            if not (isinstance(size, int) and size >= 1):
+                raise ValueError(f"model.{name}: must be a whole number of at least 1, not {size!r}")
+        for width, heads in (("dim", "heads"), ("depth_dim", "depth_heads")):
+            if width in sizes and sizes[width] % sizes[heads]:
+                raise ValueError(f"model.{width}: {sizes[width]} is not a multiple of model.{heads} "
+                                 f"({sizes[heads]})")
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> "AcousticConfig":

@@ -65,6 +65,11 @@ class AcousticRun:
             raise ValueError("text_stream: needs pattern: depth")
         if any(not w >= 0 for w in self.codebook_weights):
             raise ValueError(f"codebook_weights: must be 0 or more, not {self.codebook_weights}")
+        if self.codebook_weights and not sum(self.codebook_weights) > 0:
+            raise ValueError(f"codebook_weights: all 0 ({self.codebook_weights}) train nothing")
+        if self.n_q is not None and not self.n_q >= 1:
+            raise ValueError(f"n_q: at least 1 codebook (or leave it out: all of the shards'), "
+                             f"not {self.n_q}")
         self.model = {**SIZES, **self.model}  # the sizes --print-config shows, unless the config sets them
 
 

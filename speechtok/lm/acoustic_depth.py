@@ -41,7 +41,12 @@ class TextTokens:
         if name != "bytes":
             from transformers import AutoTokenizer
 
-            self.tok = AutoTokenizer.from_pretrained(name)
+            try:
+                self.tok = AutoTokenizer.from_pretrained(name)
+            except Exception as e:  # transformers: OSError, ValueError, KeyError, ... for what it cannot read
+                why = " ".join(str(e).split())[:200] or type(e).__name__
+                raise ValueError(f"text_tokenizer: {name!r} is not a Hugging Face tokenizer (a folder or hub "
+                                 f"id) nor 'bytes' ({type(e).__name__}: {why})") from None
         self.n = 256 if self.tok is None else len(self.tok)
         self.pad, self.epad, self.empty = self.n, self.n + 1, self.n + 2
         self.vocab = self.n + 2

@@ -76,6 +76,9 @@ def acoustic_config(run: AcousticRun) -> AcousticConfig:
             from speechtok.lm.acoustic_depth import text_tokens
 
             model["text_vocab"] = text_tokens(run.text_tokenizer).vocab
+            if not any(s.get("words") for s in chain.from_iterable(map(read_shards, run.shards))):
+                raise ValueError("text_stream: no utterance of the shards has word timings (`words`: from "
+                                 "the corpus manifest or `tok align`); the text stream would learn nothing")
     try:
         cfg = AcousticConfig(k=sem["k"], n_q=n_q, codebook_size=card["codebook_size"], pattern=run.pattern,
                              n_coarse=run.n_coarse, semantic_rate=sem["frame_rate"],

@@ -52,6 +52,9 @@ class DataConfig:
             raise ValueError("mix asks for text but text lists no files")
         if self.speech not in ("units", "codec"):
             raise ValueError(f"speech: units or codec, not {self.speech!r}")
+        if self.speech == "codec" and self.dedup:
+            raise ValueError("dedup: true deduplicates units, and speech: codec trains on codec frames "
+                             "(never deduplicated): drop one of them")
         self.span_words = tuple(self.span_words)
         if not 1 <= self.span_words[0] <= self.span_words[1]:
             raise ValueError(f"span_words: [fewest, most] words of an interleaved span, 1 <= fewest <= most; "

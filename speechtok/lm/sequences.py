@@ -72,8 +72,11 @@ class SequenceBuilder:
 
         path, manifest = read_manifest(shards)
         name = self.vocab.codec_stream if codec else self.vocab.semantic_stream
-        card = manifest["tokenizers"].get(name, {"type": None})
-        made = {"stream": name, "type": card["type"]}
+        if name not in manifest["tokenizers"]:
+            raise ValueError(f"{path}: no stream '{name}', which the LM's {'codec ' if codec else ''}BPE "
+                             f"({bpe.path}) reads (streams: {', '.join(manifest['tokenizers'])})")
+        card = manifest["tokenizers"][name]
+        made = {"stream": name, "type": card.get("type")}
         if card["type"] == ("codec" if codec else "semantic"):
             made = stream_source(name, card, self.dedup, self.vocab.n_q if codec else None)
         bpe.check_source(made, f"{path}'s stream '{name}'")

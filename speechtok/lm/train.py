@@ -23,7 +23,7 @@ from speechtok.lm.loss import use_chunked_loss
 from speechtok.lm.parallel import init_distributed, parallelize
 from speechtok.lm.sequences import SequenceBuilder
 from speechtok.lm.vocab import SpeechVocab
-from speechtok.checksums import write_checksums
+from speechtok.checksums import verify_checksums, write_checksums
 from speechtok.training.checkpoint import barrier, load_checkpoint, save_checkpoint
 from speechtok.training.loop import (Guard, Metrics, autocast_for, build_optimizer, check_schedule,
                                      compile_enabled, lr_at, schedule_of, seed_all, set_lr, training_run)
@@ -125,6 +125,8 @@ def _train(run: RunConfig, stop_after: int | None, rank: int, world: int, device
 
     from speechtok.hub import check_model_ref
 
+    if Path(run.model).is_dir():  # written by `tok lm extend-vocab` or `tok lm train`
+        verify_checksums(run.model)
     tokenizer = AutoTokenizer.from_pretrained(check_model_ref(run.model))
     vocab = SpeechVocab.load(run.model)
     if dcfg.dedup is not None:  # the final model records the units it was trained on, for generation

@@ -229,6 +229,10 @@ def speech_streams(manifest: dict, codec: str | None,
     name = semantic_stream(cards, stream)
     if codec is not None and codec not in cards:
         raise ValueError(f"no codec '{codec}' in the manifest (it has {sorted(cards)})")
+    if codec is not None and cards[codec].get("type") != "codec":
+        codecs = sorted(k for k, c in cards.items() if c.get("type") == "codec")
+        raise ValueError(f"'{codec}' is a {cards[codec].get('type')} stream, not a codec's "
+                         f"(codec streams: {codecs or 'none'})")
     return name, cards[name], codec, cards[codec] if codec else None
 
 

@@ -58,13 +58,23 @@ def tokenizer_stream(tokenizer_dir: str | Path) -> dict:
 def prompt_units(tokenizer_dir: str | Path | None, audio: str, dedup: bool,
                  seconds: float | None = None) -> np.ndarray:
     """Semantic units of a prompt file (its first `seconds`), as the LM saw them in training."""
-    from speechtok.audio import read_audio
     from speechtok.tokenizers.semantic import SemanticTokenizer
 
     if tokenizer_dir is None:
         raise ValueError("an audio prompt needs the semantic tokenizer (--tokenizer KM_DIR) to encode it")
-    units = SemanticTokenizer.from_dir(tokenizer_dir).encode(*read_audio(audio, 0.0, seconds))
+    units = SemanticTokenizer.from_dir(tokenizer_dir).encode(*readable_audio(audio, seconds))
     return run_length(units)[0] if dedup else units
+
+
+def readable_audio(path: str, seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """(samples, rate) of a prompt or voice file's first `seconds`; one that cannot be read (not audio,
+    empty, NaN samples) is a ValueError naming it."""
+    from speechtok.audio import AudioError, read_audio
+
+    try:
+        return read_audio(path, 0.0, seconds)
+    except AudioError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None,
@@ -98,6 +108,9 @@ def generate_speech(lm_dir: str | Path, acoustic_dir: str | Path | None = None,
                          "all frames at once); drop --stream")
     if acoustic is not None and voice is not None:
         voice_seconds = fit_voice_prompt(acoustic, opts.max_new_tokens, voice_seconds)
+    for audio in (prompt_audio, voice if acoustic is not None else None):  # before any stage runs
+        if audio is not None:
+            readable_audio(audio, voice_seconds if audio is voice else None)
     lm_vocab = SpeechVocab.load(lm_dir)
     try:
         made = lm_vocab.unit_stream()
@@ -150,6 +163,10 @@ def pitch_decoder(vocab: SpeechVocab, voc, pitch_dir: str | Path | None, speaker
     from speechtok.vocoders.f0_input import f0_features
 
     if not voc.cfg.f0 or not vocab.pitch_stream:
+        if pitch_dir is not None:  # it would be ignored
+            why = "the vocoder is not F0-conditioned" if not voc.cfg.f0 else "the LM makes no pitch tokens"
+            raise ValueError(f"{pitch_dir}: --pitch-tokenizer decodes an expressive LM's pitch tokens to the "
+                             f"F0 of an F0-conditioned vocoder, but {why}; drop it")
         return None
     card = vocab.tokenizer_cards[vocab.pitch_stream]
     tok = load_pitch_tokenizer(card, None if pitch_dir is None else str(pitch_dir))
@@ -174,8 +191,7 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     """Units → codec tokens (acoustic model) → waveform (codec decoder). Frame-level units last one frame
     each; deduplicated ones (only into a model trained on them) the mean run length of its training data.
     With `on_audio`, the frames are decoded (`CodecStream`) and handed over as they complete."""
-    from speechtok.audio import load_utterance
-    from speechtok.corpus import Utterance
+    from speechtok.audio import resample
     from speechtok.lm.acoustic import AcousticModel, from_steps
     from speechtok.tokenizers.codec import Codec
 
@@ -191,8 +207,7 @@ def synthesize(gen: Generated, acoustic_dir: str | Path, tokenizer_dir: str | Pa
     if cfg.dedup and not gen.stream["dedup"]:
         units = run_length(units)[0]
     if voice is not None:
-        voice_utt = Utterance(id="voice", path=voice, end=voice_seconds)
-        wav = torch.from_numpy(load_utterance(voice_utt, codec.sample_rate))
+        wav = torch.from_numpy(resample(*readable_audio(voice, voice_seconds), codec.sample_rate))
         codes, n = codec.encode(wav[None], torch.tensor([len(wav)]))
         prompt_codes = codes[0, : cfg.n_q, : int(n[0])].cpu().numpy()
         units = np.concatenate([prompt_units(tokenizer_dir, voice, cfg.dedup, voice_seconds), units])

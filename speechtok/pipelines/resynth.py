@@ -8,8 +8,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from speechtok.audio import resample
+from speechtok.audio import AudioError, resample
 from speechtok.vocoders.f0_input import stretch
+
+
+class F0SourceError(ValueError):
+    """The audio whose F0 contour is to be transferred (`tok resynth --f0-from`) has none to give."""
 
 
 def vocoder_stream(cfg) -> dict:
@@ -93,11 +97,13 @@ class Resynthesis:
         x = torch.from_numpy(np.ascontiguousarray(resample(wav, sr, self.input_rate), dtype=np.float32))[None]
         if self.kind == "units":  # frame-level whatever the card says: a dedup vocoder deduplicates them
             units = self.tok.encode_batch(x, torch.tensor([x.shape[1]]))[0]
+            if len(units) == 0:
+                raise AudioError(f"too short ({len(wav) / sr:.3f} s) for one unit frame of the tokenizer")
             if not self.needs_f0:
                 return units
             if f0_from is None:
                 return units, self.f0_input(wav, sr, len(units))
-            return units, stretch(self.f0_input(*f0_from), len(units))
+            return units, stretch(self.f0_input(*f0_from, transfer=True), len(units))
         if self.kind == "mel":
             return self.voc.feature_extractor(x.to(self.device))
         lengths = torch.tensor([x.shape[1]])
@@ -107,14 +113,18 @@ class Resynthesis:
     def needs_f0(self) -> bool:
         return self.kind == "units" and self.f0_tracker is not None
 
-    def f0_input(self, wav: np.ndarray, sr: int, n: int | None = None) -> np.ndarray:
+    def f0_input(self, wav: np.ndarray, sr: int, n: int | None = None, transfer: bool = False) -> np.ndarray:
         """The vocoder's F0 input from audio: at its `n` unit frames (the same audio's units), or at the
-        audio's own unit frame count (F0 to transfer, stretched by `encode`)."""
+        audio's own unit frame count (F0 to transfer, stretched by `encode`; `transfer`: a contour without
+        a voiced frame is refused, F0SourceError, rather than heard as all-unvoiced output)."""
         from speechtok.vocoders.f0_input import f0_input
 
         x = resample(wav, sr, self.f0_tracker.sample_rate)
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         f0_hz = self.f0_tracker.f0_batch(x[None], torch.tensor([x.shape[0]]))[0]
+        if transfer and not (f0_hz > 0).any():
+            raise F0SourceError(f"no voiced frame ({len(wav) / sr:.2f} s, {self.f0_tracker.tracker.name} "
+                                "tracker): nothing to transfer; give speech with a pitch")
         rate, unit_rate = self.f0_tracker.frame_rate, self.voc.cfg.frame_rate
         n = int(len(f0_hz) * unit_rate / rate) if n is None else n
         return f0_input(f0_hz, rate, unit_rate, n, self.voc.cfg.f0_norm)

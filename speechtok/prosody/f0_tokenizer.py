@@ -21,8 +21,8 @@ DEFAULT_RATE = 50.0
 
 def frame_hop(rate: float) -> int:
     """Samples per token frame at 16 kHz for `rate` frames per second (a multiple of the 5 ms grid)."""
-    hop = SAMPLE_RATE / rate
-    if rate <= 0 or hop != int(hop) or int(hop) % HOP:
+    hop = SAMPLE_RATE / rate if rate > 0 else 0.5  # (no hop: refused below)
+    if not rate > 0 or hop != int(hop) or int(hop) % HOP:
         raise ValueError(f"rate={rate:g}: 16000/rate must be a whole multiple of {HOP} samples "
                          "(200, 100, 50, 40, 25, 20, 12.5, ... frames per second)")
     return int(hop)

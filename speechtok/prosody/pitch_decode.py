@@ -51,6 +51,9 @@ def load_pitch_tokenizer(card: dict, directory: str | None = None):
     if card.get("method") == "bins":
         from speechtok.prosody.pitch_bins import PitchBins
 
+        if directory is not None:  # it would be ignored
+            raise ValueError(f"{directory}: the LM's pitch tokens are pitch bins, decoded from the card the "
+                             "LM keeps; drop --pitch-tokenizer (it is for an F0 VQ-VAE's tokens)")
         return PitchBins.from_card(card)
     if directory is None:
         raise ValueError("the LM's pitch tokens come from an F0 VQ-VAE: give its folder "

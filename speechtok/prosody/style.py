@@ -107,19 +107,22 @@ class StyleTokenizer(FrameTokenizer):
 
 def train_style(corpus: str | Path, out: str | Path, model: str = "logmel", layer: int | None = None,
                 k: int = 100, segment_seconds: float = 1.0, seed: int = 0,
-                device: str = "cpu") -> StyleTokenizer:
-    """k-means over the pooled segments of every utterance of `corpus`; the tokenizer saved in `out`."""
+                device: str = "cpu", errors: list | None = None) -> StyleTokenizer:
+    """k-means over the pooled segments of every utterance of `corpus`; the tokenizer saved in `out`. Bad
+    manifest lines and unreadable audio are skipped and appended to `errors` (corpus.CorpusError)."""
     from speechtok.audio import AudioError, load_utterance
-    from speechtok.corpus import load_corpus
+    from speechtok.corpus import CorpusError, load_corpus, printable
 
+    errors = [] if errors is None else errors
     features = build_features(parse_model_spec(model, layer), device=device)
     probe = StyleTokenizer(features, np.zeros((1, 2 * features.dim), dtype=np.float32), segment_seconds)
     pooled = []
-    for utt in load_corpus(corpus):
+    for utt in load_corpus(corpus, errors):
         try:
             wav = torch.from_numpy(load_utterance(utt, features.sample_rate))
-        except AudioError:
-            continue  # `tok encode` reports unreadable audio; the style clusters do without it
+        except AudioError as e:  # the style clusters do without it; the command reports it (exit 1)
+            errors.append(CorpusError(file=utt.path, id=printable(utt.id), reason=str(e)))
+            continue
         pooled += probe.pooled(wav[None], torch.tensor([len(wav)]))
     x = np.concatenate(pooled) if pooled else np.zeros((0, 2 * features.dim), dtype=np.float32)
     if len(x) < k:

@@ -11,6 +11,7 @@ from pathlib import Path
 CARD_FILE = "tokenizer.json"  # a semantic tokenizer directory's card
 KINDS = {"encodec": "EncodecModel", "dac": "DacModel", "mimi": "MimiModel"}
 OPTION = re.compile(r"[A-Za-z_]\w*=")  # a `key=value` part of a spec
+STREAM_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")  # a `name=` a stream (a shard field) can take
 F0_TRACKERS = ("yaapt", "world", "pesto")
 F0_OPTIONS = {"rate": float, "fmin": float, "fmax": float, "name": str, "stats": str}
 
@@ -29,6 +30,8 @@ def parse_codec_spec(spec: str) -> dict:
         if not OPTION.match(part):
             raise ValueError(f"{spec!r}: {part!r} after the options is not key=value (nq, bandwidth, name)")
         key, _, value = part.partition("=")
+        if key in options:
+            raise ValueError(f"{spec!r}: {key}= given twice")
         options[key] = value
     out = {"kind": kind, "model": ":".join(parts[:first])}
     for key, value in options.items():
@@ -38,6 +41,7 @@ def parse_codec_spec(spec: str) -> dict:
             elif key == "bandwidth":
                 out["bandwidth"] = float(value)
             elif key == "name":
+                check_stream_name(spec, value)
                 out["name"] = value
             else:
                 raise ValueError(f"{spec!r}: unknown option {key!r} (nq, bandwidth, name)")
@@ -58,18 +62,33 @@ def parse_f0_spec(spec: str) -> dict:
         key, sep, value = part.partition("=")
         if not sep or key not in F0_OPTIONS:
             raise ValueError(f"{spec!r}: {part!r} is not one of {', '.join(k + '=' for k in F0_OPTIONS)}")
+        if key in out:
+            raise ValueError(f"{spec!r}: {key}= given twice")
         try:
             out[key] = F0_OPTIONS[key](value)
         except ValueError:
             raise ValueError(f"{spec!r}: {key}={value!r} is not a number") from None
+        if F0_OPTIONS[key] is float and not 0 < out[key] < float("inf"):
+            raise ValueError(f"{spec!r}: {key}={value!r} is not a number of hertz above 0")
+    if "name" in out:
+        check_stream_name(spec, out["name"])
+    if out.get("stats") == "":
+        raise ValueError(f"{spec!r}: stats= names no file or folder")
     return out
+
+
+def check_stream_name(spec: str, name: str) -> None:
+    """A ValueError naming `spec` unless `name=` is a usable shard field (as `DIR:name=NAME` accepts)."""
+    if not STREAM_NAME.fullmatch(name):
+        raise ValueError(f"{spec!r}: name={name!r} is not a stream name (letters, digits, _ . -, "
+                         "starting with a letter or digit)")
 
 
 def semantic_spec(spec: str) -> tuple[str | None, str]:
     """`DIR[:name=NAME]` → (DIR, NAME or "semantic") when DIR holds a tokenizer card, else (None, "")."""
     if Path(spec, CARD_FILE).exists():
         return spec, "semantic"
-    m = re.fullmatch(r"(.+):name=([A-Za-z0-9][\w.-]*)", spec)
+    m = re.fullmatch(rf"(.+):name=({STREAM_NAME.pattern})", spec)
     if m and Path(m[1], CARD_FILE).exists():
         return m[1], m[2]
     return None, ""

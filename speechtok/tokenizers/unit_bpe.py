@@ -148,9 +148,13 @@ class UnitBPE:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def save(self, folder: str | Path, trained_on: dict | None = None) -> None:
-        """tokenizer.json and bpe.json (with `trained_on`: what `tok bpe train` measured)."""
+        """tokenizer.json and bpe.json (with `trained_on`: what `tok bpe train` measured), then their
+        sha256.json (written last: a save cut short is refused on load, not read as another BPE)."""
+        from speechtok.checksums import CHECKSUMS, write_checksums
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / CHECKSUMS).unlink(missing_ok=True)
         self.tokenizer.save(str(folder / TOKENIZER))
         meta = {"format": "speechtok.unit_bpe", "codebook_size": self.codebook_size,
                 "num_codebooks": self.num_codebooks, "unicode_offset": self.offset,
@@ -158,11 +162,15 @@ class UnitBPE:
         if trained_on is not None:
             meta["trained_on"] = trained_on
         (folder / CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
+        write_checksums(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "UnitBPE":
-        """A saved BPE; a ValueError naming the file when it is not one."""
+        """A saved BPE; a ValueError naming the file when it is not one, or differs from the sha256
+        recorded when it was written (checksums.ChecksumError)."""
         from tokenizers import Tokenizer
+
+        from speechtok.checksums import verify_checksums
 
         path = Path(folder) / CONFIG
         try:
@@ -174,6 +182,7 @@ class UnitBPE:
         tokenizer = Path(folder) / TOKENIZER
         if not tokenizer.is_file():
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(tokenizer))
+        verify_checksums(folder)  # a BPE saved before checksums were recorded is read unverified
         try:
             bpe.tokenizer = Tokenizer.from_file(str(tokenizer))
         except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse

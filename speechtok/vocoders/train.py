@@ -209,6 +209,20 @@ def save_samples(out: Path, step: int, gen, batch, sr: int, writer) -> None:
     plt.close(fig)
 
 
+MIN_SEGMENT_SAMPLES = 1025  # the 1024-point mel loss and Vocos' 2048-point MRD pad by up to 1024 samples
+
+
+def check_segment(seconds: float, sr: int, hop: int) -> None:
+    """A ValueError naming segment_seconds when a training segment (whole frames of `hop` samples) is too
+    short for the mel loss and the discriminators (a padding traceback at the first step otherwise)."""
+    samples = max(1, int(seconds * sr / hop)) * hop
+    if samples < MIN_SEGMENT_SAMPLES:
+        least = -(-MIN_SEGMENT_SAMPLES // hop) * hop / sr
+        raise ValueError(f"segment_seconds: {seconds:g} s is {samples} samples at {sr} Hz; the mel loss "
+                         f"and discriminators need at least {MIN_SEGMENT_SAMPLES} (segment_seconds "
+                         f"{least:.3f} or more)")
+
+
 def train_vocoder(cfg: VocoderTrainConfig, stop_after: int | None = None, device: str = "cpu") -> dict:
     """Train as configured, resuming from `cfg.output`'s checkpoint; `stop_after`, signals and non-finite
     numbers as for lm.train.train."""
@@ -224,6 +238,7 @@ def _train(cfg: VocoderTrainConfig, stop_after: int | None, device: torch.device
     utts = {u.id: u for u in load_corpus(manifest["corpus"])}
     speakers = sorted({u.speaker for u in utts.values() if u.speaker}) if cfg.speakers else []
     gen, sr, hop, stream = build_generator(cfg, manifest, speakers)
+    check_segment(cfg.segment_seconds, sr, hop)
     disc = vocoder_loss(cfg.kind, sr, stream is not None and cfg.kind == "vocos", cfg.disc_channels,
                         cfg.mel_weight,
                         cfg.fm_weight, cfg.mrd_weight)  # the paper's discriminators and losses
