@@ -163,6 +163,10 @@ def test_bad_inputs_are_reported_and_skipped(hubert_tok, speech_corpus, tmp_path
     assert f"error: {corpus / 'corrupt.wav'}: cannot read audio header" in r.output
     assert "2 utterances" in r.output and "2 errors" in r.output
     assert sorted(s["id"] for s in read_shards(out)) == sorted(p.stem for p in good)
+    r = run("train-kmeans", corpus, "-m", "mfcc", "-k", 4, "-o", tmp_path / "km", "-q")
+    assert r.exit_code == 1 and "(1 inputs skipped)" in r.output, r.output  # README: exit 1, written without
+    assert f"error: {corpus / 'corrupt.wav'}: cannot read audio header" in r.output
+    assert (tmp_path / "km" / "tokenizer.json").exists()
 
 
 def test_reader_names_truncated_and_corrupt_shards(encoded, tmp_path):

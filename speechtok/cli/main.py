@@ -132,7 +132,9 @@ def train_kmeans_cmd(corpus, model, layer, k, output, max_frames, iters, seed, b
     steps = "steps" if algorithm == "mini-batch" else "iterations"
     click.echo(f"k-means: k={k} on {tok.meta['kmeans']['frames']} frames, {result.backend}, "
                f"{result.iterations} {steps}, {result.seconds:.2f} s, inertia {result.inertia:.4f} "
-               f"-> {output}")
+               f"-> {output}" + (f" ({len(errors)} inputs skipped)" if errors else ""))
+    if errors:  # the tokenizer is written, without them
+        sys.exit(EXIT_SKIPPED)
 
 
 @cli.command("import-kmeans")
