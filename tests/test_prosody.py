@@ -169,6 +169,50 @@ def test_f0_vqvae_round_trip(f0_200hz, tmp_path):
     assert rmse < 0.7 and np.mean(voicing) > 0.8, (rmse, voicing)
 
 
+def test_f0_vqvae_training_resumes_exactly_after_sigterm(f0_200hz, tmp_path, monkeypatch):
+    """SIGTERM during `tok prosody train --method vqvae`: one line, exit 143, a checkpoint; the same command
+    resumes and ends with the same weights as a run never stopped (model, Adam and the window sampler
+    restored); resuming with another batch size is refused in one line; the finished folder keeps no
+    checkpoints."""
+    import os
+    import signal
+
+    from speechtok.prosody import f0_vqvae
+
+    _, shards = f0_200hz
+    args = ["prosody", "train", shards, "--method", "vqvae", "--steps", "12", "--batch-size", "4",
+            "--codes", "8"]
+    invoke(*args, "-o", tmp_path / "whole")
+    loss_terms, calls = f0_vqvae.loss_terms, []
+
+    def stopped_at_step_5(x, recon):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss_terms(x, recon)
+
+    monkeypatch.setattr(f0_vqvae, "loss_terms", stopped_at_step_5)
+    cut = [*args, "-o", tmp_path / "cut"]
+    r = CliRunner().invoke(cli, [str(a) for a in cut])
+    assert r.exit_code == 128 + signal.SIGTERM, r.output
+    assert r.output.strip().splitlines()[-1] == ("stopped by SIGTERM after step 5: checkpoint saved; rerun "
+                                                 "the same command to resume from step 5")
+    assert not (tmp_path / "cut" / "tokenizer.json").exists()
+    monkeypatch.setattr(f0_vqvae, "loss_terms", loss_terms)
+    r = CliRunner().invoke(cli, [str(a) for a in cut[:-4]] + ["--batch-size", "8", "--codes", "8", "-o",
+                                                              str(tmp_path / "cut")])
+    assert r.exit_code == 2 and "batch_size is 8 now but 4 in the checkpoint of step 5" in r.output, r.output
+    invoke(*cut)
+    from safetensors.torch import load_file
+
+    weights = [next(d.glob("*.safetensors")) for d in (tmp_path / "whole", tmp_path / "cut")]
+    whole, resumed = (load_file(str(w)) for w in weights)
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0)
+    assert not (tmp_path / "cut" / "checkpoints").exists()
+
+
 def test_encode_f0_stream_orders_the_voices(f0_200hz):
     """`tok encode -t f0:world:rate=200` writes F0 per 5 ms frame (sample count // 80 frames, in the card
     and the sample); the voices of the synthetic corpus are pitched apart (espeak -p 70 > 50 > 45 > 35) and

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from speechtok.cli.common import (EXIT_SKIPPED, device_option, device_or_fail, fail, fail_os, lock_output,
-                                  output_option, report_errors)
+from speechtok.cli.common import (EXIT_SKIPPED, device_option, device_or_fail, exit_interrupted, fail,
+                                  fail_os, lock_output, output_option, report_errors)
+from speechtok.stopping import Interrupted, NonFinite
 
 METHODS = ("bins", "vqvae", "style")
 
@@ -65,6 +66,10 @@ def train_cmd(source, output, method, stream, n_bins, norm, codes, steps, batch_
 
             tok = train_style(source, output, features, layer, k=codes, segment_seconds=segment_seconds,
                               seed=seed, device=dev, errors=skipped)
+    except Interrupted as e:  # vqvae: checkpoint saved, the same command resumes
+        exit_interrupted(e)
+    except NonFinite as e:
+        fail(str(e), EXIT_SKIPPED)
     except OSError as e:  # environment: exit 3
         report_errors(skipped)
         fail_os(e)

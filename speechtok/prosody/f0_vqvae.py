@@ -22,6 +22,7 @@ from speechtok.prosody.base import FrameTokenizer
 from speechtok.prosody.f0_tokenizer import F0Tokenizer, f0_from_card
 from speechtok.prosody.normalize import normalize
 from speechtok.shards import sha256_of
+from speechtok.stopping import Interrupted
 from speechtok.tokenizers.card import seal_card
 
 WEIGHTS_FILE = "f0_vqvae.safetensors"
@@ -200,11 +201,16 @@ class PitchVQVAE(FrameTokenizer):
 
 def train_vqvae(contours: list[np.ndarray], cfg: VQVAEConfig, steps: int = 2000, batch_size: int = 32,
                 segment: int = 208, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
-                log=None) -> tuple[F0VQVAE, dict]:
+                log=None, run_dir: Path | None = None, save_every: int = 500) -> tuple[F0VQVAE, dict]:
     """Train on random `segment`-frame windows (speech-resynthesis: 16640 samples = 208 frames) of the F0
     contours (Hz, 5 ms grid; shorter ones are repeated to fill a window, as there). Returns the model and
     its last step's losses. Adam (0.8, 0.99) as speech-resynthesis, whose 2e-4 learning rate suits its 400k
-    steps; 1e-3 here, for runs of thousands."""
+    steps; 1e-3 here, for runs of thousands. With `run_dir`, a checkpoint (model, Adam, the window sampler)
+    is saved every `save_every` steps and when SIGINT / SIGTERM stops the run (Interrupted), and the same
+    call resumes from it exactly."""
+    from speechtok.training.checkpoint import load_checkpoint, save_checkpoint
+    from speechtok.training.loop import Guard, training_run
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     segment = segment // 2 ** cfg.downs * 2 ** cfg.downs
@@ -214,16 +220,45 @@ def train_vqvae(contours: list[np.ndarray], cfg: VQVAEConfig, steps: int = 2000,
         raise ValueError("no voiced F0 frames to train the F0 VQ-VAE on")
     model = F0VQVAE(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.8, 0.99))
-    for step in range(steps):
-        rows = rng.integers(len(data), size=batch_size)
-        starts = [int(rng.integers(data[r].shape[1] - segment + 1)) for r in rows]
-        x = torch.from_numpy(np.stack([data[r][:, s: s + segment] for r, s in zip(rows, starts)])).to(device)
-        _, recon, commit = model(x)
-        mse, bce = loss_terms(x, recon)
-        loss = mse + bce + cfg.commit * commit
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log is not None and (step + 1) % max(1, steps // 10) == 0:
-            log(f"step {step + 1}/{steps}: log-F0 MSE {mse.item():.4f}, voicing BCE {bce.item():.4f}")
+    parts, settings = {"vqvae": (model, opt)}, {"batch_size": batch_size, "segment": segment, "lr": lr,
+                                                "seed": seed, "utterances": len(data)}
+    meta = (load_checkpoint(run_dir, parts, 0) if run_dir is not None else None) or {}
+    check_resumed_settings(meta, settings, run_dir)
+    step = meta.get("step", 0)
+    if "sampler" in meta:
+        rng.bit_generator.state = meta["sampler"]
+    with training_run(1) as stop:
+        guard = Guard(stop, Path(run_dir or "."), 1, torch.device(device))
+        first, signum, mse, bce = step, None, torch.zeros(()), torch.zeros(())
+        while step < steps and not signum:
+            rows = rng.integers(len(data), size=batch_size)
+            starts = [int(rng.integers(data[r].shape[1] - segment + 1)) for r in rows]
+            x = torch.from_numpy(np.stack([data[r][:, s: s + segment] for r, s in zip(rows, starts)]))
+            x = x.to(device)
+            _, recon, commit = model(x)
+            mse, bce = loss_terms(x, recon)
+            loss = mse + bce + cfg.commit * commit
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            guard.watch(loss=loss)
+            step += 1
+            if log is not None and step % max(1, steps // 10) == 0:
+                log(f"step {step}/{steps}: log-F0 MSE {mse.item():.4f}, voicing BCE {bce.item():.4f}")
+            signum = guard.stop_signal()
+            if run_dir is not None and step < steps and (step % save_every == 0 or signum):
+                guard.check(step, [model])
+                save_checkpoint(run_dir, step, parts, {"sampler": rng.bit_generator.state,
+                                                       "settings": settings}, 0, 1, 1)
+        if signum:
+            raise guard.interrupted(signum, step, first) if run_dir is not None else Interrupted(signum)
+        guard.check(step, [model])
     return model.eval(), {"steps": steps, "final_mse": mse.item(), "final_bce": bce.item()}
+
+
+def check_resumed_settings(meta: dict, settings: dict, run_dir: Path | None) -> None:
+    """Refuse to resume a checkpoint trained with other settings (its data stream would not continue)."""
+    for key, value in (meta.get("settings") or {}).items():
+        if settings.get(key) != value:
+            raise ValueError(f"{run_dir}: {key} is {settings.get(key)} now but {value} in the checkpoint of "
+                             f"step {meta.get('step')}: set it back to resume, or train into a new folder")

@@ -5,6 +5,7 @@ new audio; per-speaker log-F0 statistics of the training shards are recorded in 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,8 @@ def train_bins(shards: str | Path, out: str | Path, stream: str = "f0", bins: in
 
 def train_vqvae(shards: str | Path, out: str | Path, stream: str = "f0", steps: int = 2000, codes: int = 64,
                 batch_size: int = 32, seed: int = 0, device: str = "cpu", log=print):
-    """Train the F0 VQ-VAE on a 200 Hz F0 stream and save it as a pitch tokenizer."""
+    """Train the F0 VQ-VAE on a 200 Hz F0 stream and save it as a pitch tokenizer; checkpoints in
+    `out/checkpoints` until it is saved, so that a run stopped by a signal resumes."""
     from speechtok.prosody import f0_vqvae
 
     card, contours, speakers = read_f0_stream(shards, stream)
@@ -64,9 +66,10 @@ def train_vqvae(shards: str | Path, out: str | Path, stream: str = "f0", steps: 
                          f"f0:TRACKER:rate=200), stream {stream!r} is at {card['frame_rate']:g} Hz")
     cfg = f0_vqvae.VQVAEConfig(codes=codes)
     model, losses = f0_vqvae.train_vqvae(contours, cfg, steps=steps, batch_size=batch_size, seed=seed,
-                                         device=device, log=log)
+                                         device=device, log=log, run_dir=Path(out))
     tok = f0_vqvae.PitchVQVAE(f0_from_card(card), model.cpu(),
                               {"trained_on": {"utterances": len(contours), **losses, "seed": seed},
                                "speakers": speaker_record(contours, speakers)})
     tok.save(out)
+    shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # the tokenizer is whole: no resume left
     return tok
