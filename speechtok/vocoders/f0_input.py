@@ -13,6 +13,17 @@ from speechtok.prosody.normalize import NORMS, normalize
 F0_CHANNELS = 2  # normalised log-F0, voiced flag
 F0_NORMS = NORMS
 F0_REFERENCE = 150.0  # Hz: `none` is log(F0 / F0_REFERENCE)
+F0_SOURCES = ("", "harmonic")  # `f0_source`: none, or the sine excitation of harmonic_source.py
+
+
+def check_f0_source(f0_source: str | None, f0: str | None, f0_norm: str) -> None:
+    """A ValueError naming `f0_source` unless it is known and, for the harmonic excitation, the F0 input
+    is in Hz (an F0 stream, `f0_norm: none`). Torch-free: the trainer's config checks it early too."""
+    if (f0_source or "") not in F0_SOURCES:
+        raise ValueError(f"f0_source: '' or 'harmonic', not {f0_source!r}")
+    if f0_source and (not f0 or f0_norm != "none"):
+        raise ValueError("f0_source: harmonic reads F0 in Hz, so it needs F0 in Hz: f0 (an F0 stream) "
+                         "with f0_norm none")
 
 
 def f0_features(f0_hz: np.ndarray, norm: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from speechtok.torch_files import load_weights
-from speechtok.vocoders.f0_input import F0_CHANNELS
+from speechtok.vocoders.f0_input import F0_CHANNELS, check_f0_source
 from speechtok.vocoders.harmonic_source import HarmonicSource
 
 CONFIG_FILE = "vocoder.json"
@@ -61,11 +61,7 @@ class UnitHiFiGANConfig:
         return int(np.prod(self.upsample_rates))
 
     def __post_init__(self):
-        if self.f0_source not in ("", "harmonic"):
-            raise ValueError(f"f0_source: '' or 'harmonic', not {self.f0_source!r}")
-        if self.f0_source and (not self.f0 or self.f0_norm != "none"):
-            raise ValueError("f0_source: harmonic needs F0 in Hz: an F0-conditioned vocoder (f0) with "
-                             "f0_norm none")
+        check_f0_source(self.f0_source, self.f0, self.f0_norm)
         if abs(self.sample_rate / self.frame_rate - self.hop) > 1e-6:
             raise ValueError(f"upsample_rates multiply to {self.hop}, but {self.sample_rate} Hz / "
                              f"{self.frame_rate:g} Hz units need {self.sample_rate / self.frame_rate:g}")

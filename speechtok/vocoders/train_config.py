@@ -9,6 +9,7 @@ from pathlib import Path
 
 from speechtok.training.config import (at_least, build, flow_yaml, more_than, path_field, read_yaml,
                                        sizes_field)
+from speechtok.vocoders.f0_input import check_f0_source
 
 OPTION_OF = {"features": "codec"}  # the `tok vocoder train` option of a key, where it has another name
 
@@ -68,11 +69,7 @@ class VocoderTrainConfig:
             raise ValueError(f"f0_norm: none, mean or meanstd, not {self.f0_norm!r}")
         if self.f0 and self.kind != "unit-hifigan":
             raise ValueError("f0: only a unit-hifigan is F0-conditioned")
-        if self.f0_source not in (None, "", "harmonic"):  # vocoders/hifigan.UnitHiFiGANConfig
-            raise ValueError(f"f0_source: '' or 'harmonic', not {self.f0_source!r}")
-        if self.f0_source and (not self.f0 or self.f0_norm != "none"):
-            raise ValueError("f0_source: harmonic reads F0 in Hz: it needs f0 (an F0 stream) and "
-                             "f0_norm none")
+        check_f0_source(self.f0_source, self.f0, self.f0_norm)
 
 
 def load_vocoder_config(path: str | Path | None, overrides: dict | None = None) -> VocoderTrainConfig:
